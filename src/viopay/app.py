@@ -1,0 +1,140 @@
+"""create_app(settings): routers, error handlers and the lifespan (engine, cache, issuer)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import ORJSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from viopay import __version__
+from viopay.auth.issuer import OidcVerifier, load_embedded_issuer
+from viopay.auth.router import router as auth_router
+from viopay.devices.router import admin_router as device_admin_router
+from viopay.devices.router import claim_router, pos_router
+from viopay.errors import (
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+    ViopayError,
+    problem_response,
+)
+from viopay.health import router as health_router
+from viopay.merchants.router import admin_router as merchant_admin_router
+from viopay.middleware import RequestContextMiddleware, request_id_of
+from viopay.openapi import Problem
+from viopay.runtime import Runtime, build_runtime
+from viopay.settings import Settings
+
+log = structlog.get_logger("viopay")
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = runtime or build_runtime(settings)
+        if settings.oidc_issuer:
+            rt.oidc = OidcVerifier(issuer=settings.oidc_issuer, audience=settings.oidc_audience)
+        else:
+            rt.issuer = await load_embedded_issuer(
+                rt.sessions, rt.wrapper, issuer=settings.public_url, ttl=settings.token_ttl_seconds
+            )
+        app.state.runtime = rt
+        log.info("started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory")
+        try:
+            yield
+        finally:
+            await rt.close()
+
+    app = FastAPI(
+        title="Viopay POS platform",
+        version=__version__,
+        description="Device activation, key delivery and card payments for POS terminals (wire protocol v1).",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.add_middleware(RequestContextMiddleware)
+    _install_error_handlers(app)
+    for router in (health_router, auth_router, pos_router, claim_router, device_admin_router, merchant_admin_router):
+        app.include_router(router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    def rid(request: Request) -> str:
+        return request_id_of(request.scope)
+
+    @app.exception_handler(ViopayError)
+    async def domain_error(request: Request, exc: ViopayError) -> Response:
+        return problem_response(exc, rid(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        error: ViopayError
+        if exc.status_code == 405:
+            error = MethodNotAllowed()
+        elif exc.status_code == 404:
+            error = NotFound("no such path")
+        else:
+            error = InvalidRequest(str(exc.detail))
+        return problem_response(error, rid(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]), "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        return problem_response(InvalidRequest("the request has invalid members", errors=errors), rid(request))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(OSError)
+    @app.exception_handler(TimeoutError)
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("backing service unavailable", error=type(exc).__name__, request_id=rid(request))
+        return problem_response(ServiceUnavailable(), rid(request))
+
+    @app.exception_handler(DBAPIError)
+    async def db_error(request: Request, exc: DBAPIError) -> Response:
+        if exc.connection_invalidated:
+            return await unavailable(request, exc)
+        log.error("database error", error=type(exc.orig).__name__, request_id=rid(request))
+        return problem_response(InternalError(), rid(request))
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["Problem"] = Problem.model_json_schema()
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            for status, response in list(operation.get("responses", {}).items()):
+                content = response.get("content", {})
+                if status.startswith(("4", "5")) and "application/json" in content:
+                    content.pop("application/json")
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+            defs = body.get("schema", {}).pop("$defs", None)
+            if defs:
+                components.update(defs)
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,1 @@
+"""Authentication: Bearer tokens (Keycloak or the embedded issuer), API clients, merchant sessions."""

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ClientCredentials(BaseModel):
+    client_id: str = Field(min_length=1, max_length=255)
+    client_secret: str = Field(min_length=1, max_length=255)
+
+
+class AccessToken(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+
+
+class SessionInitiate(BaseModel):
+    merchant_id: str = Field(min_length=1, max_length=64)
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    merchant_id: str
+    role: str
+    expires_at: str

@@ -1,0 +1,70 @@
+"""What every CLI command shares: settings, one unit of work, and output (Rich or one JSON document)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from viopay.errors import ViopayError
+from viopay.runtime import Runtime, build_runtime
+from viopay.settings import Settings
+
+T = TypeVar("T")
+err = Console(stderr=True)
+out = Console()
+
+JsonOption = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
+
+
+def load_settings_or_exit() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            field = ".".join(str(p) for p in error["loc"])
+            name = f"VIOPAY_{field.upper()}" if field else "configuration"
+            err.print(f"[red]error:[/red] {name}: {error['msg']}")
+        raise typer.Exit(2) from None
+
+
+def run_in_transaction(work: Callable[[AsyncSession, Runtime], Awaitable[T]]) -> T:
+    """Run one unit of work against the configured database, migrating first."""
+    from viopay.migrate import upgrade
+
+    settings = load_settings_or_exit()
+    upgrade(settings)
+
+    async def go() -> T:
+        runtime = build_runtime(settings)
+        try:
+            async with runtime.sessions() as session, session.begin():
+                return await work(session, runtime)
+        finally:
+            await runtime.close()
+
+    try:
+        return asyncio.run(go())
+    except ViopayError as exc:
+        err.print(f"[red]error:[/red] {exc.detail} ({exc.code})")
+        raise typer.Exit(1) from None
+
+
+def emit(document: dict[str, Any], *, as_json: bool, title: str, secret_field: str | None = None) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(document).decode() + "\n")
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in document.items():
+        table.add_row(key, "" if value is None else str(value))
+    out.print(table)
+    if secret_field:
+        err.print(f"[yellow]{secret_field} is shown once: store it now, it cannot be read back.[/yellow]")

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import typer
+import uvicorn
+
+from viopay.cli.common import JsonOption, emit, err, load_settings_or_exit
+from viopay.cli.devices import app as device_app
+from viopay.cli.merchants import client_app, merchant_app
+
+app = typer.Typer(help="Viopay POS platform: server and operator commands.", no_args_is_help=True)
+app.add_typer(device_app, name="device")
+app.add_typer(merchant_app, name="merchant")
+app.add_typer(client_app, name="client")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(8000, help="Port to bind."),
+    workers: int = typer.Option(1, min=1, max=64, help="Worker processes (PostgreSQL + Redis for more than 1)."),
+) -> None:
+    """Run the API: migrates the schema, then serves."""
+    from viopay.migrate import upgrade
+
+    settings = load_settings_or_exit()
+    if workers > 1 and not settings.redis_url:
+        err.print(
+            "[red]error:[/red] --workers above 1 needs VIOPAY_REDIS_URL: the in-process cache "
+            "(nonces, tokens, rate limits) is not shared between processes"
+        )
+        raise typer.Exit(2)
+    revision = upgrade(settings)
+    err.print(f"schema at {revision}; serving on http://{host}:{port} "
+              f"({'embedded SQLite' if settings.embedded else 'PostgreSQL'}, "
+              f"{'Redis' if settings.redis_url else 'in-process cache'})")
+    uvicorn.run(
+        "viopay.asgi:create", factory=True, host=host, port=port, workers=workers,
+        log_level=settings.log_level, access_log=False, proxy_headers=False, server_header=False,
+    )
+
+
+@app.command()
+def migrate(as_json: bool = JsonOption) -> None:
+    """Create or upgrade the database schema."""
+    from viopay.migrate import upgrade
+
+    emit({"revision": upgrade(load_settings_or_exit())}, as_json=as_json, title="Schema")
+
+
+def main() -> None:
+    app()

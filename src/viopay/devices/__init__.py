@@ -1,0 +1,1 @@
+"""POS devices: provisioning, identity keys, pairing codes, terminals and lifecycle."""

@@ -1,0 +1,168 @@
+"""Activation steps 1–4 (PROTOCOL §3.1–§3.4) and the device admin API (§6)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from viopay.audit import Actor
+from viopay.auth.deps import AdminPrincipal, ManagingSession, admin_principal
+from viopay.auth.device import ActivationDevice, BootstrapDevice
+from viopay.deps import CacheDep, DbSession, Now, RuntimeDep, body_schema, read_json
+from viopay.devices import service
+from viopay.devices.schemas import (
+    BootstrapOut,
+    ClaimIn,
+    ClaimOut,
+    DeviceOut,
+    IdentityKeyIn,
+    IdentityKeyOut,
+    MerchantRef,
+    PairingCodeOut,
+    ProvisionIn,
+    RevokedKeyOut,
+    StatusOut,
+)
+from viopay.ids import rfc3339
+from viopay.merchants.models import Merchant
+from viopay.openapi import errors_for
+
+pos_router = APIRouter(prefix="/pos", tags=["pos activation"])
+_ACTIVATION_ERRORS = errors_for(400, 403, 404, 426, 503)
+
+
+@pos_router.post("/bootstrap", response_model=BootstrapOut, responses=errors_for(400, 403, 404, 503))
+async def bootstrap(auth: BootstrapDevice, runtime: RuntimeDep, now: Now) -> BootstrapOut:
+    settings = runtime.settings
+    return BootstrapOut(
+        server_time=rfc3339(now),
+        min_supported_version=settings.min_pos_version,
+        latest_version=settings.latest_version,
+        upgrade_required=auth.upgrade_required,
+        device_status=auth.device.status.value,
+        poll_interval=service.POLL_INTERVAL,
+    )
+
+
+@pos_router.post(
+    "/pairing-code", status_code=201, response_model=PairingCodeOut, responses=errors_for(400, 403, 404, 409, 426, 429, 503)
+)
+async def pairing_code(auth: ActivationDevice, runtime: RuntimeDep, db: DbSession, now: Now) -> PairingCodeOut:
+    code, expires_at = await service.issue_pairing_code(
+        db, runtime.cache, wrapper=runtime.wrapper, device=auth.device, now=now
+    )
+    return PairingCodeOut(
+        pairing_code=code,
+        expires_at=rfc3339(expires_at),
+        expires_in=int(service.PAIRING_CODE_TTL.total_seconds()),
+        poll_interval=service.POLL_INTERVAL,
+    )
+
+
+@pos_router.get("/status", response_model=StatusOut, responses=errors_for(400, 403, 404, 426, 429, 503))
+async def status(auth: ActivationDevice, cache: CacheDep, db: DbSession, now: Now) -> StatusOut:
+    device = auth.device
+    await service.check_status_rate(cache, device=device, now=now)
+    expiry = await service.live_code_expiry(db, device=device, now=now)
+    merchant = await db.get(Merchant, device.merchant_id) if device.merchant_id else None
+    return StatusOut(
+        device_id=device.device_id,
+        status=device.status.value,
+        pairing_code_expires_at=rfc3339(expiry) if expiry else None,
+        merchant=MerchantRef(id=merchant.merchant_id, name=merchant.name) if merchant else None,
+        terminal_id=device.terminal_id,
+        poll_interval=service.POLL_INTERVAL,
+    )
+
+
+claim_router = APIRouter(tags=["merchant"])
+
+
+@claim_router.post(
+    "/pos/claim",
+    response_model=ClaimOut,
+    openapi_extra=body_schema(ClaimIn),
+    responses=errors_for(400, 401, 403, 404, 415, 429, 503),
+)
+async def claim(request: Request, session: ManagingSession, runtime: RuntimeDep, db: DbSession, now: Now) -> ClaimOut:
+    body = await read_json(request, ClaimIn)
+    principal = session.principal
+    device = await service.claim_device(
+        db,
+        runtime.cache,
+        wrapper=runtime.wrapper,
+        raw_code=body.pairing_code,
+        label=body.label,
+        merchant_id=session.merchant_id,
+        actor=Actor(principal.kind, principal.subject),
+        now=now,
+    )
+    assert device.terminal_id is not None and device.claimed_at is not None
+    return ClaimOut(
+        device_id=device.device_id,
+        status=device.status.value,
+        merchant_id=session.merchant_id,
+        terminal_id=device.terminal_id,
+        label=device.label,
+        claimed_at=rfc3339(device.claimed_at),
+    )
+
+
+admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
+
+
+def _operator(principal: AdminPrincipal) -> Actor:
+    return Actor.operator(principal.subject)
+
+
+@admin_router.post(
+    "/devices", status_code=201, response_model=IdentityKeyOut, openapi_extra=body_schema(ProvisionIn),
+    responses=errors_for(400, 401, 403, 409, 415, 503),
+)
+async def provision(request: Request, principal: AdminPrincipal, runtime: RuntimeDep, db: DbSession, now: Now) -> IdentityKeyOut:
+    body = await read_json(request, ProvisionIn)
+    key = await service.provision_device(
+        db, wrapper=runtime.wrapper, device_id=body.device_id, key_id=body.key_id, actor=_operator(principal), now=now
+    )
+    return IdentityKeyOut(device_id=key.device_id, key_id=key.key_id, identity_secret=key.identity_secret)
+
+
+@admin_router.post(
+    "/devices/{device_id}/identity-keys", status_code=201, response_model=IdentityKeyOut,
+    openapi_extra=body_schema(IdentityKeyIn, required=False), responses=errors_for(400, 401, 403, 404, 409, 415, 503),
+)
+async def add_key(
+    device_id: str, request: Request, principal: AdminPrincipal, runtime: RuntimeDep, db: DbSession, now: Now
+) -> IdentityKeyOut:
+    body = await read_json(request, IdentityKeyIn, optional=True)
+    key = await service.add_identity_key(
+        db, wrapper=runtime.wrapper, device_id=device_id, key_id=body.key_id, actor=_operator(principal), now=now
+    )
+    return IdentityKeyOut(device_id=key.device_id, key_id=key.key_id, identity_secret=key.identity_secret)
+
+
+@admin_router.delete(
+    "/devices/{device_id}/identity-keys/{key_id}", response_model=RevokedKeyOut,
+    responses=errors_for(401, 403, 404, 503),
+)
+async def revoke_key(device_id: str, key_id: str, principal: AdminPrincipal, db: DbSession, now: Now) -> RevokedKeyOut:
+    key = await service.revoke_identity_key(db, device_id=device_id, key_id=key_id, actor=_operator(principal), now=now)
+    assert key.revoked_at is not None
+    return RevokedKeyOut(device_id=device_id, key_id=key_id, revoked_at=rfc3339(key.revoked_at))
+
+
+@admin_router.post("/devices/{device_id}/disable", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
+async def admin_disable(device_id: str, principal: AdminPrincipal, db: DbSession, now: Now) -> DeviceOut:
+    device = await service.get_device(db, device_id)
+    return DeviceOut.of(await service.set_disabled(db, device=device, disabled=True, actor=_operator(principal), now=now))
+
+
+@admin_router.post("/devices/{device_id}/enable", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
+async def admin_enable(device_id: str, principal: AdminPrincipal, db: DbSession, now: Now) -> DeviceOut:
+    device = await service.get_device(db, device_id)
+    return DeviceOut.of(await service.set_disabled(db, device=device, disabled=False, actor=_operator(principal), now=now))
+
+
+@admin_router.post("/devices/{device_id}/release", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
+async def admin_release(device_id: str, principal: AdminPrincipal, db: DbSession, now: Now) -> DeviceOut:
+    device = await service.get_device(db, device_id)
+    return DeviceOut.of(await service.release_device(db, device=device, actor=_operator(principal), now=now))

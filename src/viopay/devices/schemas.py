@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from viopay.devices.models import Device
+from viopay.ids import rfc3339
+
+
+class BootstrapOut(BaseModel):
+    server_time: str
+    min_supported_version: str
+    latest_version: str
+    upgrade_required: bool
+    device_status: str
+    poll_interval: int
+
+
+class PairingCodeOut(BaseModel):
+    pairing_code: str
+    expires_at: str
+    expires_in: int
+    poll_interval: int
+
+
+class MerchantRef(BaseModel):
+    id: str
+    name: str
+
+
+class StatusOut(BaseModel):
+    device_id: str
+    status: str
+    pairing_code_expires_at: str | None
+    merchant: MerchantRef | None
+    terminal_id: str | None
+    poll_interval: int
+
+
+class ClaimIn(BaseModel):
+    pairing_code: object = None
+    label: str | None = Field(default=None, max_length=200)
+
+
+class ClaimOut(BaseModel):
+    device_id: str
+    status: str
+    merchant_id: str
+    terminal_id: str
+    label: str | None
+    claimed_at: str
+
+
+class DeviceOut(BaseModel):
+    """A device as the merchant and admin APIs show it (PROTOCOL §6)."""
+
+    device_id: str
+    status: str
+    disabled: bool
+    label: str | None
+    terminal_id: str | None
+    merchant_id: str | None
+    app_version: str | None
+    last_seen_at: str | None
+    claimed_at: str | None
+    activated_at: str | None
+
+    @classmethod
+    def of(cls, device: Device) -> DeviceOut:
+        def t(value: object) -> str | None:
+            return rfc3339(value) if value is not None else None  # type: ignore[arg-type]
+
+        return cls(
+            device_id=device.device_id,
+            status=device.status.value,
+            disabled=device.disabled,
+            label=device.label,
+            terminal_id=device.terminal_id,
+            merchant_id=device.merchant_id,
+            app_version=device.app_version,
+            last_seen_at=t(device.last_seen_at),
+            claimed_at=t(device.claimed_at),
+            activated_at=t(device.activated_at),
+        )
+
+
+class ProvisionIn(BaseModel):
+    device_id: str = Field(pattern=r"^POS-[0-9A-F]{8}$")
+    key_id: str | None = Field(default=None, pattern=r"^[\x21-\x7E]{1,128}$")
+
+
+class IdentityKeyIn(BaseModel):
+    key_id: str | None = Field(default=None, pattern=r"^[\x21-\x7E]{1,128}$")
+
+
+class IdentityKeyOut(BaseModel):
+    device_id: str
+    key_id: str
+    identity_secret: str
+
+
+class RevokedKeyOut(BaseModel):
+    device_id: str
+    key_id: str
+    revoked_at: str

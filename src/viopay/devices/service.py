@@ -1,0 +1,314 @@
+"""Devices: provisioning and identity keys, pairing codes, claims and the lifecycle."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from viopay.audit import Actor, record_event
+from viopay.cache import Cache
+from viopay.crypto.wrapping import KeyWrapper
+from viopay.devices.models import Device, DeviceStatus, MerchantDeviceIdentityKey, PairingCode, Terminal
+from viopay.errors import (
+    InvalidRequest,
+    InvalidState,
+    NotFound,
+    PairingCodeInvalid,
+    RateLimited,
+)
+from viopay.ids import new_id
+from viopay.merchants.models import Merchant
+
+PAIRING_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+PAIRING_CODE_LENGTH = 6
+PAIRING_CODE_TTL = timedelta(seconds=300)
+PAIRING_CODES_PER_HOUR = 10
+STATUS_POLLS_PER_MINUTE = 30
+POLL_INTERVAL = 5
+# Failed claims: (scope, limit, window seconds). Past a limit every claim of that scope is 429.
+CLAIM_LIMITS = (("user", 5, 900.0), ("merchant", 20, 900.0), ("global", 1000, 3600.0))
+_IDENTITY_CONTEXT = "identity-key:{device_id}:{key_id}"
+
+
+@dataclass(frozen=True)
+class NewIdentityKey:
+    device_id: str
+    key_id: str
+    identity_secret: str  # shown once, 64 lower-case hex
+
+    def __repr__(self) -> str:
+        return f"NewIdentityKey(device_id={self.device_id!r}, key_id={self.key_id!r})"
+
+
+# --- provisioning and identity keys ---------------------------------------------------------
+
+
+def default_key_id(now: datetime) -> str:
+    return f"device-id-key-{now:%Y-%m}-{secrets.token_hex(3)}"
+
+
+async def provision_device(
+    db: AsyncSession, *, wrapper: KeyWrapper, device_id: str, key_id: str | None, actor: Actor, now: datetime
+) -> NewIdentityKey:
+    if await db.get(Device, device_id) is not None:
+        raise InvalidState(f"device {device_id} is already provisioned")
+    db.add(Device(device_id=device_id, status=DeviceStatus.inactive, disabled=False, created_at=now))
+    record_event(
+        db, type="device.provisioned", actor=actor, subject_type="device", subject_id=device_id,
+        merchant_id=None, now=now,
+    )
+    await db.flush()
+    return await add_identity_key(db, wrapper=wrapper, device_id=device_id, key_id=key_id, actor=actor, now=now)
+
+
+async def add_identity_key(
+    db: AsyncSession, *, wrapper: KeyWrapper, device_id: str, key_id: str | None, actor: Actor, now: datetime
+) -> NewIdentityKey:
+    device = await get_device(db, device_id)
+    key_id = key_id or default_key_id(now)
+    existing = await db.scalar(
+        select(MerchantDeviceIdentityKey.id).where(
+            MerchantDeviceIdentityKey.device_id == device_id, MerchantDeviceIdentityKey.key_id == key_id
+        )
+    )
+    if existing is not None:
+        raise InvalidState(f"key {key_id} already exists for this device")
+    secret = secrets.token_bytes(32)
+    db.add(
+        MerchantDeviceIdentityKey(
+            device_id=device_id,
+            key_id=key_id,
+            secret_wrapped=wrapper.wrap(secret, context=_IDENTITY_CONTEXT.format(device_id=device_id, key_id=key_id)),
+            created_at=now,
+            revoked_at=None,
+        )
+    )
+    record_event(
+        db, type="identity_key.added", actor=actor, subject_type="identity_key", subject_id=f"{device_id}/{key_id}",
+        merchant_id=device.merchant_id, now=now,
+    )
+    await db.flush()
+    return NewIdentityKey(device_id, key_id, secret.hex())
+
+
+async def revoke_identity_key(
+    db: AsyncSession, *, device_id: str, key_id: str, actor: Actor, now: datetime
+) -> MerchantDeviceIdentityKey:
+    device = await get_device(db, device_id)
+    key = await db.scalar(
+        select(MerchantDeviceIdentityKey).where(
+            MerchantDeviceIdentityKey.device_id == device_id, MerchantDeviceIdentityKey.key_id == key_id
+        )
+    )
+    if key is None:
+        raise NotFound("no such identity key")
+    if key.revoked_at is None:
+        key.revoked_at = now
+        record_event(
+            db, type="identity_key.revoked", actor=actor, subject_type="identity_key",
+            subject_id=f"{device_id}/{key_id}", merchant_id=device.merchant_id, now=now,
+        )
+        await db.flush()
+    return key
+
+
+def unwrap_identity_secret(wrapper: KeyWrapper, key: MerchantDeviceIdentityKey) -> bytes:
+    return wrapper.unwrap(
+        key.secret_wrapped, context=_IDENTITY_CONTEXT.format(device_id=key.device_id, key_id=key.key_id)
+    )
+
+
+async def get_device(db: AsyncSession, device_id: str) -> Device:
+    device = await db.get(Device, device_id)
+    if device is None:
+        raise NotFound("no such device")
+    return device
+
+
+# --- pairing codes --------------------------------------------------------------------------
+
+
+def new_pairing_code() -> str:
+    return "".join(secrets.choice(PAIRING_ALPHABET) for _ in range(PAIRING_CODE_LENGTH))
+
+
+def normalise_code(raw: str) -> str:
+    """Portal input is case-insensitive and ignores spaces and hyphens (PROTOCOL §3.2)."""
+    return re.sub(r"[\s-]+", "", raw).upper()
+
+
+def code_digest(wrapper: KeyWrapper, code: str) -> str:
+    return hmac.new(wrapper.derive("pairing-code"), code.encode(), hashlib.sha256).hexdigest()
+
+
+async def issue_pairing_code(
+    db: AsyncSession, cache: Cache, *, wrapper: KeyWrapper, device: Device, now: datetime
+) -> tuple[str, datetime]:
+    if device.status is not DeviceStatus.inactive:
+        raise InvalidState(f"device is {device.status.value}; pairing codes are for inactive devices")
+    wait = await cache.window_hit(
+        f"rl:pairing:{device.device_id}", limit=PAIRING_CODES_PER_HOUR, window=3600, now=now.timestamp()
+    )
+    if wait:
+        raise RateLimited("at most 10 pairing codes per device per hour", retry_after=int(wait) + 1)
+    expires_at = now + PAIRING_CODE_TTL
+    while True:
+        code = new_pairing_code()
+        digest = code_digest(wrapper, code)
+        holder = await db.scalar(select(PairingCode).where(PairingCode.code_digest == digest))
+        if holder is None:
+            break
+        if holder.expires_at <= now or holder.used_at is not None:
+            holder.code_digest = None  # a dead code of another device: free its value
+            await db.flush()
+            break
+    row = await db.get(PairingCode, device.device_id, with_for_update=True)
+    if row is None:
+        db.add(PairingCode(device_id=device.device_id, code_digest=digest, issued_at=now, expires_at=expires_at))
+    else:  # a new code kills the previous one
+        row.code_digest, row.issued_at, row.expires_at, row.used_at = digest, now, expires_at, None
+    record_event(
+        db, type="device.pairing_code_issued", actor=Actor("device", device.device_id), subject_type="device",
+        subject_id=device.device_id, merchant_id=None, now=now, data={"expires_at": expires_at.isoformat()},
+    )
+    await db.flush()
+    return code, expires_at
+
+
+async def live_code_expiry(db: AsyncSession, *, device: Device, now: datetime) -> datetime | None:
+    if device.status is not DeviceStatus.inactive:
+        return None
+    row = await db.get(PairingCode, device.device_id)
+    if row is None or row.code_digest is None or row.used_at is not None or row.expires_at <= now:
+        return None
+    return row.expires_at
+
+
+async def check_status_rate(cache: Cache, *, device: Device, now: datetime) -> None:
+    wait = await cache.window_hit(
+        f"rl:status:{device.device_id}", limit=STATUS_POLLS_PER_MINUTE, window=60, now=now.timestamp()
+    )
+    if wait:
+        raise RateLimited("at most 30 status calls per minute", retry_after=int(wait) + 1)
+
+
+# --- claims ---------------------------------------------------------------------------------
+
+
+def _claim_scopes(subject: str, merchant_id: str) -> list[tuple[str, int, float]]:
+    names = {"user": f"rl:claimfail:user:{subject}", "merchant": f"rl:claimfail:merchant:{merchant_id}",
+             "global": "rl:claimfail:global"}
+    return [(names[scope], limit, window) for scope, limit, window in CLAIM_LIMITS]
+
+
+async def _check_claim_limits(cache: Cache, scopes: list[tuple[str, int, float]], now: float) -> None:
+    for key, limit, window in scopes:
+        wait = await cache.window_check(key, limit=limit, window=window, now=now)
+        if wait:
+            raise RateLimited("too many failed claims; try again later", retry_after=int(wait) + 1)
+
+
+async def claim_device(
+    db: AsyncSession,
+    cache: Cache,
+    *,
+    wrapper: KeyWrapper,
+    raw_code: object,
+    label: str | None,
+    merchant_id: str,
+    actor: Actor,
+    now: datetime,
+) -> Device:
+    if not isinstance(raw_code, str) or not normalise_code(raw_code):
+        raise InvalidRequest("pairing_code is required", errors=[{"field": "pairing_code", "message": "required"}])
+    scopes = _claim_scopes(actor.id or "", merchant_id)
+    await _check_claim_limits(cache, scopes, now.timestamp())
+    code = normalise_code(raw_code)
+    device_id = None
+    if len(code) == PAIRING_CODE_LENGTH and set(code) <= set(PAIRING_ALPHABET):
+        # Spend the code atomically: of two concurrent claims exactly one gets the row.
+        device_id = await db.scalar(
+            update(PairingCode)
+            .where(PairingCode.code_digest == code_digest(wrapper, code), PairingCode.expires_at > now,
+                   PairingCode.used_at.is_(None))
+            .values(code_digest=None, used_at=now)
+            .returning(PairingCode.device_id)
+        )
+    device = await db.get(Device, device_id, with_for_update=True) if device_id else None
+    if device is None or device.status is not DeviceStatus.inactive or device.disabled:
+        for key, _, window in scopes:
+            await cache.window_add(key, window=window, now=now.timestamp())
+        raise PairingCodeInvalid()
+    merchant = await db.get(Merchant, merchant_id)
+    assert merchant is not None
+    terminal = await _new_terminal(db, device=device, merchant=merchant, now=now)
+    device.status, device.merchant_id, device.terminal_id = DeviceStatus.claimed, merchant_id, terminal.terminal_id
+    device.label, device.claimed_at = label, now
+    record_event(
+        db, type="device.claimed", actor=actor, subject_type="device", subject_id=device.device_id,
+        merchant_id=merchant_id, now=now, data={"terminal_id": terminal.terminal_id, "label": label},
+    )
+    await db.flush()
+    return device
+
+
+async def _new_terminal(db: AsyncSession, *, device: Device, merchant: Merchant, now: datetime) -> Terminal:
+    while True:
+        terminal_id = f"TID-{secrets.randbelow(10**6):06d}"
+        if await db.get(Terminal, terminal_id) is None:
+            break
+    terminal = Terminal(
+        terminal_id=terminal_id, device_id=device.device_id, merchant_id=merchant.merchant_id,
+        currency=merchant.currency, created_at=now, retired_at=None,
+    )
+    db.add(terminal)
+    await db.flush()
+    return terminal
+
+
+# --- lifecycle ------------------------------------------------------------------------------
+
+
+async def set_disabled(db: AsyncSession, *, device: Device, disabled: bool, actor: Actor, now: datetime) -> Device:
+    if device.disabled == disabled:
+        return device
+    device.disabled = disabled
+    if disabled:
+        device.token_generation += 1  # kills attestation tokens at once; enabling does not revive them
+        await _kill_pairing_code(db, device.device_id)
+    record_event(
+        db, type="device.disabled" if disabled else "device.enabled", actor=actor, subject_type="device",
+        subject_id=device.device_id, merchant_id=device.merchant_id, now=now,
+    )
+    await db.flush()
+    return device
+
+
+async def release_device(db: AsyncSession, *, device: Device, actor: Actor, now: datetime) -> Device:
+    """Back to ``inactive``: key sets, tokens and the terminal id retire; past charges stay."""
+    merchant_id = device.merchant_id
+    if device.terminal_id is not None:
+        terminal = await db.get(Terminal, device.terminal_id)
+        if terminal is not None:
+            terminal.retired_at = now
+    device.status, device.merchant_id, device.terminal_id = DeviceStatus.inactive, None, None
+    device.label, device.claimed_at, device.activated_at = None, None, None
+    device.token_generation += 1
+    await _kill_pairing_code(db, device.device_id)
+    record_event(
+        db, type="device.released", actor=actor, subject_type="device", subject_id=device.device_id,
+        merchant_id=merchant_id, now=now,
+    )
+    await db.flush()
+    return device
+
+
+async def _kill_pairing_code(db: AsyncSession, device_id: str) -> None:
+    await db.execute(update(PairingCode).where(PairingCode.device_id == device_id).values(code_digest=None))

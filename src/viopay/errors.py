@@ -1,0 +1,182 @@
+"""Domain errors and their one mapping to RFC 9457 problem+json (PROTOCOL §1).
+
+Services raise these; only :func:`problem_response` turns them into HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import orjson
+from starlette.responses import Response
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class ViopayError(Exception):
+    """Base of every error that answers a request. ``detail`` never holds a secret."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+    default_detail: ClassVar[str] = "an unexpected error occurred"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        self.detail = detail or self.default_detail
+        self.extra: dict[str, Any] = extra
+        self.headers: dict[str, str] = {}
+        super().__init__(self.detail)
+
+
+def _error(code: str, status: int, title: str, detail: str) -> type[ViopayError]:
+    return type(
+        "".join(part.title() for part in code.split("_")),
+        (ViopayError,),
+        {"code": code, "status": status, "title": title, "default_detail": detail},
+    )
+
+
+class InvalidRequest(ViopayError):
+    code, status, title, default_detail = "invalid_request", 400, "Invalid request", "the request is invalid"
+
+    def __init__(self, detail: str | None = None, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(detail)
+        if errors:
+            self.extra["errors"] = errors
+
+
+class MissingHeader(ViopayError):
+    code, status, title = "missing_header", 400, "Missing header"
+
+    def __init__(self, header: str) -> None:
+        super().__init__(f"{header} header is required")
+
+
+class InvalidHeader(ViopayError):
+    code, status, title = "invalid_header", 400, "Invalid header"
+
+    def __init__(self, header: str, why: str = "is malformed") -> None:
+        super().__init__(f"{header} header {why}")
+
+
+class Unauthorized(ViopayError):
+    code, status, title, default_detail = "unauthorized", 401, "Unauthorized", "a valid Bearer token is required"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.headers["WWW-Authenticate"] = 'Bearer realm="viopay"'
+
+
+class InvalidToken(ViopayError):
+    code, status, title = "invalid_token", 401, "Invalid token"
+    default_detail = "attestation token is invalid or expired"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.headers["WWW-Authenticate"] = 'Attestation realm="viopay"'
+
+
+class TimestampOutOfWindow(ViopayError):
+    code, status, title = "timestamp_out_of_window", 401, "Timestamp out of window"
+    default_detail = "X-Timestamp must be within 300 s past and 60 s ahead of server time"
+
+
+class AppVersionUnsupported(ViopayError):
+    code, status, title = "app_version_unsupported", 426, "App version unsupported"
+
+    def __init__(self, min_supported_version: str) -> None:
+        super().__init__(
+            f"this app version is below the minimum {min_supported_version}",
+            min_supported_version=min_supported_version,
+        )
+        self.headers["Upgrade"] = f"Viopay-POS/{min_supported_version}"
+
+
+class RateLimited(ViopayError):
+    code, status, title, default_detail = "rate_limited", 429, "Too many requests", "rate limit reached"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.headers["Retry-After"] = str(max(1, retry_after))
+
+
+class ServiceUnavailable(ViopayError):
+    code, status, title = "service_unavailable", 503, "Service unavailable"
+    default_detail = "a backing service is unreachable; try again"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.headers["Retry-After"] = "5"
+
+
+DecryptionFailed = _error("decryption_failed", 400, "Decryption failed", "the envelope could not be decrypted")
+UnknownKey = _error("unknown_key", 401, "Unknown key", "X-Key-Id is not a key of this device")
+KeyRevoked = _error("key_revoked", 401, "Key revoked", "the identity key was revoked")
+InvalidSignature = _error("invalid_signature", 401, "Invalid signature", "signature does not match")
+NonceReused = _error("nonce_reused", 401, "Nonce reused", "the nonce was already used")
+UnknownTerminal = _error("unknown_terminal", 401, "Unknown terminal", "X-Terminal-Id is not a terminal")
+Forbidden = _error("forbidden", 403, "Forbidden", "not allowed")
+SessionRequired = _error(
+    "session_required", 403, "Session required", "initiate a merchant session with POST /session/initiate"
+)
+DeviceDisabled = _error("device_disabled", 403, "Device disabled", "the device is disabled")
+DeviceNotFound = _error("device_not_found", 404, "Device not found", "the device was never provisioned")
+PairingCodeInvalid = _error(
+    "pairing_code_invalid", 404, "Pairing code invalid", "the pairing code is unknown, expired or already used"
+)
+NotFound = _error("not_found", 404, "Not found", "the resource does not exist")
+InvalidState = _error("invalid_state", 409, "Invalid state", "the current state forbids this call")
+IdempotencyInProgress = _error(
+    "idempotency_in_progress", 409, "Idempotency key in progress", "a request with this Idempotency-Key is running"
+)
+ChargeNotCancelable = _error("charge_not_cancelable", 409, "Charge not cancelable", "the charge cannot be canceled")
+ChargeNotRefundable = _error("charge_not_refundable", 409, "Charge not refundable", "the charge cannot be refunded")
+MethodNotAllowed = _error("method_not_allowed", 405, "Method not allowed", "this path does not take that method")
+PayloadTooLarge = _error("payload_too_large", 413, "Payload too large", "the body is over 64 KiB")
+UnsupportedMediaType = _error(
+    "unsupported_media_type", 415, "Unsupported media type", "the body must be application/json"
+)
+IdempotencyKeyReused = _error(
+    "idempotency_key_reused", 422, "Idempotency key reused", "this Idempotency-Key was used with another request"
+)
+KeyCheckFailed = _error("key_check_failed", 422, "Key check failed", "the key check values do not match")
+RefundExceedsCharge = _error(
+    "refund_exceeds_charge", 422, "Refund exceeds charge", "refunds would exceed the charged amount"
+)
+InvalidCard = _error("invalid_card", 422, "Invalid card", "the card is invalid")
+ProcessorError = _error("processor_error", 502, "Processor error", "the payment processor failed")
+ProcessorTimeout = _error(
+    "processor_timeout", 504, "Processor timeout", "the processor did not answer; the charge was reversed"
+)
+InternalError = ViopayError
+
+
+def problem_body(
+    *, code: str, status: int, title: str, detail: str, request_id: str, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": f"urn:viopay:error:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": request_id,
+    }
+    if extra:
+        body.update(extra)
+    return body
+
+
+def problem_response(error: ViopayError, request_id: str) -> Response:
+    body = problem_body(
+        code=error.code,
+        status=error.status,
+        title=error.title,
+        detail=error.detail,
+        request_id=request_id,
+        extra=error.extra,
+    )
+    return Response(
+        orjson.dumps(body), status_code=error.status, media_type=PROBLEM_MEDIA_TYPE, headers=error.headers
+    )

@@ -1,0 +1,1 @@
+"""Merchants, their members, their config and the audit trail."""

@@ -1,0 +1,120 @@
+"""Pure ASGI middleware: request ids, the body size limit, and one access log line."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import orjson
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from viopay.errors import PROBLEM_MEDIA_TYPE, problem_body
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+BODY_LIMIT = 64 * 1024
+LARGE_BODY_LIMIT = 8 * 1024 * 1024
+_LARGE_BODY_PATH = re.compile(r"^/admin/terminals/[^/]+/parameters$")
+log = structlog.get_logger("viopay.access")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def request_id_of(scope: Scope) -> str:
+    rid: str = scope.get("state", {}).get("request_id", "")
+    return rid
+
+
+class RequestContextMiddleware:
+    """Assigns ``X-Request-Id``, enforces the body limit (413 before anything else), logs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = _client_request_id(scope) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        limit = LARGE_BODY_LIMIT if _LARGE_BODY_PATH.match(scope["path"]) else BODY_LIMIT
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            if _declared_length(scope) > limit:
+                raise _TooLarge
+            await self.app(scope, limited_receive, send_with_id)
+        except _TooLarge:
+            if response_started:
+                raise
+            await _send_problem(send_with_id, rid, 413, "payload_too_large", "Payload too large",
+                                "the body is over the size limit")
+        except Exception as exc:
+            # A bug. Log its type only: messages and tracebacks can carry request data.
+            log.error("unhandled error", error=type(exc).__name__, request_id=rid)
+            if not response_started:
+                await _send_problem(send_with_id, rid, 500, "internal_error", "Internal error",
+                                    "an unexpected error occurred")
+        finally:
+            log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                ms=round((time.perf_counter() - started) * 1000, 2),
+                request_id=rid,
+            )
+
+
+def _client_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if _REQUEST_ID.match(text) else None
+    return None
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+async def _send_problem(send: Send, rid: str, status: int, code: str, title: str, detail: str) -> None:
+    body = orjson.dumps(problem_body(code=code, status=status, title=title, detail=detail, request_id=rid))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

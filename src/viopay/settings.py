@@ -1,0 +1,114 @@
+"""Configuration: one pydantic-settings class read from ``VIOPAY_*`` environment variables.
+
+With nothing set, the server runs on the *embedded default*: a SQLite file under ``./var``,
+an in-process cache, its own token issuer and master key file, and the sandbox processor.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import semver
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_SEMVER_FIELD_HELP = "a SemVer 2.0 version such as 1.4.2"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIOPAY_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default=Path("var"), description="Where the embedded default keeps its files.")
+    database_url: str | None = Field(
+        default=None,
+        description="postgresql://… or sqlite:///path; default: a SQLite file in data_dir.",
+    )
+    redis_url: str | None = Field(default=None, description="redis://…; default: in-process cache.")
+    redis_prefix: str = Field(default="viopay:", description="Prefix of every Redis key.")
+    master_key: SecretStr | None = Field(
+        default=None, description="Base64 of 32 bytes; wraps every key at rest. Required with PostgreSQL."
+    )
+    master_key_file: Path | None = Field(
+        default=None, description="Master key file (embedded default: data_dir/master.key, made at first start)."
+    )
+    min_pos_version: str = Field(default="1.0.0", description="Oldest POS app version accepted.")
+    latest_pos_version: str | None = Field(default=None, description="Newest published POS app version.")
+    oidc_issuer: str | None = Field(default=None, description="Keycloak realm URL; default: embedded issuer.")
+    oidc_audience: str = Field(default="viopay", description="Expected `aud` (or `azp`) of Bearer tokens.")
+    oidc_client_id: str | None = Field(default=None, description="Client used for /client/session against Keycloak.")
+    oidc_client_secret: SecretStr | None = Field(default=None)
+    token_ttl_seconds: int = Field(default=3600, ge=60, le=86400, description="Embedded issuer token life.")
+    rotation_grace_seconds: int = Field(default=600, ge=0, le=86400)
+    keyset_max_envelopes: int = Field(default=2**24, ge=10, le=2**24)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = Field(default=True, description="JSON logs (structlog); false for console output.")
+    public_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of this server.")
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+
+    @field_validator("min_pos_version", "latest_pos_version")
+    @classmethod
+    def _semver(cls, value: str | None) -> str | None:
+        if value is not None and not semver.Version.is_valid(value):
+            raise ValueError(f"must be {_SEMVER_FIELD_HELP}, got {value!r}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^(postgres(ql)?(\+asyncpg)?|sqlite(\+aiosqlite)?)://", value):
+            raise ValueError("must start with postgresql:// or sqlite:///")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_master_key(self) -> Settings:
+        if not self.embedded and self.master_key is None and self.master_key_file is None:
+            raise ValueError(
+                "VIOPAY_MASTER_KEY (base64 of 32 bytes) is required with PostgreSQL: every server "
+                "process must wrap and unwrap keys with the same master key"
+            )
+        if self.latest_pos_version is not None and semver.Version.parse(
+            self.latest_pos_version
+        ) < semver.Version.parse(self.min_pos_version):
+            raise ValueError("VIOPAY_LATEST_POS_VERSION must not be below VIOPAY_MIN_POS_VERSION")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when the database is SQLite (the embedded default)."""
+        return self.async_database_url.startswith("sqlite")
+
+    @cached_property
+    def async_database_url(self) -> str:
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'viopay.db').as_posix()}"
+        for plain, driver in (
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        return url
+
+    @property
+    def latest_version(self) -> str:
+        return self.latest_pos_version or self.min_pos_version
+
+    @property
+    def resolved_master_key_file(self) -> Path:
+        return self.master_key_file or self.data_dir / "master.key"
+
+
+def load_settings() -> Settings:
+    return Settings()
