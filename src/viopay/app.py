@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from viopay import __version__
 from viopay.auth.issuer import OidcVerifier, load_embedded_issuer
+from viopay.auth.router import admin_router as client_admin_router
 from viopay.auth.router import router as auth_router
 from viopay.devices.router import admin_router as device_admin_router
 from viopay.devices.router import claim_router, pos_router
@@ -66,7 +67,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     )
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
-    for router in (health_router, auth_router, pos_router, claim_router, device_admin_router, merchant_admin_router):
+    for router in (health_router, auth_router, pos_router, claim_router, device_admin_router, merchant_admin_router,
+                   client_admin_router):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)

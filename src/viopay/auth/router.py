@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
-from viopay.auth.clients import authenticate_client
-from viopay.auth.deps import BearerPrincipal
+from viopay.audit import Actor
+from viopay.auth.clients import authenticate_client, create_client
+from viopay.auth.deps import AdminPrincipal, BearerPrincipal, admin_principal
 from viopay.auth.issuer import ADMIN_ROLE
-from viopay.auth.schemas import AccessToken, ClientCredentials, SessionInitiate, SessionOut
+from viopay.auth.schemas import AccessToken, ClientCredentials, ClientIn, ClientOut, SessionInitiate, SessionOut
 from viopay.auth.sessions import initiate_session
 from viopay.deps import DbSession, Now, RuntimeDep, body_schema, read_json
+from viopay.errors import InvalidRequest
 from viopay.ids import rfc3339
+from viopay.merchants.models import Role
 from viopay.openapi import errors_for
 
 router = APIRouter(tags=["auth"])
@@ -65,3 +68,25 @@ async def jwks(runtime: RuntimeDep) -> dict[str, Any]:
     if runtime.issuer is None:
         return {"keys": []}
     return runtime.issuer.jwks()
+
+
+admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
+
+
+@admin_router.post(
+    "/clients", status_code=201, response_model=ClientOut, openapi_extra=body_schema(ClientIn),
+    responses=errors_for(400, 401, 403, 404, 415, 503),
+)
+async def create_api_client(
+    request: Request, principal: AdminPrincipal, runtime: RuntimeDep, db: DbSession, now: Now
+) -> ClientOut:
+    """The API equivalent of `viopay client create` (the secret is shown once)."""
+    body = await read_json(request, ClientIn)
+    if body.admin == (body.merchant_id is not None) or (body.merchant_id is None) != (body.role is None):
+        raise InvalidRequest("give either merchant_id and role, or admin: true")
+    client = await create_client(
+        db, wrapper=runtime.wrapper, merchant_id=body.merchant_id, role=Role(body.role) if body.role else None,
+        admin=body.admin, actor=Actor.operator(principal.subject), now=now,
+    )
+    return ClientOut(client_id=client.client_id, client_secret=client.client_secret, merchant_id=client.merchant_id,
+                     role=client.role.value if client.role else None, admin=client.admin)

@@ -23,3 +23,17 @@ class SessionOut(BaseModel):
     merchant_id: str
     role: str
     expires_at: str
+
+
+class ClientIn(BaseModel):
+    merchant_id: str | None = Field(default=None, max_length=64)
+    role: str | None = Field(default=None, pattern=r"^(owner|admin|staff)$")
+    admin: bool = False
+
+
+class ClientOut(BaseModel):
+    client_id: str
+    client_secret: str
+    merchant_id: str | None
+    role: str | None
+    admin: bool

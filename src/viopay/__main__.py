@@ -1,0 +1,3 @@
+from viopay.cli import main
+
+main()

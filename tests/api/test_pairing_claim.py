@@ -1,0 +1,216 @@
+"""Steps 2–4 (PROTOCOL §3.2–§3.4): pairing codes, status polling and claims."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from conftest import pos_headers
+from test_headers import problem
+
+ALPHABET = set("ABCDEFGHJKMNPQRSTUVWXYZ23456789")
+
+
+def new_code(api, device_id: str) -> str:
+    response = api.post("/pos/pairing-code", headers=pos_headers(device_id))
+    assert response.status_code == 201, response.text
+    return response.json()["pairing_code"]
+
+
+def test_pairing_code_shape(api, admin):
+    device = admin.provision()
+    response = api.post("/pos/pairing-code", headers=pos_headers(device.device_id))
+    assert response.status_code == 201
+    body = response.json()
+    assert re.fullmatch(r"[A-Z2-9]{6}", body["pairing_code"]) and set(body["pairing_code"]) <= ALPHABET
+    assert body["expires_in"] == 300 and body["poll_interval"] == 5
+    status = api.get("/pos/status", headers=pos_headers(device.device_id)).json()
+    assert status == {
+        "device_id": device.device_id,
+        "status": "inactive",
+        "pairing_code_expires_at": body["expires_at"],
+        "merchant": None,
+        "terminal_id": None,
+        "poll_interval": 5,
+    }
+
+
+def test_codes_use_only_the_alphabet(api, admin):
+    device = admin.provision()
+    seen = "".join(new_code(api, device.device_id) for _ in range(10))
+    assert set(seen) <= ALPHABET
+    assert not set(seen) & set("ILO01")
+
+
+def test_pairing_code_rate_limit(api, admin):
+    device = admin.provision()
+    for _ in range(10):
+        new_code(api, device.device_id)
+    response = api.post("/pos/pairing-code", headers=pos_headers(device.device_id))
+    problem(response, 429, "rate_limited")
+    assert int(response.headers["retry-after"]) > 0
+
+
+def test_new_code_replaces_old(api, admin, make_merchant):
+    device = admin.provision()
+    old = new_code(api, device.device_id)
+    new = new_code(api, device.device_id)
+    owner = make_merchant()
+    problem(owner.http.post("/pos/claim", json={"pairing_code": old}), 404, "pairing_code_invalid")
+    assert owner.http.post("/pos/claim", json={"pairing_code": new}).status_code == 200
+
+
+def test_claim_happy_path(api, admin, make_merchant):
+    device = admin.provision()
+    code = new_code(api, device.device_id)
+    owner = make_merchant(currency="EUR", country="DE")
+    typed = f" {code[:3].lower()}-{code[3:]} "  # portal input: case, spaces and hyphens ignored
+    response = owner.http.post("/pos/claim", json={"pairing_code": typed, "label": "Front counter"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["device_id"] == device.device_id and body["status"] == "claimed"
+    assert body["merchant_id"] == owner.merchant_id and body["label"] == "Front counter"
+    assert re.fullmatch(r"TID-\d{6}", body["terminal_id"])
+    status = api.get("/pos/status", headers=pos_headers(device.device_id)).json()
+    assert status["status"] == "claimed" and status["terminal_id"] == body["terminal_id"]
+    assert status["merchant"] == {"id": owner.merchant_id, "name": "Corner Coffee"}
+    assert status["pairing_code_expires_at"] is None
+    problem(api.post("/pos/pairing-code", headers=pos_headers(device.device_id)), 409, "invalid_state")
+
+
+def test_label_defaults_to_null(api, admin, make_merchant):
+    device = admin.provision()
+    body = make_merchant().http.post("/pos/claim", json={"pairing_code": new_code(api, device.device_id)}).json()
+    assert body["label"] is None
+
+
+def test_used_unknown_and_expired_codes_answer_alike(api, admin, make_merchant, backend):
+    owner = make_merchant()
+    device = admin.provision()
+    code = new_code(api, device.device_id)
+    assert owner.http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
+    used = owner.http.post("/pos/claim", json={"pairing_code": code})
+    unknown = owner.http.post("/pos/claim", json={"pairing_code": "ZZZZZZ" if code != "ZZZZZZ" else "YYYYYY"})
+    garbage = owner.http.post("/pos/claim", json={"pairing_code": "not a code at all"})
+    bodies = [problem(r, 404, "pairing_code_invalid") for r in (used, unknown, garbage)]
+    assert len({(b["detail"], b["title"]) for b in bodies}) == 1
+
+
+@pytest.mark.parametrize("body", [{}, {"pairing_code": None}, {"pairing_code": 123456}, {"pairing_code": " - "}])
+def test_missing_or_non_string_code_is_400(make_merchant, body):
+    owner = make_merchant()
+    problem(owner.http.post("/pos/claim", json=body), 400, "invalid_request")
+
+
+def test_claim_body_must_be_json(make_merchant):
+    owner = make_merchant()
+    problem(owner.http.post("/pos/claim", content=b"pairing_code=ABC", headers={"content-type": "text/plain"}),
+            415, "unsupported_media_type")
+    problem(owner.http.post("/pos/claim", content=b"{nope", headers={"content-type": "application/json"}),
+            400, "invalid_request")
+
+
+def test_staff_cannot_claim(api, admin, make_merchant):
+    device = admin.provision()
+    staff = make_merchant("staff")
+    problem(staff.http.post("/pos/claim", json={"pairing_code": new_code(api, device.device_id)}), 403, "forbidden")
+
+
+def test_claim_without_session_or_token(api, admin, member_client, server):
+    from conftest import client_token
+
+    token = client_token(server.url, member_client["client_id"], member_client["client_secret"])
+    no_session = api.post("/pos/claim", json={"pairing_code": "ABCDEF"}, headers={"Authorization": f"Bearer {token}"})
+    problem(no_session, 403, "session_required")
+    no_token = api.post("/pos/claim", json={"pairing_code": "ABCDEF"})
+    problem(no_token, 401, "unauthorized")
+    assert no_token.headers["www-authenticate"].startswith("Bearer")
+    bad = api.post("/pos/claim", json={"pairing_code": "ABCDEF"}, headers={"Authorization": "Bearer not.a.jwt"})
+    problem(bad, 401, "unauthorized")
+    wrong_scheme = api.post("/pos/claim", json={"pairing_code": "ABCDEF"}, headers={"Authorization": f"Basic {token}"})
+    problem(wrong_scheme, 401, "unauthorized")
+
+
+def test_brute_force_limit_blocks_even_the_right_code(api, admin, make_merchant):
+    device = admin.provision()
+    code = new_code(api, device.device_id)
+    owner = make_merchant()
+    wrong = "ZZZZZZ" if code != "ZZZZZZ" else "YYYYYY"
+    for _ in range(5):
+        problem(owner.http.post("/pos/claim", json={"pairing_code": wrong}), 404, "pairing_code_invalid")
+    blocked = owner.http.post("/pos/claim", json={"pairing_code": code})
+    problem(blocked, 429, "rate_limited")
+    assert int(blocked.headers["retry-after"]) > 800  # the 15-minute window
+    # The device is untouched: still inactive with its code live.
+    assert api.get("/pos/status", headers=pos_headers(device.device_id)).json()["status"] == "inactive"
+
+
+def test_one_code_two_claimers_exactly_one_wins(api, admin, make_merchant, server, server_b):
+    for _ in range(3):
+        device = admin.provision()
+        code = new_code(api, device.device_id)
+        first = make_merchant(url=server.url)
+        second = make_merchant(url=server_b.url)
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda m: m.http.post("/pos/claim", json={"pairing_code": code}),
+                                    (first, second)))
+        statuses = sorted(r.status_code for r in results)
+        assert statuses == [200, 404], [r.text for r in results]
+        winner = next(r for r in results if r.status_code == 200).json()
+        status = api.get("/pos/status", headers=pos_headers(device.device_id)).json()
+        assert status["merchant"]["id"] == winner["merchant_id"]
+
+
+def test_status_rate_limit_across_processes(admin, server, server_b):
+    device = admin.provision()
+    urls = [server.url, server_b.url]
+    for i in range(30):
+        assert httpx.get(f"{urls[i % 2]}/pos/status", headers=pos_headers(device.device_id)).status_code == 200
+    limited = httpx.get(f"{urls[0]}/pos/status", headers=pos_headers(device.device_id))
+    problem(limited, 429, "rate_limited")
+    assert 0 < int(limited.headers["retry-after"]) <= 61
+    problem(httpx.get(f"{urls[1]}/pos/status", headers=pos_headers(device.device_id)), 429, "rate_limited")
+
+
+def test_device_provisioned_on_one_process_works_on_the_other(admin, server_b, make_merchant):
+    device = admin.provision()
+    with httpx.Client(base_url=server_b.url) as b:
+        code = new_code(b, device.device_id)
+    owner = make_merchant(url=server_b.url)
+    assert owner.http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
+
+
+async def test_expired_code_is_refused(api, admin, make_merchant, runtime):
+    """A code issued 301 s ago (by the service with an injected clock) is dead."""
+    from viopay.devices import service
+    from viopay.devices.models import Device
+    from viopay.ids import utcnow
+
+    device = admin.provision()
+    async with runtime.sessions() as db, db.begin():
+        row = await db.get(Device, device.device_id)
+        code, expires_at = await service.issue_pairing_code(
+            db, runtime.cache, wrapper=runtime.wrapper, device=row, now=utcnow() - timedelta(seconds=301)
+        )
+    owner = make_merchant()
+    problem(owner.http.post("/pos/claim", json={"pairing_code": code}), 404, "pairing_code_invalid")
+    status = api.get("/pos/status", headers=pos_headers(device.device_id)).json()
+    assert status["pairing_code_expires_at"] is None and status["status"] == "inactive"
+
+
+async def test_live_code_just_before_expiry_is_claimable(admin, make_merchant, runtime):
+    from viopay.devices import service
+    from viopay.devices.models import Device
+    from viopay.ids import utcnow
+
+    device = admin.provision()
+    async with runtime.sessions() as db, db.begin():
+        row = await db.get(Device, device.device_id)
+        code, _ = await service.issue_pairing_code(
+            db, runtime.cache, wrapper=runtime.wrapper, device=row, now=utcnow() - timedelta(seconds=280)
+        )
+    assert make_merchant().http.post("/pos/claim", json={"pairing_code": code}).status_code == 200

@@ -1,0 +1,324 @@
+"""Test infrastructure: every API test runs against real server processes on both backends.
+
+- ``embedded``: ``viopay serve`` on a fresh SQLite file with the in-process cache;
+- ``postgres``: ``viopay serve`` on a fresh PostgreSQL database and its own Redis key prefix,
+  plus a second server process (``server_b``) sharing them.
+
+With ``CI=true`` a missing PostgreSQL or Redis fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("VIOPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("VIOPAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
+# Every secret a test sees is registered here; the log scan looks for each of them.
+SEEN_SECRETS: set[str] = set()
+SERVER_LOGS: list[Path] = []
+
+
+def _service_up(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Backend:
+    name: str
+    env: dict[str, str]
+    cleanup: list[Any] = field(default_factory=list)
+
+    def cli(self, *args: str) -> dict[str, Any]:
+        """Run ``viopay ARGS --json`` on this backend's configuration and parse its one document."""
+        import orjson
+
+        done = subprocess.run(
+            [sys.executable, "-m", "viopay", *args, "--json"],
+            env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert done.returncode == 0, f"viopay {' '.join(args)} failed: {done.stderr}"
+        document: dict[str, Any] = orjson.loads(done.stdout)
+        return document
+
+
+def _create_pg_database(name: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def go() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def _drop_pg_database(name: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def go() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def _flush_redis_prefix(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def _require_services() -> None:
+    missing = [name for name, port in (("PostgreSQL", 5432), ("Redis", 6379)) if not _service_up("127.0.0.1", port)]
+    if missing:
+        message = f"{' and '.join(missing)} not reachable on 127.0.0.1"
+        if IN_CI:
+            pytest.fail(f"{message}: CI needs both (.ci/run starts them)")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session", params=["embedded", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    tag = secrets.token_hex(4)
+    data_dir = tmp_path_factory.mktemp(f"viopay-{request.param}")
+    env = {"VIOPAY_DATA_DIR": str(data_dir), "VIOPAY_LOG_LEVEL": "debug", "VIOPAY_LOG_JSON": "true"}
+    if request.param == "postgres":
+        _require_services()
+        db_name = f"viopay_test_{tag}"
+        _create_pg_database(db_name)
+        env |= {
+            "VIOPAY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db_name}",
+            "VIOPAY_REDIS_URL": REDIS_URL,
+            "VIOPAY_REDIS_PREFIX": f"viopay_test_{tag}:",
+            "VIOPAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        }
+    backend = Backend(request.param, env)
+    yield backend
+    if request.param == "postgres":
+        _flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
+        _drop_pg_database(db_name)
+
+
+class Server:
+    """One ``viopay serve`` process, started the way users start it."""
+
+    def __init__(self, backend: Backend, log_dir: Path, name: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{name}.log"
+        SERVER_LOGS.append(self.log_path)
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "viopay", "serve", "--port", str(self.port)],
+            env={**os.environ, **backend.env, "VIOPAY_PUBLIC_URL": "http://viopay.test"},
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=log_dir,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(backend, tmp_path_factory.mktemp(f"server-{backend.name}"), "a")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server_b(backend: Backend, server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A second process sharing PostgreSQL + Redis; on the embedded default, the same process."""
+    if backend.name != "postgres":
+        yield server
+        return
+    srv = Server(backend, tmp_path_factory.mktemp(f"server-{backend.name}-b"), "b")
+    yield srv
+    srv.stop()
+
+
+def _json(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, f"{response.status_code}: {response.text}"
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def client_token(url: str, client_id: str, client_secret: str) -> str:
+    body = _json(httpx.post(f"{url}/client/session", json={"client_id": client_id, "client_secret": client_secret}), 200)
+    token: str = body["access_token"]
+    SEEN_SECRETS.add(token)
+    return token
+
+
+@dataclass
+class ProvisionedDevice:
+    device_id: str
+    key_id: str
+    identity_secret: str
+
+    @property
+    def secret(self) -> bytes:
+        return bytes.fromhex(self.identity_secret)
+
+
+class Admin:
+    """An operator: an admin API client of this backend."""
+
+    def __init__(self, server: Server, client: dict[str, Any]) -> None:
+        self.server = server
+        self.credentials = client
+        self.http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {self.token()}"}, timeout=30)
+
+    def token(self) -> str:
+        return client_token(self.server.url, self.credentials["client_id"], self.credentials["client_secret"])
+
+    def provision(self, device_id: str | None = None, key_id: str | None = None) -> ProvisionedDevice:
+        device_id = device_id or f"POS-{secrets.token_hex(4).upper()}"
+        body = {"device_id": device_id} | ({"key_id": key_id} if key_id else {})
+        created = _json(self.http.post("/admin/devices", json=body), 201)
+        SEEN_SECRETS.add(created["identity_secret"])
+        return ProvisionedDevice(created["device_id"], created["key_id"], created["identity_secret"])
+
+    def merchant(self, **fields: Any) -> dict[str, Any]:
+        return _json(self.http.post("/admin/merchants", json={"name": "Corner Coffee"} | fields), 201)
+
+    def client(self, **fields: Any) -> dict[str, Any]:
+        created = _json(self.http.post("/admin/clients", json=fields), 201)
+        SEEN_SECRETS.add(created["client_secret"])
+        return created
+
+    def add_member(self, merchant_id: str, subject: str, role: str) -> None:
+        _json(self.http.post(f"/admin/merchants/{merchant_id}/members", json={"subject": subject, "role": role}), 201)
+
+
+@pytest.fixture(scope="session")
+def admin(backend: Backend, server: Server) -> Iterator[Admin]:
+    client = backend.cli("client", "create", "--admin")
+    SEEN_SECRETS.add(client["client_secret"])
+    operator = Admin(server, client)
+    yield operator
+    operator.http.close()
+
+
+@pytest.fixture(scope="session")
+def member_client(backend: Backend, admin: Admin) -> dict[str, Any]:
+    """One API client made by the CLI; tests add it to fresh merchants with the role they need."""
+    merchant = admin.merchant(name="Seed merchant")
+    client = backend.cli("client", "create", "--merchant", merchant["merchant_id"], "--role", "owner")
+    SEEN_SECRETS.add(client["client_secret"])
+    return client
+
+
+@dataclass
+class MerchantCtx:
+    merchant_id: str
+    merchant: dict[str, Any]
+    role: str
+    token: str
+    http: httpx.Client
+    subject: str
+
+
+@pytest.fixture
+def make_merchant(admin: Admin, member_client: dict[str, Any], server: Server) -> Iterator[Any]:
+    opened: list[httpx.Client] = []
+
+    def make(role: str = "owner", *, url: str | None = None, **fields: Any) -> MerchantCtx:
+        merchant = admin.merchant(**fields)
+        client = admin.client(merchant_id=merchant["merchant_id"], role=role)
+        base = url or server.url
+        token = client_token(base, client["client_id"], client["client_secret"])
+        http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        opened.append(http)
+        _json(http.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}), 201)
+        return MerchantCtx(merchant["merchant_id"], merchant, role, token, http, client["client_id"])
+
+    yield make
+    for http in opened:
+        http.close()
+
+
+def pos_headers(device_id: str, *, ua: str = UA) -> dict[str, str]:
+    return {"X-Device-Id": device_id, "User-Agent": ua, "X-Client-Type": "pos"}
+
+
+@pytest.fixture
+def api(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def runtime(backend: Backend, server: Server) -> Any:
+    """An in-process runtime on the same database, cache and master key as the servers.
+
+    For service-level tests that need a controlled clock (expiry, windows).
+    """
+    from viopay.runtime import build_runtime
+    from viopay.settings import Settings
+
+    mp = pytest.MonkeyPatch()
+    for key, value in backend.env.items():
+        mp.setenv(key, value)
+    rt = build_runtime(Settings())
+    mp.undo()
+    yield rt
+    await rt.close()
