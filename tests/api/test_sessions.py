@@ -1,0 +1,105 @@
+"""PROTOCOL §2.5: API-client tokens, merchant sessions, roles and the admin API."""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+
+from conftest import client_token
+from test_headers import problem
+
+
+def test_wrong_client_credentials(api, member_client):
+    for creds in (
+        {"client_id": member_client["client_id"], "client_secret": "vsk_wrong"},
+        {"client_id": "cli_doesnotexist", "client_secret": member_client["client_secret"]},
+    ):
+        problem(api.post("/client/session", json=creds), 401, "unauthorized")
+    problem(api.post("/client/session", json={"client_id": "x"}), 400, "invalid_request")
+
+
+def test_token_is_an_es256_jwt_verifiable_with_the_jwks(api, server, member_client):
+    token = client_token(server.url, member_client["client_id"], member_client["client_secret"])
+    jwks = api.get("/.well-known/jwks.json").json()
+    key = jwt.PyJWKSet.from_dict(jwks).keys[0]
+    claims = jwt.decode(token, key.key, algorithms=["ES256"], audience="viopay")
+    assert claims["sub"] == member_client["client_id"]
+    assert claims["sid"] and claims["exp"] > claims["iat"]
+
+
+def test_session_initiate_shapes(make_merchant, admin, server, member_client):
+    owner = make_merchant()
+    again = owner.http.post("/session/initiate", json={"merchant_id": owner.merchant_id})
+    assert again.status_code == 201
+    body = again.json()
+    assert body["merchant_id"] == owner.merchant_id and body["role"] == "owner"
+    assert body["session_id"].startswith("ses_") and body["expires_at"].endswith("Z")
+
+
+def test_initiate_for_foreign_or_unknown_merchant_is_forbidden_alike(make_merchant, admin):
+    owner = make_merchant()
+    other = admin.merchant(name="Other")
+    foreign = owner.http.post("/session/initiate", json={"merchant_id": other["merchant_id"]})
+    unknown = owner.http.post("/session/initiate", json={"merchant_id": "mer_nope"})
+    a, b = problem(foreign, 403, "forbidden"), problem(unknown, 403, "forbidden")
+    assert a["detail"] == b["detail"]
+
+
+def test_second_initiate_replaces_the_first(make_merchant, admin, api):
+    owner = make_merchant()
+    second = admin.merchant(name="Second shop")
+    admin.add_member(second["merchant_id"], owner.subject, "staff")
+    assert owner.http.post("/session/initiate", json={"merchant_id": second["merchant_id"]}).status_code == 201
+    # Now acting as staff of the second merchant: claims are refused by role.
+    problem(owner.http.post("/pos/claim", json={"pairing_code": "ABCDEF"}), 403, "forbidden")
+
+
+def test_session_is_bound_to_the_token(api, make_merchant, admin, server):
+    owner = make_merchant()
+    second = admin.client(merchant_id=owner.merchant_id, role="owner")
+    token = client_token(server.url, second["client_id"], second["client_secret"])
+    other = api.post("/pos/claim", json={"pairing_code": "ABCDEF"}, headers={"Authorization": f"Bearer {token}"})
+    problem(other, 403, "session_required")
+
+
+@pytest.mark.parametrize("path", ["/admin/devices", "/admin/merchants", "/admin/clients"])
+def test_admin_api_needs_the_admin_role(make_merchant, path):
+    owner = make_merchant()
+    problem(owner.http.post(path, json={}), 403, "forbidden")
+
+
+def test_admin_provision_shapes_and_conflict(admin):
+    import secrets
+
+    created = admin.http.post("/admin/devices", json={"device_id": f"POS-{secrets.token_hex(4).upper()}"})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert set(body) == {"device_id", "key_id", "identity_secret"}
+    assert len(body["identity_secret"]) == 64 and body["identity_secret"] == body["identity_secret"].lower()
+    problem(admin.http.post("/admin/devices", json={"device_id": body["device_id"]}), 409, "invalid_state")
+    problem(admin.http.post("/admin/devices", json={"device_id": "POS-abcdef12"}), 400, "invalid_request")
+
+
+def test_identity_keys_add_and_revoke(admin):
+    device = admin.provision(key_id="first-key")
+    added = admin.http.post(f"/admin/devices/{device.device_id}/identity-keys", json={"key_id": "second-key"})
+    assert added.status_code == 201 and added.json()["key_id"] == "second-key"
+    problem(admin.http.post(f"/admin/devices/{device.device_id}/identity-keys", json={"key_id": "second-key"}),
+            409, "invalid_state")
+    revoked = admin.http.delete(f"/admin/devices/{device.device_id}/identity-keys/first-key")
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"].endswith("Z")
+    problem(admin.http.delete(f"/admin/devices/{device.device_id}/identity-keys/nope"), 404, "not_found")
+
+
+def test_admin_merchant_defaults_and_validation(admin):
+    merchant = admin.merchant(name="Defaults")
+    assert (merchant["currency"], merchant["country"], merchant["timezone"]) == ("USD", "US", "UTC")
+    bad = admin.http.post("/admin/merchants", json={"name": "X", "currency": "usd", "timezone": "Mars/Base"})
+    body = problem(bad, 400, "invalid_request")
+    assert {e["field"] for e in body["errors"]} == {"currency", "timezone"}
+
+
+def test_admin_clients_validation(admin):
+    problem(admin.http.post("/admin/clients", json={"admin": True, "merchant_id": "mer_x", "role": "owner"}),
+            400, "invalid_request")
+    problem(admin.http.post("/admin/clients", json={"merchant_id": "mer_missing", "role": "owner"}), 404, "not_found")
