@@ -1,0 +1,141 @@
+"""Bearer tokens from Keycloak: discovery → JWKS, refetch on an unknown kid, claim checks.
+
+Keycloak itself is an external system; a small stand-in answers its two documents and the
+client-credentials grant over httpx's transport.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from viopay.auth.issuer import OidcVerifier
+from viopay.errors import ServiceUnavailable, Unauthorized
+
+ISSUER = "https://sso.example.test/realms/viopay"
+
+
+class FakeRealm:
+    def __init__(self) -> None:
+        self.keys: dict[str, Any] = {"k1": rsa.generate_private_key(public_exponent=65537, key_size=2048)}
+        self.jwks_fetches = 0
+        self.down = False
+
+    def token(self, kid: str = "k1", **claims: Any) -> str:
+        now = int(time.time())
+        body = {"iss": ISSUER, "aud": "viopay", "sub": "user-1", "exp": now + 300, "nbf": now - 5,
+                "sid": "sess-abc", "realm_access": {"roles": ["viopay-admin", "offline_access"]}} | claims
+        key = self.keys[kid]
+        alg = "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
+        return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=alg, headers={"kid": kid})
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("down")
+        if request.url.path.endswith("/.well-known/openid-configuration"):
+            return httpx.Response(200, json={"issuer": ISSUER, "jwks_uri": f"{ISSUER}/protocol/openid-connect/certs",
+                                             "token_endpoint": f"{ISSUER}/protocol/openid-connect/token"})
+        if request.url.path.endswith("/certs"):
+            self.jwks_fetches += 1
+            keys = []
+            for kid, key in self.keys.items():
+                algo = jwt.algorithms.ECAlgorithm if isinstance(key, ec.EllipticCurvePrivateKey) else jwt.algorithms.RSAAlgorithm
+                jwk = algo.to_jwk(key.public_key(), as_dict=True) | {"kid": kid, "use": "sig"}
+                keys.append(jwk)
+            return httpx.Response(200, json={"keys": keys})
+        if request.url.path.endswith("/token"):
+            form = dict(x.split("=", 1) for x in request.content.decode().split("&"))
+            if form.get("client_secret") != "right":
+                return httpx.Response(401, json={"error": "unauthorized_client"})
+            return httpx.Response(200, json={"access_token": self.token(client_id="svc"), "expires_in": 300})
+        return httpx.Response(404)
+
+
+@pytest.fixture
+def realm():
+    return FakeRealm()
+
+
+@pytest.fixture
+async def verifier(realm):
+    v = OidcVerifier(issuer=ISSUER, audience="viopay",
+                     client=httpx.AsyncClient(transport=httpx.MockTransport(realm.handler)))
+    yield v
+    await v.close()
+
+
+async def test_valid_token(verifier, realm):
+    principal = await verifier.verify(realm.token())
+    assert principal.subject == "user-1" and principal.is_admin and principal.session_key == "sess-abc"
+    assert principal.kind == "user"
+
+
+async def test_session_key_falls_back_to_token_hash(verifier, realm):
+    token = realm.token(sid=None)
+    principal = await verifier.verify(token)
+    import hashlib
+
+    assert principal.session_key == hashlib.sha256(token.encode()).hexdigest()
+
+
+async def test_unknown_kid_refetches_jwks_once(verifier, realm):
+    await verifier.verify(realm.token())
+    realm.keys["k2"] = ec.generate_private_key(ec.SECP256R1())  # the realm rotates its keys
+    verifier._fetched_at = 0.0  # past the refetch interval
+    principal = await verifier.verify(realm.token(kid="k2"))
+    assert principal.subject == "user-1" and realm.jwks_fetches == 2
+    with pytest.raises(Unauthorized):
+        await verifier.verify(realm.token(kid="k2").replace(".", ".x", 1))
+
+
+async def test_unknown_kid_within_interval_is_not_refetched(verifier, realm):
+    await verifier.verify(realm.token())
+    realm.keys["k3"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(Unauthorized):
+        await verifier.verify(realm.token(kid="k3"))
+    assert realm.jwks_fetches == 1
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"iss": "https://evil.test/realms/viopay"},
+        {"aud": "someone-else"},
+        {"exp": int(time.time()) - 120},
+        {"nbf": int(time.time()) + 600},
+    ],
+)
+async def test_claim_checks(verifier, realm, claims):
+    with pytest.raises(Unauthorized):
+        await verifier.verify(realm.token(**claims))
+
+
+async def test_azp_stands_for_audience(verifier, realm):
+    principal = await verifier.verify(realm.token(aud="account", azp="viopay"))
+    assert principal.subject == "user-1"
+
+
+async def test_token_signed_by_another_key(verifier, realm):
+    forged = jwt.encode({"iss": ISSUER, "aud": "viopay", "sub": "x", "exp": int(time.time()) + 60},
+                        rsa.generate_private_key(public_exponent=65537, key_size=2048), algorithm="RS256",
+                        headers={"kid": "k1"})
+    with pytest.raises(Unauthorized):
+        await verifier.verify(forged)
+
+
+async def test_client_credentials(verifier, realm):
+    token = await verifier.client_credentials("svc", "right")
+    assert (await verifier.verify(token["access_token"])).kind == "client"
+    with pytest.raises(Unauthorized):
+        await verifier.client_credentials("svc", "wrong")
+
+
+async def test_unreachable_provider_fails_closed(verifier, realm):
+    realm.down = True
+    with pytest.raises(ServiceUnavailable):
+        await verifier.verify(realm.token())
