@@ -39,6 +39,12 @@ Clock = Callable[[], datetime]
 NonceFactory = Callable[[], str]
 
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+# semver.org 2.0: MAJOR.MINOR.PATCH[-pre-release][+build]
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)(?:\.(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?"
+    r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
+)
 
 
 def default_clock() -> datetime:
@@ -60,6 +66,8 @@ def format_timestamp(moment: datetime) -> str:
 
 def user_agent(app_version: str, os: str, model: str) -> str:
     """``Viopay-POS/{version} ({os}; {model})`` as §2.1 wants it."""
+    if not _SEMVER.match(app_version):
+        raise ValueError("app_version must be a semantic version (semver.org 2.0)")
     for part in (os, model):
         if not part or any(c in part for c in ";()"):
             raise ValueError("os and model must be non-empty and hold no ';', '(' or ')'")

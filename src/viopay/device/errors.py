@@ -127,8 +127,13 @@ class OutcomeUnknown(ViopayError):
         reversal: Reversal | None = None,
         reversal_error: ViopayError | None = None,
     ) -> None:
-        outcome = "reversal answered" if reversal is not None else "not reversed"
-        super().__init__(f"{operation}: outcome unknown ({outcome})")
+        if reversal is not None:
+            outcome = "reversed by its idempotency key"
+        elif reversal_error is not None:
+            outcome = "the reversal failed too"
+        else:
+            outcome = "repeat it with the same idempotency key"
+        super().__init__(f"{operation}: outcome unknown; {outcome}")
         self.operation = operation
         self.idempotency_key = idempotency_key
         self.reversal = reversal
