@@ -15,23 +15,24 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN_URL = os.environ.get("VIOPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("VIOPAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI", "").lower() == "true"
-UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
-# Every secret a test sees is registered here; the log scan looks for each of them.
-SEEN_SECRETS: set[str] = set()
-SERVER_LOGS: list[Path] = []
+from helpers import (
+    IN_CI,
+    PG_ADMIN_URL,
+    REDIS_URL,
+    SEEN_SECRETS,
+    MerchantCtx,
+    ProvisionedDevice,
+    Server,
+    _json,
+    client_token,
+)
 
 
 def _service_up(host: str, port: int) -> bool:
@@ -42,11 +43,6 @@ def _service_up(host: str, port: int) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -139,42 +135,6 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         _drop_pg_database(db_name)
 
 
-class Server:
-    """One ``viopay serve`` process, started the way users start it."""
-
-    def __init__(self, backend: Backend, log_dir: Path, name: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"{name}.log"
-        SERVER_LOGS.append(self.log_path)
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "viopay", "serve", "--port", str(self.port)],
-            env={**os.environ, **backend.env, "VIOPAY_PUBLIC_URL": "http://viopay.test"},
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=log_dir,
-        )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready: {self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self._log.close()
 
 
 @pytest.fixture(scope="session")
@@ -195,28 +155,8 @@ def server_b(backend: Backend, server: Server, tmp_path_factory: pytest.TempPath
     srv.stop()
 
 
-def _json(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, f"{response.status_code}: {response.text}"
-    body: dict[str, Any] = response.json()
-    return body
 
 
-def client_token(url: str, client_id: str, client_secret: str) -> str:
-    body = _json(httpx.post(f"{url}/client/session", json={"client_id": client_id, "client_secret": client_secret}), 200)
-    token: str = body["access_token"]
-    SEEN_SECRETS.add(token)
-    return token
-
-
-@dataclass
-class ProvisionedDevice:
-    device_id: str
-    key_id: str
-    identity_secret: str
-
-    @property
-    def secret(self) -> bytes:
-        return bytes.fromhex(self.identity_secret)
 
 
 class Admin:
@@ -267,14 +207,6 @@ def member_client(backend: Backend, admin: Admin) -> dict[str, Any]:
     return client
 
 
-@dataclass
-class MerchantCtx:
-    merchant_id: str
-    merchant: dict[str, Any]
-    role: str
-    token: str
-    http: httpx.Client
-    subject: str
 
 
 @pytest.fixture
@@ -296,8 +228,6 @@ def make_merchant(admin: Admin, member_client: dict[str, Any], server: Server) -
         http.close()
 
 
-def pos_headers(device_id: str, *, ua: str = UA) -> dict[str, str]:
-    return {"X-Device-Id": device_id, "User-Agent": ua, "X-Client-Type": "pos"}
 
 
 @pytest.fixture

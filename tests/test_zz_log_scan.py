@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import httpx
 
-from conftest import SEEN_SECRETS, SERVER_LOGS, pos_headers
+from helpers import SEEN_SECRETS, SERVER_LOGS, pos_headers
 
 
 def test_logs_hold_no_secret(server, admin, make_merchant):

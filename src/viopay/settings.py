@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = Field(default=3600, ge=60, le=86400, description="Embedded issuer token life.")
     rotation_grace_seconds: int = Field(default=600, ge=0, le=86400)
     keyset_max_envelopes: int = Field(default=2**24, ge=10, le=2**24)
+    processor: str = Field(
+        default="sandbox",
+        description="Payment processor: sandbox (PROTOCOL §4.6), or package.module:factory of a connector.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(default=True, description="JSON logs (structlog); false for console output.")
     public_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of this server.")

@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import UA, pos_headers
+from helpers import UA, pos_headers, problem
 
 ENDPOINTS = [("POST", "/pos/bootstrap"), ("POST", "/pos/pairing-code"), ("GET", "/pos/status")]
-
-
-def problem(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body = response.json()
-    assert body["code"] == code
-    assert body["type"] == f"urn:viopay:error:{code}"
-    assert body["status"] == status
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
 
 
 @pytest.fixture

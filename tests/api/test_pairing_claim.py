@@ -9,8 +9,8 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from conftest import pos_headers
-from test_headers import problem
+from helpers import pos_headers
+from helpers import problem
 
 ALPHABET = set("ABCDEFGHJKMNPQRSTUVWXYZ23456789")
 
@@ -121,7 +121,7 @@ def test_staff_cannot_claim(api, admin, make_merchant):
 
 
 def test_claim_without_session_or_token(api, admin, member_client, server):
-    from conftest import client_token
+    from helpers import client_token
 
     token = client_token(server.url, member_client["client_id"], member_client["client_secret"])
     no_session = api.post("/pos/claim", json={"pairing_code": "ABCDEF"}, headers={"Authorization": f"Bearer {token}"})

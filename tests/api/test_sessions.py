@@ -5,8 +5,8 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from conftest import client_token
-from test_headers import problem
+from helpers import client_token
+from helpers import problem
 
 
 def test_wrong_client_credentials(api, member_client):

@@ -6,13 +6,18 @@ from pydantic import ValidationError
 from viopay.audit import Actor
 from viopay.auth.clients import create_client
 from viopay.cli.common import JsonOption, emit, run_in_transaction
+from viopay.cli.merchant_config import config_app, emv_app
 from viopay.merchants import service
 from viopay.merchants.models import Role
 from viopay.merchants.schemas import MerchantIn
 from viopay.ids import utcnow
 
-merchant_app = typer.Typer(help="Create merchants.", no_args_is_help=True)
+merchant_app = typer.Typer(
+    help="Create merchants; show and change their config.", no_args_is_help=True
+)
 client_app = typer.Typer(help="Create API clients for POST /client/session.", no_args_is_help=True)
+merchant_app.add_typer(config_app, name="config")
+merchant_app.add_typer(emv_app, name="emv")
 
 
 @merchant_app.command("create")

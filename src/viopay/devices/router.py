@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+from sqlalchemy import select
 
 from viopay.audit import Actor
-from viopay.auth.deps import AdminPrincipal, ManagingSession, admin_principal
+from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession, admin_principal
+from viopay.auth.sessions import MerchantSession
 from viopay.auth.device import ActivationDevice, BootstrapDevice
 from viopay.deps import CacheDep, DbSession, Now, RuntimeDep, body_schema, read_json
 from viopay.devices import service
@@ -22,8 +27,11 @@ from viopay.devices.schemas import (
     RevokedKeyOut,
     StatusOut,
 )
+from viopay.devices.models import Device
+from viopay.errors import NotFound
 from viopay.ids import rfc3339
 from viopay.merchants.models import Merchant
+from viopay.pagination import PageParams, make_page, page_params, paginate
 from viopay.openapi import errors_for
 
 pos_router = APIRouter(prefix="/pos", tags=["pos activation"])
@@ -166,3 +174,57 @@ async def admin_enable(device_id: str, principal: AdminPrincipal, db: DbSession,
 async def admin_release(device_id: str, principal: AdminPrincipal, db: DbSession, now: Now) -> DeviceOut:
     device = await service.get_device(db, device_id)
     return DeviceOut.of(await service.release_device(db, device=device, actor=_operator(principal), now=now))
+
+
+merchant_router = APIRouter(prefix="/merchant", tags=["merchant"])
+
+
+class DeviceList(BaseModel):
+    data: list[DeviceOut]
+    next_cursor: str | None
+
+
+async def _merchant_device(db: DbSession, session: CurrentSession, device_id: str) -> Device:
+    device = await db.get(Device, device_id)
+    if device is None or device.merchant_id != session.merchant_id:
+        raise NotFound("no such device in this merchant")
+    return device
+
+
+@merchant_router.get("/devices", response_model=DeviceList, responses=errors_for(400, 401, 403, 503))
+async def list_devices(
+    session: CurrentSession, db: DbSession, page: Annotated[PageParams, Depends(page_params)]
+) -> DeviceList:
+    query = paginate(
+        select(Device).where(Device.merchant_id == session.merchant_id),
+        at=Device.claimed_at, ident=Device.device_id, params=page,  # type: ignore[arg-type]
+    )
+    result = make_page((await db.scalars(query)).all(), params=page, at="claimed_at", ident="device_id")
+    return DeviceList(data=[DeviceOut.of(d) for d in result.data], next_cursor=result.next_cursor)
+
+
+@merchant_router.get("/devices/{device_id}", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
+async def get_merchant_device(device_id: str, session: CurrentSession, db: DbSession) -> DeviceOut:
+    return DeviceOut.of(await _merchant_device(db, session, device_id))
+
+
+def _actor(session: MerchantSession) -> Actor:
+    return Actor(session.principal.kind, session.principal.subject)
+
+
+@merchant_router.post("/devices/{device_id}/disable", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
+async def merchant_disable(device_id: str, session: ManagingSession, db: DbSession, now: Now) -> DeviceOut:
+    device = await _merchant_device(db, session, device_id)
+    return DeviceOut.of(await service.set_disabled(db, device=device, disabled=True, actor=_actor(session), now=now))
+
+
+@merchant_router.post("/devices/{device_id}/enable", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
+async def merchant_enable(device_id: str, session: ManagingSession, db: DbSession, now: Now) -> DeviceOut:
+    device = await _merchant_device(db, session, device_id)
+    return DeviceOut.of(await service.set_disabled(db, device=device, disabled=False, actor=_actor(session), now=now))
+
+
+@merchant_router.post("/devices/{device_id}/release", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
+async def merchant_release(device_id: str, session: ManagingSession, db: DbSession, now: Now) -> DeviceOut:
+    device = await _merchant_device(db, session, device_id)
+    return DeviceOut.of(await service.release_device(db, device=device, actor=_actor(session), now=now))

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from viopay.activation.keysets import retire_device_key_sets
 from viopay.audit import Actor, record_event
 from viopay.cache import Cache
 from viopay.crypto.wrapping import KeyWrapper
@@ -294,6 +295,10 @@ async def set_disabled(db: AsyncSession, *, device: Device, disabled: bool, acto
 async def release_device(db: AsyncSession, *, device: Device, actor: Actor, now: datetime) -> Device:
     """Back to ``inactive``: key sets, tokens and the terminal id retire; past charges stay."""
     merchant_id = device.merchant_id
+    await retire_device_key_sets(
+        db, device_id=device.device_id, actor=actor, merchant_id=merchant_id, now=now,
+        reason="release",
+    )
     if device.terminal_id is not None:
         terminal = await db.get(Terminal, device.terminal_id)
         if terminal is not None:

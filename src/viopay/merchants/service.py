@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from viopay.audit import Actor, record_event
 from viopay.errors import InvalidState, NotFound
 from viopay.ids import new_id
+from viopay.merchants.config import new_config
 from viopay.merchants.models import Merchant, MerchantMember, Role
 
 
@@ -27,6 +28,7 @@ async def create_merchant(
         merchant_id=new_id("mer_"), name=name, currency=currency, country=country, timezone=timezone, created_at=now
     )
     session.add(merchant)
+    session.add(new_config(merchant, now=now))
     record_event(
         session,
         type="merchant.created",

@@ -1,0 +1,83 @@
+"""The published schema of the config document (§3.8) and the operator's terminal parameters
+upload (§6). ``POST /pos/config`` and ``POST /pos/terminal-parameters`` live with the other
+attestation-token endpoints in :mod:`viopay.activation.router`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+
+from viopay.activation import parameters
+from viopay.activation.config_schemas import config_document_schema
+from viopay.audit import Actor
+from viopay.auth.deps import AdminPrincipal, admin_principal
+from viopay.deps import DbSession, Now, require_json
+from viopay.errors import InvalidRequest
+from viopay.openapi import errors_for
+
+config_schema_router = APIRouter(prefix="/pos", tags=["pos activation"])
+
+
+@config_schema_router.get("/config/schema", responses=errors_for(503))
+async def config_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the config document of ``POST /pos/config``."""
+    return config_document_schema()
+
+
+parameters_admin_router = APIRouter(
+    prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)]
+)
+
+
+class ParametersOut(BaseModel):
+    terminal_id: str | None
+    size: int
+    sha256: str
+
+
+_ANY_OBJECT = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "description": "the terminal_parameters document"}
+            }
+        },
+    }
+}
+
+
+@parameters_admin_router.put(
+    "/terminals/{terminal_id}/parameters",
+    response_model=ParametersOut,
+    openapi_extra=_ANY_OBJECT,
+    responses=errors_for(400, 401, 403, 404, 413, 415, 503),
+)
+async def put_parameters(
+    terminal_id: str, request: Request, principal: AdminPrincipal, db: DbSession, now: Now
+) -> ParametersOut:
+    """Store a terminal's own terminal_parameters document (up to 8 MiB of JSON)."""
+    await parameters.get_terminal(db, terminal_id)  # 404 before the body (§1)
+    document = await _json_object(request)
+    blob = await parameters.set_parameters(
+        db,
+        terminal_id=terminal_id,
+        document=document,
+        actor=Actor.operator(principal.subject),
+        now=now,
+    )
+    return ParametersOut(terminal_id=terminal_id, size=blob.size, sha256=blob.sha256)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    require_json(request)
+    try:
+        document: Any = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("the terminal parameters document must be a JSON object")
+    return document

@@ -1,0 +1,219 @@
+"""Attestation (PROTOCOL §2.2, §2.3): the signed attest request and the tokens it earns.
+
+A token is ``att_`` + 43 base64url characters (32 random bytes). The server keeps only its
+SHA-256, in the cache, with the device, the identity key that earned it and the device's
+``token_generation``. Verification re-reads the device and the key, so disabling or releasing
+the device (which bumps the generation) or revoking the key kills the token at once, and
+enabling the device again does not revive it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Annotated
+
+import orjson
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from viopay.auth.device import load_device, parse_device_id, parse_pos_headers, touch, version_below
+from viopay.auth.signature import SignedHeaders, check_timestamp, parse_signed_headers, spend_nonce
+from viopay.cache import Cache
+from viopay.crypto.errors import SignatureMismatch
+from viopay.crypto.signing import attest_string_to_sign, verify_signature
+from viopay.crypto.wrapping import KeyWrapper
+from viopay.deps import DbSession, Now, RuntimeDep
+from viopay.devices.models import Device, MerchantDeviceIdentityKey
+from viopay.devices.service import unwrap_identity_secret
+from viopay.errors import (
+    AppVersionUnsupported,
+    InvalidSignature,
+    InvalidToken,
+    KeyRevoked,
+    UnknownKey,
+)
+
+TOKEN_PREFIX = "att_"
+TOKEN_TTL = timedelta(seconds=300)
+TOKEN_RE = re.compile(r"att_[A-Za-z0-9_-]{43}")
+_SCHEME = "attestation"
+
+
+# --- attest: the signed request (§2.2) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignedAttestation:
+    """A device whose attest request carried a valid, fresh, unreplayed signature."""
+
+    device: Device
+    identity_key: MerchantDeviceIdentityKey
+    version: str
+
+
+async def identity_key_of(
+    db: AsyncSession, *, device_id: str, key_id: str
+) -> MerchantDeviceIdentityKey | None:
+    key: MerchantDeviceIdentityKey | None = await db.scalar(
+        select(MerchantDeviceIdentityKey).where(
+            MerchantDeviceIdentityKey.device_id == device_id,
+            MerchantDeviceIdentityKey.key_id == key_id,
+        )
+    )
+    return key
+
+
+async def verify_attest_request(
+    db: AsyncSession,
+    cache: Cache,
+    *,
+    wrapper: KeyWrapper,
+    device: Device,
+    signed: SignedHeaders,
+    now: datetime,
+) -> MerchantDeviceIdentityKey:
+    """Key known (401 unknown_key) and live (401 key_revoked) → timestamp → signature → nonce."""
+    key = await identity_key_of(db, device_id=device.device_id, key_id=signed.key_id)
+    if key is None:
+        raise UnknownKey()
+    if key.revoked_at is not None:
+        raise KeyRevoked()
+    check_timestamp(signed.moment, now=now)
+    message = attest_string_to_sign(
+        device_id=device.device_id,
+        key_id=signed.key_id,
+        timestamp=signed.timestamp,
+        nonce=signed.nonce,
+    )
+    try:
+        verify_signature(unwrap_identity_secret(wrapper, key), message, signed.signature)
+    except SignatureMismatch:
+        raise InvalidSignature() from None
+    await spend_nonce(
+        cache, scope=f"device:{device.device_id}", nonce=signed.nonce, moment=signed.moment, now=now
+    )
+    return key
+
+
+async def signed_attestation(
+    request: Request, runtime: RuntimeDep, db: DbSession, now: Now
+) -> SignedAttestation:
+    """§1 order for attest: headers (400) and version (426) → device (404, 403) → key →
+    timestamp → signature → nonce. The device status (409) and the body are the route's."""
+    headers = parse_pos_headers(request)
+    signed = parse_signed_headers(request)
+    minimum = runtime.settings.min_pos_version
+    if version_below(headers.version, minimum):
+        raise AppVersionUnsupported(minimum)
+    device = await load_device(db, headers.device_id)
+    key = await verify_attest_request(
+        db, runtime.cache, wrapper=runtime.wrapper, device=device, signed=signed, now=now
+    )
+    touch(device, version=headers.version, now=now)
+    return SignedAttestation(device=device, identity_key=key, version=headers.version)
+
+
+AttestSigned = Annotated[SignedAttestation, Depends(signed_attestation)]
+
+
+# --- tokens (§2.3) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str = field(repr=False)
+    expires_at: datetime
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def _cache_key(token: str) -> str:
+    return f"att:{token_digest(token)}"
+
+
+async def issue_token(
+    cache: Cache, *, device: Device, identity_key: MerchantDeviceIdentityKey, now: datetime
+) -> IssuedToken:
+    """A fresh token bound to the device, the identity key and the device's token generation."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    expires_at = now + TOKEN_TTL
+    record = {
+        "device_id": device.device_id,
+        "key_id": identity_key.key_id,
+        "token_generation": device.token_generation,
+        "issued_at": now.timestamp(),
+        "expires_at": expires_at.timestamp(),
+    }
+    await cache.set(_cache_key(token), orjson.dumps(record), ttl=TOKEN_TTL.total_seconds())
+    return IssuedToken(token=token, expires_at=expires_at)
+
+
+def parse_authorization(request: Request) -> str:
+    """``Authorization: Attestation att_…``; anything else is 401 invalid_token."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip(" ")
+    if scheme.lower() != _SCHEME or not TOKEN_RE.fullmatch(token):
+        raise InvalidToken("an Attestation token is required")
+    return token
+
+
+async def verify_token(
+    db: AsyncSession, cache: Cache, *, token: str, device: Device, now: datetime
+) -> MerchantDeviceIdentityKey:
+    """The token is live, of this device and its current generation, and its key is live.
+
+    Every failure answers the same 401 invalid_token, with no hint of which check failed.
+    """
+    raw = await cache.get(_cache_key(token))
+    if raw is None:
+        raise InvalidToken()
+    record = orjson.loads(raw)
+    if (
+        record.get("device_id") != device.device_id
+        or record.get("token_generation") != device.token_generation
+        or not isinstance(record.get("expires_at"), int | float)
+        or now.timestamp() >= record["expires_at"]
+    ):
+        raise InvalidToken()
+    key = await identity_key_of(db, device_id=device.device_id, key_id=str(record.get("key_id")))
+    if key is None or key.revoked_at is not None:
+        raise InvalidToken()
+    return key
+
+
+@dataclass
+class Attested:
+    """The device behind a valid attestation token, and the identity key that earned it."""
+
+    device: Device
+    identity_key: MerchantDeviceIdentityKey
+    wrapper: KeyWrapper = field(repr=False)
+    _secret: bytes | None = field(default=None, repr=False)
+
+    def identity_secret(self) -> bytes:
+        """The identity key's 32-byte secret, unwrapped on first use."""
+        if self._secret is None:
+            self._secret = unwrap_identity_secret(self.wrapper, self.identity_key)
+        return self._secret
+
+
+async def attested_device(
+    request: Request, runtime: RuntimeDep, db: DbSession, now: Now
+) -> Attested:
+    """§1 order for token endpoints: Authorization (401) → X-Device-Id (400) → device (404,
+    403) → token valid and bound to this device and a live identity key (401)."""
+    token = parse_authorization(request)
+    device = await load_device(db, parse_device_id(request))
+    key = await verify_token(db, runtime.cache, token=token, device=device, now=now)
+    touch(device, version=None, now=now)
+    return Attested(device=device, identity_key=key, wrapper=runtime.wrapper)
+
+
+AttestedDevice = Annotated[Attested, Depends(attested_device)]

@@ -1,0 +1,156 @@
+"""HMAC charge headers (PROTOCOL §2.4) and the terminal they authenticate.
+
+:func:`current_terminal` runs the authentication half of the §1 order for charge endpoints:
+headers present and well formed, the version (426) → terminal known and not retired (401
+unknown_terminal) and its device enabled (403) → ``X-Key-Id`` the MAC key of the terminal's
+active set, or of the previous set within its rotation grace (401 unknown_key) → timestamp →
+signature over the exact bytes received → nonce, spent only once the signature verified.
+What follows (envelope limit, idempotency, body) is the payments package's.
+
+It runs in a short transaction of its own (never the request's unit of work), so the payment
+flow after it can order its own transactions freely.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+
+from viopay.activation.keysets import key_set_by_hmac_key_id, serves_charges, unwrap_stored_key
+from viopay.activation.models import KeySetKey
+from viopay.auth.device import FREE_FORM_RE, USER_AGENT_RE, header, touch, version_below
+from viopay.auth.signature import check_timestamp, parse_signed_headers, spend_nonce
+from viopay.crypto.errors import SignatureMismatch
+from viopay.crypto.signing import charge_string_to_sign, verify_signature
+from viopay.deps import Now, RuntimeDep
+from viopay.devices.models import Device, Terminal
+from viopay.errors import (
+    AppVersionUnsupported,
+    DeviceDisabled,
+    InvalidHeader,
+    InvalidSignature,
+    UnknownKey,
+    UnknownTerminal,
+)
+
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7E]{1,255}")
+
+
+@dataclass(frozen=True)
+class AuthenticatedTerminal:
+    """A charge request whose signature verified, and what it was made by."""
+
+    terminal_id: str
+    device_id: str
+    merchant_id: str
+    currency: str
+    # The key set of X-Key-Id, as read when the request arrived.
+    key_set_id: str
+    envelope_count: int
+    key_set_activated_at: datetime | None
+    method: str
+    path: str  # as sent, without the query
+    query: str
+    nonce: str
+    idempotency_key: str | None
+    version: str
+    body: bytes = field(repr=False)
+
+
+def raw_target(request: Request) -> tuple[str, str]:
+    """PATH as sent (without the query) and the raw QUERY (§2.4)."""
+    raw = request.scope.get("raw_path") or request.url.path.encode("utf-8")
+    path, _, _ = bytes(raw).partition(b"?")
+    query = bytes(request.scope.get("query_string", b""))
+    return path.decode("latin-1"), query.decode("latin-1")
+
+
+def _charge_headers(request: Request) -> tuple[str, str]:
+    """X-Terminal-Id, User-Agent and X-Client-Type; returns (terminal id, app version)."""
+    terminal_id = header(request, "X-Terminal-Id")
+    if not FREE_FORM_RE.fullmatch(terminal_id):
+        raise InvalidHeader("X-Terminal-Id", "must be 1-128 printable ASCII characters without spaces")
+    match = USER_AGENT_RE.match(header(request, "User-Agent"))
+    if match is None:
+        raise InvalidHeader("User-Agent", "must be Viopay-POS/{semver} ({os}; {model})")
+    if header(request, "X-Client-Type") != "pos":
+        raise InvalidHeader("X-Client-Type", "must be pos")
+    return terminal_id, match["version"]
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """Optional on POST (1-255 printable ASCII); GET ignores it (§4.5)."""
+    if request.method == "GET":
+        return None
+    value = request.headers.get("Idempotency-Key")
+    if value is not None and not IDEMPOTENCY_KEY_RE.fullmatch(value):
+        raise InvalidHeader("Idempotency-Key", "must be 1-255 printable ASCII characters without spaces")
+    return value
+
+
+async def current_terminal(request: Request, runtime: RuntimeDep, now: Now) -> AuthenticatedTerminal:
+    terminal_id, version = _charge_headers(request)
+    signed = parse_signed_headers(request)
+    idempotency_key = _idempotency_key(request)
+    minimum = runtime.settings.min_pos_version
+    if version_below(version, minimum):
+        raise AppVersionUnsupported(minimum)
+    body = await request.body()
+    path, query = raw_target(request)
+    async with runtime.sessions() as db, db.begin():
+        terminal = await db.get(Terminal, terminal_id)
+        if terminal is None or terminal.retired_at is not None:
+            raise UnknownTerminal()
+        device = await db.get(Device, terminal.device_id)
+        if device is None or device.terminal_id != terminal_id:
+            raise UnknownTerminal()
+        if device.disabled:
+            raise DeviceDisabled()
+        key_set = await key_set_by_hmac_key_id(db, signed.key_id)
+        if key_set is None or key_set.terminal_id != terminal_id or not serves_charges(key_set, now=now):
+            raise UnknownKey("X-Key-Id is not a key of this terminal")
+        check_timestamp(signed.moment, now=now)
+        mac_row = await db.scalar(select(KeySetKey).where(KeySetKey.key_id == signed.key_id))
+        if mac_row is None or mac_row.type != "MAC":
+            raise UnknownKey("X-Key-Id is not a key of this terminal")
+        message = charge_string_to_sign(
+            method=request.method,
+            path=path,
+            query=query,
+            body=body,
+            terminal_id=terminal_id,
+            timestamp=signed.timestamp,
+            nonce=signed.nonce,
+        )
+        try:
+            verify_signature(unwrap_stored_key(runtime.wrapper, mac_row), message, signed.signature)
+        except SignatureMismatch:
+            raise InvalidSignature() from None
+        await spend_nonce(
+            runtime.cache, scope=f"terminal:{terminal_id}", nonce=signed.nonce, moment=signed.moment, now=now
+        )
+        touch(device, version=version, now=now)
+        return AuthenticatedTerminal(
+            terminal_id=terminal_id,
+            device_id=device.device_id,
+            merchant_id=terminal.merchant_id,
+            currency=terminal.currency,
+            key_set_id=key_set.key_set_id,
+            envelope_count=key_set.envelope_count,
+            key_set_activated_at=key_set.activated_at,
+            method=request.method.upper(),
+            path=path,
+            query=query,
+            nonce=signed.nonce,
+            idempotency_key=idempotency_key,
+            version=version,
+            body=body,
+        )
+
+
+CurrentTerminal = Annotated[AuthenticatedTerminal, Depends(current_terminal)]

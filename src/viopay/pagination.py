@@ -1,0 +1,66 @@
+"""Keyset pagination for merchant lists (PROTOCOL §6): newest first, an opaque cursor."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+import orjson
+from fastapi import Query
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import InstrumentedAttribute
+
+from viopay.errors import InvalidRequest
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PageParams:
+    limit: int
+    cursor: tuple[datetime, str] | None
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size, 1-100.")] = 20,
+    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page.")] = None,
+) -> PageParams:
+    return PageParams(limit=limit, cursor=decode_cursor(cursor) if cursor else None)
+
+
+def encode_cursor(at: datetime, ident: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([at.isoformat(), ident])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, ident = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(at), str(ident)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise InvalidRequest("cursor is not valid", errors=[{"field": "cursor", "message": "not a cursor"}]) from None
+
+
+def paginate(
+    query: Select[Any], *, at: InstrumentedAttribute[Any], ident: InstrumentedAttribute[Any], params: PageParams
+) -> Select[Any]:
+    """Order newest first by (at, ident) and start after the cursor; fetch one extra row."""
+    if params.cursor is not None:
+        c_at, c_id = params.cursor
+        query = query.where(or_(at < c_at, and_(at == c_at, ident < c_id)))
+    return query.order_by(at.desc(), ident.desc()).limit(params.limit + 1)
+
+
+@dataclass
+class Page(Generic[T]):
+    data: list[T]
+    next_cursor: str | None
+
+
+def make_page(rows: Sequence[Any], *, params: PageParams, at: str, ident: str) -> Page[Any]:
+    items = list(rows[: params.limit])
+    more = len(rows) > params.limit
+    cursor = encode_cursor(getattr(items[-1], at), getattr(items[-1], ident)) if more and items else None
+    return Page(items, cursor)

@@ -1,0 +1,1 @@
+"""Charges, refunds, idempotency and the payment processors (PROTOCOL §4)."""

@@ -1,0 +1,163 @@
+"""The MSK channel of the charge endpoints (§2.4, §3.7, §3.10): opening request envelopes
+(and the card's TDK envelope), sealing answers, and the key set's envelope budget.
+
+A request envelope may name the MSK of the terminal's active set or of the previous set within
+its grace; the answer is sealed under the MSK that sealed the request, or, for a request
+without a body, under the MSK of ``X-Key-Id``'s set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from viopay.activation.keysets import (
+    count_envelopes,
+    key_set_by_msk_key_id,
+    load_keys,
+    serves_charges,
+)
+from viopay.activation.models import KeySet, KeySetKey
+from viopay.auth.terminal import AuthenticatedTerminal
+from viopay.crypto import envelope as env
+from viopay.crypto.errors import DecryptionFailed as EnvelopeUnopened
+from viopay.crypto.errors import EnvelopeMalformed
+from viopay.crypto.wrapping import KeyWrapper
+from viopay.errors import DecryptionFailed, InvalidRequest, UnsupportedMediaType
+
+KEY_SET_LIFETIME = timedelta(days=30)
+ROTATE_AT = 0.9  # of the envelope limit and of the lifetime (§3.10)
+
+
+# --- the envelope budget --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeySetUsage:
+    rotate: bool  # from 90 %: answers carry "rotate_keys": true
+    exhausted: bool  # past the limit: charge and refund answer 409 invalid_state
+
+
+def key_set_usage(auth: AuthenticatedTerminal, *, max_envelopes: int, now: datetime) -> KeySetUsage:
+    """Counted on the set of the request's X-Key-Id (§3.10)."""
+    count = auth.envelope_count
+    age = now - auth.key_set_activated_at if auth.key_set_activated_at else timedelta(0)
+    return KeySetUsage(
+        rotate=count * 10 >= max_envelopes * 9 or age >= KEY_SET_LIFETIME * ROTATE_AT,
+        exhausted=count >= max_envelopes or age >= KEY_SET_LIFETIME,
+    )
+
+
+async def meter(db: AsyncSession, *, key_set_id: str, envelopes: int) -> None:
+    """Add to the set's MSK tally (one UPDATE, kept for the end of the transaction)."""
+    if envelopes > 0:
+        await count_envelopes(db, key_set_id=key_set_id, count=envelopes)
+
+
+# --- opening requests -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenedRequest:
+    """A request's decrypted plaintext and the MSK its answer is sealed under."""
+
+    plaintext: dict[str, Any] = field(repr=False)
+    key_set_id: str  # the set of the MSK that sealed the request (or X-Key-Id's, bodyless)
+    kid: str
+    msk: bytes = field(repr=False)
+    envelopes_opened: int  # MSK envelopes opened (0 or 1)
+    card: dict[str, Any] | None = field(default=None, repr=False)
+    tpk: bytes | None = field(default=None, repr=False)  # of the card envelope's key set
+
+
+def _usable(key_set: KeySet | None, auth: AuthenticatedTerminal, now: datetime) -> KeySet:
+    if key_set is None or key_set.terminal_id != auth.terminal_id or not serves_charges(key_set, now=now):
+        raise DecryptionFailed()
+    return key_set
+
+
+def _parse(obj: object) -> env.Envelope:
+    try:
+        return env.parse_envelope(obj)
+    except EnvelopeMalformed as exc:
+        raise InvalidRequest(str(exc)) from None
+    except EnvelopeUnopened:
+        raise DecryptionFailed() from None
+
+
+def _open(key: bytes, envelope: env.Envelope, aad: bytes) -> bytes:
+    try:
+        return env.open_envelope(key, envelope, aad)
+    except EnvelopeUnopened:
+        raise DecryptionFailed() from None
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(f"the {what} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"the {what} must be a JSON object")
+    return value
+
+
+async def open_request(
+    db: AsyncSession,
+    *,
+    wrapper: KeyWrapper,
+    auth: AuthenticatedTerminal,
+    content_type: str | None,
+    with_body: bool,
+    with_card: bool,
+    now: datetime,
+) -> OpenedRequest:
+    """415 unless JSON → 400 invalid_request (not an envelope) → 400 decryption_failed."""
+    if not with_body:
+        key_set = await db.get(KeySet, auth.key_set_id)
+        keys = await load_keys(db, wrapper=wrapper, key_set_id=auth.key_set_id)
+        assert key_set is not None
+        return OpenedRequest({}, auth.key_set_id, key_set.msk_key_id, keys.msk, envelopes_opened=0)
+    if (content_type or "").split(";", 1)[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType()
+    envelope = _parse(_json_object(auth.body, "body"))
+    key_set = _usable(await key_set_by_msk_key_id(db, envelope.kid), auth, now)
+    keys = await load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
+    aad = env.request_aad(method=auth.method, path=auth.path, subject=auth.terminal_id)
+    plaintext = _json_object(_open(keys.msk, envelope, aad), "plaintext")
+    card, tpk = None, None
+    if with_card and "card" in plaintext:
+        card, tpk = await _open_card(db, wrapper=wrapper, auth=auth, obj=plaintext["card"], now=now)
+    return OpenedRequest(plaintext, key_set.key_set_id, envelope.kid, keys.msk, 1, card, tpk)
+
+
+async def _open_card(
+    db: AsyncSession, *, wrapper: KeyWrapper, auth: AuthenticatedTerminal, obj: object, now: datetime
+) -> tuple[dict[str, Any], bytes]:
+    """The card's TDK envelope (AAD ``viopay-tdk-v1\\n{TERMINAL_ID}``) and that set's TPK."""
+    envelope = _parse(obj)
+    row = await db.scalar(select(KeySetKey).where(KeySetKey.key_id == envelope.kid))
+    if row is None or row.type != "TDK":
+        raise DecryptionFailed()
+    key_set = _usable(await db.get(KeySet, row.key_set_id), auth, now)
+    keys = await load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
+    card = _json_object(_open(keys.key("TDK"), envelope, env.card_aad(auth.terminal_id)), "card")
+    return card, keys.key("TPK")
+
+
+# --- sealing answers ------------------------------------------------------------------------
+
+
+def seal_answer(
+    opened: OpenedRequest, auth: AuthenticatedTerminal, plaintext: dict[str, Any], *, rotate: bool
+) -> bytes:
+    """The answer envelope, its AAD bound to this request's method, path, terminal and nonce."""
+    if rotate:
+        plaintext = {**plaintext, "rotate_keys": True}
+    aad = env.response_aad(method=auth.method, path=auth.path, subject=auth.terminal_id, nonce=auth.nonce)
+    return orjson.dumps(env.seal(opened.msk, opened.kid, orjson.dumps(plaintext), aad))

@@ -1,0 +1,201 @@
+"""Idempotency-Key (PROTOCOL §4.5): fingerprints, claims, stored results, spent keys.
+
+A key is claimed by inserting an ``in_progress`` record in a transaction of its own, committed
+before any work starts: the unique ``(terminal_id, idempotency_key)`` constraint lets exactly
+one request of any number, on any number of server processes, go on. The winner stores its
+result (or releases the key, for results that are not stored) when it is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from viopay.crypto.canonical import canonical_json
+from viopay.errors import IdempotencyInProgress, InvalidRequest, InvalidState
+from viopay.payments.models import IdempotencyRecord, IdempotencyState
+
+RETENTION = timedelta(hours=24)
+# An in_progress record older than this belongs to a request that died (a processor call is
+# bounded far below it): reverse-by-key may then spend its key.
+STALE_AFTER = timedelta(seconds=120)
+FINGERPRINT_PURPOSE = "idempotency-fingerprint"
+
+
+def fingerprint(
+    key: bytes, *, method: str, path: str, plaintext: dict[str, Any], card: dict[str, Any] | None
+) -> str:
+    """HMAC-SHA256 of ``METHOD\\nPATH\\n`` + canonical JSON of the plaintext, ``card`` replaced
+    by its decrypted object and ``pin_block`` left out; hex."""
+    view = {name: value for name, value in plaintext.items() if name != "pin_block"}
+    if card is not None:
+        view["card"] = card
+    try:
+        body = canonical_json(view)
+    except ValueError:
+        raise InvalidRequest("the body holds a value JSON cannot carry exactly") from None
+    message = f"{method.upper()}\n{path}\n".encode() + body
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """A snapshot of a live record (no ORM object leaves its session)."""
+
+    record_id: int
+    state: IdempotencyState
+    fingerprint: str | None
+    status_code: int | None
+    result: dict[str, Any] | None
+    charge_id: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: IdempotencyRecord) -> KeyState:
+        return cls(
+            record_id=record.id,
+            state=record.state,
+            fingerprint=record.fingerprint,
+            status_code=record.status_code,
+            result=record.result,
+            charge_id=record.charge_id,
+            created_at=record.created_at,
+        )
+
+
+def refuse_busy(state: KeyState) -> None:
+    """§4.5 precedence, first half: spent by a reverse → 409 invalid_state; running → 409."""
+    if state.state is IdempotencyState.spent_by_reverse:
+        raise InvalidState("the Idempotency-Key was spent by a reverse-by-key")
+    if state.state is IdempotencyState.in_progress:
+        raise IdempotencyInProgress()
+
+
+def _live(terminal_id: str, key: str, now: datetime) -> Any:
+    return select(IdempotencyRecord).where(
+        IdempotencyRecord.terminal_id == terminal_id,
+        IdempotencyRecord.idempotency_key == key,
+        IdempotencyRecord.expires_at > now,
+    )
+
+
+async def find(db: AsyncSession, *, terminal_id: str, key: str, now: datetime) -> KeyState | None:
+    record: IdempotencyRecord | None = await db.scalar(_live(terminal_id, key, now))
+    return None if record is None else KeyState.of(record)
+
+
+async def find_for_update(
+    db: AsyncSession, *, terminal_id: str, key: str, now: datetime
+) -> IdempotencyRecord | None:
+    record: IdempotencyRecord | None = await db.scalar(
+        _live(terminal_id, key, now).with_for_update().execution_options(populate_existing=True)
+    )
+    return record
+
+
+async def _drop_expired(db: AsyncSession, *, terminal_id: str, key: str, now: datetime) -> None:
+    await db.execute(
+        delete(IdempotencyRecord).where(
+            IdempotencyRecord.terminal_id == terminal_id,
+            IdempotencyRecord.idempotency_key == key,
+            IdempotencyRecord.expires_at <= now,
+        )
+    )
+
+
+async def claim(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    terminal_id: str,
+    key: str,
+    method: str,
+    path: str,
+    fingerprint: str,
+    now: datetime,
+) -> KeyState | int:
+    """Insert ``in_progress`` and commit. Returns the new record's id, or the live record of
+    the request that claimed the key first."""
+    try:
+        async with sessions() as db, db.begin():
+            await _drop_expired(db, terminal_id=terminal_id, key=key, now=now)
+            record = IdempotencyRecord(
+                terminal_id=terminal_id,
+                idempotency_key=key,
+                method=method,
+                path=path,
+                fingerprint=fingerprint,
+                state=IdempotencyState.in_progress,
+                status_code=None,
+                result=None,
+                charge_id=None,
+                created_at=now,
+                expires_at=now + RETENTION,
+            )
+            db.add(record)
+            await db.flush()
+            return record.id
+    except IntegrityError:
+        pass
+    async with sessions() as db:
+        state = await find(db, terminal_id=terminal_id, key=key, now=now)
+    if state is None:  # released between the two reads: still someone else's turn; retry
+        raise IdempotencyInProgress()
+    return state
+
+
+async def finish(
+    db: AsyncSession,
+    *,
+    record_id: int,
+    status_code: int,
+    result: dict[str, Any],
+    charge_id: str | None = None,
+) -> bool:
+    """Store the result of the request that holds the key; False if it no longer does (a
+    reverse-by-key spent the key of a request it took for dead)."""
+    done = await db.execute(
+        update(IdempotencyRecord)
+        .where(IdempotencyRecord.id == record_id, IdempotencyRecord.state == IdempotencyState.in_progress)
+        .values(state=IdempotencyState.done, status_code=status_code, result=result, charge_id=charge_id)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(done, "rowcount", 0))
+
+
+async def release(sessions: async_sessionmaker[AsyncSession], *, record_id: int) -> None:
+    """Forget a claim whose result is not stored (401, 5xx): a retry runs afresh."""
+    async with sessions() as db, db.begin():
+        await db.execute(
+            delete(IdempotencyRecord).where(
+                IdempotencyRecord.id == record_id, IdempotencyRecord.state == IdempotencyState.in_progress
+            )
+        )
+
+
+async def spend(db: AsyncSession, *, terminal_id: str, key: str, now: datetime) -> None:
+    """Mark a key that made no charge as spent for 24 h (§4.4); IntegrityError if a request
+    claimed it meanwhile."""
+    await _drop_expired(db, terminal_id=terminal_id, key=key, now=now)
+    db.add(
+        IdempotencyRecord(
+            terminal_id=terminal_id,
+            idempotency_key=key,
+            method="POST",
+            path="",
+            fingerprint=None,
+            state=IdempotencyState.spent_by_reverse,
+            status_code=None,
+            result=None,
+            charge_id=None,
+            created_at=now,
+            expires_at=now + RETENTION,
+        )
+    )
+    await db.flush()

@@ -1,0 +1,151 @@
+"""Charges, refunds and idempotency records (PROTOCOL §4).
+
+A charge keeps the card's brand, BIN, last four digits and expiry, and nothing else of it: the
+PAN, track data and PIN never reach a table. Amounts are integers in minor units, guarded by
+CHECK constraints; uniqueness of ``(terminal_id, request_nonce)`` and of
+``(terminal_id, idempotency_key)`` is what keeps two server processes from making two charges
+for one request.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, Enum, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from viopay.db import Base
+
+MAX_AMOUNT = 99_999_999
+
+
+class ChargeStatus(enum.StrEnum):
+    approved = "approved"
+    declined = "declined"
+    partially_refunded = "partially_refunded"
+    refunded = "refunded"
+    canceled = "canceled"
+    reversed = "reversed"
+
+
+class EntryMode(enum.StrEnum):
+    chip = "chip"
+    contactless = "contactless"
+    swipe = "swipe"
+    manual = "manual"
+
+
+class IdempotencyState(enum.StrEnum):
+    """``in_progress`` while the first request runs, ``done`` once its result is stored, and
+    ``spent_by_reverse`` when a reverse-by-key found no charge for the key (§4.4)."""
+
+    in_progress = "in_progress"
+    done = "done"
+    spent_by_reverse = "spent_by_reverse"
+
+
+def _enum(cls: type[enum.Enum], length: int = 24) -> Enum:
+    return Enum(cls, native_enum=False, length=length, validate_strings=True, create_constraint=True)
+
+
+class Charge(Base):
+    __tablename__ = "charges"
+    __table_args__ = (
+        UniqueConstraint("terminal_id", "request_nonce"),
+        Index("ix_charges_merchant_created", "merchant_id", "created_at", "charge_id"),
+        Index("ix_charges_terminal_idempotency_key", "terminal_id", "idempotency_key"),
+        CheckConstraint(f"amount >= 1 AND amount <= {MAX_AMOUNT}", name="amount_range"),
+        CheckConstraint("tip_amount >= 0", name="tip_amount_nonnegative"),
+        CheckConstraint("tax_amount >= 0", name="tax_amount_nonnegative"),
+        CheckConstraint("surcharge_amount >= 0", name="surcharge_amount_nonnegative"),
+        CheckConstraint("tip_amount + tax_amount + surcharge_amount <= amount", name="parts_within_amount"),
+        CheckConstraint("amount_refunded >= 0 AND amount_refunded <= amount", name="refunded_within_amount"),
+    )
+
+    charge_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    terminal_id: Mapped[str] = mapped_column(ForeignKey("terminals.terminal_id"))
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.merchant_id"))
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.device_id"))
+    status: Mapped[ChargeStatus] = mapped_column(_enum(ChargeStatus))
+    amount: Mapped[int]
+    tip_amount: Mapped[int] = mapped_column(default=0)
+    tax_amount: Mapped[int] = mapped_column(default=0)
+    surcharge_amount: Mapped[int] = mapped_column(default=0)
+    amount_refunded: Mapped[int] = mapped_column(default=0)
+    currency: Mapped[str] = mapped_column(String(3))
+    reference: Mapped[str | None] = mapped_column(String(64))
+    entry_mode: Mapped[EntryMode] = mapped_column(_enum(EntryMode, 16))
+    card_brand: Mapped[str] = mapped_column(String(16))
+    card_bin: Mapped[str] = mapped_column(String(6))
+    card_last4: Mapped[str] = mapped_column(String(4))
+    card_expiry: Mapped[str] = mapped_column(String(4))
+    authorization_code: Mapped[str | None] = mapped_column(String(6))
+    response_code: Mapped[str] = mapped_column(String(2))
+    decline_reason: Mapped[str | None] = mapped_column(String(64))
+    emv_response: Mapped[str | None] = mapped_column(Text)
+    # The processor's own reference, for refunds, voids and reversals at the acquirer.
+    processor_reference: Mapped[str | None] = mapped_column(String(64))
+    request_nonce: Mapped[str] = mapped_column(String(128))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    def __repr__(self) -> str:
+        return f"Charge(charge_id={self.charge_id!r}, status={self.status.value!r})"
+
+
+class Refund(Base):
+    __tablename__ = "refunds"
+    __table_args__ = (
+        UniqueConstraint("terminal_id", "request_nonce"),
+        Index("ix_refunds_charge_created", "charge_id", "created_at"),
+        CheckConstraint(f"amount >= 1 AND amount <= {MAX_AMOUNT}", name="amount_range"),
+    )
+
+    refund_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    charge_id: Mapped[str] = mapped_column(ForeignKey("charges.charge_id"))
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.merchant_id"))
+    terminal_id: Mapped[str] = mapped_column(ForeignKey("terminals.terminal_id"))
+    amount: Mapped[int]
+    reason: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="succeeded")
+    processor_reference: Mapped[str | None] = mapped_column(String(64))
+    request_nonce: Mapped[str] = mapped_column(String(128))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+
+    def __repr__(self) -> str:
+        return f"Refund(refund_id={self.refund_id!r}, charge_id={self.charge_id!r})"
+
+
+class IdempotencyRecord(Base):
+    """One Idempotency-Key of one terminal (§4.5), kept 24 h.
+
+    ``result`` is the stored answer's plaintext: the charge or refund object (masked card data
+    only) for a 2xx, the problem's members for a 4xx. It is sealed anew on every replay.
+    """
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (UniqueConstraint("terminal_id", "idempotency_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    terminal_id: Mapped[str] = mapped_column(ForeignKey("terminals.terminal_id"))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(512))
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[IdempotencyState] = mapped_column(_enum(IdempotencyState))
+    status_code: Mapped[int | None]
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The charge this key created (POST /pos/charge only): what reverse-by-key reverses.
+    charge_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+    def __repr__(self) -> str:
+        return (
+            f"IdempotencyRecord(terminal_id={self.terminal_id!r}, state={self.state.value!r}, "
+            f"status_code={self.status_code!r})"
+        )

@@ -1,0 +1,47 @@
+"""Payment processors: the :class:`Processor` interface, the sandbox, and the choice between
+them by setting (``VIOPAY_PROCESSOR``: ``sandbox``, or ``package.module:factory`` naming a
+callable that takes the Settings and returns a Processor)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import cast
+
+from viopay.payments.processors.base import (
+    Authorization,
+    AuthorizationRequest,
+    ChargeRef,
+    EncipheredPin,
+    Processor,
+    ProcessorFailure,
+    ProcessorTimedOut,
+)
+from viopay.payments.processors.sandbox import SandboxProcessor
+from viopay.settings import Settings
+
+__all__ = [
+    "Authorization",
+    "AuthorizationRequest",
+    "ChargeRef",
+    "EncipheredPin",
+    "Processor",
+    "ProcessorFailure",
+    "ProcessorTimedOut",
+    "SandboxProcessor",
+    "build_processor",
+]
+
+
+def build_processor(settings: Settings) -> Processor:
+    name = settings.processor
+    if name == "sandbox":
+        return SandboxProcessor()
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise ValueError("VIOPAY_PROCESSOR must be 'sandbox' or 'package.module:factory'")
+    factory = cast(Callable[[Settings], Processor], getattr(importlib.import_module(module_name), attribute))
+    processor = factory(settings)
+    if not isinstance(processor, Processor):
+        raise ValueError(f"{name} did not return a Processor")
+    return processor

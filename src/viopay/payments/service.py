@@ -1,0 +1,442 @@
+"""Charges and refunds (PROTOCOL §4): the rules, and their persistence.
+
+Functions here take a session and flush; they never commit (the flow owns transactions).
+Charges are read under a row lock (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises
+writers) before any change, so concurrent refunds never pass the charged amount.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from viopay.audit import Actor, record_event
+from viopay.deps import validate
+from viopay.errors import (
+    ChargeNotCancelable,
+    ChargeNotRefundable,
+    IdempotencyInProgress,
+    InvalidCard,
+    InvalidRequest,
+    NotFound,
+    RefundExceedsCharge,
+)
+from viopay.ids import new_id
+from viopay.payments import idempotency
+from viopay.payments.cards import CardData, CardInvalid, check_card
+from viopay.payments.models import Charge, ChargeStatus, EntryMode, IdempotencyState, Refund
+from viopay.payments.processors import (
+    Authorization,
+    AuthorizationRequest,
+    ChargeRef,
+    EncipheredPin,
+    Processor,
+    ProcessorFailure,
+    ProcessorTimedOut,
+)
+from viopay.payments.schemas import CardIn, ChargeIn, RefundIn
+
+log = structlog.get_logger("viopay.payments")
+
+CANCEL_WINDOW = timedelta(hours=24)
+TIMEOUT_RESPONSE_CODE = "68"
+TIMEOUT_REASON = "processor_timeout"
+REVERSAL_ATTEMPTS = 3
+REFUNDABLE = frozenset({ChargeStatus.approved, ChargeStatus.partially_refunded})
+
+
+@dataclass(frozen=True)
+class TerminalScope:
+    """Who is asking: the terminal, its device and merchant, and the terminal's currency."""
+
+    terminal_id: str
+    device_id: str
+    merchant_id: str
+    currency: str
+
+    @property
+    def actor(self) -> Actor:
+        return Actor("device", self.device_id)
+
+
+# --- charge: the request ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChargeDraft:
+    """A validated charge request, ready for the processor."""
+
+    charge_id: str
+    scope: TerminalScope
+    body: ChargeIn
+    card: CardData
+    pin: EncipheredPin | None
+    nonce: str
+    idempotency_key: str | None
+
+
+def surcharge_cap(*, amount: int, surcharge: int, tip: int, rate_bps: int) -> int:
+    """``rate_bps`` of ``amount - surcharge - tip``, rounded half up."""
+    return (rate_bps * (amount - surcharge - tip) + 5_000) // 10_000
+
+
+def _amount_errors(body: ChargeIn, *, currency: str, surcharge_rule: dict[str, Any]) -> list[dict[str, str]]:
+    errors = []
+    if body.currency != currency:
+        errors.append({"field": "currency", "message": f"must be the terminal's currency {currency}"})
+    if body.tip_amount + body.tax_amount + body.surcharge_amount > body.amount:
+        errors.append({"field": "amount", "message": "must be at least tip + tax + surcharge"})
+    elif body.surcharge_amount > 0:
+        errors.extend(_surcharge_errors(body, surcharge_rule))
+    return errors
+
+
+def _surcharge_errors(body: ChargeIn, rule: dict[str, Any]) -> list[dict[str, str]]:
+    field = "surcharge_amount"
+    if not rule.get("enabled"):
+        return [{"field": field, "message": "surcharges are not enabled for this merchant"}]
+    max_amount = int(rule.get("max_amount", 0))
+    if max_amount and body.surcharge_amount > max_amount:
+        return [{"field": field, "message": f"must be at most {max_amount}"}]
+    cap = surcharge_cap(
+        amount=body.amount, surcharge=body.surcharge_amount, tip=body.tip_amount, rate_bps=int(rule.get("rate_bps", 0))
+    )
+    if body.surcharge_amount > cap:
+        return [{"field": field, "message": f"must be at most {cap} ({rule.get('rate_bps', 0)} bps)"}]
+    return []
+
+
+def build_draft(
+    *,
+    scope: TerminalScope,
+    plaintext: dict[str, Any],
+    card: dict[str, Any] | None,
+    tpk: bytes | None,
+    surcharge_rule: dict[str, Any],
+    nonce: str,
+    idempotency_key: str | None,
+) -> ChargeDraft:
+    """§4.1 body members: 400 invalid_request with ``errors``, then 422 invalid_card."""
+    body = validate(ChargeIn, plaintext)
+    if card is None:
+        raise InvalidRequest("the body has invalid members", errors=[{"field": "card", "message": "is required"}])
+    card_in = validate(CardIn, card)
+    errors = _amount_errors(body, currency=scope.currency, surcharge_rule=surcharge_rule)
+    if errors:
+        raise InvalidRequest("the body has invalid members", errors=errors)
+    try:
+        checked = check_card(
+            pan=card_in.pan, expiry=card_in.expiry, track2=card_in.track2, cardholder_name=card_in.cardholder_name
+        )
+    except CardInvalid as exc:
+        raise InvalidCard(str(exc)) from None
+    pin = EncipheredPin(block=body.pin_block, tpk=tpk) if body.pin_block is not None and tpk else None
+    return ChargeDraft(
+        charge_id=new_id("ch_"),
+        scope=scope,
+        body=body,
+        card=checked,
+        pin=pin,
+        nonce=nonce,
+        idempotency_key=idempotency_key,
+    )
+
+
+def _ref(charge: Charge | ChargeDraft, processor_reference: str | None = None) -> ChargeRef:
+    if isinstance(charge, ChargeDraft):
+        return ChargeRef(charge.charge_id, charge.scope.terminal_id, charge.body.amount, charge.body.currency, None)
+    return ChargeRef(charge.charge_id, charge.terminal_id, charge.amount, charge.currency, charge.processor_reference)
+
+
+async def authorize(processor: Processor, draft: ChargeDraft, *, now: datetime) -> Authorization | None:
+    """Ask the processor. None when it timed out (the authorisation was then reversed);
+    ProcessorFailure propagates (502, no charge)."""
+    request = AuthorizationRequest(
+        charge_id=draft.charge_id,
+        terminal_id=draft.scope.terminal_id,
+        merchant_id=draft.scope.merchant_id,
+        amount=draft.body.amount,
+        currency=draft.body.currency,
+        entry_mode=draft.body.entry_mode,
+        card=draft.card,
+        pin=draft.pin,
+        emv=draft.body.emv,
+        reference=draft.body.reference,
+        now=now,
+    )
+    try:
+        return await processor.authorize(request)
+    except ProcessorTimedOut:
+        await reverse_unanswered(processor, draft)
+        return None
+
+
+async def reverse_unanswered(processor: Processor, draft: ChargeDraft) -> None:
+    """Reverse an authorisation whose answer never came (or that cannot be kept)."""
+    for attempt in range(1, REVERSAL_ATTEMPTS + 1):
+        try:
+            await processor.reverse(_ref(draft))
+            return
+        except (ProcessorFailure, ProcessorTimedOut) as exc:
+            log.warning("reversal failed", charge_id=draft.charge_id, attempt=attempt, error=type(exc).__name__)
+    log.error("reversal not confirmed; reverse it at the processor by hand", charge_id=draft.charge_id)
+
+
+# --- charge: the record -----------------------------------------------------------------------
+
+
+def record_charge(db: AsyncSession, *, draft: ChargeDraft, authorization: Authorization | None, now: datetime) -> Charge:
+    """Store the charge the processor answered (``None``: it timed out and was reversed)."""
+    body, card, scope = draft.body, draft.card, draft.scope
+    if authorization is None:
+        status, code, auth_code, reason, emv, reference = (
+            ChargeStatus.reversed, TIMEOUT_RESPONSE_CODE, None, TIMEOUT_REASON, None, None,
+        )
+    else:
+        status = ChargeStatus.approved if authorization.approved else ChargeStatus.declined
+        code, auth_code = authorization.response_code, authorization.authorization_code
+        reason, emv = authorization.decline_reason, authorization.emv_response
+        reference = authorization.processor_reference
+    charge = Charge(
+        charge_id=draft.charge_id,
+        terminal_id=scope.terminal_id,
+        merchant_id=scope.merchant_id,
+        device_id=scope.device_id,
+        status=status,
+        amount=body.amount,
+        tip_amount=body.tip_amount,
+        tax_amount=body.tax_amount,
+        surcharge_amount=body.surcharge_amount,
+        amount_refunded=0,
+        currency=body.currency,
+        reference=body.reference,
+        entry_mode=EntryMode(body.entry_mode),
+        card_brand=card.brand,
+        card_bin=card.bin,
+        card_last4=card.last4,
+        card_expiry=card.expiry,
+        authorization_code=auth_code if status is ChargeStatus.approved else None,
+        response_code=code,
+        decline_reason=reason,
+        emv_response=emv,
+        processor_reference=reference,
+        request_nonce=draft.nonce,
+        idempotency_key=draft.idempotency_key,
+        created_at=now,
+        updated_at=now,
+    )
+    db.add(charge)
+    _charge_event(db, "charge.created", charge, scope.actor, now, status=status.value, amount=body.amount,
+                  response_code=code)
+    if authorization is None:
+        _charge_event(db, "charge.reversed", charge, scope.actor, now, reason=TIMEOUT_REASON)
+    return charge
+
+
+def _charge_event(
+    db: AsyncSession, type: str, charge: Charge, actor: Actor, now: datetime, **data: Any
+) -> None:
+    record_event(
+        db,
+        type=type,
+        actor=actor,
+        subject_type="charge",
+        subject_id=charge.charge_id,
+        merchant_id=charge.merchant_id,
+        now=now,
+        data={"terminal_id": charge.terminal_id, **data},
+    )
+
+
+# --- lookups ----------------------------------------------------------------------------------
+
+
+async def get_charge(db: AsyncSession, *, merchant_id: str, charge_id: str, lock: bool = False) -> Charge:
+    """A charge of the merchant (any of its terminals); 404 not_found otherwise."""
+    query = select(Charge).where(Charge.charge_id == charge_id, Charge.merchant_id == merchant_id)
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    charge: Charge | None = await db.scalar(query)
+    if charge is None:
+        raise NotFound("no such charge")
+    return charge
+
+
+async def refunds_of(db: AsyncSession, charge_id: str) -> list[Refund]:
+    rows = await db.scalars(
+        select(Refund).where(Refund.charge_id == charge_id).order_by(Refund.created_at, Refund.refund_id)
+    )
+    return list(rows)
+
+
+# --- refund -----------------------------------------------------------------------------------
+
+
+async def refund_charge(
+    db: AsyncSession,
+    *,
+    processor: Processor,
+    scope: TerminalScope,
+    charge_id: str,
+    plaintext: dict[str, Any],
+    nonce: str,
+    idempotency_key: str | None,
+    now: datetime,
+) -> tuple[Refund, Charge]:
+    """§4.2, in order: 404 → 409 charge_not_refundable → 400 → 422 refund_exceeds_charge."""
+    charge = await get_charge(db, merchant_id=scope.merchant_id, charge_id=charge_id, lock=True)
+    if charge.status not in REFUNDABLE:
+        raise ChargeNotRefundable(f"the charge is {charge.status.value}")
+    body = validate(RefundIn, plaintext)
+    left = charge.amount - charge.amount_refunded
+    amount = left if body.amount is None else body.amount
+    if amount > left:
+        raise RefundExceedsCharge(f"at most {left} is left to refund")
+    refund_id = new_id("re_")
+    reference = await processor.refund(_ref(charge), refund_id=refund_id, amount=amount)
+    refund = Refund(
+        refund_id=refund_id,
+        charge_id=charge.charge_id,
+        merchant_id=charge.merchant_id,
+        terminal_id=scope.terminal_id,
+        amount=amount,
+        reason=body.reason,
+        status="succeeded",
+        processor_reference=reference,
+        request_nonce=nonce,
+        idempotency_key=idempotency_key,
+        created_at=now,
+    )
+    db.add(refund)
+    charge.amount_refunded += amount
+    charge.status = ChargeStatus.refunded if charge.amount_refunded == charge.amount else ChargeStatus.partially_refunded
+    charge.updated_at = now
+    record_event(
+        db,
+        type="refund.created",
+        actor=scope.actor,
+        subject_type="refund",
+        subject_id=refund_id,
+        merchant_id=charge.merchant_id,
+        now=now,
+        data={"charge_id": charge.charge_id, "terminal_id": scope.terminal_id, "amount": amount},
+    )
+    _charge_event(db, "charge.refunded", charge, scope.actor, now, refund_id=refund_id, amount=amount,
+                  amount_refunded=charge.amount_refunded, status=charge.status.value)
+    await db.flush()
+    return refund, charge
+
+
+# --- cancel and reverse -----------------------------------------------------------------------
+
+
+def undoable(charge: Charge, *, now: datetime) -> bool:
+    """Approved, never refunded, and less than 24 h old (§4.3)."""
+    return (
+        charge.status is ChargeStatus.approved
+        and charge.amount_refunded == 0
+        and now < charge.created_at + CANCEL_WINDOW
+    )
+
+
+async def cancel_charge(
+    db: AsyncSession, *, processor: Processor, scope: TerminalScope, charge_id: str, now: datetime
+) -> Charge:
+    charge = await get_charge(db, merchant_id=scope.merchant_id, charge_id=charge_id, lock=True)
+    return await _undo(db, processor, charge, ChargeStatus.canceled, scope.actor, now)
+
+
+async def reverse_charge(
+    db: AsyncSession, *, processor: Processor, scope: TerminalScope, charge_id: str, now: datetime
+) -> Charge:
+    charge = await get_charge(db, merchant_id=scope.merchant_id, charge_id=charge_id, lock=True)
+    return await _undo(db, processor, charge, ChargeStatus.reversed, scope.actor, now)
+
+
+async def _undo(
+    db: AsyncSession, processor: Processor, charge: Charge, target: ChargeStatus, actor: Actor, now: datetime
+) -> Charge:
+    """Cancel or reverse a locked charge; the same call again answers the same charge."""
+    if charge.status is target:
+        return charge
+    if not undoable(charge, now=now):
+        raise ChargeNotCancelable(_why_not(charge, now))
+    await _apply_undo(db, processor, charge, target, actor, now)
+    return charge
+
+
+async def _apply_undo(
+    db: AsyncSession, processor: Processor, charge: Charge, target: ChargeStatus, actor: Actor, now: datetime
+) -> None:
+    if target is ChargeStatus.canceled:
+        await processor.void(_ref(charge))
+    else:
+        await processor.reverse(_ref(charge))
+    charge.status, charge.updated_at = target, now
+    _charge_event(db, f"charge.{target.value}", charge, actor, now)
+    await db.flush()
+
+
+def _why_not(charge: Charge, now: datetime) -> str:
+    if charge.status is not ChargeStatus.approved:
+        return f"the charge is {charge.status.value}"
+    if charge.amount_refunded:
+        return "the charge has refunds"
+    return "the charge is more than 24 h old"
+
+
+async def reverse_as_it_stands(
+    db: AsyncSession, *, processor: Processor, charge: Charge, actor: Actor, now: datetime
+) -> Charge:
+    """Reverse-by-key (§4.4): reverse when possible, else answer the charge unchanged."""
+    if undoable(charge, now=now):
+        await _apply_undo(db, processor, charge, ChargeStatus.reversed, actor, now)
+    return charge
+
+
+# --- reverse by key ---------------------------------------------------------------------------
+
+
+async def _charge_by_key(db: AsyncSession, *, terminal_id: str, key: str) -> Charge | None:
+    charge: Charge | None = await db.scalar(
+        select(Charge)
+        .where(Charge.terminal_id == terminal_id, Charge.idempotency_key == key)
+        .order_by(Charge.created_at.desc())
+        .limit(1)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return charge
+
+
+async def reverse_by_key(
+    db: AsyncSession, *, processor: Processor, scope: TerminalScope, key: str, now: datetime
+) -> Charge | None:
+    """§4.4: the charge this terminal made with ``key``, reversed when it can be, else as it
+    stands; None when the key made no charge (it is then spent for 24 h)."""
+    record = await idempotency.find_for_update(db, terminal_id=scope.terminal_id, key=key, now=now)
+    if record is None:
+        charge = await _charge_by_key(db, terminal_id=scope.terminal_id, key=key)
+        if charge is not None:  # its record has expired: it is past 24 h anyway
+            return await reverse_as_it_stands(db, processor=processor, charge=charge, actor=scope.actor, now=now)
+        try:
+            await idempotency.spend(db, terminal_id=scope.terminal_id, key=key, now=now)
+        except IntegrityError:  # a charge with that key claimed it this very moment
+            raise IdempotencyInProgress("a request with that Idempotency-Key is running") from None
+        return None
+    if record.state is IdempotencyState.in_progress:
+        if now - record.created_at < idempotency.STALE_AFTER:
+            raise IdempotencyInProgress("a request with that Idempotency-Key is running")
+        record.state = IdempotencyState.spent_by_reverse  # its request died before answering
+        await db.flush()
+        return None
+    if record.state is IdempotencyState.spent_by_reverse or record.charge_id is None:
+        return None
+    charge = await get_charge(db, merchant_id=scope.merchant_id, charge_id=record.charge_id, lock=True)
+    return await reverse_as_it_stands(db, processor=processor, charge=charge, actor=scope.actor, now=now)

@@ -1,0 +1,131 @@
+"""Attestation tokens at the service level (PROTOCOL §2.3), with an injected clock."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import timedelta
+
+import orjson
+import pytest
+
+from helpers import SEEN_SECRETS, pos_headers
+from viopay.audit import Actor
+from viopay.auth.attestation import Attested, identity_key_of, issue_token, verify_token
+from viopay.devices import service as devices
+from viopay.devices.models import Device
+from viopay.errors import InvalidToken
+from viopay.ids import utcnow
+
+
+@pytest.fixture
+def claimed(api, admin, make_merchant):
+    device = admin.provision()
+    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
+        "pairing_code"
+    ]
+    assert make_merchant().http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
+    return device
+
+
+async def _issue(runtime, device, now):
+    async with runtime.sessions() as db:
+        row = await db.get(Device, device.device_id)
+        key = await identity_key_of(db, device_id=device.device_id, key_id=device.key_id)
+        issued = await issue_token(runtime.cache, device=row, identity_key=key, now=now)
+    SEEN_SECRETS.add(issued.token)
+    return issued
+
+
+async def _verify(runtime, token, device_id, now):
+    async with runtime.sessions() as db:
+        device = await db.get(Device, device_id)
+        return await verify_token(db, runtime.cache, token=token, device=device, now=now)
+
+
+async def test_token_shape_and_what_the_cache_keeps(runtime, claimed):
+    now = utcnow()
+    issued = await _issue(runtime, claimed, now)
+    assert re.fullmatch(r"att_[A-Za-z0-9_-]{43}", issued.token)
+    assert issued.expires_at == now + timedelta(seconds=300)
+    assert issued.token not in repr(issued)
+    raw = await runtime.cache.get("att:" + hashlib.sha256(issued.token.encode()).hexdigest())
+    assert (
+        raw is not None
+        and issued.token.encode() not in raw
+        and issued.token[4:].encode() not in raw
+    )
+    record = orjson.loads(raw)
+    assert record["device_id"] == claimed.device_id and record["key_id"] == claimed.key_id
+    assert await runtime.cache.get("att:" + issued.token) is None
+
+
+async def test_token_lives_300_seconds(runtime, claimed):
+    now = utcnow()
+    issued = await _issue(runtime, claimed, now)
+    key = await _verify(runtime, issued.token, claimed.device_id, now + timedelta(seconds=299))
+    assert key.key_id == claimed.key_id
+    with pytest.raises(InvalidToken):
+        await _verify(runtime, issued.token, claimed.device_id, now + timedelta(seconds=300))
+
+
+async def test_token_is_bound_to_its_device(runtime, claimed, admin):
+    other = admin.provision()
+    issued = await _issue(runtime, claimed, utcnow())
+    with pytest.raises(InvalidToken):
+        await _verify(runtime, issued.token, other.device_id, utcnow())
+
+
+async def test_unknown_token(runtime, claimed):
+    with pytest.raises(InvalidToken) as caught:
+        await _verify(runtime, "att_" + "A" * 43, claimed.device_id, utcnow())
+    assert caught.value.headers["WWW-Authenticate"].startswith("Attestation")
+
+
+async def test_disable_kills_and_enable_does_not_revive(runtime, claimed):
+    issued = await _issue(runtime, claimed, utcnow())
+    for disabled in (True, False):
+        async with runtime.sessions() as db, db.begin():
+            device = await db.get(Device, claimed.device_id)
+            await devices.set_disabled(
+                db, device=device, disabled=disabled, actor=Actor.operator("t"), now=utcnow()
+            )
+    with pytest.raises(InvalidToken):
+        await _verify(runtime, issued.token, claimed.device_id, utcnow())
+    fresh = await _issue(runtime, claimed, utcnow())
+    assert (
+        await _verify(runtime, fresh.token, claimed.device_id, utcnow())
+    ).key_id == claimed.key_id
+
+
+async def test_revoking_the_key_kills_its_tokens_only(runtime, claimed, admin):
+    issued = await _issue(runtime, claimed, utcnow())
+    async with runtime.sessions() as db, db.begin():
+        second = await devices.add_identity_key(
+            db,
+            wrapper=runtime.wrapper,
+            device_id=claimed.device_id,
+            key_id="second-key",
+            actor=Actor.operator("t"),
+            now=utcnow(),
+        )
+        SEEN_SECRETS.add(second.identity_secret)
+        await devices.revoke_identity_key(
+            db,
+            device_id=claimed.device_id,
+            key_id=claimed.key_id,
+            actor=Actor.operator("t"),
+            now=utcnow(),
+        )
+    with pytest.raises(InvalidToken):
+        await _verify(runtime, issued.token, claimed.device_id, utcnow())
+
+
+async def test_attested_unwraps_the_secret_lazily(runtime, claimed):
+    async with runtime.sessions() as db:
+        device = await db.get(Device, claimed.device_id)
+        key = await identity_key_of(db, device_id=claimed.device_id, key_id=claimed.key_id)
+    attested = Attested(device=device, identity_key=key, wrapper=runtime.wrapper)
+    assert attested._secret is None
+    assert attested.identity_secret() == claimed.secret
+    assert claimed.identity_secret not in repr(attested) and "_secret" not in repr(attested)

@@ -1,0 +1,119 @@
+"""Shared test helpers (imported as ``helpers``; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("VIOPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("VIOPAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
+# Every secret a test sees is registered here; the log scan looks for each of them.
+SEEN_SECRETS: set[str] = set()
+SERVER_LOGS: list[Path] = []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """One ``viopay serve`` process, started the way users start it."""
+
+    def __init__(self, backend: Backend, log_dir: Path, name: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{name}.log"
+        SERVER_LOGS.append(self.log_path)
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "viopay", "serve", "--port", str(self.port)],
+            env={**os.environ, **backend.env, "VIOPAY_PUBLIC_URL": "http://viopay.test"},
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=log_dir,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._log.close()
+
+
+def _json(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, f"{response.status_code}: {response.text}"
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def client_token(url: str, client_id: str, client_secret: str) -> str:
+    body = _json(httpx.post(f"{url}/client/session", json={"client_id": client_id, "client_secret": client_secret}), 200)
+    token: str = body["access_token"]
+    SEEN_SECRETS.add(token)
+    return token
+
+
+@dataclass
+class ProvisionedDevice:
+    device_id: str
+    key_id: str
+    identity_secret: str
+
+    @property
+    def secret(self) -> bytes:
+        return bytes.fromhex(self.identity_secret)
+
+
+@dataclass
+class MerchantCtx:
+    merchant_id: str
+    merchant: dict[str, Any]
+    role: str
+    token: str
+    http: httpx.Client
+    subject: str
+
+
+def pos_headers(device_id: str, *, ua: str = UA) -> dict[str, str]:
+    return {"X-Device-Id": device_id, "User-Agent": ua, "X-Client-Type": "pos"}
+
+
+
+def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """Assert a problem+json error of PROTOCOL §1 and return its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code
+    assert body["type"] == f"urn:viopay:error:{code}"
+    assert body["status"] == status
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
