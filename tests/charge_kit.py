@@ -16,7 +16,14 @@ import httpx
 import orjson
 
 from helpers import SEEN_SECRETS, MerchantCtx, ProvisionedDevice, Server
-from viopay.crypto.envelope import card_aad, open_envelope, parse_envelope, request_aad, response_aad, seal
+from viopay.crypto.envelope import (
+    card_aad,
+    open_envelope,
+    parse_envelope,
+    request_aad,
+    response_aad,
+    seal,
+)
 from viopay.crypto.pinblock import encipher_pin_block
 from viopay.crypto.signing import charge_string_to_sign, sign
 from viopay.device import DeviceClient, IdentityKey, KeySet, MemoryKeyStore
@@ -25,10 +32,20 @@ from viopay.device import NotFound as SdkNotFound
 UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
 CARD = {"pan": "4242424242424242", "expiry": "3012"}
 PIN = "1234"
-SEND_OPTIONS = frozenset({"edit", "sign_body", "nonce", "timestamp", "terminal_id", "key_id", "mac", "query"})
+SEND_OPTIONS = frozenset(
+    {"edit", "sign_body", "nonce", "timestamp", "terminal_id", "key_id", "mac", "query"}
+)
 for _pan in (
-    "4242424242424242", "5555555555554444", "378282246310005", "4000000000000002", "4000000000009995",
-    "4000000000000069", "4000000000000127", "4000000000000119", "4000000000000259", "6011111111111117",
+    "4242424242424242",
+    "5555555555554444",
+    "378282246310005",
+    "4000000000000002",
+    "4000000000009995",
+    "4000000000000069",
+    "4000000000000127",
+    "4000000000000119",
+    "4000000000000259",
+    "6011111111111117",
 ):
     SEEN_SECRETS.add(_pan)
 
@@ -71,7 +88,9 @@ class Answer:
         return self.response.headers.get("idempotent-replayed") == "true"
 
     def problem(self) -> dict[str, Any]:
-        assert self.response.headers["content-type"].startswith("application/problem+json"), self.response.text
+        assert self.response.headers["content-type"].startswith("application/problem+json"), (
+            self.response.text
+        )
         body: dict[str, Any] = self.response.json()
         return body
 
@@ -82,7 +101,9 @@ class Answer:
         assert set(body) == {"v", "kid", "iv", "ct"}, body
         envelope = parse_envelope(body)
         key_set = self.terminal.key_set_of_kid(envelope.kid)
-        aad = response_aad(method=self.method, path=self.path, subject=self.terminal.terminal_id, nonce=self.nonce)
+        aad = response_aad(
+            method=self.method, path=self.path, subject=self.terminal.terminal_id, nonce=self.nonce
+        )
         value: dict[str, Any] = orjson.loads(open_envelope(key_set.key("MSK"), envelope, aad))
         return value
 
@@ -111,45 +132,92 @@ class PosTerminal:
 
     # -- building requests ---------------------------------------------------------------
 
-    def card(self, card: dict[str, Any] | None = None, *, key_set: KeySet | None = None,
-             terminal_id: str | None = None) -> dict[str, Any]:
+    def card(
+        self,
+        card: dict[str, Any] | None = None,
+        *,
+        key_set: KeySet | None = None,
+        terminal_id: str | None = None,
+    ) -> dict[str, Any]:
         card = card or CARD
         for name in ("pan", "track2"):
             if isinstance(card.get(name), str):
                 SEEN_SECRETS.add(card[name])
         ks = key_set or self.keys
-        return seal(ks.key("TDK"), ks.key_ids["TDK"], orjson.dumps(card), card_aad(terminal_id or self.terminal_id))
+        return seal(
+            ks.key("TDK"),
+            ks.key_ids["TDK"],
+            orjson.dumps(card),
+            card_aad(terminal_id or self.terminal_id),
+        )
 
     def pin_block(self, pan: str, pin: str = PIN, *, key_set: KeySet | None = None) -> str:
         block = encipher_pin_block(tpk=(key_set or self.keys).key("TPK"), pin=pin, pan=pan)
         SEEN_SECRETS.add(block)
         return block
 
-    def charge_plaintext(self, amount: int = 1250, *, card: dict[str, Any] | None = None, pin: str | None = None,
-                         key_set: KeySet | None = None, **members: Any) -> dict[str, Any]:
+    def charge_plaintext(
+        self,
+        amount: int = 1250,
+        *,
+        card: dict[str, Any] | None = None,
+        pin: str | None = None,
+        key_set: KeySet | None = None,
+        **members: Any,
+    ) -> dict[str, Any]:
         card = card or CARD
-        plaintext: dict[str, Any] = {"amount": amount, "currency": "USD", "entry_mode": "chip",
-                                     "card": self.card(card, key_set=key_set)}
+        plaintext: dict[str, Any] = {
+            "amount": amount,
+            "currency": "USD",
+            "entry_mode": "chip",
+            "card": self.card(card, key_set=key_set),
+        }
         if pin is not None:
             plaintext["pin_block"] = self.pin_block(card["pan"], pin, key_set=key_set)
         plaintext.update(members)
         return plaintext
 
-    def seal_body(self, method: str, path: str, plaintext: dict[str, Any], *, key_set: KeySet | None = None,
-                  subject: str | None = None) -> bytes:
+    def seal_body(
+        self,
+        method: str,
+        path: str,
+        plaintext: dict[str, Any],
+        *,
+        key_set: KeySet | None = None,
+        subject: str | None = None,
+    ) -> bytes:
         ks = key_set or self.keys
         aad = request_aad(method=method, path=path, subject=subject or self.terminal_id)
         return orjson.dumps(seal(ks.key("MSK"), ks.msk_kid, orjson.dumps(plaintext), aad))
 
-    def headers(self, method: str, path: str, body: bytes, *, query: str = "", key_set: KeySet | None = None,
-                nonce: str | None = None, timestamp: str | None = None, idempotency_key: str | None = None,
-                terminal_id: str | None = None, key_id: str | None = None, mac: bytes | None = None) -> dict[str, str]:
+    def headers(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        *,
+        query: str = "",
+        key_set: KeySet | None = None,
+        nonce: str | None = None,
+        timestamp: str | None = None,
+        idempotency_key: str | None = None,
+        terminal_id: str | None = None,
+        key_id: str | None = None,
+        mac: bytes | None = None,
+    ) -> dict[str, str]:
         ks = key_set or self.keys
         nonce = nonce or new_nonce()
         timestamp = timestamp or stamp()
         terminal_id = terminal_id or self.terminal_id
-        message = charge_string_to_sign(method=method, path=path, query=query, body=body, terminal_id=terminal_id,
-                                        timestamp=timestamp, nonce=nonce)
+        message = charge_string_to_sign(
+            method=method,
+            path=path,
+            query=query,
+            body=body,
+            terminal_id=terminal_id,
+            timestamp=timestamp,
+            nonce=nonce,
+        )
         headers = {
             "X-Terminal-Id": terminal_id,
             "X-Key-Id": key_id or ks.hmac_key_id,
@@ -165,16 +233,38 @@ class PosTerminal:
             headers["Idempotency-Key"] = idempotency_key
         return headers
 
-    def send(self, method: str, path: str, plaintext: dict[str, Any] | None = None, *, body: bytes | None = None,
-             query: str = "", url: str | None = None, key_set: KeySet | None = None,
-             idempotency_key: str | None = None, edit: dict[str, str | None] | None = None,
-             sign_body: bytes | None = None, **header_options: Any) -> Answer:
+    def send(
+        self,
+        method: str,
+        path: str,
+        plaintext: dict[str, Any] | None = None,
+        *,
+        body: bytes | None = None,
+        query: str = "",
+        url: str | None = None,
+        key_set: KeySet | None = None,
+        idempotency_key: str | None = None,
+        edit: dict[str, str | None] | None = None,
+        sign_body: bytes | None = None,
+        **header_options: Any,
+    ) -> Answer:
         """Seal ``plaintext`` (or send ``body`` as is), sign, send. ``edit`` changes headers
         after signing (None removes one); ``sign_body`` signs other bytes than those sent."""
         if body is None:
-            body = b"" if plaintext is None else self.seal_body(method, path, plaintext, key_set=key_set)
-        headers = self.headers(method, path, body if sign_body is None else sign_body, query=query, key_set=key_set,
-                               idempotency_key=idempotency_key, **header_options)
+            body = (
+                b""
+                if plaintext is None
+                else self.seal_body(method, path, plaintext, key_set=key_set)
+            )
+        headers = self.headers(
+            method,
+            path,
+            body if sign_body is None else sign_body,
+            query=query,
+            key_set=key_set,
+            idempotency_key=idempotency_key,
+            **header_options,
+        )
         for name, value in (edit or {}).items():
             if value is None:
                 headers.pop(name, None)
@@ -184,16 +274,36 @@ class PosTerminal:
         response = self.http.request(method, target, content=body or None, headers=headers)
         return Answer(response, method, path, headers.get("X-Nonce", ""), self)
 
-    def charge(self, amount: int = 1250, *, idempotency_key: str | None = None, url: str | None = None,
-               key_set: KeySet | None = None, **options: Any) -> Answer:
+    def charge(
+        self,
+        amount: int = 1250,
+        *,
+        idempotency_key: str | None = None,
+        url: str | None = None,
+        key_set: KeySet | None = None,
+        **options: Any,
+    ) -> Answer:
         """Options naming a header or how to send go to :meth:`send`; the rest are members."""
         sending = {name: options.pop(name) for name in list(options) if name in SEND_OPTIONS}
-        return self.send("POST", "/pos/charge", self.charge_plaintext(amount, key_set=key_set, **options),
-                         idempotency_key=idempotency_key, url=url, key_set=key_set, **sending)
+        return self.send(
+            "POST",
+            "/pos/charge",
+            self.charge_plaintext(amount, key_set=key_set, **options),
+            idempotency_key=idempotency_key,
+            url=url,
+            key_set=key_set,
+            **sending,
+        )
 
-    def refund(self, charge_id: str, plaintext: dict[str, Any] | None = None, **options: Any) -> Answer:
-        return self.send("POST", f"/pos/charge/{charge_id}/refund", plaintext if plaintext is not None else {},
-                         **options)
+    def refund(
+        self, charge_id: str, plaintext: dict[str, Any] | None = None, **options: Any
+    ) -> Answer:
+        return self.send(
+            "POST",
+            f"/pos/charge/{charge_id}/refund",
+            plaintext if plaintext is not None else {},
+            **options,
+        )
 
     def cancel(self, charge_id: str, **options: Any) -> Answer:
         return self.send("POST", f"/pos/charge/{charge_id}/cancel", **options)
@@ -245,11 +355,19 @@ async def rotate(terminal: PosTerminal, runtime: Any) -> KeySet:
     return key_set
 
 
-async def activated_terminal(server: Server, admin: Any, make_merchant: Any, runtime: Any, *,
-                             merchant: MerchantCtx | None = None) -> PosTerminal:
+async def activated_terminal(
+    server: Server,
+    admin: Any,
+    make_merchant: Any,
+    runtime: Any,
+    *,
+    merchant: MerchantCtx | None = None,
+) -> PosTerminal:
     device = admin.provision()
     store = MemoryKeyStore(IdentityKey(device.key_id, device.secret))
-    client = DeviceClient(server.url, device_id=device.device_id, key_store=store, retry_backoff=0.05)
+    client = DeviceClient(
+        server.url, device_id=device.device_id, key_store=store, retry_backoff=0.05
+    )
     code = client.request_pairing_code().pairing_code
     SEEN_SECRETS.add(code)
     merchant = merchant or make_merchant()

@@ -117,3 +117,19 @@ def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert body["status"] == status
     assert body["request_id"] == response.headers["x-request-id"]
     return body
+
+
+def sdk_client(url: str, device: ProvisionedDevice, **options: Any) -> Any:
+    """The device SDK for a provisioned device (identity key in a memory key store)."""
+    from viopay.device import DeviceClient, IdentityKey, MemoryKeyStore
+
+    store = MemoryKeyStore(identity=IdentityKey(key_id=device.key_id, secret=device.secret))
+    return DeviceClient(url, device_id=device.device_id, key_store=store, **options)
+
+
+def claim_with(client: Any, merchant: MerchantCtx, *, label: str | None = None) -> str:
+    """Put the SDK device in pairing mode and claim it as ``merchant``; returns the terminal id."""
+    code = client.request_pairing_code().pairing_code
+    body = _json(merchant.http.post("/pos/claim", json={"pairing_code": code, "label": label}), 200)
+    terminal_id: str = body["terminal_id"]
+    return terminal_id

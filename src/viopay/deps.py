@@ -55,15 +55,18 @@ async def read_json(request: Request, model: type[M], *, optional: bool = False)
 
     ``optional``: an empty body (with or without a content type) is read as ``{}``.
     """
-    raw = await request.body()
-    if optional and not raw.strip():
+    if optional and not (await request.body()).strip():
         return model.model_validate({})
+    return validate(model, await read_raw_json(request))
+
+
+async def read_raw_json(request: Request) -> Any:
+    """The body as parsed JSON (415 without the JSON content type, 400 when malformed)."""
     require_json(request)
     try:
-        data: Any = orjson.loads(raw)
+        return orjson.loads(await request.body())
     except orjson.JSONDecodeError:
         raise InvalidRequest("the body is not valid JSON") from None
-    return validate(model, data)
 
 
 def validate(model: type[M], data: Any) -> M:

@@ -3,6 +3,7 @@
 from viopay.activation.models import KeySet, KeySetKey
 from viopay.activation.parameters_models import TerminalParameters
 from viopay.auth.models import ApiClient, SigningKey
+from viopay.auth.users import User
 from viopay.db import Base
 from viopay.devices.models import Device, MerchantDeviceIdentityKey, PairingCode, Terminal
 from viopay.merchants.models import AuditEvent, Merchant, MerchantConfig, MerchantMember
@@ -27,5 +28,6 @@ __all__ = [
     "SigningKey",
     "Terminal",
     "TerminalParameters",
+    "User",
     "metadata",
 ]

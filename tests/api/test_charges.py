@@ -19,24 +19,54 @@ async def terminal(server, admin, make_merchant, runtime):
 
 
 CHARGE_MEMBERS = {
-    "id", "object", "status", "amount", "currency", "amount_refunded", "tip_amount", "tax_amount",
-    "surcharge_amount", "reference", "entry_mode", "card", "authorization_code", "response_code",
-    "decline_reason", "emv_response", "terminal_id", "merchant_id", "created_at",
+    "id",
+    "object",
+    "status",
+    "amount",
+    "currency",
+    "amount_refunded",
+    "tip_amount",
+    "tax_amount",
+    "surcharge_amount",
+    "reference",
+    "entry_mode",
+    "card",
+    "authorization_code",
+    "response_code",
+    "decline_reason",
+    "emv_response",
+    "terminal_id",
+    "merchant_id",
+    "created_at",
 }
 
 
 def test_an_approved_charge_is_created_and_sealed_for_this_request(terminal):
-    answer = terminal.charge(1250, tip_amount=100, tax_amount=103, reference="order-1234", pin=kit.PIN,
-                             emv="9F2608C2C12B098F3DA6E3")
+    answer = terminal.charge(
+        1250,
+        tip_amount=100,
+        tax_amount=103,
+        reference="order-1234",
+        pin=kit.PIN,
+        emv="9F2608C2C12B098F3DA6E3",
+    )
     assert answer.status == 201, answer.response.text
     charge = answer.json()
     assert set(charge) == CHARGE_MEMBERS
     assert charge["id"].startswith("ch_") and charge["object"] == "charge"
-    assert (charge["status"], charge["response_code"], charge["decline_reason"]) == ("approved", "00", None)
+    assert (charge["status"], charge["response_code"], charge["decline_reason"]) == (
+        "approved",
+        "00",
+        None,
+    )
     assert re.fullmatch(r"[A-Z0-9]{6}", charge["authorization_code"])
     assert charge["card"] == {"brand": "visa", "bin": "424242", "last4": "4242", "expiry": "3012"}
-    assert (charge["amount"], charge["tip_amount"], charge["tax_amount"], charge["surcharge_amount"]) == (
-        1250, 100, 103, 0)
+    assert (
+        charge["amount"],
+        charge["tip_amount"],
+        charge["tax_amount"],
+        charge["surcharge_amount"],
+    ) == (1250, 100, 103, 0)
     assert charge["amount_refunded"] == 0 and charge["reference"] == "order-1234"
     assert charge["emv_response"].startswith("8A023030")
     assert charge["terminal_id"] == terminal.terminal_id
@@ -62,7 +92,11 @@ def test_sandbox_answers(terminal, pan, status, code, reason):
     answer = terminal.charge(500, card={"pan": pan, "expiry": "3012"})
     assert answer.status == 201  # a decline is a created charge
     charge = answer.json()
-    assert (charge["status"], charge["response_code"], charge["decline_reason"]) == (status, code, reason)
+    assert (charge["status"], charge["response_code"], charge["decline_reason"]) == (
+        status,
+        code,
+        reason,
+    )
     assert (charge["authorization_code"] is None) == (status == "declined")
     assert charge["emv_response"] is None  # no emv sent
 
@@ -70,7 +104,10 @@ def test_sandbox_answers(terminal, pan, status, code, reason):
 def test_an_expired_card_is_declined_54_whatever_its_number(terminal):
     charge = terminal.charge(500, card={"pan": "4000000000000259", "expiry": "2001"}).json()
     assert (charge["status"], charge["response_code"], charge["decline_reason"]) == (
-        "declined", "54", "expired_card")
+        "declined",
+        "54",
+        "expired_card",
+    )
 
 
 def test_a_pin_block_that_does_not_decipher_is_declined_55(terminal):
@@ -103,7 +140,10 @@ def test_processor_timeout_reverses_and_stores_the_charge(terminal):
     charge_id = answer.problem()["charge_id"]
     charge = terminal.get(charge_id).json()
     assert (charge["status"], charge["response_code"], charge["decline_reason"]) == (
-        "reversed", "68", "processor_timeout")
+        "reversed",
+        "68",
+        "processor_timeout",
+    )
     assert charge["authorization_code"] is None
 
 
@@ -169,10 +209,30 @@ def test_refunds_partial_then_full_then_refused(terminal):
     first = terminal.refund(charge["id"], {"amount": 300, "reason": "requested_by_customer"})
     assert first.status == 201
     refund = first.json()
-    assert set(refund) == {"id", "object", "charge_id", "amount", "reason", "status", "created_at", "charge"}
-    assert refund["id"].startswith("re_") and refund["object"] == "refund" and refund["status"] == "succeeded"
-    assert (refund["amount"], refund["reason"], refund["charge_id"]) == (300, "requested_by_customer", charge["id"])
-    assert (refund["charge"]["status"], refund["charge"]["amount_refunded"]) == ("partially_refunded", 300)
+    assert set(refund) == {
+        "id",
+        "object",
+        "charge_id",
+        "amount",
+        "reason",
+        "status",
+        "created_at",
+        "charge",
+    }
+    assert (
+        refund["id"].startswith("re_")
+        and refund["object"] == "refund"
+        and refund["status"] == "succeeded"
+    )
+    assert (refund["amount"], refund["reason"], refund["charge_id"]) == (
+        300,
+        "requested_by_customer",
+        charge["id"],
+    )
+    assert (refund["charge"]["status"], refund["charge"]["amount_refunded"]) == (
+        "partially_refunded",
+        300,
+    )
     too_much = terminal.refund(charge["id"], {"amount": 701})
     assert (too_much.status, too_much.code) == (422, "refund_exceeds_charge")
     rest = terminal.refund(charge["id"]).json()  # {} refunds all that is left
@@ -187,7 +247,9 @@ def test_refund_order_404_409_400_422(terminal):
     assert terminal.refund(declined["id"], {"amount": "x"}).code == "charge_not_refundable"
     charge = terminal.charge(500).json()
     bad = terminal.refund(charge["id"], {"amount": 0})
-    assert (bad.status, bad.code) == (400, "invalid_request") and bad.problem()["errors"][0]["field"] == "amount"
+    assert (bad.status, bad.code) == (400, "invalid_request") and bad.problem()["errors"][0][
+        "field"
+    ] == "amount"
     assert terminal.refund(charge["id"], {"amount": 501}).code == "refund_exceeds_charge"
     canceled = terminal.charge(500).json()
     assert terminal.cancel(canceled["id"]).json()["status"] == "canceled"
@@ -224,9 +286,13 @@ def test_get_answers_the_charge_as_it_stands(terminal):
     assert terminal.get("ch_unknown").code == "not_found"
 
 
-async def test_charges_are_the_merchants_not_the_terminals(terminal, server, admin, make_merchant, runtime):
+async def test_charges_are_the_merchants_not_the_terminals(
+    terminal, server, admin, make_merchant, runtime
+):
     charge = terminal.charge(500).json()
-    sibling = await kit.activated_terminal(server, admin, make_merchant, runtime, merchant=terminal.merchant)
+    sibling = await kit.activated_terminal(
+        server, admin, make_merchant, runtime, merchant=terminal.merchant
+    )
     stranger = await kit.activated_terminal(server, admin, make_merchant, runtime)
     try:
         assert sibling.get(charge["id"]).json()["id"] == charge["id"]
@@ -267,7 +333,13 @@ def test_merchant_charge_views(terminal):
     assert first["id"] in [c["id"] for c in since["data"]]
     before = http.get("/merchant/charges", params={"created_to": created}).json()
     assert first["id"] not in [c["id"] for c in before["data"]]
-    for bad in ({"status": "nope"}, {"limit": 0}, {"limit": 101}, {"cursor": "!!"}, {"created_from": "yesterday"}):
+    for bad in (
+        {"status": "nope"},
+        {"limit": 0},
+        {"limit": 101},
+        {"cursor": "!!"},
+        {"created_from": "yesterday"},
+    ):
         response = http.get("/merchant/charges", params=bad)
         assert response.status_code == 400 and response.json()["code"] == "invalid_request", bad
 
@@ -291,12 +363,21 @@ def test_staff_may_read_and_other_merchants_see_nothing(terminal, make_merchant)
 
 def test_the_sdk_charges_refunds_cancels_reverses_and_reads(terminal):
     client = terminal.client
-    charge = client.charge(amount=1250, currency="USD", entry_mode="chip", card=kit.CARD, pin=kit.PIN,
-                           tip_amount=100, reference="order-1")
+    charge = client.charge(
+        amount=1250,
+        currency="USD",
+        entry_mode="chip",
+        card=kit.CARD,
+        pin=kit.PIN,
+        tip_amount=100,
+        reference="order-1",
+    )
     assert charge.approved and charge.id.startswith("ch_") and not charge.replayed
     assert (charge.card.brand, charge.card.last4) == ("visa", "4242")
     refund = client.refund(charge.id, amount=250, reason="requested_by_customer")
-    assert refund.amount == 250 and refund.charge is not None and refund.charge.amount_refunded == 250
+    assert (
+        refund.amount == 250 and refund.charge is not None and refund.charge.amount_refunded == 250
+    )
     assert client.get_charge(charge.id).status == "partially_refunded"
     with pytest.raises(RefundExceedsCharge):
         client.refund(charge.id, amount=10_000)
@@ -307,26 +388,47 @@ def test_the_sdk_charges_refunds_cancels_reverses_and_reads(terminal):
     third = client.charge(amount=500, currency="USD", entry_mode="swipe", card=kit.CARD)
     assert client.reverse(third.id).status == "reversed"
     with pytest.raises(InvalidCard):
-        client.charge(amount=500, currency="USD", entry_mode="chip", card={"pan": "4242424242424241", "expiry": "3012"})
+        client.charge(
+            amount=500,
+            currency="USD",
+            entry_mode="chip",
+            card={"pan": "4242424242424241", "expiry": "3012"},
+        )
 
 
 def test_the_sdk_replays_with_its_idempotency_key(terminal):
     client = terminal.client
-    first = client.charge(amount=700, currency="USD", entry_mode="chip", card=kit.CARD, idempotency_key="order-9")
-    again = client.charge(amount=700, currency="USD", entry_mode="chip", card=kit.CARD, pin=kit.PIN,
-                          idempotency_key="order-9")  # a new PIN block is not part of the fingerprint
+    first = client.charge(
+        amount=700, currency="USD", entry_mode="chip", card=kit.CARD, idempotency_key="order-9"
+    )
+    again = client.charge(
+        amount=700,
+        currency="USD",
+        entry_mode="chip",
+        card=kit.CARD,
+        pin=kit.PIN,
+        idempotency_key="order-9",
+    )  # a new PIN block is not part of the fingerprint
     assert again.replayed and again.id == first.id
     from viopay.device import IdempotencyConflict
 
     with pytest.raises(IdempotencyConflict):
-        client.charge(amount=701, currency="USD", entry_mode="chip", card=kit.CARD, idempotency_key="order-9")
+        client.charge(
+            amount=701, currency="USD", entry_mode="chip", card=kit.CARD, idempotency_key="order-9"
+        )
 
 
 def test_the_sdk_reverses_by_key(terminal):
     client = terminal.client
-    charge = client.charge(amount=700, currency="USD", entry_mode="chip", card=kit.CARD, idempotency_key="k-rev")
+    charge = client.charge(
+        amount=700, currency="USD", entry_mode="chip", card=kit.CARD, idempotency_key="k-rev"
+    )
     reversal = client.reverse_by_key("k-rev")
-    assert reversal.charge is not None and reversal.charge.id == charge.id and reversal.charge.status == "reversed"
+    assert (
+        reversal.charge is not None
+        and reversal.charge.id == charge.id
+        and reversal.charge.status == "reversed"
+    )
     assert client.reverse_by_key("k-rev").charge.status == "reversed"
     nothing = client.reverse_by_key("k-never")
     assert nothing.charge is None

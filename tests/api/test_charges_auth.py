@@ -24,7 +24,9 @@ async def terminal(server, admin, make_merchant, runtime):
 
 async def set_envelope_count(runtime, key_set_id: str, count: int) -> None:
     async with runtime.sessions() as db, db.begin():
-        await db.execute(update(KeySet).where(KeySet.key_set_id == key_set_id).values(envelope_count=count))
+        await db.execute(
+            update(KeySet).where(KeySet.key_set_id == key_set_id).values(envelope_count=count)
+        )
 
 
 async def envelope_count(runtime, key_set_id: str) -> int:
@@ -37,7 +39,16 @@ async def envelope_count(runtime, key_set_id: str) -> int:
 
 
 @pytest.mark.parametrize(
-    "name", ["X-Terminal-Id", "User-Agent", "X-Client-Type", "X-Key-Id", "X-Timestamp", "X-Nonce", "X-Signature"]
+    "name",
+    [
+        "X-Terminal-Id",
+        "User-Agent",
+        "X-Client-Type",
+        "X-Key-Id",
+        "X-Timestamp",
+        "X-Nonce",
+        "X-Signature",
+    ],
 )
 def test_a_missing_header_is_400_naming_it(terminal, name):
     answer = terminal.charge(500, edit={name: None}) if name != "User-Agent" else None
@@ -99,7 +110,9 @@ def test_a_released_device_s_terminal_is_unknown(terminal, admin):
     assert terminal.get(charge["id"]).code == "unknown_terminal"
 
 
-async def test_wrong_mac_key_ids_are_401_unknown_key(terminal, server, admin, make_merchant, runtime):
+async def test_wrong_mac_key_ids_are_401_unknown_key(
+    terminal, server, admin, make_merchant, runtime
+):
     keys = terminal.keys
     assert terminal.charge(500, key_id=keys.key_ids["MSK"]).code == "unknown_key"  # not the MAC key
     assert terminal.charge(500, key_id="mac_doesnotexist").code == "unknown_key"
@@ -173,8 +186,13 @@ def test_a_body_that_is_not_json_is_415(terminal):
 
 @pytest.mark.parametrize(
     "body",
-    [b"{", b"[]", b'{"v": 2, "kid": "k", "iv": "AAAAAAAAAAAAAAAA", "ct": "AAAAAAAAAAAAAAAAAAAAAA=="}',
-     b'{"v": 1, "kid": "k", "iv": 5, "ct": "x"}', b'{"amount": 500}'],
+    [
+        b"{",
+        b"[]",
+        b'{"v": 2, "kid": "k", "iv": "AAAAAAAAAAAAAAAA", "ct": "AAAAAAAAAAAAAAAAAAAAAA=="}',
+        b'{"v": 1, "kid": "k", "iv": 5, "ct": "x"}',
+        b'{"amount": 500}',
+    ],
 )
 def test_a_body_that_is_not_an_envelope_is_400_invalid_request(terminal, body):
     answer = terminal.send("POST", "/pos/charge", body=body)
@@ -206,11 +224,20 @@ def test_a_card_envelope_that_does_not_open_is_400(terminal):
     for card in (
         terminal.card(terminal_id="TID-000001"),  # AAD of another terminal
         seal(keys.key("MSK"), keys.msk_kid, orjson.dumps(kit.CARD), card_aad(terminal.terminal_id)),
-        {"v": 1, "kid": keys.key_ids["TDK"], "iv": "AAAAAAAAAAAAAAAA", "ct": "AAAAAAAAAAAAAAAAAAAAAA=="},
+        {
+            "v": 1,
+            "kid": keys.key_ids["TDK"],
+            "iv": "AAAAAAAAAAAAAAAA",
+            "ct": "AAAAAAAAAAAAAAAAAAAAAA==",
+        },
     ):
-        answer = terminal.send("POST", "/pos/charge", terminal.charge_plaintext(500) | {"card": card})
+        answer = terminal.send(
+            "POST", "/pos/charge", terminal.charge_plaintext(500) | {"card": card}
+        )
         assert (answer.status, answer.code) == (400, "decryption_failed")
-    answer = terminal.send("POST", "/pos/charge", terminal.charge_plaintext(500) | {"card": "4242424242424242"})
+    answer = terminal.send(
+        "POST", "/pos/charge", terminal.charge_plaintext(500) | {"card": "4242424242424242"}
+    )
     assert (answer.status, answer.code) == (400, "invalid_request")
     assert "4242424242424242" not in answer.response.text
 
@@ -220,15 +247,20 @@ async def test_the_previous_key_set_works_during_its_grace_and_may_be_mixed(term
     charge = terminal.charge(500).json()
     new = await kit.rotate(terminal, runtime)
     # X-Key-Id of the old set, body under the new set: the answer is sealed under the new MSK
-    body = terminal.seal_body("POST", "/pos/charge", terminal.charge_plaintext(500, key_set=new), key_set=new)
+    body = terminal.seal_body(
+        "POST", "/pos/charge", terminal.charge_plaintext(500, key_set=new), key_set=new
+    )
     mixed = terminal.send("POST", "/pos/charge", body=body, key_set=old)
     assert mixed.status == 201 and mixed.response.json()["kid"] == new.msk_kid
     bodyless = terminal.get(charge["id"], key_set=old)
     assert bodyless.response.json()["kid"] == old.msk_kid  # under X-Key-Id's set
     assert terminal.charge(500, key_set=old).status == 201  # card under the old TDK too
     async with runtime.sessions() as db, db.begin():  # the grace ends
-        await db.execute(update(KeySet).where(KeySet.key_set_id == old.key_set_id)
-                         .values(retires_at=datetime.now(UTC) - timedelta(seconds=1)))
+        await db.execute(
+            update(KeySet)
+            .where(KeySet.key_set_id == old.key_set_id)
+            .values(retires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
     assert terminal.get(charge["id"], key_set=old).code == "unknown_key"
     stale_body = terminal.send("POST", "/pos/charge", terminal.charge_plaintext(500, key_set=old))
     assert stale_body.code == "decryption_failed"
@@ -280,10 +312,16 @@ async def test_past_the_limit_charge_and_refund_are_409_and_the_rest_works(termi
 
 async def test_a_key_set_past_30_days_is_refused(terminal, runtime):
     async with runtime.sessions() as db, db.begin():
-        await db.execute(update(KeySet).where(KeySet.key_set_id == terminal.keys.key_set_id)
-                         .values(activated_at=datetime.now(UTC) - timedelta(days=27, seconds=1)))
+        await db.execute(
+            update(KeySet)
+            .where(KeySet.key_set_id == terminal.keys.key_set_id)
+            .values(activated_at=datetime.now(UTC) - timedelta(days=27, seconds=1))
+        )
     assert terminal.charge(500).json()["rotate_keys"] is True
     async with runtime.sessions() as db, db.begin():
-        await db.execute(update(KeySet).where(KeySet.key_set_id == terminal.keys.key_set_id)
-                         .values(activated_at=datetime.now(UTC) - timedelta(days=30, seconds=1)))
+        await db.execute(
+            update(KeySet)
+            .where(KeySet.key_set_id == terminal.keys.key_set_id)
+            .values(activated_at=datetime.now(UTC) - timedelta(days=30, seconds=1))
+        )
     assert terminal.charge(500).code == "invalid_state"

@@ -7,13 +7,16 @@ dependency checks the attestation token first (§1), so none of them can forget 
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 
+import orjson
 from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
 
-from viopay.activation import service
+from viopay.activation import delivery, service
 from viopay.activation.schemas import AttestIn, AttestOut, KeyOut, KeysIn, KeysOut
 from viopay.auth.attestation import TOKEN_TTL, AttestedDevice, AttestSigned, attested_device
-from viopay.deps import DbSession, Now, RuntimeDep, body_schema, read_json
+from viopay.deps import DbSession, Now, RuntimeDep, body_schema, read_json, read_raw_json
 from viopay.ids import rfc3339
 from viopay.openapi import errors_for
 
@@ -77,6 +80,68 @@ async def keys(
             for k in delivered.keys
         ],
     )
+
+
+def _sealed(sealed: delivery.Sealed) -> Response:
+    headers = {"ETag": sealed.etag}
+    if sealed.body is None:
+        return Response(status_code=304, headers=headers)
+    return Response(orjson.dumps(sealed.body), media_type="application/json", headers=headers)
+
+
+@token_router.post(
+    "/config",
+    response_class=Response,
+    openapi_extra=body_schema(delivery.KeySetChoice, required=False),
+    responses={200: {"description": "MSK envelope of the config document (§3.8)"}}
+    | errors_for(304, 400, 401, 403, 404, 409, 415, 503),
+)
+async def config(request: Request, auth: AttestedDevice, runtime: RuntimeDep, db: DbSession, now: Now) -> Response:
+    """7a: the config document, sealed under the key set's MSK; 304 on a matching If-None-Match."""
+    body = await read_json(request, delivery.KeySetChoice, optional=True)
+    sealed = await delivery.config_response(
+        db, runtime.wrapper, device=auth.device, body=body,
+        if_none_match=request.headers.get("if-none-match"), now=now,
+    )
+    return _sealed(sealed)
+
+
+@token_router.post(
+    "/terminal-parameters",
+    response_class=Response,
+    openapi_extra=body_schema(delivery.ChunkRequest),
+    responses={200: {"description": "MSK envelope of one gzip chunk plus its chunk member (§3.9)"}}
+    | errors_for(304, 400, 401, 403, 404, 409, 415, 503),
+)
+async def terminal_parameters(
+    request: Request, auth: AttestedDevice, runtime: RuntimeDep, db: DbSession, now: Now
+) -> Response:
+    """7b: one 32 768-byte chunk of the gzip-compressed terminal_parameters document."""
+    body = await read_json(request, delivery.ChunkRequest)
+    sealed = await delivery.parameters_response(
+        db, runtime.wrapper, device=auth.device, body=body,
+        if_none_match=request.headers.get("if-none-match"), now=now,
+    )
+    return _sealed(sealed)
+
+
+@token_router.post(
+    "/activate",
+    response_class=Response,
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "description": "MSK envelope {v, kid, iv, ct} of the activation (§3.10)"}}}}},
+    responses={200: {"description": "MSK envelope of the activation result"}}
+    | errors_for(400, 401, 403, 404, 409, 415, 422, 503),
+)
+async def activate(request: Request, auth: AttestedDevice, runtime: RuntimeDep, db: DbSession, now: Now) -> Response:
+    """8: check the KCVs and make the key set active (the first time: the device is activated)."""
+    raw = await read_raw_json(request)
+    key_set, document = await delivery.open_activation(db, runtime.wrapper, device=auth.device, raw=raw)
+    sealed = await delivery.activate(
+        db, runtime.wrapper, device=auth.device, key_set=key_set, document=document,
+        grace=timedelta(seconds=runtime.settings.rotation_grace_seconds), now=now,
+    )
+    return Response(orjson.dumps(sealed), media_type="application/json")
 
 
 router.include_router(attest_router)

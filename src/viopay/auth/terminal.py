@@ -74,7 +74,9 @@ def _charge_headers(request: Request) -> tuple[str, str]:
     """X-Terminal-Id, User-Agent and X-Client-Type; returns (terminal id, app version)."""
     terminal_id = header(request, "X-Terminal-Id")
     if not FREE_FORM_RE.fullmatch(terminal_id):
-        raise InvalidHeader("X-Terminal-Id", "must be 1-128 printable ASCII characters without spaces")
+        raise InvalidHeader(
+            "X-Terminal-Id", "must be 1-128 printable ASCII characters without spaces"
+        )
     match = USER_AGENT_RE.match(header(request, "User-Agent"))
     if match is None:
         raise InvalidHeader("User-Agent", "must be Viopay-POS/{semver} ({os}; {model})")
@@ -89,11 +91,15 @@ def _idempotency_key(request: Request) -> str | None:
         return None
     value = request.headers.get("Idempotency-Key")
     if value is not None and not IDEMPOTENCY_KEY_RE.fullmatch(value):
-        raise InvalidHeader("Idempotency-Key", "must be 1-255 printable ASCII characters without spaces")
+        raise InvalidHeader(
+            "Idempotency-Key", "must be 1-255 printable ASCII characters without spaces"
+        )
     return value
 
 
-async def current_terminal(request: Request, runtime: RuntimeDep, now: Now) -> AuthenticatedTerminal:
+async def current_terminal(
+    request: Request, runtime: RuntimeDep, now: Now
+) -> AuthenticatedTerminal:
     terminal_id, version = _charge_headers(request)
     signed = parse_signed_headers(request)
     idempotency_key = _idempotency_key(request)
@@ -112,7 +118,11 @@ async def current_terminal(request: Request, runtime: RuntimeDep, now: Now) -> A
         if device.disabled:
             raise DeviceDisabled()
         key_set = await key_set_by_hmac_key_id(db, signed.key_id)
-        if key_set is None or key_set.terminal_id != terminal_id or not serves_charges(key_set, now=now):
+        if (
+            key_set is None
+            or key_set.terminal_id != terminal_id
+            or not serves_charges(key_set, now=now)
+        ):
             raise UnknownKey("X-Key-Id is not a key of this terminal")
         check_timestamp(signed.moment, now=now)
         mac_row = await db.scalar(select(KeySetKey).where(KeySetKey.key_id == signed.key_id))
@@ -132,7 +142,11 @@ async def current_terminal(request: Request, runtime: RuntimeDep, now: Now) -> A
         except SignatureMismatch:
             raise InvalidSignature() from None
         await spend_nonce(
-            runtime.cache, scope=f"terminal:{terminal_id}", nonce=signed.nonce, moment=signed.moment, now=now
+            runtime.cache,
+            scope=f"terminal:{terminal_id}",
+            nonce=signed.nonce,
+            moment=signed.moment,
+            now=now,
         )
         touch(device, version=version, now=now)
         return AuthenticatedTerminal(

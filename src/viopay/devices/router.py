@@ -21,6 +21,7 @@ from viopay.devices.schemas import (
     DeviceOut,
     IdentityKeyIn,
     IdentityKeyOut,
+    LabelIn,
     MerchantRef,
     PairingCodeOut,
     ProvisionIn,
@@ -228,3 +229,16 @@ async def merchant_enable(device_id: str, session: ManagingSession, db: DbSessio
 async def merchant_release(device_id: str, session: ManagingSession, db: DbSession, now: Now) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
     return DeviceOut.of(await service.release_device(db, device=device, actor=_actor(session), now=now))
+
+
+@merchant_router.patch(
+    "/devices/{device_id}", response_model=DeviceOut, openapi_extra=body_schema(LabelIn),
+    responses=errors_for(400, 401, 403, 404, 415, 503),
+)
+async def merchant_rename(
+    device_id: str, request: Request, session: ManagingSession, db: DbSession, now: Now
+) -> DeviceOut:
+    """Rename a device: ``{"label"}`` (null or blank clears it; owner or admin)."""
+    body = await read_json(request, LabelIn)
+    device = await _merchant_device(db, session, device_id)
+    return DeviceOut.of(await service.set_label(db, device=device, label=body.label, actor=_actor(session), now=now))

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from viopay.devices.models import Device
 from viopay.ids import rfc3339
@@ -39,6 +39,19 @@ class StatusOut(BaseModel):
 class ClaimIn(BaseModel):
     pairing_code: object = None
     label: str | None = Field(default=None, max_length=200)
+
+
+class LabelIn(BaseModel):
+    """``PATCH /merchant/devices/{device_id}``: the new label, or null (or blank) to clear it."""
+
+    label: str | None = Field(max_length=200)
+
+    @field_validator("label")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError("must be one line of text without control characters")
+        return value
 
 
 class ClaimOut(BaseModel):

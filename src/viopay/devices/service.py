@@ -292,6 +292,27 @@ async def set_disabled(db: AsyncSession, *, device: Device, disabled: bool, acto
     return device
 
 
+def clean_label(label: str | None) -> str | None:
+    """A label as stored: surrounding spaces trimmed; empty means none."""
+    if label is None:
+        return None
+    return label.strip() or None
+
+
+async def set_label(db: AsyncSession, *, device: Device, label: str | None, actor: Actor, now: datetime) -> Device:
+    """Rename a device (the label the merchant knows it by); ``None`` or blank clears it."""
+    label = clean_label(label)
+    if device.label == label:
+        return device
+    previous, device.label = device.label, label
+    record_event(
+        db, type="device.renamed", actor=actor, subject_type="device", subject_id=device.device_id,
+        merchant_id=device.merchant_id, now=now, data={"label": label, "previous_label": previous},
+    )
+    await db.flush()
+    return device
+
+
 async def release_device(db: AsyncSession, *, device: Device, actor: Actor, now: datetime) -> Device:
     """Back to ``inactive``: key sets, tokens and the terminal id retire; past charges stay."""
     merchant_id = device.merchant_id

@@ -86,7 +86,9 @@ class CardInvalid(Exception):
     """The card fails §4.1 (422 invalid_card); the message names no value."""
 
 
-def check_card(*, pan: str, expiry: str, track2: str | None, cardholder_name: str | None) -> CardData:
+def check_card(
+    *, pan: str, expiry: str, track2: str | None, cardholder_name: str | None
+) -> CardData:
     """A card that may go to the processor: 12-19 digits, Luhn, a known brand, YYMM expiry."""
     if not PAN_RE.fullmatch(pan) or not luhn_ok(pan):
         raise CardInvalid("card number is invalid")
@@ -95,4 +97,6 @@ def check_card(*, pan: str, expiry: str, track2: str | None, cardholder_name: st
         raise CardInvalid("card brand is not accepted")
     if not expiry_ok(expiry):
         raise CardInvalid("card expiry must be YYMM with a month 01-12")
-    return CardData(pan=pan, expiry=expiry, track2=track2, cardholder_name=cardholder_name, brand=brand)
+    return CardData(
+        pan=pan, expiry=expiry, track2=track2, cardholder_name=cardholder_name, brand=brand
+    )

@@ -76,7 +76,11 @@ class OpenedRequest:
 
 
 def _usable(key_set: KeySet | None, auth: AuthenticatedTerminal, now: datetime) -> KeySet:
-    if key_set is None or key_set.terminal_id != auth.terminal_id or not serves_charges(key_set, now=now):
+    if (
+        key_set is None
+        or key_set.terminal_id != auth.terminal_id
+        or not serves_charges(key_set, now=now)
+    ):
         raise DecryptionFailed()
     return key_set
 
@@ -137,7 +141,12 @@ async def open_request(
 
 
 async def _open_card(
-    db: AsyncSession, *, wrapper: KeyWrapper, auth: AuthenticatedTerminal, obj: object, now: datetime
+    db: AsyncSession,
+    *,
+    wrapper: KeyWrapper,
+    auth: AuthenticatedTerminal,
+    obj: object,
+    now: datetime,
 ) -> tuple[dict[str, Any], bytes]:
     """The card's TDK envelope (AAD ``viopay-tdk-v1\\n{TERMINAL_ID}``) and that set's TPK."""
     envelope = _parse(obj)
@@ -159,5 +168,7 @@ def seal_answer(
     """The answer envelope, its AAD bound to this request's method, path, terminal and nonce."""
     if rotate:
         plaintext = {**plaintext, "rotate_keys": True}
-    aad = env.response_aad(method=auth.method, path=auth.path, subject=auth.terminal_id, nonce=auth.nonce)
+    aad = env.response_aad(
+        method=auth.method, path=auth.path, subject=auth.terminal_id, nonce=auth.nonce
+    )
     return orjson.dumps(env.seal(opened.msk, opened.kid, orjson.dumps(plaintext), aad))

@@ -36,7 +36,14 @@ from viopay.errors import (
     problem_response,
 )
 from viopay.payments import idempotency
-from viopay.payments.channel import KeySetUsage, OpenedRequest, key_set_usage, meter, open_request, seal_answer
+from viopay.payments.channel import (
+    KeySetUsage,
+    OpenedRequest,
+    key_set_usage,
+    meter,
+    open_request,
+    seal_answer,
+)
 from viopay.payments.processors import Processor, ProcessorFailure, ProcessorTimedOut
 from viopay.payments.service import TerminalScope
 from viopay.runtime import Runtime
@@ -126,11 +133,21 @@ class Commit(Action):
 
 def _stored(error: ViopayError) -> bool:
     """§4.5: 4xx results are stored, except 401s and a key still in progress."""
-    return 400 <= error.status < 500 and error.status != 401 and not isinstance(error, IdempotencyInProgress)
+    return (
+        400 <= error.status < 500
+        and error.status != 401
+        and not isinstance(error, IdempotencyInProgress)
+    )
 
 
 def _problem_record(error: ViopayError) -> dict[str, Any]:
-    return {"code": error.code, "status": error.status, "title": error.title, "detail": error.detail, **error.extra}
+    return {
+        "code": error.code,
+        "status": error.status,
+        "title": error.title,
+        "detail": error.detail,
+        **error.extra,
+    }
 
 
 async def run(call: Call, endpoint: Endpoint, action: Action) -> Response:
@@ -140,7 +157,11 @@ async def run(call: Call, endpoint: Endpoint, action: Action) -> Response:
         raise InvalidState("the key set is past its envelope limit or lifetime: rotate keys")
     key = auth.idempotency_key if auth.method == "POST" else None
     async with runtime.sessions() as db:
-        existing = await idempotency.find(db, terminal_id=auth.terminal_id, key=key, now=now) if key else None
+        existing = (
+            await idempotency.find(db, terminal_id=auth.terminal_id, key=key, now=now)
+            if key
+            else None
+        )
         if existing is not None:
             idempotency.refuse_busy(existing)
         call.opened = await open_request(
@@ -179,7 +200,9 @@ async def run(call: Call, endpoint: Endpoint, action: Action) -> Response:
     return await _replay(call, existing, fingerprint, usage)
 
 
-async def _work(call: Call, action: Action, usage: KeySetUsage, *, record_id: int | None) -> Response:
+async def _work(
+    call: Call, action: Action, usage: KeySetUsage, *, record_id: int | None
+) -> Response:
     runtime, opened = call.runtime, call.opened
     assert opened is not None
     try:
@@ -198,7 +221,9 @@ async def _work(call: Call, action: Action, usage: KeySetUsage, *, record_id: in
             ):
                 raise InvalidState("the Idempotency-Key was spent by a reverse-by-key")
             answered = 0 if outcome.problem is not None else 1
-            await meter(db, key_set_id=opened.key_set_id, envelopes=opened.envelopes_opened + answered)
+            await meter(
+                db, key_set_id=opened.key_set_id, envelopes=opened.envelopes_opened + answered
+            )
     except Exception as exc:
         await action.abort(call)
         raise await _failed(call, exc, record_id) from None
@@ -218,17 +243,25 @@ async def _failed(call: Call, exc: Exception, record_id: int | None) -> Exceptio
         async with call.runtime.sessions() as db, db.begin():
             if record_id is not None and stored:
                 assert isinstance(error, ViopayError)
-                await idempotency.finish(db, record_id=record_id, status_code=error.status, result=_problem_record(error))
+                await idempotency.finish(
+                    db, record_id=record_id, status_code=error.status, result=_problem_record(error)
+                )
             if call.opened is not None:
-                await meter(db, key_set_id=call.opened.key_set_id, envelopes=call.opened.envelopes_opened)
+                await meter(
+                    db, key_set_id=call.opened.key_set_id, envelopes=call.opened.envelopes_opened
+                )
         if record_id is not None and not stored:
             await idempotency.release(call.runtime.sessions, record_id=record_id)
     except Exception as cleanup:  # the original error is what the client must hear about
-        log.warning("idempotency cleanup failed", error=type(cleanup).__name__, request_id=call.request_id)
+        log.warning(
+            "idempotency cleanup failed", error=type(cleanup).__name__, request_id=call.request_id
+        )
     return error
 
 
-async def _replay(call: Call, state: idempotency.KeyState, fingerprint: str, usage: KeySetUsage) -> Response:
+async def _replay(
+    call: Call, state: idempotency.KeyState, fingerprint: str, usage: KeySetUsage
+) -> Response:
     """Same key and fingerprint → the stored result, sealed anew (2xx as 200)."""
     if state.fingerprint != fingerprint:
         raise IdempotencyKeyReused()
@@ -254,4 +287,9 @@ def _stored_problem(result: dict[str, Any], request_id: str) -> Response:
         request_id=request_id,
         extra=extra,
     )
-    return Response(orjson.dumps(body), status_code=int(result["status"]), media_type=PROBLEM_MEDIA_TYPE, headers=REPLAYED)
+    return Response(
+        orjson.dumps(body),
+        status_code=int(result["status"]),
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=REPLAYED,
+    )

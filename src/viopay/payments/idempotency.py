@@ -162,8 +162,13 @@ async def finish(
     reverse-by-key spent the key of a request it took for dead)."""
     done = await db.execute(
         update(IdempotencyRecord)
-        .where(IdempotencyRecord.id == record_id, IdempotencyRecord.state == IdempotencyState.in_progress)
-        .values(state=IdempotencyState.done, status_code=status_code, result=result, charge_id=charge_id)
+        .where(
+            IdempotencyRecord.id == record_id,
+            IdempotencyRecord.state == IdempotencyState.in_progress,
+        )
+        .values(
+            state=IdempotencyState.done, status_code=status_code, result=result, charge_id=charge_id
+        )
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(done, "rowcount", 0))
@@ -174,7 +179,8 @@ async def release(sessions: async_sessionmaker[AsyncSession], *, record_id: int)
     async with sessions() as db, db.begin():
         await db.execute(
             delete(IdempotencyRecord).where(
-                IdempotencyRecord.id == record_id, IdempotencyRecord.state == IdempotencyState.in_progress
+                IdempotencyRecord.id == record_id,
+                IdempotencyRecord.state == IdempotencyState.in_progress,
             )
         )
 

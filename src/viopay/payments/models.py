@@ -13,10 +13,21 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Enum, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Enum,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from viopay.db import Base
+from viopay.devices import models as _devices  # noqa: F401  the tables these keys refer to
+from viopay.merchants import models as _merchants  # noqa: F401
 
 MAX_AMOUNT = 99_999_999
 
@@ -47,7 +58,9 @@ class IdempotencyState(enum.StrEnum):
 
 
 def _enum(cls: type[enum.Enum], length: int = 24) -> Enum:
-    return Enum(cls, native_enum=False, length=length, validate_strings=True, create_constraint=True)
+    return Enum(
+        cls, native_enum=False, length=length, validate_strings=True, create_constraint=True
+    )
 
 
 class Charge(Base):
@@ -60,8 +73,12 @@ class Charge(Base):
         CheckConstraint("tip_amount >= 0", name="tip_amount_nonnegative"),
         CheckConstraint("tax_amount >= 0", name="tax_amount_nonnegative"),
         CheckConstraint("surcharge_amount >= 0", name="surcharge_amount_nonnegative"),
-        CheckConstraint("tip_amount + tax_amount + surcharge_amount <= amount", name="parts_within_amount"),
-        CheckConstraint("amount_refunded >= 0 AND amount_refunded <= amount", name="refunded_within_amount"),
+        CheckConstraint(
+            "tip_amount + tax_amount + surcharge_amount <= amount", name="parts_within_amount"
+        ),
+        CheckConstraint(
+            "amount_refunded >= 0 AND amount_refunded <= amount", name="refunded_within_amount"
+        ),
     )
 
     charge_id: Mapped[str] = mapped_column(String(40), primary_key=True)

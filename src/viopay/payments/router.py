@@ -39,8 +39,12 @@ from viopay.payments.schemas import (
     reversal_view,
 )
 
-pos_router = APIRouter(prefix="/pos", tags=["pos charges"], dependencies=[Depends(current_terminal)])
-merchant_router = APIRouter(prefix="/merchant", tags=["merchant"], dependencies=[Depends(merchant_session)])
+pos_router = APIRouter(
+    prefix="/pos", tags=["pos charges"], dependencies=[Depends(current_terminal)]
+)
+merchant_router = APIRouter(
+    prefix="/merchant", tags=["merchant"], dependencies=[Depends(merchant_session)]
+)
 
 _POS_ERRORS = errors_for(400, 401, 403, 404, 409, 415, 422, 426, 503)
 _ENVELOPE = {"model": EnvelopeOut}
@@ -58,7 +62,9 @@ def get_processor(request: Request, runtime: RuntimeDep) -> Processor:
 ProcessorDep = Annotated[Processor, Depends(get_processor)]
 
 
-def _call(request: Request, auth: CurrentTerminal, runtime: RuntimeDep, processor: ProcessorDep, now: Now) -> flow.Call:
+def _call(
+    request: Request, auth: CurrentTerminal, runtime: RuntimeDep, processor: ProcessorDep, now: Now
+) -> flow.Call:
     return flow.Call(
         auth=auth,
         runtime=runtime,
@@ -76,7 +82,9 @@ CallDep = Annotated[flow.Call, Depends(_call)]
 
 
 async def _surcharge_rule(db: AsyncSession, merchant_id: str) -> dict[str, Any]:
-    rule = await db.scalar(select(MerchantConfig.surcharge).where(MerchantConfig.merchant_id == merchant_id))
+    rule = await db.scalar(
+        select(MerchantConfig.surcharge).where(MerchantConfig.merchant_id == merchant_id)
+    )
     return dict(rule) if rule else {"enabled": False, "rate_bps": 0, "max_amount": 0}
 
 
@@ -103,15 +111,23 @@ class CreateCharge(flow.Action):
 
     async def commit(self, db: AsyncSession, call: flow.Call) -> flow.Outcome:
         assert self.draft is not None
-        charge = service.record_charge(db, draft=self.draft, authorization=self.authorization, now=call.now)
+        charge = service.record_charge(
+            db, draft=self.draft, authorization=self.authorization, now=call.now
+        )
         await db.flush()
         view = charge_view(charge)
         if self.authorization is None:
-            return flow.Outcome(200, view, charge.charge_id, problem=ProcessorTimeout(charge_id=charge.charge_id))
+            return flow.Outcome(
+                200, view, charge.charge_id, problem=ProcessorTimeout(charge_id=charge.charge_id)
+            )
         return flow.Outcome(201, view, charge.charge_id)
 
     async def abort(self, call: flow.Call) -> None:
-        if self.draft is not None and self.authorization is not None and self.authorization.approved:
+        if (
+            self.draft is not None
+            and self.authorization is not None
+            and self.authorization.approved
+        ):
             await service.reverse_unanswered(call.processor, self.draft)
 
 
@@ -136,7 +152,9 @@ def _undo(charge_id: str, *, cancel: bool) -> flow.Action:
     undo = service.cancel_charge if cancel else service.reverse_charge
 
     async def work(db: AsyncSession, call: flow.Call) -> flow.Outcome:
-        charge = await undo(db, processor=call.processor, scope=call.scope, charge_id=charge_id, now=call.now)
+        charge = await undo(
+            db, processor=call.processor, scope=call.scope, charge_id=charge_id, now=call.now
+        )
         return flow.Outcome(200, charge_view(charge))
 
     return flow.Commit(work)
@@ -144,7 +162,9 @@ def _undo(charge_id: str, *, cancel: bool) -> flow.Action:
 
 def _get(charge_id: str) -> flow.Action:
     async def work(db: AsyncSession, call: flow.Call) -> flow.Outcome:
-        charge = await service.get_charge(db, merchant_id=call.auth.merchant_id, charge_id=charge_id)
+        charge = await service.get_charge(
+            db, merchant_id=call.auth.merchant_id, charge_id=charge_id
+        )
         return flow.Outcome(200, charge_view(charge))
 
     return flow.Commit(work)
@@ -155,7 +175,12 @@ async def _reverse_by_key(db: AsyncSession, call: flow.Call) -> flow.Outcome:
     if body.idempotency_key == call.auth.idempotency_key:
         raise InvalidRequest(
             "the body has invalid members",
-            errors=[{"field": "idempotency_key", "message": "must differ from this request's own Idempotency-Key"}],
+            errors=[
+                {
+                    "field": "idempotency_key",
+                    "message": "must differ from this request's own Idempotency-Key",
+                }
+            ],
         )
     charge = await service.reverse_by_key(
         db, processor=call.processor, scope=call.scope, key=body.idempotency_key, now=call.now
@@ -171,7 +196,11 @@ async def _reverse_by_key(db: AsyncSession, call: flow.Call) -> flow.Outcome:
     status_code=201,
     response_model=EnvelopeOut,
     openapi_extra=body_schema(EnvelopeOut),
-    responses={200: {**_ENVELOPE, "description": "An idempotent replay"}, **_POS_ERRORS, **errors_for(502, 504)},
+    responses={
+        200: {**_ENVELOPE, "description": "An idempotent replay"},
+        **_POS_ERRORS,
+        **errors_for(502, 504),
+    },
 )
 async def create_charge(call: CallDep) -> Response:
     """Charge a card (§4.1). The body and the answer are MSK envelopes; the answer's plaintext
@@ -196,7 +225,11 @@ async def reverse_by_idempotency_key(call: CallDep) -> Response:
     status_code=201,
     response_model=EnvelopeOut,
     openapi_extra=body_schema(EnvelopeOut),
-    responses={200: {**_ENVELOPE, "description": "An idempotent replay"}, **_POS_ERRORS, **errors_for(502)},
+    responses={
+        200: {**_ENVELOPE, "description": "An idempotent replay"},
+        **_POS_ERRORS,
+        **errors_for(502),
+    },
 )
 async def refund_charge(charge_id: str, call: CallDep) -> Response:
     """Refund all or part of a charge (§4.2); plaintext ``{"amount"?, "reason"?}``."""
@@ -204,7 +237,9 @@ async def refund_charge(charge_id: str, call: CallDep) -> Response:
 
 
 @pos_router.post(
-    "/charge/{charge_id}/cancel", response_model=EnvelopeOut, responses={**_POS_ERRORS, **errors_for(502)}
+    "/charge/{charge_id}/cancel",
+    response_model=EnvelopeOut,
+    responses={**_POS_ERRORS, **errors_for(502)},
 )
 async def cancel_charge(charge_id: str, call: CallDep) -> Response:
     """Cancel an approved charge with no refund, within 24 h (§4.3). No body."""
@@ -212,7 +247,9 @@ async def cancel_charge(charge_id: str, call: CallDep) -> Response:
 
 
 @pos_router.post(
-    "/charge/{charge_id}/reverse", response_model=EnvelopeOut, responses={**_POS_ERRORS, **errors_for(502)}
+    "/charge/{charge_id}/reverse",
+    response_model=EnvelopeOut,
+    responses={**_POS_ERRORS, **errors_for(502)},
 )
 async def reverse_charge(charge_id: str, call: CallDep) -> Response:
     """Reverse a charge whose outcome the terminal never learned (§4.3). No body."""
@@ -235,16 +272,21 @@ def _time_filter(name: str, value: str | None) -> datetime | None:
         return parse_rfc3339(value)
     except (ValueError, OverflowError):
         raise InvalidRequest(
-            "the query has invalid members", errors=[{"field": name, "message": "must be an RFC 3339 date-time"}]
+            "the query has invalid members",
+            errors=[{"field": name, "message": "must be an RFC 3339 date-time"}],
         ) from None
 
 
-@merchant_router.get("/charges", response_model=ChargeList, responses=errors_for(400, 401, 403, 503))
+@merchant_router.get(
+    "/charges", response_model=ChargeList, responses=errors_for(400, 401, 403, 503)
+)
 async def list_charges(
     session: CurrentSession,
     db: DbSession,
     page: Annotated[PageParams, Depends(page_params)],
-    status: Annotated[ChargeStatus | None, Query(description="Only charges in this status.")] = None,
+    status: Annotated[
+        ChargeStatus | None, Query(description="Only charges in this status.")
+    ] = None,
     terminal_id: Annotated[str | None, Query(max_length=128)] = None,
     created_from: Annotated[str | None, Query(description="RFC 3339; inclusive.")] = None,
     created_to: Annotated[str | None, Query(description="RFC 3339; exclusive.")] = None,
@@ -260,16 +302,26 @@ async def list_charges(
         query = query.where(Charge.created_at >= start)
     if end is not None:
         query = query.where(Charge.created_at < end)
-    rows = (await db.scalars(paginate(query, at=Charge.created_at, ident=Charge.charge_id, params=page))).all()
+    rows = (
+        await db.scalars(paginate(query, at=Charge.created_at, ident=Charge.charge_id, params=page))
+    ).all()
     result = make_page(rows, params=page, at="created_at", ident="charge_id")
     return ChargeList(
-        data=[ChargeOut.model_validate(charge_view(c)) for c in result.data], next_cursor=result.next_cursor
+        data=[ChargeOut.model_validate(charge_view(c)) for c in result.data],
+        next_cursor=result.next_cursor,
     )
 
 
-@merchant_router.get("/charges/{charge_id}", response_model=ChargeDetail, responses=errors_for(401, 403, 404, 503))
-async def get_merchant_charge(charge_id: str, session: CurrentSession, db: DbSession) -> ChargeDetail:
+@merchant_router.get(
+    "/charges/{charge_id}", response_model=ChargeDetail, responses=errors_for(401, 403, 404, 503)
+)
+async def get_merchant_charge(
+    charge_id: str, session: CurrentSession, db: DbSession
+) -> ChargeDetail:
     """One charge of the merchant with its refunds (any role)."""
     charge = await service.get_charge(db, merchant_id=session.merchant_id, charge_id=charge_id)
-    refunds = [RefundSummary.model_validate(refund_view(r)) for r in await service.refunds_of(db, charge_id)]
+    refunds = [
+        RefundSummary.model_validate(refund_view(r))
+        for r in await service.refunds_of(db, charge_id)
+    ]
     return ChargeDetail.model_validate({**charge_view(charge), "refunds": refunds})

@@ -48,6 +48,9 @@ CANCEL_WINDOW = timedelta(hours=24)
 TIMEOUT_RESPONSE_CODE = "68"
 TIMEOUT_REASON = "processor_timeout"
 REVERSAL_ATTEMPTS = 3
+TIMED_OUT = Authorization(
+    approved=False, response_code=TIMEOUT_RESPONSE_CODE, decline_reason=TIMEOUT_REASON
+)
 REFUNDABLE = frozenset({ChargeStatus.approved, ChargeStatus.partially_refunded})
 
 
@@ -86,10 +89,14 @@ def surcharge_cap(*, amount: int, surcharge: int, tip: int, rate_bps: int) -> in
     return (rate_bps * (amount - surcharge - tip) + 5_000) // 10_000
 
 
-def _amount_errors(body: ChargeIn, *, currency: str, surcharge_rule: dict[str, Any]) -> list[dict[str, str]]:
+def _amount_errors(
+    body: ChargeIn, *, currency: str, surcharge_rule: dict[str, Any]
+) -> list[dict[str, str]]:
     errors = []
     if body.currency != currency:
-        errors.append({"field": "currency", "message": f"must be the terminal's currency {currency}"})
+        errors.append(
+            {"field": "currency", "message": f"must be the terminal's currency {currency}"}
+        )
     if body.tip_amount + body.tax_amount + body.surcharge_amount > body.amount:
         errors.append({"field": "amount", "message": "must be at least tip + tax + surcharge"})
     elif body.surcharge_amount > 0:
@@ -105,10 +112,15 @@ def _surcharge_errors(body: ChargeIn, rule: dict[str, Any]) -> list[dict[str, st
     if max_amount and body.surcharge_amount > max_amount:
         return [{"field": field, "message": f"must be at most {max_amount}"}]
     cap = surcharge_cap(
-        amount=body.amount, surcharge=body.surcharge_amount, tip=body.tip_amount, rate_bps=int(rule.get("rate_bps", 0))
+        amount=body.amount,
+        surcharge=body.surcharge_amount,
+        tip=body.tip_amount,
+        rate_bps=int(rule.get("rate_bps", 0)),
     )
     if body.surcharge_amount > cap:
-        return [{"field": field, "message": f"must be at most {cap} ({rule.get('rate_bps', 0)} bps)"}]
+        return [
+            {"field": field, "message": f"must be at most {cap} ({rule.get('rate_bps', 0)} bps)"}
+        ]
     return []
 
 
@@ -125,18 +137,25 @@ def build_draft(
     """§4.1 body members: 400 invalid_request with ``errors``, then 422 invalid_card."""
     body = validate(ChargeIn, plaintext)
     if card is None:
-        raise InvalidRequest("the body has invalid members", errors=[{"field": "card", "message": "is required"}])
+        raise InvalidRequest(
+            "the body has invalid members", errors=[{"field": "card", "message": "is required"}]
+        )
     card_in = validate(CardIn, card)
     errors = _amount_errors(body, currency=scope.currency, surcharge_rule=surcharge_rule)
     if errors:
         raise InvalidRequest("the body has invalid members", errors=errors)
     try:
         checked = check_card(
-            pan=card_in.pan, expiry=card_in.expiry, track2=card_in.track2, cardholder_name=card_in.cardholder_name
+            pan=card_in.pan,
+            expiry=card_in.expiry,
+            track2=card_in.track2,
+            cardholder_name=card_in.cardholder_name,
         )
     except CardInvalid as exc:
         raise InvalidCard(str(exc)) from None
-    pin = EncipheredPin(block=body.pin_block, tpk=tpk) if body.pin_block is not None and tpk else None
+    pin = (
+        EncipheredPin(block=body.pin_block, tpk=tpk) if body.pin_block is not None and tpk else None
+    )
     return ChargeDraft(
         charge_id=new_id("ch_"),
         scope=scope,
@@ -150,11 +169,25 @@ def build_draft(
 
 def _ref(charge: Charge | ChargeDraft, processor_reference: str | None = None) -> ChargeRef:
     if isinstance(charge, ChargeDraft):
-        return ChargeRef(charge.charge_id, charge.scope.terminal_id, charge.body.amount, charge.body.currency, None)
-    return ChargeRef(charge.charge_id, charge.terminal_id, charge.amount, charge.currency, charge.processor_reference)
+        return ChargeRef(
+            charge.charge_id,
+            charge.scope.terminal_id,
+            charge.body.amount,
+            charge.body.currency,
+            None,
+        )
+    return ChargeRef(
+        charge.charge_id,
+        charge.terminal_id,
+        charge.amount,
+        charge.currency,
+        charge.processor_reference,
+    )
 
 
-async def authorize(processor: Processor, draft: ChargeDraft, *, now: datetime) -> Authorization | None:
+async def authorize(
+    processor: Processor, draft: ChargeDraft, *, now: datetime
+) -> Authorization | None:
     """Ask the processor. None when it timed out (the authorisation was then reversed);
     ProcessorFailure propagates (502, no charge)."""
     request = AuthorizationRequest(
@@ -184,25 +217,30 @@ async def reverse_unanswered(processor: Processor, draft: ChargeDraft) -> None:
             await processor.reverse(_ref(draft))
             return
         except (ProcessorFailure, ProcessorTimedOut) as exc:
-            log.warning("reversal failed", charge_id=draft.charge_id, attempt=attempt, error=type(exc).__name__)
-    log.error("reversal not confirmed; reverse it at the processor by hand", charge_id=draft.charge_id)
+            log.warning(
+                "reversal failed",
+                charge_id=draft.charge_id,
+                attempt=attempt,
+                error=type(exc).__name__,
+            )
+    log.error(
+        "reversal not confirmed; reverse it at the processor by hand", charge_id=draft.charge_id
+    )
 
 
 # --- charge: the record -----------------------------------------------------------------------
 
 
-def record_charge(db: AsyncSession, *, draft: ChargeDraft, authorization: Authorization | None, now: datetime) -> Charge:
+def record_charge(
+    db: AsyncSession, *, draft: ChargeDraft, authorization: Authorization | None, now: datetime
+) -> Charge:
     """Store the charge the processor answered (``None``: it timed out and was reversed)."""
     body, card, scope = draft.body, draft.card, draft.scope
+    answer = authorization or TIMED_OUT
     if authorization is None:
-        status, code, auth_code, reason, emv, reference = (
-            ChargeStatus.reversed, TIMEOUT_RESPONSE_CODE, None, TIMEOUT_REASON, None, None,
-        )
+        status = ChargeStatus.reversed
     else:
         status = ChargeStatus.approved if authorization.approved else ChargeStatus.declined
-        code, auth_code = authorization.response_code, authorization.authorization_code
-        reason, emv = authorization.decline_reason, authorization.emv_response
-        reference = authorization.processor_reference
     charge = Charge(
         charge_id=draft.charge_id,
         terminal_id=scope.terminal_id,
@@ -221,19 +259,27 @@ def record_charge(db: AsyncSession, *, draft: ChargeDraft, authorization: Author
         card_bin=card.bin,
         card_last4=card.last4,
         card_expiry=card.expiry,
-        authorization_code=auth_code if status is ChargeStatus.approved else None,
-        response_code=code,
-        decline_reason=reason,
-        emv_response=emv,
-        processor_reference=reference,
+        authorization_code=answer.authorization_code if status is ChargeStatus.approved else None,
+        response_code=answer.response_code,
+        decline_reason=answer.decline_reason,
+        emv_response=answer.emv_response,
+        processor_reference=answer.processor_reference,
         request_nonce=draft.nonce,
         idempotency_key=draft.idempotency_key,
         created_at=now,
         updated_at=now,
     )
     db.add(charge)
-    _charge_event(db, "charge.created", charge, scope.actor, now, status=status.value, amount=body.amount,
-                  response_code=code)
+    _charge_event(
+        db,
+        "charge.created",
+        charge,
+        scope.actor,
+        now,
+        status=status.value,
+        amount=body.amount,
+        response_code=answer.response_code,
+    )
     if authorization is None:
         _charge_event(db, "charge.reversed", charge, scope.actor, now, reason=TIMEOUT_REASON)
     return charge
@@ -257,7 +303,9 @@ def _charge_event(
 # --- lookups ----------------------------------------------------------------------------------
 
 
-async def get_charge(db: AsyncSession, *, merchant_id: str, charge_id: str, lock: bool = False) -> Charge:
+async def get_charge(
+    db: AsyncSession, *, merchant_id: str, charge_id: str, lock: bool = False
+) -> Charge:
     """A charge of the merchant (any of its terminals); 404 not_found otherwise."""
     query = select(Charge).where(Charge.charge_id == charge_id, Charge.merchant_id == merchant_id)
     if lock:
@@ -270,7 +318,9 @@ async def get_charge(db: AsyncSession, *, merchant_id: str, charge_id: str, lock
 
 async def refunds_of(db: AsyncSession, charge_id: str) -> list[Refund]:
     rows = await db.scalars(
-        select(Refund).where(Refund.charge_id == charge_id).order_by(Refund.created_at, Refund.refund_id)
+        select(Refund)
+        .where(Refund.charge_id == charge_id)
+        .order_by(Refund.created_at, Refund.refund_id)
     )
     return list(rows)
 
@@ -315,7 +365,11 @@ async def refund_charge(
     )
     db.add(refund)
     charge.amount_refunded += amount
-    charge.status = ChargeStatus.refunded if charge.amount_refunded == charge.amount else ChargeStatus.partially_refunded
+    charge.status = (
+        ChargeStatus.refunded
+        if charge.amount_refunded == charge.amount
+        else ChargeStatus.partially_refunded
+    )
     charge.updated_at = now
     record_event(
         db,
@@ -327,8 +381,17 @@ async def refund_charge(
         now=now,
         data={"charge_id": charge.charge_id, "terminal_id": scope.terminal_id, "amount": amount},
     )
-    _charge_event(db, "charge.refunded", charge, scope.actor, now, refund_id=refund_id, amount=amount,
-                  amount_refunded=charge.amount_refunded, status=charge.status.value)
+    _charge_event(
+        db,
+        "charge.refunded",
+        charge,
+        scope.actor,
+        now,
+        refund_id=refund_id,
+        amount=amount,
+        amount_refunded=charge.amount_refunded,
+        status=charge.status.value,
+    )
     await db.flush()
     return refund, charge
 
@@ -360,7 +423,12 @@ async def reverse_charge(
 
 
 async def _undo(
-    db: AsyncSession, processor: Processor, charge: Charge, target: ChargeStatus, actor: Actor, now: datetime
+    db: AsyncSession,
+    processor: Processor,
+    charge: Charge,
+    target: ChargeStatus,
+    actor: Actor,
+    now: datetime,
 ) -> Charge:
     """Cancel or reverse a locked charge; the same call again answers the same charge."""
     if charge.status is target:
@@ -372,7 +440,12 @@ async def _undo(
 
 
 async def _apply_undo(
-    db: AsyncSession, processor: Processor, charge: Charge, target: ChargeStatus, actor: Actor, now: datetime
+    db: AsyncSession,
+    processor: Processor,
+    charge: Charge,
+    target: ChargeStatus,
+    actor: Actor,
+    now: datetime,
 ) -> None:
     if target is ChargeStatus.canceled:
         await processor.void(_ref(charge))
@@ -424,7 +497,9 @@ async def reverse_by_key(
     if record is None:
         charge = await _charge_by_key(db, terminal_id=scope.terminal_id, key=key)
         if charge is not None:  # its record has expired: it is past 24 h anyway
-            return await reverse_as_it_stands(db, processor=processor, charge=charge, actor=scope.actor, now=now)
+            return await reverse_as_it_stands(
+                db, processor=processor, charge=charge, actor=scope.actor, now=now
+            )
         try:
             await idempotency.spend(db, terminal_id=scope.terminal_id, key=key, now=now)
         except IntegrityError:  # a charge with that key claimed it this very moment
@@ -438,5 +513,9 @@ async def reverse_by_key(
         return None
     if record.state is IdempotencyState.spent_by_reverse or record.charge_id is None:
         return None
-    charge = await get_charge(db, merchant_id=scope.merchant_id, charge_id=record.charge_id, lock=True)
-    return await reverse_as_it_stands(db, processor=processor, charge=charge, actor=scope.actor, now=now)
+    charge = await get_charge(
+        db, merchant_id=scope.merchant_id, charge_id=record.charge_id, lock=True
+    )
+    return await reverse_as_it_stands(
+        db, processor=processor, charge=charge, actor=scope.actor, now=now
+    )

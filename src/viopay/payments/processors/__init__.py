@@ -40,7 +40,9 @@ def build_processor(settings: Settings) -> Processor:
     module_name, _, attribute = name.partition(":")
     if not module_name or not attribute:
         raise ValueError("VIOPAY_PROCESSOR must be 'sandbox' or 'package.module:factory'")
-    factory = cast(Callable[[Settings], Processor], getattr(importlib.import_module(module_name), attribute))
+    factory = cast(
+        Callable[[Settings], Processor], getattr(importlib.import_module(module_name), attribute)
+    )
     processor = factory(settings)
     if not isinstance(processor, Processor):
         raise ValueError(f"{name} did not return a Processor")

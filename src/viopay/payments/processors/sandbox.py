@@ -82,7 +82,9 @@ class SandboxProcessor:
             return EXPIRED
         if card.pan == "4000000000000127":
             return INCORRECT_PIN
-        if request.pin is not None and not _pin_deciphers(request.pin.block, request.pin.tpk, card.pan):
+        if request.pin is not None and not _pin_deciphers(
+            request.pin.block, request.pin.tpk, card.pan
+        ):
             return INCORRECT_PIN
         return DECLINES.get(card.pan)
 

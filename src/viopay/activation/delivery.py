@@ -1,0 +1,207 @@
+"""Steps 7a, 7b and 8 (PROTOCOL §3.8–§3.10): config, terminal parameters and activation.
+
+Each answer is an MSK envelope bound to its endpoint and device (§3.7). The key set is
+resolved after the body is parsed and before its members are checked (§1 order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, Field, StrictInt, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from viopay.activation import keysets
+from viopay.activation.config_document import config_document_for, config_etag
+from viopay.activation.models import KeySet, KeySetStatus
+from viopay.activation.parameters import chunk, chunk_count, parameters_for
+from viopay.audit import Actor, record_event
+from viopay.crypto import envelope as env
+from viopay.crypto.errors import DecryptionFailed as CryptoDecryptionFailed
+from viopay.crypto.errors import EnvelopeMalformed
+from viopay.crypto.wrapping import KeyWrapper
+from viopay.deps import field_errors
+from viopay.devices.models import Device, DeviceStatus
+from viopay.errors import DecryptionFailed, InvalidRequest, InvalidState, KeyCheckFailed, NotFound
+from viopay.ids import rfc3339
+
+KCV_TYPES = ("TMK", "KEK", "MSK", "TPK", "TDK", "MAC")
+
+
+class KeySetChoice(BaseModel):
+    key_set_id: str | None = Field(default=None, max_length=64)
+
+
+class ChunkRequest(KeySetChoice):
+    chunk: StrictInt = Field(ge=0)
+
+
+class ActivationRequest(BaseModel):
+    key_set_id: str = Field(min_length=1, max_length=64)
+    kcv: dict[str, str]
+    config_version: StrictInt | None = None
+    app_version: str | None = Field(default=None, max_length=64)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """An envelope answer, with the tag the client may send back as If-None-Match."""
+
+    body: dict[str, Any] | None  # None: 304 Not Modified
+    etag: str
+
+
+def require_claimed(device: Device) -> None:
+    if device.status is DeviceStatus.inactive or device.terminal_id is None:
+        raise InvalidState(f"the device is {device.status.value}; claim it first")
+
+
+async def resolve_key_set(db: AsyncSession, *, device: Device, key_set_id: str | None, now: datetime) -> KeySet:
+    """The named set if usable and the device's, else 404; by default the newest usable (409 if none)."""
+    usable = await keysets.usable_key_sets(db, device=device, now=now)
+    if key_set_id is None:
+        if not usable:
+            raise InvalidState("the device has no usable key set; download keys first")
+        return usable[0]
+    for key_set in usable:
+        if key_set.key_set_id == key_set_id:
+            return key_set
+    raise NotFound("no such usable key set for this device")
+
+
+async def _seal(
+    db: AsyncSession, wrapper: KeyWrapper, *, key_set: KeySet, path: str, device: Device, plaintext: bytes,
+    aad_suffix: tuple[int, int, str] | None = None,
+) -> dict[str, Any]:
+    keys = await keysets.load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
+    aad = env.response_aad(method="POST", path=path, subject=device.device_id, nonce="")
+    if aad_suffix is not None:
+        index, count, sha = aad_suffix
+        aad = env.chunk_aad(aad, index=index, count=count, sha256_hex=sha)
+    await keysets.count_envelopes(db, key_set_id=key_set.key_set_id)
+    return env.seal(keys.msk, key_set.msk_key_id, plaintext, aad)
+
+
+async def config_response(
+    db: AsyncSession, wrapper: KeyWrapper, *, device: Device, body: KeySetChoice, if_none_match: str | None,
+    now: datetime,
+) -> Sealed:
+    require_claimed(device)
+    key_set = await resolve_key_set(db, device=device, key_set_id=body.key_set_id, now=now)
+    document = await config_document_for(db, device=device, hmac_key_id=key_set.hmac_key_id, now=now)
+    etag = config_etag(document)
+    if if_none_match is not None and etag in _tags(if_none_match):
+        return Sealed(None, etag)
+    plaintext = orjson.dumps(document)
+    return Sealed(await _seal(db, wrapper, key_set=key_set, path="/pos/config", device=device, plaintext=plaintext),
+                  etag)
+
+
+async def parameters_response(
+    db: AsyncSession, wrapper: KeyWrapper, *, device: Device, body: ChunkRequest, if_none_match: str | None,
+    now: datetime,
+) -> Sealed:
+    require_claimed(device)
+    key_set = await resolve_key_set(db, device=device, key_set_id=body.key_set_id, now=now)
+    assert device.terminal_id is not None
+    blob = await parameters_for(db, device.terminal_id)
+    etag = f'"{blob.sha256}"'
+    if if_none_match is not None and etag in _tags(if_none_match):
+        return Sealed(None, etag)  # decided before the chunk index (§3.9)
+    count = chunk_count(blob)
+    data = chunk(blob, body.chunk)
+    sealed = await _seal(db, wrapper, key_set=key_set, path="/pos/terminal-parameters", device=device,
+                         plaintext=data, aad_suffix=(body.chunk, count, blob.sha256))
+    sealed["chunk"] = {"index": body.chunk, "count": count, "size": blob.size, "sha256": blob.sha256}
+    return Sealed(sealed, etag)
+
+
+def _tags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
+
+
+# --- activation ---------------------------------------------------------------------------------
+
+
+async def open_activation(
+    db: AsyncSession, wrapper: KeyWrapper, *, device: Device, raw: Any
+) -> tuple[KeySet, dict[str, Any]]:
+    """Parse and decrypt the activation envelope (400); its kid must name a set of this device."""
+    try:
+        envelope = env.parse_envelope(raw)
+    except EnvelopeMalformed:
+        raise InvalidRequest("the body is not a valid envelope") from None
+    except CryptoDecryptionFailed:
+        raise DecryptionFailed() from None
+    key_set = await keysets.key_set_by_msk_key_id(db, envelope.kid)
+    if key_set is None or key_set.device_id != device.device_id:
+        raise DecryptionFailed()
+    keys = await keysets.load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
+    aad = env.request_aad(method="POST", path="/pos/activate", subject=device.device_id)
+    try:
+        plaintext = env.open_envelope(keys.msk, envelope, aad)
+        document = orjson.loads(plaintext)
+    except (CryptoDecryptionFailed, orjson.JSONDecodeError):
+        raise DecryptionFailed() from None
+    await keysets.count_envelopes(db, key_set_id=key_set.key_set_id)
+    if not isinstance(document, dict):
+        raise InvalidRequest("the activation plaintext must be a JSON object")
+    return key_set, document
+
+
+def _members(document: dict[str, Any], key_set: KeySet) -> ActivationRequest:
+    try:
+        request = ActivationRequest.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidRequest("the activation has invalid members", errors=field_errors(exc)) from None
+    missing = [t for t in KCV_TYPES if not isinstance(request.kcv.get(t), str)]
+    if missing:
+        raise InvalidRequest("every KCV is required", errors=[{"field": f"kcv.{t}", "message": "required"} for t in missing])
+    if request.key_set_id != key_set.key_set_id:
+        raise InvalidRequest("key_set_id must name the set of the envelope's kid",
+                             errors=[{"field": "key_set_id", "message": "does not match the envelope's key set"}])
+    return request
+
+
+async def activate(
+    db: AsyncSession, wrapper: KeyWrapper, *, device: Device, key_set: KeySet, document: dict[str, Any],
+    grace: timedelta, now: datetime,
+) -> dict[str, Any]:
+    """Check the KCVs and switch the device to this key set (§3.10); a repeat answers the same."""
+    require_claimed(device)
+    if key_set.status is not KeySetStatus.active and (
+        key_set.status is not KeySetStatus.pending or not keysets.is_usable(key_set, now=now)
+    ):
+        state = "expired" if key_set.status is KeySetStatus.pending else "superseded"
+        raise InvalidState(f"key set is {state}")
+    request = _members(document, key_set)
+    keys = await keysets.load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
+    if any(request.kcv[t].upper() != keys.kcvs[t] for t in KCV_TYPES):
+        raise KeyCheckFailed()
+    if key_set.status is not KeySetStatus.active:
+        await keysets.activate_key_set(db, key_set=key_set, now=now, grace=grace)
+        first = device.status is not DeviceStatus.activated
+        device.status = DeviceStatus.activated
+        if first:
+            device.activated_at = now
+        record_event(
+            db, type="device.activated" if first else "device.keys_rotated", actor=Actor("device", device.device_id),
+            subject_type="device", subject_id=device.device_id, merchant_id=device.merchant_id, now=now,
+            data={"key_set_id": key_set.key_set_id, "config_version": request.config_version,
+                  "app_version": request.app_version},
+        )
+        await db.flush()
+    assert key_set.activated_at is not None
+    answer = {
+        "status": "activated",
+        "device_id": device.device_id,
+        "terminal_id": device.terminal_id,
+        "merchant_id": device.merchant_id,
+        "key_set_id": key_set.key_set_id,
+        "hmac_key_id": key_set.hmac_key_id,
+        "activated_at": rfc3339(key_set.activated_at),
+    }
+    return await _seal(db, wrapper, key_set=key_set, path="/pos/activate", device=device, plaintext=orjson.dumps(answer))

@@ -1,0 +1,129 @@
+"""Jinja2 templates of the portal, their filters (money, times) and the static files."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+HERE = Path(__file__).resolve().parent
+STATIC_DIR = HERE / "static"
+STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+# Versioned URLs let browsers keep static files for long: a change changes the URL.
+STATIC_FILES = {
+    path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    for path in sorted(STATIC_DIR.iterdir())
+    if path.suffix in STATIC_TYPES
+}
+
+_ZERO_DECIMALS = frozenset("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split())
+_THREE_DECIMALS = frozenset("BHD IQD JOD KWD LYD OMR TND".split())
+_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CAD": "CA$", "AUD": "A$", "INR": "₹"}
+
+
+def exponent(currency: str) -> int:
+    return 0 if currency in _ZERO_DECIMALS else 3 if currency in _THREE_DECIMALS else 2
+
+
+def money(amount: int | None, currency: str) -> str:
+    """Minor units as a merchant reads them: ``1250, "USD"`` → ``$12.50``."""
+    if amount is None:
+        return "—"
+    digits = exponent(currency)
+    whole, minor = divmod(abs(amount), 10**digits)
+    text = f"{whole:,}" + (f".{minor:0{digits}d}" if digits else "")
+    sign = "-" if amount < 0 else ""
+    symbol = _SYMBOLS.get(currency)
+    return f"{sign}{symbol}{text}" if symbol else f"{sign}{text} {currency}"
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _parse(value: str | datetime | None) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def when(value: str | datetime | None, tz: str = "UTC") -> str:
+    moment = _parse(value)
+    if moment is None:
+        return "—"
+    return moment.astimezone(zone(tz)).strftime("%d %b %Y, %H:%M")
+
+
+def when_full(value: str | datetime | None, tz: str = "UTC") -> str:
+    moment = _parse(value)
+    if moment is None:
+        return ""
+    return moment.astimezone(zone(tz)).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def ago(value: str | datetime | None, now: datetime | None = None) -> str:
+    moment = _parse(value)
+    if moment is None:
+        return "never"
+    seconds = int(((now or datetime.now(UTC)) - moment).total_seconds())
+    if seconds < 60:
+        return "just now"
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''} ago"
+    return "just now"
+
+
+def humanize(code: str) -> str:
+    """``partially_refunded`` → ``Partially refunded``; ``device.claimed`` → ``Device claimed``."""
+    text = code.replace(".", " ").replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def static_url(name: str) -> str:
+    return f"/portal/static/{name}?v={STATIC_FILES[name]}"
+
+
+def swatch(color: str) -> str:
+    """A data: URI of a small square in ``color`` (no inline style: the CSP forbids it)."""
+    svg = f"<svg xmlns='http://www.w3.org/2000/svg' width='16' height='16'><rect width='16' height='16' rx='3' fill='{color}'/></svg>"
+    return "data:image/svg+xml," + svg.replace("#", "%23").replace("<", "%3C").replace(">", "%3E")
+
+
+env = Environment(
+    loader=FileSystemLoader(HERE / "templates"),
+    autoescape=select_autoescape(default=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+env.filters.update(money=money, when=when, when_full=when_full, ago=ago, humanize=humanize, swatch=swatch)
+env.globals.update(static=static_url)
+
+
+def render(request: Request, name: str, context: dict[str, Any], *, status: int = 200) -> HTMLResponse:
+    state = getattr(request.state, "portal_state", None)
+    portal = getattr(request.state, "portal", None)
+    values: dict[str, Any] = {
+        "csrf_token": state.csrf if state is not None else "",
+        "flashes": state.take_flashes() if state is not None else [],
+        "portal": portal,
+        "who": getattr(request.state, "portal_who", None),
+        "tz": portal.merchant.timezone if portal is not None else "UTC",
+        "section": "",
+        "path": request.url.path,
+    }
+    values.update(context)
+    return HTMLResponse(env.get_template(name).render(values), status_code=status)
