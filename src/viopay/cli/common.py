@@ -36,11 +36,13 @@ def load_settings_or_exit() -> Settings:
         raise typer.Exit(2) from None
 
 
-def run_in_transaction(work: Callable[[AsyncSession, Runtime], Awaitable[T]]) -> T:
+def run_in_transaction(
+    work: Callable[[AsyncSession, Runtime], Awaitable[T]], *, settings: Settings | None = None
+) -> T:
     """Run one unit of work against the configured database, migrating first."""
     from viopay.migrate import upgrade
 
-    settings = load_settings_or_exit()
+    settings = settings or load_settings_or_exit()
     upgrade(settings)
 
     async def go() -> T:
