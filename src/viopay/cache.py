@@ -152,11 +152,11 @@ class RedisCache:
         return self._prefix + key
 
     async def ping(self) -> None:
-        await self._call(self._redis.ping())  # type: ignore[misc]
+        await self._call(self._redis.ping())
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._call(self._redis.get(self._k(key)))
-        return value
+        value = await self._call(self._redis.get(self._k(key)))
+        return value.encode() if isinstance(value, str) else value
 
     async def set(self, key: str, value: bytes, *, ttl: float) -> None:
         await self._call(self._redis.set(self._k(key), value, px=max(1, math.ceil(ttl * 1000))))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 from datetime import timedelta
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -82,6 +83,10 @@ async def keys(
     )
 
 
+def _ok(description: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": description}}
+
+
 def _sealed(sealed: delivery.Sealed) -> Response:
     headers = {"ETag": sealed.etag}
     if sealed.body is None:
@@ -93,7 +98,7 @@ def _sealed(sealed: delivery.Sealed) -> Response:
     "/config",
     response_class=Response,
     openapi_extra=body_schema(delivery.KeySetChoice, required=False),
-    responses={200: {"description": "MSK envelope of the config document (§3.8)"}}
+    responses=_ok( "MSK envelope of the config document (§3.8)")
     | errors_for(304, 400, 401, 403, 404, 409, 415, 503),
 )
 async def config(request: Request, auth: AttestedDevice, runtime: RuntimeDep, db: DbSession, now: Now) -> Response:
@@ -110,7 +115,7 @@ async def config(request: Request, auth: AttestedDevice, runtime: RuntimeDep, db
     "/terminal-parameters",
     response_class=Response,
     openapi_extra=body_schema(delivery.ChunkRequest),
-    responses={200: {"description": "MSK envelope of one gzip chunk plus its chunk member (§3.9)"}}
+    responses=_ok( "MSK envelope of one gzip chunk plus its chunk member (§3.9)")
     | errors_for(304, 400, 401, 403, 404, 409, 415, 503),
 )
 async def terminal_parameters(
@@ -130,7 +135,7 @@ async def terminal_parameters(
     response_class=Response,
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "description": "MSK envelope {v, kid, iv, ct} of the activation (§3.10)"}}}}},
-    responses={200: {"description": "MSK envelope of the activation result"}}
+    responses=_ok( "MSK envelope of the activation result")
     | errors_for(400, 401, 403, 404, 409, 415, 422, 503),
 )
 async def activate(request: Request, auth: AttestedDevice, runtime: RuntimeDep, db: DbSession, now: Now) -> Response:

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.audit import Actor, record_event
+from viopay.audit import Actor
 from viopay.auth.models import ApiClient
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.errors import Unauthorized

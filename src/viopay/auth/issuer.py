@@ -211,6 +211,8 @@ class OidcVerifier:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:
             raise Unauthorized("the Bearer token is malformed") from None
+        if not isinstance(kid, str):
+            raise Unauthorized("the Bearer token names no key")
         if kid not in self._keys:
             await self._refresh()
         key = self._keys.get(kid)

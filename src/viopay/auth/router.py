@@ -10,7 +10,14 @@ from viopay.audit import Actor
 from viopay.auth.clients import authenticate_client, create_client
 from viopay.auth.deps import AdminPrincipal, BearerPrincipal, admin_principal
 from viopay.auth.issuer import ADMIN_ROLE
-from viopay.auth.schemas import AccessToken, ClientCredentials, ClientIn, ClientOut, SessionInitiate, SessionOut
+from viopay.auth.schemas import (
+    AccessToken,
+    ClientCredentials,
+    ClientIn,
+    ClientOut,
+    SessionInitiate,
+    SessionOut,
+)
 from viopay.auth.sessions import initiate_session
 from viopay.deps import DbSession, Now, RuntimeDep, body_schema, read_json
 from viopay.errors import InvalidRequest
@@ -30,8 +37,8 @@ router = APIRouter(tags=["auth"])
 async def client_session(request: Request, runtime: RuntimeDep, db: DbSession, now: Now) -> AccessToken:
     body = await read_json(request, ClientCredentials)
     if runtime.oidc is not None:
-        token = await runtime.oidc.client_credentials(body.client_id, body.client_secret)
-        return AccessToken(access_token=token["access_token"], expires_in=int(token.get("expires_in", 300)))
+        grant = await runtime.oidc.client_credentials(body.client_id, body.client_secret)
+        return AccessToken(access_token=grant["access_token"], expires_in=int(grant.get("expires_in", 300)))
     assert runtime.issuer is not None
     client = await authenticate_client(
         db, wrapper=runtime.wrapper, client_id=body.client_id, client_secret=body.client_secret

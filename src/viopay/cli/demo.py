@@ -78,7 +78,7 @@ def _embedded_server(data_dir: Path) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIOPAY_")}
     env |= {"VIOPAY_DATA_DIR": str(data_dir), "VIOPAY_LOG_LEVEL": "warning"}
     log = (data_dir / "server.log").open("wb")
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: S603 - a fixed argv: this Python running viopay
         [sys.executable, "-m", "viopay", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
@@ -158,7 +158,8 @@ def run_demo(url: str, settings: Settings, *, pair_only: bool) -> None:
             amount=990, currency="USD", entry_mode="contactless", card=DECLINED_CARD, reference="demo-2"),
             lambda c: f"{c.id} {c.status} {c.response_code} {c.decline_reason}")
         steps.run("refund 5.00", lambda: pos.refund(approved.id, amount=500, reason="demo"),
-                  lambda r: f"{r.id} → charge {r.charge.status}, refunded {r.charge.amount_refunded}")
+                  lambda r: f"{r.id} → charge {r.charge.status}, refunded {r.charge.amount_refunded}"
+                  if r.charge else r.id)
     console.print(steps.table)
     console.print(f"[bold green]Done[/bold green] in {steps.total:.0f} ms against {url}")
 

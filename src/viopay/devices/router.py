@@ -10,10 +10,11 @@ from sqlalchemy import select
 
 from viopay.audit import Actor
 from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession, admin_principal
-from viopay.auth.sessions import MerchantSession
 from viopay.auth.device import ActivationDevice, BootstrapDevice
+from viopay.auth.sessions import MerchantSession
 from viopay.deps import CacheDep, DbSession, Now, RuntimeDep, body_schema, read_json
 from viopay.devices import service
+from viopay.devices.models import Device
 from viopay.devices.schemas import (
     BootstrapOut,
     ClaimIn,
@@ -28,12 +29,11 @@ from viopay.devices.schemas import (
     RevokedKeyOut,
     StatusOut,
 )
-from viopay.devices.models import Device
 from viopay.errors import NotFound
 from viopay.ids import rfc3339
 from viopay.merchants.models import Merchant
-from viopay.pagination import PageParams, make_page, page_params, paginate
 from viopay.openapi import errors_for
+from viopay.pagination import PageParams, make_page, page_params, paginate
 
 pos_router = APIRouter(prefix="/pos", tags=["pos activation"])
 _ACTIVATION_ERRORS = errors_for(400, 403, 404, 426, 503)
@@ -198,7 +198,7 @@ async def list_devices(
 ) -> DeviceList:
     query = paginate(
         select(Device).where(Device.merchant_id == session.merchant_id),
-        at=Device.claimed_at, ident=Device.device_id, params=page,  # type: ignore[arg-type]
+        at=Device.claimed_at, ident=Device.device_id, params=page,
     )
     result = make_page((await db.scalars(query)).all(), params=page, at="claimed_at", ident="device_id")
     return DeviceList(data=[DeviceOut.of(d) for d in result.data], next_cursor=result.next_cursor)
