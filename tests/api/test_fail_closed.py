@@ -1,0 +1,104 @@
+"""Rule 3: with PostgreSQL or Redis unreachable the server answers 503 and accepts nothing.
+
+A server process talks to PostgreSQL and Redis through TCP forwarders the test cuts.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from helpers import SEEN_SECRETS, Server, pos_headers, problem
+from tcp_proxy import TcpProxy
+
+
+@dataclass
+class Proxied:
+    server: Server
+    pg: TcpProxy
+    redis: TcpProxy
+    backend: Any
+
+    def provision(self) -> str:
+        created = self.backend.cli("device", "provision", f"POS-{secrets.token_hex(4).upper()}")
+        SEEN_SECRETS.add(created["identity_secret"])
+        self.identity = created
+        return created["device_id"]
+
+
+@pytest.fixture
+def proxied(tmp_path):
+    """Its own PostgreSQL database and Redis prefix (only PostgreSQL + Redis can go down)."""
+    from conftest import Backend, _create_pg_database, _drop_pg_database, _flush_redis_prefix, _require_services
+
+    _require_services()
+    tag = secrets.token_hex(4)
+    _create_pg_database(f"viopay_test_{tag}")
+    pg, redis = TcpProxy("127.0.0.1", 5432), TcpProxy("127.0.0.1", 6379)
+    env = {
+        "VIOPAY_DATA_DIR": str(tmp_path),
+        "VIOPAY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg.port}/viopay_test_{tag}",
+        "VIOPAY_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+        "VIOPAY_REDIS_PREFIX": f"viopay_test_{tag}:",
+        "VIOPAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
+    backend = Backend("postgres-proxied", env)
+    srv = Server(backend, tmp_path, "proxied")
+    yield Proxied(srv, pg, redis, backend)
+    srv.stop()
+    pg.close()
+    redis.close()
+    _flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
+    _drop_pg_database(f"viopay_test_{tag}")
+
+
+def test_redis_down_fails_closed(proxied):
+    srv, redis = proxied.server, proxied.redis
+    device_id = proxied.provision()
+    http = httpx.Client(base_url=srv.url, timeout=30)
+    assert http.post("/pos/bootstrap", headers=pos_headers(device_id)).status_code == 200
+    redis.down()
+    ready = http.get("/readyz")
+    body = problem(ready, 503, "service_unavailable")
+    assert body["database"] == "ok" and body["cache"] == "down" and "retry-after" in ready.headers
+    # Pairing codes need their rate limit, attestation its nonce store: both refuse.
+    problem(http.post("/pos/pairing-code", headers=pos_headers(device_id)), 503, "service_unavailable")
+    problem(http.get("/pos/status", headers=pos_headers(device_id)), 503, "service_unavailable")
+    # A correctly signed attest cannot spend its nonce: 503, not an answer without replay protection.
+    from helpers import ProvisionedDevice
+    from test_attest_keys import attest
+
+    device = ProvisionedDevice(device_id, proxied.identity["key_id"], proxied.identity["identity_secret"])
+    problem(attest(http, device), 503, "service_unavailable")
+    redis.up()
+    problem(attest(http, device), 409, "invalid_state")  # inactive: the nonce step passed, status refused
+    assert http.get("/readyz").status_code == 200
+    code = http.post("/pos/pairing-code", headers=pos_headers(device_id))
+    assert code.status_code == 201
+    SEEN_SECRETS.add(code.json()["pairing_code"])
+    http.close()
+
+
+def test_database_down_fails_closed(proxied):
+    srv, pg = proxied.server, proxied.pg
+    device_id = proxied.provision()
+    http = httpx.Client(base_url=srv.url, timeout=30)
+    assert http.post("/pos/bootstrap", headers=pos_headers(device_id)).status_code == 200
+    pg.down()
+    body = problem(http.get("/readyz"), 503, "service_unavailable")
+    assert body["database"] == "down" and body["cache"] == "ok"
+    for _ in range(3):  # pooled connections die, then new ones are refused: 503 every time
+        problem(http.post("/pos/bootstrap", headers=pos_headers(device_id)), 503, "service_unavailable")
+    assert http.get("/healthz").status_code == 200  # the process itself is up
+    pg.up()
+    for _ in range(5):
+        if http.post("/pos/bootstrap", headers=pos_headers(device_id)).status_code == 200:
+            break
+    assert http.post("/pos/bootstrap", headers=pos_headers(device_id)).status_code == 200
+    assert http.get("/readyz").status_code == 200
+    http.close()
