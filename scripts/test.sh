@@ -4,4 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/services.sh
+# The portal's browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+  || echo "warning: could not install chromium: the browser tests skip (and fail with CI=true)" >&2
 exec .venv/bin/pytest "$@"

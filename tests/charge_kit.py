@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -26,8 +26,15 @@ from viopay.crypto.envelope import (
 )
 from viopay.crypto.pinblock import encipher_pin_block
 from viopay.crypto.signing import charge_string_to_sign, sign
-from viopay.device import DeviceClient, IdentityKey, KeySet, MemoryKeyStore
-from viopay.device import NotFound as SdkNotFound
+from viopay.device import (
+    DeviceClient,
+    IdentityKey,
+    KeySet,
+    MemoryKeyStore,
+    PairingCode,
+    StepReport,
+    activate_device,
+)
 
 UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
 CARD = {"pan": "4242424242424242", "expiry": "3012"}
@@ -325,34 +332,11 @@ class PosTerminal:
 # --- activation -------------------------------------------------------------------------------
 
 
-async def _activate_in_process(runtime: Any, client: DeviceClient, key_set: KeySet) -> None:
-    """Until POST /pos/activate answers: activate the set with the key set service."""
-    from viopay.activation.keysets import activate_key_set
-    from viopay.activation.models import KeySet as KeySetRow
-    from viopay.devices.models import Device, DeviceStatus
-
-    now = datetime.now(UTC)
-    async with runtime.sessions() as db, db.begin():
-        row = await db.get(KeySetRow, key_set.key_set_id)
-        device = await db.get(Device, client.device_id)
-        grace = timedelta(seconds=runtime.settings.rotation_grace_seconds)
-        await activate_key_set(db, key_set=row, now=now, grace=grace)
-        device.status, device.activated_at = DeviceStatus.activated, now
-    client.key_store.promote_pending(key_set.key_set_id)
-
-
 async def rotate(terminal: PosTerminal, runtime: Any) -> KeySet:
-    """A new active key set (the old one becomes the previous set, within its grace)."""
-    client = terminal.client
-    client.attest()
-    key_set = client.download_keys()
-    register_keys(key_set)
-    try:
-        client.fetch_config(key_set_id=key_set.key_set_id)
-        client.activate()
-    except SdkNotFound:
-        await _activate_in_process(runtime, client, key_set)
-    return key_set
+    """A new active key set through the API (the old one becomes the previous set)."""
+    terminal.client.rotate_keys()
+    register_keys(terminal.keys)
+    return terminal.keys
 
 
 async def activated_terminal(
@@ -363,24 +347,35 @@ async def activated_terminal(
     *,
     merchant: MerchantCtx | None = None,
 ) -> PosTerminal:
+    """A device provisioned, claimed by ``merchant`` (a new one by default) and activated with
+    the SDK's ``activate_device`` against ``server``."""
     device = admin.provision()
     store = MemoryKeyStore(IdentityKey(device.key_id, device.secret))
     client = DeviceClient(
         server.url, device_id=device.device_id, key_store=store, retry_backoff=0.05
     )
-    code = client.request_pairing_code().pairing_code
-    SEEN_SECRETS.add(code)
     merchant = merchant or make_merchant()
-    claimed = merchant.http.post("/pos/claim", json={"pairing_code": code})
-    assert claimed.status_code == 200, claimed.text
-    client.attest()
-    key_set = client.download_keys()
-    register_keys(key_set)
+
+    def claim_when_shown(report: StepReport) -> None:
+        if report.name == "pairing_code":
+            assert isinstance(report.result, PairingCode)
+            code = report.result.pairing_code
+            SEEN_SECRETS.add(code)
+            claimed = merchant.http.post("/pos/claim", json={"pairing_code": code})
+            assert claimed.status_code == 200, claimed.text
+
     try:
-        client.fetch_config(key_set_id=key_set.key_set_id)
-        client.activate()
-    except SdkNotFound:
-        await _activate_in_process(runtime, client, key_set)
-    terminal_id = client.terminal_id or client.status().terminal_id
-    assert terminal_id is not None
-    return PosTerminal(server, device, merchant, client, terminal_id, httpx.Client(timeout=30))
+        activation = activate_device(client, on_step=claim_when_shown, sleep=lambda _: None)
+    except BaseException:
+        client.close()
+        raise
+    pos = PosTerminal(
+        server,
+        device,
+        merchant,
+        client,
+        activation.activation.terminal_id,
+        httpx.Client(timeout=30),
+    )
+    register_keys(pos.keys)
+    return pos

@@ -7,11 +7,12 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("VIOPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -133,3 +134,82 @@ def claim_with(client: Any, merchant: MerchantCtx, *, label: str | None = None) 
     body = _json(merchant.http.post("/pos/claim", json={"pairing_code": code, "label": label}), 200)
     terminal_id: str = body["terminal_id"]
     return terminal_id
+
+
+def _service_up(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+
+
+@dataclass
+class Backend:
+    name: str
+    env: dict[str, str]
+    cleanup: list[Any] = field(default_factory=list)
+
+    def cli(self, *args: str) -> dict[str, Any]:
+        """Run ``viopay ARGS --json`` on this backend's configuration and parse its one document."""
+        import orjson
+
+        done = subprocess.run(
+            [sys.executable, "-m", "viopay", *args, "--json"],
+            env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert done.returncode == 0, f"viopay {' '.join(args)} failed: {done.stderr}"
+        document: dict[str, Any] = orjson.loads(done.stdout)
+        return document
+
+
+def _create_pg_database(name: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def go() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def _drop_pg_database(name: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def go() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def _flush_redis_prefix(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def _require_services() -> None:
+    missing = [name for name, port in (("PostgreSQL", 5432), ("Redis", 6379)) if not _service_up("127.0.0.1", port)]
+    if missing:
+        message = f"{' and '.join(missing)} not reachable on 127.0.0.1"
+        if IN_CI:
+            pytest.fail(f"{message}: CI needs both (.ci/run starts them)")
+        pytest.skip(message)
+

@@ -25,7 +25,6 @@ from viopay.auth.router import router as auth_router
 from viopay.devices.router import admin_router as device_admin_router
 from viopay.devices.router import claim_router, pos_router
 from viopay.devices.router import merchant_router as device_merchant_router
-from viopay.merchants.events import router as events_router
 from viopay.errors import (
     InternalError,
     InvalidRequest,
@@ -36,12 +35,14 @@ from viopay.errors import (
     problem_response,
 )
 from viopay.health import router as health_router
+from viopay.merchants.events import router as events_router
 from viopay.merchants.router import admin_router as merchant_admin_router
 from viopay.merchants.router import merchant_router as merchant_config_router
 from viopay.middleware import RequestContextMiddleware, request_id_of
 from viopay.openapi import Problem
 from viopay.payments.router import merchant_router as charges_merchant_router
 from viopay.payments.router import pos_router as charges_pos_router
+from viopay.portal import router as portal_router
 from viopay.runtime import Runtime, build_runtime
 from viopay.settings import Settings
 
@@ -77,7 +78,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     for router in (health_router, auth_router, pos_router, activation_router, claim_router, device_admin_router, merchant_admin_router,
                    client_admin_router, device_merchant_router, events_router,
                    merchant_config_router, config_schema_router, parameters_admin_router,
-                   charges_pos_router, charges_merchant_router):
+                   charges_pos_router, charges_merchant_router, portal_router):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)

@@ -19,22 +19,30 @@ from viopay.runtime import Runtime
 M = TypeVar("M", bound=BaseModel)
 
 
-def get_runtime(request: Request) -> Runtime:
+# The dependencies below are ``async def`` although they never wait: FastAPI runs a plain
+# ``def`` dependency in its thread pool, a round trip through a worker thread per request.
+
+
+def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
+async def get_runtime(request: Request) -> Runtime:
+    return runtime_of(request)
+
+
 async def unit_of_work(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request, committed before the response is sent."""
-    async with get_runtime(request).sessions() as session, session.begin():
+    async with runtime_of(request).sessions() as session, session.begin():
         yield session
 
 
-def get_cache(request: Request) -> Cache:
-    return get_runtime(request).cache
+async def get_cache(request: Request) -> Cache:
+    return runtime_of(request).cache
 
 
-def get_now() -> datetime:
+async def get_now() -> datetime:
     return utcnow()
 
 

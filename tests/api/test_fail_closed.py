@@ -34,7 +34,7 @@ class Proxied:
 @pytest.fixture
 def proxied(tmp_path):
     """Its own PostgreSQL database and Redis prefix (only PostgreSQL + Redis can go down)."""
-    from conftest import Backend, _create_pg_database, _drop_pg_database, _flush_redis_prefix, _require_services
+    from helpers import Backend, _create_pg_database, _drop_pg_database, _flush_redis_prefix, _require_services
 
     _require_services()
     tag = secrets.token_hex(4)

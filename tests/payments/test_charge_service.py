@@ -12,7 +12,7 @@ from sqlalchemy import select
 import charge_kit as kit
 from viopay.errors import ChargeNotCancelable, NotFound
 from viopay.merchants.models import AuditEvent
-from viopay.payments import service
+from viopay.payments import reversals, service
 from viopay.payments.models import Charge, ChargeStatus
 from viopay.payments.processors import ProcessorFailure, SandboxProcessor
 from viopay.payments.service import TerminalScope
@@ -36,7 +36,7 @@ async def created_at(runtime, charge_id):
         return (await db.get(Charge, charge_id)).created_at
 
 
-@pytest.mark.parametrize("undo", [service.cancel_charge, service.reverse_charge])
+@pytest.mark.parametrize("undo", [reversals.cancel_charge, reversals.reverse_charge])
 async def test_cancel_and_reverse_close_after_24_hours(terminal, runtime, undo):
     charge = terminal.charge(500).json()
     created = await created_at(runtime, charge["id"])
@@ -69,7 +69,7 @@ async def test_reverse_by_key_after_24_hours_answers_the_charge_unchanged(termin
         runtime.sessions() as db,
         db.begin(),
     ):  # the key's record is gone; found by the charge
-        late = await service.reverse_by_key(
+        late = await reversals.reverse_by_key(
             db,
             processor=SandboxProcessor(),
             scope=scope_of(terminal),
@@ -82,7 +82,7 @@ async def test_reverse_by_key_after_24_hours_answers_the_charge_unchanged(termin
             and late.status is ChargeStatus.approved
         )
     async with runtime.sessions() as db, db.begin():
-        found = await service.reverse_by_key(
+        found = await reversals.reverse_by_key(
             db,
             processor=SandboxProcessor(),
             scope=scope_of(terminal),
@@ -97,7 +97,7 @@ async def test_cancel_of_another_merchants_charge_is_not_found(terminal, runtime
     stranger = TerminalScope("TID-000000", "POS-00000000", "mer_other", "USD")
     async with runtime.sessions() as db, db.begin():
         with pytest.raises(NotFound):
-            await service.cancel_charge(
+            await reversals.cancel_charge(
                 db,
                 processor=SandboxProcessor(),
                 scope=stranger,

@@ -60,7 +60,10 @@ class NewUser:
 def check_email(email: str) -> str:
     email = email.strip()
     if len(email) > 320 or not _EMAIL.match(email):
-        raise InvalidRequest("email is not an email address", errors=[{"field": "email", "message": "not an email address"}])
+        raise InvalidRequest(
+            "email is not an email address",
+            errors=[{"field": "email", "message": "not an email address"}],
+        )
     return email
 
 
@@ -68,7 +71,12 @@ def check_password(password: str) -> str:
     if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         raise InvalidRequest(
             f"the password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters",
-            errors=[{"field": "password", "message": f"must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"}],
+            errors=[
+                {
+                    "field": "password",
+                    "message": f"must be {MIN_PASSWORD} to {MAX_PASSWORD} characters",
+                }
+            ],
         )
     return password
 
@@ -79,12 +87,21 @@ async def hash_password(password: str) -> str:
 
 
 async def find_user(db: AsyncSession, email: str) -> User | None:
-    user: User | None = await db.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+    user: User | None = await db.scalar(
+        select(User).where(func.lower(User.email) == email.strip().lower())
+    )
     return user
 
 
 async def create_user(
-    db: AsyncSession, *, email: str, password: str, merchant_id: str, role: Role, actor: Actor, now: datetime
+    db: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    merchant_id: str,
+    role: Role,
+    actor: Actor,
+    now: datetime,
 ) -> NewUser:
     """A new user, member of ``merchant_id`` with ``role`` (an existing email is refused)."""
     email = check_email(email)
@@ -92,10 +109,17 @@ async def create_user(
     await get_merchant(db, merchant_id)
     if await find_user(db, email) is not None:
         raise InvalidState("a user with that email already exists")
-    user = User(user_id=new_id("usr_"), email=email, password_hash=await hash_password(password), created_at=now)
+    user = User(
+        user_id=new_id("usr_"),
+        email=email,
+        password_hash=await hash_password(password),
+        created_at=now,
+    )
     db.add(user)
     await db.flush()
-    await add_member(db, merchant_id=merchant_id, subject=user.user_id, role=role, actor=actor, now=now)
+    await add_member(
+        db, merchant_id=merchant_id, subject=user.user_id, role=role, actor=actor, now=now
+    )
     return NewUser(user.user_id, user.email, merchant_id, role)
 
 
@@ -104,7 +128,9 @@ async def authenticate_user(db: AsyncSession, *, email: str, password: str) -> U
     user = await find_user(db, email) if len(email) <= 320 else None
     candidate = password[:MAX_PASSWORD]
     try:
-        await asyncio.to_thread(_hasher.verify, user.password_hash if user else _DUMMY_HASH, candidate)
+        await asyncio.to_thread(
+            _hasher.verify, user.password_hash if user else _DUMMY_HASH, candidate
+        )
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         raise Unauthorized("bad email or password") from None
     if user is None or len(password) > MAX_PASSWORD:

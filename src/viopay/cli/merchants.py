@@ -7,10 +7,10 @@ from viopay.audit import Actor
 from viopay.auth.clients import create_client
 from viopay.cli.common import JsonOption, emit, run_in_transaction
 from viopay.cli.merchant_config import config_app, emv_app
+from viopay.ids import utcnow
 from viopay.merchants import service
 from viopay.merchants.models import Role
 from viopay.merchants.schemas import MerchantIn
-from viopay.ids import utcnow
 
 merchant_app = typer.Typer(
     help="Create merchants; show and change their config.", no_args_is_help=True

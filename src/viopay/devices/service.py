@@ -16,7 +16,13 @@ from viopay.activation.keysets import retire_device_key_sets
 from viopay.audit import Actor, record_event
 from viopay.cache import Cache
 from viopay.crypto.wrapping import KeyWrapper
-from viopay.devices.models import Device, DeviceStatus, MerchantDeviceIdentityKey, PairingCode, Terminal
+from viopay.devices.models import (
+    Device,
+    DeviceStatus,
+    MerchantDeviceIdentityKey,
+    PairingCode,
+    Terminal,
+)
 from viopay.errors import (
     InvalidRequest,
     InvalidState,
@@ -24,7 +30,6 @@ from viopay.errors import (
     PairingCodeInvalid,
     RateLimited,
 )
-from viopay.ids import new_id
 from viopay.merchants.models import Merchant
 
 PAIRING_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"

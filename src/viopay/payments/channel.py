@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.activation.keysets import (
+    SetKeys,
     count_envelopes,
     key_set_by_msk_key_id,
     load_keys,
@@ -136,7 +137,9 @@ async def open_request(
     plaintext = _json_object(_open(keys.msk, envelope, aad), "plaintext")
     card, tpk = None, None
     if with_card and "card" in plaintext:
-        card, tpk = await _open_card(db, wrapper=wrapper, auth=auth, obj=plaintext["card"], now=now)
+        card, tpk = await _open_card(
+            db, wrapper=wrapper, auth=auth, obj=plaintext["card"], now=now, sealing_keys=keys
+        )
     return OpenedRequest(plaintext, key_set.key_set_id, envelope.kid, keys.msk, 1, card, tpk)
 
 
@@ -147,14 +150,21 @@ async def _open_card(
     auth: AuthenticatedTerminal,
     obj: object,
     now: datetime,
+    sealing_keys: SetKeys | None = None,
 ) -> tuple[dict[str, Any], bytes]:
-    """The card's TDK envelope (AAD ``viopay-tdk-v1\\n{TERMINAL_ID}``) and that set's TPK."""
+    """The card's TDK envelope (AAD ``viopay-tdk-v1\\n{TERMINAL_ID}``) and that set's TPK.
+
+    ``sealing_keys``: the (usable) set that sealed the request; a card sealed under its TDK,
+    the usual case, needs no lookup of its own (key ids are unique across all sets)."""
     envelope = _parse(obj)
-    row = await db.scalar(select(KeySetKey).where(KeySetKey.key_id == envelope.kid))
-    if row is None or row.type != "TDK":
-        raise DecryptionFailed()
-    key_set = _usable(await db.get(KeySet, row.key_set_id), auth, now)
-    keys = await load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
+    if sealing_keys is not None and envelope.kid == sealing_keys.key_ids.get("TDK"):
+        keys = sealing_keys
+    else:
+        row = await db.scalar(select(KeySetKey).where(KeySetKey.key_id == envelope.kid))
+        if row is None or row.type != "TDK":
+            raise DecryptionFailed()
+        key_set = _usable(await db.get(KeySet, row.key_set_id), auth, now)
+        keys = await load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
     card = _json_object(_open(keys.key("TDK"), envelope, env.card_aad(auth.terminal_id)), "card")
     return card, keys.key("TPK")
 

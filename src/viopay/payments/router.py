@@ -24,7 +24,7 @@ from viopay.merchants.models import MerchantConfig
 from viopay.middleware import request_id_of
 from viopay.openapi import errors_for
 from viopay.pagination import PageParams, make_page, page_params, paginate
-from viopay.payments import flow, service
+from viopay.payments import flow, refunds, reversals, service
 from viopay.payments.models import Charge, ChargeStatus
 from viopay.payments.processors import Authorization, Processor, build_processor
 from viopay.payments.schemas import (
@@ -50,7 +50,7 @@ _POS_ERRORS = errors_for(400, 401, 403, 404, 409, 415, 422, 426, 503)
 _ENVELOPE = {"model": EnvelopeOut}
 
 
-def get_processor(request: Request, runtime: RuntimeDep) -> Processor:
+async def get_processor(request: Request, runtime: RuntimeDep) -> Processor:
     """The processor chosen by ``VIOPAY_PROCESSOR``, made once per app."""
     processor: Processor | None = getattr(request.app.state, "processor", None)
     if processor is None:
@@ -62,7 +62,7 @@ def get_processor(request: Request, runtime: RuntimeDep) -> Processor:
 ProcessorDep = Annotated[Processor, Depends(get_processor)]
 
 
-def _call(
+async def _call(
     request: Request, auth: CurrentTerminal, runtime: RuntimeDep, processor: ProcessorDep, now: Now
 ) -> flow.Call:
     return flow.Call(
@@ -133,7 +133,7 @@ class CreateCharge(flow.Action):
 
 def _refund(charge_id: str) -> flow.Action:
     async def work(db: AsyncSession, call: flow.Call) -> flow.Outcome:
-        refund, charge = await service.refund_charge(
+        refund, charge = await refunds.refund_charge(
             db,
             processor=call.processor,
             scope=call.scope,
@@ -149,7 +149,7 @@ def _refund(charge_id: str) -> flow.Action:
 
 
 def _undo(charge_id: str, *, cancel: bool) -> flow.Action:
-    undo = service.cancel_charge if cancel else service.reverse_charge
+    undo = reversals.cancel_charge if cancel else reversals.reverse_charge
 
     async def work(db: AsyncSession, call: flow.Call) -> flow.Outcome:
         charge = await undo(
@@ -182,7 +182,7 @@ async def _reverse_by_key(db: AsyncSession, call: flow.Call) -> flow.Outcome:
                 }
             ],
         )
-    charge = await service.reverse_by_key(
+    charge = await reversals.reverse_by_key(
         db, processor=call.processor, scope=call.scope, key=body.idempotency_key, now=call.now
     )
     return flow.Outcome(200, reversal_view() if charge is None else charge_view(charge))
@@ -320,8 +320,8 @@ async def get_merchant_charge(
 ) -> ChargeDetail:
     """One charge of the merchant with its refunds (any role)."""
     charge = await service.get_charge(db, merchant_id=session.merchant_id, charge_id=charge_id)
-    refunds = [
+    made = [
         RefundSummary.model_validate(refund_view(r))
-        for r in await service.refunds_of(db, charge_id)
+        for r in await refunds.refunds_of(db, charge_id)
     ]
-    return ChargeDetail.model_validate({**charge_view(charge), "refunds": refunds})
+    return ChargeDetail.model_validate({**charge_view(charge), "refunds": made})

@@ -1,36 +1,25 @@
-"""Charges and refunds (PROTOCOL §4): the rules, and their persistence.
+"""Charges (PROTOCOL §4.1, §4.6): the body rules, the processor call, the stored charge.
 
 Functions here take a session and flush; they never commit (the flow owns transactions).
-Charges are read under a row lock (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises
-writers) before any change, so concurrent refunds never pass the charged amount.
+Refunds live in ``refunds.py``, cancel, reverse and reverse-by-key in ``reversals.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import Actor, record_event
 from viopay.deps import validate
-from viopay.errors import (
-    ChargeNotCancelable,
-    ChargeNotRefundable,
-    IdempotencyInProgress,
-    InvalidCard,
-    InvalidRequest,
-    NotFound,
-    RefundExceedsCharge,
-)
+from viopay.errors import InvalidCard, InvalidRequest, NotFound
 from viopay.ids import new_id
-from viopay.payments import idempotency
 from viopay.payments.cards import CardData, CardInvalid, check_card
-from viopay.payments.models import Charge, ChargeStatus, EntryMode, IdempotencyState, Refund
+from viopay.payments.models import Charge, ChargeStatus, EntryMode
 from viopay.payments.processors import (
     Authorization,
     AuthorizationRequest,
@@ -40,18 +29,16 @@ from viopay.payments.processors import (
     ProcessorFailure,
     ProcessorTimedOut,
 )
-from viopay.payments.schemas import CardIn, ChargeIn, RefundIn
+from viopay.payments.schemas import CardIn, ChargeIn
 
 log = structlog.get_logger("viopay.payments")
 
-CANCEL_WINDOW = timedelta(hours=24)
 TIMEOUT_RESPONSE_CODE = "68"
 TIMEOUT_REASON = "processor_timeout"
 REVERSAL_ATTEMPTS = 3
 TIMED_OUT = Authorization(
     approved=False, response_code=TIMEOUT_RESPONSE_CODE, decline_reason=TIMEOUT_REASON
 )
-REFUNDABLE = frozenset({ChargeStatus.approved, ChargeStatus.partially_refunded})
 
 
 @dataclass(frozen=True)
@@ -167,7 +154,7 @@ def build_draft(
     )
 
 
-def _ref(charge: Charge | ChargeDraft, processor_reference: str | None = None) -> ChargeRef:
+def charge_ref(charge: Charge | ChargeDraft, processor_reference: str | None = None) -> ChargeRef:
     if isinstance(charge, ChargeDraft):
         return ChargeRef(
             charge.charge_id,
@@ -214,7 +201,7 @@ async def reverse_unanswered(processor: Processor, draft: ChargeDraft) -> None:
     """Reverse an authorisation whose answer never came (or that cannot be kept)."""
     for attempt in range(1, REVERSAL_ATTEMPTS + 1):
         try:
-            await processor.reverse(_ref(draft))
+            await processor.reverse(charge_ref(draft))
             return
         except (ProcessorFailure, ProcessorTimedOut) as exc:
             log.warning(
@@ -270,7 +257,7 @@ def record_charge(
         updated_at=now,
     )
     db.add(charge)
-    _charge_event(
+    charge_event(
         db,
         "charge.created",
         charge,
@@ -281,11 +268,11 @@ def record_charge(
         response_code=answer.response_code,
     )
     if authorization is None:
-        _charge_event(db, "charge.reversed", charge, scope.actor, now, reason=TIMEOUT_REASON)
+        charge_event(db, "charge.reversed", charge, scope.actor, now, reason=TIMEOUT_REASON)
     return charge
 
 
-def _charge_event(
+def charge_event(
     db: AsyncSession, type: str, charge: Charge, actor: Actor, now: datetime, **data: Any
 ) -> None:
     record_event(
@@ -314,208 +301,3 @@ async def get_charge(
     if charge is None:
         raise NotFound("no such charge")
     return charge
-
-
-async def refunds_of(db: AsyncSession, charge_id: str) -> list[Refund]:
-    rows = await db.scalars(
-        select(Refund)
-        .where(Refund.charge_id == charge_id)
-        .order_by(Refund.created_at, Refund.refund_id)
-    )
-    return list(rows)
-
-
-# --- refund -----------------------------------------------------------------------------------
-
-
-async def refund_charge(
-    db: AsyncSession,
-    *,
-    processor: Processor,
-    scope: TerminalScope,
-    charge_id: str,
-    plaintext: dict[str, Any],
-    nonce: str,
-    idempotency_key: str | None,
-    now: datetime,
-) -> tuple[Refund, Charge]:
-    """§4.2, in order: 404 → 409 charge_not_refundable → 400 → 422 refund_exceeds_charge."""
-    charge = await get_charge(db, merchant_id=scope.merchant_id, charge_id=charge_id, lock=True)
-    if charge.status not in REFUNDABLE:
-        raise ChargeNotRefundable(f"the charge is {charge.status.value}")
-    body = validate(RefundIn, plaintext)
-    left = charge.amount - charge.amount_refunded
-    amount = left if body.amount is None else body.amount
-    if amount > left:
-        raise RefundExceedsCharge(f"at most {left} is left to refund")
-    refund_id = new_id("re_")
-    reference = await processor.refund(_ref(charge), refund_id=refund_id, amount=amount)
-    refund = Refund(
-        refund_id=refund_id,
-        charge_id=charge.charge_id,
-        merchant_id=charge.merchant_id,
-        terminal_id=scope.terminal_id,
-        amount=amount,
-        reason=body.reason,
-        status="succeeded",
-        processor_reference=reference,
-        request_nonce=nonce,
-        idempotency_key=idempotency_key,
-        created_at=now,
-    )
-    db.add(refund)
-    charge.amount_refunded += amount
-    charge.status = (
-        ChargeStatus.refunded
-        if charge.amount_refunded == charge.amount
-        else ChargeStatus.partially_refunded
-    )
-    charge.updated_at = now
-    record_event(
-        db,
-        type="refund.created",
-        actor=scope.actor,
-        subject_type="refund",
-        subject_id=refund_id,
-        merchant_id=charge.merchant_id,
-        now=now,
-        data={"charge_id": charge.charge_id, "terminal_id": scope.terminal_id, "amount": amount},
-    )
-    _charge_event(
-        db,
-        "charge.refunded",
-        charge,
-        scope.actor,
-        now,
-        refund_id=refund_id,
-        amount=amount,
-        amount_refunded=charge.amount_refunded,
-        status=charge.status.value,
-    )
-    await db.flush()
-    return refund, charge
-
-
-# --- cancel and reverse -----------------------------------------------------------------------
-
-
-def undoable(charge: Charge, *, now: datetime) -> bool:
-    """Approved, never refunded, and less than 24 h old (§4.3)."""
-    return (
-        charge.status is ChargeStatus.approved
-        and charge.amount_refunded == 0
-        and now < charge.created_at + CANCEL_WINDOW
-    )
-
-
-async def cancel_charge(
-    db: AsyncSession, *, processor: Processor, scope: TerminalScope, charge_id: str, now: datetime
-) -> Charge:
-    charge = await get_charge(db, merchant_id=scope.merchant_id, charge_id=charge_id, lock=True)
-    return await _undo(db, processor, charge, ChargeStatus.canceled, scope.actor, now)
-
-
-async def reverse_charge(
-    db: AsyncSession, *, processor: Processor, scope: TerminalScope, charge_id: str, now: datetime
-) -> Charge:
-    charge = await get_charge(db, merchant_id=scope.merchant_id, charge_id=charge_id, lock=True)
-    return await _undo(db, processor, charge, ChargeStatus.reversed, scope.actor, now)
-
-
-async def _undo(
-    db: AsyncSession,
-    processor: Processor,
-    charge: Charge,
-    target: ChargeStatus,
-    actor: Actor,
-    now: datetime,
-) -> Charge:
-    """Cancel or reverse a locked charge; the same call again answers the same charge."""
-    if charge.status is target:
-        return charge
-    if not undoable(charge, now=now):
-        raise ChargeNotCancelable(_why_not(charge, now))
-    await _apply_undo(db, processor, charge, target, actor, now)
-    return charge
-
-
-async def _apply_undo(
-    db: AsyncSession,
-    processor: Processor,
-    charge: Charge,
-    target: ChargeStatus,
-    actor: Actor,
-    now: datetime,
-) -> None:
-    if target is ChargeStatus.canceled:
-        await processor.void(_ref(charge))
-    else:
-        await processor.reverse(_ref(charge))
-    charge.status, charge.updated_at = target, now
-    _charge_event(db, f"charge.{target.value}", charge, actor, now)
-    await db.flush()
-
-
-def _why_not(charge: Charge, now: datetime) -> str:
-    if charge.status is not ChargeStatus.approved:
-        return f"the charge is {charge.status.value}"
-    if charge.amount_refunded:
-        return "the charge has refunds"
-    return "the charge is more than 24 h old"
-
-
-async def reverse_as_it_stands(
-    db: AsyncSession, *, processor: Processor, charge: Charge, actor: Actor, now: datetime
-) -> Charge:
-    """Reverse-by-key (§4.4): reverse when possible, else answer the charge unchanged."""
-    if undoable(charge, now=now):
-        await _apply_undo(db, processor, charge, ChargeStatus.reversed, actor, now)
-    return charge
-
-
-# --- reverse by key ---------------------------------------------------------------------------
-
-
-async def _charge_by_key(db: AsyncSession, *, terminal_id: str, key: str) -> Charge | None:
-    charge: Charge | None = await db.scalar(
-        select(Charge)
-        .where(Charge.terminal_id == terminal_id, Charge.idempotency_key == key)
-        .order_by(Charge.created_at.desc())
-        .limit(1)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return charge
-
-
-async def reverse_by_key(
-    db: AsyncSession, *, processor: Processor, scope: TerminalScope, key: str, now: datetime
-) -> Charge | None:
-    """§4.4: the charge this terminal made with ``key``, reversed when it can be, else as it
-    stands; None when the key made no charge (it is then spent for 24 h)."""
-    record = await idempotency.find_for_update(db, terminal_id=scope.terminal_id, key=key, now=now)
-    if record is None:
-        charge = await _charge_by_key(db, terminal_id=scope.terminal_id, key=key)
-        if charge is not None:  # its record has expired: it is past 24 h anyway
-            return await reverse_as_it_stands(
-                db, processor=processor, charge=charge, actor=scope.actor, now=now
-            )
-        try:
-            await idempotency.spend(db, terminal_id=scope.terminal_id, key=key, now=now)
-        except IntegrityError:  # a charge with that key claimed it this very moment
-            raise IdempotencyInProgress("a request with that Idempotency-Key is running") from None
-        return None
-    if record.state is IdempotencyState.in_progress:
-        if now - record.created_at < idempotency.STALE_AFTER:
-            raise IdempotencyInProgress("a request with that Idempotency-Key is running")
-        record.state = IdempotencyState.spent_by_reverse  # its request died before answering
-        await db.flush()
-        return None
-    if record.state is IdempotencyState.spent_by_reverse or record.charge_id is None:
-        return None
-    charge = await get_charge(
-        db, merchant_id=scope.merchant_id, charge_id=record.charge_id, lock=True
-    )
-    return await reverse_as_it_stands(
-        db, processor=processor, charge=charge, actor=scope.actor, now=now
-    )

@@ -34,7 +34,12 @@ class ConfigForm:
 
 def config_values(config: dict[str, Any]) -> dict[str, Any]:
     """A config object (§6) as form values."""
-    tip, tax, surcharge, branding = config["tip"], config["tax"], config["surcharge"], config["branding"]
+    tip, tax, surcharge, branding = (
+        config["tip"],
+        config["tax"],
+        config["surcharge"],
+        config["branding"],
+    )
     return {
         "tip.enabled": tip["enabled"],
         "tip.percentages": ", ".join(str(p) for p in tip["percentages"]),
@@ -53,10 +58,21 @@ def config_values(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_CHECKBOXES = ("tip.enabled", "tip.allow_custom", "tax.enabled", "tax.inclusive", "surcharge.enabled")
+_CHECKBOXES = (
+    "tip.enabled",
+    "tip.allow_custom",
+    "tax.enabled",
+    "tax.inclusive",
+    "surcharge.enabled",
+)
 _INTEGERS = ("tax.rate_bps", "surcharge.rate_bps", "surcharge.max_amount")
-_TEXTS = ("branding.display_name", "branding.primary_color", "branding.logo_url", "branding.receipt_header",
-          "branding.receipt_footer")
+_TEXTS = (
+    "branding.display_name",
+    "branding.primary_color",
+    "branding.logo_url",
+    "branding.receipt_header",
+    "branding.receipt_footer",
+)
 
 
 def _text(form: FormData, name: str) -> str:
@@ -82,7 +98,9 @@ def parse_config_form(form: FormData) -> ConfigForm:
         document[section][member] = number
     percentages = [_integer(p.strip()) for p in values["tip.percentages"].split(",") if p.strip()]
     if any(p is None for p in percentages):
-        result.errors["tip.percentages"] = "Enter whole percentages separated by commas, for example 15, 18, 20."
+        result.errors["tip.percentages"] = (
+            "Enter whole percentages separated by commas, for example 15, 18, 20."
+        )
     document["tip"]["percentages"] = percentages
     for name in _TEXTS:
         section, member = name.split(".")
@@ -123,8 +141,16 @@ class ChargeFilters:
         return bool(self.status or self.terminal or self.start or self.end)
 
     def query(self) -> dict[str, str]:
-        return {k: v for k, v in (("status", self.status), ("terminal", self.terminal), ("from", self.start),
-                                  ("to", self.end)) if v}
+        return {
+            k: v
+            for k, v in (
+                ("status", self.status),
+                ("terminal", self.terminal),
+                ("from", self.start),
+                ("to", self.end),
+            )
+            if v
+        }
 
 
 def _day(text: str) -> date | None:
@@ -141,11 +167,17 @@ def charge_filters(params: QueryParams, *, timezone: str) -> tuple[ChargeFilters
     ``created_to`` is exclusive, so it gets the next midnight).
     """
     filters = ChargeFilters(
-        status=params.get("status", ""), terminal=params.get("terminal", "").strip(),
-        start=params.get("from", "").strip(), end=params.get("to", "").strip(),
+        status=params.get("status", ""),
+        terminal=params.get("terminal", "").strip(),
+        start=params.get("from", "").strip(),
+        end=params.get("to", "").strip(),
     )
-    arguments: dict[str, Any] = {"status": None, "terminal_id": filters.terminal or None,
-                                 "created_from": None, "created_to": None}
+    arguments: dict[str, Any] = {
+        "status": None,
+        "terminal_id": filters.terminal or None,
+        "created_from": None,
+        "created_to": None,
+    }
     if filters.status:
         try:
             arguments["status"] = ChargeStatus(filters.status)
@@ -162,5 +194,7 @@ def charge_filters(params: QueryParams, *, timezone: str) -> tuple[ChargeFilters
     if start:
         arguments["created_from"] = rfc3339(datetime.combine(start, time(), tzinfo=tz))
     if end:
-        arguments["created_to"] = rfc3339(datetime.combine(end + timedelta(days=1), time(), tzinfo=tz))
+        arguments["created_to"] = rfc3339(
+            datetime.combine(end + timedelta(days=1), time(), tzinfo=tz)
+        )
     return filters, arguments

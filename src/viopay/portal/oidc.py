@@ -46,14 +46,18 @@ class TokenSet:
 def pkce_pair() -> tuple[str, str]:
     """``(code_verifier, code_challenge)`` for ``code_challenge_method=S256`` (RFC 7636)."""
     verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    )
     return verifier, challenge
 
 
 class OidcClient:
     """The portal as a confidential (or public) client of the realm."""
 
-    def __init__(self, *, issuer: str, client_id: str, client_secret: str | None, redirect_uri: str) -> None:
+    def __init__(
+        self, *, issuer: str, client_id: str, client_secret: str | None, redirect_uri: str
+    ) -> None:
         self.issuer = issuer.rstrip("/")
         self.client_id = client_id
         self._client_secret = client_secret
@@ -86,22 +90,26 @@ class OidcClient:
                     end_session_endpoint=doc.get("end_session_endpoint"),
                 )
             except KeyError as exc:
-                raise ServiceUnavailable("the identity provider's discovery document is incomplete") from exc
+                raise ServiceUnavailable(
+                    "the identity provider's discovery document is incomplete"
+                ) from exc
             self._provider_at = time.monotonic()
         return self._provider
 
     async def authorization_url(self, *, state: str, nonce: str, code_challenge: str) -> str:
         provider = await self.provider()
-        query = urlencode({
-            "response_type": "code",
-            "client_id": self.client_id,
-            "redirect_uri": self.redirect_uri,
-            "scope": "openid email profile",
-            "state": state,
-            "nonce": nonce,
-            "code_challenge": code_challenge,
-            "code_challenge_method": "S256",
-        })
+        query = urlencode(
+            {
+                "response_type": "code",
+                "client_id": self.client_id,
+                "redirect_uri": self.redirect_uri,
+                "scope": "openid email profile",
+                "state": state,
+                "nonce": nonce,
+                "code_challenge": code_challenge,
+                "code_challenge_method": "S256",
+            }
+        )
         separator = "&" if "?" in provider.authorization_endpoint else "?"
         return f"{provider.authorization_endpoint}{separator}{query}"
 
@@ -129,12 +137,14 @@ class OidcClient:
             raise Unauthorized("the identity provider answered without a token") from None
 
     async def exchange(self, *, code: str, code_verifier: str) -> TokenSet:
-        return await self._token({
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": self.redirect_uri,
-            "code_verifier": code_verifier,
-        })
+        return await self._token(
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": self.redirect_uri,
+                "code_verifier": code_verifier,
+            }
+        )
 
     async def refresh(self, refresh_token: str) -> TokenSet:
         return await self._token({"grant_type": "refresh_token", "refresh_token": refresh_token})
@@ -158,8 +168,13 @@ class OidcClient:
         try:
             key = await self._key(jwt.get_unverified_header(id_token).get("kid"))
             claims: dict[str, Any] = jwt.decode(
-                id_token, key=key, algorithms=_ALGORITHMS, audience=self.client_id, issuer=self.issuer,
-                options={"require": ["exp", "iss", "sub", "aud"]}, leeway=30,
+                id_token,
+                key=key,
+                algorithms=_ALGORITHMS,
+                audience=self.client_id,
+                issuer=self.issuer,
+                options={"require": ["exp", "iss", "sub", "aud"]},
+                leeway=30,
             )
         except jwt.PyJWTError:
             raise Unauthorized("the ID token is invalid") from None

@@ -6,8 +6,10 @@ import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -22,7 +24,9 @@ STATIC_FILES = {
     if path.suffix in STATIC_TYPES
 }
 
-_ZERO_DECIMALS = frozenset("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split())
+_ZERO_DECIMALS = frozenset(
+    "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split()
+)
 _THREE_DECIMALS = frozenset("BHD IQD JOD KWD LYD OMR TND".split())
 _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CAD": "CA$", "AUD": "A$", "INR": "₹"}
 
@@ -92,8 +96,33 @@ def humanize(code: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def sentence(text: str) -> str:
+    """A validation message as a sentence: ``must be an https URL`` → ``Must be an https URL.``"""
+    text = text.strip()
+    if not text:
+        return text
+    return text[:1].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")
+
+
 def static_url(name: str) -> str:
     return f"/portal/static/{name}?v={STATIC_FILES[name]}"
+
+
+def with_query(path: str, params: dict[str, str], **extra: str) -> str:
+    query = urlencode({**params, **extra})
+    return f"{path}?{query}" if query else path
+
+
+def details(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """An event's data as short ``(name, value)`` pairs for one table cell."""
+    pairs = []
+    for key, value in data.items():
+        if isinstance(value, dict | list):
+            text = orjson.dumps(value).decode()
+        else:
+            text = "—" if value is None else str(value)
+        pairs.append((key, text if len(text) <= 120 else text[:117] + "…"))
+    return pairs
 
 
 def swatch(color: str) -> str:
@@ -109,11 +138,22 @@ env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-env.filters.update(money=money, when=when, when_full=when_full, ago=ago, humanize=humanize, swatch=swatch)
-env.globals.update(static=static_url)
+env.filters.update(
+    money=money,
+    when=when,
+    when_full=when_full,
+    ago=ago,
+    humanize=humanize,
+    swatch=swatch,
+    details=details,
+    sentence=sentence,
+)
+env.globals.update(static=static_url, with_query=with_query)
 
 
-def render(request: Request, name: str, context: dict[str, Any], *, status: int = 200) -> HTMLResponse:
+def render(
+    request: Request, name: str, context: dict[str, Any], *, status: int = 200
+) -> HTMLResponse:
     state = getattr(request.state, "portal_state", None)
     portal = getattr(request.state, "portal", None)
     values: dict[str, Any] = {

@@ -28,7 +28,9 @@ from viopay.crypto.wrapping import KeyWrapper
 COOKIE_MAX_AGE = 12 * 3600
 MAX_SIGNED_IN = 12 * 3600
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-_SECURE_NAME = "__Host-viopay_portal"  # __Host-: Secure, Path=/, no Domain, so no subdomain can set it
+_SECURE_NAME = (
+    "__Host-viopay_portal"  # __Host-: Secure, Path=/, no Domain, so no subdomain can set it
+)
 _PLAIN_NAME = "viopay_portal"
 _WRAP_CONTEXT = "portal-refresh-token"
 
@@ -72,7 +74,13 @@ class CookieCodec:
         return hmac.new(self._key, b"viopay-portal-v1." + payload, hashlib.sha256).digest()
 
     def dumps(self, state: BrowserState, *, now: float) -> str:
-        document = {"c": state.csrf, "s": state.sid, "o": state.oidc, "f": state.flashes[-5:], "t": int(now)}
+        document = {
+            "c": state.csrf,
+            "s": state.sid,
+            "o": state.oidc,
+            "f": state.flashes[-5:],
+            "t": int(now),
+        }
         payload = _b64(orjson.dumps(document))
         return f"{payload.decode()}.{_b64(self._mac(payload)).decode()}"
 
@@ -83,10 +91,15 @@ class CookieCodec:
             document: Any = orjson.loads(_unb64(payload)) if valid else None
         except (ValueError, orjson.JSONDecodeError):
             return None
-        if not isinstance(document, dict) or not 0 <= now - float(document.get("t", 0)) <= COOKIE_MAX_AGE:
+        if (
+            not isinstance(document, dict)
+            or not 0 <= now - float(document.get("t", 0)) <= COOKIE_MAX_AGE
+        ):
             return None
         flashes = [(str(level), str(text)) for level, text in document.get("f") or []]
-        return BrowserState(csrf=str(document["c"]), sid=document.get("s"), oidc=document.get("o"), flashes=flashes)
+        return BrowserState(
+            csrf=str(document["c"]), sid=document.get("s"), oidc=document.get("o"), flashes=flashes
+        )
 
 
 def _b64(raw: bytes) -> bytes:
@@ -98,8 +111,12 @@ def _unb64(text: bytes) -> bytes:
 
 
 def is_local_http(request: Request) -> bool:
-    """Plain HTTP on this machine: the only case where the cookie may go without ``Secure``."""
-    return request.url.scheme == "http" and (request.url.hostname or "") in _LOCAL_HOSTS
+    """Plain HTTP on this machine: the only case where the cookie may go without ``Secure``
+    (and never when this server's public URL is https, as behind a TLS-terminating proxy)."""
+    runtime = getattr(request.app.state, "runtime", None)
+    public_https = runtime is not None and runtime.settings.public_url.startswith("https://")
+    local = request.url.scheme == "http" and (request.url.hostname or "") in _LOCAL_HOSTS
+    return local and not public_https
 
 
 def cookie_name(request: Request) -> str:
@@ -116,7 +133,9 @@ def read_state(request: Request, codec: CookieCodec) -> BrowserState:
     return state or BrowserState(csrf=new_token(), dirty=True)
 
 
-def write_state(request: Request, response: Response, codec: CookieCodec, state: BrowserState) -> None:
+def write_state(
+    request: Request, response: Response, codec: CookieCodec, state: BrowserState
+) -> None:
     response.set_cookie(
         cookie_name(request),
         codec.dumps(state, now=time.time()),
@@ -137,11 +156,28 @@ class SignedIn:
 
     principal: Principal
     name: str  # what the header shows: an email, a username or a client id
+    started_at: datetime
+    until: datetime  # when this portal session ends
     refresh_token: str | None = None
     id_token: str | None = None
+    merchant_id: str | None = None  # the merchant picked last, to resume its session
 
     def __repr__(self) -> str:
         return f"SignedIn(subject={self.principal.subject!r})"
+
+
+def session_end(
+    principal: Principal,
+    *,
+    started_at: datetime,
+    now: datetime,
+    refresh_expires_in: int | None = None,
+) -> datetime:
+    """Until the token (or, with a refresh token, that token) expires; 12 h after sign-in at most."""
+    lasts = (
+        now + timedelta(seconds=refresh_expires_in) if refresh_expires_in else principal.expires_at
+    )
+    return min(lasts, started_at + timedelta(seconds=MAX_SIGNED_IN))
 
 
 def _key(sid: str) -> str:
@@ -149,10 +185,9 @@ def _key(sid: str) -> str:
 
 
 async def store_signed_in(
-    cache: Cache, wrapper: KeyWrapper, *, sid: str, signed_in: SignedIn, now: datetime, lasts_until: datetime | None = None
+    cache: Cache, wrapper: KeyWrapper, *, sid: str, signed_in: SignedIn, now: datetime
 ) -> None:
     principal = signed_in.principal
-    until = min(lasts_until or principal.expires_at, now + timedelta(seconds=MAX_SIGNED_IN))
     document: dict[str, Any] = {
         "subject": principal.subject,
         "kind": principal.kind,
@@ -160,12 +195,19 @@ async def store_signed_in(
         "session_key": principal.session_key,
         "expires_at": principal.expires_at.timestamp(),
         "name": signed_in.name,
+        "started_at": signed_in.started_at.timestamp(),
+        "until": signed_in.until.timestamp(),
+        "merchant_id": signed_in.merchant_id,
     }
     # Tokens of the identity provider rest in the cache only wrapped under the master key.
-    for name, token in (("refresh_token", signed_in.refresh_token), ("id_token", signed_in.id_token)):
+    for name, token in (
+        ("refresh_token", signed_in.refresh_token),
+        ("id_token", signed_in.id_token),
+    ):
         if token:
-            document[name] = base64.b64encode(wrapper.wrap(token.encode(), context=_WRAP_CONTEXT)).decode()
-    ttl = (until - now).total_seconds()
+            sealed = wrapper.wrap(token.encode(), context=_WRAP_CONTEXT)
+            document[name] = base64.b64encode(sealed).decode()
+    ttl = (signed_in.until - now).total_seconds()
     if ttl > 0:
         await cache.set(_key(sid), orjson.dumps(document), ttl=ttl)
 
@@ -187,7 +229,15 @@ async def load_signed_in(cache: Cache, wrapper: KeyWrapper, sid: str) -> SignedI
         for name in ("refresh_token", "id_token")
         if document.get(name)
     }
-    return SignedIn(principal, document["name"], tokens.get("refresh_token"), tokens.get("id_token"))
+    return SignedIn(
+        principal,
+        document["name"],
+        started_at=datetime.fromtimestamp(document["started_at"], UTC),
+        until=datetime.fromtimestamp(document["until"], UTC),
+        refresh_token=tokens.get("refresh_token"),
+        id_token=tokens.get("id_token"),
+        merchant_id=document.get("merchant_id"),
+    )
 
 
 async def forget_signed_in(cache: Cache, sid: str) -> None:

@@ -10,28 +10,32 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select
 from starlette.responses import RedirectResponse, Response
 
 from viopay.auth.clients import authenticate_client
 from viopay.auth.issuer import ADMIN_ROLE, Principal
-from viopay.auth.sessions import initiate_session
 from viopay.auth.users import authenticate_user
 from viopay.cache import Cache
 from viopay.db import transaction
 from viopay.deps import RuntimeDep
 from viopay.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 from viopay.ids import utcnow
-from viopay.merchants.models import Merchant, MerchantMember
 from viopay.portal import rendering
+from viopay.portal.membership import act_for, memberships
 from viopay.portal.oidc import display_name, pkce_pair
-from viopay.portal.session import SignedIn, forget_signed_in, load_signed_in, new_token, store_signed_in
+from viopay.portal.session import (
+    SignedIn,
+    forget_signed_in,
+    load_signed_in,
+    new_token,
+    session_end,
+    store_signed_in,
+)
 from viopay.portal.web import (
     HOME,
     PREFIX,
@@ -53,13 +57,20 @@ router = APIRouter(prefix=PREFIX, route_class=PortalRoute, include_in_schema=Fal
 # Failed sign-ins: (scope, limit, window seconds). Past a limit, that scope waits.
 SIGNIN_LIMITS = (("account", 10, 900.0), ("address", 50, 900.0))
 OIDC_PENDING = timedelta(minutes=10)
+_UNVERIFIED = "The identity provider's answer could not be verified. Sign in again."
 
 
 # --- the sign-in page -------------------------------------------------------------------------
 
 
 def _signin_page(
-    request: Request, *, mode: str, next_url: str, error: str | None = None, identifier: str = "", status: int = 200
+    request: Request,
+    *,
+    mode: str,
+    next_url: str,
+    error: str | None = None,
+    identifier: str = "",
+    status: int = 200,
 ) -> Response:
     settings = runtime_of(request).settings
     return rendering.render(
@@ -88,7 +99,10 @@ async def signin_page(request: Request, runtime: RuntimeDep, state: State) -> Re
 def _limit_keys(request: Request, identifier: str) -> list[tuple[str, int, float]]:
     account = hashlib.sha256(identifier.strip().lower().encode()).hexdigest()[:32]
     address = request.client.host if request.client else "unknown"
-    names = {"account": f"rl:portal-signin:account:{account}", "address": f"rl:portal-signin:address:{address}"}
+    names = {
+        "account": f"rl:portal-signin:account:{account}",
+        "address": f"rl:portal-signin:address:{address}",
+    }
     return [(names[scope], limit, window) for scope, limit, window in SIGNIN_LIMITS]
 
 
@@ -104,39 +118,76 @@ async def signin(request: Request, runtime: RuntimeDep, state: State, form: Form
     mode = "client" if field(form, "mode") == "client" else "user"
     next_url = safe_next(field(form, "next"))
     if runtime.issuer is None:  # Keycloak is configured: people sign in there
-        return _signin_page(request, mode=mode, next_url=next_url, status=400,
-                            error="Sign in with your organisation's single sign-on.")
+        return _signin_page(
+            request,
+            mode=mode,
+            next_url=next_url,
+            status=400,
+            error="Sign in with your organisation's single sign-on.",
+        )
     identifier = field(form, "client_id" if mode == "client" else "email").strip()
     secret = field(form, "client_secret" if mode == "client" else "password")
     if not identifier or not secret:
-        return _signin_page(request, mode=mode, next_url=next_url, identifier=identifier, status=400,
-                            error="Enter your " + ("client ID and secret." if mode == "client" else "email and password."))
+        return _signin_page(
+            request,
+            mode=mode,
+            next_url=next_url,
+            identifier=identifier,
+            status=400,
+            error="Enter your "
+            + ("client ID and secret." if mode == "client" else "email and password."),
+        )
     now = utcnow()
     keys = _limit_keys(request, identifier)
     try:
         await _check_limits(runtime.cache, keys, now.timestamp())
-        principal, name = await _authenticate(runtime, mode=mode, identifier=identifier, secret=secret, now=now)
+        principal, name = await _authenticate(
+            runtime, mode=mode, identifier=identifier, secret=secret, now=now
+        )
     except RateLimited as exc:
         minutes = max(1, round(int(exc.headers["Retry-After"]) / 60))
-        return _signin_page(request, mode=mode, next_url=next_url, identifier=identifier, status=429,
-                            error=f"Too many failed sign-ins. Try again in about {minutes} minute{'s' * (minutes > 1)}.")
+        return _signin_page(
+            request,
+            mode=mode,
+            next_url=next_url,
+            identifier=identifier,
+            status=429,
+            error=f"Too many failed sign-ins. Try again in about {minutes} minute{'s' * (minutes > 1)}.",
+        )
     except Unauthorized:
         for key, _, window in keys:
             await runtime.cache.window_add(key, window=window, now=now.timestamp())
         wrong = "client ID or secret" if mode == "client" else "email or password"
-        return _signin_page(request, mode=mode, next_url=next_url, identifier=identifier, status=401,
-                            error=f"The {wrong} is incorrect.")
-    return await _begin(request, runtime, state, SignedIn(principal, name), next_url=next_url, now=now)
+        return _signin_page(
+            request,
+            mode=mode,
+            next_url=next_url,
+            identifier=identifier,
+            status=401,
+            error=f"The {wrong} is incorrect.",
+        )
+    until = session_end(principal, started_at=now, now=now)
+    who = SignedIn(principal, name, started_at=now, until=until)
+    return await _begin(request, runtime, state, who, next_url=next_url, now=now)
 
 
-async def _authenticate(runtime: Runtime, *, mode: str, identifier: str, secret: str, now: datetime) -> tuple[Principal, str]:
+async def _authenticate(
+    runtime: Runtime, *, mode: str, identifier: str, secret: str, now: datetime
+) -> tuple[Principal, str]:
     """The principal the API would see for a token of these credentials, and its display name."""
     issuer = runtime.issuer
     assert issuer is not None
     async with transaction(runtime.sessions) as db:
         if mode == "client":
-            client = await authenticate_client(db, wrapper=runtime.wrapper, client_id=identifier, client_secret=secret)
-            subject, kind, roles, name = client.client_id, "client", [ADMIN_ROLE] if client.admin else [], client.client_id
+            client = await authenticate_client(
+                db, wrapper=runtime.wrapper, client_id=identifier, client_secret=secret
+            )
+            subject, kind, roles, name = (
+                client.client_id,
+                "client",
+                [ADMIN_ROLE] if client.admin else [],
+                client.client_id,
+            )
         else:
             user = await authenticate_user(db, email=identifier, password=secret)
             subject, kind, roles, name = user.user_id, "user", [], user.email
@@ -145,17 +196,16 @@ async def _authenticate(runtime: Runtime, *, mode: str, identifier: str, secret:
 
 
 async def _begin(
-    request: Request, runtime: Runtime, state: Any, who: SignedIn, *, next_url: str, now: datetime,
-    lasts_until: datetime | None = None,
+    request: Request, runtime: Runtime, state: Any, who: SignedIn, *, next_url: str, now: datetime
 ) -> Response:
     """Signed in: a new portal session (new id, new CSRF token); straight in with one merchant."""
     sid = new_token()
-    await store_signed_in(runtime.cache, runtime.wrapper, sid=sid, signed_in=who, now=now, lasts_until=lasts_until)
+    await store_signed_in(runtime.cache, runtime.wrapper, sid=sid, signed_in=who, now=now)
     state.rotate(sid)
     request.state.portal_who = who
-    memberships = await _memberships(runtime, who.principal.subject)
-    if len(memberships) == 1:
-        await _initiate(runtime, who.principal, memberships[0].merchant_id, now)
+    mine = await memberships(runtime, who.principal.subject)
+    if len(mine) == 1:
+        await act_for(runtime, sid=sid, who=who, merchant_id=mine[0].merchant_id, now=now)
         return RedirectResponse(next_url, status_code=303)
     return RedirectResponse(f"{PREFIX}/merchants?next={quote(next_url, safe='')}", status_code=303)
 
@@ -169,9 +219,16 @@ async def oidc_login(request: Request, state: State) -> Response:
     if oidc is None:
         raise Redirect(f"{PREFIX}/signin")
     verifier, challenge = pkce_pair()
-    pending = {"state": new_token(), "nonce": new_token(), "verifier": verifier,
-               "next": safe_next(request.query_params.get("next")), "at": str(int(utcnow().timestamp()))}
-    url = await oidc.authorization_url(state=pending["state"], nonce=pending["nonce"], code_challenge=challenge)
+    pending = {
+        "state": new_token(),
+        "nonce": new_token(),
+        "verifier": verifier,
+        "next": safe_next(request.query_params.get("next")),
+        "at": str(int(utcnow().timestamp())),
+    }
+    url = await oidc.authorization_url(
+        state=pending["state"], nonce=pending["nonce"], code_challenge=challenge
+    )
     state.oidc, state.dirty = pending, True
     return RedirectResponse(url, status_code=303)
 
@@ -183,24 +240,37 @@ async def oidc_callback(request: Request, runtime: RuntimeDep, state: State) -> 
     params = request.query_params
     now = utcnow()
     if (
-        oidc is None or runtime.oidc is None or pending is None
+        oidc is None
+        or runtime.oidc is None
+        or pending is None
         or not secrets.compare_digest(params.get("state", ""), pending["state"])
         or now.timestamp() - int(pending["at"]) > OIDC_PENDING.total_seconds()
     ):
-        raise SignInRequired("That sign-in attempt expired or was not started here. Sign in again.")
+        raise SignInRequired(
+            "That sign-in attempt expired or was not started here. Sign in again.", come_back=False
+        )
     if "error" in params or not params.get("code"):
-        raise SignInRequired("The sign-in was cancelled or refused by the identity provider.")
+        raise SignInRequired(
+            "The sign-in was cancelled or refused by the identity provider.", come_back=False
+        )
     try:
         tokens = await oidc.exchange(code=params["code"], code_verifier=pending["verifier"])
         principal = await runtime.oidc.verify(tokens.access_token)
         claims = await oidc.id_claims(tokens.id_token or "", nonce=pending["nonce"])
     except Unauthorized:
-        raise SignInRequired("The identity provider's answer could not be verified. Sign in again.") from None
+        raise SignInRequired(_UNVERIFIED, come_back=False) from None
     if claims.get("sub") != principal.subject:
-        raise SignInRequired("The identity provider's answer could not be verified. Sign in again.")
-    who = SignedIn(principal, display_name(claims), tokens.refresh_token, tokens.id_token)
-    until = now + timedelta(seconds=tokens.refresh_expires_in) if tokens.refresh_token and tokens.refresh_expires_in else None
-    return await _begin(request, runtime, state, who, next_url=safe_next(pending["next"]), now=now, lasts_until=until)
+        raise SignInRequired(_UNVERIFIED, come_back=False)
+    refresh_in = tokens.refresh_expires_in if tokens.refresh_token else None
+    who = SignedIn(
+        principal,
+        display_name(claims),
+        started_at=now,
+        until=session_end(principal, started_at=now, now=now, refresh_expires_in=refresh_in),
+        refresh_token=tokens.refresh_token,
+        id_token=tokens.id_token,
+    )
+    return await _begin(request, runtime, state, who, next_url=safe_next(pending["next"]), now=now)
 
 
 @router.post("/signout")
@@ -225,43 +295,27 @@ async def signout(request: Request, runtime: RuntimeDep, state: State, form: For
 # --- picking the merchant ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Membership:
-    merchant_id: str
-    name: str
-    role: str
-
-
-async def _memberships(runtime: Runtime, subject: str) -> list[Membership]:
-    async with transaction(runtime.sessions) as db:
-        rows = await db.execute(
-            select(Merchant.merchant_id, Merchant.name, MerchantMember.role)
-            .join(MerchantMember, MerchantMember.merchant_id == Merchant.merchant_id)
-            .where(MerchantMember.subject == subject)
-            .order_by(Merchant.name, Merchant.merchant_id)
-        )
-        return [Membership(m_id, name, role.value) for m_id, name, role in rows.all()]
-
-
-async def _initiate(runtime: Runtime, principal: Principal, merchant_id: str, now: datetime) -> None:
-    """``POST /session/initiate``'s service: the portal then acts through that merchant session."""
-    async with transaction(runtime.sessions) as db:
-        await initiate_session(db, runtime.cache, principal=principal, merchant_id=merchant_id, now=now)
-
-
 @router.get("/merchants")
 async def merchants_page(request: Request, runtime: RuntimeDep, who: Who) -> Response:
-    memberships = await _memberships(runtime, who.principal.subject)
     return rendering.render(
-        request, "merchants.html",
-        {"memberships": memberships, "next": safe_next(request.query_params.get("next"))},
+        request,
+        "merchants.html",
+        {
+            "memberships": await memberships(runtime, who.principal.subject),
+            "next": safe_next(request.query_params.get("next")),
+        },
     )
 
 
 @router.post("/merchants")
-async def pick_merchant(request: Request, runtime: RuntimeDep, who: Who, state: State, form: Form) -> Response:
+async def pick_merchant(
+    request: Request, runtime: RuntimeDep, who: Who, state: State, form: Form
+) -> Response:
+    assert state.sid is not None  # signed in
     try:
-        await _initiate(runtime, who.principal, field(form, "merchant_id"), utcnow())
+        await act_for(
+            runtime, sid=state.sid, who=who, merchant_id=field(form, "merchant_id"), now=utcnow()
+        )
     except Forbidden:
         state.flash("error", "You are not a member of that merchant.")
         raise Redirect(f"{PREFIX}/merchants") from None

@@ -4,10 +4,10 @@ the signed-in and merchant dependencies, and the CSRF check of every POST."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
 import structlog
@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy import func, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import RedirectResponse, Response
@@ -24,11 +25,20 @@ from viopay.auth.deps import managing_session
 from viopay.auth.sessions import MerchantSession, current_session
 from viopay.db import transaction
 from viopay.deps import RuntimeDep
-from viopay.errors import InvalidRequest, NotFound, SessionRequired, Unauthorized, ViopayError
+from viopay.errors import (
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    SessionRequired,
+    Unauthorized,
+    ViopayError,
+)
 from viopay.ids import utcnow
 from viopay.merchants.models import MerchantMember
 from viopay.merchants.service import get_merchant
 from viopay.portal import rendering
+from viopay.portal.membership import act_for, memberships
 from viopay.portal.oidc import OidcClient
 from viopay.portal.session import (
     BrowserState,
@@ -37,6 +47,7 @@ from viopay.portal.session import (
     forget_signed_in,
     load_signed_in,
     read_state,
+    session_end,
     store_signed_in,
     write_state,
 )
@@ -58,16 +69,17 @@ class Redirect(Exception):
 
 
 class SignInRequired(Exception):
-    def __init__(self, message: str | None = None) -> None:
+    """To the sign-in page; ``come_back``: and then back to the page asked for."""
+
+    def __init__(self, message: str | None = None, *, come_back: bool = True) -> None:
         super().__init__(message or "")
         self.message = message
+        self.come_back = come_back
 
 
 class CsrfRefused(ViopayError):
     code, status, title = "forbidden", 403, "Form refused"
-    default_detail = (
-        "This form was not sent from this portal, or it has expired. Go back, reload the page and try again."
-    )
+    default_detail = "This form was not sent from this portal, or it has expired. Go back, reload the page and try again."
 
 
 # --- security headers and the route class -----------------------------------------------------
@@ -101,22 +113,33 @@ class PortalRoute(APIRoute):
     """Portal errors are HTML pages (the API's problem+json stays for every other path), and
     every portal response gets the security headers and, when it changed, the signed cookie."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def portal_handler(request: Request) -> Response:
             try:
                 response = await handler(request)
-            except Redirect as exc:
-                response = RedirectResponse(exc.url, status_code=303)
+            except Redirect as exc:  # a fetch of a fragment must not get a whole page instead
+                response = (
+                    Response(status_code=401)
+                    if _is_fetch(request)
+                    else RedirectResponse(exc.url, status_code=303)
+                )
             except SignInRequired as exc:
                 response = _to_sign_in(request, exc)
             except ViopayError as exc:
                 response = error_page(request, exc)
             except RequestValidationError:
                 response = error_page(request, InvalidRequest("the address has invalid parameters"))
+            except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+                log.warning("backing service unavailable", error=type(exc).__name__)
+                response = error_page(request, ServiceUnavailable())
             except StarletteHTTPException as exc:
-                error = NotFound("no such page") if exc.status_code == 404 else InvalidRequest(str(exc.detail))
+                error = (
+                    NotFound("no such page")
+                    if exc.status_code == 404
+                    else InvalidRequest(str(exc.detail))
+                )
                 response = error_page(request, error)
             state: BrowserState | None = getattr(request.state, "portal_state", None)
             if state is not None and state.dirty:
@@ -134,7 +157,7 @@ def _to_sign_in(request: Request, exc: SignInRequired) -> Response:
     if state is not None and exc.message:
         state.flash("info", exc.message)
     target = f"{PREFIX}/signin"
-    if request.method == "GET" and request.url.path != f"{PREFIX}/signin":
+    if exc.come_back and request.method == "GET":
         here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         target += f"?next={quote(here, safe='')}"
     return RedirectResponse(target, status_code=303)
@@ -183,7 +206,9 @@ def oidc_client(request: Request) -> OidcClient | None:
         return None
     client: OidcClient | None = getattr(request.app.state, "portal_oidc", None)
     if client is None:
-        secret = settings.oidc_client_secret.get_secret_value() if settings.oidc_client_secret else None
+        secret = (
+            settings.oidc_client_secret.get_secret_value() if settings.oidc_client_secret else None
+        )
         client = OidcClient(
             issuer=settings.oidc_issuer,
             client_id=settings.oidc_client_id,
@@ -219,7 +244,9 @@ async def signed_in(request: Request, runtime: RuntimeDep, state: State) -> Sign
     return who
 
 
-async def _refreshed(request: Request, runtime: Runtime, sid: str, who: SignedIn, now: datetime) -> SignedIn:
+async def _refreshed(
+    request: Request, runtime: Runtime, sid: str, who: SignedIn, now: datetime
+) -> SignedIn:
     """Keycloak's access tokens are short: swap the refresh token for a new one (same ``sid``)."""
     oidc = oidc_client(request)
     if oidc is not None and runtime.oidc is not None and who.refresh_token:
@@ -229,10 +256,20 @@ async def _refreshed(request: Request, runtime: Runtime, sid: str, who: SignedIn
         except Unauthorized:
             pass
         else:
-            fresh = SignedIn(principal, who.name, tokens.refresh_token or who.refresh_token, tokens.id_token or who.id_token)
-            until = now + timedelta(seconds=tokens.refresh_expires_in) if tokens.refresh_expires_in else None
-            await store_signed_in(runtime.cache, runtime.wrapper, sid=sid, signed_in=fresh, now=now,
-                                  lasts_until=until)
+            refresh_token = tokens.refresh_token or who.refresh_token
+            fresh = replace(
+                who,
+                principal=principal,
+                until=session_end(
+                    principal,
+                    started_at=who.started_at,
+                    now=now,
+                    refresh_expires_in=tokens.refresh_expires_in if refresh_token else None,
+                ),
+                refresh_token=refresh_token,
+                id_token=tokens.id_token or who.id_token,
+            )
+            await store_signed_in(runtime.cache, runtime.wrapper, sid=sid, signed_in=fresh, now=now)
             return fresh
     await forget_signed_in(runtime.cache, sid)
     browser_state(request, runtime).rotate(None)
@@ -277,16 +314,38 @@ async def portal(request: Request, runtime: RuntimeDep, state: State, who: Who) 
     try:
         session = await current_session(runtime.cache, who.principal)
     except SessionRequired:
-        raise Redirect(f"{PREFIX}/merchants") from None
+        session, who = await _resume(runtime, state, who)
     async with transaction(runtime.sessions) as db:
         merchant = await get_merchant(db, session.merchant_id)
         count = await db.scalar(
-            select(func.count()).select_from(MerchantMember).where(MerchantMember.subject == who.principal.subject)
+            select(func.count())
+            .select_from(MerchantMember)
+            .where(MerchantMember.subject == who.principal.subject)
         )
-        view = MerchantView(merchant.merchant_id, merchant.name, merchant.currency, merchant.timezone)
+        view = MerchantView(
+            merchant.merchant_id, merchant.name, merchant.currency, merchant.timezone
+        )
     context = Portal(runtime, state, who, session, view, int(count or 0))
     request.state.portal = context
     return context
+
+
+async def _resume(
+    runtime: Runtime, state: BrowserState, who: SignedIn
+) -> tuple[MerchantSession, SignedIn]:
+    """No merchant session (yet, or any more): initiate one for the merchant picked last, or
+    the only one; else ask which."""
+    assert state.sid is not None
+    merchant_id = who.merchant_id
+    if merchant_id is None:
+        mine = await memberships(runtime, who.principal.subject)
+        if len(mine) != 1:
+            raise Redirect(f"{PREFIX}/merchants")
+        merchant_id = mine[0].merchant_id
+    try:
+        return await act_for(runtime, sid=state.sid, who=who, merchant_id=merchant_id, now=utcnow())
+    except Forbidden:  # no longer a member there
+        raise Redirect(f"{PREFIX}/merchants") from None
 
 
 PortalDep = Annotated[Portal, Depends(portal)]
@@ -296,12 +355,18 @@ PortalDep = Annotated[Portal, Depends(portal)]
 
 
 def _same_origin(request: Request) -> bool:
+    """Browsers say where a POST comes from: this server (by its Host or its public URL) only."""
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         return False
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    return urlsplit(origin).netloc == request.headers.get("host", "")
+    theirs = urlsplit(origin).netloc  # "null" (an opaque origin) has none
+    ours = {
+        request.headers.get("host", ""),
+        urlsplit(runtime_of(request).settings.public_url).netloc,
+    }
+    return bool(theirs) and theirs in ours
 
 
 async def checked_form(request: Request, state: State) -> FormData:

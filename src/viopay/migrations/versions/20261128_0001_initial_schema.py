@@ -12,7 +12,6 @@ from alembic import op
 
 import viopay.db
 
-
 revision = '20261128_0001'
 down_revision = None
 branch_labels = None

@@ -1,0 +1,306 @@
+"""What a bench run reports: the headline summary, the targets of issue 7, Rich tables and the
+latency plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+TARGETS = {
+    "ratio": 0.35,  # charge throughput ≥ 0.35 × GET /healthz (PostgreSQL + Redis), stretch 0.5
+    "ratio_stretch": 0.5,
+    "p99_ms_at_70pct": 50.0,
+    "scaling_2w": 1.7,
+    "activation_ms": 25.0,
+}
+
+
+def _configs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in doc.get("configs", []) if "skipped" not in c]
+
+
+def _find(doc: dict[str, Any], backend: str, workers: int) -> dict[str, Any] | None:
+    return next(
+        (c for c in _configs(doc) if c["backend"] == backend and c["workers"] == workers), None
+    )
+
+
+def _load(config: dict[str, Any], fraction: float) -> dict[str, Any] | None:
+    return next((x for x in config.get("loads", []) if x.get("fraction") == fraction), None)
+
+
+def config_errors(config: dict[str, Any]) -> int:
+    total = int(config.get("healthz", {}).get("errors", 0))
+    total += int(config.get("charge_peak", {}).get("errors", 0))
+    total += sum(int(x.get("errors", 0)) for x in config.get("loads", []))
+    return total
+
+
+def summary(doc: dict[str, Any]) -> dict[str, Any]:
+    """The headline: PostgreSQL + Redis with 1 worker when it ran, else the first config."""
+    head = _find(doc, "postgres", 1) or next(iter(_configs(doc)), None)
+    if head is None:
+        return {}
+    charge = float(head["charge_peak"]["rps"])
+    ceiling = float(head["healthz"]["rps"])
+    at70 = _load(head, 0.7)
+    activation = doc.get("activation", {}).get(head["backend"], {})
+    errors = sum(config_errors(c) for c in _configs(doc))
+    errors += sum(
+        n
+        for a in doc.get("activation", {}).values()
+        for s, n in a.get("statuses", {}).items()
+        if not s.startswith("2")
+    )
+    dups = sum(int(d.get("duplicates", 0)) for d in doc.get("duplicates", {}).values())
+    one, two = _find(doc, "postgres", 1), _find(doc, "postgres", 2)
+    scaling = (
+        round(two["charge_peak"]["rps"] / one["charge_peak"]["rps"], 2)
+        if one and two and one["charge_peak"]["rps"]
+        else None
+    )
+    return {
+        "charge_rps": round(charge, 1),
+        "ceiling_rps": round(ceiling, 1),
+        "ratio": round(charge / ceiling, 3) if ceiling else None,
+        "p99_ms_at_70pct": at70["latency_ms"]["p99"] if at70 else None,
+        "activation_ms": activation.get("server_ms_per_device"),
+        "errors": errors,
+        "duplicates": dups,
+        "scaling_2w": scaling,
+        "backend": head["backend"],
+        "workers": head["workers"],
+    }
+
+
+def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    s = doc.get("summary") or summary(doc)
+    rows = []
+
+    def add(name: str, target: str, measured: Any, ok: bool | None) -> None:
+        rows.append({"target": name, "goal": target, "measured": measured, "met": ok})
+
+    ratio = s.get("ratio")
+    where = f"{s.get('backend')}, {s.get('workers')} worker"
+    add(
+        f"charge / healthz throughput ({where})",
+        f">= {TARGETS['ratio']} (stretch {TARGETS['ratio_stretch']})",
+        ratio,
+        None if ratio is None else ratio >= TARGETS["ratio"],
+    )
+    p99 = s.get("p99_ms_at_70pct")
+    add(
+        f"p99 at 70 % of peak ({where})",
+        f"<= {TARGETS['p99_ms_at_70pct']:.0f} ms",
+        p99,
+        None if p99 is None else p99 <= TARGETS["p99_ms_at_70pct"],
+    )
+    scaling = s.get("scaling_2w")
+    add(
+        "2 workers / 1 worker (postgres)",
+        f">= {TARGETS['scaling_2w']}",
+        scaling,
+        None if scaling is None else scaling >= TARGETS["scaling_2w"],
+    )
+    act = s.get("activation_ms")
+    add(
+        "activation, server time per device",
+        f"<= {TARGETS['activation_ms']:.0f} ms",
+        act,
+        None if act is None else act <= TARGETS["activation_ms"],
+    )
+    add("errors (every charge 201)", "0", s.get("errors"), s.get("errors") == 0)
+    add("duplicate charges", "0", s.get("duplicates"), s.get("duplicates") == 0)
+    return rows
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def print_tables(doc: dict[str, Any], console: Console) -> None:
+    gen = doc.get("generator", {})
+    m = doc.get("machine", {})
+    console.print(
+        f"[bold]viopay bench[/bold] ({doc.get('mode')}) on {m.get('cpus')} CPUs ({m.get('cpu_model')}), "
+        f"load average before {doc.get('load_before')} / after {doc.get('load_after')}; "
+        f"generator on CPU {gen.get('cpu')}, its own ceiling "
+        f"{gen.get('ceiling', {}).get('rps', 0):.0f} req/s; {doc.get('connections')} connections"
+    )
+    t = Table(title="Throughput (closed loop) — ceiling GET /healthz vs POST /pos/charge")
+    for col in (
+        "backend",
+        "workers",
+        "server CPUs",
+        "healthz req/s",
+        "charge req/s",
+        "ratio",
+        "charge p99 ms",
+        "gen CPU %",
+        "errors",
+        "VmHWM MiB/worker",
+        "PG xact/charge",
+    ):
+        t.add_column(col, justify="left" if col in ("backend", "server CPUs") else "right")
+    for c in doc.get("configs", []):
+        if "skipped" in c:
+            t.add_row(
+                c["backend"],
+                str(c["workers"]),
+                "—",
+                "n/a",
+                "n/a",
+                "—",
+                "—",
+                "—",
+                "—",
+                "—",
+                "— " + "1 worker only: in-process cache (needs Redis)",
+            )
+            continue
+        h, ch = c["healthz"], c["charge_peak"]
+        mem = c.get("memory", {}).get("worker_vmhwm_mib", [])
+        pg = c.get("pg_per_charge", {})
+        xact = pg.get("xact_commit")
+        t.add_row(
+            c["backend"],
+            str(c["workers"]),
+            str(c["server_cpus"]),
+            f"{h['rps']:.0f}",
+            f"{ch['rps']:.0f}",
+            f"{ch['rps'] / h['rps']:.2f}" if h["rps"] else "-",
+            _ms(ch["latency_ms"]["p99"]),
+            f"{100 * (ch.get('generator_cpu_util') or 0):.0f}",
+            str(config_errors(c)),
+            ", ".join(f"{x:.0f}" for x in mem) or "-",
+            "-" if xact is None else f"{xact:.1f}",
+        )
+    console.print(t)
+
+    t = Table(
+        title="POST /pos/charge at fixed offered loads (open loop; latency from the scheduled send)"
+    )
+    for col in (
+        "backend",
+        "workers",
+        "% of peak",
+        "offered req/s",
+        "achieved req/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+    ):
+        t.add_column(col, justify="left" if col == "backend" else "right")
+    for c in _configs(doc):
+        for x in c.get("loads", []):
+            lat = x["latency_ms"]
+            t.add_row(
+                c["backend"],
+                str(c["workers"]),
+                f"{int(x['fraction'] * 100)} %",
+                f"{x['offered_rps']:.0f}",
+                f"{x['rps']:.0f}",
+                _ms(lat["p50"]),
+                _ms(lat["p95"]),
+                _ms(lat["p99"]),
+                str(x["errors"]),
+            )
+    console.print(t)
+
+    for backend, act in doc.get("activation", {}).items():
+        t = Table(
+            title=f"Activation of {act['devices']} terminals ({backend}, {act['workers']} worker): "
+            f"server time per device {act['server_ms_per_device']} ms "
+            f"(wall {act['wall_s']} s for all, SDK client included)"
+        )
+        for col in ("step", "path", "calls/device", "mean ms/call", "ms/device"):
+            t.add_column(col, justify="left" if col in ("step", "path") else "right")
+        for s in act["steps"]:
+            t.add_row(
+                s["step"],
+                s["path"],
+                f"{s['calls_per_device']:.2f}",
+                _ms(s["mean_ms_per_call"]),
+                f"{s['ms_per_device']:.2f}",
+            )
+        console.print(t)
+
+    t = Table(title="Duplicate check (charges stored vs Idempotency-Keys sent)")
+    for col in (
+        "backend",
+        "keys sent",
+        "201 answers",
+        "charges stored",
+        "distinct keys",
+        "duplicates",
+    ):
+        t.add_column(col, justify="left" if col == "backend" else "right")
+    for backend, d in doc.get("duplicates", {}).items():
+        t.add_row(
+            backend,
+            str(d["keys_sent"]),
+            str(d["created_201"]),
+            str(d["charges"]),
+            str(d["distinct_keys"]),
+            str(d["duplicates"]),
+        )
+    console.print(t)
+
+    t = Table(title="Targets (issue 7)")
+    for col in ("target", "goal", "measured", "met"):
+        t.add_column(col)
+    for row in doc.get("targets", []):
+        met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "n/a"}[row["met"]]
+        t.add_row(
+            row["target"],
+            row["goal"],
+            "-" if row["measured"] is None else str(row["measured"]),
+            met,
+        )
+    console.print(t)
+    files = doc.get("files", {})
+    console.print(
+        f"results: {files.get('json')}  plot: {files.get('plot') or 'not made (no matplotlib)'}"
+    )
+
+
+def plot(doc: dict[str, Any], path: Path) -> Path | None:
+    """p50 and p99 latency against offered load, one line per configuration (matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for c in _configs(doc):
+        loads = c.get("loads", [])
+        if not loads:
+            continue
+        x = [v["offered_rps"] for v in loads]
+        label = f"{c['backend']}, {c['workers']} worker{'s' if c['workers'] > 1 else ''}"
+        p99 = [v["latency_ms"]["p99"] for v in loads]
+        p50 = [v["latency_ms"]["p50"] for v in loads]
+        line = ax.plot(x, p99, marker="o", label=f"{label}: p99")[0]
+        ax.plot(x, p50, marker=".", linestyle="--", color=line.get_color(), label=f"{label}: p50")
+    ax.axhline(TARGETS["p99_ms_at_70pct"], color="grey", linewidth=0.8, linestyle=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load, POST /pos/charge per second (25/50/70/100 % of each peak)")
+    ax.set_ylabel("latency, ms (log)")
+    m = doc.get("machine", {})
+    ax.set_title(
+        f"viopay bench ({doc.get('mode')}): charge latency vs offered load\n"
+        f"{m.get('cpus')} CPUs, load avg {doc.get('load_before')}",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

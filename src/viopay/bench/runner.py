@@ -1,0 +1,554 @@
+"""``viopay bench``: one run on this machine, from a fresh stack to the report.
+
+For each backend: a fresh stack, ``viopay serve`` with 1 worker (and with 2 on PostgreSQL + Redis),
+then, under the same load generator:
+
+1. activation of N terminals through the SDK (server time per step from the access log);
+2. the ceiling: ``GET /healthz`` of the same app and server, closed loop;
+3. the charge path: a short probe, the peak (closed loop), then fixed offered loads (open loop)
+   at 25/50/70/100 % of that peak; every request built beforehand;
+4. peak memory (VmHWM) of each worker, and, per charge, PostgreSQL transactions and rows
+   and Redis commands;
+5. after each backend, the duplicate check: charges stored against Idempotency-Keys sent.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from viopay import __version__
+from viopay.bench import fleet, stack
+from viopay.bench import profile as profiling
+from viopay.bench.loadgen import build_request, write_plan
+
+LOADS = (0.25, 0.50, 0.70, 1.00)
+
+
+@dataclass(frozen=True)
+class Preset:
+    devices: int
+    warmup: float
+    ceiling_s: float
+    probe_s: float
+    peak_s: float
+    load_s: float
+    generator_s: float
+    wrk_s: float  # 0: no wrk cross-check
+    profile_s: float
+
+
+PRESETS = {
+    "full": Preset(
+        devices=100,
+        warmup=2,
+        ceiling_s=10,
+        probe_s=3,
+        peak_s=15,
+        load_s=15,
+        generator_s=5,
+        wrk_s=10,
+        profile_s=10,
+    ),
+    "quick": Preset(
+        devices=25,
+        warmup=0.5,
+        ceiling_s=2.5,
+        probe_s=1,
+        peak_s=3.5,
+        load_s=2.5,
+        generator_s=1.5,
+        wrk_s=0,
+        profile_s=5,
+    ),
+    "smoke": Preset(
+        devices=2,
+        warmup=0.1,
+        ceiling_s=0.5,
+        probe_s=0.3,
+        peak_s=0.5,
+        load_s=0.4,
+        generator_s=0.3,
+        wrk_s=0,
+        profile_s=2,
+    ),
+}
+
+
+@dataclass
+class Options:
+    backends: list[str]
+    mode: str = "full"  # full, quick or smoke
+    workers: list[int] = field(default_factory=lambda: [1, 2])
+    devices: int | None = None
+    connections: int = 32
+    activation_threads: int = 1
+    profile: bool = False
+    pin: bool = True
+    out_dir: Path = Path("bench-results")
+
+    @property
+    def preset(self) -> Preset:
+        return PRESETS[self.mode]
+
+
+Say = Callable[[str], None]
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    import sqlalchemy
+    import uvicorn
+
+    return {
+        "cpus": stack.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": mem_gib,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "uvicorn": uvicorn.__version__,
+        "sqlalchemy": sqlalchemy.__version__,
+        "viopay": __version__,
+    }
+
+
+class Phases:
+    """Runs load phases in a child process (pinned to ``cpu``), one plan file each."""
+
+    def __init__(self, work_dir: Path, cpu: int | None, connections: int) -> None:
+        self.work_dir = work_dir
+        self.cpu = cpu
+        self.connections = connections
+        self.count = 0
+
+    def run(
+        self,
+        port: int,
+        requests: list[bytes],
+        *,
+        mode: str,
+        duration: float,
+        warmup: float = 0,
+        rate: float | None = None,
+        cycle: bool = False,
+        expect: int = 200,
+        connections: int | None = None,
+    ) -> dict[str, Any]:
+        self.count += 1
+        plan = self.work_dir / f"phase-{self.count}.plan"
+        config_path = self.work_dir / f"phase-{self.count}.json"
+        out = self.work_dir / f"phase-{self.count}.result.json"
+        write_plan(plan, requests)
+        config = {
+            "host": "127.0.0.1",
+            "port": port,
+            "connections": connections or self.connections,
+            "mode": mode,
+            "duration": duration,
+            "warmup": warmup,
+            "rate": rate,
+            "cycle": cycle,
+            "expect": expect,
+            "plan": str(plan),
+            "cpu": self.cpu,
+            "out": str(out),
+            "drain_timeout": max(10.0, duration),
+        }
+        config_path.write_bytes(orjson.dumps(config))
+        limit = warmup + duration + max(10.0, duration) + 60
+        done = subprocess.run(  # noqa: S603 - a fixed argv: this Python
+            [sys.executable, "-m", "viopay.bench.loadgen", str(config_path)],
+            capture_output=True,
+            timeout=limit,
+            check=False,
+        )
+        plan.unlink(missing_ok=True)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"load generator failed: {done.stderr.decode(errors='replace')[-2000:]}"
+            )
+        result: dict[str, Any] = orjson.loads(out.read_bytes())
+        return result
+
+
+def generator_ceiling(phases: Phases, seconds: float, server_cpu: int | None) -> dict[str, Any]:
+    """The generator against a trivial responder on the other core: its own ceiling."""
+    port = stack.free_port()
+    args = [sys.executable, "-m", "viopay.bench.nullserver", str(port)]
+    if server_cpu is not None:
+        args.append(str(server_cpu))
+    responder = subprocess.Popen(  # noqa: S603 - a fixed argv: this Python
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert responder.stdout is not None
+        responder.stdout.readline()
+        request = build_request("GET", "/healthz", host=f"127.0.0.1:{port}")
+        result = phases.run(
+            port, [request], mode="closed", duration=seconds, warmup=0.2, cycle=True
+        )
+    finally:
+        responder.terminate()
+        responder.wait(timeout=10)
+    return {
+        "rps": result["rps"],
+        "generator_cpu_util": result["generator_cpu_util"],
+        "latency_ms": result["latency_ms"],
+        "errors": result["errors"],
+    }
+
+
+def wrk_healthz(
+    url: str, seconds: float, connections: int, cpu: int | None
+) -> dict[str, Any] | None:
+    """The same ceiling measured by wrk, when it is installed (a cross-check of the generator)."""
+    exe = shutil.which("wrk")
+    if exe is None:
+        return None
+    command = [exe, "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", f"{url}/healthz"]
+    if cpu is not None and shutil.which("taskset"):
+        command = ["taskset", "-c", str(cpu), *command]
+    done = subprocess.run(  # noqa: S603 - wrk with a fixed argv
+        command, capture_output=True, text=True, timeout=seconds + 30, check=False
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("Requests/sec:"):
+            return {"rps": float(line.split()[1]), "connections": connections}
+    return None
+
+
+@dataclass
+class ChargeLedger:
+    """What the charge phases of one backend sent and got, for the duplicate check."""
+
+    keys_sent: int = 0
+    created: int = 0  # 201 answers
+    errors: int = 0
+
+
+def _charge_phase(
+    phases: Phases,
+    factory: fleet.ChargeFactory,
+    ledger: ChargeLedger,
+    port: int,
+    count: int,
+    **kw: Any,
+) -> dict[str, Any]:
+    built_before = factory.made
+    requests = factory.build(count)
+    result = phases.run(port, requests, expect=201, **kw)
+    # Only what went out counts as sent (a closed loop may leave some of the batch unsent).
+    ledger.keys_sent += min(result["taken"], factory.made - built_before)
+    ledger.created += int(result["statuses"].get("201", 0))
+    ledger.errors += int(result["errors"])
+    return result
+
+
+def _cpu_per(seconds: float, result: dict[str, Any]) -> float | None:
+    """CPU milliseconds per answered request over a whole phase (warm-up included)."""
+    completed = int(result.get("completed") or 0)
+    return round(seconds * 1000 / completed, 3) if completed else None
+
+
+def _per_charge(before: dict[str, int], after: dict[str, int], charges: int) -> dict[str, float]:
+    if not before or not after or charges <= 0:
+        return {}
+    return {k: round((after[k] - before[k]) / charges, 2) for k in after if k in before}
+
+
+def run_config(
+    *,
+    be: stack.Backend,
+    workers: int,
+    options: Options,
+    phases: Phases,
+    work_dir: Path,
+    say: Say,
+    shared: dict[str, Any],
+    ledger: ChargeLedger,
+    server_cpus: set[int] | None,
+) -> dict[str, Any]:
+    p = options.preset
+    log_path = work_dir / f"server-{be.name}-{workers}w.log"
+    doc: dict[str, Any] = {
+        "backend": be.name,
+        "workers": workers,
+        "server_cpus": sorted(server_cpus) if server_cpus else "all",
+        "generator_cpu": phases.cpu,
+        "load_before": _loadavg(),
+    }
+    with stack.server(be, workers=workers, log_path=log_path, cpus=server_cpus) as srv:
+        doc["server_start_s"] = round(srv.started_in, 2)
+        say(
+            f"{be.name}, {workers} worker(s): serving on {srv.url} (started in {srv.started_in:.1f} s)"
+        )
+        host = f"127.0.0.1:{srv.port}"
+        if "terminals" not in shared:
+            n = options.devices or p.devices
+            made = fleet.provision(be.settings(), n)
+            offset = srv.log_offset()
+            activation = fleet.activate(srv.url, made, threads=options.activation_threads)
+            time.sleep(0.3)  # the last log lines
+            lines = srv.access_lines(offset)
+            shared["terminals"] = activation.terminals
+            shared["activation"] = {
+                **fleet.activation_server_time(lines, len(activation.terminals)),
+                "workers": workers,
+                "wall_s": round(activation.wall_s, 2),
+                "client_ms_per_device": activation.client_ms,
+            }
+            say(
+                f"  activated {n} terminals in {activation.wall_s:.1f} s: "
+                f"{shared['activation']['server_ms_per_device']} ms of server time each"
+            )
+        factory = fleet.ChargeFactory(shared["terminals"], host)
+        shared.setdefault("factories", []).append(factory)
+
+        health = build_request("GET", "/healthz", host=host)
+        cpu0 = srv.cpu()
+        doc["healthz"] = phases.run(
+            srv.port, [health], mode="closed", duration=p.ceiling_s, warmup=p.warmup, cycle=True
+        )
+        doc["healthz"]["server_cpu_ms_per_request"] = _cpu_per(srv.cpu() - cpu0, doc["healthz"])
+        say(f"  GET /healthz ceiling: {doc['healthz']['rps']:.0f} req/s")
+        if p.wrk_s:
+            doc["wrk_healthz"] = wrk_healthz(srv.url, p.wrk_s, options.connections, phases.cpu)
+
+        # The probe warms the workers up (pools, caches) and sizes the peak phase's batch; a
+        # probe that runs out of requests still measures its rate up to its last answer.
+        probe_n = 16 * options.connections + 200
+        probe = _charge_phase(
+            phases, factory, ledger, srv.port, probe_n, mode="closed", duration=p.probe_s, warmup=0
+        )
+        rate_guess = max(probe["rps"], 20.0)
+        peak_n = int(rate_guess * 1.6 * (p.warmup + p.peak_s)) + 4 * options.connections
+        pg0 = stack.pg_stats(be.database) if be.database else {}
+        redis0 = stack.redis_commands() if be.redis_prefix else None
+        cpu0, pgcpu0 = srv.cpu(), stack.postgres_cpu_seconds() if be.database else None
+        peak = _charge_phase(
+            phases,
+            factory,
+            ledger,
+            srv.port,
+            peak_n,
+            mode="closed",
+            duration=p.peak_s,
+            warmup=p.warmup,
+        )
+        cpu1, pgcpu1 = srv.cpu(), stack.postgres_cpu_seconds() if be.database else None
+        pg1 = stack.pg_stats(be.database) if be.database else {}
+        redis1 = stack.redis_commands() if be.redis_prefix else None
+        completed = int(peak["completed"]) or 1
+        peak["server_cpu_ms_per_request"] = _cpu_per(cpu1 - cpu0, peak)
+        if pgcpu0 is not None and pgcpu1 is not None:
+            peak["postgres_cpu_ms_per_request"] = _cpu_per(pgcpu1 - pgcpu0, peak)
+        doc["charge_peak"] = peak
+        doc["pg_per_charge"] = _per_charge(pg0, pg1, completed)
+        if redis0 is not None and redis1 is not None:
+            doc["redis_commands_per_charge"] = round((redis1 - redis0) / completed, 2)
+        say(
+            f"  POST /pos/charge peak: {peak['rps']:.0f} req/s, p99 {peak['latency_ms']['p99']} ms,"
+            f" errors {peak['errors']}"
+        )
+
+        loads = []
+        for fraction in LOADS:
+            rate = max(1.0, peak["rps"] * fraction)
+            count = math.ceil(rate * (p.warmup + p.load_s))
+            result = _charge_phase(
+                phases,
+                factory,
+                ledger,
+                srv.port,
+                count,
+                mode="open",
+                duration=p.load_s,
+                warmup=p.warmup,
+                rate=rate,
+            )
+            result["fraction"] = fraction
+            loads.append(result)
+            lat = result["latency_ms"]
+            say(
+                f"  {int(fraction * 100):>3} % ({rate:.0f} req/s offered): {result['rps']:.0f} req/s,"
+                f" p50 {lat['p50']} / p95 {lat['p95']} / p99 {lat['p99']} ms, errors {result['errors']}"
+            )
+        doc["loads"] = loads
+
+        if (
+            options.profile
+            and not shared.get("profiled")
+            and (be.name == "postgres" or options.backends == ["embedded"])
+        ):
+            shared["profiled"] = True
+            doc["profile"] = _profile(
+                srv, phases, factory, ledger, options, work_dir, peak["rps"], say
+            )
+        doc["memory"] = srv.memory()
+    doc["load_after"] = _loadavg()
+    return doc
+
+
+def _profile(
+    srv: stack.ServerProcess,
+    phases: Phases,
+    factory: fleet.ChargeFactory,
+    ledger: ChargeLedger,
+    options: Options,
+    work_dir: Path,
+    peak_rps: float,
+    say: Say,
+) -> dict[str, Any]:
+    """py-spy on the (first) worker during a closed-loop charge phase of its own."""
+    p = options.preset
+    out = work_dir / f"profile-{srv.backend.name}-{srv.workers}w.collapsed.txt"
+    pid = srv.worker_pids()[0]
+    count = int(max(peak_rps, 20) * 1.5 * (p.profile_s + 1)) + 4 * options.connections
+    requests = factory.build(count)
+    spy = profiling.record(pid, seconds=p.profile_s, out=out)
+    time.sleep(0.5)
+    result = phases.run(srv.port, requests, mode="closed", duration=p.profile_s, expect=201)
+    ledger.keys_sent += result["taken"]
+    ledger.created += int(result["statuses"].get("201", 0))
+    ledger.errors += int(result["errors"])
+    _, err = spy.communicate(timeout=p.profile_s + 60)
+    if not out.exists():
+        return {"error": err.decode(errors="replace")[-500:]}
+    summary = profiling.summarise(out)
+    summary |= {"file": str(out), "pid": pid, "rps_under_profiler": result["rps"]}
+    say(f"  profile: {summary.get('samples')} samples, self % {summary.get('self_pct')}")
+    return summary
+
+
+def run(options: Options, say: Say) -> dict[str, Any]:
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    run_dir = options.out_dir / f"{stamp}-{options.mode}"
+    work_dir = run_dir / "work"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ncpu = stack.cpu_count()
+    gen_cpu = ncpu - 1 if options.pin and ncpu >= 2 else None
+    one_worker_cpus = {0} if options.pin and ncpu >= 2 else None
+    phases = Phases(work_dir, gen_cpu, options.connections)
+    p = options.preset
+    doc: dict[str, Any] = {
+        "tool": "viopay bench",
+        "mode": options.mode,
+        "started_at": started.isoformat(),
+        "machine": machine(),
+        "load_before": _loadavg(),
+        "connections": options.connections,
+        "loads": list(LOADS),
+        "preset": p.__dict__,
+    }
+    say(
+        f"machine: {doc['machine']['cpus']} CPUs ({doc['machine']['cpu_model']}), "
+        f"load average {doc['load_before']}"
+    )
+    doc["generator"] = {
+        "kind": "viopay.bench.loadgen: raw HTTP/1.1 keep-alive on uvloop, its own process",
+        "cpu": gen_cpu,
+        "ceiling": generator_ceiling(phases, p.generator_s, 0 if gen_cpu is not None else None),
+    }
+    say(
+        f"load generator's own ceiling (trivial responder): {doc['generator']['ceiling']['rps']:.0f} req/s"
+    )
+    configs: list[dict[str, Any]] = []
+    doc["configs"] = configs
+    doc["activation"] = {}
+    doc["duplicates"] = {}
+    for name in options.backends:
+        shared: dict[str, Any] = {}
+        ledger = ChargeLedger()
+        with stack.backend(name, work_dir) as be:
+            for workers in options.workers:
+                if workers > be.max_workers:
+                    configs.append(
+                        {
+                            "backend": name,
+                            "workers": workers,
+                            "skipped": "the embedded default runs 1 worker: its in-process cache is "
+                            "not shared between processes (more need Redis)",
+                        }
+                    )
+                    continue
+                cpus = one_worker_cpus if workers == 1 else None
+                configs.append(
+                    run_config(
+                        be=be,
+                        workers=workers,
+                        options=options,
+                        phases=phases,
+                        work_dir=work_dir,
+                        say=say,
+                        shared=shared,
+                        ledger=ledger,
+                        server_cpus=cpus,
+                    )
+                )
+            if "activation" in shared:
+                doc["activation"][name] = shared["activation"]
+            counts = fleet.count_charges(be.settings())
+            doc["duplicates"][name] = {
+                **counts,
+                "keys_sent": ledger.keys_sent,
+                "created_201": ledger.created,
+                "duplicates": counts["charges"] - counts["distinct_keys"] + counts["without_key"],
+                "stored_without_201": max(0, counts["charges"] - ledger.created),
+            }
+            say(
+                f"{name}: {counts['charges']} charges stored for {ledger.keys_sent} keys sent, "
+                f"{doc['duplicates'][name]['duplicates']} duplicates"
+            )
+    doc["load_after"] = _loadavg()
+    doc["finished_at"] = datetime.now(UTC).isoformat()
+    doc["elapsed_s"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    from viopay.bench import report
+
+    doc["summary"] = report.summary(doc)
+    doc["targets"] = report.targets(doc)
+    (run_dir / "result.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    plot = report.plot(doc, run_dir / "latency.png")
+    doc["files"] = {"json": str(run_dir / "result.json"), "plot": str(plot) if plot else None}
+    (run_dir / "result.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    latest = options.out_dir / f"latest-{options.mode}.json"
+    latest.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    shutil.rmtree(work_dir / "embedded-data", ignore_errors=True)
+    for leftover in work_dir.glob("phase-*"):
+        leftover.unlink(missing_ok=True)
+    return doc

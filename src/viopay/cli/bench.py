@@ -1,0 +1,99 @@
+"""``viopay bench``: charge and activation throughput against the stack's own ceiling."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+
+import orjson
+import typer
+from rich.console import Console
+
+
+class BackendChoice(StrEnum):
+    embedded = "embedded"
+    postgres = "postgres"
+    both = "both"
+
+
+def bench(
+    backend: BackendChoice = typer.Option(
+        BackendChoice.both,
+        "--backend",
+        help="embedded, postgres (scratch database + Redis prefix) or both.",
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="Short phases (under 2 minutes); last line: JSON summary."
+    ),
+    smoke: bool = typer.Option(
+        False, "--smoke", help="Tiny phases and 2 terminals: checks the tool, measures nothing."
+    ),
+    devices: int | None = typer.Option(
+        None, "--devices", min=1, max=2000, help="Terminals to activate (default 100; --quick 40)."
+    ),
+    connections: int = typer.Option(
+        32, "--connections", min=1, max=1024, help="Keep-alive connections of the load generator."
+    ),
+    workers: str = typer.Option(
+        "1,2", "--workers", help="Worker counts to run, e.g. 1,2 (embedded: 1 only)."
+    ),
+    profile: bool = typer.Option(
+        False, "--profile", help="Also sample a worker with py-spy during a charge phase."
+    ),
+    pin: bool = typer.Option(
+        True,
+        "--pin/--no-pin",
+        help="Pin the generator to the last CPU and a 1-worker server to CPU 0.",
+    ),
+    out: Path = typer.Option(
+        Path("bench-results"), "--out", help="Where results (JSON, PNG, logs) go."
+    ),
+) -> None:
+    """Benchmark the server: GET /healthz ceiling, charge throughput and latency, activation."""
+    from viopay.bench import report
+    from viopay.bench.runner import Options, run
+    from viopay.bench.stack import StackError
+
+    progress = Console(stderr=True)
+    console = Console()
+    if not console.is_terminal or console.width < 150:
+        console = Console(width=150)
+    backends = ["embedded", "postgres"] if backend is BackendChoice.both else [backend.value]
+    try:
+        worker_counts = sorted({int(w) for w in workers.split(",") if w.strip()})
+    except ValueError:
+        raise typer.BadParameter("--workers takes numbers, e.g. 1,2") from None
+    options = Options(
+        backends=backends,
+        mode="smoke" if smoke else "quick" if quick else "full",
+        workers=worker_counts,
+        devices=devices,
+        connections=connections,
+        profile=profile,
+        pin=pin,
+        out_dir=out,
+    )
+    try:
+        doc = run(options, lambda message: progress.print(f"[dim]·[/dim] {message}"))
+    except StackError as exc:
+        progress.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    report.print_tables(doc, console)
+    if quick or smoke:
+        console.file.flush()
+        s = doc["summary"]
+        line = {
+            k: s.get(k)
+            for k in (
+                "charge_rps",
+                "ceiling_rps",
+                "ratio",
+                "p99_ms_at_70pct",
+                "activation_ms",
+                "errors",
+            )
+        }
+        line |= {k: s.get(k) for k in ("duplicates", "scaling_2w", "backend", "workers")}
+        sys.stdout.write(orjson.dumps(line).decode() + "\n")
+        sys.stdout.flush()

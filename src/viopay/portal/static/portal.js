@@ -1,0 +1,74 @@
+/* Viopay backoffice: progressive enhancement only. Every page works without this file. */
+(function () {
+  "use strict";
+
+  // Lists marked data-refresh reload themselves every few seconds (the device list, so a
+  // terminal that gets claimed or activated shows up without a reload). Paused while the tab
+  // is hidden; stops for good when the session ends (the fragment answers 401).
+  function autoRefresh(region) {
+    var url = region.getAttribute("data-refresh");
+    var every = parseInt(region.getAttribute("data-interval"), 10) || 5000;
+    var last = null;
+
+    function schedule() { window.setTimeout(tick, every); }
+
+    function tick() {
+      if (document.hidden) { schedule(); return; }
+      fetch(url, { credentials: "same-origin", cache: "no-store", headers: { "X-Requested-With": "fetch" } })
+        .then(function (response) {
+          if (!response.ok) { throw new Error("HTTP " + response.status); }
+          return response.text();
+        })
+        .then(function (html) {
+          if (html !== last) {
+            last = html;
+            region.innerHTML = html; // server-rendered, escaped HTML of this origin
+            region.setAttribute("data-refreshed", String(Date.now()));
+          }
+          schedule();
+        })
+        .catch(function () { region.setAttribute("data-refresh-stopped", "true"); });
+    }
+
+    schedule();
+  }
+
+  // Forms with data-confirm ask first (release a device, …).
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var message = form && form.getAttribute && form.getAttribute("data-confirm");
+    if (message && !window.confirm(message)) { event.preventDefault(); }
+  });
+
+  // A colour field's swatch follows what is typed.
+  function swatches() {
+    document.querySelectorAll("input[data-swatch]").forEach(function (input) {
+      var image = document.getElementById(input.getAttribute("data-swatch"));
+      if (!image) { return; }
+      input.addEventListener("input", function () {
+        var value = input.value.trim();
+        if (!/^#[0-9A-Fa-f]{6}$/.test(value)) { return; }
+        var svg = "<svg xmlns='http://www.w3.org/2000/svg' width='16' height='16'><rect width='16' height='16' rx='3' fill='" + value + "'/></svg>";
+        image.src = "data:image/svg+xml," + encodeURIComponent(svg);
+      });
+    });
+  }
+
+  // Flash messages can be dismissed.
+  function dismissibles() {
+    document.querySelectorAll(".flash[data-dismissible]").forEach(function (flash) {
+      var button = document.createElement("button");
+      button.type = "button";
+      button.setAttribute("aria-label", "Dismiss");
+      button.textContent = "\u00d7";
+      button.addEventListener("click", function () { flash.remove(); });
+      flash.appendChild(button);
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-refresh]").forEach(autoRefresh);
+    swatches();
+    dismissibles();
+  });
+})();

@@ -1,0 +1,145 @@
+"""`viopay bench`: the tool works end to end (--smoke) and its pieces compute what they say.
+
+No timing assertions: benchmarks are run with `bash scripts/bench.sh`, not by the tests. These
+check the shape of what the tool reports, that every charge it sent was answered 201, and that
+it stored no duplicate charge.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from helpers import IN_CI
+from viopay.bench import fleet, loadgen, profile
+
+SUMMARY_KEYS = {"charge_rps", "ceiling_rps", "ratio", "p99_ms_at_70pct", "activation_ms", "errors"}
+
+
+def _up(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _bench(tmp_path: Path, *args: str) -> tuple[dict, dict]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIOPAY_")} | {"COLUMNS": "200"}
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "viopay", "bench", "--smoke", "--out", str(out), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    summary = orjson.loads(last)
+    results = list(out.glob("*-smoke/result.json"))
+    assert len(results) == 1
+    return summary, orjson.loads(results[0].read_bytes())
+
+
+def _check_run(summary: dict, doc: dict, *, backend: str, configs: int) -> None:
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["errors"] == 0
+    assert summary["duplicates"] == 0
+    assert summary["backend"] == backend
+    assert summary["charge_rps"] > 0 and summary["ceiling_rps"] > 0
+    assert summary["activation_ms"] > 0
+    ran = [c for c in doc["configs"] if "skipped" not in c]
+    assert len(ran) == configs
+    for config in ran:
+        assert config["healthz"]["statuses"].keys() == {"200"}
+        assert set(config["charge_peak"]["statuses"]) == {"201"}
+        assert [x["fraction"] for x in config["loads"]] == [0.25, 0.5, 0.7, 1.0]
+        for load in config["loads"]:
+            assert load["errors"] == 0 and set(load["statuses"]) <= {"201"}
+            assert set(load["latency_ms"]) == {"p50", "p95", "p99", "max", "mean"}
+        assert all(m > 0 for m in config["memory"]["worker_vmhwm_mib"])
+        assert len(config["memory"]["worker_vmhwm_mib"]) == config["workers"]
+    act = doc["activation"][backend]
+    assert [s["path"] for s in act["steps"]][0] == "/pos/bootstrap"
+    assert all(s.startswith("2") for s in act["statuses"])
+    dup = doc["duplicates"][backend]
+    assert dup["charges"] == dup["distinct_keys"] == dup["created_201"] == dup["keys_sent"]
+    assert {t["target"].split(" (")[0] for t in doc["targets"]} >= {"errors", "duplicate charges"}
+    assert Path(doc["files"]["json"]).exists()
+
+
+def test_smoke_on_the_embedded_default(tmp_path):
+    summary, doc = _bench(tmp_path, "--backend", "embedded")
+    _check_run(summary, doc, backend="embedded", configs=1)
+    skipped = [c for c in doc["configs"] if "skipped" in c]
+    assert [(c["backend"], c["workers"]) for c in skipped] == [("embedded", 2)]
+
+
+def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path):
+    if not (_up(5432) and _up(6379)):
+        if IN_CI:
+            pytest.fail("PostgreSQL and Redis are needed (.ci/run starts them)")
+        pytest.skip("PostgreSQL or Redis not reachable")
+    summary, doc = _bench(tmp_path, "--backend", "postgres")
+    _check_run(summary, doc, backend="postgres", configs=2)
+    assert summary["workers"] == 1
+    two = next(c for c in doc["configs"] if c["workers"] == 2)
+    assert "supervisor_vmhwm_mib" in two["memory"]
+    assert two["pg_per_charge"]["xact_commit"] > 0
+
+
+# --- pieces -------------------------------------------------------------------------------------
+
+
+def test_plan_files_round_trip(tmp_path):
+    requests = [
+        loadgen.build_request("GET", "/healthz", host="h:1"),
+        loadgen.build_request("POST", "/x", host="h:1", headers={"A": "b"}, body=b"{}"),
+    ]
+    loadgen.write_plan(tmp_path / "p", requests)
+    assert loadgen.read_plan(tmp_path / "p") == requests
+    assert requests[1].endswith(b"Content-Length: 2\r\n\r\n{}")
+
+
+def test_percentiles():
+    values = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    p = loadgen.percentiles(values)
+    assert (p["p50"], p["p95"], p["p99"], p["max"]) == (50.0, 95.0, 99.0, 100.0)
+    assert loadgen.percentiles([])["p99"] is None
+
+
+def test_activation_server_time_sums_steps_per_device():
+    lines = [
+        {"path": "/pos/bootstrap", "ms": 2.0, "status": 200},
+        {"path": "/pos/bootstrap", "ms": 4.0, "status": 200},
+        {"path": "/pos/terminal-parameters", "ms": 1.0, "status": 200},
+        {"path": "/pos/terminal-parameters", "ms": 1.0, "status": 200},
+    ]
+    doc = fleet.activation_server_time(lines, devices=2)
+    assert doc["server_ms_per_device"] == 4.0
+    steps = {s["path"]: s for s in doc["steps"]}
+    assert steps["/pos/bootstrap"]["mean_ms_per_call"] == 3.0
+    assert steps["/pos/terminal-parameters"]["calls_per_device"] == 1.0
+
+
+def test_profile_summary_by_category(tmp_path):
+    collapsed = tmp_path / "p.txt"
+    collapsed.write_text(
+        "main (viopay/x.py:1);execute (sqlalchemy/orm/session.py:2) 6\n"
+        "main (viopay/x.py:1);seal (viopay/crypto/envelope.py:3) 3\n"
+        "main (viopay/x.py:1) 1\n"
+        "Thread._bootstrap (threading.py:1);Condition.wait (threading.py:327) 50\n"
+    )
+    doc = profile.summarise(collapsed)
+    assert doc["samples"] == 10 and doc["idle_samples_dropped"] == 50
+    assert doc["self_pct"] == {"database": 60.0, "crypto": 30.0, "application": 10.0}
+    assert doc["inclusive_pct"]["application"] == 100.0

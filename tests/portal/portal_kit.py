@@ -1,0 +1,98 @@
+"""Browser-test kit for the portal: headless Debian Chromium driven by Playwright, users made by
+``viopay user create``, sign-in, and a screenshot of every page under test-artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from helpers import ROOT, SEEN_SECRETS
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+VIEWPORT = {"width": 1360, "height": 900}
+
+
+@dataclass
+class PortalUser:
+    user_id: str
+    email: str
+    password: str
+    merchant_id: str
+    role: str
+
+
+def create_user(
+    env: dict[str, str], merchant_id: str, role: str = "owner", *, email: str | None = None
+) -> PortalUser:
+    """``viopay user create --password-stdin --json`` on the backend's configuration."""
+    email = email or f"{role}.{secrets.token_hex(4)}@example.com"
+    password = "pw-" + secrets.token_urlsafe(15)
+    SEEN_SECRETS.add(password)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "viopay",
+            "user",
+            "create",
+            "--merchant",
+            merchant_id,
+            "--role",
+            role,
+            "--email",
+            email,
+            "--password-stdin",
+            "--json",
+        ],
+        input=password + "\n",
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    document: dict[str, Any] = orjson.loads(done.stdout)
+    assert set(document) == {"user_id", "email", "merchant_id", "role"}
+    assert document["merchant_id"] == merchant_id and document["role"] == role
+    return PortalUser(document["user_id"], document["email"], password, merchant_id, role)
+
+
+def shot(page: Any, backend: str, name: str) -> Path:
+    """Save a full-page screenshot: test-artifacts/screenshots/<backend>-<name>.png."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{backend}-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def sign_in(page: Any, base_url: str, user: PortalUser, *, expect: str = "/portal/devices") -> None:
+    page.goto(f"{base_url}/portal/signin")
+    page.fill("#email", user.email)
+    page.fill("#password", user.password)
+    page.click("form[action='/portal/signin'] button[type=submit]")
+    page.wait_for_url(re.compile(re.escape(base_url + expect)))
+
+
+def csrf_of(page: Any) -> str:
+    token: str = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    return token

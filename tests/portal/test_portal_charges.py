@@ -1,0 +1,175 @@
+"""The charges pages in a real browser: the list with its filters and pages, a charge with refunds."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+from portal_kit import create_user, shot, sign_in
+
+import charge_kit as kit
+from helpers import SEEN_SECRETS
+from viopay.device import DeviceClient, IdentityKey, MemoryKeyStore
+from viopay.device import NotFound as SdkNotFound
+
+DECLINED = {"pan": "4000000000000002", "expiry": "3012"}
+
+
+def activated_terminal(backend, server, admin, merchant) -> kit.PosTerminal:
+    """charge_kit.activated_terminal without an event loop in this thread: Playwright's sync API
+    keeps one running here, so the in-process fallback runs in a thread of its own."""
+    device = admin.provision()
+    client = DeviceClient(
+        server.url,
+        device_id=device.device_id,
+        key_store=MemoryKeyStore(IdentityKey(device.key_id, device.secret)),
+        retry_backoff=0.05,
+    )
+    code = client.request_pairing_code().pairing_code
+    SEEN_SECRETS.add(code)
+    assert merchant.http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
+    client.attest()
+    key_set = client.download_keys()
+    kit.register_keys(key_set)
+    try:
+        client.fetch_config(key_set_id=key_set.key_set_id)
+        client.activate()
+    except SdkNotFound:
+        _in_thread(backend.env, lambda runtime: kit._activate_in_process(runtime, client, key_set))
+    terminal_id = client.terminal_id or client.status().terminal_id
+    assert terminal_id is not None
+    return kit.PosTerminal(server, device, merchant, client, terminal_id, httpx.Client(timeout=30))
+
+
+def _in_thread(env, work) -> None:
+    from viopay.runtime import build_runtime
+    from viopay.settings import Settings
+
+    settings = Settings(
+        **{key.removeprefix("VIOPAY_").lower(): value for key, value in env.items()}
+    )
+
+    async def go() -> None:
+        runtime = build_runtime(settings)
+        try:
+            await work(runtime)
+        finally:
+            await runtime.close()
+
+    failures: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _capture(failures, lambda: asyncio.run(go())))
+    thread.start()
+    thread.join(timeout=60)
+    assert not failures, failures
+
+
+def _capture(failures, call) -> None:
+    try:
+        call()
+    except BaseException as exc:  # reported in the test's own thread
+        failures.append(exc)
+
+
+@pytest.fixture
+def shop(backend, server, admin, make_merchant):
+    """An activated terminal with 23 charges: 21 approved (one of them refunded in part), 2 declined."""
+    merchant = make_merchant(name="Charge Street Deli")
+    pos = activated_terminal(backend, server, admin, merchant)
+    charges = [pos.charge(100 + i, reference=f"order-{i:02d}").json() for i in range(21)]
+    declined = [pos.charge(999, card=DECLINED).json() for _ in range(2)]
+    refunded = charges[20]  # the newest approved charge
+    assert (
+        pos.refund(refunded["id"], {"amount": 50, "reason": "Customer returned an item"}).status
+        == 201
+    )
+    yield {
+        "merchant": merchant,
+        "pos": pos,
+        "approved": charges,
+        "declined": declined,
+        "refunded": refunded,
+    }
+    pos.close()
+
+
+def test_charges_list_filters_pages_and_details(backend, server, shop, page):
+    merchant, pos = shop["merchant"], shop["pos"]
+    user = create_user(backend.env, merchant.merchant_id, "staff")
+    sign_in(page, server.url, user)
+    row = page.locator(f"tr[data-device='{pos.device.device_id}']")
+    expect(row.get_by_test_id("status")).to_have_text("Activated")
+
+    page.get_by_role("link", name="Charges").click()
+    table = page.get_by_test_id("charge-table")
+    expect(table.locator("tbody tr")).to_have_count(20)  # one page
+    expect(table.locator("tbody tr").first).to_contain_text("$9.99")  # newest first: a decline
+    expect(table.locator("tbody tr").first).to_contain_text("Declined")
+    expect(page.locator(".pager")).to_contain_text("20 charges on this page")
+    shot(page, backend.name, "charges")
+
+    page.get_by_role("link", name="Next page →").click()
+    expect(table.locator("tbody tr")).to_have_count(3)
+    expect(table).to_contain_text("order-00")
+    page.get_by_role("link", name="First page").click()
+    expect(table.locator("tbody tr")).to_have_count(20)
+
+    page.select_option("#status", "declined")
+    page.get_by_role("button", name="Filter").click()
+    expect(table.locator("tbody tr")).to_have_count(2)
+    expect(page).to_have_url(re.compile(r"status=declined"))
+    page.select_option("#status", "partially_refunded")
+    page.get_by_role("button", name="Filter").click()
+    expect(table.locator("tbody tr")).to_have_count(1)
+    expect(table).to_contain_text("−$0.50 refunded")
+    shot(page, backend.name, "charges-filtered")
+
+    page.select_option("#status", "")
+    page.select_option("#terminal", pos.terminal_id)
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    page.fill("#from", tomorrow)
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_test_id("empty")).to_contain_text("No charges match")
+    today = datetime.now(UTC).date().isoformat()
+    page.fill("#from", today)
+    page.fill("#to", today)
+    page.get_by_role("button", name="Filter").click()
+    expect(table.locator("tbody tr")).to_have_count(20)
+
+    page.goto(f"{server.url}/portal/charges?from={tomorrow}&to={today}")
+    expect(page.locator("#err-to")).to_have_text("The end date must be on or after the start date.")
+    page.goto(f"{server.url}/portal/charges?from=28/11/2026")
+    expect(page.locator("#err-from")).to_have_text("Enter a date as YYYY-MM-DD.")
+    shot(page, backend.name, "charges-filter-error")
+
+    refunded = shop["refunded"]
+    page.goto(f"{server.url}/portal/charges")
+    page.get_by_role("link", name=refunded["id"]).click()
+    expect(page.get_by_test_id("charge-amount")).to_have_text("$1.20")
+    refunds = page.get_by_test_id("refund-table")
+    expect(refunds.locator("tbody tr")).to_have_count(1)
+    expect(refunds).to_contain_text("$0.50")
+    expect(refunds).to_contain_text("Customer returned an item")
+    expect(page.locator("body")).to_contain_text("•••• 4242")
+    expect(page.locator("body")).not_to_contain_text("4242424242424242")  # masked, always
+    shot(page, backend.name, "charge")
+
+    page.goto(f"{server.url}/portal/charges/{shop['declined'][0]['id']}")
+    expect(page.locator("body")).to_contain_text("Card declined")
+    expect(page.locator("body")).to_contain_text("No refunds")
+    shot(page, backend.name, "charge-declined")
+
+    page.goto(f"{server.url}/portal/charges/ch_doesnotexist")
+    expect(page.get_by_test_id("error-page")).to_contain_text("does not exist")
+
+
+def test_a_new_merchants_charges_page_is_an_empty_state(backend, server, make_merchant, page):
+    merchant = make_merchant(name="Quiet Corner")
+    sign_in(page, server.url, create_user(backend.env, merchant.merchant_id, "owner"))
+    page.goto(f"{server.url}/portal/charges")
+    expect(page.get_by_test_id("empty")).to_contain_text("No charges yet")
+    shot(page, backend.name, "charges-empty")

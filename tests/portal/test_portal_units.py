@@ -1,0 +1,119 @@
+"""Pure pieces of the portal: the signed cookie, redirects, formatting and form mapping."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.datastructures import FormData, QueryParams
+
+from viopay.portal.forms import charge_filters, parse_config_form
+from viopay.portal.rendering import ago, money, sentence
+from viopay.portal.session import COOKIE_MAX_AGE, BrowserState, CookieCodec
+from viopay.portal.web import safe_next
+
+NOW = 1_800_000_000.0
+
+
+def test_the_cookie_round_trips_and_refuses_any_change_or_old_age():
+    codec = CookieCodec(b"k" * 32)
+    state = BrowserState(
+        csrf="token", sid="sid-1", oidc={"state": "s"}, flashes=[("info", "hello")]
+    )
+    value = codec.dumps(state, now=NOW)
+    back = codec.loads(value, now=NOW + 10)
+    assert back is not None and (back.csrf, back.sid, back.oidc, back.flashes) == (
+        "token",
+        "sid-1",
+        {"state": "s"},
+        [("info", "hello")],
+    )
+    payload, mac = value.split(".")
+    assert (
+        codec.loads(payload[:-1] + ("A" if payload[-1] != "A" else "B") + "." + mac, now=NOW)
+        is None
+    )
+    assert codec.loads(value + "x", now=NOW) is None
+    assert codec.loads("garbage", now=NOW) is None
+    assert CookieCodec(b"o" * 32).loads(value, now=NOW) is None  # another key
+    assert codec.loads(value, now=NOW + COOKIE_MAX_AGE + 1) is None
+
+
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        (None, "/portal/devices"),
+        ("/portal/charges?status=declined", "/portal/charges?status=declined"),
+        ("https://evil.example/portal/", "/portal/devices"),
+        ("//evil.example/portal/", "/portal/devices"),
+        ("/portal/\\\\evil.example", "/portal/devices"),
+        ("/admin/devices", "/portal/devices"),
+        ("javascript:alert(1)", "/portal/devices"),
+    ],
+)
+def test_next_is_only_ever_a_portal_path(target, expected):
+    assert safe_next(target) == expected
+
+
+def test_formatting():
+    assert money(1250, "USD") == "$12.50"
+    assert money(123456789, "EUR") == "€1,234,567.89"
+    assert money(500, "JPY") == "¥500"
+    assert money(1234, "KWD") == "1.234 KWD"
+    assert money(99, "CHF") == "0.99 CHF"
+    assert sentence("must be an https URL") == "Must be an https URL."
+    assert sentence("Done!") == "Done!"
+    assert ago(None) == "never"
+
+
+def _form(**fields: str) -> FormData:
+    base = {
+        "tip.enabled": "on",
+        "tip.percentages": "15, 18, 20",
+        "tip.allow_custom": "on",
+        "tax.rate_bps": "0",
+        "surcharge.rate_bps": "0",
+        "surcharge.max_amount": "0",
+        "branding.display_name": "Shop",
+        "branding.primary_color": "#1a73e8",
+        "branding.logo_url": "",
+        "branding.receipt_header": "",
+        "branding.receipt_footer": "Thanks\r\nBye",
+    }
+    return FormData({**base, **fields})
+
+
+def test_the_config_form_maps_to_the_apis_model_and_its_errors_back_to_fields():
+    parsed = parse_config_form(_form())
+    assert not parsed.errors and parsed.changes is not None
+    sections = parsed.changes.given()
+    assert sections["tip"] == {"enabled": True, "percentages": [15, 18, 20], "allow_custom": True}
+    assert sections["tax"] == {"enabled": False, "rate_bps": 0, "inclusive": False}
+    assert (
+        sections["branding"]["logo_url"] is None
+        and sections["branding"]["receipt_footer"] == "Thanks\nBye"
+    )
+    assert sections["branding"]["primary_color"] == "#1A73E8"
+
+    bad = parse_config_form(
+        _form(
+            **{"tip.percentages": "15, x", "tax.rate_bps": "10001", "branding.display_name": "  "}
+        )
+    )
+    assert bad.changes is None
+    assert set(bad.errors) == {"tip.percentages", "tax.rate_bps", "branding.display_name"}
+    assert bad.values["tip.percentages"] == "15, x"  # shown back as typed
+
+
+def test_charge_filters_are_days_of_the_merchants_zone():
+    filters, arguments = charge_filters(
+        QueryParams("status=approved&terminal=TID-000001&from=2026-11-01&to=2026-11-30"),
+        timezone="America/New_York",
+    )
+    assert not filters.errors
+    assert arguments["created_from"] == "2026-11-01T04:00:00Z"  # EDT midnight
+    # The end day is included: created_to is the (EST) midnight after it.
+    assert arguments["created_to"] == "2026-12-01T05:00:00Z"
+    assert arguments["terminal_id"] == "TID-000001" and arguments["status"].value == "approved"
+    filters, _ = charge_filters(
+        QueryParams("status=lost&from=2026-13-01&to=2026-01-01"), timezone="UTC"
+    )
+    assert set(filters.errors) == {"status", "from"}
