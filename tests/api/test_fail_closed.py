@@ -102,3 +102,39 @@ def test_database_down_fails_closed(proxied):
     assert http.post("/pos/bootstrap", headers=pos_headers(device_id)).status_code == 200
     assert http.get("/readyz").status_code == 200
     http.close()
+
+
+def test_no_charge_without_replay_protection(proxied):
+    """Redis down: a correctly signed charge is refused (503) and no charge exists afterwards."""
+    from helpers import ProvisionedDevice, sdk_client
+    from viopay.device import ServiceUnavailable, activate_device
+
+    srv, redis = proxied.server, proxied.redis
+    merchant = proxied.backend.cli("merchant", "create", "--name", "Fail Closed Cafe")
+    owner = proxied.backend.cli("client", "create", "--merchant", merchant["merchant_id"], "--role", "owner")
+    SEEN_SECRETS.add(owner["client_secret"])
+    device_id = proxied.provision()
+    device = ProvisionedDevice(device_id, proxied.identity["key_id"], proxied.identity["identity_secret"])
+    web = httpx.Client(base_url=srv.url, timeout=30)
+    token = web.post("/client/session", json={"client_id": owner["client_id"],
+                                              "client_secret": owner["client_secret"]}).json()["access_token"]
+    SEEN_SECRETS.add(token)
+    web.headers["Authorization"] = f"Bearer {token}"
+    assert web.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}).status_code == 201
+    with sdk_client(srv.url, device, max_retries=0) as pos:
+        def claim(step):
+            if step.name == "pairing_code":
+                assert web.post("/pos/claim", json={"pairing_code": step.result.pairing_code}).status_code == 200
+
+        activate_device(pos, on_step=claim, sleep=lambda _: None)
+        redis.down()
+        with pytest.raises(ServiceUnavailable):
+            pos.charge(amount=1250, currency="USD", entry_mode="chip",
+                       card={"pan": "4242424242424242", "expiry": "3012"})
+        redis.up()
+        assert web.get("/merchant/charges").json()["data"] == []
+        approved = pos.charge(amount=1250, currency="USD", entry_mode="chip",
+                              card={"pan": "4242424242424242", "expiry": "3012"})
+        assert approved.status == "approved"
+    assert [c["id"] for c in web.get("/merchant/charges").json()["data"]] == [approved.id]
+    web.close()
