@@ -103,3 +103,36 @@ def test_admin_clients_validation(admin):
     problem(admin.http.post("/admin/clients", json={"admin": True, "merchant_id": "mer_x", "role": "owner"}),
             400, "invalid_request")
     problem(admin.http.post("/admin/clients", json={"merchant_id": "mer_missing", "role": "owner"}), 404, "not_found")
+
+
+async def test_session_follows_a_refreshed_token(runtime):
+    """Same sid, later exp: the session lasts with the new token (never past 12 h from its start)."""
+    from datetime import timedelta
+
+    from viopay.auth.issuer import Principal
+    from viopay.auth.sessions import current_session, initiate_session
+    from viopay.ids import utcnow
+    from viopay.merchants.models import Role
+    from viopay.merchants.service import add_member, create_merchant
+    from viopay.audit import Actor
+
+    now = utcnow()
+    first = Principal(subject="usr_refresh", kind="user", roles=frozenset(), session_key="sid-refresh-" + str(now.timestamp()),
+                      expires_at=now + timedelta(minutes=5))
+    async with runtime.sessions() as db, db.begin():
+        merchant = await create_merchant(db, name="Refresh", currency="USD", country="US", timezone="UTC",
+                                         actor=Actor.operator(), now=now)
+        await add_member(db, merchant_id=merchant.merchant_id, subject="usr_refresh", role=Role.owner,
+                         actor=Actor.operator(), now=now)
+        started = await initiate_session(db, runtime.cache, principal=first, merchant_id=merchant.merchant_id, now=now)
+    assert started.expires_at == first.expires_at
+    refreshed = Principal(subject="usr_refresh", kind="user", roles=frozenset(), session_key=first.session_key,
+                          expires_at=now + timedelta(minutes=30))
+    extended = await current_session(runtime.cache, refreshed)
+    assert abs(extended.expires_at.timestamp() - refreshed.expires_at.timestamp()) < 1
+    # The old token still finds the (extended) session; it never shrinks back.
+    assert (await current_session(runtime.cache, first)).expires_at == extended.expires_at
+    far = Principal(subject="usr_refresh", kind="user", roles=frozenset(), session_key=first.session_key,
+                    expires_at=now + timedelta(hours=20))
+    capped = await current_session(runtime.cache, far)
+    assert now + timedelta(hours=11, minutes=59) < capped.expires_at <= now + timedelta(hours=12, seconds=1)

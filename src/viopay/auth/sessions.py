@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,6 +51,7 @@ async def initiate_session(
         "merchant_id": merchant_id,
         "role": member.role.value,
         "expires_at": expires_at.timestamp(),
+        "started_at": now.timestamp(),
         "subject": principal.subject,
     }
     await cache.set(_key(principal), orjson.dumps(value), ttl=ttl)
@@ -64,6 +65,7 @@ async def current_session(cache: Cache, principal: Principal) -> MerchantSession
     value = orjson.loads(raw)
     if value["subject"] != principal.subject:
         raise SessionRequired()
+    await _follow_refresh(cache, principal, value)
     return MerchantSession(
         session_id=value["session_id"],
         merchant_id=value["merchant_id"],
@@ -71,3 +73,14 @@ async def current_session(cache: Cache, principal: Principal) -> MerchantSession
         expires_at=datetime.fromtimestamp(value["expires_at"], tz=principal.expires_at.tzinfo),
         principal=principal,
     )
+
+
+async def _follow_refresh(cache: Cache, principal: Principal, value: dict[str, object]) -> None:
+    """A refreshed token (same ``sid``, later ``exp``) carries the session on, up to 12 h from
+    its start: PROTOCOL §2.5 keys sessions by ``sid`` "so it survives a token refresh"."""
+    started = float(value.get("started_at", value["expires_at"]))  # type: ignore[arg-type]
+    current = float(value["expires_at"])  # type: ignore[arg-type]
+    wanted = min(principal.expires_at.timestamp(), started + MAX_SESSION.total_seconds())
+    if wanted > current:
+        value["expires_at"] = wanted
+        await cache.set(_key(principal), orjson.dumps(value), ttl=wanted - datetime.now(UTC).timestamp())
