@@ -9,3 +9,5 @@ check: setup
 	.venv/bin/ruff check src tests
 	.venv/bin/ruff format --check src tests
 	.venv/bin/mypy src
+bench:
+	bash scripts/bench.sh

@@ -32,9 +32,9 @@ def _up(port: int) -> bool:
 
 def _bench(tmp_path: Path, *args: str) -> tuple[dict, dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIOPAY_")} | {"COLUMNS": "200"}
-    out = tmp_path / "results"
+    out = tmp_path / "results"  # given relative to the working folder, as a user would
     done = subprocess.run(
-        [sys.executable, "-m", "viopay", "bench", "--smoke", "--out", str(out), *args],
+        [sys.executable, "-m", "viopay", "bench", "--smoke", "--out", "results", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -50,21 +50,35 @@ def _bench(tmp_path: Path, *args: str) -> tuple[dict, dict]:
     return summary, orjson.loads(results[0].read_bytes())
 
 
+def _samples(doc: dict) -> list:
+    """Error samples of every phase, for the assertion messages."""
+    phases = [
+        p
+        for c in doc["configs"]
+        for p in [c.get("healthz"), c.get("charge_peak"), *c.get("loads", [])]
+        if p
+    ]
+    return [s for p in phases for s in p.get("error_samples", [])][:5]
+
+
 def _check_run(summary: dict, doc: dict, *, backend: str, configs: int) -> None:
     assert SUMMARY_KEYS <= set(summary)
-    assert summary["errors"] == 0
-    assert summary["duplicates"] == 0
+    assert summary["errors"] == 0, _samples(doc)
+    assert summary["duplicates"] == 0, doc["duplicates"]
     assert summary["backend"] == backend
-    assert summary["charge_rps"] > 0 and summary["ceiling_rps"] > 0
+    # Tiny phases: a busy machine may answer none inside a window, so counts, not rates.
+    assert summary["charge_rps"] >= 0 and summary["ceiling_rps"] >= 0
     assert summary["activation_ms"] > 0
     ran = [c for c in doc["configs"] if "skipped" not in c]
     assert len(ran) == configs
     for config in ran:
         assert config["healthz"]["statuses"].keys() == {"200"}
+        assert config["charge_peak"]["completed"] > 0
         assert set(config["charge_peak"]["statuses"]) == {"201"}
+        assert len(config["charge_peak"]["worker_cpu_s"]) == config["workers"]
         assert [x["fraction"] for x in config["loads"]] == [0.25, 0.5, 0.7, 1.0]
         for load in config["loads"]:
-            assert load["errors"] == 0 and set(load["statuses"]) <= {"201"}
+            assert load["errors"] == 0 and set(load["statuses"]) <= {"201"}, load
             assert set(load["latency_ms"]) == {"p50", "p95", "p99", "max", "mean"}
         assert all(m > 0 for m in config["memory"]["worker_vmhwm_mib"])
         assert len(config["memory"]["worker_vmhwm_mib"]) == config["workers"]
@@ -72,7 +86,7 @@ def _check_run(summary: dict, doc: dict, *, backend: str, configs: int) -> None:
     assert [s["path"] for s in act["steps"]][0] == "/pos/bootstrap"
     assert all(s.startswith("2") for s in act["statuses"])
     dup = doc["duplicates"][backend]
-    assert dup["charges"] == dup["distinct_keys"] == dup["created_201"] == dup["keys_sent"]
+    assert dup["charges"] == dup["distinct_keys"] == dup["created_201"] == dup["keys_sent"], dup
     assert {t["target"].split(" (")[0] for t in doc["targets"]} >= {"errors", "duplicate charges"}
     assert Path(doc["files"]["json"]).exists()
 

@@ -237,11 +237,29 @@ class SetKeys:
         return self.keys["MAC"]
 
 
+#: Sets already loaded, by key_set_id, in this process: like ``_KEYS``, an entry never goes
+#: stale (a set's keys never change once made), and it saves a query per charge.
+_SETS: OrderedDict[str, SetKeys] = OrderedDict()
+
+
 async def load_keys(db: AsyncSession, *, wrapper: KeyWrapper, key_set_id: str) -> SetKeys:
-    """Unwrap the keys of a set (cached per key_id). Status is the caller's to check."""
+    """Unwrap the keys of a set (cached per set and per key_id). Status is the caller's to
+    check, on a fresh read of the set."""
+    cached = _SETS.get(key_set_id)
+    if cached is not None:
+        _SETS.move_to_end(key_set_id)
+        return cached
     rows = (await db.scalars(select(KeySetKey).where(KeySetKey.key_set_id == key_set_id))).all()
     if len(rows) != len(KEY_TYPES):
         raise LookupError("key set has no keys")
+    made = _set_keys(wrapper, key_set_id, rows)
+    _SETS[key_set_id] = made
+    while len(_SETS) > _KEY_CACHE_SIZE // len(KEY_TYPES):
+        _SETS.popitem(last=False)
+    return made
+
+
+def _set_keys(wrapper: KeyWrapper, key_set_id: str, rows: Sequence[KeySetKey]) -> SetKeys:
     return SetKeys(
         key_set_id=key_set_id,
         keys=MappingProxyType({row.type: unwrap_stored_key(wrapper, row) for row in rows}),

@@ -21,8 +21,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import select
 
-from viopay.activation.keysets import key_set_by_hmac_key_id, serves_charges, unwrap_stored_key
-from viopay.activation.models import KeySetKey
+from viopay.activation.keysets import serves_charges, unwrap_stored_key
+from viopay.activation.models import KeySet, KeySetKey
 from viopay.auth.device import FREE_FORM_RE, USER_AGENT_RE, header, touch, version_below
 from viopay.auth.signature import check_timestamp, parse_signed_headers, spend_nonce
 from viopay.crypto.errors import SignatureMismatch
@@ -109,15 +109,30 @@ async def current_terminal(
     body = await request.body()
     path, query = raw_target(request)
     async with runtime.sessions() as db, db.begin():
-        terminal = await db.get(Terminal, terminal_id)
+        # Two joined reads (terminal + device, key set + its MAC key) rather than four lookups:
+        # every statement costs a round trip and the ORM's own work on the hot path.
+        found = (
+            await db.execute(
+                select(Terminal, Device)
+                .join(Device, Device.device_id == Terminal.device_id)
+                .where(Terminal.terminal_id == terminal_id)
+            )
+        ).first()
+        terminal, device = found if found is not None else (None, None)
         if terminal is None or terminal.retired_at is not None:
             raise UnknownTerminal()
-        device = await db.get(Device, terminal.device_id)
         if device is None or device.terminal_id != terminal_id:
             raise UnknownTerminal()
         if device.disabled:
             raise DeviceDisabled()
-        key_set = await key_set_by_hmac_key_id(db, signed.key_id)
+        keyed = (
+            await db.execute(
+                select(KeySet, KeySetKey)
+                .join(KeySetKey, KeySetKey.key_set_id == KeySet.key_set_id)
+                .where(KeySet.hmac_key_id == signed.key_id, KeySetKey.key_id == signed.key_id)
+            )
+        ).first()
+        key_set, mac_row = keyed if keyed is not None else (None, None)
         if (
             key_set is None
             or key_set.terminal_id != terminal_id
@@ -125,7 +140,6 @@ async def current_terminal(
         ):
             raise UnknownKey("X-Key-Id is not a key of this terminal")
         check_timestamp(signed.moment, now=now)
-        mac_row = await db.scalar(select(KeySetKey).where(KeySetKey.key_id == signed.key_id))
         if mac_row is None or mac_row.type != "MAC":
             raise UnknownKey("X-Key-Id is not a key of this terminal")
         message = charge_string_to_sign(

@@ -102,11 +102,14 @@ class _Connection(asyncio.Protocol):
         self.due = 0.0  # when the request in flight was due (open) or sent (closed)
         self.busy = False
         self.closed = asyncio.get_running_loop().create_future()
+        self.warming: asyncio.Future[int] | None = None  # a warm-up request's answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.warming is not None and not self.warming.done():
+            self.warming.set_exception(ConnectionError("connection lost while warming up"))
         if self.busy:
             self.gen.failed(self, "connection lost")
         if not self.closed.done():
@@ -142,6 +145,10 @@ class _Connection(asyncio.Protocol):
         del buffer[:total]
         status = int(head[9:12])
         self.busy = False
+        if self.warming is not None:
+            self.warming.set_result(status)
+            self.warming = None
+            return
         self.gen.answered(self, status, head, body)
 
 
@@ -231,11 +238,24 @@ class _Generator:
 
 
 async def _connect(
-    loop: asyncio.AbstractEventLoop, gen: _Generator, host: str, port: int, n: int
+    loop: asyncio.AbstractEventLoop,
+    gen: _Generator,
+    host: str,
+    port: int,
+    n: int,
+    warm: bytes | None,
 ) -> list[_Connection]:
+    """Open ``n`` connections one at a time. With ``warm``, each sends that request and waits
+    for its answer before the next opens: a burst of connects would sit in the accept queue
+    until one worker of a multi-worker server woke up and took them all."""
     conns = []
     for _ in range(n):
         _, conn = await loop.create_connection(lambda: _Connection(gen), host, port)
+        if warm is not None and conn.transport is not None:
+            conn.warming = loop.create_future()
+            waiting = conn.warming
+            conn.transport.write(warm)
+            await asyncio.wait_for(waiting, 30)
         conns.append(conn)
     return conns
 
@@ -247,8 +267,14 @@ async def _run(config: dict[str, Any], requests: list[bytes]) -> dict[str, Any]:
         loop, requests, bool(config.get("cycle")), int(config.get("expect", 200)), mode=mode
     )
     gen.drained = asyncio.Event()
+    warm = config.get("warm")
     conns = await _connect(
-        loop, gen, config["host"], int(config["port"]), int(config["connections"])
+        loop,
+        gen,
+        config["host"],
+        int(config["port"]),
+        int(config["connections"]),
+        warm.encode("latin-1") if warm else None,
     )
     duration = float(config["duration"])
     warmup = float(config.get("warmup", 0))

@@ -121,6 +121,10 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _ms2(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def print_tables(doc: dict[str, Any], console: Console) -> None:
     gen = doc.get("generator", {})
     m = doc.get("machine", {})
@@ -136,30 +140,22 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
         "workers",
         "server CPUs",
         "healthz req/s",
+        "healthz (wrk)",
         "charge req/s",
         "ratio",
-        "charge p99 ms",
+        "closed-loop p99 ms",
         "gen CPU %",
+        "server CPU ms/req (healthz / charge)",
         "errors",
         "VmHWM MiB/worker",
         "PG xact/charge",
     ):
         t.add_column(col, justify="left" if col in ("backend", "server CPUs") else "right")
+    notes: list[str] = []
     for c in doc.get("configs", []):
         if "skipped" in c:
-            t.add_row(
-                c["backend"],
-                str(c["workers"]),
-                "—",
-                "n/a",
-                "n/a",
-                "—",
-                "—",
-                "—",
-                "—",
-                "—",
-                "— " + "1 worker only: in-process cache (needs Redis)",
-            )
+            t.add_row(c["backend"], str(c["workers"]), "not run (*)", *["—"] * 10)
+            notes.append(f"(*) {c['backend']}, {c['workers']} workers: {c['skipped']}")
             continue
         h, ch = c["healthz"], c["charge_peak"]
         mem = c.get("memory", {}).get("worker_vmhwm_mib", [])
@@ -170,15 +166,19 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
             str(c["workers"]),
             str(c["server_cpus"]),
             f"{h['rps']:.0f}",
+            f"{c['wrk_healthz']['rps']:.0f}" if c.get("wrk_healthz") else "-",
             f"{ch['rps']:.0f}",
             f"{ch['rps'] / h['rps']:.2f}" if h["rps"] else "-",
             _ms(ch["latency_ms"]["p99"]),
             f"{100 * (ch.get('generator_cpu_util') or 0):.0f}",
+            f"{_ms2(h.get('server_cpu_ms_per_request'))} / {_ms2(ch.get('server_cpu_ms_per_request'))}",
             str(config_errors(c)),
             ", ".join(f"{x:.0f}" for x in mem) or "-",
             "-" if xact is None else f"{xact:.1f}",
         )
     console.print(t)
+    for note in notes:
+        console.print(note)
 
     t = Table(
         title="POST /pos/charge at fixed offered loads (open loop; latency from the scheduled send)"

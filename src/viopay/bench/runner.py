@@ -78,8 +78,8 @@ PRESETS = {
         warmup=0.1,
         ceiling_s=0.5,
         probe_s=0.3,
-        peak_s=0.5,
-        load_s=0.4,
+        peak_s=0.8,
+        load_s=0.5,
         generator_s=0.3,
         wrk_s=0,
         profile_s=2,
@@ -186,6 +186,8 @@ class Phases:
             "cpu": self.cpu,
             "out": str(out),
             "drain_timeout": max(10.0, duration),
+            # Each connection answers a GET /healthz before the next one opens (see loadgen).
+            "warm": build_request("GET", "/healthz", host=f"127.0.0.1:{port}").decode("latin-1"),
         }
         config_path.write_bytes(orjson.dumps(config))
         limit = warmup + duration + max(10.0, duration) + 60
@@ -265,13 +267,18 @@ def _charge_phase(
     phases: Phases,
     factory: fleet.ChargeFactory,
     ledger: ChargeLedger,
-    port: int,
+    srv: stack.ServerProcess,
     count: int,
     **kw: Any,
 ) -> dict[str, Any]:
     built_before = factory.made
     requests = factory.build(count)
-    result = phases.run(port, requests, expect=201, **kw)
+    pids = srv.worker_pids()
+    before = [stack.cpu_seconds(pid) or 0.0 for pid in pids]
+    result = phases.run(srv.port, requests, expect=201, **kw)
+    # CPU seconds of each worker over the phase: shows how evenly the connections were spread.
+    after = [stack.cpu_seconds(pid) or 0.0 for pid in pids]
+    result["worker_cpu_s"] = [round(b - a, 2) for a, b in zip(before, after, strict=True)]
     # Only what went out counts as sent (a closed loop may leave some of the batch unsent).
     ledger.keys_sent += min(result["taken"], factory.made - built_before)
     ledger.created += int(result["statuses"].get("201", 0))
@@ -353,7 +360,7 @@ def run_config(
         # probe that runs out of requests still measures its rate up to its last answer.
         probe_n = 16 * options.connections + 200
         probe = _charge_phase(
-            phases, factory, ledger, srv.port, probe_n, mode="closed", duration=p.probe_s, warmup=0
+            phases, factory, ledger, srv, probe_n, mode="closed", duration=p.probe_s, warmup=0
         )
         rate_guess = max(probe["rps"], 20.0)
         peak_n = int(rate_guess * 1.6 * (p.warmup + p.peak_s)) + 4 * options.connections
@@ -364,7 +371,7 @@ def run_config(
             phases,
             factory,
             ledger,
-            srv.port,
+            srv,
             peak_n,
             mode="closed",
             duration=p.peak_s,
@@ -394,7 +401,7 @@ def run_config(
                 phases,
                 factory,
                 ledger,
-                srv.port,
+                srv,
                 count,
                 mode="open",
                 duration=p.load_s,
@@ -458,7 +465,8 @@ def _profile(
 def run(options: Options, say: Say) -> dict[str, Any]:
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    run_dir = options.out_dir / f"{stamp}-{options.mode}"
+    out_dir = options.out_dir.resolve()  # the servers run in their data folders
+    run_dir = out_dir / f"{stamp}-{options.mode}"
     work_dir = run_dir / "work"
     work_dir.mkdir(parents=True, exist_ok=True)
     ncpu = stack.cpu_count()
@@ -546,7 +554,7 @@ def run(options: Options, say: Say) -> dict[str, Any]:
     plot = report.plot(doc, run_dir / "latency.png")
     doc["files"] = {"json": str(run_dir / "result.json"), "plot": str(plot) if plot else None}
     (run_dir / "result.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-    latest = options.out_dir / f"latest-{options.mode}.json"
+    latest = out_dir / f"latest-{options.mode}.json"
     latest.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     shutil.rmtree(work_dir / "embedded-data", ignore_errors=True)
     for leftover in work_dir.glob("phase-*"):

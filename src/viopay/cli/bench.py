@@ -57,8 +57,8 @@ def bench(
 
     progress = Console(stderr=True)
     console = Console()
-    if not console.is_terminal or console.width < 150:
-        console = Console(width=150)
+    if not console.is_terminal or console.width < 190:
+        console = Console(width=190)
     backends = ["embedded", "postgres"] if backend is BackendChoice.both else [backend.value]
     try:
         worker_counts = sorted({int(w) for w in workers.split(",") if w.strip()})
