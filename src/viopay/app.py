@@ -40,6 +40,9 @@ from viopay.merchants.router import admin_router as merchant_admin_router
 from viopay.merchants.router import merchant_router as merchant_config_router
 from viopay.middleware import RequestContextMiddleware, request_id_of
 from viopay.openapi import Problem
+from viopay.payments.processors import build_processor
+from viopay.payments.recovery import RecoveryWorker
+from viopay.payments.recovery import interval_for as recovery_interval
 from viopay.payments.router import merchant_router as charges_merchant_router
 from viopay.payments.router import pos_router as charges_pos_router
 from viopay.portal import router as portal_router
@@ -60,10 +63,16 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
                 rt.sessions, rt.wrapper, issuer=settings.public_url, ttl=settings.token_ttl_seconds
             )
         app.state.runtime = rt
+        app.state.processor = build_processor(settings, rt.sessions)
+        recovery = RecoveryWorker(
+            rt, app.state.processor, interval=recovery_interval(settings.recovery_delay_seconds)
+        )
+        recovery.start()
         log.info("started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory")
         try:
             yield
         finally:
+            await recovery.stop()
             await rt.close()
 
     app = FastAPI(

@@ -47,6 +47,15 @@ class Settings(BaseSettings):
         default="sandbox",
         description="Payment processor: sandbox (PROTOCOL §4.6), or package.module:factory of a connector.",
     )
+    sandbox_latency_ms: int = Field(
+        default=0, ge=0, le=60_000, description="Time the sandbox processor takes for every call (§4.6)."
+    )
+    recovery_delay_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=86_400,
+        description="Age at which a payment intent without an outcome is finished by recovery (§4.7).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(default=True, description="JSON logs (structlog); false for console output.")
     public_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of this server.")

@@ -144,15 +144,16 @@ async def test_stored_results_hold_no_card_number(terminal, runtime):
 
 async def test_a_running_key_is_409_and_comes_before_the_body(terminal, runtime):
     now = datetime.now(UTC)
-    claimed = await idempotency.claim(
-        runtime.sessions,
-        terminal_id=terminal.terminal_id,
-        key="busy",
-        method="POST",
-        path="/pos/charge",
-        fingerprint="0" * 64,
-        now=now,
-    )
+    async with runtime.sessions() as db, db.begin():
+        claimed = await idempotency.claim(
+            db,
+            terminal_id=terminal.terminal_id,
+            key="busy",
+            method="POST",
+            path="/pos/charge",
+            fingerprint="0" * 64,
+            now=now,
+        )
     assert isinstance(claimed, int)
     busy = terminal.charge(500, idempotency_key="busy")
     assert (busy.status, busy.code) == (409, "idempotency_in_progress")

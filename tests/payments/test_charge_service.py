@@ -4,7 +4,7 @@ then run in-process on the same database (``runtime``)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
@@ -12,8 +12,8 @@ from sqlalchemy import select
 import charge_kit as kit
 from viopay.errors import ChargeNotCancelable, NotFound
 from viopay.merchants.models import AuditEvent
-from viopay.payments import reversals, service
-from viopay.payments.models import Charge, ChargeStatus
+from viopay.payments import flow, reversals
+from viopay.payments.models import Charge, ChargeStatus, IntentKind, PaymentIntent
 from viopay.payments.processors import ProcessorFailure, SandboxProcessor
 from viopay.payments.service import TerminalScope
 
@@ -36,60 +36,40 @@ async def created_at(runtime, charge_id):
         return (await db.get(Charge, charge_id)).created_at
 
 
-@pytest.mark.parametrize("undo", [reversals.cancel_charge, reversals.reverse_charge])
-async def test_cancel_and_reverse_close_after_24_hours(terminal, runtime, undo):
+@pytest.mark.parametrize("target", [ChargeStatus.canceled, ChargeStatus.reversed])
+async def test_cancel_and_reverse_close_after_24_hours(terminal, runtime, target):
     charge = terminal.charge(500).json()
     created = await created_at(runtime, charge["id"])
     async with runtime.sessions() as db, db.begin():
         with pytest.raises(ChargeNotCancelable) as caught:
-            await undo(
-                db,
-                processor=SandboxProcessor(),
-                scope=scope_of(terminal),
-                charge_id=charge["id"],
+            await reversals.plan_undo(
+                db, scope=scope_of(terminal), charge_id=charge["id"], target=target,
                 now=created + timedelta(hours=24),
             )
     assert "24 h" in caught.value.detail
     async with runtime.sessions() as db, db.begin():
-        done = await undo(
-            db,
-            processor=SandboxProcessor(),
-            scope=scope_of(terminal),
-            charge_id=charge["id"],
+        plan = await reversals.plan_undo(
+            db, scope=scope_of(terminal), charge_id=charge["id"], target=target,
             now=created + timedelta(hours=23, minutes=59),
         )
-        assert done.status in (ChargeStatus.canceled, ChargeStatus.reversed)
-    assert terminal.get(charge["id"]).json()["status"] == done.status.value
+        assert plan.act and plan.charge.status is ChargeStatus.approved
 
 
 async def test_reverse_by_key_after_24_hours_answers_the_charge_unchanged(terminal, runtime):
     charge = terminal.charge(500, idempotency_key="old-one").json()
     created = await created_at(runtime, charge["id"])
-    async with (
-        runtime.sessions() as db,
-        db.begin(),
-    ):  # the key's record is gone; found by the charge
-        late = await reversals.reverse_by_key(
-            db,
-            processor=SandboxProcessor(),
-            scope=scope_of(terminal),
-            key="old-one",
-            now=created + timedelta(hours=25),
+    async with runtime.sessions() as db, db.begin():  # the key's record is gone; found by the charge
+        late = await reversals.plan_reverse_by_key(
+            db, scope=scope_of(terminal), key="old-one", now=created + timedelta(hours=25),
+            stale_after=timedelta(seconds=60),
         )
-        assert (
-            late is not None
-            and late.charge_id == charge["id"]
-            and late.status is ChargeStatus.approved
-        )
+        assert late is not None and late.charge.charge_id == charge["id"] and not late.act
     async with runtime.sessions() as db, db.begin():
-        found = await reversals.reverse_by_key(
-            db,
-            processor=SandboxProcessor(),
-            scope=scope_of(terminal),
-            key="old-one",
-            now=created + timedelta(hours=1),
+        found = await reversals.plan_reverse_by_key(
+            db, scope=scope_of(terminal), key="old-one", now=created + timedelta(hours=1),
+            stale_after=timedelta(seconds=60),
         )
-        assert found is not None and found.status is ChargeStatus.reversed
+        assert found is not None and found.act and found.charge.charge_id == charge["id"]
 
 
 async def test_cancel_of_another_merchants_charge_is_not_found(terminal, runtime):
@@ -97,11 +77,8 @@ async def test_cancel_of_another_merchants_charge_is_not_found(terminal, runtime
     stranger = TerminalScope("TID-000000", "POS-00000000", "mer_other", "USD")
     async with runtime.sessions() as db, db.begin():
         with pytest.raises(NotFound):
-            await reversals.cancel_charge(
-                db,
-                processor=SandboxProcessor(),
-                scope=stranger,
-                charge_id=charge["id"],
+            await reversals.plan_undo(
+                db, scope=stranger, charge_id=charge["id"], target=ChargeStatus.canceled,
                 now=await created_at(runtime, charge["id"]),
             )
 
@@ -142,29 +119,28 @@ async def test_every_state_change_is_an_audit_event(terminal, runtime):
 
 class FlakyReversals(SandboxProcessor):
     def __init__(self, failures: int) -> None:
+        super().__init__()
         self.failures, self.calls = failures, 0
 
-    async def reverse(self, charge):
+    async def reverse(self, charge, *, reference):
         self.calls += 1
         if self.calls <= self.failures:
             raise ProcessorFailure("down")
 
 
-async def test_a_timeout_is_reversed_with_retries(terminal):
-    draft = service.build_draft(
-        scope=scope_of(terminal),
-        plaintext={"amount": 500, "currency": "USD", "entry_mode": "chip"},
-        card={"pan": "4000000000000259", "expiry": "3012"},
-        tpk=None,
-        surcharge_rule={"enabled": False},
-        nonce=kit.new_nonce(),
-        idempotency_key=None,
+def _charge_intent() -> PaymentIntent:
+    return PaymentIntent(
+        intent_id="pi_1", kind=IntentKind.charge, reference="vpr_1", terminal_id="TID-1",
+        device_id="POS-1", merchant_id="mer_1", charge_id="ch_1",
+        request={"amount": 500, "currency": "USD"},
     )
+
+
+async def test_a_timeout_is_reversed_with_retries():
     flaky = FlakyReversals(failures=2)
-    assert await service.authorize(flaky, draft, now=datetime.now(UTC)) is None
+    assert await flow._reverse(flaky, _charge_intent(), reference="vpr_1-r") is True
     assert flaky.calls == 3
     down = FlakyReversals(failures=99)
-    assert (
-        await service.authorize(down, draft, now=datetime.now(UTC)) is None
-    )  # stored reversed; logged
-    assert down.calls == service.REVERSAL_ATTEMPTS
+    # Not confirmed: the intent stays pending and recovery settles it with the processor.
+    assert await flow._reverse(down, _charge_intent(), reference="vpr_1-r") is False
+    assert down.calls == flow.REVERSAL_ATTEMPTS

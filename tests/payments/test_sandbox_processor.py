@@ -29,6 +29,7 @@ def request(
 ):
     card = check_card(pan=pan, expiry=expiry, track2=None, cardholder_name=None)
     return AuthorizationRequest(
+        reference="vpr_test",
         charge_id="ch_1",
         terminal_id="TID-000001",
         merchant_id="mer_1",
@@ -38,7 +39,7 @@ def request(
         card=card,
         pin=pin,
         emv=emv,
-        reference=None,
+        order_reference=None,
         now=NOW,
     )
 
@@ -106,10 +107,11 @@ async def test_emv_response_carries_8a():
 
 async def test_refund_void_reverse_answer():
     sandbox = SandboxProcessor()
-    ref = ChargeRef("ch_1", "TID-000001", 100, "USD", "sbx_1")
-    assert (await sandbox.refund(ref, refund_id="re_1", amount=50)).startswith("sbx_")
-    await sandbox.void(ref)
-    await sandbox.reverse(ref)
+    ref = ChargeRef("ch_1", "TID-000001", 100, "USD", "vpr_1")
+    assert await sandbox.refund(ref, reference="vpr_2", refund_id="re_1", amount=50) is None
+    await sandbox.void(ref, reference="vpr_3")
+    await sandbox.reverse(ref, reference="vpr_4")
+    assert await sandbox.lookup("vpr_1") is None  # no ledger without a database
 
 
 def test_the_processor_is_chosen_by_setting(monkeypatch):

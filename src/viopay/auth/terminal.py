@@ -1,14 +1,14 @@
 """HMAC charge headers (PROTOCOL §2.4) and the terminal they authenticate.
 
-:func:`current_terminal` runs the authentication half of the §1 order for charge endpoints:
+:func:`signed_request` (a dependency, no I/O) and :func:`authenticate` (inside the payment
+flow's first transaction) run the authentication half of the §1 order for charge endpoints:
 headers present and well formed, the version (426) → terminal known and not retired (401
 unknown_terminal) and its device enabled (403) → ``X-Key-Id`` the MAC key of the terminal's
 active set, or of the previous set within its rotation grace (401 unknown_key) → timestamp →
 signature over the exact bytes received → nonce, spent only once the signature verified.
 What follows (envelope limit, idempotency, body) is the payments package's.
 
-It runs in a short transaction of its own (never the request's unit of work), so the payment
-flow after it can order its own transactions freely.
+Authentication shares the flow's first transaction, so a keyed charge costs two in all.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.activation.keysets import serves_charges, unwrap_stored_key
 from viopay.activation.models import KeySet, KeySetKey
@@ -27,7 +28,7 @@ from viopay.auth.device import FREE_FORM_RE, USER_AGENT_RE, header, touch, versi
 from viopay.auth.signature import check_timestamp, parse_signed_headers, spend_nonce
 from viopay.crypto.errors import SignatureMismatch
 from viopay.crypto.signing import charge_string_to_sign, verify_signature
-from viopay.deps import Now, RuntimeDep
+from viopay.deps import RuntimeDep
 from viopay.devices.models import Device, Terminal
 from viopay.errors import (
     AppVersionUnsupported,
@@ -37,6 +38,7 @@ from viopay.errors import (
     UnknownKey,
     UnknownTerminal,
 )
+from viopay.runtime import Runtime
 
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7E]{1,255}")
 
@@ -97,9 +99,29 @@ def _idempotency_key(request: Request) -> str | None:
     return value
 
 
-async def current_terminal(
-    request: Request, runtime: RuntimeDep, now: Now
-) -> AuthenticatedTerminal:
+@dataclass(frozen=True)
+class SignedRequest:
+    """A charge request whose headers are present and well formed (nothing looked up yet)."""
+
+    terminal_id: str
+    key_id: str
+    timestamp: str
+    moment: datetime
+    nonce: str
+    signature: str
+    method: str
+    path: str
+    query: str
+    idempotency_key: str | None
+    version: str
+    content_type: str | None
+    body: bytes = field(repr=False)
+
+
+async def signed_request(request: Request, runtime: RuntimeDep) -> SignedRequest:
+    """The first step of the §1 order for charge endpoints, with no I/O: headers present and
+    well formed, the version (426). The rest (:func:`authenticate`) runs inside the payment
+    flow's first transaction."""
     terminal_id, version = _charge_headers(request)
     signed = parse_signed_headers(request)
     idempotency_key = _idempotency_key(request)
@@ -108,77 +130,95 @@ async def current_terminal(
         raise AppVersionUnsupported(minimum)
     body = await request.body()
     path, query = raw_target(request)
-    async with runtime.sessions() as db, db.begin():
-        # Two joined reads (terminal + device, key set + its MAC key) rather than four lookups:
-        # every statement costs a round trip and the ORM's own work on the hot path.
-        found = (
-            await db.execute(
-                select(Terminal, Device)
-                .join(Device, Device.device_id == Terminal.device_id)
-                .where(Terminal.terminal_id == terminal_id)
-            )
-        ).first()
-        terminal, device = found if found is not None else (None, None)
-        if terminal is None or terminal.retired_at is not None:
-            raise UnknownTerminal()
-        if device is None or device.terminal_id != terminal_id:
-            raise UnknownTerminal()
-        if device.disabled:
-            raise DeviceDisabled()
-        keyed = (
-            await db.execute(
-                select(KeySet, KeySetKey)
-                .join(KeySetKey, KeySetKey.key_set_id == KeySet.key_set_id)
-                .where(KeySet.hmac_key_id == signed.key_id, KeySetKey.key_id == signed.key_id)
-            )
-        ).first()
-        key_set, mac_row = keyed if keyed is not None else (None, None)
-        if (
-            key_set is None
-            or key_set.terminal_id != terminal_id
-            or not serves_charges(key_set, now=now)
-        ):
-            raise UnknownKey("X-Key-Id is not a key of this terminal")
-        check_timestamp(signed.moment, now=now)
-        if mac_row is None or mac_row.type != "MAC":
-            raise UnknownKey("X-Key-Id is not a key of this terminal")
-        message = charge_string_to_sign(
-            method=request.method,
-            path=path,
-            query=query,
-            body=body,
-            terminal_id=terminal_id,
-            timestamp=signed.timestamp,
-            nonce=signed.nonce,
-        )
-        try:
-            verify_signature(unwrap_stored_key(runtime.wrapper, mac_row), message, signed.signature)
-        except SignatureMismatch:
-            raise InvalidSignature() from None
-        await spend_nonce(
-            runtime.cache,
-            scope=f"terminal:{terminal_id}",
-            nonce=signed.nonce,
-            moment=signed.moment,
-            now=now,
-        )
-        touch(device, version=version, now=now)
-        return AuthenticatedTerminal(
-            terminal_id=terminal_id,
-            device_id=device.device_id,
-            merchant_id=terminal.merchant_id,
-            currency=terminal.currency,
-            key_set_id=key_set.key_set_id,
-            envelope_count=key_set.envelope_count,
-            key_set_activated_at=key_set.activated_at,
-            method=request.method.upper(),
-            path=path,
-            query=query,
-            nonce=signed.nonce,
-            idempotency_key=idempotency_key,
-            version=version,
-            body=body,
-        )
+    return SignedRequest(
+        terminal_id=terminal_id,
+        key_id=signed.key_id,
+        timestamp=signed.timestamp,
+        moment=signed.moment,
+        nonce=signed.nonce,
+        signature=signed.signature,
+        method=request.method.upper(),
+        path=path,
+        query=query,
+        idempotency_key=idempotency_key,
+        version=version,
+        content_type=request.headers.get("content-type"),
+        body=body,
+    )
 
 
-CurrentTerminal = Annotated[AuthenticatedTerminal, Depends(current_terminal)]
+CurrentRequest = Annotated[SignedRequest, Depends(signed_request)]
+
+
+async def authenticate(
+    db: AsyncSession, *, runtime: Runtime, signed: SignedRequest, now: datetime
+) -> AuthenticatedTerminal:
+    """Terminal known and not retired (401) and its device enabled (403) → ``X-Key-Id`` a MAC
+    key of the terminal's serving sets (401) → timestamp → signature → nonce (spent only once
+    the signature verified). Runs in the caller's transaction."""
+    terminal_id = signed.terminal_id
+    # Two joined reads (terminal + device, key set + its MAC key) rather than four lookups.
+    found = (
+        await db.execute(
+            select(Terminal, Device)
+            .join(Device, Device.device_id == Terminal.device_id)
+            .where(Terminal.terminal_id == terminal_id)
+        )
+    ).first()
+    terminal, device = found if found is not None else (None, None)
+    if terminal is None or terminal.retired_at is not None:
+        raise UnknownTerminal()
+    if device is None or device.terminal_id != terminal_id:
+        raise UnknownTerminal()
+    if device.disabled:
+        raise DeviceDisabled()
+    keyed = (
+        await db.execute(
+            select(KeySet, KeySetKey)
+            .join(KeySetKey, KeySetKey.key_set_id == KeySet.key_set_id)
+            .where(KeySet.hmac_key_id == signed.key_id, KeySetKey.key_id == signed.key_id)
+        )
+    ).first()
+    key_set, mac_row = keyed if keyed is not None else (None, None)
+    if key_set is None or key_set.terminal_id != terminal_id or not serves_charges(key_set, now=now):
+        raise UnknownKey("X-Key-Id is not a key of this terminal")
+    check_timestamp(signed.moment, now=now)
+    if mac_row is None or mac_row.type != "MAC":
+        raise UnknownKey("X-Key-Id is not a key of this terminal")
+    message = charge_string_to_sign(
+        method=signed.method,
+        path=signed.path,
+        query=signed.query,
+        body=signed.body,
+        terminal_id=terminal_id,
+        timestamp=signed.timestamp,
+        nonce=signed.nonce,
+    )
+    try:
+        verify_signature(unwrap_stored_key(runtime.wrapper, mac_row), message, signed.signature)
+    except SignatureMismatch:
+        raise InvalidSignature() from None
+    await spend_nonce(
+        runtime.cache,
+        scope=f"terminal:{terminal_id}",
+        nonce=signed.nonce,
+        moment=signed.moment,
+        now=now,
+    )
+    touch(device, version=signed.version, now=now)
+    return AuthenticatedTerminal(
+        terminal_id=terminal_id,
+        device_id=device.device_id,
+        merchant_id=terminal.merchant_id,
+        currency=terminal.currency,
+        key_set_id=key_set.key_set_id,
+        envelope_count=key_set.envelope_count,
+        key_set_activated_at=key_set.activated_at,
+        method=signed.method,
+        path=signed.path,
+        query=signed.query,
+        nonce=signed.nonce,
+        idempotency_key=signed.idempotency_key,
+        version=signed.version,
+        body=signed.body,
+    )

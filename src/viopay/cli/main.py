@@ -55,5 +55,31 @@ def migrate(as_json: bool = JsonOption) -> None:
     emit({"revision": upgrade(load_settings_or_exit())}, as_json=as_json, title="Schema")
 
 
+@app.command()
+def recover(as_json: bool = JsonOption) -> None:
+    """Finish every payment intent whose request died (PROTOCOL §4.7), then exit.
+
+    Asks the processor what happened under each intent older than
+    VIOPAY_RECOVERY_DELAY_SECONDS and stores it; safe beside running servers (leases)."""
+    import asyncio
+
+    from viopay.payments.processors import build_processor
+    from viopay.payments.recovery import owner_id, recover_due
+    from viopay.runtime import build_runtime
+
+    settings = load_settings_or_exit()
+
+    async def run() -> dict[str, object]:
+        runtime = build_runtime(settings)
+        try:
+            processor = build_processor(settings, runtime.sessions)
+            report = await recover_due(runtime, processor, owner=owner_id())
+        finally:
+            await runtime.close()
+        return {"recovered": report.total, **report.counts, "deferred": report.deferred}
+
+    emit(asyncio.run(run()), as_json=as_json, title="Recovery")
+
+
 def main() -> None:
     app()

@@ -1,22 +1,30 @@
-"""What a charge endpoint does once its request is authenticated (PROTOCOL §1, §4.5):
+"""The charge endpoints' flow (PROTOCOL §1, §4.5, §4.7): the one place that owns a request's
+transactions.
 
-the key set's envelope limit (409, never stored) → a spent or running Idempotency-Key (409) →
-the body parsed and decrypted (415, 400) → a reused key with another fingerprint (422) or the
-stored result → the endpoint's own work (404, 409, 400, 422, the processor) → the answer,
-sealed for this request.
+A keyed charge, refund, cancel or reverse makes **two transactions** with the processor call
+between them, never inside one:
 
-Transactions, in order and never nested (the embedded SQLite has one connection):
-a read to look up the key and open the envelopes; the claim of the key, committed on its own
-so the database's unique constraint decides between concurrent requests on any server; the
-processor call for a new charge, outside any transaction; and one transaction for the work, the
-stored result and the envelope tally.
+1. :func:`_claim_and_record_intent` — authenticate (terminal, key, timestamp, signature,
+   nonce), the key set's envelope limit, the Idempotency-Key (409 when spent or running), the
+   body opened (415, 400), the key claimed, the endpoint's checks (404, 409, 400, 422) and the
+   **intent**: what the processor is about to be asked, under a fresh reference. Committed
+   before any processor call, so a server killed after it leaves an intent recovery finishes.
+2. the processor call, outside any transaction (no connection held while it runs);
+3. :func:`_store_outcome` — the charge, refund or new status, the key's stored result, the
+   intent closed and the envelope tally, in one transaction.
+
+A request answered without the processor (GET, an idempotent replay, a 4xx stored for its key,
+a cancel of a canceled charge, reverse-by-key of a key that made no charge) makes only the
+first. Errors that are not stored (401, 409 in progress, 5xx) roll the first back whole.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -24,18 +32,22 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from viopay.auth.terminal import AuthenticatedTerminal
+from viopay.auth.terminal import AuthenticatedTerminal, SignedRequest, authenticate
+from viopay.deps import validate
 from viopay.errors import (
     PROBLEM_MEDIA_TYPE,
     IdempotencyInProgress,
     IdempotencyKeyReused,
+    InvalidRequest,
     InvalidState,
     ProcessorError,
+    ProcessorTimeout,
     ViopayError,
     problem_body,
     problem_response,
 )
-from viopay.payments import idempotency
+from viopay.merchants.models import MerchantConfig
+from viopay.payments import idempotency, intents, outcomes, refunds, reversals, service
 from viopay.payments.channel import (
     KeySetUsage,
     OpenedRequest,
@@ -44,12 +56,22 @@ from viopay.payments.channel import (
     open_request,
     seal_answer,
 )
-from viopay.payments.processors import Processor, ProcessorFailure, ProcessorTimedOut
+from viopay.payments.models import ChargeStatus, IntentKind, PaymentIntent
+from viopay.payments.processors import (
+    Authorization,
+    ChargeRef,
+    Processor,
+    ProcessorFailure,
+    ProcessorTimedOut,
+)
+from viopay.payments.schemas import ReverseByKeyIn, charge_view, reversal_view
 from viopay.payments.service import TerminalScope
 from viopay.runtime import Runtime
 
 log = structlog.get_logger("viopay.payments")
+_CRASH_AT = os.environ.get("VIOPAY_TEST_CRASH_AT") or None
 REPLAYED = {"Idempotent-Replayed": "true"}
+REVERSAL_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -68,36 +90,28 @@ GET = Endpoint("get", body=False, limited=False)
 REVERSE_BY_KEY = Endpoint("reverse_by_key", body=True, limited=False)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """The endpoint's answer: ``plaintext`` sealed with ``status``; or, with ``problem``, that
-    problem (the processor timeout), the plaintext then being what a retry answers (200)."""
-
-    status: int
-    plaintext: dict[str, Any]
-    charge_id: str | None = None
-    problem: ViopayError | None = None
-
-    @property
-    def stored_status(self) -> int:
-        return 200 if self.problem is not None else self.status
-
-
 @dataclass
 class Call:
-    """One authenticated request on its way through the flow."""
+    """One request on its way through the flow."""
 
-    auth: AuthenticatedTerminal
+    signed: SignedRequest
     runtime: Runtime
     processor: Processor
     now: datetime
     request_id: str
-    content_type: str | None
+    auth: AuthenticatedTerminal | None = None
     opened: OpenedRequest | None = field(default=None, repr=False)
+    usage: KeySetUsage | None = None
+    draft: service.ChargeDraft | None = field(default=None, repr=False)  # a charge's, in memory
+
+    @property
+    def terminal(self) -> AuthenticatedTerminal:
+        assert self.auth is not None
+        return self.auth
 
     @property
     def scope(self) -> TerminalScope:
-        a = self.auth
+        a = self.terminal
         return TerminalScope(a.terminal_id, a.device_id, a.merchant_id, a.currency)
 
     @property
@@ -106,86 +120,75 @@ class Call:
         return self.opened.plaintext
 
 
-class Action:
-    """An endpoint's work: ``prepare`` runs outside any transaction (the processor call of a
-    new charge), ``commit`` inside the final one; ``abort`` undoes what ``prepare`` did at the
-    processor when the commit fails."""
+@dataclass(frozen=True)
+class Answer:
+    """An answer decided without the processor: ``plaintext`` sealed with ``status``, or a
+    stored ``problem``; ``replayed`` for a stored result answered again."""
 
-    async def prepare(self, call: Call) -> None:
-        return None
-
-    async def commit(self, db: AsyncSession, call: Call) -> Outcome:
-        raise NotImplementedError
-
-    async def abort(self, call: Call) -> None:
-        return None
+    status: int
+    plaintext: dict[str, Any] | None = None
+    problem: ViopayError | None = None
+    stored_problem: dict[str, Any] | None = None
+    replayed: bool = False
 
 
-class Commit(Action):
-    """An action that is all commit."""
-
-    def __init__(self, work: Callable[[AsyncSession, Call], Awaitable[Outcome]]) -> None:
-        self._work = work
-
-    async def commit(self, db: AsyncSession, call: Call) -> Outcome:
-        return await self._work(db, call)
+# What an endpoint decides inside the first transaction, once its key is claimed.
+Decide = Callable[[AsyncSession, Call, int | None], Awaitable["Answer | PaymentIntent"]]
 
 
 def _stored(error: ViopayError) -> bool:
     """§4.5: 4xx results are stored, except 401s and a key still in progress."""
-    return (
-        400 <= error.status < 500
-        and error.status != 401
-        and not isinstance(error, IdempotencyInProgress)
-    )
+    return 400 <= error.status < 500 and error.status != 401 and not isinstance(error, IdempotencyInProgress)
 
 
 def _problem_record(error: ViopayError) -> dict[str, Any]:
-    return {
-        "code": error.code,
-        "status": error.status,
-        "title": error.title,
-        "detail": error.detail,
-        **error.extra,
-    }
+    return {"code": error.code, "status": error.status, "title": error.title, "detail": error.detail, **error.extra}
 
 
-async def run(call: Call, endpoint: Endpoint, action: Action) -> Response:
-    auth, runtime, now = call.auth, call.runtime, call.now
-    usage = key_set_usage(auth, max_envelopes=runtime.settings.keyset_max_envelopes, now=now)
+# --- the flow -------------------------------------------------------------------------------
+
+
+async def run(call: Call, endpoint: Endpoint, decide: Decide) -> Response:
+    async with call.runtime.sessions() as db, db.begin():
+        decided = await _claim_and_record_intent(db, call, endpoint, decide)
+    if isinstance(decided, Answer):
+        return _respond(call, decided)
+    return await _ask_processor_and_store(call, decided)
+
+
+async def _claim_and_record_intent(
+    db: AsyncSession, call: Call, endpoint: Endpoint, decide: Decide
+) -> Answer | PaymentIntent:
+    """Transaction 1 (see the module's docstring)."""
+    runtime, now = call.runtime, call.now
+    auth = call.auth = await authenticate(db, runtime=runtime, signed=call.signed, now=now)
+    usage = call.usage = key_set_usage(auth, max_envelopes=runtime.settings.keyset_max_envelopes, now=now)
     if endpoint.limited and usage.exhausted:
         raise InvalidState("the key set is past its envelope limit or lifetime: rotate keys")
     key = auth.idempotency_key if auth.method == "POST" else None
-    async with runtime.sessions() as db:
-        existing = (
-            await idempotency.find(db, terminal_id=auth.terminal_id, key=key, now=now)
-            if key
-            else None
-        )
-        if existing is not None:
-            idempotency.refuse_busy(existing)
-        call.opened = await open_request(
-            db,
-            wrapper=runtime.wrapper,
-            auth=auth,
-            content_type=call.content_type,
-            with_body=endpoint.body,
-            with_card=endpoint.card,
-            now=now,
-        )
-    if key is None:
-        return await _work(call, action, usage, record_id=None)
-    opened = call.opened
-    fingerprint = idempotency.fingerprint(
-        runtime.wrapper.derive(idempotency.FINGERPRINT_PURPOSE),
-        method=auth.method,
-        path=auth.path,
-        plaintext=opened.plaintext,
-        card=opened.card,
+    existing = await idempotency.find(db, terminal_id=auth.terminal_id, key=key, now=now) if key else None
+    if existing is not None:
+        idempotency.refuse_busy(existing)
+    opened = call.opened = await open_request(
+        db,
+        wrapper=runtime.wrapper,
+        auth=auth,
+        content_type=call.signed.content_type,
+        with_body=endpoint.body,
+        with_card=endpoint.card,
+        now=now,
     )
-    if existing is None:
-        claimed = await idempotency.claim(
-            runtime.sessions,
+    record_id: int | None = None
+    if key is not None:
+        fingerprint = idempotency.fingerprint(
+            runtime.wrapper.derive(idempotency.FINGERPRINT_PURPOSE),
+            method=auth.method,
+            path=auth.path,
+            plaintext=opened.plaintext,
+            card=opened.card,
+        )
+        claimed = existing or await idempotency.claim(
+            db,
             terminal_id=auth.terminal_id,
             key=key,
             method=auth.method,
@@ -193,88 +196,168 @@ async def run(call: Call, endpoint: Endpoint, action: Action) -> Response:
             fingerprint=fingerprint,
             now=now,
         )
-        if isinstance(claimed, int):
-            return await _work(call, action, usage, record_id=claimed)
-        idempotency.refuse_busy(claimed)
-        existing = claimed
-    return await _replay(call, existing, fingerprint, usage)
+        if not isinstance(claimed, int):
+            idempotency.refuse_busy(claimed)
+            answer = _replay(claimed, fingerprint)
+            await _tally(db, call, answered=answer.plaintext is not None)
+            return answer
+        record_id = claimed
+    try:
+        decided = await decide(db, call, record_id)
+    except ViopayError as error:
+        if record_id is None or not _stored(error):
+            raise
+        await idempotency.finish(db, record_id=record_id, status_code=error.status, result=_problem_record(error))
+        await _tally(db, call, answered=False)
+        return Answer(error.status, problem=error)
+    if isinstance(decided, Answer):
+        if record_id is not None:
+            assert decided.plaintext is not None
+            await idempotency.finish(db, record_id=record_id, status_code=decided.status, result=decided.plaintext)
+        await _tally(db, call, answered=True)
+    else:
+        await db.flush()
+    return decided
 
 
-async def _work(
-    call: Call, action: Action, usage: KeySetUsage, *, record_id: int | None
-) -> Response:
-    runtime, opened = call.runtime, call.opened
+async def _tally(db: AsyncSession, call: Call, *, answered: bool) -> None:
+    """The key set's MSK envelope count: the request's envelopes and a sealed answer."""
+    opened = call.opened
     assert opened is not None
-    try:
-        await action.prepare(call)
-    except Exception as exc:
-        raise await _failed(call, exc, record_id) from None
-    try:
-        async with runtime.sessions() as db, db.begin():
-            outcome = await action.commit(db, call)
-            if record_id is not None and not await idempotency.finish(
-                db,
-                record_id=record_id,
-                status_code=outcome.stored_status,
-                result=outcome.plaintext,
-                charge_id=outcome.charge_id,
-            ):
-                raise InvalidState("the Idempotency-Key was spent by a reverse-by-key")
-            answered = 0 if outcome.problem is not None else 1
-            await meter(
-                db, key_set_id=opened.key_set_id, envelopes=opened.envelopes_opened + answered
-            )
-    except Exception as exc:
-        await action.abort(call)
-        raise await _failed(call, exc, record_id) from None
-    if outcome.problem is not None:
-        return problem_response(outcome.problem, call.request_id)
-    body = seal_answer(opened, call.auth, outcome.plaintext, rotate=usage.rotate)
-    return Response(body, status_code=outcome.status, media_type="application/json")
+    await meter(db, key_set_id=opened.key_set_id, envelopes=opened.envelopes_opened + int(answered))
 
 
-async def _failed(call: Call, exc: Exception, record_id: int | None) -> Exception:
-    """Store or release the key after a failure; returns what to raise."""
-    error: Exception = exc
-    if isinstance(exc, ProcessorFailure | ProcessorTimedOut):
-        error = ProcessorError()
-    stored = isinstance(error, ViopayError) and _stored(error)
-    try:
-        async with call.runtime.sessions() as db, db.begin():
-            if record_id is not None and stored:
-                assert isinstance(error, ViopayError)
-                await idempotency.finish(
-                    db, record_id=record_id, status_code=error.status, result=_problem_record(error)
-                )
-            if call.opened is not None:
-                await meter(
-                    db, key_set_id=call.opened.key_set_id, envelopes=call.opened.envelopes_opened
-                )
-        if record_id is not None and not stored:
-            await idempotency.release(call.runtime.sessions, record_id=record_id)
-    except Exception as cleanup:  # the original error is what the client must hear about
-        log.warning(
-            "idempotency cleanup failed", error=type(cleanup).__name__, request_id=call.request_id
-        )
-    return error
-
-
-async def _replay(
-    call: Call, state: idempotency.KeyState, fingerprint: str, usage: KeySetUsage
-) -> Response:
-    """Same key and fingerprint → the stored result, sealed anew (2xx as 200)."""
+def _replay(state: idempotency.KeyState, fingerprint: str) -> Answer:
+    """Same key and fingerprint → the stored result (2xx as 200); another fingerprint → 422."""
     if state.fingerprint != fingerprint:
         raise IdempotencyKeyReused()
-    opened = call.opened
-    assert opened is not None and state.status_code is not None and state.result is not None
+    assert state.status_code is not None and state.result is not None
     if state.status_code >= 400:
+        return Answer(state.status_code, stored_problem=state.result, replayed=True)
+    return Answer(200, plaintext=state.result, replayed=True)
+
+
+def _crash_point(intent: PaymentIntent, phase: str) -> None:
+    """Fault injection for the crash tests (``VIOPAY_TEST_CRASH_AT=charge:intent``, …): the
+    process SIGKILLs itself at that line, as a power cut would. Unset in production."""
+    if _CRASH_AT is not None and _CRASH_AT == f"{intent.kind.value}:{phase}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def _ask_processor_and_store(call: Call, intent: PaymentIntent) -> Response:
+    """The processor call (no transaction open), then transaction 2."""
+    _crash_point(intent, "intent")
+    try:
+        authorization, undone = await _ask(call, intent)
+        _crash_point(intent, "answered")
+    except ProcessorFailure:
         async with call.runtime.sessions() as db, db.begin():
-            await meter(db, key_set_id=opened.key_set_id, envelopes=opened.envelopes_opened)
-        return _stored_problem(state.result, call.request_id)
+            await outcomes.abandon(db, intent, now=call.now, reason="processor_error")
+            await _tally(db, call, answered=False)
+        raise ProcessorError() from None
+    except ProcessorTimedOut:
+        # The outcome is unknown and could not be settled now: the intent stays pending and
+        # recovery asks the processor later; the key answers 409 in progress until then.
+        log.warning("processor outcome unknown; left to recovery", intent_id=intent.intent_id)
+        async with call.runtime.sessions() as db, db.begin():
+            await _tally(db, call, answered=False)
+        raise ProcessorError("the processor did not answer; the outcome will be settled") from None
+    try:
+        stored = await _store_outcome(call, intent, authorization, undone=undone)
+    except outcomes.KeySpent:
+        # A reverse-by-key spent the key while the charge ran: reverse the approval, store it so.
+        await _reverse(call.processor, intent, reference=intent.reference + "-r")
+        stored = await _store_outcome(call, intent, authorization, undone=True)
+    if stored is None:
+        return await _answer_recovered(call, intent)
+    if stored.timed_out:
+        return problem_response(ProcessorTimeout(charge_id=stored.charge_id), call.request_id)
+    return _respond(call, Answer(stored.status, plaintext=stored.plaintext))
+
+
+async def _store_outcome(
+    call: Call, intent: PaymentIntent, authorization: Authorization | None, *, undone: bool
+) -> outcomes.Stored | None:
+    """Transaction 2 (see the module's docstring)."""
     async with call.runtime.sessions() as db, db.begin():
-        await meter(db, key_set_id=opened.key_set_id, envelopes=opened.envelopes_opened + 1)
-    body = seal_answer(opened, call.auth, state.result, rotate=usage.rotate)
-    return Response(body, status_code=200, media_type="application/json", headers=REPLAYED)
+        if intent.kind is IntentKind.charge:
+            stored = await outcomes.store_charge(db, intent, authorization, undone=undone, now=call.now)
+        elif intent.kind is IntentKind.refund:
+            stored = await outcomes.store_refund(db, intent, now=call.now)
+        else:
+            stored = await outcomes.store_undo(db, intent, now=call.now)
+        if stored is not None:
+            await _tally(db, call, answered=not stored.timed_out)
+        return stored
+
+
+async def _ask(call: Call, intent: PaymentIntent) -> tuple[Authorization | None, bool]:
+    """Ask the processor what the intent says. For a charge: its answer (None after a timeout
+    whose authorisation was then reversed); ProcessorTimedOut when even that failed."""
+    processor, ref = call.processor, _charge_ref(intent)
+    if intent.kind is IntentKind.charge:
+        assert call.draft is not None
+        request = service.authorization_request(call.draft, reference=intent.reference, now=call.now)
+        try:
+            return await processor.authorize(request), False
+        except ProcessorTimedOut:
+            if not await _reverse(processor, intent, reference=intent.reference + "-r"):
+                raise
+            return None, True
+    if intent.kind is IntentKind.refund:
+        assert intent.refund_id is not None and intent.amount is not None
+        await processor.refund(ref, reference=intent.reference, refund_id=intent.refund_id, amount=intent.amount)
+    elif intent.kind is IntentKind.cancel:
+        await processor.void(ref, reference=intent.reference)
+    else:
+        await processor.reverse(ref, reference=intent.reference)
+    return None, False
+
+
+def _charge_ref(intent: PaymentIntent) -> ChargeRef:
+    request = intent.request
+    return ChargeRef(
+        intent.charge_id,
+        intent.terminal_id,
+        int(request.get("charge_amount", request.get("amount", 0))),
+        str(request.get("currency", "")),
+        request.get("processor_reference", intent.reference),
+    )
+
+
+async def _reverse(processor: Processor, intent: PaymentIntent, *, reference: str) -> bool:
+    """Reverse a charge intent's authorisation (whose answer never came, or whose key was
+    spent); True once the processor confirmed."""
+    ref = _charge_ref(intent)
+    for attempt in range(1, REVERSAL_ATTEMPTS + 1):
+        try:
+            await processor.reverse(ref, reference=reference)
+            return True
+        except (ProcessorFailure, ProcessorTimedOut) as exc:
+            log.warning("reversal failed", intent_id=intent.intent_id, attempt=attempt, error=type(exc).__name__)
+    return False
+
+
+async def _answer_recovered(call: Call, intent: PaymentIntent) -> Response:
+    """Recovery stored this intent's outcome first (the processor took longer than the
+    recovery delay): answer what it stored."""
+    key = call.terminal.idempotency_key
+    async with call.runtime.sessions() as db:
+        state = await idempotency.find(db, terminal_id=call.terminal.terminal_id, key=key, now=call.now) if key else None
+    if state is None or state.result is None or state.status_code is None:
+        raise IdempotencyInProgress("the outcome was settled by recovery; ask again")
+    return _respond(call, Answer(state.status_code, plaintext=state.result))
+
+
+def _respond(call: Call, answer: Answer) -> Response:
+    headers = REPLAYED if answer.replayed else None
+    if answer.problem is not None:
+        return problem_response(answer.problem, call.request_id)
+    if answer.stored_problem is not None:
+        return _stored_problem(answer.stored_problem, call.request_id)
+    assert call.opened is not None and answer.plaintext is not None and call.usage is not None
+    body = seal_answer(call.opened, call.terminal, answer.plaintext, rotate=call.usage.rotate)
+    return Response(body, status_code=answer.status, media_type="application/json", headers=headers)
 
 
 def _stored_problem(result: dict[str, Any], request_id: str) -> Response:
@@ -287,9 +370,114 @@ def _stored_problem(result: dict[str, Any], request_id: str) -> Response:
         request_id=request_id,
         extra=extra,
     )
-    return Response(
-        orjson.dumps(body),
-        status_code=int(result["status"]),
-        media_type=PROBLEM_MEDIA_TYPE,
-        headers=REPLAYED,
+    return Response(orjson.dumps(body), status_code=int(result["status"]), media_type=PROBLEM_MEDIA_TYPE, headers=REPLAYED)
+
+
+# --- what each endpoint decides in transaction 1 --------------------------------------------
+
+
+def _intent(
+    db: AsyncSession, call: Call, record_id: int | None, kind: IntentKind, charge_id: str, **request: Any
+) -> PaymentIntent:
+    scope = call.scope
+    return intents.record(
+        db,
+        kind=kind,
+        terminal_id=scope.terminal_id,
+        device_id=scope.device_id,
+        merchant_id=scope.merchant_id,
+        charge_id=charge_id,
+        now=call.now,
+        request=request,
+        idempotency_record_id=record_id,
+        refund_id=request.get("refund_id"),
+        amount=request.get("refund_amount"),
     )
+
+
+async def _surcharge_rule(db: AsyncSession, merchant_id: str) -> dict[str, Any]:
+    rule = await db.get(MerchantConfig, merchant_id)
+    return dict(rule.surcharge) if rule is not None and rule.surcharge else {"enabled": False, "rate_bps": 0, "max_amount": 0}
+
+
+async def decide_charge(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
+    """§4.1 body rules (400, 422), then the charge intent."""
+    opened = call.opened
+    assert opened is not None
+    draft = call.draft = service.build_draft(
+        scope=call.scope,
+        plaintext=call.plaintext,
+        card=opened.card,
+        tpk=opened.tpk,
+        surcharge_rule=await _surcharge_rule(db, call.terminal.merchant_id),
+        nonce=call.terminal.nonce,
+        idempotency_key=call.terminal.idempotency_key,
+    )
+    return _intent(db, call, record_id, IntentKind.charge, draft.charge_id, **service.draft_request(draft))
+
+
+def decide_refund(charge_id: str) -> Decide:
+    async def decide(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
+        plan = await refunds.plan_refund(db, scope=call.scope, charge_id=charge_id, plaintext=call.plaintext)
+        return _intent(
+            db,
+            call,
+            record_id,
+            IntentKind.refund,
+            plan.charge.charge_id,
+            **_target(plan.charge),
+            refund_id=service.new_refund_id(),
+            refund_amount=plan.amount,
+            reason=plan.reason,
+            nonce=call.terminal.nonce,
+            idempotency_key=call.terminal.idempotency_key,
+        )
+
+    return decide
+
+
+def _target(charge: Any) -> dict[str, Any]:
+    """What the processor needs of the charge an intent acts on."""
+    return {"charge_amount": charge.amount, "currency": charge.currency, "processor_reference": charge.processor_reference}
+
+
+def decide_undo(charge_id: str, *, cancel: bool) -> Decide:
+    target = ChargeStatus.canceled if cancel else ChargeStatus.reversed
+
+    async def decide(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
+        plan = await reversals.plan_undo(db, scope=call.scope, charge_id=charge_id, target=target, now=call.now)
+        if not plan.act:
+            return Answer(200, charge_view(plan.charge))
+        kind = IntentKind.cancel if cancel else IntentKind.reverse
+        return _intent(db, call, record_id, kind, plan.charge.charge_id, **_target(plan.charge))
+
+    return decide
+
+
+def decide_get(charge_id: str) -> Decide:
+    async def decide(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
+        charge = await service.get_charge(db, merchant_id=call.terminal.merchant_id, charge_id=charge_id)
+        return Answer(200, charge_view(charge))
+
+    return decide
+
+
+async def decide_reverse_by_key(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
+    body = validate(ReverseByKeyIn, call.plaintext)
+    if body.idempotency_key == call.terminal.idempotency_key:
+        raise InvalidRequest(
+            "the body has invalid members",
+            errors=[{"field": "idempotency_key", "message": "must differ from this request's own Idempotency-Key"}],
+        )
+    plan = await reversals.plan_reverse_by_key(
+        db,
+        scope=call.scope,
+        key=body.idempotency_key,
+        now=call.now,
+        stale_after=timedelta(seconds=call.runtime.settings.recovery_delay_seconds),
+    )
+    if plan is None:
+        return Answer(200, reversal_view())
+    if not plan.act:
+        return Answer(200, charge_view(plan.charge))
+    return _intent(db, call, record_id, IntentKind.reverse, plan.charge.charge_id, **_target(plan.charge))

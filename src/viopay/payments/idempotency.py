@@ -1,9 +1,10 @@
 """Idempotency-Key (PROTOCOL §4.5): fingerprints, claims, stored results, spent keys.
 
-A key is claimed by inserting an ``in_progress`` record in a transaction of its own, committed
-before any work starts: the unique ``(terminal_id, idempotency_key)`` constraint lets exactly
-one request of any number, on any number of server processes, go on. The winner stores its
-result (or releases the key, for results that are not stored) when it is done.
+A key is claimed by inserting an ``in_progress`` record in the flow's first transaction, with
+the payment intent (§4.7), before any processor call: the unique ``(terminal_id,
+idempotency_key)`` constraint lets exactly one request of any number, on any number of server
+processes, go on. The outcome transaction stores its result (or releases the key, for results
+that are not stored); a request that died is finished by recovery.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.crypto.canonical import canonical_json
 from viopay.errors import IdempotencyInProgress, InvalidRequest, InvalidState
 from viopay.payments.models import IdempotencyRecord, IdempotencyState
 
 RETENTION = timedelta(hours=24)
-# An in_progress record older than this belongs to a request that died (a processor call is
-# bounded far below it): reverse-by-key may then spend its key.
-STALE_AFTER = timedelta(seconds=120)
 FINGERPRINT_PURPOSE = "idempotency-fingerprint"
 
 
@@ -110,8 +109,26 @@ async def _drop_expired(db: AsyncSession, *, terminal_id: str, key: str, now: da
     )
 
 
+def _insert(db: AsyncSession) -> Any:
+    return pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+async def _insert_if_free(db: AsyncSession, values: dict[str, Any]) -> int | None:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING id: the unique ``(terminal_id, key)``
+    decides between concurrent requests on any server (on PostgreSQL the loser waits for the
+    winner's commit, then finds its record)."""
+    statement = (
+        _insert(db)(IdempotencyRecord)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["terminal_id", "idempotency_key"])
+        .returning(IdempotencyRecord.id)
+    )
+    inserted: int | None = (await db.execute(statement)).scalar()
+    return inserted
+
+
 async def claim(
-    sessions: async_sessionmaker[AsyncSession],
+    db: AsyncSession,
     *,
     terminal_id: str,
     key: str,
@@ -119,33 +136,30 @@ async def claim(
     path: str,
     fingerprint: str,
     now: datetime,
+    result: tuple[int, dict[str, Any]] | None = None,
 ) -> KeyState | int:
-    """Insert ``in_progress`` and commit. Returns the new record's id, or the live record of
-    the request that claimed the key first."""
-    try:
-        async with sessions() as db, db.begin():
-            await _drop_expired(db, terminal_id=terminal_id, key=key, now=now)
-            record = IdempotencyRecord(
-                terminal_id=terminal_id,
-                idempotency_key=key,
-                method=method,
-                path=path,
-                fingerprint=fingerprint,
-                state=IdempotencyState.in_progress,
-                status_code=None,
-                result=None,
-                charge_id=None,
-                created_at=now,
-                expires_at=now + RETENTION,
-            )
-            db.add(record)
-            await db.flush()
-            return record.id
-    except IntegrityError:
-        pass
-    async with sessions() as db:
-        state = await find(db, terminal_id=terminal_id, key=key, now=now)
-    if state is None:  # released between the two reads: still someone else's turn; retry
+    """Claim ``key`` in the caller's transaction: the new record's id, or the live record of
+    the request that claimed it first. With ``result`` the record is stored finished at once
+    (a 4xx decided before any work)."""
+    await _drop_expired(db, terminal_id=terminal_id, key=key, now=now)
+    values = {
+        "terminal_id": terminal_id,
+        "idempotency_key": key,
+        "method": method,
+        "path": path,
+        "fingerprint": fingerprint,
+        "state": IdempotencyState.in_progress if result is None else IdempotencyState.done,
+        "status_code": None if result is None else result[0],
+        "result": None if result is None else result[1],
+        "charge_id": None,
+        "created_at": now,
+        "expires_at": now + RETENTION,
+    }
+    record_id = await _insert_if_free(db, values)
+    if record_id is not None:
+        return record_id
+    state = await find(db, terminal_id=terminal_id, key=key, now=now)
+    if state is None:  # released between the two statements: still someone else's turn
         raise IdempotencyInProgress()
     return state
 
@@ -174,34 +188,34 @@ async def finish(
     return bool(getattr(done, "rowcount", 0))
 
 
-async def release(sessions: async_sessionmaker[AsyncSession], *, record_id: int) -> None:
+async def release(db: AsyncSession, *, record_id: int) -> None:
     """Forget a claim whose result is not stored (401, 5xx): a retry runs afresh."""
-    async with sessions() as db, db.begin():
-        await db.execute(
-            delete(IdempotencyRecord).where(
-                IdempotencyRecord.id == record_id,
-                IdempotencyRecord.state == IdempotencyState.in_progress,
-            )
-        )
-
-
-async def spend(db: AsyncSession, *, terminal_id: str, key: str, now: datetime) -> None:
-    """Mark a key that made no charge as spent for 24 h (§4.4); IntegrityError if a request
-    claimed it meanwhile."""
-    await _drop_expired(db, terminal_id=terminal_id, key=key, now=now)
-    db.add(
-        IdempotencyRecord(
-            terminal_id=terminal_id,
-            idempotency_key=key,
-            method="POST",
-            path="",
-            fingerprint=None,
-            state=IdempotencyState.spent_by_reverse,
-            status_code=None,
-            result=None,
-            charge_id=None,
-            created_at=now,
-            expires_at=now + RETENTION,
+    await db.execute(
+        delete(IdempotencyRecord).where(
+            IdempotencyRecord.id == record_id,
+            IdempotencyRecord.state == IdempotencyState.in_progress,
         )
     )
-    await db.flush()
+
+
+async def spend(db: AsyncSession, *, terminal_id: str, key: str, now: datetime) -> bool:
+    """Mark a key that made no charge as spent for 24 h (§4.4); False if a request claimed
+    it meanwhile."""
+    await _drop_expired(db, terminal_id=terminal_id, key=key, now=now)
+    spent = await _insert_if_free(
+        db,
+        {
+            "terminal_id": terminal_id,
+            "idempotency_key": key,
+            "method": "POST",
+            "path": "",
+            "fingerprint": None,
+            "state": IdempotencyState.spent_by_reverse,
+            "status_code": None,
+            "result": None,
+            "charge_id": None,
+            "created_at": now,
+            "expires_at": now + RETENTION,
+        },
+    )
+    return spent is not None

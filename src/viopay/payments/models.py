@@ -166,3 +166,82 @@ class IdempotencyRecord(Base):
             f"IdempotencyRecord(terminal_id={self.terminal_id!r}, state={self.state.value!r}, "
             f"status_code={self.status_code!r})"
         )
+
+
+class IntentKind(enum.StrEnum):
+    """What the server is about to ask the processor (PROTOCOL §4.7)."""
+
+    charge = "charge"
+    refund = "refund"
+    cancel = "cancel"
+    reverse = "reverse"
+
+
+class IntentState(enum.StrEnum):
+    """``pending`` from the transaction that records it until its outcome is stored; then
+    ``done`` (the processor acted), or ``abandoned`` (it never did: a 502, or a call recovery
+    found it never received)."""
+
+    pending = "pending"
+    done = "done"
+    abandoned = "abandoned"
+
+
+class PaymentIntent(Base):
+    """One processor call, recorded before it is made (§4.7).
+
+    ``reference`` is what the processor keeps and can be asked about; ``request`` holds what
+    recovery needs to store the outcome without the request (for a charge: amounts, masked card
+    data, nonce; never a PAN, track data or PIN block). Recovery takes an intent by writing
+    ``lease_owner``/``lease_until`` in a conditional UPDATE: one process at a time.
+    """
+
+    __tablename__ = "payment_intents"
+    __table_args__ = (
+        UniqueConstraint("reference"),
+        Index("ix_payment_intents_state_created", "state", "created_at"),
+        Index("ix_payment_intents_charge", "charge_id", "state"),
+    )
+
+    intent_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[IntentKind] = mapped_column(_enum(IntentKind, 16))
+    state: Mapped[IntentState] = mapped_column(_enum(IntentState, 16))
+    reference: Mapped[str] = mapped_column(String(64))
+    terminal_id: Mapped[str] = mapped_column(String(128))
+    device_id: Mapped[str] = mapped_column(String(128))
+    merchant_id: Mapped[str] = mapped_column(String(40))
+    charge_id: Mapped[str] = mapped_column(String(40))
+    refund_id: Mapped[str | None] = mapped_column(String(40))
+    amount: Mapped[int | None]
+    idempotency_record_id: Mapped[int | None]
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"PaymentIntent(intent_id={self.intent_id!r}, kind={self.kind.value!r}, state={self.state.value!r})"
+
+
+class SandboxLedgerEntry(Base):
+    """The sandbox processor's own record (§4.6, §4.7): one row per reference it received.
+
+    A real acquirer keeps this on its side; the sandbox keeps it in our database so that crash
+    recovery can ask it what happened, exactly as it would ask a real one.
+    """
+
+    __tablename__ = "sandbox_ledger"
+
+    reference: Mapped[str] = mapped_column(String(64), primary_key=True)
+    operation: Mapped[str] = mapped_column(String(16))  # authorize, refund, void, reverse
+    target: Mapped[str | None] = mapped_column(String(64))  # the authorisation acted on
+    amount: Mapped[int | None]
+    approved: Mapped[bool] = mapped_column(default=True)
+    response_code: Mapped[str | None] = mapped_column(String(2))
+    authorization_code: Mapped[str | None] = mapped_column(String(6))
+    decline_reason: Mapped[str | None] = mapped_column(String(64))
+    emv_response: Mapped[str | None] = mapped_column(Text)
+    undone_by: Mapped[str | None] = mapped_column(String(64))  # a void or reverse reference
+    created_at: Mapped[datetime]

@@ -1,4 +1,6 @@
-"""Cancel and reverse (PROTOCOL §4.3) and reverse-by-key (§4.4).
+"""Cancel and reverse (PROTOCOL §4.3) and reverse-by-key (§4.4): the checks, made under the
+charge's row lock in the flow's first transaction. What the processor is then asked is recorded
+as an intent; the new status is stored by ``outcomes`` once it answered.
 
 Only an approved charge with no refund, less than 24 h old, can be undone; repeating the same
 call answers the same charge. Reverse-by-key answers what it cannot reverse as it stands.
@@ -6,18 +8,16 @@ call answers the same charge. Reverse-by-key answers what it cannot reverse as i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.audit import Actor
 from viopay.errors import ChargeNotCancelable, IdempotencyInProgress
-from viopay.payments import idempotency
-from viopay.payments.models import Charge, ChargeStatus, IdempotencyState
-from viopay.payments.processors import Processor
-from viopay.payments.service import TerminalScope, charge_event, charge_ref, get_charge
+from viopay.payments import idempotency, intents
+from viopay.payments.models import Charge, ChargeStatus, IdempotencyState, IntentKind
+from viopay.payments.service import TerminalScope, get_charge
 
 CANCEL_WINDOW = timedelta(hours=24)
 
@@ -31,52 +31,34 @@ def undoable(charge: Charge, *, now: datetime) -> bool:
     )
 
 
-async def cancel_charge(
-    db: AsyncSession, *, processor: Processor, scope: TerminalScope, charge_id: str, now: datetime
-) -> Charge:
+@dataclass(frozen=True)
+class UndoPlan:
+    """``charge`` to answer as it stands (``act`` False), or to cancel/reverse (``act`` True)."""
+
+    charge: Charge
+    act: bool
+
+
+async def _pending_blocks(db: AsyncSession, charge: Charge) -> None:
+    pending = await intents.pending_on_charge(db, charge.charge_id)
+    if pending.get(IntentKind.refund):
+        raise ChargeNotCancelable("a refund of the charge is in progress")
+    if pending.get(IntentKind.cancel) or pending.get(IntentKind.reverse):
+        raise IdempotencyInProgress("a cancel or reverse of this charge is running")
+
+
+async def plan_undo(
+    db: AsyncSession, *, scope: TerminalScope, charge_id: str, target: ChargeStatus, now: datetime
+) -> UndoPlan:
+    """Cancel (target ``canceled``) or reverse (``reversed``): the same call again answers the
+    same charge; anything not undoable is 409 charge_not_cancelable."""
     charge = await get_charge(db, merchant_id=scope.merchant_id, charge_id=charge_id, lock=True)
-    return await _undo(db, processor, charge, ChargeStatus.canceled, scope.actor, now)
-
-
-async def reverse_charge(
-    db: AsyncSession, *, processor: Processor, scope: TerminalScope, charge_id: str, now: datetime
-) -> Charge:
-    charge = await get_charge(db, merchant_id=scope.merchant_id, charge_id=charge_id, lock=True)
-    return await _undo(db, processor, charge, ChargeStatus.reversed, scope.actor, now)
-
-
-async def _undo(
-    db: AsyncSession,
-    processor: Processor,
-    charge: Charge,
-    target: ChargeStatus,
-    actor: Actor,
-    now: datetime,
-) -> Charge:
-    """Cancel or reverse a locked charge; the same call again answers the same charge."""
     if charge.status is target:
-        return charge
+        return UndoPlan(charge, act=False)
     if not undoable(charge, now=now):
         raise ChargeNotCancelable(_why_not(charge, now))
-    await _apply_undo(db, processor, charge, target, actor, now)
-    return charge
-
-
-async def _apply_undo(
-    db: AsyncSession,
-    processor: Processor,
-    charge: Charge,
-    target: ChargeStatus,
-    actor: Actor,
-    now: datetime,
-) -> None:
-    if target is ChargeStatus.canceled:
-        await processor.void(charge_ref(charge))
-    else:
-        await processor.reverse(charge_ref(charge))
-    charge.status, charge.updated_at = target, now
-    charge_event(db, f"charge.{target.value}", charge, actor, now)
-    await db.flush()
+    await _pending_blocks(db, charge)
+    return UndoPlan(charge, act=True)
 
 
 def _why_not(charge: Charge, now: datetime) -> str:
@@ -87,16 +69,11 @@ def _why_not(charge: Charge, now: datetime) -> str:
     return "the charge is more than 24 h old"
 
 
-async def reverse_as_it_stands(
-    db: AsyncSession, *, processor: Processor, charge: Charge, actor: Actor, now: datetime
-) -> Charge:
-    """Reverse-by-key (§4.4): reverse when possible, else answer the charge unchanged."""
-    if undoable(charge, now=now):
-        await _apply_undo(db, processor, charge, ChargeStatus.reversed, actor, now)
-    return charge
-
-
-# --- reverse by key ---------------------------------------------------------------------------
+async def _as_it_stands(db: AsyncSession, charge: Charge, now: datetime) -> UndoPlan:
+    if not undoable(charge, now=now):
+        return UndoPlan(charge, act=False)
+    await _pending_blocks(db, charge)
+    return UndoPlan(charge, act=True)
 
 
 async def _charge_by_key(db: AsyncSession, *, terminal_id: str, key: str) -> Charge | None:
@@ -111,25 +88,25 @@ async def _charge_by_key(db: AsyncSession, *, terminal_id: str, key: str) -> Cha
     return charge
 
 
-async def reverse_by_key(
-    db: AsyncSession, *, processor: Processor, scope: TerminalScope, key: str, now: datetime
-) -> Charge | None:
-    """§4.4: the charge this terminal made with ``key``, reversed when it can be, else as it
-    stands; None when the key made no charge (it is then spent for 24 h)."""
+async def plan_reverse_by_key(
+    db: AsyncSession, *, scope: TerminalScope, key: str, now: datetime, stale_after: timedelta
+) -> UndoPlan | None:
+    """§4.4: the charge this terminal made with ``key``, to reverse when it can be, else to
+    answer as it stands; None when the key made no charge (it is then spent for 24 h).
+
+    A key whose charge is still running answers 409 idempotency_in_progress; once its intent
+    is older than the recovery delay (``stale_after``) its request is presumed dead and the key
+    is spent: recovery then reverses whatever the processor approved (§4.7)."""
     record = await idempotency.find_for_update(db, terminal_id=scope.terminal_id, key=key, now=now)
     if record is None:
         charge = await _charge_by_key(db, terminal_id=scope.terminal_id, key=key)
         if charge is not None:  # its record has expired: it is past 24 h anyway
-            return await reverse_as_it_stands(
-                db, processor=processor, charge=charge, actor=scope.actor, now=now
-            )
-        try:
-            await idempotency.spend(db, terminal_id=scope.terminal_id, key=key, now=now)
-        except IntegrityError:  # a charge with that key claimed it this very moment
-            raise IdempotencyInProgress("a request with that Idempotency-Key is running") from None
+            return await _as_it_stands(db, charge, now)
+        if not await idempotency.spend(db, terminal_id=scope.terminal_id, key=key, now=now):
+            raise IdempotencyInProgress("a request with that Idempotency-Key is running")
         return None
     if record.state is IdempotencyState.in_progress:
-        if now - record.created_at < idempotency.STALE_AFTER:
+        if now - record.created_at < stale_after:
             raise IdempotencyInProgress("a request with that Idempotency-Key is running")
         record.state = IdempotencyState.spent_by_reverse  # its request died before answering
         await db.flush()
@@ -139,6 +116,4 @@ async def reverse_by_key(
     charge = await get_charge(
         db, merchant_id=scope.merchant_id, charge_id=record.charge_id, lock=True
     )
-    return await reverse_as_it_stands(
-        db, processor=processor, charge=charge, actor=scope.actor, now=now
-    )
+    return await _as_it_stands(db, charge, now)

@@ -1,46 +1,42 @@
 """Charge endpoints (PROTOCOL §4; HMAC charge headers) and the merchant charge views (§6).
 
-``pos_router`` authenticates every request at mount (``current_terminal``); each route names
-its endpoint and the action that does its work, and :mod:`viopay.payments.flow` runs the rest
-of the §1 order. ``merchant_router`` needs a Bearer token and a merchant session.
+``pos_router`` checks every request's headers at mount (``signed_request``); each route names
+its endpoint and what it decides, and :mod:`viopay.payments.flow` runs the rest of the §1
+order (authentication included) in its two transactions. ``merchant_router`` needs a Bearer token and a merchant session.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from viopay.auth.deps import CurrentSession, merchant_session
 from viopay.auth.signature import parse_rfc3339
-from viopay.auth.terminal import CurrentTerminal, current_terminal
-from viopay.deps import DbSession, Now, RuntimeDep, body_schema, validate
-from viopay.errors import InvalidRequest, ProcessorTimeout
-from viopay.merchants.models import MerchantConfig
+from viopay.auth.terminal import CurrentRequest, signed_request
+from viopay.deps import DbSession, Now, RuntimeDep, body_schema
+from viopay.errors import InvalidRequest
 from viopay.middleware import request_id_of
 from viopay.openapi import errors_for
 from viopay.pagination import PageParams, make_page, page_params, paginate
-from viopay.payments import flow, refunds, reversals, service
+from viopay.payments import flow, refunds, service
 from viopay.payments.models import Charge, ChargeStatus
-from viopay.payments.processors import Authorization, Processor, build_processor
+from viopay.payments.processors import Processor, build_processor
 from viopay.payments.schemas import (
     ChargeDetail,
     ChargeList,
     ChargeOut,
     EnvelopeOut,
     RefundSummary,
-    ReverseByKeyIn,
     charge_view,
     refund_view,
-    reversal_view,
 )
 
 pos_router = APIRouter(
-    prefix="/pos", tags=["pos charges"], dependencies=[Depends(current_terminal)]
+    prefix="/pos", tags=["pos charges"], dependencies=[Depends(signed_request)]
 )
 merchant_router = APIRouter(
     prefix="/merchant", tags=["merchant"], dependencies=[Depends(merchant_session)]
@@ -54,7 +50,7 @@ async def get_processor(request: Request, runtime: RuntimeDep) -> Processor:
     """The processor chosen by ``VIOPAY_PROCESSOR``, made once per app."""
     processor: Processor | None = getattr(request.app.state, "processor", None)
     if processor is None:
-        processor = build_processor(runtime.settings)
+        processor = build_processor(runtime.settings, runtime.sessions)
         request.app.state.processor = processor
     return processor
 
@@ -63,129 +59,18 @@ ProcessorDep = Annotated[Processor, Depends(get_processor)]
 
 
 async def _call(
-    request: Request, auth: CurrentTerminal, runtime: RuntimeDep, processor: ProcessorDep, now: Now
+    request: Request, signed: CurrentRequest, runtime: RuntimeDep, processor: ProcessorDep, now: Now
 ) -> flow.Call:
     return flow.Call(
-        auth=auth,
+        signed=signed,
         runtime=runtime,
         processor=processor,
         now=now,
         request_id=request_id_of(request.scope),
-        content_type=request.headers.get("content-type"),
     )
 
 
 CallDep = Annotated[flow.Call, Depends(_call)]
-
-
-# --- actions ----------------------------------------------------------------------------------
-
-
-async def _surcharge_rule(db: AsyncSession, merchant_id: str) -> dict[str, Any]:
-    rule = await db.scalar(
-        select(MerchantConfig.surcharge).where(MerchantConfig.merchant_id == merchant_id)
-    )
-    return dict(rule) if rule else {"enabled": False, "rate_bps": 0, "max_amount": 0}
-
-
-class CreateCharge(flow.Action):
-    """Validate, ask the processor (outside any transaction), then store what it answered."""
-
-    draft: service.ChargeDraft | None = None
-    authorization: Authorization | None = None
-
-    async def prepare(self, call: flow.Call) -> None:
-        assert call.opened is not None
-        async with call.runtime.sessions() as db:
-            rule = await _surcharge_rule(db, call.auth.merchant_id)
-        self.draft = service.build_draft(
-            scope=call.scope,
-            plaintext=call.plaintext,
-            card=call.opened.card,
-            tpk=call.opened.tpk,
-            surcharge_rule=rule,
-            nonce=call.auth.nonce,
-            idempotency_key=call.auth.idempotency_key,
-        )
-        self.authorization = await service.authorize(call.processor, self.draft, now=call.now)
-
-    async def commit(self, db: AsyncSession, call: flow.Call) -> flow.Outcome:
-        assert self.draft is not None
-        charge = service.record_charge(
-            db, draft=self.draft, authorization=self.authorization, now=call.now
-        )
-        await db.flush()
-        view = charge_view(charge)
-        if self.authorization is None:
-            return flow.Outcome(
-                200, view, charge.charge_id, problem=ProcessorTimeout(charge_id=charge.charge_id)
-            )
-        return flow.Outcome(201, view, charge.charge_id)
-
-    async def abort(self, call: flow.Call) -> None:
-        if (
-            self.draft is not None
-            and self.authorization is not None
-            and self.authorization.approved
-        ):
-            await service.reverse_unanswered(call.processor, self.draft)
-
-
-def _refund(charge_id: str) -> flow.Action:
-    async def work(db: AsyncSession, call: flow.Call) -> flow.Outcome:
-        refund, charge = await refunds.refund_charge(
-            db,
-            processor=call.processor,
-            scope=call.scope,
-            charge_id=charge_id,
-            plaintext=call.plaintext,
-            nonce=call.auth.nonce,
-            idempotency_key=call.auth.idempotency_key,
-            now=call.now,
-        )
-        return flow.Outcome(201, refund_view(refund, charge))
-
-    return flow.Commit(work)
-
-
-def _undo(charge_id: str, *, cancel: bool) -> flow.Action:
-    undo = reversals.cancel_charge if cancel else reversals.reverse_charge
-
-    async def work(db: AsyncSession, call: flow.Call) -> flow.Outcome:
-        charge = await undo(
-            db, processor=call.processor, scope=call.scope, charge_id=charge_id, now=call.now
-        )
-        return flow.Outcome(200, charge_view(charge))
-
-    return flow.Commit(work)
-
-
-def _get(charge_id: str) -> flow.Action:
-    async def work(db: AsyncSession, call: flow.Call) -> flow.Outcome:
-        charge = await service.get_charge(
-            db, merchant_id=call.auth.merchant_id, charge_id=charge_id
-        )
-        return flow.Outcome(200, charge_view(charge))
-
-    return flow.Commit(work)
-
-
-async def _reverse_by_key(db: AsyncSession, call: flow.Call) -> flow.Outcome:
-    body = validate(ReverseByKeyIn, call.plaintext)
-    if body.idempotency_key == call.auth.idempotency_key:
-        raise InvalidRequest(
-            "the body has invalid members",
-            errors=[
-                {
-                    "field": "idempotency_key",
-                    "message": "must differ from this request's own Idempotency-Key",
-                }
-            ],
-        )
-    charge = await reversals.reverse_by_key(
-        db, processor=call.processor, scope=call.scope, key=body.idempotency_key, now=call.now
-    )
-    return flow.Outcome(200, reversal_view() if charge is None else charge_view(charge))
 
 
 # --- POS routes -------------------------------------------------------------------------------
@@ -205,7 +90,7 @@ async def _reverse_by_key(db: AsyncSession, call: flow.Call) -> flow.Outcome:
 async def create_charge(call: CallDep) -> Response:
     """Charge a card (§4.1). The body and the answer are MSK envelopes; the answer's plaintext
     is the charge. A decline is a created charge too."""
-    return await flow.run(call, flow.CHARGE, CreateCharge())
+    return await flow.run(call, flow.CHARGE, flow.decide_charge)
 
 
 @pos_router.post(
@@ -217,7 +102,7 @@ async def create_charge(call: CallDep) -> Response:
 async def reverse_by_idempotency_key(call: CallDep) -> Response:
     """Reverse the charge this terminal made with an Idempotency-Key (§4.4); plaintext
     ``{"idempotency_key"}``. Answers the charge, or ``{"object":"reversal","charge":null}``."""
-    return await flow.run(call, flow.REVERSE_BY_KEY, flow.Commit(_reverse_by_key))
+    return await flow.run(call, flow.REVERSE_BY_KEY, flow.decide_reverse_by_key)
 
 
 @pos_router.post(
@@ -233,7 +118,7 @@ async def reverse_by_idempotency_key(call: CallDep) -> Response:
 )
 async def refund_charge(charge_id: str, call: CallDep) -> Response:
     """Refund all or part of a charge (§4.2); plaintext ``{"amount"?, "reason"?}``."""
-    return await flow.run(call, flow.REFUND, _refund(charge_id))
+    return await flow.run(call, flow.REFUND, flow.decide_refund(charge_id))
 
 
 @pos_router.post(
@@ -243,7 +128,7 @@ async def refund_charge(charge_id: str, call: CallDep) -> Response:
 )
 async def cancel_charge(charge_id: str, call: CallDep) -> Response:
     """Cancel an approved charge with no refund, within 24 h (§4.3). No body."""
-    return await flow.run(call, flow.CANCEL, _undo(charge_id, cancel=True))
+    return await flow.run(call, flow.CANCEL, flow.decide_undo(charge_id, cancel=True))
 
 
 @pos_router.post(
@@ -253,13 +138,13 @@ async def cancel_charge(charge_id: str, call: CallDep) -> Response:
 )
 async def reverse_charge(charge_id: str, call: CallDep) -> Response:
     """Reverse a charge whose outcome the terminal never learned (§4.3). No body."""
-    return await flow.run(call, flow.REVERSE, _undo(charge_id, cancel=False))
+    return await flow.run(call, flow.REVERSE, flow.decide_undo(charge_id, cancel=False))
 
 
 @pos_router.get("/charge/{charge_id}", response_model=EnvelopeOut, responses=_POS_ERRORS)
 async def get_charge(charge_id: str, call: CallDep) -> Response:
     """The charge as it stands now (§4.4). No body; signed with an empty BODY."""
-    return await flow.run(call, flow.GET, _get(charge_id))
+    return await flow.run(call, flow.GET, flow.decide_get(charge_id))
 
 
 # --- merchant views (§6) ----------------------------------------------------------------------

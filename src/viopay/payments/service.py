@@ -1,4 +1,4 @@
-"""Charges (PROTOCOL §4.1, §4.6): the body rules, the processor call, the stored charge.
+"""Charges (PROTOCOL §4.1, §4.6): the body rules, what the processor is asked, lookups.
 
 Functions here take a session and flush; they never commit (the flow owns transactions).
 Refunds live in ``refunds.py``, cancel, reverse and reverse-by-key in ``reversals.py``.
@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,26 +18,9 @@ from viopay.deps import validate
 from viopay.errors import InvalidCard, InvalidRequest, NotFound
 from viopay.ids import new_id
 from viopay.payments.cards import CardData, CardInvalid, check_card
-from viopay.payments.models import Charge, ChargeStatus, EntryMode
-from viopay.payments.processors import (
-    Authorization,
-    AuthorizationRequest,
-    ChargeRef,
-    EncipheredPin,
-    Processor,
-    ProcessorFailure,
-    ProcessorTimedOut,
-)
+from viopay.payments.models import Charge
+from viopay.payments.processors import AuthorizationRequest, ChargeRef, EncipheredPin
 from viopay.payments.schemas import CardIn, ChargeIn
-
-log = structlog.get_logger("viopay.payments")
-
-TIMEOUT_RESPONSE_CODE = "68"
-TIMEOUT_REASON = "processor_timeout"
-REVERSAL_ATTEMPTS = 3
-TIMED_OUT = Authorization(
-    approved=False, response_code=TIMEOUT_RESPONSE_CODE, decline_reason=TIMEOUT_REASON
-)
 
 
 @dataclass(frozen=True)
@@ -154,15 +136,7 @@ def build_draft(
     )
 
 
-def charge_ref(charge: Charge | ChargeDraft, processor_reference: str | None = None) -> ChargeRef:
-    if isinstance(charge, ChargeDraft):
-        return ChargeRef(
-            charge.charge_id,
-            charge.scope.terminal_id,
-            charge.body.amount,
-            charge.body.currency,
-            None,
-        )
+def charge_ref(charge: Charge) -> ChargeRef:
     return ChargeRef(
         charge.charge_id,
         charge.terminal_id,
@@ -172,12 +146,31 @@ def charge_ref(charge: Charge | ChargeDraft, processor_reference: str | None = N
     )
 
 
-async def authorize(
-    processor: Processor, draft: ChargeDraft, *, now: datetime
-) -> Authorization | None:
-    """Ask the processor. None when it timed out (the authorisation was then reversed);
-    ProcessorFailure propagates (502, no charge)."""
-    request = AuthorizationRequest(
+def new_refund_id() -> str:
+    return new_id("re_")
+
+
+def draft_request(draft: ChargeDraft) -> dict[str, Any]:
+    """What a charge intent keeps of its draft: all recovery needs to store the charge, and
+    no PAN, track data or PIN block (brand, BIN, last 4 and expiry only)."""
+    body, card = draft.body, draft.card
+    return {
+        "amount": body.amount,
+        "tip_amount": body.tip_amount,
+        "tax_amount": body.tax_amount,
+        "surcharge_amount": body.surcharge_amount,
+        "currency": body.currency,
+        "reference": body.reference,
+        "entry_mode": body.entry_mode,
+        "card": {"brand": card.brand, "bin": card.bin, "last4": card.last4, "expiry": card.expiry},
+        "nonce": draft.nonce,
+        "idempotency_key": draft.idempotency_key,
+    }
+
+
+def authorization_request(draft: ChargeDraft, *, reference: str, now: datetime) -> AuthorizationRequest:
+    return AuthorizationRequest(
+        reference=reference,
         charge_id=draft.charge_id,
         terminal_id=draft.scope.terminal_id,
         merchant_id=draft.scope.merchant_id,
@@ -187,89 +180,9 @@ async def authorize(
         card=draft.card,
         pin=draft.pin,
         emv=draft.body.emv,
-        reference=draft.body.reference,
+        order_reference=draft.body.reference,
         now=now,
     )
-    try:
-        return await processor.authorize(request)
-    except ProcessorTimedOut:
-        await reverse_unanswered(processor, draft)
-        return None
-
-
-async def reverse_unanswered(processor: Processor, draft: ChargeDraft) -> None:
-    """Reverse an authorisation whose answer never came (or that cannot be kept)."""
-    for attempt in range(1, REVERSAL_ATTEMPTS + 1):
-        try:
-            await processor.reverse(charge_ref(draft))
-            return
-        except (ProcessorFailure, ProcessorTimedOut) as exc:
-            log.warning(
-                "reversal failed",
-                charge_id=draft.charge_id,
-                attempt=attempt,
-                error=type(exc).__name__,
-            )
-    log.error(
-        "reversal not confirmed; reverse it at the processor by hand", charge_id=draft.charge_id
-    )
-
-
-# --- charge: the record -----------------------------------------------------------------------
-
-
-def record_charge(
-    db: AsyncSession, *, draft: ChargeDraft, authorization: Authorization | None, now: datetime
-) -> Charge:
-    """Store the charge the processor answered (``None``: it timed out and was reversed)."""
-    body, card, scope = draft.body, draft.card, draft.scope
-    answer = authorization or TIMED_OUT
-    if authorization is None:
-        status = ChargeStatus.reversed
-    else:
-        status = ChargeStatus.approved if authorization.approved else ChargeStatus.declined
-    charge = Charge(
-        charge_id=draft.charge_id,
-        terminal_id=scope.terminal_id,
-        merchant_id=scope.merchant_id,
-        device_id=scope.device_id,
-        status=status,
-        amount=body.amount,
-        tip_amount=body.tip_amount,
-        tax_amount=body.tax_amount,
-        surcharge_amount=body.surcharge_amount,
-        amount_refunded=0,
-        currency=body.currency,
-        reference=body.reference,
-        entry_mode=EntryMode(body.entry_mode),
-        card_brand=card.brand,
-        card_bin=card.bin,
-        card_last4=card.last4,
-        card_expiry=card.expiry,
-        authorization_code=answer.authorization_code if status is ChargeStatus.approved else None,
-        response_code=answer.response_code,
-        decline_reason=answer.decline_reason,
-        emv_response=answer.emv_response,
-        processor_reference=answer.processor_reference,
-        request_nonce=draft.nonce,
-        idempotency_key=draft.idempotency_key,
-        created_at=now,
-        updated_at=now,
-    )
-    db.add(charge)
-    charge_event(
-        db,
-        "charge.created",
-        charge,
-        scope.actor,
-        now,
-        status=status.value,
-        amount=body.amount,
-        response_code=answer.response_code,
-    )
-    if authorization is None:
-        charge_event(db, "charge.reversed", charge, scope.actor, now, reason=TIMEOUT_REASON)
-    return charge
 
 
 def charge_event(

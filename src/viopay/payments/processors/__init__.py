@@ -8,6 +8,8 @@ import importlib
 from collections.abc import Callable
 from typing import cast
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from viopay.payments.processors.base import (
     Authorization,
     AuthorizationRequest,
@@ -15,6 +17,7 @@ from viopay.payments.processors.base import (
     EncipheredPin,
     Processor,
     ProcessorFailure,
+    ProcessorRecord,
     ProcessorTimedOut,
 )
 from viopay.payments.processors.sandbox import SandboxProcessor
@@ -27,16 +30,21 @@ __all__ = [
     "EncipheredPin",
     "Processor",
     "ProcessorFailure",
+    "ProcessorRecord",
     "ProcessorTimedOut",
     "SandboxProcessor",
     "build_processor",
 ]
 
 
-def build_processor(settings: Settings) -> Processor:
+def build_processor(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession] | None = None
+) -> Processor:
+    """The sandbox keeps its ledger through ``sessions``; a connector's factory gets the
+    settings only."""
     name = settings.processor
     if name == "sandbox":
-        return SandboxProcessor()
+        return SandboxProcessor(sessions, latency_ms=settings.sandbox_latency_ms)
     module_name, _, attribute = name.partition(":")
     if not module_name or not attribute:
         raise ValueError("VIOPAY_PROCESSOR must be 'sandbox' or 'package.module:factory'")

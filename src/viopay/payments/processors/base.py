@@ -34,6 +34,7 @@ class EncipheredPin:
 
 @dataclass(frozen=True)
 class AuthorizationRequest:
+    reference: str  # ours, recorded before the call; the processor keeps it (§4.7)
     charge_id: str
     terminal_id: str
     merchant_id: str
@@ -43,7 +44,7 @@ class AuthorizationRequest:
     card: CardData
     pin: EncipheredPin | None
     emv: str | None
-    reference: str | None
+    order_reference: str | None  # the merchant's `reference` of the charge, if any
     now: datetime
 
 
@@ -68,22 +69,45 @@ class ChargeRef:
     processor_reference: str | None
 
 
+@dataclass(frozen=True)
+class ProcessorRecord:
+    """What the processor holds under a reference (§4.7): the answer to "what happened?".
+
+    ``authorization`` is set for an authorisation (approved or declined); ``undone`` when that
+    authorisation was later voided or reversed. A refund, void or reverse that exists was done.
+    """
+
+    reference: str
+    operation: str  # authorize, refund, void, reverse
+    authorization: Authorization | None = None
+    undone: bool = False
+
+
 @runtime_checkable
 class Processor(Protocol):
+    """An acquirer connector. Every call carries a ``reference`` that the server recorded
+    before making it; a call repeated with the same reference must not act twice, and
+    :meth:`lookup` answers what the processor holds under a reference (None: never received).
+    """
+
     async def authorize(self, request: AuthorizationRequest) -> Authorization:
         """Approve or decline; ProcessorFailure or ProcessorTimedOut when there is no answer."""
         ...
 
-    async def refund(self, charge: ChargeRef, *, refund_id: str, amount: int) -> str | None:
-        """Refund ``amount`` of an approved charge; returns the processor's refund reference."""
+    async def refund(self, charge: ChargeRef, *, reference: str, refund_id: str, amount: int) -> None:
+        """Refund ``amount`` of an approved charge."""
         ...
 
-    async def void(self, charge: ChargeRef) -> None:
+    async def void(self, charge: ChargeRef, *, reference: str) -> None:
         """Cancel an approved charge before settlement (merchant-initiated)."""
         ...
 
-    async def reverse(self, charge: ChargeRef) -> None:
+    async def reverse(self, charge: ChargeRef, *, reference: str) -> None:
         """Undo an authorisation whose outcome the terminal (or the server) never learned.
 
         Must succeed for a charge the processor never saw (a timeout's reversal)."""
+        ...
+
+    async def lookup(self, reference: str) -> ProcessorRecord | None:
+        """What happened under ``reference``; None when the call never arrived."""
         ...

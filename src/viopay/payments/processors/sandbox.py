@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import string
+from datetime import UTC, datetime
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from viopay.crypto.errors import PinBlockError
 from viopay.crypto.pinblock import decipher_pin_block
 from viopay.payments.cards import is_expired
+from viopay.payments.models import SandboxLedgerEntry
 from viopay.payments.processors.base import (
     Authorization,
     AuthorizationRequest,
     ChargeRef,
     ProcessorFailure,
+    ProcessorRecord,
     ProcessorTimedOut,
 )
 
@@ -46,35 +53,61 @@ def emv_response(response_code: str, auth_code: str | None) -> str:
 
 class SandboxProcessor:
     """Order (§4.6): expired card → 54; PAN ...0127 → 55; a PIN block that does not decipher
-    under the TPK → 55; then the table; any other valid card is approved."""
+    under the TPK → 55; then the table; any other valid card is approved.
+
+    Its ledger is a table of our database (``sandbox_ledger``), written in the sandbox's own
+    short transaction as a real acquirer would on its side, so :meth:`lookup` can answer crash
+    recovery. A call repeated with a reference already in the ledger answers what was recorded
+    and does nothing more. ``latency_ms`` (``VIOPAY_SANDBOX_LATENCY_MS``) is spent half before
+    and half after the ledger write: a server killed "during the call" may have been heard or
+    not, as with a real network.
+    """
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession] | None = None, *, latency_ms: int = 0
+    ) -> None:
+        self._sessions = sessions
+        self._half_latency = latency_ms / 2000
 
     def __repr__(self) -> str:
-        return "SandboxProcessor()"
+        return f"SandboxProcessor(latency_ms={int(self._half_latency * 2000)})"
+
+    async def _wait(self) -> None:
+        if self._half_latency:
+            await asyncio.sleep(self._half_latency)
+
+    async def _record(self, entry: SandboxLedgerEntry, *, undo: str | None = None) -> SandboxLedgerEntry:
+        """Insert ``entry`` unless its reference is known (then answer the known one); an undo
+        marks the authorisation ``undo`` names."""
+        if self._sessions is None:
+            return entry
+        async with self._sessions() as db, db.begin():
+            known = await db.get(SandboxLedgerEntry, entry.reference)
+            if known is not None:
+                db.expunge(known)
+                return known
+            db.add(entry)
+            if undo is not None:
+                await db.execute(
+                    update(SandboxLedgerEntry)
+                    .where(SandboxLedgerEntry.reference == undo, SandboxLedgerEntry.undone_by.is_(None))
+                    .values(undone_by=entry.reference)
+                )
+            await db.flush()
+            db.expunge(entry)
+            return entry
 
     async def authorize(self, request: AuthorizationRequest) -> Authorization:
+        await self._wait()
         decline = self._decline(request)
         if decline is None and request.card.pan == PROCESSOR_ERROR_PAN:
-            raise ProcessorFailure("sandbox processor error")
+            raise ProcessorFailure("sandbox processor error")  # nothing happened: no record
+        entry = _authorization_entry(request, decline, now=request.now)
+        entry = await self._record(entry)
         if decline is None and request.card.pan == TIMEOUT_PAN:
-            raise ProcessorTimedOut("sandbox processor timeout")
-        reference = "sbx_" + secrets.token_hex(8)
-        if decline is not None:
-            code, reason = decline
-            return Authorization(
-                approved=False,
-                response_code=code,
-                decline_reason=reason,
-                emv_response=emv_response(code, None) if request.emv is not None else None,
-                processor_reference=reference,
-            )
-        auth_code = authorization_code()
-        return Authorization(
-            approved=True,
-            response_code=APPROVED,
-            authorization_code=auth_code,
-            emv_response=emv_response(APPROVED, auth_code) if request.emv is not None else None,
-            processor_reference=reference,
-        )
+            raise ProcessorTimedOut("sandbox processor timeout")  # authorised, answer lost
+        await self._wait()
+        return _authorization(entry)
 
     def _decline(self, request: AuthorizationRequest) -> tuple[str, str] | None:
         card = request.card
@@ -88,14 +121,70 @@ class SandboxProcessor:
             return INCORRECT_PIN
         return DECLINES.get(card.pan)
 
-    async def refund(self, charge: ChargeRef, *, refund_id: str, amount: int) -> str | None:
-        return "sbx_" + secrets.token_hex(8)
+    async def _act(self, operation: str, charge: ChargeRef, reference: str, amount: int | None) -> None:
+        await self._wait()
+        entry = SandboxLedgerEntry(
+            reference=reference,
+            operation=operation,
+            target=charge.processor_reference,
+            amount=amount,
+            approved=True,
+            created_at=datetime.now(UTC),
+        )
+        await self._record(entry, undo=None if operation == "refund" else charge.processor_reference)
+        await self._wait()
 
-    async def void(self, charge: ChargeRef) -> None:
-        return None
+    async def refund(self, charge: ChargeRef, *, reference: str, refund_id: str, amount: int) -> None:
+        await self._act("refund", charge, reference, amount)
 
-    async def reverse(self, charge: ChargeRef) -> None:
-        return None
+    async def void(self, charge: ChargeRef, *, reference: str) -> None:
+        await self._act("void", charge, reference, None)
+
+    async def reverse(self, charge: ChargeRef, *, reference: str) -> None:
+        await self._act("reverse", charge, reference, None)
+
+    async def lookup(self, reference: str) -> ProcessorRecord | None:
+        if self._sessions is None:
+            return None
+        async with self._sessions() as db:
+            entry = await db.get(SandboxLedgerEntry, reference)
+        if entry is None:
+            return None
+        if entry.operation != "authorize":
+            return ProcessorRecord(reference, entry.operation)
+        return ProcessorRecord(
+            reference, "authorize", _authorization(entry), undone=entry.undone_by is not None
+        )
+
+
+def _authorization_entry(
+    request: AuthorizationRequest, decline: tuple[str, str] | None, *, now: datetime
+) -> SandboxLedgerEntry:
+    code, reason = decline if decline is not None else (APPROVED, None)
+    auth_code = authorization_code() if decline is None else None
+    return SandboxLedgerEntry(
+        reference=request.reference,
+        operation="authorize",
+        target=None,
+        amount=request.amount,
+        approved=decline is None,
+        response_code=code,
+        authorization_code=auth_code,
+        decline_reason=reason,
+        emv_response=emv_response(code, auth_code) if request.emv is not None else None,
+        created_at=now,
+    )
+
+
+def _authorization(entry: SandboxLedgerEntry) -> Authorization:
+    return Authorization(
+        approved=entry.approved,
+        response_code=entry.response_code or APPROVED,
+        authorization_code=entry.authorization_code,
+        decline_reason=entry.decline_reason,
+        emv_response=entry.emv_response,
+        processor_reference=entry.reference,
+    )
 
 
 def _pin_deciphers(block: str, tpk: bytes, pan: str) -> bool:

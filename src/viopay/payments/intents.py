@@ -1,0 +1,150 @@
+"""Payment intents (PROTOCOL §4.7): what the server is about to ask the processor, recorded in
+the transaction that claims the Idempotency-Key, before the call is made.
+
+An intent is ``pending`` until one later transaction stores its outcome and marks it ``done``
+or ``abandoned``; that mark is a conditional UPDATE (``WHERE state = 'pending'``), so of the
+live request and recovery, exactly one stores an outcome. Recovery takes a due intent with a
+lease (another conditional UPDATE), so two processes never handle the same one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from viopay.ids import new_id
+from viopay.payments.models import IntentKind, IntentState, PaymentIntent
+
+LEASE = timedelta(seconds=60)
+
+
+def new_reference() -> str:
+    """The reference the processor keeps for one call: random, unique, ours."""
+    return "vpr_" + secrets.token_hex(12)
+
+
+def record(
+    db: AsyncSession,
+    *,
+    kind: IntentKind,
+    terminal_id: str,
+    device_id: str,
+    merchant_id: str,
+    charge_id: str,
+    now: datetime,
+    request: dict[str, Any],
+    idempotency_record_id: int | None,
+    refund_id: str | None = None,
+    amount: int | None = None,
+) -> PaymentIntent:
+    intent = PaymentIntent(
+        intent_id=new_id("pi_"),
+        kind=kind,
+        state=IntentState.pending,
+        reference=new_reference(),
+        terminal_id=terminal_id,
+        device_id=device_id,
+        merchant_id=merchant_id,
+        charge_id=charge_id,
+        refund_id=refund_id,
+        amount=amount,
+        idempotency_record_id=idempotency_record_id,
+        request=request,
+        outcome=None,
+        lease_owner=None,
+        lease_until=None,
+        created_at=now,
+        finished_at=None,
+    )
+    db.add(intent)
+    return intent
+
+
+async def close(
+    db: AsyncSession,
+    intent_id: str,
+    *,
+    state: IntentState,
+    outcome: dict[str, Any],
+    now: datetime,
+    lease_owner: str | None = None,
+) -> bool:
+    """Mark a pending intent finished; False when it no longer is pending (the other of the
+    live request and recovery got there first) or, with ``lease_owner``, no longer ours."""
+    query = update(PaymentIntent).where(
+        PaymentIntent.intent_id == intent_id, PaymentIntent.state == IntentState.pending
+    )
+    if lease_owner is not None:
+        query = query.where(PaymentIntent.lease_owner == lease_owner)
+    done = await db.execute(
+        query.values(state=state, outcome=outcome, finished_at=now).execution_options(
+            synchronize_session=False
+        )
+    )
+    return bool(getattr(done, "rowcount", 0))
+
+
+async def pending_on_charge(db: AsyncSession, charge_id: str) -> dict[IntentKind, int]:
+    """Pending intents acting on a charge: count per kind, and the refund amount under
+    ``IntentKind.refund`` (the caller holds the charge's row lock)."""
+    rows = (
+        await db.execute(
+            select(PaymentIntent.kind, func.count(), func.coalesce(func.sum(PaymentIntent.amount), 0))
+            .where(
+                PaymentIntent.charge_id == charge_id,
+                PaymentIntent.state == IntentState.pending,
+                PaymentIntent.kind != IntentKind.charge,
+            )
+            .group_by(PaymentIntent.kind)
+        )
+    ).all()
+    found: dict[IntentKind, int] = {}
+    for kind, count, amount in rows:
+        found[IntentKind(kind)] = int(amount or 0) if IntentKind(kind) is IntentKind.refund else int(count)
+    return found
+
+
+async def due(db: AsyncSession, *, now: datetime, delay: timedelta, limit: int) -> list[str]:
+    """Ids of pending intents older than ``delay`` whose lease is free, oldest first."""
+    rows = await db.scalars(
+        select(PaymentIntent.intent_id)
+        .where(
+            PaymentIntent.state == IntentState.pending,
+            PaymentIntent.created_at <= now - delay,
+            or_(PaymentIntent.lease_until.is_(None), PaymentIntent.lease_until < now),
+        )
+        .order_by(PaymentIntent.created_at)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def take(db: AsyncSession, intent_id: str, *, owner: str, now: datetime) -> bool:
+    """Lease one due intent to ``owner``; False when another process holds it or it is done."""
+    taken = await db.execute(
+        update(PaymentIntent)
+        .where(
+            PaymentIntent.intent_id == intent_id,
+            PaymentIntent.state == IntentState.pending,
+            or_(PaymentIntent.lease_until.is_(None), PaymentIntent.lease_until < now),
+        )
+        .values(lease_owner=owner, lease_until=now + LEASE)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(taken, "rowcount", 0))
+
+
+async def is_stale(db: AsyncSession, *, idempotency_record_id: int, now: datetime, delay: timedelta) -> bool:
+    """True when the intent of a key still in progress is older than the recovery delay: its
+    request is presumed dead (reverse-by-key may then spend the key, §4.4, §4.7)."""
+    created: datetime | None = await db.scalar(
+        select(PaymentIntent.created_at).where(
+            PaymentIntent.idempotency_record_id == idempotency_record_id,
+            PaymentIntent.state == IntentState.pending,
+        )
+    )
+    return created is None or now - created >= delay
