@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure_logging(*, level: str = "info", json: bool = True) -> None:
+def configure_logging(*, level: str = "info", json: bool = True, stream: TextIO | None = None) -> None:
+    """JSON (or console) logs on ``stream``: stdout for the server, stderr for CLI commands
+    (whose ``--json`` output owns stdout)."""
+    stream = stream or sys.stdout
     numeric = getattr(logging, level.upper())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
@@ -26,9 +30,9 @@ def configure_logging(*, level: str = "info", json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=numeric, stream=sys.stdout, format="%(message)s", force=True)
+    logging.basicConfig(level=numeric, stream=stream, format="%(message)s", force=True)
     for noisy in ("uvicorn.access",):
         logging.getLogger(noisy).disabled = True

@@ -67,7 +67,12 @@ def recover(as_json: bool = JsonOption) -> None:
     from viopay.payments.recovery import owner_id, recover_due
     from viopay.runtime import build_runtime
 
+    import sys
+
+    from viopay.observability import configure_logging
+
     settings = load_settings_or_exit()
+    configure_logging(level=settings.log_level, json=settings.log_json, stream=sys.stderr)
 
     async def run() -> dict[str, object]:
         runtime = build_runtime(settings)
