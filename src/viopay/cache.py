@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from viopay.errors import ServiceUnavailable
+from viopay.metrics import count_roundtrip
 
 T = TypeVar("T")
 
@@ -143,6 +144,7 @@ class RedisCache:
         self._window_script = self._redis.register_script(_WINDOW_CHECK)
 
     async def _call(self, op: Awaitable[T]) -> T:
+        count_roundtrip()
         try:
             return await op
         except (RedisError, OSError) as exc:

@@ -62,14 +62,12 @@ def recover(as_json: bool = JsonOption) -> None:
     Asks the processor what happened under each intent older than
     VIOPAY_RECOVERY_DELAY_SECONDS and stores it; safe beside running servers (leases)."""
     import asyncio
-
-    from viopay.payments.processors import build_processor
-    from viopay.payments.recovery import owner_id, recover_due
-    from viopay.runtime import build_runtime
-
     import sys
 
     from viopay.observability import configure_logging
+    from viopay.payments.processors import build_processor
+    from viopay.payments.recovery import owner_id, recover_due
+    from viopay.runtime import build_runtime
 
     settings = load_settings_or_exit()
     configure_logging(level=settings.log_level, json=settings.log_json, stream=sys.stderr)

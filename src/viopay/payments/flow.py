@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,6 +49,7 @@ from viopay.errors import (
     problem_response,
 )
 from viopay.merchants.models import MerchantConfig
+from viopay.metrics import PROCESSOR_CALLS
 from viopay.payments import idempotency, intents, outcomes, refunds, reversals, service
 from viopay.payments.channel import (
     KeySetUsage,
@@ -291,9 +294,31 @@ async def _store_outcome(
         return stored
 
 
+@contextmanager
+def _timed(operation: str) -> Iterator[None]:
+    """The processor call's time and result in ``viopay_processor_call_seconds``."""
+    started, result = time.perf_counter(), "ok"
+    try:
+        yield
+    except ProcessorFailure:
+        result = "error"
+        raise
+    except ProcessorTimedOut:
+        result = "timeout"
+        raise
+    finally:
+        PROCESSOR_CALLS.labels(operation, result).observe(time.perf_counter() - started)
+
+
 async def _ask(call: Call, intent: PaymentIntent) -> tuple[Authorization | None, bool]:
-    """Ask the processor what the intent says. For a charge: its answer (None after a timeout
-    whose authorisation was then reversed); ProcessorTimedOut when even that failed."""
+    """Ask the processor what the intent says (timed per operation)."""
+    with _timed(intent.kind.value):
+        return await _ask_processor(call, intent)
+
+
+async def _ask_processor(call: Call, intent: PaymentIntent) -> tuple[Authorization | None, bool]:
+    """For a charge: its answer (None after a timeout whose authorisation was then reversed);
+    ProcessorTimedOut when even that failed."""
     processor, ref = call.processor, _charge_ref(intent)
     if intent.kind is IntentKind.charge:
         assert call.draft is not None

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from viopay.ids import new_id, utcnow
+from viopay.metrics import ORIGIN, RECOVERED
 from viopay.payments import intents, outcomes
 from viopay.payments.models import IntentKind, PaymentIntent
 from viopay.payments.processors import (
@@ -104,6 +105,7 @@ async def recover_one(
         async with runtime.sessions() as db, db.begin():
             await outcomes.abandon(db, intent, now=now, reason="never_received", lease_owner=owner)
         log.info("recovered", intent_id=intent_id, kind=intent.kind.value, outcome="abandoned")
+        RECOVERED.labels("abandoned").inc()
         return "abandoned"
     if intent.kind is IntentKind.charge:
         outcome = await _recover_charge(runtime, processor, intent, record.authorization, record.undone, owner=owner, now=now)
@@ -113,6 +115,8 @@ async def recover_one(
             stored = await store(db, intent, now=now, recovered=True, lease_owner=owner)
         outcome = intent.kind.value if stored is not None else None
     log.info("recovered", intent_id=intent_id, kind=intent.kind.value, outcome=outcome)
+    if outcome is not None:
+        RECOVERED.labels(outcome).inc()
     return outcome
 
 
@@ -167,6 +171,7 @@ class RecoveryWorker:
                 pass
 
     async def _loop(self) -> None:
+        ORIGIN.set("background")
         while True:
             try:
                 report = await recover_due(self._runtime, self._processor, owner=self._owner)

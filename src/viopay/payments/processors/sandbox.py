@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from viopay.crypto.errors import PinBlockError
 from viopay.crypto.pinblock import decipher_pin_block
+from viopay.metrics import ORIGIN
 from viopay.payments.cards import is_expired
 from viopay.payments.models import SandboxLedgerEntry
 from viopay.payments.processors.base import (
@@ -81,6 +82,14 @@ class SandboxProcessor:
         marks the authorisation ``undo`` names."""
         if self._sessions is None:
             return entry
+        token = ORIGIN.set("processor")  # the acquirer's own work, counted apart from ours
+        try:
+            return await self._insert(entry, undo)
+        finally:
+            ORIGIN.reset(token)
+
+    async def _insert(self, entry: SandboxLedgerEntry, undo: str | None) -> SandboxLedgerEntry:
+        assert self._sessions is not None
         async with self._sessions() as db, db.begin():
             known = await db.get(SandboxLedgerEntry, entry.reference)
             if known is not None:
@@ -146,8 +155,12 @@ class SandboxProcessor:
     async def lookup(self, reference: str) -> ProcessorRecord | None:
         if self._sessions is None:
             return None
-        async with self._sessions() as db:
-            entry = await db.get(SandboxLedgerEntry, reference)
+        token = ORIGIN.set("processor")
+        try:
+            async with self._sessions() as db:
+                entry = await db.get(SandboxLedgerEntry, reference)
+        finally:
+            ORIGIN.reset(token)
         if entry is None:
             return None
         if entry.operation != "authorize":

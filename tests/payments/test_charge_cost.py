@@ -1,0 +1,68 @@
+"""What a charge costs the stores (issue: the payment core), read off a real server's
+``/metrics``: a keyed charge is two database transactions (claim + intent, then outcome) and one
+Redis round trip (the nonce) on PostgreSQL + Redis; on the embedded default, two transactions and
+no network at all. Background work (recovery) is counted apart (``origin="background"``), and so
+is the sandbox processor's own ledger write (``origin="processor"``: a real acquirer's work
+happens on its side)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import charge_kit as kit
+from helpers import Backend, Server
+
+
+@pytest.fixture
+async def terminal(server, admin, make_merchant, runtime):
+    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
+    yield pos
+    pos.close()
+
+
+@pytest.fixture
+def quiet_server(backend: Backend, tmp_path: Path):
+    """A server of its own, so no other test's request is counted."""
+    server = Server(backend, tmp_path, "cost")
+    yield server
+    server.stop()
+
+
+def counters(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics").text
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("origin") == "request":
+                found[sample.name] = sample.value
+    return found
+
+
+def spent(before: dict[str, float], after: dict[str, float], name: str) -> float:
+    return after.get(name, 0) - before.get(name, 0)
+
+
+@pytest.mark.parametrize("kind", ["approved", "declined"])
+def test_a_keyed_charge_is_two_transactions_and_one_redis_round_trip(terminal, quiet_server, backend, kind):
+    card = {"pan": "4242424242424242" if kind == "approved" else "4000000000000002", "expiry": "3012"}
+    terminal.charge(500, idempotency_key=f"warm-{kind}", url=quiet_server.url)  # caches warm
+    before = counters(quiet_server.url)
+    answer = terminal.charge(700, idempotency_key=f"cost-{kind}", card=card, url=quiet_server.url)
+    after = counters(quiet_server.url)
+    assert answer.status == 201 and answer.json()["status"] == kind
+    assert spent(before, after, "viopay_db_transactions_total") == 2
+    redis = 1 if backend.name == "postgres" else 0
+    assert spent(before, after, "viopay_cache_roundtrips_total") == redis
+
+
+def test_a_replay_and_a_get_are_one_transaction(terminal, quiet_server):
+    made = terminal.charge(500, idempotency_key="cost-replay", url=quiet_server.url).json()
+    before = counters(quiet_server.url)
+    assert terminal.charge(500, idempotency_key="cost-replay", url=quiet_server.url).status == 200
+    assert terminal.get(made["id"], url=quiet_server.url).status == 200
+    after = counters(quiet_server.url)
+    assert spent(before, after, "viopay_db_transactions_total") == 2  # one each
