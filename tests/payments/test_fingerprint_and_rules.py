@@ -132,6 +132,7 @@ def terminal(count: int, activated_days_ago: float) -> AuthenticatedTerminal:
         merchant_id="mer_1",
         currency="USD",
         key_set_id="ks_1",
+        msk_key_id="msk_1",
         envelope_count=count,
         key_set_activated_at=now - timedelta(days=activated_days_ago),
         method="POST",

@@ -53,6 +53,7 @@ class AuthenticatedTerminal:
     currency: str
     # The key set of X-Key-Id, as read when the request arrived.
     key_set_id: str
+    msk_key_id: str
     envelope_count: int
     key_set_activated_at: datetime | None
     method: str
@@ -212,6 +213,7 @@ async def authenticate(
         merchant_id=terminal.merchant_id,
         currency=terminal.currency,
         key_set_id=key_set.key_set_id,
+        msk_key_id=key_set.msk_key_id,
         envelope_count=key_set.envelope_count,
         key_set_activated_at=key_set.activated_at,
         method=signed.method,

@@ -131,7 +131,10 @@ async def open_request(
     if (content_type or "").split(";", 1)[0].strip().lower() != "application/json":
         raise UnsupportedMediaType()
     envelope = _parse(_json_object(auth.body, "body"))
-    key_set = _usable(await key_set_by_msk_key_id(db, envelope.kid), auth, now)
+    # Usually the MSK of X-Key-Id's own set, already in this session (no statement).
+    same = envelope.kid == auth.msk_key_id
+    found = await db.get(KeySet, auth.key_set_id) if same else await key_set_by_msk_key_id(db, envelope.kid)
+    key_set = _usable(found, auth, now)
     keys = await load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
     aad = env.request_aad(method=auth.method, path=auth.path, subject=auth.terminal_id)
     plaintext = _json_object(_open(keys.msk, envelope, aad), "plaintext")

@@ -169,28 +169,26 @@ async def _claim_and_record_intent(
     if endpoint.limited and usage.exhausted:
         raise InvalidState("the key set is past its envelope limit or lifetime: rotate keys")
     key = auth.idempotency_key if auth.method == "POST" else None
-    existing = await idempotency.find(db, terminal_id=auth.terminal_id, key=key, now=now) if key else None
-    if existing is not None:
-        idempotency.refuse_busy(existing)
-    opened = call.opened = await open_request(
-        db,
-        wrapper=runtime.wrapper,
-        auth=auth,
-        content_type=call.signed.content_type,
-        with_body=endpoint.body,
-        with_card=endpoint.card,
-        now=now,
-    )
+    try:
+        call.opened = await open_request(
+            db,
+            wrapper=runtime.wrapper,
+            auth=auth,
+            content_type=call.signed.content_type,
+            with_body=endpoint.body,
+            with_card=endpoint.card,
+            now=now,
+        )
+        fingerprint = _fingerprint(call) if key is not None else ""
+    except ViopayError:
+        # §1: a spent or running key answers 409 before the body's own errors (415, 400).
+        existing = await idempotency.find(db, terminal_id=auth.terminal_id, key=key, now=now) if key else None
+        if existing is not None:
+            idempotency.refuse_busy(existing)
+        raise
     record_id: int | None = None
     if key is not None:
-        fingerprint = idempotency.fingerprint(
-            runtime.wrapper.derive(idempotency.FINGERPRINT_PURPOSE),
-            method=auth.method,
-            path=auth.path,
-            plaintext=opened.plaintext,
-            card=opened.card,
-        )
-        claimed = existing or await idempotency.claim(
+        claimed = await idempotency.claim(
             db,
             terminal_id=auth.terminal_id,
             key=key,
@@ -221,6 +219,18 @@ async def _claim_and_record_intent(
     else:
         await db.flush()
     return decided
+
+
+def _fingerprint(call: Call) -> str:
+    auth, opened = call.terminal, call.opened
+    assert opened is not None
+    return idempotency.fingerprint(
+        call.runtime.wrapper.derive(idempotency.FINGERPRINT_PURPOSE),
+        method=auth.method,
+        path=auth.path,
+        plaintext=opened.plaintext,
+        card=opened.card,
+    )
 
 
 async def _tally(db: AsyncSession, call: Call, *, answered: bool) -> None:
@@ -420,9 +430,13 @@ def _intent(
     )
 
 
+NO_SURCHARGE: dict[str, Any] = {"enabled": False, "rate_bps": 0, "max_amount": 0}
+
+
 async def _surcharge_rule(db: AsyncSession, merchant_id: str) -> dict[str, Any]:
+    """Read only for a charge that asks for a surcharge (nothing read that is not needed)."""
     rule = await db.get(MerchantConfig, merchant_id)
-    return dict(rule.surcharge) if rule is not None and rule.surcharge else {"enabled": False, "rate_bps": 0, "max_amount": 0}
+    return dict(rule.surcharge) if rule is not None and rule.surcharge else NO_SURCHARGE
 
 
 async def decide_charge(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
@@ -434,7 +448,9 @@ async def decide_charge(db: AsyncSession, call: Call, record_id: int | None) -> 
         plaintext=call.plaintext,
         card=opened.card,
         tpk=opened.tpk,
-        surcharge_rule=await _surcharge_rule(db, call.terminal.merchant_id),
+        surcharge_rule=await _surcharge_rule(db, call.terminal.merchant_id)
+        if call.plaintext.get("surcharge_amount")
+        else NO_SURCHARGE,
         nonce=call.terminal.nonce,
         idempotency_key=call.terminal.idempotency_key,
     )

@@ -99,30 +99,21 @@ async def find_for_update(
     return record
 
 
-async def _drop_expired(db: AsyncSession, *, terminal_id: str, key: str, now: datetime) -> None:
-    await db.execute(
-        delete(IdempotencyRecord).where(
-            IdempotencyRecord.terminal_id == terminal_id,
-            IdempotencyRecord.idempotency_key == key,
-            IdempotencyRecord.expires_at <= now,
-        )
-    )
-
-
 def _insert(db: AsyncSession) -> Any:
     return pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
-async def _insert_if_free(db: AsyncSession, values: dict[str, Any]) -> int | None:
-    """INSERT … ON CONFLICT DO NOTHING RETURNING id: the unique ``(terminal_id, key)``
-    decides between concurrent requests on any server (on PostgreSQL the loser waits for the
-    winner's commit, then finds its record)."""
-    statement = (
-        _insert(db)(IdempotencyRecord)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["terminal_id", "idempotency_key"])
-        .returning(IdempotencyRecord.id)
-    )
+async def _insert_if_free(db: AsyncSession, values: dict[str, Any], *, now: datetime) -> int | None:
+    """One statement: INSERT … ON CONFLICT (terminal_id, key) DO UPDATE … WHERE the record
+    there has expired, RETURNING id. The unique constraint decides between concurrent requests
+    on any server (on PostgreSQL the loser waits for the winner's commit); an expired record is
+    replaced in place; a live one returns nothing."""
+    statement = _insert(db)(IdempotencyRecord).values(**values)
+    statement = statement.on_conflict_do_update(
+        index_elements=["terminal_id", "idempotency_key"],
+        set_={name: statement.excluded[name] for name in values if name not in ("terminal_id", "idempotency_key")},
+        where=IdempotencyRecord.expires_at <= now,
+    ).returning(IdempotencyRecord.id)
     inserted: int | None = (await db.execute(statement)).scalar()
     return inserted
 
@@ -141,7 +132,6 @@ async def claim(
     """Claim ``key`` in the caller's transaction: the new record's id, or the live record of
     the request that claimed it first. With ``result`` the record is stored finished at once
     (a 4xx decided before any work)."""
-    await _drop_expired(db, terminal_id=terminal_id, key=key, now=now)
     values = {
         "terminal_id": terminal_id,
         "idempotency_key": key,
@@ -155,7 +145,7 @@ async def claim(
         "created_at": now,
         "expires_at": now + RETENTION,
     }
-    record_id = await _insert_if_free(db, values)
+    record_id = await _insert_if_free(db, values, now=now)
     if record_id is not None:
         return record_id
     state = await find(db, terminal_id=terminal_id, key=key, now=now)
@@ -201,9 +191,10 @@ async def release(db: AsyncSession, *, record_id: int) -> None:
 async def spend(db: AsyncSession, *, terminal_id: str, key: str, now: datetime) -> bool:
     """Mark a key that made no charge as spent for 24 h (§4.4); False if a request claimed
     it meanwhile."""
-    await _drop_expired(db, terminal_id=terminal_id, key=key, now=now)
     spent = await _insert_if_free(
         db,
+        now=now,
+        values=
         {
             "terminal_id": terminal_id,
             "idempotency_key": key,

@@ -8,6 +8,8 @@ import string
 from datetime import UTC, datetime
 
 from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from viopay.crypto.errors import PinBlockError
@@ -89,21 +91,25 @@ class SandboxProcessor:
             ORIGIN.reset(token)
 
     async def _insert(self, entry: SandboxLedgerEntry, undo: str | None) -> SandboxLedgerEntry:
+        """One INSERT … ON CONFLICT DO NOTHING; the known entry is read only on a repeat."""
         assert self._sessions is not None
+        values = {c.key: getattr(entry, c.key) for c in SandboxLedgerEntry.__table__.columns}
         async with self._sessions() as db, db.begin():
-            known = await db.get(SandboxLedgerEntry, entry.reference)
-            if known is not None:
+            insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+            inserted = await db.scalar(
+                insert(SandboxLedgerEntry).values(**values).on_conflict_do_nothing().returning(SandboxLedgerEntry.reference)
+            )
+            if inserted is None:
+                known = await db.get(SandboxLedgerEntry, entry.reference)
+                assert known is not None
                 db.expunge(known)
                 return known
-            db.add(entry)
             if undo is not None:
                 await db.execute(
                     update(SandboxLedgerEntry)
                     .where(SandboxLedgerEntry.reference == undo, SandboxLedgerEntry.undone_by.is_(None))
                     .values(undone_by=entry.reference)
                 )
-            await db.flush()
-            db.expunge(entry)
             return entry
 
     async def authorize(self, request: AuthorizationRequest) -> Authorization:
