@@ -20,6 +20,14 @@ from helpers import IN_CI
 from viopay.bench import fleet, loadgen, profile
 
 SUMMARY_KEYS = {"charge_rps", "ceiling_rps", "ratio", "p99_ms_at_70pct", "activation_ms", "errors"}
+# Measured per charge of the peak phase (issue 10): worker CPU, PostgreSQL transactions, Redis
+# commands; null on the embedded default, which has neither.
+MEASURED_KEYS = {"cpu_ms_per_charge", "pg_transactions_per_charge", "redis_commands_per_charge"}
+LATENCY_KEYS = {"sandbox_latency_ms", "charge_rps_with_latency", "charge_rps_with_latency_ratio"}
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _up(port: int) -> bool:
@@ -62,7 +70,9 @@ def _samples(doc: dict) -> list:
 
 
 def _check_run(summary: dict, doc: dict, *, backend: str, configs: int) -> None:
-    assert SUMMARY_KEYS <= set(summary)
+    assert SUMMARY_KEYS | MEASURED_KEYS <= set(summary)
+    assert _number(summary["activation_ms"]) and _number(summary["cpu_ms_per_charge"])
+    assert summary["cpu_ms_per_charge"] > 0
     assert summary["errors"] == 0, _samples(doc)
     assert summary["duplicates"] == 0, doc["duplicates"]
     assert summary["backend"] == backend
@@ -91,11 +101,20 @@ def _check_run(summary: dict, doc: dict, *, backend: str, configs: int) -> None:
     assert Path(doc["files"]["json"]).exists()
 
 
-def test_smoke_on_the_embedded_default(tmp_path):
-    summary, doc = _bench(tmp_path, "--backend", "embedded")
+def test_smoke_on_the_embedded_default_with_a_slowed_sandbox(tmp_path):
+    summary, doc = _bench(tmp_path, "--backend", "embedded", "--sandbox-latency-ms", "20")
     _check_run(summary, doc, backend="embedded", configs=1)
     skipped = [c for c in doc["configs"] if "skipped" in c]
     assert [(c["backend"], c["workers"]) for c in skipped] == [("embedded", 2)]
+    assert summary["pg_transactions_per_charge"] is None
+    assert summary["redis_commands_per_charge"] is None
+    # The charge peak again on a server started with VIOPAY_SANDBOX_LATENCY_MS=20.
+    assert LATENCY_KEYS <= set(summary) and all(_number(summary[k]) for k in LATENCY_KEYS)
+    assert summary["sandbox_latency_ms"] == 20
+    slowed = doc["configs"][0]["with_latency"]
+    assert slowed["errors"] == 0 and set(slowed["statuses"]) == {"201"}, slowed["error_samples"]
+    assert slowed["connections"] >= 32
+    assert _number(slowed["single_connection_p50_ms"])
 
 
 def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path):
@@ -109,6 +128,15 @@ def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path):
     two = next(c for c in doc["configs"] if c["workers"] == 2)
     assert "supervisor_vmhwm_mib" in two["memory"]
     assert two["pg_per_charge"]["xact_commit"] > 0
+    assert all(_number(summary[k]) for k in MEASURED_KEYS), summary
+    assert not LATENCY_KEYS & set(summary)  # only with --sandbox-latency-ms
+    for config in doc["configs"]:
+        measured = config["per_charge"]
+        # Every charge inserts rows in one committed transaction at least, and claims its
+        # nonce in Redis; the counters were read once PostgreSQL had flushed them.
+        assert measured["pg_transactions_per_charge"] >= 1, measured
+        assert measured["redis_commands_per_charge"] >= 1, measured
+        assert config["pg_per_charge"]["tup_inserted"] >= 1, config["pg_per_charge"]
 
 
 # --- pieces -------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ def config_errors(config: dict[str, Any]) -> int:
     total = int(config.get("healthz", {}).get("errors", 0))
     total += int(config.get("charge_peak", {}).get("errors", 0))
     total += sum(int(x.get("errors", 0)) for x in config.get("loads", []))
+    total += int(config.get("with_latency", {}).get("errors", 0))
     return total
 
 
@@ -62,18 +63,30 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
         if one and two and one["charge_peak"]["rps"]
         else None
     )
-    return {
+    measured = head.get("per_charge", {})
+    doc_summary = {
         "charge_rps": round(charge, 1),
         "ceiling_rps": round(ceiling, 1),
         "ratio": round(charge / ceiling, 3) if ceiling else None,
         "p99_ms_at_70pct": at70["latency_ms"]["p99"] if at70 else None,
         "activation_ms": activation.get("server_ms_per_device"),
+        "cpu_ms_per_charge": measured.get("cpu_ms_per_charge"),
+        "pg_transactions_per_charge": measured.get("pg_transactions_per_charge"),
+        "redis_commands_per_charge": measured.get("redis_commands_per_charge"),
         "errors": errors,
         "duplicates": dups,
         "scaling_2w": scaling,
         "backend": head["backend"],
         "workers": head["workers"],
     }
+    slowed = head.get("with_latency")
+    if slowed:
+        doc_summary |= {
+            "sandbox_latency_ms": slowed["sandbox_latency_ms"],
+            "charge_rps_with_latency": slowed["charge_rps"],
+            "charge_rps_with_latency_ratio": slowed["ratio_to_without"],
+        }
+    return doc_summary
 
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -149,18 +162,20 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
         "errors",
         "VmHWM MiB/worker",
         "PG xact/charge",
+        "Redis cmd/charge",
     ):
         t.add_column(col, justify="left" if col in ("backend", "server CPUs") else "right")
     notes: list[str] = []
     for c in doc.get("configs", []):
         if "skipped" in c:
-            t.add_row(c["backend"], str(c["workers"]), "not run (*)", *["—"] * 10)
+            t.add_row(c["backend"], str(c["workers"]), "not run (*)", *["—"] * 11)
             notes.append(f"(*) {c['backend']}, {c['workers']} workers: {c['skipped']}")
             continue
         h, ch = c["healthz"], c["charge_peak"]
         mem = c.get("memory", {}).get("worker_vmhwm_mib", [])
-        pg = c.get("pg_per_charge", {})
-        xact = pg.get("xact_commit")
+        measured = c.get("per_charge", {})
+        xact = measured.get("pg_transactions_per_charge")
+        redis = measured.get("redis_commands_per_charge")
         t.add_row(
             c["backend"],
             str(c["workers"]),
@@ -171,10 +186,11 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
             f"{ch['rps'] / h['rps']:.2f}" if h["rps"] else "-",
             _ms(ch["latency_ms"]["p99"]),
             f"{100 * (ch.get('generator_cpu_util') or 0):.0f}",
-            f"{_ms2(h.get('server_cpu_ms_per_request'))} / {_ms2(ch.get('server_cpu_ms_per_request'))}",
+            f"{_ms2(h.get('server_cpu_ms_per_request'))} / {_ms2(measured.get('cpu_ms_per_charge'))}",
             str(config_errors(c)),
             ", ".join(f"{x:.0f}" for x in mem) or "-",
-            "-" if xact is None else f"{xact:.1f}",
+            "-" if xact is None else f"{xact:.2f}",
+            "-" if redis is None else f"{redis:.2f}",
         )
     console.print(t)
     for note in notes:
@@ -210,6 +226,47 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
                 str(x["errors"]),
             )
     console.print(t)
+
+    slowed = [(c, c["with_latency"]) for c in _configs(doc) if c.get("with_latency")]
+    if slowed:
+        t = Table(
+            title="POST /pos/charge with the sandbox slowed (VIOPAY_SANDBOX_LATENCY_MS), closed loop"
+        )
+        for col in (
+            "backend",
+            "workers",
+            "sandbox ms",
+            "p50 ms, 1 at a time",
+            "connections",
+            "charges/s",
+            "without latency",
+            "ratio",
+            "p50 ms",
+            "p99 ms",
+            "CPU ms/charge",
+            "PG conns in a transaction, max (without)",
+            "errors",
+        ):
+            t.add_column(col, justify="left" if col == "backend" else "right")
+        for c, w in slowed:
+            busy = (w.get("pg_connections_in_transaction") or {}).get("max")
+            before = (w.get("pg_connections_in_transaction_without") or {}).get("max")
+            t.add_row(
+                c["backend"],
+                str(c["workers"]),
+                str(w["sandbox_latency_ms"]),
+                _ms(w.get("single_connection_p50_ms")),
+                str(w["connections"]),
+                f"{w['charge_rps']:.0f}",
+                f"{w['charge_rps_without']:.0f}",
+                "-" if w["ratio_to_without"] is None else f"{w['ratio_to_without']:.2f}",
+                _ms(w["latency_ms"]["p50"]),
+                _ms(w["latency_ms"]["p99"]),
+                _ms2(w["cpu_ms_per_charge"]),
+                "-" if busy is None else f"{busy} ({before})",
+                str(w["errors"]),
+            )
+        console.print(t)
 
     for backend, act in doc.get("activation", {}).items():
         t = Table(

@@ -7,9 +7,13 @@ then, under the same load generator:
 2. the ceiling: ``GET /healthz`` of the same app and server, closed loop;
 3. the charge path: a short probe, the peak (closed loop), then fixed offered loads (open loop)
    at 25/50/70/100 % of that peak; every request built beforehand;
-4. peak memory (VmHWM) of each worker, and, per charge, PostgreSQL transactions and rows
-   and Redis commands;
-5. after each backend, the duplicate check: charges stored against Idempotency-Keys sent.
+4. peak memory (VmHWM) of each worker, and, per charge of the peak phase, measured: worker CPU
+   (``/proc/<pid>/stat``), PostgreSQL transactions and rows (``pg_stat_database``, read once
+   the backends have flushed) and Redis commands (``INFO commandstats`` of a Redis server of
+   the run's own);
+5. with ``--sandbox-latency-ms N``: a second server started with ``VIOPAY_SANDBOX_LATENCY_MS=N``
+   and a closed-loop charge phase with enough connections to keep its peak rate in flight;
+6. after each backend, the duplicate check: charges stored against Idempotency-Keys sent.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,6 +103,7 @@ class Options:
     profile: bool = False
     pin: bool = True
     out_dir: Path = Path("bench-results")
+    sandbox_latency_ms: int | None = None  # also run the charge phase with a slowed sandbox
 
     @property
     def preset(self) -> Preset:
@@ -298,6 +304,37 @@ def _per_charge(before: dict[str, int], after: dict[str, int], charges: int) -> 
     return {k: round((after[k] - before[k]) / charges, 2) for k in after if k in before}
 
 
+def _measured_per_charge(
+    *,
+    charges: int,
+    cpu_s: float,
+    pg: dict[str, float],
+    redis_commands: int | None,
+    be: stack.Backend,
+) -> dict[str, Any]:
+    """What one charge of the peak phase cost, from counters read before and after it."""
+    xacts = (
+        round(pg["xact_commit"] + pg["xact_rollback"], 2)
+        if "xact_commit" in pg and "xact_rollback" in pg
+        else None
+    )
+    return {
+        "charges": charges,
+        "cpu_ms_per_charge": round(cpu_s * 1000 / charges, 3) if charges else None,
+        "pg_transactions_per_charge": xacts,
+        "redis_commands_per_charge": (
+            round(redis_commands / charges, 2) if redis_commands is not None and charges else None
+        ),
+        "redis_counts": (
+            None
+            if be.redis_prefix is None
+            else "this run's own Redis server"
+            if be.redis_private
+            else "the shared Redis server (other clients' commands count too)"
+        ),
+    }
+
+
 def run_config(
     *,
     be: stack.Backend,
@@ -362,35 +399,55 @@ def run_config(
         probe = _charge_phase(
             phases, factory, ledger, srv, probe_n, mode="closed", duration=p.probe_s, warmup=0
         )
+        probe_done = time.monotonic()
         rate_guess = max(probe["rps"], 20.0)
         peak_n = int(rate_guess * 1.6 * (p.warmup + p.peak_s)) + 4 * options.connections
-        pg0 = stack.pg_stats(be.database) if be.database else {}
-        redis0 = stack.redis_commands() if be.redis_prefix else None
-        cpu0, pgcpu0 = srv.cpu(), stack.postgres_cpu_seconds() if be.database else None
-        peak = _charge_phase(
-            phases,
-            factory,
-            ledger,
-            srv,
-            peak_n,
-            mode="closed",
-            duration=p.peak_s,
-            warmup=p.warmup,
-        )
-        cpu1, pgcpu1 = srv.cpu(), stack.postgres_cpu_seconds() if be.database else None
-        pg1 = stack.pg_stats(be.database) if be.database else {}
-        redis1 = stack.redis_commands() if be.redis_prefix else None
-        completed = int(peak["completed"]) or 1
+        # pg_stat_database lags up to 10 s behind the server's last transactions: wait for the
+        # probe's to be flushed (see stack.pg_stats_settled), and for the peak's after it.
+        pg0 = stack.pg_stats_settled(be.database, quiet_since=probe_done) if be.database else {}
+        counter = stack.RedisCommands(be.env["VIOPAY_REDIS_URL"]) if be.redis_prefix else None
+        try:
+            redis0 = counter.read() if counter else None
+            cpu0, pgcpu0 = srv.cpu(), stack.postgres_cpu_seconds() if be.database else None
+            with _busy_connections(be) as busy:
+                peak = _charge_phase(
+                    phases,
+                    factory,
+                    ledger,
+                    srv,
+                    peak_n,
+                    mode="closed",
+                    duration=p.peak_s,
+                    warmup=p.warmup,
+                )
+            peak["pg_connections_in_transaction"] = busy or None
+            peak_done = time.monotonic()
+            cpu1, pgcpu1 = srv.cpu(), stack.postgres_cpu_seconds() if be.database else None
+            redis1 = counter.read() if counter else None
+        finally:
+            if counter:
+                counter.close()
+        pg1 = stack.pg_stats_settled(be.database, quiet_since=peak_done) if be.database else {}
+        charges = int(peak["statuses"].get("201", 0))  # the charges the phase completed
         peak["server_cpu_ms_per_request"] = _cpu_per(cpu1 - cpu0, peak)
         if pgcpu0 is not None and pgcpu1 is not None:
             peak["postgres_cpu_ms_per_request"] = _cpu_per(pgcpu1 - pgcpu0, peak)
         doc["charge_peak"] = peak
-        doc["pg_per_charge"] = _per_charge(pg0, pg1, completed)
-        if redis0 is not None and redis1 is not None:
-            doc["redis_commands_per_charge"] = round((redis1 - redis0) / completed, 2)
+        doc["pg_per_charge"] = _per_charge(pg0, pg1, charges)
+        doc["per_charge"] = _measured_per_charge(
+            charges=charges,
+            cpu_s=cpu1 - cpu0,
+            pg=doc["pg_per_charge"],
+            redis_commands=(redis1 - redis0 if redis0 is not None and redis1 is not None else None),
+            be=be,
+        )
+        doc["redis_commands_per_charge"] = doc["per_charge"]["redis_commands_per_charge"]
+        pc = doc["per_charge"]
         say(
             f"  POST /pos/charge peak: {peak['rps']:.0f} req/s, p99 {peak['latency_ms']['p99']} ms,"
-            f" errors {peak['errors']}"
+            f" errors {peak['errors']}; per charge: {pc['cpu_ms_per_charge']} ms of worker CPU,"
+            f" {pc['pg_transactions_per_charge']} PostgreSQL transactions,"
+            f" {pc['redis_commands_per_charge']} Redis commands"
         )
 
         loads = []
@@ -427,7 +484,119 @@ def run_config(
                 srv, phases, factory, ledger, options, work_dir, peak["rps"], say
             )
         doc["memory"] = srv.memory()
+    if options.sandbox_latency_ms is not None:
+        doc["with_latency"] = _with_latency(
+            be=be,
+            workers=workers,
+            options=options,
+            phases=phases,
+            factory=factory,
+            ledger=ledger,
+            work_dir=work_dir,
+            server_cpus=server_cpus,
+            peak_rps=float(doc["charge_peak"]["rps"]),
+            pg_busy_without=doc["charge_peak"].get("pg_connections_in_transaction"),
+            say=say,
+        )
     doc["load_after"] = _loadavg()
+    return doc
+
+
+def _busy_connections(be: stack.Backend) -> AbstractContextManager[dict[str, Any]]:
+    """PostgreSQL connections inside a transaction during a phase (sampled), or nothing."""
+    return stack.pg_busy_connections(be.database) if be.database else nullcontext({})
+
+
+def _with_latency(
+    *,
+    be: stack.Backend,
+    workers: int,
+    options: Options,
+    phases: Phases,
+    factory: fleet.ChargeFactory,
+    ledger: ChargeLedger,
+    work_dir: Path,
+    server_cpus: set[int] | None,
+    peak_rps: float,
+    pg_busy_without: dict[str, Any] | None,
+    say: Say,
+) -> dict[str, Any]:
+    """The peak again, on a server whose sandbox takes ``sandbox_latency_ms`` per call.
+
+    A closed loop of C connections cannot exceed C / latency charges per second, so C is sized
+    for twice the peak just measured, plus the usual connections (at 300 ms and 150/s: 45 in
+    flight, 2 × 45 + 32 = 122 connections); a server
+    that blocks a worker or holds a database connection across the processor call falls short
+    of its no-latency peak, one that does not keeps it."""
+    p = options.preset
+    latency_ms = int(options.sandbox_latency_ms or 0)
+    seconds = latency_ms / 1000
+    in_flight = math.ceil(2 * peak_rps * seconds) + options.connections
+    connections = min(1000, max(options.connections, in_flight))
+    log_path = work_dir / f"server-{be.name}-{workers}w-latency{latency_ms}.log"
+    env = {"VIOPAY_SANDBOX_LATENCY_MS": str(latency_ms)}
+    with stack.server(
+        be, workers=workers, log_path=log_path, cpus=server_cpus, extra_env=env
+    ) as srv:
+        # One charge at a time first: its latency is the processor's plus the charge's own,
+        # with no queue in front (a p50 below N ms: the server ignored the setting).
+        single_s = max(1.0, 4 * seconds)
+        single = _charge_phase(
+            phases,
+            factory,
+            ledger,
+            srv,
+            int(single_s / max(seconds, 0.005)) + 20,
+            mode="closed",
+            duration=single_s,
+            warmup=0,
+            connections=1,
+        )
+        warmup = p.warmup + p.probe_s + seconds  # fresh workers: pools and caches fill first
+        count = int(max(peak_rps, 20.0) * 1.6 * (warmup + p.peak_s)) + 4 * connections
+        cpu0 = srv.cpu()
+        with _busy_connections(be) as busy:
+            result = _charge_phase(
+                phases,
+                factory,
+                ledger,
+                srv,
+                count,
+                mode="closed",
+                duration=p.peak_s,
+                warmup=warmup,
+                connections=connections,
+            )
+        charges = int(result["statuses"].get("201", 0))
+        cpu_s = srv.cpu() - cpu0
+    doc = {
+        "sandbox_latency_ms": latency_ms,
+        "connections": connections,
+        "charge_rps": result["rps"],
+        "charge_rps_without": peak_rps,
+        "pg_connections_in_transaction_without": pg_busy_without,
+        "ratio_to_without": round(result["rps"] / peak_rps, 3) if peak_rps else None,
+        "cpu_ms_per_charge": round(cpu_s * 1000 / charges, 3) if charges else None,
+        # PostgreSQL connections inside a transaction, sampled every 0.1 s during the phase
+        "pg_connections_in_transaction": busy or None,
+        "latency_ms": result["latency_ms"],
+        "single_connection_p50_ms": single["latency_ms"]["p50"],
+        "errors": result["errors"] + single["errors"],
+        "statuses": result["statuses"],
+        "error_samples": result["error_samples"] + single["error_samples"],
+    }
+    alone = single["latency_ms"]["p50"]
+    note = (
+        f" (one at a time: p50 {alone} ms < {latency_ms} ms, the server ignored"
+        " VIOPAY_SANDBOX_LATENCY_MS)"
+        if alone is not None and alone < latency_ms
+        else f" (one at a time: p50 {alone} ms)"
+    )
+    say(
+        f"  with the sandbox at {latency_ms} ms per call, {connections} connections: "
+        f"{result['rps']:.0f} charges/s ({doc['ratio_to_without']} of {peak_rps:.0f}),"
+        f" p50 {result['latency_ms']['p50']} ms, errors {doc['errors']}{note}"
+    )
     return doc
 
 

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,6 +64,8 @@ class Backend:
     env: dict[str, str] = field(default_factory=dict)
     database: str | None = None
     redis_prefix: str | None = None
+    # True when Redis is a server of this run's own: its command counts are the server's alone
+    redis_private: bool = False
 
     @property
     def max_workers(self) -> int:
@@ -104,27 +107,108 @@ def _pg(sql: str, *args: Any, database: str = "postgres") -> list[Any]:
 
 
 def pg_stats(database: str) -> dict[str, int]:
-    """This database's counters from pg_stat_database (transactions, rows)."""
+    """This database's counters from pg_stat_database (transactions, rows, sessions opened).
+
+    Read over a connection to the maintenance database ``postgres``: the reading's own
+    transaction is counted there, not in ``database``, so nothing needs subtracting."""
     rows = _pg(
         "SELECT xact_commit, xact_rollback, tup_returned, tup_fetched, tup_inserted, tup_updated,"
-        " tup_deleted FROM pg_stat_database WHERE datname = $1",
+        " tup_deleted, sessions FROM pg_stat_database WHERE datname = $1",
         database,
     )
     return {k: int(v) for k, v in dict(rows[0]).items()} if rows else {}
 
 
-def redis_commands() -> int | None:
-    """Commands processed by the Redis server so far (all clients: approximate)."""
-    import redis
+# PostgreSQL 15 backends flush their counters to shared memory at most once per second
+# (PGSTAT_MIN_INTERVAL) at the end of a transaction; what a backend counted in its last second of
+# work stays local until its next transaction a second later, or until its idle timer fires
+# (PGSTAT_IDLE_INTERVAL, 10 s). Measured here: after a burst, ~1/3 of 3 s of transactions stayed
+# invisible for 9 s, then appeared at once. So a reading is exact only 10 s after the last
+# transaction of the server's connections (pg_stat_clear_snapshot() only clears the reader's
+# own snapshot, and pg_stat_force_next_flush() only flushes the caller's backend).
+PGSTAT_IDLE_INTERVAL_S = 10.0
 
-    try:
-        client = redis.Redis.from_url(REDIS_URL)
+
+def pg_stats_settled(database: str, *, quiet_since: float) -> dict[str, int]:
+    """``pg_stats`` once every backend that worked until ``quiet_since`` (``time.monotonic()``)
+    has flushed: 10 s of idle time (PGSTAT_IDLE_INTERVAL) plus a margin."""
+    wait = quiet_since + PGSTAT_IDLE_INTERVAL_S + 0.7 - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
+    return pg_stats(database)
+
+
+@contextmanager
+def pg_busy_connections(database: str, interval: float = 0.1) -> Iterator[dict[str, Any]]:
+    """Samples, in a thread, how many of ``database``'s connections are inside a transaction
+    (``active`` or ``idle in transaction`` in pg_stat_activity); the dict gets ``max``, ``mean``
+    and ``samples`` on exit. A server that holds a connection across a slow processor call shows
+    about rate × latency of them."""
+    import threading
+
+    import asyncpg
+
+    found: list[int] = []
+    stop = threading.Event()
+
+    async def sample() -> None:
+        conn = await asyncpg.connect(f"{PG_HOST_URL}/postgres")
         try:
-            return int(client.info("stats")["total_commands_processed"])
+            while not stop.is_set():
+                found.append(
+                    int(
+                        await conn.fetchval(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
+                            " AND state IN ('active', 'idle in transaction')",
+                            database,
+                        )
+                    )
+                )
+                await asyncio.sleep(interval)
         finally:
-            client.close()
-    except redis.RedisError:
-        return None
+            await conn.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(sample()), daemon=True)
+    result: dict[str, Any] = {}
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        result |= {
+            "max": max(found, default=None),
+            "mean": round(sum(found) / len(found), 2) if found else None,
+            "samples": len(found),
+        }
+
+
+class RedisCommands:
+    """Commands the Redis server executed, summed over ``INFO commandstats``, read over one
+    connection kept open between readings (so no connection set-up counts)."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url)
+        self._readings = 0
+
+    def read(self) -> int | None:
+        """Calls so far, minus the earlier INFO calls of this counter (Redis counts a command
+        after it ran: a reading includes every earlier reading, not itself)."""
+        import redis
+
+        try:
+            stats = self._client.info("commandstats")
+        except redis.RedisError:
+            return None
+        calls = sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_"))
+        calls -= self._readings
+        self._readings += 1
+        return calls
+
+    def close(self) -> None:
+        self._client.close()
 
 
 @contextmanager
@@ -148,19 +232,60 @@ def backend(name: str, work_dir: Path) -> Iterator[Backend]:
         )
     tag = secrets.token_hex(4)
     database, prefix = f"viopay_bench_{tag}", f"viopay_bench_{tag}:"
-    _pg(f'CREATE DATABASE "{database}"')
-    env = {
-        "VIOPAY_DATA_DIR": str(data_dir),
-        "VIOPAY_DATABASE_URL": f"{PG_HOST_URL}/{database}",
-        "VIOPAY_REDIS_URL": REDIS_URL,
-        "VIOPAY_REDIS_PREFIX": prefix,
-        "VIOPAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-    }
+    with _private_redis(data_dir) as private_url:
+        _pg(f'CREATE DATABASE "{database}"')
+        env = {
+            "VIOPAY_DATA_DIR": str(data_dir),
+            "VIOPAY_DATABASE_URL": f"{PG_HOST_URL}/{database}",
+            "VIOPAY_REDIS_URL": private_url or REDIS_URL,
+            "VIOPAY_REDIS_PREFIX": prefix,
+            "VIOPAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        }
+        try:
+            yield Backend(
+                name,
+                data_dir,
+                env,
+                database=database,
+                redis_prefix=prefix,
+                redis_private=private_url is not None,
+            )
+        finally:
+            _pg(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            if private_url is None:
+                _drop_redis_prefix(prefix)
+
+
+@contextmanager
+def _private_redis(data_dir: Path) -> Iterator[str | None]:
+    """A Redis server of this run's own (same binary, same flags as scripts/services.sh), so
+    ``INFO commandstats`` counts only the bench server's commands: the shared one on 6379 also
+    serves other sessions. None (use 6379) when redis-server is not installed."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        yield None
+        return
+    port = free_port()
+    proc = subprocess.Popen(  # noqa: S603 - redis-server with a fixed argv
+        [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        cwd=data_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        yield Backend(name, data_dir, env, database=database, redis_prefix=prefix)
+        deadline = time.monotonic() + 10
+        while not service_up("127.0.0.1", port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise StackError("a private redis-server would not start")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
-        _pg(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        _drop_redis_prefix(prefix)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def _drop_redis_prefix(prefix: str) -> None:
@@ -249,6 +374,7 @@ class ServerProcess:
     workers: int
     log_path: Path
     cpus: set[int] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     started_in: float = 0.0
@@ -259,7 +385,8 @@ class ServerProcess:
 
     def start(self, timeout: float = 90) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VIOPAY_")}
-        env |= self.backend.env | {
+        env |= self.backend.env | self.extra_env
+        env |= {
             "VIOPAY_LOG_LEVEL": "info",
             "VIOPAY_LOG_JSON": "true",
             "VIOPAY_PUBLIC_URL": f"http://127.0.0.1:{self.port}",
@@ -365,9 +492,14 @@ class ServerProcess:
 
 @contextmanager
 def server(
-    backend: Backend, *, workers: int, log_path: Path, cpus: set[int] | None
+    backend: Backend,
+    *,
+    workers: int,
+    log_path: Path,
+    cpus: set[int] | None,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
-    proc = ServerProcess(backend, workers, log_path, cpus)
+    proc = ServerProcess(backend, workers, log_path, cpus, extra_env or {})
     proc.start()
     try:
         yield proc

@@ -24,7 +24,7 @@ def bench(
         help="embedded, postgres (scratch database + Redis prefix) or both.",
     ),
     quick: bool = typer.Option(
-        False, "--quick", help="Short phases (under 2 minutes); last line: JSON summary."
+        False, "--quick", help="Short phases (2-3 minutes); last line: JSON summary."
     ),
     smoke: bool = typer.Option(
         False, "--smoke", help="Tiny phases and 2 terminals: checks the tool, measures nothing."
@@ -48,6 +48,13 @@ def bench(
     ),
     out: Path = typer.Option(
         Path("bench-results"), "--out", help="Where results (JSON, PNG, logs) go."
+    ),
+    sandbox_latency_ms: int | None = typer.Option(
+        None,
+        "--sandbox-latency-ms",
+        min=0,
+        max=10_000,
+        help="Also run the charge peak on servers started with VIOPAY_SANDBOX_LATENCY_MS=N.",
     ),
 ) -> None:
     """Benchmark the server: GET /healthz ceiling, charge throughput and latency, activation."""
@@ -73,6 +80,7 @@ def bench(
         profile=profile,
         pin=pin,
         out_dir=out,
+        sandbox_latency_ms=sandbox_latency_ms,
     )
     try:
         doc = run(options, lambda message: progress.print(f"[dim]·[/dim] {message}"))
@@ -91,9 +99,21 @@ def bench(
                 "ratio",
                 "p99_ms_at_70pct",
                 "activation_ms",
+                "cpu_ms_per_charge",
+                "pg_transactions_per_charge",
+                "redis_commands_per_charge",
                 "errors",
             )
         }
         line |= {k: s.get(k) for k in ("duplicates", "scaling_2w", "backend", "workers")}
+        if sandbox_latency_ms is not None:
+            line |= {
+                k: s.get(k)
+                for k in (
+                    "sandbox_latency_ms",
+                    "charge_rps_with_latency",
+                    "charge_rps_with_latency_ratio",
+                )
+            }
         sys.stdout.write(orjson.dumps(line).decode() + "\n")
         sys.stdout.flush()
