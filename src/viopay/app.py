@@ -19,12 +19,15 @@ from starlette.responses import Response
 from viopay import __version__
 from viopay.activation.config_router import config_schema_router, parameters_admin_router
 from viopay.activation.router import router as activation_router
+from viopay.api.devices import admin_router as device_admin_router
+from viopay.api.devices import claim_router, pos_router
+from viopay.api.devices import merchant_router as device_merchant_router
+from viopay.api.events import router as events_router
+from viopay.api.merchants import admin_router as merchant_admin_router
+from viopay.api.merchants import merchant_router as merchant_config_router
 from viopay.auth.issuer import OidcVerifier, load_embedded_issuer
 from viopay.auth.router import admin_router as client_admin_router
 from viopay.auth.router import router as auth_router
-from viopay.devices.router import admin_router as device_admin_router
-from viopay.devices.router import claim_router, pos_router
-from viopay.devices.router import merchant_router as device_merchant_router
 from viopay.errors import (
     InternalError,
     InvalidRequest,
@@ -35,9 +38,6 @@ from viopay.errors import (
     problem_response,
 )
 from viopay.health import router as health_router
-from viopay.merchants.events import router as events_router
-from viopay.merchants.router import admin_router as merchant_admin_router
-from viopay.merchants.router import merchant_router as merchant_config_router
 from viopay.middleware import RequestContextMiddleware, request_id_of
 from viopay.openapi import Problem
 from viopay.payments.processors import build_processor

@@ -6,10 +6,29 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import JSON, Index, String
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
 
+from viopay.db import Base
 from viopay.ids import new_id
-from viopay.merchants.models import AuditEvent
+
+
+class AuditEvent(Base):
+    """Every state change: who (actor), what (type, subject, data), when."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_merchant_created", "merchant_id", "created_at", "event_id"),)
+
+    event_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    merchant_id: Mapped[str | None] = mapped_column(String(40))
+    type: Mapped[str] = mapped_column(String(64))
+    actor_type: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[str | None] = mapped_column(String(255))
+    subject_type: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(String(255))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime]
 
 
 @dataclass(frozen=True)

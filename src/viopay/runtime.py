@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -59,3 +61,24 @@ def build_runtime(settings: Settings) -> Runtime:
         cache=build_cache(settings),
         wrapper=load_wrapper(settings),
     )
+
+
+T = TypeVar("T")
+
+
+def run_unit_of_work(settings: Settings, work: Callable[[AsyncSession, Runtime], Awaitable[T]]) -> T:
+    """Migrate, then run ``work`` in one transaction on a runtime of its own (CLI commands,
+    tools); errors propagate."""
+    from viopay.migrate import upgrade
+
+    upgrade(settings)
+
+    async def go() -> T:
+        runtime = build_runtime(settings)
+        try:
+            async with runtime.sessions() as session, session.begin():
+                return await work(session, runtime)
+        finally:
+            await runtime.close()
+
+    return asyncio.run(go())

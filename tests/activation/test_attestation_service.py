@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from helpers import SEEN_SECRETS, pos_headers
+from viopay.activation.attestation import Attested, identity_key_of, issue_token, verify_token
 from viopay.audit import Actor
-from viopay.auth.attestation import Attested, identity_key_of, issue_token, verify_token
 from viopay.devices import service as devices
 from viopay.devices.models import Device
 from viopay.errors import InvalidToken

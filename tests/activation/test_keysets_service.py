@@ -235,7 +235,7 @@ async def test_release_retires_every_set(runtime, claimed):
     async with runtime.sessions() as db, db.begin():
         device = await db.get(Device, claimed.device_id)
         generation = device.token_generation
-        await devices.release_device(db, device=device, actor=Actor.operator("test"), now=now)
+        await keysets.release_device(db, device=device, actor=Actor.operator("test"), now=now)
         assert device.token_generation == generation + 1
     assert set((await _statuses(runtime, claimed.device_id)).values()) == {KeySetStatus.retired}
     assert await _usable(runtime, claimed.device_id, now) == []

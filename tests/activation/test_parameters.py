@@ -16,11 +16,10 @@ from viopay.activation import parameters
 from viopay.activation.default_parameters import builtin_document
 from viopay.activation.parameters import CHUNK_SIZE, ParametersBlob, chunk, chunk_count, pack
 from viopay.activation.parameters_models import DEFAULT_KEY, TerminalParameters
-from viopay.audit import Actor
+from viopay.audit import Actor, AuditEvent
 from viopay.devices.models import Device, DeviceStatus, Terminal
 from viopay.errors import InvalidRequest, NotFound
 from viopay.merchants import service
-from viopay.merchants.models import AuditEvent
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from viopay.auth.signature import check_timestamp, nonce_ttl, parse_rfc3339, spend_nonce
 from viopay.cache import MemoryCache
 from viopay.errors import NonceReused, TimestampOutOfWindow
+from viopay.signatures import check_timestamp, nonce_ttl, parse_rfc3339, spend_nonce
 
 NOW = datetime(2025, 12, 13, 14, 25, 30, tzinfo=UTC)
 

@@ -10,12 +10,12 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from viopay.audit import Actor
+from viopay.audit import Actor, AuditEvent
 from viopay.deps import validate
 from viopay.errors import InvalidRequest
 from viopay.merchants import config, service
 from viopay.merchants.config import MerchantConfigIn
-from viopay.merchants.models import AuditEvent, Merchant, MerchantConfig
+from viopay.merchants.models import Merchant, MerchantConfig
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 DEFAULTS = {

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import select
 
 import charge_kit as kit
+from viopay.audit import AuditEvent
 from viopay.errors import ChargeNotCancelable, NotFound
-from viopay.merchants.models import AuditEvent
 from viopay.payments import flow, reversals
 from viopay.payments.models import Charge, ChargeStatus, IntentKind, PaymentIntent
 from viopay.payments.processors import ProcessorFailure, SandboxProcessor

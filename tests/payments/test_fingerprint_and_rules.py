@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from viopay.auth.terminal import AuthenticatedTerminal
 from viopay.crypto.wrapping import MasterKeyWrapper
 from viopay.errors import InvalidCard, InvalidRequest
 from viopay.payments.channel import key_set_usage
 from viopay.payments.idempotency import FINGERPRINT_PURPOSE, fingerprint
 from viopay.payments.service import TerminalScope, build_draft, surcharge_cap
+from viopay.payments.terminal_auth import AuthenticatedTerminal
 
 KEY = MasterKeyWrapper(b"\x11" * 32).derive(FINGERPRINT_PURPOSE)
 CARD = {"pan": "4242424242424242", "expiry": "3012"}

@@ -27,6 +27,7 @@ from viopay.crypto.keyblocks import KEY_LENGTH, KEY_TYPES, WRAPPED_BY, wrap_key
 from viopay.crypto.transport import derive_ktk, generate_x25519, x25519_shared
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.devices.models import Device
+from viopay.devices.service import unclaim_device
 from viopay.errors import InvalidRequest, InvalidState
 from viopay.ids import new_id
 
@@ -442,3 +443,13 @@ async def retire_device_key_sets(
             retired.append(key_set.key_set_id)
     await db.flush()
     return retired
+
+
+async def release_device(db: AsyncSession, *, device: Device, actor: Actor, now: datetime) -> Device:
+    """§5 release: the device's key sets retire, then it goes back to ``inactive`` (tokens and
+    terminal id retire; past charges stay)."""
+    await retire_device_key_sets(
+        db, device_id=device.device_id, actor=actor, merchant_id=device.merchant_id, now=now,
+        reason="release",
+    )
+    return await unclaim_device(db, device=device, actor=actor, now=now)

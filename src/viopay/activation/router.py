@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from viopay.activation import delivery, service
+from viopay.activation.attestation import TOKEN_TTL, AttestedDevice, AttestSigned, attested_device
 from viopay.activation.schemas import AttestIn, AttestOut, KeyOut, KeysIn, KeysOut
-from viopay.auth.attestation import TOKEN_TTL, AttestedDevice, AttestSigned, attested_device
 from viopay.deps import DbSession, Now, RuntimeDep, body_schema, read_json, read_raw_json
 from viopay.ids import rfc3339
 from viopay.openapi import errors_for

@@ -8,9 +8,9 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from viopay.activation.attestation import Attested, IssuedToken, issue_token
 from viopay.activation.keysets import DeliveredKeySet, create_key_set
 from viopay.audit import Actor, record_event
-from viopay.auth.attestation import Attested, IssuedToken, issue_token
 from viopay.cache import Cache
 from viopay.crypto.transport import X25519_KEY_LENGTH
 from viopay.crypto.wrapping import KeyWrapper

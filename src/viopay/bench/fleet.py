@@ -64,11 +64,11 @@ def provision(settings: Settings, count: int) -> Provisioned:
     ``viopay merchant create``, ``client create`` and ``device provision`` would)."""
     from viopay.audit import Actor
     from viopay.auth.clients import create_client
-    from viopay.cli.common import run_in_transaction
     from viopay.devices.service import provision_device
     from viopay.ids import utcnow
     from viopay.merchants.models import Role
     from viopay.merchants.service import create_merchant
+    from viopay.runtime import run_unit_of_work
 
     async def work(db: Any, runtime: Any) -> Provisioned:
         now, actor = utcnow(), Actor.operator("bench")
@@ -103,7 +103,7 @@ def provision(settings: Settings, count: int) -> Provisioned:
             devices.append((made.device_id, made.key_id, made.identity_secret))
         return Provisioned(merchant.merchant_id, client.client_id, client.client_secret, devices)
 
-    return run_in_transaction(work, settings=settings)
+    return run_unit_of_work(settings, work)
 
 
 @dataclass
@@ -288,7 +288,7 @@ def count_charges(settings: Settings) -> dict[str, int]:
     """Charges stored, and distinct (terminal, Idempotency-Key) pairs among them."""
     from sqlalchemy import text
 
-    from viopay.cli.common import run_in_transaction
+    from viopay.runtime import run_unit_of_work
 
     async def work(db: Any, _runtime: Any) -> dict[str, int]:
         total = int(await db.scalar(text("SELECT count(*) FROM charges")) or 0)
@@ -305,4 +305,4 @@ def count_charges(settings: Settings) -> dict[str, int]:
         )
         return {"charges": total, "distinct_keys": distinct, "without_key": keyless}
 
-    return run_in_transaction(work, settings=settings)
+    return run_unit_of_work(settings, work)

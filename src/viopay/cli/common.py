@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -15,7 +14,7 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.errors import ViopayError
-from viopay.runtime import Runtime, build_runtime
+from viopay.runtime import Runtime, run_unit_of_work
 from viopay.settings import Settings
 
 T = TypeVar("T")
@@ -39,22 +38,10 @@ def load_settings_or_exit() -> Settings:
 def run_in_transaction(
     work: Callable[[AsyncSession, Runtime], Awaitable[T]], *, settings: Settings | None = None
 ) -> T:
-    """Run one unit of work against the configured database, migrating first."""
-    from viopay.migrate import upgrade
-
-    settings = settings or load_settings_or_exit()
-    upgrade(settings)
-
-    async def go() -> T:
-        runtime = build_runtime(settings)
-        try:
-            async with runtime.sessions() as session, session.begin():
-                return await work(session, runtime)
-        finally:
-            await runtime.close()
-
+    """Run one unit of work against the configured database, migrating first; a domain error
+    is printed and exits 1."""
     try:
-        return asyncio.run(go())
+        return run_unit_of_work(settings or load_settings_or_exit(), work)
     except ViopayError as exc:
         err.print(f"[red]error:[/red] {exc.detail} ({exc.code})")
         raise typer.Exit(1) from None

@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.activation.keysets import retire_device_key_sets
 from viopay.audit import Actor, record_event
 from viopay.cache import Cache
 from viopay.crypto.wrapping import KeyWrapper
@@ -318,13 +317,11 @@ async def set_label(db: AsyncSession, *, device: Device, label: str | None, acto
     return device
 
 
-async def release_device(db: AsyncSession, *, device: Device, actor: Actor, now: datetime) -> Device:
-    """Back to ``inactive``: key sets, tokens and the terminal id retire; past charges stay."""
+async def unclaim_device(db: AsyncSession, *, device: Device, actor: Actor, now: datetime) -> Device:
+    """Back to ``inactive``: tokens and the terminal id retire; past charges stay. Its key
+    sets are the key sets' to retire: :func:`viopay.activation.keysets.release_device` does
+    both, and is what a release calls."""
     merchant_id = device.merchant_id
-    await retire_device_key_sets(
-        db, device_id=device.device_id, actor=actor, merchant_id=merchant_id, now=now,
-        reason="release",
-    )
     if device.terminal_id is not None:
         terminal = await db.get(Terminal, device.terminal_id)
         if terminal is not None:

@@ -24,12 +24,12 @@ from viopay.activation.keysets import (
     serves_charges,
 )
 from viopay.activation.models import KeySet, KeySetKey
-from viopay.auth.terminal import AuthenticatedTerminal
 from viopay.crypto import envelope as env
 from viopay.crypto.errors import DecryptionFailed as EnvelopeUnopened
 from viopay.crypto.errors import EnvelopeMalformed
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.errors import DecryptionFailed, InvalidRequest, UnsupportedMediaType
+from viopay.payments.terminal_auth import AuthenticatedTerminal
 
 KEY_SET_LIFETIME = timedelta(days=30)
 ROTATE_AT = 0.9  # of the envelope limit and of the lifetime (§3.10)

@@ -34,7 +34,6 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from viopay.auth.terminal import AuthenticatedTerminal, SignedRequest, authenticate
 from viopay.deps import validate
 from viopay.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -69,6 +68,7 @@ from viopay.payments.processors import (
 )
 from viopay.payments.schemas import ReverseByKeyIn, charge_view, reversal_view
 from viopay.payments.service import TerminalScope
+from viopay.payments.terminal_auth import AuthenticatedTerminal, SignedRequest, authenticate
 from viopay.runtime import Runtime
 
 log = structlog.get_logger("viopay.payments")

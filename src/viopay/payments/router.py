@@ -15,8 +15,6 @@ from sqlalchemy import select
 from starlette.responses import Response
 
 from viopay.auth.deps import CurrentSession, merchant_session
-from viopay.auth.signature import parse_rfc3339
-from viopay.auth.terminal import CurrentRequest, signed_request
 from viopay.deps import DbSession, Now, RuntimeDep, body_schema
 from viopay.errors import InvalidRequest
 from viopay.middleware import request_id_of
@@ -34,6 +32,8 @@ from viopay.payments.schemas import (
     charge_view,
     refund_view,
 )
+from viopay.payments.terminal_auth import CurrentRequest, signed_request
+from viopay.signatures import parse_rfc3339
 
 pos_router = APIRouter(
     prefix="/pos", tags=["pos charges"], dependencies=[Depends(signed_request)]

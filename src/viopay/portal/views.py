@@ -13,18 +13,18 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select
 from starlette.responses import FileResponse, RedirectResponse, Response
 
+from viopay.api import devices as device_api
+from viopay.api import events as event_api
+from viopay.api import merchants as merchant_api
+from viopay.audit import AuditEvent
 from viopay.db import transaction
 from viopay.deps import validate
-from viopay.devices import router as device_api
 from viopay.devices import service as devices
 from viopay.devices.models import Terminal
 from viopay.devices.schemas import ClaimIn, LabelIn
 from viopay.errors import InvalidRequest, NotFound, PairingCodeInvalid, RateLimited
 from viopay.ids import utcnow
-from viopay.merchants import events as event_api
-from viopay.merchants import router as merchant_api
 from viopay.merchants.config import update_config
-from viopay.merchants.models import AuditEvent
 from viopay.merchants.service import get_merchant
 from viopay.pagination import PageParams, decode_cursor
 from viopay.payments import router as charge_api

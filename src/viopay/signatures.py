@@ -11,10 +11,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from fastapi import Request
 
-from viopay.auth.device import header
 from viopay.cache import Cache
 from viopay.crypto.signing import SIGNATURE_RE
-from viopay.errors import InvalidHeader, NonceReused, TimestampOutOfWindow
+from viopay.errors import InvalidHeader, MissingHeader, NonceReused, TimestampOutOfWindow
 from viopay.ids import rfc3339
 
 KEY_ID_RE = re.compile(r"[\x21-\x7E]{1,128}")
@@ -27,6 +26,14 @@ _RFC3339 = re.compile(
 )
 PAST_WINDOW = timedelta(seconds=300)
 FUTURE_WINDOW = timedelta(seconds=60)
+
+
+def header(request: Request, name: str) -> str:
+    value = request.headers.get(name)
+    if value is None:
+        raise MissingHeader(name)
+    return value
+
 
 
 @dataclass(frozen=True)

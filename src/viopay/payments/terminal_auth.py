@@ -24,11 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.activation.keysets import serves_charges, unwrap_stored_key
 from viopay.activation.models import KeySet, KeySetKey
-from viopay.auth.device import FREE_FORM_RE, USER_AGENT_RE, header, touch, version_below
-from viopay.auth.signature import check_timestamp, parse_signed_headers, spend_nonce
 from viopay.crypto.errors import SignatureMismatch
 from viopay.crypto.signing import charge_string_to_sign, verify_signature
 from viopay.deps import RuntimeDep
+from viopay.devices.authn import FREE_FORM_RE, USER_AGENT_RE, touch, version_below
 from viopay.devices.models import Device, Terminal
 from viopay.errors import (
     AppVersionUnsupported,
@@ -39,6 +38,7 @@ from viopay.errors import (
     UnknownTerminal,
 )
 from viopay.runtime import Runtime
+from viopay.signatures import check_timestamp, header, parse_signed_headers, spend_nonce
 
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7E]{1,255}")
 

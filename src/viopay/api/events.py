@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 from sqlalchemy import select
 
+from viopay.audit import AuditEvent
 from viopay.auth.deps import CurrentSession
 from viopay.deps import DbSession
 from viopay.ids import rfc3339
-from viopay.merchants.models import AuditEvent
 from viopay.openapi import errors_for
 from viopay.pagination import PageParams, make_page, page_params, paginate
 

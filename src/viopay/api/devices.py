@@ -8,12 +8,13 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 from sqlalchemy import select
 
+from viopay.activation.keysets import release_device
 from viopay.audit import Actor
 from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession, admin_principal
-from viopay.auth.device import ActivationDevice, BootstrapDevice
 from viopay.auth.sessions import MerchantSession
 from viopay.deps import CacheDep, DbSession, Now, RuntimeDep, body_schema, read_json
 from viopay.devices import service
+from viopay.devices.authn import ActivationDevice, BootstrapDevice
 from viopay.devices.models import Device
 from viopay.devices.schemas import (
     BootstrapOut,
@@ -174,7 +175,7 @@ async def admin_enable(device_id: str, principal: AdminPrincipal, db: DbSession,
 @admin_router.post("/devices/{device_id}/release", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
 async def admin_release(device_id: str, principal: AdminPrincipal, db: DbSession, now: Now) -> DeviceOut:
     device = await service.get_device(db, device_id)
-    return DeviceOut.of(await service.release_device(db, device=device, actor=_operator(principal), now=now))
+    return DeviceOut.of(await release_device(db, device=device, actor=_operator(principal), now=now))
 
 
 merchant_router = APIRouter(prefix="/merchant", tags=["merchant"])
@@ -228,7 +229,7 @@ async def merchant_enable(device_id: str, session: ManagingSession, db: DbSessio
 @merchant_router.post("/devices/{device_id}/release", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
 async def merchant_release(device_id: str, session: ManagingSession, db: DbSession, now: Now) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
-    return DeviceOut.of(await service.release_device(db, device=device, actor=_actor(session), now=now))
+    return DeviceOut.of(await release_device(db, device=device, actor=_actor(session), now=now))
 
 
 @merchant_router.patch(

@@ -21,13 +21,18 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.auth.device import load_device, parse_device_id, parse_pos_headers, touch, version_below
-from viopay.auth.signature import SignedHeaders, check_timestamp, parse_signed_headers, spend_nonce
 from viopay.cache import Cache
 from viopay.crypto.errors import SignatureMismatch
 from viopay.crypto.signing import attest_string_to_sign, verify_signature
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.deps import DbSession, Now, RuntimeDep
+from viopay.devices.authn import (
+    load_device,
+    parse_device_id,
+    parse_pos_headers,
+    touch,
+    version_below,
+)
 from viopay.devices.models import Device, MerchantDeviceIdentityKey
 from viopay.devices.service import unwrap_identity_secret
 from viopay.errors import (
@@ -37,6 +42,7 @@ from viopay.errors import (
     KeyRevoked,
     UnknownKey,
 )
+from viopay.signatures import SignedHeaders, check_timestamp, parse_signed_headers, spend_nonce
 
 TOKEN_PREFIX = "att_"
 TOKEN_TTL = timedelta(seconds=300)

@@ -18,8 +18,8 @@ from viopay.errors import (
     DeviceDisabled,
     DeviceNotFound,
     InvalidHeader,
-    MissingHeader,
 )
+from viopay.signatures import header
 
 DEVICE_ID_RE = re.compile(r"^POS-[0-9A-F]{8}$")
 # semver.org's official pattern for SemVer 2.0.
@@ -37,13 +37,6 @@ LAST_SEEN_RESOLUTION = timedelta(seconds=60)
 class PosHeaders:
     device_id: str
     version: str
-
-
-def header(request: Request, name: str) -> str:
-    value = request.headers.get(name)
-    if value is None:
-        raise MissingHeader(name)
-    return value
 
 
 def parse_device_id(request: Request) -> str:

@@ -1,0 +1,140 @@
+"""The layers of ``src/viopay`` (docs/architecture.md), read from the imports of every module.
+
+- The base (settings, db, cache, errors, crypto, ids, metrics, …) imports no domain package.
+- No import cycle between packages (an import inside ``if TYPE_CHECKING:`` runs at type-check
+  time only and is not an edge).
+- The device SDK (``viopay.device``) imports nothing of the server but the crypto base.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "viopay"
+
+BASE = {
+    "settings", "db", "cache", "errors", "crypto", "ids", "metrics", "pagination", "middleware",
+    "openapi", "observability", "signatures", "migrate", "audit", "__init__",
+}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.AST) -> list[str]:
+    found: list[str] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "viopay":
+                found.extend(f"viopay.{alias.name}" for alias in node.names)
+            elif node.module.startswith("viopay."):
+                found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found.extend(a.name for a in node.names if a.name.startswith("viopay."))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def package_graph(root: Path = SRC) -> dict[str, dict[str, set[str]]]:
+    """package → imported package → the files that import it."""
+    graph: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for path in root.rglob("*.py"):
+        source = path.relative_to(root).parts[0].removesuffix(".py")
+        for module in _imports(ast.parse(path.read_text())):
+            target = module.split(".")[1]
+            if target != source:
+                graph[source][target].add(str(path.relative_to(root)))
+    return graph
+
+
+def cycles(graph: dict[str, dict[str, set[str]]]) -> list[list[str]]:
+    """Strongly connected components of more than one package (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def strong(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, {}):
+            if nxt not in index:
+                strong(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in list(graph):
+        if node not in index:
+            strong(node)
+    return found
+
+
+def test_no_import_cycle_between_packages():
+    graph = package_graph()
+    found = cycles(graph)
+    detail = [
+        {a: {b: sorted(graph[a][b]) for b in graph[a] if b in component} for a in component}
+        for component in found
+    ]
+    assert not found, f"import cycles between packages: {detail}"
+
+
+def test_the_base_imports_no_domain():
+    graph = package_graph()
+    leaks = {
+        base: {dep: sorted(files) for dep, files in graph[base].items() if dep not in BASE}
+        for base in BASE
+        if base in graph
+    }
+    leaks = {base: deps for base, deps in leaks.items() if deps}
+    assert not leaks, f"base modules importing a domain: {leaks}"
+
+
+def test_the_device_sdk_imports_only_the_crypto_base():
+    graph = package_graph()
+    assert set(graph["device"]) <= {"crypto"}, dict(graph["device"])
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"a/x.py": "from viopay.b import y\n", "b/y.py": "from viopay.a import x\n"}, [["a", "b"]]),
+        ({"a/x.py": "from viopay.b import y\n", "b/y.py": "import viopay.c.z\n", "c/z.py": "from viopay import a\n"}, [["a", "b", "c"]]),
+        ({"a/x.py": "from viopay.b import y\n",
+          "b/y.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from viopay.a import x\n"}, []),
+    ],
+)
+def test_the_cycle_check_finds_cycles(tmp_path, files, expected):
+    for name, source in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(source)
+    assert cycles(package_graph(tmp_path)) == expected
