@@ -29,14 +29,6 @@ class ViopayError(Exception):
         super().__init__(self.detail)
 
 
-def _error(code: str, status: int, title: str, detail: str) -> type[ViopayError]:
-    return type(
-        "".join(part.title() for part in code.split("_")),
-        (ViopayError,),
-        {"code": code, "status": status, "title": title, "default_detail": detail},
-    )
-
-
 class InvalidRequest(ViopayError):
     code, status, title, default_detail = "invalid_request", 400, "Invalid request", "the request is invalid"
 
@@ -110,45 +102,131 @@ class ServiceUnavailable(ViopayError):
         self.headers["Retry-After"] = "5"
 
 
-DecryptionFailed = _error("decryption_failed", 400, "Decryption failed", "the envelope could not be decrypted")
-UnknownKey = _error("unknown_key", 401, "Unknown key", "X-Key-Id is not a key of this device")
-KeyRevoked = _error("key_revoked", 401, "Key revoked", "the identity key was revoked")
-InvalidSignature = _error("invalid_signature", 401, "Invalid signature", "signature does not match")
-NonceReused = _error("nonce_reused", 401, "Nonce reused", "the nonce was already used")
-UnknownTerminal = _error("unknown_terminal", 401, "Unknown terminal", "X-Terminal-Id is not a terminal")
-Forbidden = _error("forbidden", 403, "Forbidden", "not allowed")
-SessionRequired = _error(
-    "session_required", 403, "Session required", "initiate a merchant session with POST /session/initiate"
-)
-DeviceDisabled = _error("device_disabled", 403, "Device disabled", "the device is disabled")
-DeviceNotFound = _error("device_not_found", 404, "Device not found", "the device was never provisioned")
-PairingCodeInvalid = _error(
-    "pairing_code_invalid", 404, "Pairing code invalid", "the pairing code is unknown, expired or already used"
-)
-NotFound = _error("not_found", 404, "Not found", "the resource does not exist")
-InvalidState = _error("invalid_state", 409, "Invalid state", "the current state forbids this call")
-IdempotencyInProgress = _error(
-    "idempotency_in_progress", 409, "Idempotency key in progress", "a request with this Idempotency-Key is running"
-)
-ChargeNotCancelable = _error("charge_not_cancelable", 409, "Charge not cancelable", "the charge cannot be canceled")
-ChargeNotRefundable = _error("charge_not_refundable", 409, "Charge not refundable", "the charge cannot be refunded")
-MethodNotAllowed = _error("method_not_allowed", 405, "Method not allowed", "this path does not take that method")
-PayloadTooLarge = _error("payload_too_large", 413, "Payload too large", "the body is over 64 KiB")
-UnsupportedMediaType = _error(
-    "unsupported_media_type", 415, "Unsupported media type", "the body must be application/json"
-)
-IdempotencyKeyReused = _error(
-    "idempotency_key_reused", 422, "Idempotency key reused", "this Idempotency-Key was used with another request"
-)
-KeyCheckFailed = _error("key_check_failed", 422, "Key check failed", "the key check values do not match")
-RefundExceedsCharge = _error(
-    "refund_exceeds_charge", 422, "Refund exceeds charge", "refunds would exceed the charged amount"
-)
-InvalidCard = _error("invalid_card", 422, "Invalid card", "the card is invalid")
-ProcessorError = _error("processor_error", 502, "Processor error", "the payment processor failed")
-ProcessorTimeout = _error(
-    "processor_timeout", 504, "Processor timeout", "the processor did not answer; the charge was reversed"
-)
+class DecryptionFailed(ViopayError):
+    code, status, title = "decryption_failed", 400, "Decryption failed"
+    default_detail = "the envelope could not be decrypted"
+
+
+class UnknownKey(ViopayError):
+    code, status, title = "unknown_key", 401, "Unknown key"
+    default_detail = "X-Key-Id is not a key of this device"
+
+
+class KeyRevoked(ViopayError):
+    code, status, title = "key_revoked", 401, "Key revoked"
+    default_detail = "the identity key was revoked"
+
+
+class InvalidSignature(ViopayError):
+    code, status, title = "invalid_signature", 401, "Invalid signature"
+    default_detail = "signature does not match"
+
+
+class NonceReused(ViopayError):
+    code, status, title = "nonce_reused", 401, "Nonce reused"
+    default_detail = "the nonce was already used"
+
+
+class UnknownTerminal(ViopayError):
+    code, status, title = "unknown_terminal", 401, "Unknown terminal"
+    default_detail = "X-Terminal-Id is not a terminal"
+
+
+class Forbidden(ViopayError):
+    code, status, title = "forbidden", 403, "Forbidden"
+    default_detail = "not allowed"
+
+
+class SessionRequired(ViopayError):
+    code, status, title = "session_required", 403, "Session required"
+    default_detail = "initiate a merchant session with POST /session/initiate"
+
+
+class DeviceDisabled(ViopayError):
+    code, status, title = "device_disabled", 403, "Device disabled"
+    default_detail = "the device is disabled"
+
+
+class DeviceNotFound(ViopayError):
+    code, status, title = "device_not_found", 404, "Device not found"
+    default_detail = "the device was never provisioned"
+
+
+class PairingCodeInvalid(ViopayError):
+    code, status, title = "pairing_code_invalid", 404, "Pairing code invalid"
+    default_detail = "the pairing code is unknown, expired or already used"
+
+
+class NotFound(ViopayError):
+    code, status, title = "not_found", 404, "Not found"
+    default_detail = "the resource does not exist"
+
+
+class InvalidState(ViopayError):
+    code, status, title = "invalid_state", 409, "Invalid state"
+    default_detail = "the current state forbids this call"
+
+
+class IdempotencyInProgress(ViopayError):
+    code, status, title = "idempotency_in_progress", 409, "Idempotency key in progress"
+    default_detail = "a request with this Idempotency-Key is running"
+
+
+class ChargeNotCancelable(ViopayError):
+    code, status, title = "charge_not_cancelable", 409, "Charge not cancelable"
+    default_detail = "the charge cannot be canceled"
+
+
+class ChargeNotRefundable(ViopayError):
+    code, status, title = "charge_not_refundable", 409, "Charge not refundable"
+    default_detail = "the charge cannot be refunded"
+
+
+class MethodNotAllowed(ViopayError):
+    code, status, title = "method_not_allowed", 405, "Method not allowed"
+    default_detail = "this path does not take that method"
+
+
+class PayloadTooLarge(ViopayError):
+    code, status, title = "payload_too_large", 413, "Payload too large"
+    default_detail = "the body is over 64 KiB"
+
+
+class UnsupportedMediaType(ViopayError):
+    code, status, title = "unsupported_media_type", 415, "Unsupported media type"
+    default_detail = "the body must be application/json"
+
+
+class IdempotencyKeyReused(ViopayError):
+    code, status, title = "idempotency_key_reused", 422, "Idempotency key reused"
+    default_detail = "this Idempotency-Key was used with another request"
+
+
+class KeyCheckFailed(ViopayError):
+    code, status, title = "key_check_failed", 422, "Key check failed"
+    default_detail = "the key check values do not match"
+
+
+class RefundExceedsCharge(ViopayError):
+    code, status, title = "refund_exceeds_charge", 422, "Refund exceeds charge"
+    default_detail = "refunds would exceed the charged amount"
+
+
+class InvalidCard(ViopayError):
+    code, status, title = "invalid_card", 422, "Invalid card"
+    default_detail = "the card is invalid"
+
+
+class ProcessorError(ViopayError):
+    code, status, title = "processor_error", 502, "Processor error"
+    default_detail = "the payment processor failed"
+
+
+class ProcessorTimeout(ViopayError):
+    code, status, title = "processor_timeout", 504, "Processor timeout"
+    default_detail = "the processor did not answer; the charge was reversed"
+
+
 InternalError = ViopayError
 
 

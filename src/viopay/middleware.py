@@ -10,7 +10,13 @@ import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from viopay.errors import PROBLEM_MEDIA_TYPE, problem_body
+from viopay.errors import (
+    PROBLEM_MEDIA_TYPE,
+    InternalError,
+    PayloadTooLarge,
+    ViopayError,
+    problem_body,
+)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 BODY_LIMIT = 64 * 1024
@@ -71,14 +77,12 @@ class RequestContextMiddleware:
         except _TooLarge:
             if response_started:
                 raise
-            await _send_problem(send_with_id, rid, 413, "payload_too_large", "Payload too large",
-                                "the body is over the size limit")
+            await _send_problem(send_with_id, rid, PayloadTooLarge())
         except Exception as exc:
             # A bug. Log its type only: messages and tracebacks can carry request data.
             log.error("unhandled error", error=type(exc).__name__, request_id=rid)
             if not response_started:
-                await _send_problem(send_with_id, rid, 500, "internal_error", "Internal error",
-                                    "an unexpected error occurred")
+                await _send_problem(send_with_id, rid, InternalError())
         finally:
             log.info(
                 "request",
@@ -108,12 +112,16 @@ def _declared_length(scope: Scope) -> int:
     return 0
 
 
-async def _send_problem(send: Send, rid: str, status: int, code: str, title: str, detail: str) -> None:
-    body = orjson.dumps(problem_body(code=code, status=status, title=title, detail=detail, request_id=rid))
+async def _send_problem(send: Send, rid: str, error: ViopayError) -> None:
+    """The one problem+json mapping (:func:`viopay.errors.problem_body`), sent raw: this runs
+    outside the app, where no exception handler does."""
+    body = orjson.dumps(
+        problem_body(code=error.code, status=error.status, title=error.title, detail=error.detail, request_id=rid)
+    )
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": error.status,
             "headers": [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())],
         }
     )
