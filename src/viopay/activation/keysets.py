@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
+from typing import Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -209,7 +210,25 @@ class _KeyCache:
 _KEYS = _KeyCache(_KEY_CACHE_SIZE)
 
 
-def unwrap_stored_key(wrapper: KeyWrapper, row: KeySetKey) -> bytes:
+class StoredKey(Protocol):
+    @property
+    def key_id(self) -> str: ...
+    @property
+    def key_wrapped(self) -> bytes: ...
+
+
+class SetState(Protocol):
+    """What decides whether a set is usable: a KeySet row, or the columns of one."""
+
+    @property
+    def status(self) -> KeySetStatus: ...
+    @property
+    def expires_at(self) -> datetime: ...
+    @property
+    def retires_at(self) -> datetime | None: ...
+
+
+def unwrap_stored_key(wrapper: KeyWrapper, row: StoredKey) -> bytes:
     key = _KEYS.get(row.key_id)
     if key is None:
         key = wrapper.unwrap(row.key_wrapped, context=_wrap_context(row.key_id))
@@ -272,7 +291,7 @@ def _set_keys(wrapper: KeyWrapper, key_set_id: str, rows: Sequence[KeySetKey]) -
 # --- lookups and life -------------------------------------------------------------------------
 
 
-def is_usable(key_set: KeySet, *, now: datetime) -> bool:
+def is_usable(key_set: SetState, *, now: datetime) -> bool:
     """Pending and not expired, active, or previous within its rotation grace."""
     if key_set.status is KeySetStatus.pending:
         return now < key_set.expires_at
@@ -283,7 +302,7 @@ def is_usable(key_set: KeySet, *, now: datetime) -> bool:
     return False
 
 
-def serves_charges(key_set: KeySet, *, now: datetime) -> bool:
+def serves_charges(key_set: SetState, *, now: datetime) -> bool:
     """Active, or previous within the grace: the sets whose MAC key signs charges (§2.4)."""
     return key_set.status is not KeySetStatus.pending and is_usable(key_set, now=now)
 

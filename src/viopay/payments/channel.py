@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import select
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.activation.keysets import (
     SetKeys,
+    SetState,
     count_envelopes,
     key_set_by_msk_key_id,
     load_keys,
@@ -76,7 +77,14 @@ class OpenedRequest:
     tpk: bytes | None = field(default=None, repr=False)  # of the card envelope's key set
 
 
-def _usable(key_set: KeySet | None, auth: AuthenticatedTerminal, now: datetime) -> KeySet:
+class _Set(SetState, Protocol):
+    @property
+    def key_set_id(self) -> str: ...
+    @property
+    def terminal_id(self) -> str: ...
+
+
+def _usable(key_set: _Set | None, auth: AuthenticatedTerminal, now: datetime) -> _Set:
     if (
         key_set is None
         or key_set.terminal_id != auth.terminal_id
@@ -124,16 +132,15 @@ async def open_request(
 ) -> OpenedRequest:
     """415 unless JSON → 400 invalid_request (not an envelope) → 400 decryption_failed."""
     if not with_body:
-        key_set = await db.get(KeySet, auth.key_set_id)
         keys = await load_keys(db, wrapper=wrapper, key_set_id=auth.key_set_id)
-        assert key_set is not None
-        return OpenedRequest({}, auth.key_set_id, key_set.msk_key_id, keys.msk, envelopes_opened=0)
+        return OpenedRequest({}, auth.key_set_id, auth.msk_key_id, keys.msk, envelopes_opened=0)
     if (content_type or "").split(";", 1)[0].strip().lower() != "application/json":
         raise UnsupportedMediaType()
     envelope = _parse(_json_object(auth.body, "body"))
     # Usually the MSK of X-Key-Id's own set, already in this session (no statement).
-    same = envelope.kid == auth.msk_key_id
-    found = await db.get(KeySet, auth.key_set_id) if same else await key_set_by_msk_key_id(db, envelope.kid)
+    found: _Set | None = auth.key_set
+    if envelope.kid != auth.msk_key_id or found is None:
+        found = await key_set_by_msk_key_id(db, envelope.kid)
     key_set = _usable(found, auth, now)
     keys = await load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
     aad = env.request_aad(method=auth.method, path=auth.path, subject=auth.terminal_id)

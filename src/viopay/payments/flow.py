@@ -216,8 +216,6 @@ async def _claim_and_record_intent(
             assert decided.plaintext is not None
             await idempotency.finish(db, record_id=record_id, status_code=decided.status, result=decided.plaintext)
         await _tally(db, call, answered=True)
-    else:
-        await db.flush()
     return decided
 
 
@@ -411,11 +409,11 @@ def _stored_problem(result: dict[str, Any], request_id: str) -> Response:
 # --- what each endpoint decides in transaction 1 --------------------------------------------
 
 
-def _intent(
+async def _intent(
     db: AsyncSession, call: Call, record_id: int | None, kind: IntentKind, charge_id: str, **request: Any
 ) -> PaymentIntent:
     scope = call.scope
-    return intents.record(
+    return await intents.record(
         db,
         kind=kind,
         terminal_id=scope.terminal_id,
@@ -454,13 +452,13 @@ async def decide_charge(db: AsyncSession, call: Call, record_id: int | None) -> 
         nonce=call.terminal.nonce,
         idempotency_key=call.terminal.idempotency_key,
     )
-    return _intent(db, call, record_id, IntentKind.charge, draft.charge_id, **service.draft_request(draft))
+    return await _intent(db, call, record_id, IntentKind.charge, draft.charge_id, **service.draft_request(draft))
 
 
 def decide_refund(charge_id: str) -> Decide:
     async def decide(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
         plan = await refunds.plan_refund(db, scope=call.scope, charge_id=charge_id, plaintext=call.plaintext)
-        return _intent(
+        return await _intent(
             db,
             call,
             record_id,
@@ -490,7 +488,7 @@ def decide_undo(charge_id: str, *, cancel: bool) -> Decide:
         if not plan.act:
             return Answer(200, charge_view(plan.charge))
         kind = IntentKind.cancel if cancel else IntentKind.reverse
-        return _intent(db, call, record_id, kind, plan.charge.charge_id, **_target(plan.charge))
+        return await _intent(db, call, record_id, kind, plan.charge.charge_id, **_target(plan.charge))
 
     return decide
 
@@ -521,4 +519,4 @@ async def decide_reverse_by_key(db: AsyncSession, call: Call, record_id: int | N
         return Answer(200, reversal_view())
     if not plan.act:
         return Answer(200, charge_view(plan.charge))
-    return _intent(db, call, record_id, IntentKind.reverse, plan.charge.charge_id, **_target(plan.charge))
+    return await _intent(db, call, record_id, IntentKind.reverse, plan.charge.charge_id, **_target(plan.charge))

@@ -13,9 +13,10 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from viopay.db import Base
 from viopay.ids import new_id
 from viopay.payments.models import IntentKind, IntentState, PaymentIntent
 
@@ -27,7 +28,7 @@ def new_reference() -> str:
     return "vpr_" + secrets.token_hex(12)
 
 
-def record(
+async def record(
     db: AsyncSession,
     *,
     kind: IntentKind,
@@ -60,8 +61,15 @@ def record(
         created_at=now,
         finished_at=None,
     )
-    db.add(intent)
+    await insert_row(db, intent)
     return intent
+
+
+async def insert_row(db: AsyncSession, row: Base) -> None:
+    """INSERT one new row with Core (no unit of work on the hot path); ``row`` stays a plain
+    transient object the caller keeps reading."""
+    columns = row.__table__.columns
+    await db.execute(insert(type(row)).values({c.key: getattr(row, c.key) for c in columns}))
 
 
 async def close(

@@ -104,7 +104,7 @@ async def store_charge(
     ):
         return None
     charge = _charge(intent, authorization, status, now)
-    db.add(charge)
+    await intents.insert_row(db, charge)
     actor = _actor(intent, recovered)
     charge_event(
         db,

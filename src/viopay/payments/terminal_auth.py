@@ -19,15 +19,15 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.activation.keysets import serves_charges, unwrap_stored_key
-from viopay.activation.models import KeySet, KeySetKey
+from viopay.activation.models import KeySet, KeySetKey, KeySetStatus
 from viopay.crypto.errors import SignatureMismatch
 from viopay.crypto.signing import charge_string_to_sign, verify_signature
 from viopay.deps import RuntimeDep
-from viopay.devices.authn import FREE_FORM_RE, USER_AGENT_RE, touch, version_below
+from viopay.devices.authn import FREE_FORM_RE, LAST_SEEN_RESOLUTION, USER_AGENT_RE, version_below
 from viopay.devices.models import Device, Terminal
 from viopay.errors import (
     AppVersionUnsupported,
@@ -63,6 +63,7 @@ class AuthenticatedTerminal:
     idempotency_key: str | None
     version: str
     body: bytes = field(repr=False)
+    key_set: ServingSet | None = field(default=None, repr=False)  # X-Key-Id's, as read
 
 
 def raw_target(request: Request) -> tuple[str, str]:
@@ -151,40 +152,84 @@ async def signed_request(request: Request, runtime: RuntimeDep) -> SignedRequest
 CurrentRequest = Annotated[SignedRequest, Depends(signed_request)]
 
 
+# One statement for the whole lookup (terminal ⨝ device, and the key set and MAC key that
+# X-Key-Id names, outer-joined so an unknown key still finds the terminal). Core, not ORM: no
+# identity map or unit of work on the hot path.
+_T, _D, _KS, _K = Terminal.__table__, Device.__table__, KeySet.__table__, KeySetKey.__table__
+_LOOKUP = (
+    select(
+        _T.c.retired_at.label("terminal_retired_at"),
+        _T.c.merchant_id,
+        _T.c.currency,
+        _D.c.device_id,
+        _D.c.terminal_id.label("device_terminal_id"),
+        _D.c.disabled,
+        _D.c.app_version,
+        _D.c.last_seen_at,
+        _KS.c.key_set_id,
+        _KS.c.terminal_id.label("key_set_terminal_id"),
+        _KS.c.status,
+        _KS.c.expires_at,
+        _KS.c.retires_at,
+        _KS.c.activated_at,
+        _KS.c.envelope_count,
+        _KS.c.msk_key_id,
+        _K.c.key_id,
+        _K.c.type.label("key_type"),
+        _K.c.key_wrapped,
+    )
+    .select_from(
+        _T.join(_D, _D.c.device_id == _T.c.device_id)
+        .outerjoin(_KS, _KS.c.hmac_key_id == bindparam("key_id"))
+        .outerjoin(_K, (_K.c.key_set_id == _KS.c.key_set_id) & (_K.c.key_id == bindparam("key_id")))
+    )
+    .where(_T.c.terminal_id == bindparam("terminal_id"))
+)
+
+
+@dataclass(frozen=True)
+class ServingSet:
+    """The columns of a key set that decide whether it serves charges (§2.4, §3.10)."""
+
+    key_set_id: str
+    terminal_id: str
+    status: KeySetStatus
+    expires_at: datetime
+    retires_at: datetime | None
+    activated_at: datetime | None
+    envelope_count: int
+    msk_key_id: str
+
+
+@dataclass(frozen=True)
+class _MacKey:
+    key_id: str
+    key_wrapped: bytes = field(repr=False)
+
+
 async def authenticate(
     db: AsyncSession, *, runtime: Runtime, signed: SignedRequest, now: datetime
 ) -> AuthenticatedTerminal:
     """Terminal known and not retired (401) and its device enabled (403) → ``X-Key-Id`` a MAC
     key of the terminal's serving sets (401) → timestamp → signature → nonce (spent only once
-    the signature verified). Runs in the caller's transaction."""
+    the signature verified). Runs in the caller's transaction: one SELECT, and an UPDATE of the
+    device's ``last_seen_at`` at most once a minute."""
     terminal_id = signed.terminal_id
-    # Two joined reads (terminal + device, key set + its MAC key) rather than four lookups.
-    found = (
-        await db.execute(
-            select(Terminal, Device)
-            .join(Device, Device.device_id == Terminal.device_id)
-            .where(Terminal.terminal_id == terminal_id)
-        )
-    ).first()
-    terminal, device = found if found is not None else (None, None)
-    if terminal is None or terminal.retired_at is not None:
+    row = (await db.execute(_LOOKUP, {"terminal_id": terminal_id, "key_id": signed.key_id})).first()
+    if row is None or row.terminal_retired_at is not None or row.device_terminal_id != terminal_id:
         raise UnknownTerminal()
-    if device is None or device.terminal_id != terminal_id:
-        raise UnknownTerminal()
-    if device.disabled:
+    if row.disabled:
         raise DeviceDisabled()
-    keyed = (
-        await db.execute(
-            select(KeySet, KeySetKey)
-            .join(KeySetKey, KeySetKey.key_set_id == KeySet.key_set_id)
-            .where(KeySet.hmac_key_id == signed.key_id, KeySetKey.key_id == signed.key_id)
+    key_set = None
+    if row.key_set_id is not None:
+        key_set = ServingSet(
+            row.key_set_id, row.key_set_terminal_id, row.status, row.expires_at,
+            row.retires_at, row.activated_at, row.envelope_count, row.msk_key_id,
         )
-    ).first()
-    key_set, mac_row = keyed if keyed is not None else (None, None)
     if key_set is None or key_set.terminal_id != terminal_id or not serves_charges(key_set, now=now):
         raise UnknownKey("X-Key-Id is not a key of this terminal")
     check_timestamp(signed.moment, now=now)
-    if mac_row is None or mac_row.type != "MAC":
+    if row.key_id is None or row.key_type != "MAC":
         raise UnknownKey("X-Key-Id is not a key of this terminal")
     message = charge_string_to_sign(
         method=signed.method,
@@ -195,8 +240,9 @@ async def authenticate(
         timestamp=signed.timestamp,
         nonce=signed.nonce,
     )
+    mac = unwrap_stored_key(runtime.wrapper, _MacKey(row.key_id, row.key_wrapped))
     try:
-        verify_signature(unwrap_stored_key(runtime.wrapper, mac_row), message, signed.signature)
+        verify_signature(mac, message, signed.signature)
     except SignatureMismatch:
         raise InvalidSignature() from None
     await spend_nonce(
@@ -206,16 +252,17 @@ async def authenticate(
         moment=signed.moment,
         now=now,
     )
-    touch(device, version=signed.version, now=now)
+    await _touch(db, row.device_id, seen=row.last_seen_at, version=row.app_version, signed=signed, now=now)
     return AuthenticatedTerminal(
         terminal_id=terminal_id,
-        device_id=device.device_id,
-        merchant_id=terminal.merchant_id,
-        currency=terminal.currency,
+        device_id=row.device_id,
+        merchant_id=row.merchant_id,
+        currency=row.currency,
         key_set_id=key_set.key_set_id,
         msk_key_id=key_set.msk_key_id,
         envelope_count=key_set.envelope_count,
         key_set_activated_at=key_set.activated_at,
+        key_set=key_set,
         method=signed.method,
         path=signed.path,
         query=signed.query,
@@ -224,3 +271,16 @@ async def authenticate(
         version=signed.version,
         body=signed.body,
     )
+
+
+async def _touch(
+    db: AsyncSession, device_id: str, *, seen: datetime | None, version: str | None, signed: SignedRequest, now: datetime
+) -> None:
+    """``last_seen_at`` at most once a minute, ``app_version`` when it changes (one UPDATE)."""
+    values: dict[str, object] = {}
+    if version != signed.version:
+        values["app_version"] = signed.version
+    if seen is None or now - seen >= LAST_SEEN_RESOLUTION:
+        values["last_seen_at"] = now
+    if values:
+        await db.execute(update(Device).where(Device.device_id == device_id).values(**values))
