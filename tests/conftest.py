@@ -5,6 +5,11 @@
   plus a second server process (``server_b``) sharing them.
 
 With ``CI=true`` a missing PostgreSQL or Redis fails the run instead of skipping.
+
+Under pytest-xdist (``scripts/test.sh`` runs two workers) every worker has its own servers,
+databases, Redis prefixes and ports. The tests of one backend go to one worker as a group, so each
+worker starts a backend's servers once; other tests go by module, so module fixtures (a browser,
+an SSO server) start once.
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ from helpers import (
     _require_services,
     client_token,
 )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """xdist groups (``--dist loadgroup``): one per backend, else one per module."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec else None
+        group = f"backend-{backend}" if backend else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session", params=["embedded", "postgres"])
