@@ -5,6 +5,11 @@
   plus a second server process (``server_b``) sharing them.
 
 With ``CI=true`` a missing PostgreSQL or Redis fails the run instead of skipping.
+
+Under pytest-xdist (``scripts/test.sh`` runs two workers) every worker has its own servers,
+databases, Redis prefixes and ports. The tests of one backend go to one worker as a group, so each
+worker starts a backend's servers once; other tests go by module, so module fixtures (a browser,
+an SSO server) start once. The log scan (log_scan.py) runs in the controller after all workers.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import pytest
 from helpers import (
     REDIS_URL,
     SEEN_SECRETS,
+    SERVER_LOGS,
     Backend,
     MerchantCtx,
     ProvisionedDevice,
@@ -31,6 +37,20 @@ from helpers import (
     _require_services,
     client_token,
 )
+from log_scan import LogScan
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(LogScan(config, SEEN_SECRETS, SERVER_LOGS), "viopay-log-scan")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """xdist groups (``--dist loadgroup``): one per backend, else one per module."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec else None
+        group = f"backend-{backend}" if backend else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session", params=["embedded", "postgres"])

@@ -19,9 +19,11 @@ PG_ADMIN_URL = os.environ.get("VIOPAY_TEST_PG", "postgresql://postgres@127.0.0.1
 REDIS_URL = os.environ.get("VIOPAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
-# Every secret a test sees is registered here; the log scan looks for each of them.
+# Every secret a test sees is registered here, every server log there; the log scan (log_scan.py)
+# looks for each secret in each log at the end of the run, across all xdist workers.
 SEEN_SECRETS: set[str] = set()
 SERVER_LOGS: list[Path] = []
+PORT_ATTEMPTS = 3
 
 
 def _free_port() -> int:
@@ -35,30 +37,44 @@ class Server:
     """One ``viopay serve`` process, started the way users start it."""
 
     def __init__(self, backend: Backend, log_dir: Path, name: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
         SERVER_LOGS.append(self.log_path)
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "viopay", "serve", "--port", str(self.port)],
-            env={**os.environ, **backend.env, "VIOPAY_PUBLIC_URL": "http://viopay.test"},
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=log_dir,
-        )
-        self._wait_ready()
+        # The free port is released before the server binds it, so another process of the run
+        # (an xdist worker, a client socket) can take it in between: then start again elsewhere.
+        for _ in range(PORT_ATTEMPTS):
+            self.port = _free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "viopay", "serve", "--port", str(self.port)],
+                env={**os.environ, **backend.env, "VIOPAY_PUBLIC_URL": "http://viopay.test"},
+                stdout=self._log, stderr=subprocess.STDOUT, cwd=log_dir,
+            )
+            if self._wait_ready():
+                return
+        raise RuntimeError(f"no free port after {PORT_ATTEMPTS} attempts: {self._tail()}")
 
-    def _wait_ready(self) -> None:
+    def _tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def _wait_ready(self) -> bool:
+        """True once this process serves; False if its port was taken (the log is kept)."""
+        bound = f"Uvicorn running on {self.url} ".encode()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+                if b"address already in use" in self.log_path.read_bytes()[-3000:]:
+                    return False
+                raise RuntimeError(f"server exited: {self._tail()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
+                # A 200 may come from another process on the port: ours says it bound it.
+                answered = httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+                if answered and bound in self.log_path.read_bytes():
+                    return True
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"server not ready: {self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(f"server not ready: {self._tail()}")
 
     def stop(self) -> None:
         self.process.terminate()

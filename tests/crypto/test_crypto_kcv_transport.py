@@ -31,6 +31,8 @@ def test_agreement_both_ways() -> None:
         (os.urandom(32), bytes(32)),  # low-order point: all-zero shared secret
         (os.urandom(32), (1).to_bytes(32, "little")),
     ],
+    # Names, not the random bytes: xdist needs every worker to collect the same test ids.
+    ids=["private-31-bytes", "public-33-bytes", "public-zero", "public-one"],
 )
 def test_bad_agreement(private: bytes, public: bytes) -> None:
     with pytest.raises(CryptoError):
