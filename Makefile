@@ -6,8 +6,6 @@ serve:
 test:
 	bash scripts/test.sh
 check: setup
-	.venv/bin/ruff check src tests
-	.venv/bin/ruff format --check src tests
-	.venv/bin/mypy src
+	bash scripts/check.sh
 bench:
 	bash scripts/bench.sh

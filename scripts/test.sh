@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up everything the tests need and run the whole suite (both backends, browser tests).
+# Set up everything the tests need, run the gates (scripts/check.sh), then the whole suite (both
+# backends, browser tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -7,6 +8,7 @@ bash scripts/services.sh
 # The portal's browser tests drive Debian's Chromium (Playwright never downloads a browser here).
 command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
   || echo "warning: could not install chromium: the browser tests skip (and fail with CI=true)" >&2
+bash scripts/check.sh
 # The suite waits on servers more than it computes: two pytest-xdist workers, one per core of the
 # CI machine (VIOPAY_TEST_WORKERS=0 runs everything in one process; conftest.py says who runs what).
 exec .venv/bin/pytest -n "${VIOPAY_TEST_WORKERS:-2}" "$@"

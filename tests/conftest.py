@@ -54,7 +54,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session", params=["embedded", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
     tag = secrets.token_hex(4)
     data_dir = tmp_path_factory.mktemp(f"viopay-{request.param}")
     env = {"VIOPAY_DATA_DIR": str(data_dir), "VIOPAY_LOG_LEVEL": "debug", "VIOPAY_LOG_JSON": "true"}
@@ -75,8 +77,6 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         _drop_pg_database(db_name)
 
 
-
-
 @pytest.fixture(scope="session")
 def server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(backend, tmp_path_factory.mktemp(f"server-{backend.name}"), "a")
@@ -85,7 +85,9 @@ def server(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="session")
-def server_b(backend: Backend, server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server_b(
+    backend: Backend, server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     """A second process sharing PostgreSQL + Redis; on the embedded default, the same process."""
     if backend.name != "postgres":
         yield server
@@ -95,30 +97,36 @@ def server_b(backend: Backend, server: Server, tmp_path_factory: pytest.TempPath
     srv.stop()
 
 
-
-
-
-
 class Admin:
     """An operator: an admin API client of this backend."""
 
     def __init__(self, server: Server, client: dict[str, Any]) -> None:
         self.server = server
         self.credentials = client
-        self.http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {self.token()}"}, timeout=30)
+        self.http = httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {self.token()}"}, timeout=30
+        )
 
     def token(self) -> str:
-        return client_token(self.server.url, self.credentials["client_id"], self.credentials["client_secret"])
+        return client_token(
+            self.server.url, self.credentials["client_id"], self.credentials["client_secret"]
+        )
 
-    def provision(self, device_id: str | None = None, key_id: str | None = None) -> ProvisionedDevice:
+    def provision(
+        self, device_id: str | None = None, key_id: str | None = None
+    ) -> ProvisionedDevice:
         device_id = device_id or f"POS-{secrets.token_hex(4).upper()}"
         body = {"device_id": device_id} | ({"key_id": key_id} if key_id else {})
         created = _json(self.http.post("/admin/devices", json=body), 201)
         SEEN_SECRETS.add(created["identity_secret"])
-        return ProvisionedDevice(created["device_id"], created["key_id"], created["identity_secret"])
+        return ProvisionedDevice(
+            created["device_id"], created["key_id"], created["identity_secret"]
+        )
 
     def merchant(self, **fields: Any) -> dict[str, Any]:
-        return _json(self.http.post("/admin/merchants", json={"name": "Corner Coffee"} | fields), 201)
+        return _json(
+            self.http.post("/admin/merchants", json={"name": "Corner Coffee"} | fields), 201
+        )
 
     def client(self, **fields: Any) -> dict[str, Any]:
         created = _json(self.http.post("/admin/clients", json=fields), 201)
@@ -126,7 +134,12 @@ class Admin:
         return created
 
     def add_member(self, merchant_id: str, subject: str, role: str) -> None:
-        _json(self.http.post(f"/admin/merchants/{merchant_id}/members", json={"subject": subject, "role": role}), 201)
+        _json(
+            self.http.post(
+                f"/admin/merchants/{merchant_id}/members", json={"subject": subject, "role": role}
+            ),
+            201,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -142,11 +155,11 @@ def admin(backend: Backend, server: Server) -> Iterator[Admin]:
 def member_client(backend: Backend, admin: Admin) -> dict[str, Any]:
     """One API client made by the CLI; tests add it to fresh merchants with the role they need."""
     merchant = admin.merchant(name="Seed merchant")
-    client = backend.cli("client", "create", "--merchant", merchant["merchant_id"], "--role", "owner")
+    client = backend.cli(
+        "client", "create", "--merchant", merchant["merchant_id"], "--role", "owner"
+    )
     SEEN_SECRETS.add(client["client_secret"])
     return client
-
-
 
 
 @pytest.fixture
@@ -161,13 +174,13 @@ def make_merchant(admin: Admin, member_client: dict[str, Any], server: Server) -
         http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         opened.append(http)
         _json(http.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}), 201)
-        return MerchantCtx(merchant["merchant_id"], merchant, role, token, http, client["client_id"])
+        return MerchantCtx(
+            merchant["merchant_id"], merchant, role, token, http, client["client_id"]
+        )
 
     yield make
     for http in opened:
         http.close()
-
-
 
 
 @pytest.fixture

@@ -48,7 +48,9 @@ class Server:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "viopay", "serve", "--port", str(self.port)],
                 env={**os.environ, **backend.env, "VIOPAY_PUBLIC_URL": "http://viopay.test"},
-                stdout=self._log, stderr=subprocess.STDOUT, cwd=log_dir,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                cwd=log_dir,
             )
             if self._wait_ready():
                 return
@@ -92,7 +94,12 @@ def _json(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 def client_token(url: str, client_id: str, client_secret: str) -> str:
-    body = _json(httpx.post(f"{url}/client/session", json={"client_id": client_id, "client_secret": client_secret}), 200)
+    body = _json(
+        httpx.post(
+            f"{url}/client/session", json={"client_id": client_id, "client_secret": client_secret}
+        ),
+        200,
+    )
     token: str = body["access_token"]
     SEEN_SECRETS.add(token)
     return token
@@ -121,7 +128,6 @@ class MerchantCtx:
 
 def pos_headers(device_id: str, *, ua: str = UA) -> dict[str, str]:
     return {"X-Device-Id": device_id, "User-Agent": ua, "X-Client-Type": "pos"}
-
 
 
 def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -160,8 +166,6 @@ def _service_up(host: str, port: int) -> bool:
         return False
 
 
-
-
 @dataclass
 class Backend:
     name: str
@@ -174,7 +178,11 @@ class Backend:
 
         done = subprocess.run(
             [sys.executable, "-m", "viopay", *args, "--json"],
-            env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert done.returncode == 0, f"viopay {' '.join(args)} failed: {done.stderr}"
         document: dict[str, Any] = orjson.loads(done.stdout)
@@ -222,10 +230,13 @@ def _flush_redis_prefix(prefix: str) -> None:
 
 
 def _require_services() -> None:
-    missing = [name for name, port in (("PostgreSQL", 5432), ("Redis", 6379)) if not _service_up("127.0.0.1", port)]
+    missing = [
+        name
+        for name, port in (("PostgreSQL", 5432), ("Redis", 6379))
+        if not _service_up("127.0.0.1", port)
+    ]
     if missing:
         message = f"{' and '.join(missing)} not reachable on 127.0.0.1"
         if IN_CI:
             pytest.fail(f"{message}: CI needs both (.ci/run starts them)")
         pytest.skip(message)
-

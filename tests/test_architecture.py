@@ -17,8 +17,21 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "viopay"
 
 BASE = {
-    "settings", "db", "cache", "errors", "crypto", "ids", "metrics", "pagination", "middleware",
-    "openapi", "observability", "signatures", "migrate", "audit", "__init__",
+    "settings",
+    "db",
+    "cache",
+    "errors",
+    "crypto",
+    "ids",
+    "metrics",
+    "pagination",
+    "middleware",
+    "openapi",
+    "observability",
+    "signatures",
+    "migrate",
+    "audit",
+    "__init__",
 }
 
 
@@ -127,10 +140,25 @@ def test_the_device_sdk_imports_only_the_crypto_base():
 @pytest.mark.parametrize(
     ("files", "expected"),
     [
-        ({"a/x.py": "from viopay.b import y\n", "b/y.py": "from viopay.a import x\n"}, [["a", "b"]]),
-        ({"a/x.py": "from viopay.b import y\n", "b/y.py": "import viopay.c.z\n", "c/z.py": "from viopay import a\n"}, [["a", "b", "c"]]),
-        ({"a/x.py": "from viopay.b import y\n",
-          "b/y.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from viopay.a import x\n"}, []),
+        (
+            {"a/x.py": "from viopay.b import y\n", "b/y.py": "from viopay.a import x\n"},
+            [["a", "b"]],
+        ),
+        (
+            {
+                "a/x.py": "from viopay.b import y\n",
+                "b/y.py": "import viopay.c.z\n",
+                "c/z.py": "from viopay import a\n",
+            },
+            [["a", "b", "c"]],
+        ),
+        (
+            {
+                "a/x.py": "from viopay.b import y\n",
+                "b/y.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from viopay.a import x\n",
+            },
+            [],
+        ),
     ],
 )
 def test_the_cycle_check_finds_cycles(tmp_path, files, expected):

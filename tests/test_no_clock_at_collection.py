@@ -65,7 +65,9 @@ def test_no_test_module_reads_the_clock_at_import():
     for path in sorted(TESTS.rglob("*.py")):
         for line in offenders(path.read_text()):
             bad.append(f"{path.relative_to(TESTS)}:{line}")
-    assert not bad, "clock read at import/collection (move it into the test or a fixture): " + ", ".join(bad)
+    assert not bad, (
+        "clock read at import/collection (move it into the test or a fixture): " + ", ".join(bad)
+    )
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             rt, app.state.processor, interval=recovery_interval(settings.recovery_delay_seconds)
         )
         recovery.start()
-        log.info("started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory")
+        log.info(
+            "started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory"
+        )
         try:
             yield
         finally:
@@ -84,10 +86,24 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     )
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
-    for router in (health_router, auth_router, pos_router, activation_router, claim_router, device_admin_router, merchant_admin_router,
-                   client_admin_router, device_merchant_router, events_router,
-                   merchant_config_router, config_schema_router, parameters_admin_router,
-                   charges_pos_router, charges_merchant_router, portal_router):
+    for router in (
+        health_router,
+        auth_router,
+        pos_router,
+        activation_router,
+        claim_router,
+        device_admin_router,
+        merchant_admin_router,
+        client_admin_router,
+        device_merchant_router,
+        events_router,
+        merchant_config_router,
+        config_schema_router,
+        parameters_admin_router,
+        charges_pos_router,
+        charges_merchant_router,
+        portal_router,
+    ):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)
@@ -120,17 +136,24 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         errors = [
-            {"field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]), "message": e["msg"]}
+            {
+                "field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]),
+                "message": e["msg"],
+            }
             for e in exc.errors()
         ]
-        return problem_response(InvalidRequest("the request has invalid members", errors=errors), rid(request))
+        return problem_response(
+            InvalidRequest("the request has invalid members", errors=errors), rid(request)
+        )
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
     @app.exception_handler(OSError)
     @app.exception_handler(TimeoutError)
     async def unavailable(request: Request, exc: Exception) -> Response:
-        log.warning("backing service unavailable", error=type(exc).__name__, request_id=rid(request))
+        log.warning(
+            "backing service unavailable", error=type(exc).__name__, request_id=rid(request)
+        )
         return problem_response(ServiceUnavailable(), rid(request))
 
     @app.exception_handler(DBAPIError)
@@ -144,7 +167,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components["Problem"] = Problem.model_json_schema()
     for path in schema.get("paths", {}).values():

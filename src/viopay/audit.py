@@ -18,7 +18,9 @@ class AuditEvent(Base):
     """Every state change: who (actor), what (type, subject, data), when."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_merchant_created", "merchant_id", "created_at", "event_id"),)
+    __table_args__ = (
+        Index("ix_audit_events_merchant_created", "merchant_id", "created_at", "event_id"),
+    )
 
     event_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merchant_id: Mapped[str | None] = mapped_column(String(40))

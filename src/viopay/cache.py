@@ -176,7 +176,9 @@ class RedisCache:
     async def _window(self, key: str, limit: int, window: float, now: float, add: bool) -> float:
         member = f"{now:.6f}:{secrets.token_hex(4)}"
         result = await self._call(
-            self._window_script(keys=[self._k(key)], args=[now, window, limit, "1" if add else "0", member])
+            self._window_script(
+                keys=[self._k(key)], args=[now, window, limit, "1" if add else "0", member]
+            )
         )
         return max(0.0, float(result))
 

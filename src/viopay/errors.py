@@ -30,9 +30,16 @@ class ViopayError(Exception):
 
 
 class InvalidRequest(ViopayError):
-    code, status, title, default_detail = "invalid_request", 400, "Invalid request", "the request is invalid"
+    code, status, title, default_detail = (
+        "invalid_request",
+        400,
+        "Invalid request",
+        "the request is invalid",
+    )
 
-    def __init__(self, detail: str | None = None, errors: list[dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, detail: str | None = None, errors: list[dict[str, str]] | None = None
+    ) -> None:
         super().__init__(detail)
         if errors:
             self.extra["errors"] = errors
@@ -53,7 +60,12 @@ class InvalidHeader(ViopayError):
 
 
 class Unauthorized(ViopayError):
-    code, status, title, default_detail = "unauthorized", 401, "Unauthorized", "a valid Bearer token is required"
+    code, status, title, default_detail = (
+        "unauthorized",
+        401,
+        "Unauthorized",
+        "a valid Bearer token is required",
+    )
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail)
@@ -86,7 +98,12 @@ class AppVersionUnsupported(ViopayError):
 
 
 class RateLimited(ViopayError):
-    code, status, title, default_detail = "rate_limited", 429, "Too many requests", "rate limit reached"
+    code, status, title, default_detail = (
+        "rate_limited",
+        429,
+        "Too many requests",
+        "rate limit reached",
+    )
 
     def __init__(self, detail: str | None = None, retry_after: int = 1) -> None:
         super().__init__(detail)
@@ -231,7 +248,13 @@ InternalError = ViopayError
 
 
 def problem_body(
-    *, code: str, status: int, title: str, detail: str, request_id: str, extra: Mapping[str, Any] | None = None
+    *,
+    code: str,
+    status: int,
+    title: str,
+    detail: str,
+    request_id: str,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": f"urn:viopay:error:{code}",
@@ -256,5 +279,8 @@ def problem_response(error: ViopayError, request_id: str) -> Response:
         extra=error.extra,
     )
     return Response(
-        orjson.dumps(body), status_code=error.status, media_type=PROBLEM_MEDIA_TYPE, headers=error.headers
+        orjson.dumps(body),
+        status_code=error.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=error.headers,
     )

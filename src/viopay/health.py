@@ -45,5 +45,9 @@ async def readyz(request: Request, runtime: RuntimeDep) -> Response:
     database, cache = await asyncio.gather(_database_ok(runtime), _cache_ok(runtime))
     members = {"database": "ok" if database else "down", "cache": "ok" if cache else "down"}
     if database and cache:
-        return Response(b'{"status":"ok","database":"ok","cache":"ok"}', media_type="application/json")
-    return problem_response(ServiceUnavailable("a backing service is down", **members), request_id_of(request.scope))
+        return Response(
+            b'{"status":"ok","database":"ok","cache":"ok"}', media_type="application/json"
+        )
+    return problem_response(
+        ServiceUnavailable("a backing service is down", **members), request_id_of(request.scope)
+    )

@@ -116,13 +116,22 @@ async def _send_problem(send: Send, rid: str, error: ViopayError) -> None:
     """The one problem+json mapping (:func:`viopay.errors.problem_body`), sent raw: this runs
     outside the app, where no exception handler does."""
     body = orjson.dumps(
-        problem_body(code=error.code, status=error.status, title=error.title, detail=error.detail, request_id=rid)
+        problem_body(
+            code=error.code,
+            status=error.status,
+            title=error.title,
+            detail=error.detail,
+            request_id=rid,
+        )
     )
     await send(
         {
             "type": "http.response.start",
             "status": error.status,
-            "headers": [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

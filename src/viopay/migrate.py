@@ -34,6 +34,8 @@ async def current_revision(settings: Settings) -> str | None:
     engine = create_async_engine(settings.async_database_url)
     try:
         async with engine.connect() as conn:
-            return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+            return await conn.run_sync(
+                lambda c: MigrationContext.configure(c).get_current_revision()
+            )
     finally:
         await engine.dispose()

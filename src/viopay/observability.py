@@ -13,7 +13,9 @@ from typing import TextIO
 import structlog
 
 
-def configure_logging(*, level: str = "info", json: bool = True, stream: TextIO | None = None) -> None:
+def configure_logging(
+    *, level: str = "info", json: bool = True, stream: TextIO | None = None
+) -> None:
     """JSON (or console) logs on ``stream``: stdout for the server, stderr for CLI commands
     (whose ``--json`` output owns stdout)."""
     stream = stream or sys.stdout

@@ -47,6 +47,8 @@ def errors_for(*statuses: int) -> dict[int | str, dict[str, Any]]:
         responses[status] = {
             "description": _STATUS_TEXT[status],
             "model": Problem,
-            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            },
         }
     return responses

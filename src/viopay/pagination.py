@@ -26,7 +26,9 @@ class PageParams:
 
 def page_params(
     limit: Annotated[int, Query(ge=1, le=100, description="Page size, 1-100.")] = 20,
-    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page.")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page.")
+    ] = None,
 ) -> PageParams:
     return PageParams(limit=limit, cursor=decode_cursor(cursor) if cursor else None)
 
@@ -40,11 +42,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         at, ident = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         return datetime.fromisoformat(at), str(ident)
     except (ValueError, TypeError, orjson.JSONDecodeError):
-        raise InvalidRequest("cursor is not valid", errors=[{"field": "cursor", "message": "not a cursor"}]) from None
+        raise InvalidRequest(
+            "cursor is not valid", errors=[{"field": "cursor", "message": "not a cursor"}]
+        ) from None
 
 
 def paginate(
-    query: Select[Any], *, at: InstrumentedAttribute[Any], ident: InstrumentedAttribute[Any], params: PageParams
+    query: Select[Any],
+    *,
+    at: InstrumentedAttribute[Any],
+    ident: InstrumentedAttribute[Any],
+    params: PageParams,
 ) -> Select[Any]:
     """Order newest first by (at, ident) and start after the cursor; fetch one extra row."""
     if params.cursor is not None:
@@ -62,5 +70,7 @@ class Page(Generic[T]):
 def make_page(rows: Sequence[Any], *, params: PageParams, at: str, ident: str) -> Page[Any]:
     items = list(rows[: params.limit])
     more = len(rows) > params.limit
-    cursor = encode_cursor(getattr(items[-1], at), getattr(items[-1], ident)) if more and items else None
+    cursor = (
+        encode_cursor(getattr(items[-1], at), getattr(items[-1], ident)) if more and items else None
+    )
     return Page(items, cursor)

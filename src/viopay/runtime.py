@@ -66,7 +66,9 @@ def build_runtime(settings: Settings) -> Runtime:
 T = TypeVar("T")
 
 
-def run_unit_of_work(settings: Settings, work: Callable[[AsyncSession, Runtime], Awaitable[T]]) -> T:
+def run_unit_of_work(
+    settings: Settings, work: Callable[[AsyncSession, Runtime], Awaitable[T]]
+) -> T:
     """Migrate, then run ``work`` in one transaction on a runtime of its own (CLI commands,
     tools); errors propagate."""
     from viopay.migrate import upgrade

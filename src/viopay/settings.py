@@ -21,7 +21,9 @@ _SEMVER_FIELD_HELP = "a SemVer 2.0 version such as 1.4.2"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIOPAY_", extra="ignore", frozen=True)
 
-    data_dir: Path = Field(default=Path("var"), description="Where the embedded default keeps its files.")
+    data_dir: Path = Field(
+        default=Path("var"), description="Where the embedded default keeps its files."
+    )
     database_url: str | None = Field(
         default=None,
         description="postgresql://… or sqlite:///path; default: a SQLite file in data_dir.",
@@ -29,18 +31,30 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, description="redis://…; default: in-process cache.")
     redis_prefix: str = Field(default="viopay:", description="Prefix of every Redis key.")
     master_key: SecretStr | None = Field(
-        default=None, description="Base64 of 32 bytes; wraps every key at rest. Required with PostgreSQL."
+        default=None,
+        description="Base64 of 32 bytes; wraps every key at rest. Required with PostgreSQL.",
     )
     master_key_file: Path | None = Field(
-        default=None, description="Master key file (embedded default: data_dir/master.key, made at first start)."
+        default=None,
+        description="Master key file (embedded default: data_dir/master.key, made at first start).",
     )
     min_pos_version: str = Field(default="1.0.0", description="Oldest POS app version accepted.")
-    latest_pos_version: str | None = Field(default=None, description="Newest published POS app version.")
-    oidc_issuer: str | None = Field(default=None, description="Keycloak realm URL; default: embedded issuer.")
-    oidc_audience: str = Field(default="viopay", description="Expected `aud` (or `azp`) of Bearer tokens.")
-    oidc_client_id: str | None = Field(default=None, description="Client used for /client/session against Keycloak.")
+    latest_pos_version: str | None = Field(
+        default=None, description="Newest published POS app version."
+    )
+    oidc_issuer: str | None = Field(
+        default=None, description="Keycloak realm URL; default: embedded issuer."
+    )
+    oidc_audience: str = Field(
+        default="viopay", description="Expected `aud` (or `azp`) of Bearer tokens."
+    )
+    oidc_client_id: str | None = Field(
+        default=None, description="Client used for /client/session against Keycloak."
+    )
     oidc_client_secret: SecretStr | None = Field(default=None)
-    token_ttl_seconds: int = Field(default=3600, ge=60, le=86400, description="Embedded issuer token life.")
+    token_ttl_seconds: int = Field(
+        default=3600, ge=60, le=86400, description="Embedded issuer token life."
+    )
     rotation_grace_seconds: int = Field(default=600, ge=0, le=86400)
     keyset_max_envelopes: int = Field(default=2**24, ge=10, le=2**24)
     processor: str = Field(
@@ -48,7 +62,10 @@ class Settings(BaseSettings):
         description="Payment processor: sandbox (PROTOCOL §4.6), or package.module:factory of a connector.",
     )
     sandbox_latency_ms: int = Field(
-        default=0, ge=0, le=60_000, description="Time the sandbox processor takes for every call (§4.6)."
+        default=0,
+        ge=0,
+        le=60_000,
+        description="Time the sandbox processor takes for every call (§4.6).",
     )
     recovery_delay_seconds: int = Field(
         default=60,
@@ -57,7 +74,9 @@ class Settings(BaseSettings):
         description="Age at which a payment intent without an outcome is finished by recovery (§4.7).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_json: bool = Field(default=True, description="JSON logs (structlog); false for console output.")
+    log_json: bool = Field(
+        default=True, description="JSON logs (structlog); false for console output."
+    )
     public_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of this server.")
     db_pool_size: int = Field(default=10, ge=1, le=200)
 

@@ -35,7 +35,6 @@ def header(request: Request, name: str) -> str:
     return value
 
 
-
 @dataclass(frozen=True)
 class SignedHeaders:
     """The signature headers, each exactly as sent, plus the parsed timestamp."""

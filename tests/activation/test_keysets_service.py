@@ -18,7 +18,6 @@ from viopay.audit import Actor
 from viopay.crypto.kcv import kcv_for
 from viopay.crypto.keyblocks import KEY_TYPES, WRAPPED_BY, unwrap_key
 from viopay.crypto.transport import derive_ktk, generate_x25519, x25519_shared
-from viopay.devices import service as devices
 from viopay.devices.models import Device
 from viopay.errors import InvalidRequest, InvalidState
 from viopay.ids import utcnow

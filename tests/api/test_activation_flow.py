@@ -12,7 +12,14 @@ import orjson
 import pytest
 
 from helpers import SEEN_SECRETS, claim_with, problem, sdk_client
-from viopay.crypto.envelope import chunk_aad, open_envelope, parse_envelope, request_aad, response_aad, seal
+from viopay.crypto.envelope import (
+    chunk_aad,
+    open_envelope,
+    parse_envelope,
+    request_aad,
+    response_aad,
+    seal,
+)
 from viopay.device import InvalidState, activate_device
 
 
@@ -44,6 +51,7 @@ def test_whole_activation_through_the_sdk(server, admin, make_merchant, api):
     device = admin.provision()
     steps: list[str] = []
     with sdk_client(server.url, device) as client:
+
         def on_step(report):
             steps.append(report.name)
             if report.name == "pairing_code":
@@ -52,8 +60,16 @@ def test_whole_activation_through_the_sdk(server, admin, make_merchant, api):
 
         result = activate_device(client, on_step=on_step, sleep=lambda _: None)
         register(client)
-        assert steps == ["bootstrap", "pairing_code", "wait_until_claimed", "attest", "keys", "config",
-                         "terminal_parameters", "activate"]
+        assert steps == [
+            "bootstrap",
+            "pairing_code",
+            "wait_until_claimed",
+            "attest",
+            "keys",
+            "config",
+            "terminal_parameters",
+            "activate",
+        ]
         assert result.activation.status == "activated"
         assert result.activation.merchant_id == owner.merchant_id
         assert result.terminal_parameters.chunk_count >= 3
@@ -61,8 +77,17 @@ def test_whole_activation_through_the_sdk(server, admin, make_merchant, api):
         view = owner.http.get(f"/merchant/devices/{device.device_id}").json()
         assert view["status"] == "activated" and view["activated_at"] is not None
         assert client.status().status == "activated"
-        events = [e["type"] for e in owner.http.get("/merchant/events", params={"limit": 100}).json()["data"]]
-        assert {"device.claimed", "device.attested", "key_set.created", "key_set.activated", "device.activated"} <= set(events)
+        events = [
+            e["type"]
+            for e in owner.http.get("/merchant/events", params={"limit": 100}).json()["data"]
+        ]
+        assert {
+            "device.claimed",
+            "device.attested",
+            "key_set.created",
+            "key_set.activated",
+            "device.activated",
+        } <= set(events)
 
 
 def test_config_envelope_etag_and_version_bump(claimed):
@@ -82,12 +107,18 @@ def test_config_envelope_etag_and_version_bump(claimed):
     assert document["terminal"]["label"] == "Front counter"
     assert document["security"]["hmac_key_id"] == pending.hmac_key_id
     version = document["config_version"]
-    same = httpx.post(f"{client_base(client)}/pos/config", headers=headers | {"If-None-Match": etag})
+    same = httpx.post(
+        f"{client_base(client)}/pos/config", headers=headers | {"If-None-Match": etag}
+    )
     assert same.status_code == 304 and same.headers["etag"] == etag and same.content == b""
     # The merchant edits the config: the version grows, the tag changes, the next fetch returns it.
-    edited = owner.http.put("/merchant/config", json={"tax": {"enabled": True, "rate_bps": 825, "inclusive": False}})
+    edited = owner.http.put(
+        "/merchant/config", json={"tax": {"enabled": True, "rate_bps": 825, "inclusive": False}}
+    )
     assert edited.status_code == 200 and edited.json()["config_version"] == version + 1
-    fresh = httpx.post(f"{client_base(client)}/pos/config", headers=headers | {"If-None-Match": etag})
+    fresh = httpx.post(
+        f"{client_base(client)}/pos/config", headers=headers | {"If-None-Match": etag}
+    )
     assert fresh.status_code == 200 and fresh.headers["etag"] != etag
     document = orjson.loads(open_envelope(pending.key("MSK"), parse_envelope(fresh.json()), aad))
     assert document["config_version"] == version + 1
@@ -105,12 +136,29 @@ def test_config_key_set_choice(claimed):
     client, *_ = claimed
     headers = token_headers(client)
     base = client_base(client)
-    problem(httpx.post(f"{base}/pos/config", headers=headers), 409, "invalid_state")  # no key set yet
+    problem(
+        httpx.post(f"{base}/pos/config", headers=headers), 409, "invalid_state"
+    )  # no key set yet
     client.download_keys()
-    problem(httpx.post(f"{base}/pos/config", headers=headers, json={"key_set_id": "ks_unknown"}), 404, "not_found")
+    problem(
+        httpx.post(f"{base}/pos/config", headers=headers, json={"key_set_id": "ks_unknown"}),
+        404,
+        "not_found",
+    )
     ks = client.key_store.pending.key_set_id
-    assert httpx.post(f"{base}/pos/config", headers=headers, json={"key_set_id": ks}).status_code == 200
-    problem(httpx.post(f"{base}/pos/config", headers=headers, content=b"{", ), 415, "unsupported_media_type")
+    assert (
+        httpx.post(f"{base}/pos/config", headers=headers, json={"key_set_id": ks}).status_code
+        == 200
+    )
+    problem(
+        httpx.post(
+            f"{base}/pos/config",
+            headers=headers,
+            content=b"{",
+        ),
+        415,
+        "unsupported_media_type",
+    )
 
 
 def test_terminal_parameters_chunks(claimed):
@@ -127,34 +175,67 @@ def test_terminal_parameters_chunks(claimed):
     assert meta["count"] == -(-meta["size"] // 32768) and meta["count"] >= 3
     stream = b""
     for index in range(meta["count"]):
-        answer = httpx.post(f"{base}/pos/terminal-parameters", headers=headers, json={"chunk": index}).json()
+        answer = httpx.post(
+            f"{base}/pos/terminal-parameters", headers=headers, json={"chunk": index}
+        ).json()
         assert answer["chunk"] == {**meta, "index": index}
-        aad = chunk_aad(response_aad(method="POST", path="/pos/terminal-parameters", subject=client.device_id, nonce=""),
-                        index=index, count=meta["count"], sha256_hex=meta["sha256"])
+        aad = chunk_aad(
+            response_aad(
+                method="POST", path="/pos/terminal-parameters", subject=client.device_id, nonce=""
+            ),
+            index=index,
+            count=meta["count"],
+            sha256_hex=meta["sha256"],
+        )
         part = open_envelope(pending.key("MSK"), parse_envelope(answer), aad)
         assert len(part) == (32768 if index < meta["count"] - 1 else meta["size"] - 32768 * index)
         stream += part
     assert hashlib.sha256(stream).hexdigest() == meta["sha256"] and len(stream) == meta["size"]
     assert isinstance(orjson.loads(gzip.decompress(stream)), dict)
     # 304 is decided before the chunk index; a wrong index is 400.
-    cached = httpx.post(f"{base}/pos/terminal-parameters", headers=headers | {"If-None-Match": first.headers["etag"]},
-                        json={"chunk": 999})
+    cached = httpx.post(
+        f"{base}/pos/terminal-parameters",
+        headers=headers | {"If-None-Match": first.headers["etag"]},
+        json={"chunk": 999},
+    )
     assert cached.status_code == 304
-    problem(httpx.post(f"{base}/pos/terminal-parameters", headers=headers, json={"chunk": meta["count"]}),
-            400, "invalid_request")
+    problem(
+        httpx.post(
+            f"{base}/pos/terminal-parameters", headers=headers, json={"chunk": meta["count"]}
+        ),
+        400,
+        "invalid_request",
+    )
     for bad in ({}, {"chunk": -1}, {"chunk": "0"}, {"chunk": True}):
-        problem(httpx.post(f"{base}/pos/terminal-parameters", headers=headers, json=bad), 400, "invalid_request")
+        problem(
+            httpx.post(f"{base}/pos/terminal-parameters", headers=headers, json=bad),
+            400,
+            "invalid_request",
+        )
     # A wrong AAD (chunk 1 opened as chunk 0) does not authenticate.
-    answer = httpx.post(f"{base}/pos/terminal-parameters", headers=headers, json={"chunk": 1}).json()
-    wrong = chunk_aad(response_aad(method="POST", path="/pos/terminal-parameters", subject=client.device_id, nonce=""),
-                      index=0, count=meta["count"], sha256_hex=meta["sha256"])
+    answer = httpx.post(
+        f"{base}/pos/terminal-parameters", headers=headers, json={"chunk": 1}
+    ).json()
+    wrong = chunk_aad(
+        response_aad(
+            method="POST", path="/pos/terminal-parameters", subject=client.device_id, nonce=""
+        ),
+        index=0,
+        count=meta["count"],
+        sha256_hex=meta["sha256"],
+    )
     with pytest.raises(Exception):
         open_envelope(pending.key("MSK"), parse_envelope(answer), wrong)
 
 
 def activation_envelope(client, *, kcv=None, key_set=None, kid=None) -> dict:
     ks = key_set or client.key_store.pending
-    body = {"key_set_id": ks.key_set_id, "kcv": kcv or dict(ks.kcvs), "config_version": 1, "app_version": "1.4.2"}
+    body = {
+        "key_set_id": ks.key_set_id,
+        "kcv": kcv or dict(ks.kcvs),
+        "config_version": 1,
+        "app_version": "1.4.2",
+    }
     aad = request_aad(method="POST", path="/pos/activate", subject=client.device_id)
     return seal(ks.key("MSK"), kid or ks.msk_kid, orjson.dumps(body), aad)
 
@@ -167,8 +248,13 @@ def test_activation_wrong_kcv_changes_nothing(claimed):
     base = client_base(client)
     kcv = dict(client.key_store.pending.kcvs)
     kcv["TPK"] = "000000" if kcv["TPK"] != "000000" else "111111"
-    problem(httpx.post(f"{base}/pos/activate", headers=headers, json=activation_envelope(client, kcv=kcv)),
-            422, "key_check_failed")
+    problem(
+        httpx.post(
+            f"{base}/pos/activate", headers=headers, json=activation_envelope(client, kcv=kcv)
+        ),
+        422,
+        "key_check_failed",
+    )
     assert owner.http.get(f"/merchant/devices/{client.device_id}").json()["status"] == "claimed"
     # Right KCVs now: activated; the same activation again answers the same.
     envelope = activation_envelope(client)
@@ -177,7 +263,10 @@ def test_activation_wrong_kcv_changes_nothing(claimed):
     assert first.status_code == again.status_code == 200
     ks = client.key_store.pending
     aad = response_aad(method="POST", path="/pos/activate", subject=client.device_id, nonce="")
-    one, two = (orjson.loads(open_envelope(ks.key("MSK"), parse_envelope(r.json()), aad)) for r in (first, again))
+    one, two = (
+        orjson.loads(open_envelope(ks.key("MSK"), parse_envelope(r.json()), aad))
+        for r in (first, again)
+    )
     assert one == two and one["status"] == "activated" and one["hmac_key_id"] == ks.hmac_key_id
 
 
@@ -188,16 +277,38 @@ def test_activation_envelope_errors(claimed):
     headers = token_headers(client)
     base = client_base(client)
     env = activation_envelope(client)
-    problem(httpx.post(f"{base}/pos/activate", headers=headers, json={"v": 2, "kid": "x", "iv": "", "ct": ""}),
-            400, "invalid_request")
-    problem(httpx.post(f"{base}/pos/activate", headers=headers, json=env | {"kid": "msk_unknown"}), 400, "decryption_failed")
+    problem(
+        httpx.post(
+            f"{base}/pos/activate", headers=headers, json={"v": 2, "kid": "x", "iv": "", "ct": ""}
+        ),
+        400,
+        "invalid_request",
+    )
+    problem(
+        httpx.post(f"{base}/pos/activate", headers=headers, json=env | {"kid": "msk_unknown"}),
+        400,
+        "decryption_failed",
+    )
     tampered = env | {"ct": base64.b64encode(b"\0" * 40).decode()}
-    problem(httpx.post(f"{base}/pos/activate", headers=headers, json=tampered), 400, "decryption_failed")
+    problem(
+        httpx.post(f"{base}/pos/activate", headers=headers, json=tampered), 400, "decryption_failed"
+    )
     # Sealed for another endpoint: the AAD does not match.
     ks = client.key_store.pending
-    other = seal(ks.key("MSK"), ks.msk_kid, b"{}", request_aad(method="POST", path="/pos/config", subject=client.device_id))
-    problem(httpx.post(f"{base}/pos/activate", headers=headers, json=other), 400, "decryption_failed")
-    problem(httpx.post(f"{base}/pos/activate", headers=headers, content=b"x"), 415, "unsupported_media_type")
+    other = seal(
+        ks.key("MSK"),
+        ks.msk_kid,
+        b"{}",
+        request_aad(method="POST", path="/pos/config", subject=client.device_id),
+    )
+    problem(
+        httpx.post(f"{base}/pos/activate", headers=headers, json=other), 400, "decryption_failed"
+    )
+    problem(
+        httpx.post(f"{base}/pos/activate", headers=headers, content=b"x"),
+        415,
+        "unsupported_media_type",
+    )
 
 
 def test_activation_before_claim_is_409(server, admin):
@@ -218,11 +329,19 @@ async def test_activate_service_refuses_an_unclaimed_device(claimed, runtime):
     async with runtime.sessions() as db, db.begin():
         device = await db.get(Device, client.device_id)
         device.status, device.terminal_id = DeviceStatus.inactive, None
-        key_set, document = await delivery.open_activation(db, runtime.wrapper, device=device,
-                                                           raw=activation_envelope(client))
+        key_set, document = await delivery.open_activation(
+            db, runtime.wrapper, device=device, raw=activation_envelope(client)
+        )
         with pytest.raises(Exception) as refused:
-            await delivery.activate(db, runtime.wrapper, device=device, key_set=key_set, document=document,
-                                    grace=timedelta(0), now=__import__("viopay.ids").ids.utcnow())
+            await delivery.activate(
+                db,
+                runtime.wrapper,
+                device=device,
+                key_set=key_set,
+                document=document,
+                grace=timedelta(0),
+                now=__import__("viopay.ids").ids.utcnow(),
+            )
         assert refused.value.code == "invalid_state"
         await db.rollback()
 
@@ -239,10 +358,20 @@ async def test_expired_key_set_is_refused(claimed, runtime):
         row.created_at -= timedelta(minutes=16)
         row.expires_at -= timedelta(minutes=16)
     headers = token_headers(client)
-    problem(httpx.post(f"{client_base(client)}/pos/activate", headers=headers, json=activation_envelope(client)),
-            409, "invalid_state")
-    problem(httpx.post(f"{client_base(client)}/pos/config", headers=headers, json={"key_set_id": ks.key_set_id}),
-            404, "not_found")
+    problem(
+        httpx.post(
+            f"{client_base(client)}/pos/activate", headers=headers, json=activation_envelope(client)
+        ),
+        409,
+        "invalid_state",
+    )
+    problem(
+        httpx.post(
+            f"{client_base(client)}/pos/config", headers=headers, json={"key_set_id": ks.key_set_id}
+        ),
+        404,
+        "not_found",
+    )
     assert owner.http.get(f"/merchant/devices/{client.device_id}").json()["status"] == "claimed"
 
 
@@ -260,19 +389,32 @@ async def test_rotation_keeps_previous_set_for_the_grace(claimed, runtime):
     client.rotate_keys()
     register(client)
     new = client.key_store.current
-    assert new.key_set_id != old.key_set_id and client.key_store.previous.key_set_id == old.key_set_id
+    assert (
+        new.key_set_id != old.key_set_id and client.key_store.previous.key_set_id == old.key_set_id
+    )
     headers = token_headers(client)
     base = client_base(client)
-    assert httpx.post(f"{base}/pos/config", headers=headers, json={"key_set_id": old.key_set_id}).status_code == 200
+    assert (
+        httpx.post(
+            f"{base}/pos/config", headers=headers, json={"key_set_id": old.key_set_id}
+        ).status_code
+        == 200
+    )
     superseded = activation_envelope(client, key_set=old)
-    problem(httpx.post(f"{base}/pos/activate", headers=headers, json=superseded), 409, "invalid_state")
+    problem(
+        httpx.post(f"{base}/pos/activate", headers=headers, json=superseded), 409, "invalid_state"
+    )
     grace = timedelta(seconds=runtime.settings.rotation_grace_seconds)
     async with runtime.sessions() as db, db.begin():
         device = await db.get(Device, client.device_id)
         now = utcnow()
-        assert (await delivery.resolve_key_set(db, device=device, key_set_id=old.key_set_id, now=now)).key_set_id == old.key_set_id
+        assert (
+            await delivery.resolve_key_set(db, device=device, key_set_id=old.key_set_id, now=now)
+        ).key_set_id == old.key_set_id
         with pytest.raises(Exception) as gone:
-            await delivery.resolve_key_set(db, device=device, key_set_id=old.key_set_id, now=now + grace + timedelta(seconds=1))
+            await delivery.resolve_key_set(
+                db, device=device, key_set_id=old.key_set_id, now=now + grace + timedelta(seconds=1)
+            )
         assert getattr(gone.value, "code", "") == "not_found"
 
 

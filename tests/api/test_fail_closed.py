@@ -34,7 +34,13 @@ class Proxied:
 @pytest.fixture
 def proxied(tmp_path):
     """Its own PostgreSQL database and Redis prefix (only PostgreSQL + Redis can go down)."""
-    from helpers import Backend, _create_pg_database, _drop_pg_database, _flush_redis_prefix, _require_services
+    from helpers import (
+        Backend,
+        _create_pg_database,
+        _drop_pg_database,
+        _flush_redis_prefix,
+        _require_services,
+    )
 
     _require_services()
     tag = secrets.token_hex(4)
@@ -67,16 +73,23 @@ def test_redis_down_fails_closed(proxied):
     body = problem(ready, 503, "service_unavailable")
     assert body["database"] == "ok" and body["cache"] == "down" and "retry-after" in ready.headers
     # Pairing codes need their rate limit, attestation its nonce store: both refuse.
-    problem(http.post("/pos/pairing-code", headers=pos_headers(device_id)), 503, "service_unavailable")
+    problem(
+        http.post("/pos/pairing-code", headers=pos_headers(device_id)), 503, "service_unavailable"
+    )
     problem(http.get("/pos/status", headers=pos_headers(device_id)), 503, "service_unavailable")
     # A correctly signed attest cannot spend its nonce: 503, not an answer without replay protection.
-    from helpers import ProvisionedDevice
     from test_attest_keys import attest
 
-    device = ProvisionedDevice(device_id, proxied.identity["key_id"], proxied.identity["identity_secret"])
+    from helpers import ProvisionedDevice
+
+    device = ProvisionedDevice(
+        device_id, proxied.identity["key_id"], proxied.identity["identity_secret"]
+    )
     problem(attest(http, device), 503, "service_unavailable")
     redis.up()
-    problem(attest(http, device), 409, "invalid_state")  # inactive: the nonce step passed, status refused
+    problem(
+        attest(http, device), 409, "invalid_state"
+    )  # inactive: the nonce step passed, status refused
     assert http.get("/readyz").status_code == 200
     code = http.post("/pos/pairing-code", headers=pos_headers(device_id))
     assert code.status_code == 201
@@ -93,7 +106,9 @@ def test_database_down_fails_closed(proxied):
     body = problem(http.get("/readyz"), 503, "service_unavailable")
     assert body["database"] == "down" and body["cache"] == "ok"
     for _ in range(3):  # pooled connections die, then new ones are refused: 503 every time
-        problem(http.post("/pos/bootstrap", headers=pos_headers(device_id)), 503, "service_unavailable")
+        problem(
+            http.post("/pos/bootstrap", headers=pos_headers(device_id)), 503, "service_unavailable"
+        )
     assert http.get("/healthz").status_code == 200  # the process itself is up
     pg.up()
     for _ in range(5):
@@ -111,30 +126,53 @@ def test_no_charge_without_replay_protection(proxied):
 
     srv, redis = proxied.server, proxied.redis
     merchant = proxied.backend.cli("merchant", "create", "--name", "Fail Closed Cafe")
-    owner = proxied.backend.cli("client", "create", "--merchant", merchant["merchant_id"], "--role", "owner")
+    owner = proxied.backend.cli(
+        "client", "create", "--merchant", merchant["merchant_id"], "--role", "owner"
+    )
     SEEN_SECRETS.add(owner["client_secret"])
     device_id = proxied.provision()
-    device = ProvisionedDevice(device_id, proxied.identity["key_id"], proxied.identity["identity_secret"])
+    device = ProvisionedDevice(
+        device_id, proxied.identity["key_id"], proxied.identity["identity_secret"]
+    )
     web = httpx.Client(base_url=srv.url, timeout=30)
-    token = web.post("/client/session", json={"client_id": owner["client_id"],
-                                              "client_secret": owner["client_secret"]}).json()["access_token"]
+    token = web.post(
+        "/client/session",
+        json={"client_id": owner["client_id"], "client_secret": owner["client_secret"]},
+    ).json()["access_token"]
     SEEN_SECRETS.add(token)
     web.headers["Authorization"] = f"Bearer {token}"
-    assert web.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}).status_code == 201
+    assert (
+        web.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}).status_code
+        == 201
+    )
     with sdk_client(srv.url, device, max_retries=0) as pos:
+
         def claim(step):
             if step.name == "pairing_code":
-                assert web.post("/pos/claim", json={"pairing_code": step.result.pairing_code}).status_code == 200
+                assert (
+                    web.post(
+                        "/pos/claim", json={"pairing_code": step.result.pairing_code}
+                    ).status_code
+                    == 200
+                )
 
         activate_device(pos, on_step=claim, sleep=lambda _: None)
         redis.down()
         with pytest.raises(ServiceUnavailable):
-            pos.charge(amount=1250, currency="USD", entry_mode="chip",
-                       card={"pan": "4242424242424242", "expiry": "3012"})
+            pos.charge(
+                amount=1250,
+                currency="USD",
+                entry_mode="chip",
+                card={"pan": "4242424242424242", "expiry": "3012"},
+            )
         redis.up()
         assert web.get("/merchant/charges").json()["data"] == []
-        approved = pos.charge(amount=1250, currency="USD", entry_mode="chip",
-                              card={"pan": "4242424242424242", "expiry": "3012"})
+        approved = pos.charge(
+            amount=1250,
+            currency="USD",
+            entry_mode="chip",
+            card={"pan": "4242424242424242", "expiry": "3012"},
+        )
         assert approved.status == "approved"
     assert [c["id"] for c in web.get("/merchant/charges").json()["data"]] == [approved.id]
     web.close()

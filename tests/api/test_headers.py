@@ -49,19 +49,30 @@ def test_malformed_header_is_named(api, device, method, path, header, value):
 def test_semver_prerelease_and_build_accepted(api, device):
     for version in ("1.4.2-rc.1+build.7", "2.0.0+sha.abc"):
         ua = f"Viopay-POS/{version} (Android 12; PAX-A920)"
-        assert api.post("/pos/bootstrap", headers=pos_headers(device.device_id, ua=ua)).status_code == 200
+        assert (
+            api.post("/pos/bootstrap", headers=pos_headers(device.device_id, ua=ua)).status_code
+            == 200
+        )
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS[1:])
 def test_old_version_gets_426(api, device, method, path):
     ua = "Viopay-POS/0.9.9 (Android 12; PAX-A920)"
-    body = problem(api.request(method, path, headers=pos_headers(device.device_id, ua=ua)), 426, "app_version_unsupported")
+    body = problem(
+        api.request(method, path, headers=pos_headers(device.device_id, ua=ua)),
+        426,
+        "app_version_unsupported",
+    )
     assert body["min_supported_version"] == "1.0.0"
 
 
 def test_prerelease_of_minimum_is_below_it(api, device):
     ua = "Viopay-POS/1.0.0-beta (Android 12; PAX-A920)"
-    problem(api.get("/pos/status", headers=pos_headers(device.device_id, ua=ua)), 426, "app_version_unsupported")
+    problem(
+        api.get("/pos/status", headers=pos_headers(device.device_id, ua=ua)),
+        426,
+        "app_version_unsupported",
+    )
 
 
 def test_bootstrap_never_426_but_says_upgrade_required(api, device):
@@ -78,7 +89,11 @@ def test_bootstrap_never_426_but_says_upgrade_required(api, device):
 
 def test_version_checked_before_device(api):
     ua = "Viopay-POS/0.1.0 (Android 12; PAX-A920)"
-    problem(api.get("/pos/status", headers=pos_headers("POS-00000000", ua=ua)), 426, "app_version_unsupported")
+    problem(
+        api.get("/pos/status", headers=pos_headers("POS-00000000", ua=ua)),
+        426,
+        "app_version_unsupported",
+    )
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
@@ -88,20 +103,30 @@ def test_unknown_device(api, method, path):
 
 def test_disabled_device_is_403(api, admin, device):
     assert admin.http.post(f"/admin/devices/{device.device_id}/disable").status_code == 200
-    problem(api.post("/pos/bootstrap", headers=pos_headers(device.device_id)), 403, "device_disabled")
+    problem(
+        api.post("/pos/bootstrap", headers=pos_headers(device.device_id)), 403, "device_disabled"
+    )
     assert admin.http.post(f"/admin/devices/{device.device_id}/enable").status_code == 200
     assert api.post("/pos/bootstrap", headers=pos_headers(device.device_id)).status_code == 200
 
 
 def test_body_over_64k_is_413_before_headers(api):
-    response = api.post("/pos/bootstrap", content=b"{" + b" " * 70_000 + b"}", headers={"content-type": "application/json"})
+    response = api.post(
+        "/pos/bootstrap",
+        content=b"{" + b" " * 70_000 + b"}",
+        headers={"content-type": "application/json"},
+    )
     problem(response, 413, "payload_too_large")
 
 
 def test_request_id_echoed_or_made(api, device):
-    mine = api.post("/pos/bootstrap", headers=pos_headers(device.device_id) | {"X-Request-Id": "abc.DEF-123_x"})
+    mine = api.post(
+        "/pos/bootstrap", headers=pos_headers(device.device_id) | {"X-Request-Id": "abc.DEF-123_x"}
+    )
     assert mine.headers["x-request-id"] == "abc.DEF-123_x"
-    bad = api.post("/pos/bootstrap", headers=pos_headers(device.device_id) | {"X-Request-Id": "has space"})
+    bad = api.post(
+        "/pos/bootstrap", headers=pos_headers(device.device_id) | {"X-Request-Id": "has space"}
+    )
     assert bad.headers["x-request-id"] != "has space" and len(bad.headers["x-request-id"]) >= 16
 
 
@@ -122,8 +147,18 @@ def test_healthz_and_readyz(api):
 
 def test_openapi_documents_every_endpoint_with_errors(api):
     spec = api.get("/openapi.json").json()
-    for path in ("/pos/bootstrap", "/pos/pairing-code", "/pos/status", "/pos/claim", "/client/session",
-                 "/session/initiate", "/admin/devices", "/admin/merchants", "/healthz", "/readyz"):
+    for path in (
+        "/pos/bootstrap",
+        "/pos/pairing-code",
+        "/pos/status",
+        "/pos/claim",
+        "/client/session",
+        "/session/initiate",
+        "/admin/devices",
+        "/admin/merchants",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in spec["paths"], path
     claim = spec["paths"]["/pos/claim"]["post"]
     assert {"400", "401", "403", "404", "429"} <= set(claim["responses"])

@@ -9,8 +9,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from helpers import pos_headers
-from helpers import problem
+from helpers import pos_headers, problem
 
 ALPHABET = set("ABCDEFGHJKMNPQRSTUVWXYZ23456789")
 
@@ -26,7 +25,9 @@ def test_pairing_code_shape(api, admin):
     response = api.post("/pos/pairing-code", headers=pos_headers(device.device_id))
     assert response.status_code == 201
     body = response.json()
-    assert re.fullmatch(r"[A-Z2-9]{6}", body["pairing_code"]) and set(body["pairing_code"]) <= ALPHABET
+    assert (
+        re.fullmatch(r"[A-Z2-9]{6}", body["pairing_code"]) and set(body["pairing_code"]) <= ALPHABET
+    )
     assert body["expires_in"] == 300 and body["poll_interval"] == 5
     status = api.get("/pos/status", headers=pos_headers(device.device_id)).json()
     assert status == {
@@ -79,12 +80,18 @@ def test_claim_happy_path(api, admin, make_merchant):
     assert status["status"] == "claimed" and status["terminal_id"] == body["terminal_id"]
     assert status["merchant"] == {"id": owner.merchant_id, "name": "Corner Coffee"}
     assert status["pairing_code_expires_at"] is None
-    problem(api.post("/pos/pairing-code", headers=pos_headers(device.device_id)), 409, "invalid_state")
+    problem(
+        api.post("/pos/pairing-code", headers=pos_headers(device.device_id)), 409, "invalid_state"
+    )
 
 
 def test_label_defaults_to_null(api, admin, make_merchant):
     device = admin.provision()
-    body = make_merchant().http.post("/pos/claim", json={"pairing_code": new_code(api, device.device_id)}).json()
+    body = (
+        make_merchant()
+        .http.post("/pos/claim", json={"pairing_code": new_code(api, device.device_id)})
+        .json()
+    )
     assert body["label"] is None
 
 
@@ -94,13 +101,17 @@ def test_used_unknown_and_expired_codes_answer_alike(api, admin, make_merchant, 
     code = new_code(api, device.device_id)
     assert owner.http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
     used = owner.http.post("/pos/claim", json={"pairing_code": code})
-    unknown = owner.http.post("/pos/claim", json={"pairing_code": "ZZZZZZ" if code != "ZZZZZZ" else "YYYYYY"})
+    unknown = owner.http.post(
+        "/pos/claim", json={"pairing_code": "ZZZZZZ" if code != "ZZZZZZ" else "YYYYYY"}
+    )
     garbage = owner.http.post("/pos/claim", json={"pairing_code": "not a code at all"})
     bodies = [problem(r, 404, "pairing_code_invalid") for r in (used, unknown, garbage)]
     assert len({(b["detail"], b["title"]) for b in bodies}) == 1
 
 
-@pytest.mark.parametrize("body", [{}, {"pairing_code": None}, {"pairing_code": 123456}, {"pairing_code": " - "}])
+@pytest.mark.parametrize(
+    "body", [{}, {"pairing_code": None}, {"pairing_code": 123456}, {"pairing_code": " - "}]
+)
 def test_missing_or_non_string_code_is_400(make_merchant, body):
     owner = make_merchant()
     problem(owner.http.post("/pos/claim", json=body), 400, "invalid_request")
@@ -108,30 +119,50 @@ def test_missing_or_non_string_code_is_400(make_merchant, body):
 
 def test_claim_body_must_be_json(make_merchant):
     owner = make_merchant()
-    problem(owner.http.post("/pos/claim", content=b"pairing_code=ABC", headers={"content-type": "text/plain"}),
-            415, "unsupported_media_type")
-    problem(owner.http.post("/pos/claim", content=b"{nope", headers={"content-type": "application/json"}),
-            400, "invalid_request")
+    problem(
+        owner.http.post(
+            "/pos/claim", content=b"pairing_code=ABC", headers={"content-type": "text/plain"}
+        ),
+        415,
+        "unsupported_media_type",
+    )
+    problem(
+        owner.http.post(
+            "/pos/claim", content=b"{nope", headers={"content-type": "application/json"}
+        ),
+        400,
+        "invalid_request",
+    )
 
 
 def test_staff_cannot_claim(api, admin, make_merchant):
     device = admin.provision()
     staff = make_merchant("staff")
-    problem(staff.http.post("/pos/claim", json={"pairing_code": new_code(api, device.device_id)}), 403, "forbidden")
+    problem(
+        staff.http.post("/pos/claim", json={"pairing_code": new_code(api, device.device_id)}),
+        403,
+        "forbidden",
+    )
 
 
 def test_claim_without_session_or_token(api, admin, member_client, server):
     from helpers import client_token
 
     token = client_token(server.url, member_client["client_id"], member_client["client_secret"])
-    no_session = api.post("/pos/claim", json={"pairing_code": "ABCDEF"}, headers={"Authorization": f"Bearer {token}"})
+    no_session = api.post(
+        "/pos/claim", json={"pairing_code": "ABCDEF"}, headers={"Authorization": f"Bearer {token}"}
+    )
     problem(no_session, 403, "session_required")
     no_token = api.post("/pos/claim", json={"pairing_code": "ABCDEF"})
     problem(no_token, 401, "unauthorized")
     assert no_token.headers["www-authenticate"].startswith("Bearer")
-    bad = api.post("/pos/claim", json={"pairing_code": "ABCDEF"}, headers={"Authorization": "Bearer not.a.jwt"})
+    bad = api.post(
+        "/pos/claim", json={"pairing_code": "ABCDEF"}, headers={"Authorization": "Bearer not.a.jwt"}
+    )
     problem(bad, 401, "unauthorized")
-    wrong_scheme = api.post("/pos/claim", json={"pairing_code": "ABCDEF"}, headers={"Authorization": f"Basic {token}"})
+    wrong_scheme = api.post(
+        "/pos/claim", json={"pairing_code": "ABCDEF"}, headers={"Authorization": f"Basic {token}"}
+    )
     problem(wrong_scheme, 401, "unauthorized")
 
 
@@ -141,12 +172,16 @@ def test_brute_force_limit_blocks_even_the_right_code(api, admin, make_merchant)
     owner = make_merchant()
     wrong = "ZZZZZZ" if code != "ZZZZZZ" else "YYYYYY"
     for _ in range(5):
-        problem(owner.http.post("/pos/claim", json={"pairing_code": wrong}), 404, "pairing_code_invalid")
+        problem(
+            owner.http.post("/pos/claim", json={"pairing_code": wrong}), 404, "pairing_code_invalid"
+        )
     blocked = owner.http.post("/pos/claim", json={"pairing_code": code})
     problem(blocked, 429, "rate_limited")
     assert int(blocked.headers["retry-after"]) > 800  # the 15-minute window
     # The device is untouched: still inactive with its code live.
-    assert api.get("/pos/status", headers=pos_headers(device.device_id)).json()["status"] == "inactive"
+    assert (
+        api.get("/pos/status", headers=pos_headers(device.device_id)).json()["status"] == "inactive"
+    )
 
 
 def test_one_code_two_claimers_exactly_one_wins(api, admin, make_merchant, server, server_b):
@@ -156,8 +191,12 @@ def test_one_code_two_claimers_exactly_one_wins(api, admin, make_merchant, serve
         first = make_merchant(url=server.url)
         second = make_merchant(url=server_b.url)
         with ThreadPoolExecutor(2) as pool:
-            results = list(pool.map(lambda m: m.http.post("/pos/claim", json={"pairing_code": code}),
-                                    (first, second)))
+            results = list(
+                pool.map(
+                    lambda m: m.http.post("/pos/claim", json={"pairing_code": code}),
+                    (first, second),
+                )
+            )
         statuses = sorted(r.status_code for r in results)
         assert statuses == [200, 404], [r.text for r in results]
         winner = next(r for r in results if r.status_code == 200).json()
@@ -169,11 +208,20 @@ def test_status_rate_limit_across_processes(admin, server, server_b):
     device = admin.provision()
     urls = [server.url, server_b.url]
     for i in range(30):
-        assert httpx.get(f"{urls[i % 2]}/pos/status", headers=pos_headers(device.device_id)).status_code == 200
+        assert (
+            httpx.get(
+                f"{urls[i % 2]}/pos/status", headers=pos_headers(device.device_id)
+            ).status_code
+            == 200
+        )
     limited = httpx.get(f"{urls[0]}/pos/status", headers=pos_headers(device.device_id))
     problem(limited, 429, "rate_limited")
     assert 0 < int(limited.headers["retry-after"]) <= 61
-    problem(httpx.get(f"{urls[1]}/pos/status", headers=pos_headers(device.device_id)), 429, "rate_limited")
+    problem(
+        httpx.get(f"{urls[1]}/pos/status", headers=pos_headers(device.device_id)),
+        429,
+        "rate_limited",
+    )
 
 
 def test_device_provisioned_on_one_process_works_on_the_other(admin, server_b, make_merchant):
@@ -194,7 +242,11 @@ async def test_expired_code_is_refused(api, admin, make_merchant, runtime):
     async with runtime.sessions() as db, db.begin():
         row = await db.get(Device, device.device_id)
         code, expires_at = await service.issue_pairing_code(
-            db, runtime.cache, wrapper=runtime.wrapper, device=row, now=utcnow() - timedelta(seconds=301)
+            db,
+            runtime.cache,
+            wrapper=runtime.wrapper,
+            device=row,
+            now=utcnow() - timedelta(seconds=301),
         )
     owner = make_merchant()
     problem(owner.http.post("/pos/claim", json={"pairing_code": code}), 404, "pairing_code_invalid")
@@ -211,6 +263,10 @@ async def test_live_code_just_before_expiry_is_claimable(admin, make_merchant, r
     async with runtime.sessions() as db, db.begin():
         row = await db.get(Device, device.device_id)
         code, _ = await service.issue_pairing_code(
-            db, runtime.cache, wrapper=runtime.wrapper, device=row, now=utcnow() - timedelta(seconds=280)
+            db,
+            runtime.cache,
+            wrapper=runtime.wrapper,
+            device=row,
+            now=utcnow() - timedelta(seconds=280),
         )
     assert make_merchant().http.post("/pos/claim", json={"pairing_code": code}).status_code == 200

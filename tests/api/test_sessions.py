@@ -5,8 +5,7 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from helpers import client_token
-from helpers import problem
+from helpers import client_token, problem
 
 
 def test_wrong_client_credentials(api, member_client):
@@ -49,7 +48,12 @@ def test_second_initiate_replaces_the_first(make_merchant, admin, api):
     owner = make_merchant()
     second = admin.merchant(name="Second shop")
     admin.add_member(second["merchant_id"], owner.subject, "staff")
-    assert owner.http.post("/session/initiate", json={"merchant_id": second["merchant_id"]}).status_code == 201
+    assert (
+        owner.http.post(
+            "/session/initiate", json={"merchant_id": second["merchant_id"]}
+        ).status_code
+        == 201
+    )
     # Now acting as staff of the second merchant: claims are refused by role.
     problem(owner.http.post("/pos/claim", json={"pairing_code": "ABCDEF"}), 403, "forbidden")
 
@@ -58,7 +62,9 @@ def test_session_is_bound_to_the_token(api, make_merchant, admin, server):
     owner = make_merchant()
     second = admin.client(merchant_id=owner.merchant_id, role="owner")
     token = client_token(server.url, second["client_id"], second["client_secret"])
-    other = api.post("/pos/claim", json={"pairing_code": "ABCDEF"}, headers={"Authorization": f"Bearer {token}"})
+    other = api.post(
+        "/pos/claim", json={"pairing_code": "ABCDEF"}, headers={"Authorization": f"Bearer {token}"}
+    )
     problem(other, 403, "session_required")
 
 
@@ -71,68 +77,135 @@ def test_admin_api_needs_the_admin_role(make_merchant, path):
 def test_admin_provision_shapes_and_conflict(admin):
     import secrets
 
-    created = admin.http.post("/admin/devices", json={"device_id": f"POS-{secrets.token_hex(4).upper()}"})
+    created = admin.http.post(
+        "/admin/devices", json={"device_id": f"POS-{secrets.token_hex(4).upper()}"}
+    )
     assert created.status_code == 201, created.text
     body = created.json()
     assert set(body) == {"device_id", "key_id", "identity_secret"}
-    assert len(body["identity_secret"]) == 64 and body["identity_secret"] == body["identity_secret"].lower()
-    problem(admin.http.post("/admin/devices", json={"device_id": body["device_id"]}), 409, "invalid_state")
-    problem(admin.http.post("/admin/devices", json={"device_id": "POS-abcdef12"}), 400, "invalid_request")
+    assert (
+        len(body["identity_secret"]) == 64
+        and body["identity_secret"] == body["identity_secret"].lower()
+    )
+    problem(
+        admin.http.post("/admin/devices", json={"device_id": body["device_id"]}),
+        409,
+        "invalid_state",
+    )
+    problem(
+        admin.http.post("/admin/devices", json={"device_id": "POS-abcdef12"}),
+        400,
+        "invalid_request",
+    )
 
 
 def test_identity_keys_add_and_revoke(admin):
     device = admin.provision(key_id="first-key")
-    added = admin.http.post(f"/admin/devices/{device.device_id}/identity-keys", json={"key_id": "second-key"})
+    added = admin.http.post(
+        f"/admin/devices/{device.device_id}/identity-keys", json={"key_id": "second-key"}
+    )
     assert added.status_code == 201 and added.json()["key_id"] == "second-key"
-    problem(admin.http.post(f"/admin/devices/{device.device_id}/identity-keys", json={"key_id": "second-key"}),
-            409, "invalid_state")
+    problem(
+        admin.http.post(
+            f"/admin/devices/{device.device_id}/identity-keys", json={"key_id": "second-key"}
+        ),
+        409,
+        "invalid_state",
+    )
     revoked = admin.http.delete(f"/admin/devices/{device.device_id}/identity-keys/first-key")
     assert revoked.status_code == 200 and revoked.json()["revoked_at"].endswith("Z")
-    problem(admin.http.delete(f"/admin/devices/{device.device_id}/identity-keys/nope"), 404, "not_found")
+    problem(
+        admin.http.delete(f"/admin/devices/{device.device_id}/identity-keys/nope"), 404, "not_found"
+    )
 
 
 def test_admin_merchant_defaults_and_validation(admin):
     merchant = admin.merchant(name="Defaults")
     assert (merchant["currency"], merchant["country"], merchant["timezone"]) == ("USD", "US", "UTC")
-    bad = admin.http.post("/admin/merchants", json={"name": "X", "currency": "usd", "timezone": "Mars/Base"})
+    bad = admin.http.post(
+        "/admin/merchants", json={"name": "X", "currency": "usd", "timezone": "Mars/Base"}
+    )
     body = problem(bad, 400, "invalid_request")
     assert {e["field"] for e in body["errors"]} == {"currency", "timezone"}
 
 
 def test_admin_clients_validation(admin):
-    problem(admin.http.post("/admin/clients", json={"admin": True, "merchant_id": "mer_x", "role": "owner"}),
-            400, "invalid_request")
-    problem(admin.http.post("/admin/clients", json={"merchant_id": "mer_missing", "role": "owner"}), 404, "not_found")
+    problem(
+        admin.http.post(
+            "/admin/clients", json={"admin": True, "merchant_id": "mer_x", "role": "owner"}
+        ),
+        400,
+        "invalid_request",
+    )
+    problem(
+        admin.http.post("/admin/clients", json={"merchant_id": "mer_missing", "role": "owner"}),
+        404,
+        "not_found",
+    )
 
 
 async def test_session_follows_a_refreshed_token(runtime):
     """Same sid, later exp: the session lasts with the new token (never past 12 h from its start)."""
     from datetime import timedelta
 
+    from viopay.audit import Actor
     from viopay.auth.issuer import Principal
     from viopay.auth.sessions import current_session, initiate_session
     from viopay.ids import utcnow
     from viopay.merchants.models import Role
     from viopay.merchants.service import add_member, create_merchant
-    from viopay.audit import Actor
 
     now = utcnow()
-    first = Principal(subject="usr_refresh", kind="user", roles=frozenset(), session_key="sid-refresh-" + str(now.timestamp()),
-                      expires_at=now + timedelta(minutes=5))
+    first = Principal(
+        subject="usr_refresh",
+        kind="user",
+        roles=frozenset(),
+        session_key="sid-refresh-" + str(now.timestamp()),
+        expires_at=now + timedelta(minutes=5),
+    )
     async with runtime.sessions() as db, db.begin():
-        merchant = await create_merchant(db, name="Refresh", currency="USD", country="US", timezone="UTC",
-                                         actor=Actor.operator(), now=now)
-        await add_member(db, merchant_id=merchant.merchant_id, subject="usr_refresh", role=Role.owner,
-                         actor=Actor.operator(), now=now)
-        started = await initiate_session(db, runtime.cache, principal=first, merchant_id=merchant.merchant_id, now=now)
+        merchant = await create_merchant(
+            db,
+            name="Refresh",
+            currency="USD",
+            country="US",
+            timezone="UTC",
+            actor=Actor.operator(),
+            now=now,
+        )
+        await add_member(
+            db,
+            merchant_id=merchant.merchant_id,
+            subject="usr_refresh",
+            role=Role.owner,
+            actor=Actor.operator(),
+            now=now,
+        )
+        started = await initiate_session(
+            db, runtime.cache, principal=first, merchant_id=merchant.merchant_id, now=now
+        )
     assert started.expires_at == first.expires_at
-    refreshed = Principal(subject="usr_refresh", kind="user", roles=frozenset(), session_key=first.session_key,
-                          expires_at=now + timedelta(minutes=30))
+    refreshed = Principal(
+        subject="usr_refresh",
+        kind="user",
+        roles=frozenset(),
+        session_key=first.session_key,
+        expires_at=now + timedelta(minutes=30),
+    )
     extended = await current_session(runtime.cache, refreshed)
     assert abs(extended.expires_at.timestamp() - refreshed.expires_at.timestamp()) < 1
     # The old token still finds the (extended) session; it never shrinks back.
     assert (await current_session(runtime.cache, first)).expires_at == extended.expires_at
-    far = Principal(subject="usr_refresh", kind="user", roles=frozenset(), session_key=first.session_key,
-                    expires_at=now + timedelta(hours=20))
+    far = Principal(
+        subject="usr_refresh",
+        kind="user",
+        roles=frozenset(),
+        session_key=first.session_key,
+        expires_at=now + timedelta(hours=20),
+    )
     capped = await current_session(runtime.cache, far)
-    assert now + timedelta(hours=11, minutes=59) < capped.expires_at <= now + timedelta(hours=12, seconds=1)
+    assert (
+        now + timedelta(hours=11, minutes=59)
+        < capped.expires_at
+        <= now + timedelta(hours=12, seconds=1)
+    )

@@ -22,29 +22,53 @@ ISSUER = "https://sso.example.test/realms/viopay"
 
 class FakeRealm:
     def __init__(self) -> None:
-        self.keys: dict[str, Any] = {"k1": rsa.generate_private_key(public_exponent=65537, key_size=2048)}
+        self.keys: dict[str, Any] = {
+            "k1": rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        }
         self.jwks_fetches = 0
         self.down = False
 
     def token(self, kid: str = "k1", **claims: Any) -> str:
         now = int(time.time())
-        body = {"iss": ISSUER, "aud": "viopay", "sub": "user-1", "exp": now + 300, "nbf": now - 5,
-                "sid": "sess-abc", "realm_access": {"roles": ["viopay-admin", "offline_access"]}} | claims
+        body = {
+            "iss": ISSUER,
+            "aud": "viopay",
+            "sub": "user-1",
+            "exp": now + 300,
+            "nbf": now - 5,
+            "sid": "sess-abc",
+            "realm_access": {"roles": ["viopay-admin", "offline_access"]},
+        } | claims
         key = self.keys[kid]
         alg = "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
-        return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=alg, headers={"kid": kid})
+        return jwt.encode(
+            {k: v for k, v in body.items() if v is not None},
+            key,
+            algorithm=alg,
+            headers={"kid": kid},
+        )
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         if self.down:
             raise httpx.ConnectError("down")
         if request.url.path.endswith("/.well-known/openid-configuration"):
-            return httpx.Response(200, json={"issuer": ISSUER, "jwks_uri": f"{ISSUER}/protocol/openid-connect/certs",
-                                             "token_endpoint": f"{ISSUER}/protocol/openid-connect/token"})
+            return httpx.Response(
+                200,
+                json={
+                    "issuer": ISSUER,
+                    "jwks_uri": f"{ISSUER}/protocol/openid-connect/certs",
+                    "token_endpoint": f"{ISSUER}/protocol/openid-connect/token",
+                },
+            )
         if request.url.path.endswith("/certs"):
             self.jwks_fetches += 1
             keys = []
             for kid, key in self.keys.items():
-                algo = jwt.algorithms.ECAlgorithm if isinstance(key, ec.EllipticCurvePrivateKey) else jwt.algorithms.RSAAlgorithm
+                algo = (
+                    jwt.algorithms.ECAlgorithm
+                    if isinstance(key, ec.EllipticCurvePrivateKey)
+                    else jwt.algorithms.RSAAlgorithm
+                )
                 jwk = algo.to_jwk(key.public_key(), as_dict=True) | {"kid": kid, "use": "sig"}
                 keys.append(jwk)
             return httpx.Response(200, json={"keys": keys})
@@ -52,7 +76,9 @@ class FakeRealm:
             form = dict(x.split("=", 1) for x in request.content.decode().split("&"))
             if form.get("client_secret") != "right":
                 return httpx.Response(401, json={"error": "unauthorized_client"})
-            return httpx.Response(200, json={"access_token": self.token(client_id="svc"), "expires_in": 300})
+            return httpx.Response(
+                200, json={"access_token": self.token(client_id="svc"), "expires_in": 300}
+            )
         return httpx.Response(404)
 
 
@@ -63,15 +89,20 @@ def realm():
 
 @pytest.fixture
 async def verifier(realm):
-    v = OidcVerifier(issuer=ISSUER, audience="viopay",
-                     client=httpx.AsyncClient(transport=httpx.MockTransport(realm.handler)))
+    v = OidcVerifier(
+        issuer=ISSUER,
+        audience="viopay",
+        client=httpx.AsyncClient(transport=httpx.MockTransport(realm.handler)),
+    )
     yield v
     await v.close()
 
 
 async def test_valid_token(verifier, realm):
     principal = await verifier.verify(realm.token())
-    assert principal.subject == "user-1" and principal.is_admin and principal.session_key == "sess-abc"
+    assert (
+        principal.subject == "user-1" and principal.is_admin and principal.session_key == "sess-abc"
+    )
     assert principal.kind == "user"
 
 
@@ -123,9 +154,12 @@ async def test_azp_stands_for_audience(verifier, realm):
 
 
 async def test_token_signed_by_another_key(verifier, realm):
-    forged = jwt.encode({"iss": ISSUER, "aud": "viopay", "sub": "x", "exp": int(time.time()) + 60},
-                        rsa.generate_private_key(public_exponent=65537, key_size=2048), algorithm="RS256",
-                        headers={"kid": "k1"})
+    forged = jwt.encode(
+        {"iss": ISSUER, "aud": "viopay", "sub": "x", "exp": int(time.time()) + 60},
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        algorithm="RS256",
+        headers={"kid": "k1"},
+    )
     with pytest.raises(Unauthorized):
         await verifier.verify(forged)
 

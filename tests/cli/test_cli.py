@@ -12,8 +12,14 @@ import pytest
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "viopay", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "viopay", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -28,7 +34,9 @@ def test_migrate_prints_revision(env):
 
 
 def test_provision_shows_secret_once_as_lower_hex(env, tmp_path):
-    done = run(env, "device", "provision", "POS-8F3A2C91", "--key-id", "device-id-key-2025-01", "--json")
+    done = run(
+        env, "device", "provision", "POS-8F3A2C91", "--key-id", "device-id-key-2025-01", "--json"
+    )
     assert done.returncode == 0, done.stderr
     doc = orjson.loads(done.stdout)
     assert doc["device_id"] == "POS-8F3A2C91" and doc["key_id"] == "device-id-key-2025-01"
@@ -48,7 +56,9 @@ def test_provision_shows_secret_once_as_lower_hex(env, tmp_path):
 
 def test_add_and_revoke_key(env):
     assert run(env, "device", "provision", "POS-00000001", "--json").returncode == 0
-    added = orjson.loads(run(env, "device", "add-key", "POS-00000001", "--key-id", "k2", "--json").stdout)
+    added = orjson.loads(
+        run(env, "device", "add-key", "POS-00000001", "--key-id", "k2", "--json").stdout
+    )
     assert added["key_id"] == "k2" and len(added["identity_secret"]) == 64
     revoked = orjson.loads(run(env, "device", "revoke-key", "POS-00000001", "k2", "--json").stdout)
     assert revoked["device_id"] == "POS-00000001" and revoked["revoked_at"].endswith("Z")
@@ -60,16 +70,46 @@ def test_bad_device_id_is_refused(env):
 
 
 def test_merchant_and_clients(env):
-    merchant = orjson.loads(run(env, "merchant", "create", "--name", "Corner Coffee", "--currency", "EUR",
-                                "--country", "DE", "--timezone", "Europe/Berlin", "--json").stdout)
+    merchant = orjson.loads(
+        run(
+            env,
+            "merchant",
+            "create",
+            "--name",
+            "Corner Coffee",
+            "--currency",
+            "EUR",
+            "--country",
+            "DE",
+            "--timezone",
+            "Europe/Berlin",
+            "--json",
+        ).stdout
+    )
     assert merchant["merchant_id"].startswith("mer_")
-    assert (merchant["currency"], merchant["country"], merchant["timezone"]) == ("EUR", "DE", "Europe/Berlin")
-    owner = orjson.loads(run(env, "client", "create", "--merchant", merchant["merchant_id"], "--role", "owner",
-                             "--json").stdout)
+    assert (merchant["currency"], merchant["country"], merchant["timezone"]) == (
+        "EUR",
+        "DE",
+        "Europe/Berlin",
+    )
+    owner = orjson.loads(
+        run(
+            env,
+            "client",
+            "create",
+            "--merchant",
+            merchant["merchant_id"],
+            "--role",
+            "owner",
+            "--json",
+        ).stdout
+    )
     assert owner["role"] == "owner" and owner["admin"] is False and owner["client_secret"]
     admin = orjson.loads(run(env, "client", "create", "--admin", "--json").stdout)
     assert admin["admin"] is True and admin["merchant_id"] is None
-    both = run(env, "client", "create", "--admin", "--merchant", merchant["merchant_id"], "--role", "owner")
+    both = run(
+        env, "client", "create", "--admin", "--merchant", merchant["merchant_id"], "--role", "owner"
+    )
     assert both.returncode == 2
     bad = run(env, "merchant", "create", "--name", "X", "--currency", "euro")
     assert bad.returncode == 2 and "currency" in bad.stderr

@@ -13,12 +13,31 @@ from helpers import SEEN_SECRETS
 
 def test_demo_runs_green_on_its_own_embedded_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIOPAY_")} | {"COLUMNS": "200"}
-    done = subprocess.run([sys.executable, "-m", "viopay", "demo"], env=env, capture_output=True, text=True,
-                          timeout=180, cwd=tmp_path, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "viopay", "demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    for step in ("provision", "bootstrap", "pairing code", "claim", "attest", "keys", "config",
-                 "terminal parameters", "activate", "charge (approved)", "charge (declined)", "refund 5.00"):
+    for step in (
+        "provision",
+        "bootstrap",
+        "pairing code",
+        "claim",
+        "attest",
+        "keys",
+        "config",
+        "terminal parameters",
+        "activate",
+        "charge (approved)",
+        "charge (declined)",
+        "refund 5.00",
+    ):
         assert f"✓ {step}" in out, step
     assert re.search(r"approved 00 visa", out) and "declined 05 card_declined" in out
     assert "partially_refunded, refunded 500" in out and "Done in" in out
@@ -27,8 +46,13 @@ def test_demo_runs_green_on_its_own_embedded_server(tmp_path):
 
 def test_demo_pair_only_waits_for_a_person(backend, server, make_merchant):
     env = {**os.environ, **backend.env, "COLUMNS": "200"}
-    demo = subprocess.Popen([sys.executable, "-m", "viopay", "demo", "--server", server.url, "--pair-only"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "viopay", "demo", "--server", server.url, "--pair-only"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     owner = make_merchant()
     seen: list[str] = []
     code: list[str] = []

@@ -17,6 +17,7 @@ VECTOR_FILES: dict[str, str] = {
     "transport_vector": "key_transport.json",
     "envelope_vector": "envelope.json",
     "pin_vector": "pin_block.json",
+    "webhook_vector": "webhook_signature.json",
 }
 
 
@@ -35,7 +36,11 @@ def vectors_dir() -> Path:
 
 def load_cases(file_name: str) -> list[dict[str, Any]]:
     data = json.loads((vectors_dir() / file_name).read_text(encoding="utf-8"))
-    cases = data if isinstance(data, list) else [data]
+    if isinstance(data, dict) and "cases" in data:  # shared members beside a list of cases
+        shared = {k: v for k, v in data.items() if k != "cases"}
+        cases = [shared | case for case in data["cases"]]
+    else:
+        cases = data if isinstance(data, list) else [data]
     assert cases, f"{file_name} holds no vectors"
     return cases
 

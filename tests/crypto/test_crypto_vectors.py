@@ -126,3 +126,36 @@ def test_pin_block(pin_vector: Vector) -> None:
     assert decipher_pin_block(tpk=tpk, pin_block=pin_vector["pin_block_hex"], pan=pan) == pin
     ours = encipher_pin_block(tpk=tpk, pin=pin, pan=pan)
     assert decipher_pin_block(tpk=tpk, pin_block=ours, pan=pan) == pin
+
+
+def test_webhook_signature(webhook_vector: Vector) -> None:
+    from standardwebhooks import Webhook
+
+    from viopay.crypto.webhooks import secret_bytes, verify_webhook_signature, webhook_signature
+
+    v = webhook_vector
+    body = v["body"].encode()
+    assert secret_bytes(v["secret"]).hex() == v["secret_bytes_hex"]
+    signed = webhook_signature(
+        v["secret"], webhook_id=v["webhook_id"], timestamp=v["webhook_timestamp"], body=body
+    )
+    assert signed == v["webhook_signature"]
+    assert verify_webhook_signature(
+        v["secret"],
+        webhook_id=v["webhook_id"],
+        timestamp=v["webhook_timestamp"],
+        body=body,
+        header=f"v1,{'A' * 44} {signed}",
+    )
+    assert not verify_webhook_signature(
+        v["secret"],
+        webhook_id=v["webhook_id"],
+        timestamp=v["webhook_timestamp"] + 1,
+        body=body,
+        header=signed,
+    )
+    # Cross-check with the reference implementation (its sign() takes a datetime).
+    from datetime import UTC, datetime
+
+    moment = datetime.fromtimestamp(v["webhook_timestamp"], tz=UTC)
+    assert Webhook(v["secret"]).sign(v["webhook_id"], moment, v["body"]) == signed

@@ -47,8 +47,13 @@ def spent(before: dict[str, float], after: dict[str, float], name: str) -> float
 
 
 @pytest.mark.parametrize("kind", ["approved", "declined"])
-def test_a_keyed_charge_is_two_transactions_and_one_redis_round_trip(terminal, quiet_server, backend, kind):
-    card = {"pan": "4242424242424242" if kind == "approved" else "4000000000000002", "expiry": "3012"}
+def test_a_keyed_charge_is_two_transactions_and_one_redis_round_trip(
+    terminal, quiet_server, backend, kind
+):
+    card = {
+        "pan": "4242424242424242" if kind == "approved" else "4000000000000002",
+        "expiry": "3012",
+    }
     terminal.charge(500, idempotency_key=f"warm-{kind}", url=quiet_server.url)  # caches warm
     before = counters(quiet_server.url)
     answer = terminal.charge(700, idempotency_key=f"cost-{kind}", card=card, url=quiet_server.url)

@@ -43,13 +43,19 @@ async def test_cancel_and_reverse_close_after_24_hours(terminal, runtime, target
     async with runtime.sessions() as db, db.begin():
         with pytest.raises(ChargeNotCancelable) as caught:
             await reversals.plan_undo(
-                db, scope=scope_of(terminal), charge_id=charge["id"], target=target,
+                db,
+                scope=scope_of(terminal),
+                charge_id=charge["id"],
+                target=target,
                 now=created + timedelta(hours=24),
             )
     assert "24 h" in caught.value.detail
     async with runtime.sessions() as db, db.begin():
         plan = await reversals.plan_undo(
-            db, scope=scope_of(terminal), charge_id=charge["id"], target=target,
+            db,
+            scope=scope_of(terminal),
+            charge_id=charge["id"],
+            target=target,
             now=created + timedelta(hours=23, minutes=59),
         )
         assert plan.act and plan.charge.status is ChargeStatus.approved
@@ -58,15 +64,24 @@ async def test_cancel_and_reverse_close_after_24_hours(terminal, runtime, target
 async def test_reverse_by_key_after_24_hours_answers_the_charge_unchanged(terminal, runtime):
     charge = terminal.charge(500, idempotency_key="old-one").json()
     created = await created_at(runtime, charge["id"])
-    async with runtime.sessions() as db, db.begin():  # the key's record is gone; found by the charge
+    async with (
+        runtime.sessions() as db,
+        db.begin(),
+    ):  # the key's record is gone; found by the charge
         late = await reversals.plan_reverse_by_key(
-            db, scope=scope_of(terminal), key="old-one", now=created + timedelta(hours=25),
+            db,
+            scope=scope_of(terminal),
+            key="old-one",
+            now=created + timedelta(hours=25),
             stale_after=timedelta(seconds=60),
         )
         assert late is not None and late.charge.charge_id == charge["id"] and not late.act
     async with runtime.sessions() as db, db.begin():
         found = await reversals.plan_reverse_by_key(
-            db, scope=scope_of(terminal), key="old-one", now=created + timedelta(hours=1),
+            db,
+            scope=scope_of(terminal),
+            key="old-one",
+            now=created + timedelta(hours=1),
             stale_after=timedelta(seconds=60),
         )
         assert found is not None and found.act and found.charge.charge_id == charge["id"]
@@ -78,7 +93,10 @@ async def test_cancel_of_another_merchants_charge_is_not_found(terminal, runtime
     async with runtime.sessions() as db, db.begin():
         with pytest.raises(NotFound):
             await reversals.plan_undo(
-                db, scope=stranger, charge_id=charge["id"], target=ChargeStatus.canceled,
+                db,
+                scope=stranger,
+                charge_id=charge["id"],
+                target=ChargeStatus.canceled,
                 now=await created_at(runtime, charge["id"]),
             )
 
@@ -130,8 +148,13 @@ class FlakyReversals(SandboxProcessor):
 
 def _charge_intent() -> PaymentIntent:
     return PaymentIntent(
-        intent_id="pi_1", kind=IntentKind.charge, reference="vpr_1", terminal_id="TID-1",
-        device_id="POS-1", merchant_id="mer_1", charge_id="ch_1",
+        intent_id="pi_1",
+        kind=IntentKind.charge,
+        reference="vpr_1",
+        terminal_id="TID-1",
+        device_id="POS-1",
+        merchant_id="mer_1",
+        charge_id="ch_1",
         request={"amount": 500, "currency": "USD"},
     )
 

@@ -99,8 +99,10 @@ async def wait_for(runtime: Any, query: Any, *, until: Any, timeout: float = 45)
 
 
 def pending_intents(terminal_id: str) -> Any:
-    return select(func.count()).select_from(PaymentIntent).where(
-        PaymentIntent.terminal_id == terminal_id, PaymentIntent.state == IntentState.pending
+    return (
+        select(func.count())
+        .select_from(PaymentIntent)
+        .where(PaymentIntent.terminal_id == terminal_id, PaymentIntent.state == IntentState.pending)
     )
 
 
@@ -113,14 +115,20 @@ def latest_intent_reference(terminal_id: str, kind: str) -> Any:
     )
 
 
-async def kill_during_the_call(runtime: Any, victim: Server, terminal_id: str, kind: str, *, heard: bool) -> None:
+async def kill_during_the_call(
+    runtime: Any, victim: Server, terminal_id: str, kind: str, *, heard: bool
+) -> None:
     """With the sandbox slowed: SIGKILL once the intent is recorded and, with ``heard``, once
     the sandbox has recorded the call in its ledger too (its answer never comes back)."""
-    reference = await wait_for(runtime, latest_intent_reference(terminal_id, kind), until=lambda r: r is not None)
+    reference = await wait_for(
+        runtime, latest_intent_reference(terminal_id, kind), until=lambda r: r is not None
+    )
     if heard:
         await wait_for(
             runtime,
-            select(func.count()).select_from(SandboxLedgerEntry).where(SandboxLedgerEntry.reference == reference),
+            select(func.count())
+            .select_from(SandboxLedgerEntry)
+            .where(SandboxLedgerEntry.reference == reference),
             until=lambda n: n == 1,
         )
     victim.process.kill()
@@ -132,7 +140,9 @@ async def assert_recovered(runtime: Any, terminal_id: str) -> None:
     await wait_for(runtime, pending_intents(terminal_id), until=lambda n: n == 0)
     async with runtime.sessions() as db:
         running = await db.scalar(
-            select(func.count()).select_from(IdempotencyRecord).where(
+            select(func.count())
+            .select_from(IdempotencyRecord)
+            .where(
                 IdempotencyRecord.terminal_id == terminal_id,
                 IdempotencyRecord.state == IdempotencyState.in_progress,
             )
@@ -144,31 +154,56 @@ async def assert_recovered(runtime: Any, terminal_id: str) -> None:
 async def assert_ledger_agrees(db: Any, terminal_id: str) -> None:
     """§4.7: for every reference the processor knows (of this terminal's intents), the
     database holds the same outcome."""
-    ours = set((await db.scalars(select(PaymentIntent.reference).where(PaymentIntent.terminal_id == terminal_id))).all())
-    ledger = [e for e in (await db.scalars(select(SandboxLedgerEntry))).all() if e.reference in ours]
-    charges = {c.processor_reference: c for c in (await db.scalars(select(Charge).where(Charge.terminal_id == terminal_id))).all()}
-    refunds = {r.processor_reference for r in (await db.scalars(select(Refund).where(Refund.terminal_id == terminal_id))).all()}
+    ours = set(
+        (
+            await db.scalars(
+                select(PaymentIntent.reference).where(PaymentIntent.terminal_id == terminal_id)
+            )
+        ).all()
+    )
+    ledger = [
+        e for e in (await db.scalars(select(SandboxLedgerEntry))).all() if e.reference in ours
+    ]
+    charges = {
+        c.processor_reference: c
+        for c in (await db.scalars(select(Charge).where(Charge.terminal_id == terminal_id))).all()
+    }
+    refunds = {
+        r.processor_reference
+        for r in (await db.scalars(select(Refund).where(Refund.terminal_id == terminal_id))).all()
+    }
     for entry in ledger:
         if entry.operation == "authorize":
             charge = charges.get(entry.reference)
-            assert charge is not None, f"the processor holds {entry.reference}, the database no charge"
+            assert charge is not None, (
+                f"the processor holds {entry.reference}, the database no charge"
+            )
             if not entry.approved:
                 assert charge.status is ChargeStatus.declined
             elif entry.undone_by is not None:
                 assert charge.status in (ChargeStatus.reversed, ChargeStatus.canceled), charge
             else:
                 assert charge.status in (
-                    ChargeStatus.approved, ChargeStatus.partially_refunded, ChargeStatus.refunded
+                    ChargeStatus.approved,
+                    ChargeStatus.partially_refunded,
+                    ChargeStatus.refunded,
                 ), charge
         elif entry.operation == "refund":
-            assert entry.reference in refunds, f"refund {entry.reference} done at the processor only"
+            assert entry.reference in refunds, (
+                f"refund {entry.reference} done at the processor only"
+            )
     assert len([e for e in ledger if e.operation == "authorize"]) == len(charges)
 
 
 async def charges_with_key(runtime: Any, terminal_id: str, key: str) -> int:
     async with runtime.sessions() as db:
-        return int(await db.scalar(select(func.count()).select_from(Charge).where(
-            Charge.terminal_id == terminal_id, Charge.idempotency_key == key)))
+        return int(
+            await db.scalar(
+                select(func.count())
+                .select_from(Charge)
+                .where(Charge.terminal_id == terminal_id, Charge.idempotency_key == key)
+            )
+        )
 
 
 # --- a charge killed at each phase -------------------------------------------------------------
@@ -182,10 +217,14 @@ async def test_a_charge_killed_at_each_phase_completes_once(terminal, runtime, s
     crash = {"before_processor": "charge:intent", "after_processor": "charge:answered"}.get(phase)
     victim = start("victim", **({"VIOPAY_TEST_CRASH_AT": crash} if crash else SLOW))
     if crash:
-        send_until_killed(victim, lambda: terminal.charge(1500, idempotency_key=key, url=victim.url))
+        send_until_killed(
+            victim, lambda: terminal.charge(1500, idempotency_key=key, url=victim.url)
+        )
     else:
         in_background(lambda: terminal.charge(1500, idempotency_key=key, url=victim.url))
-        await kill_during_the_call(runtime, victim, terminal.terminal_id, "charge", heard=phase == "during_heard")
+        await kill_during_the_call(
+            runtime, victim, terminal.terminal_id, "charge", heard=phase == "during_heard"
+        )
     restarted = start("restarted")
     await assert_recovered(runtime, terminal.terminal_id)
     retry = terminal.charge(1500, idempotency_key=key, url=restarted.url)
@@ -209,12 +248,17 @@ async def test_a_refund_killed_at_each_phase_completes_once(terminal, runtime, s
     key = f"refund-crash-{phase}"
     crash = {"before_processor": "refund:intent", "after_processor": "refund:answered"}.get(phase)
     victim = start("victim", **({"VIOPAY_TEST_CRASH_AT": crash} if crash else SLOW))
-    refund = lambda: terminal.refund(charge["id"], {"amount": 700}, idempotency_key=key, url=victim.url)  # noqa: E731
+
+    def refund():
+        return terminal.refund(charge["id"], {"amount": 700}, idempotency_key=key, url=victim.url)  # noqa: E731
+
     if crash:
         send_until_killed(victim, refund)
     else:
         in_background(refund)
-        await kill_during_the_call(runtime, victim, terminal.terminal_id, "refund", heard=phase == "during_heard")
+        await kill_during_the_call(
+            runtime, victim, terminal.terminal_id, "refund", heard=phase == "during_heard"
+        )
     restarted = start("restarted")
     await assert_recovered(runtime, terminal.terminal_id)
     retry = terminal.refund(charge["id"], {"amount": 700}, idempotency_key=key, url=restarted.url)
@@ -245,16 +289,24 @@ async def test_an_approval_whose_key_was_spent_by_reverse_is_reversed(terminal, 
     # The key's request is presumed dead once its claim is older than the recovery delay (the
     # session's server keeps the default 60 s, so it recovers nothing during this test).
     async with runtime.sessions() as db, db.begin():
-        await db.execute(update(IdempotencyRecord).where(
-            IdempotencyRecord.terminal_id == terminal.terminal_id, IdempotencyRecord.idempotency_key == "spent"
-        ).values(created_at=datetime.now(UTC) - timedelta(minutes=10)))
+        await db.execute(
+            update(IdempotencyRecord)
+            .where(
+                IdempotencyRecord.terminal_id == terminal.terminal_id,
+                IdempotencyRecord.idempotency_key == "spent",
+            )
+            .values(created_at=datetime.now(UTC) - timedelta(minutes=10))
+        )
     spent = terminal.reverse_by_key("spent")
     assert spent.json() == {"object": "reversal", "charge": None}
     start("recovering")
     await assert_recovered(runtime, terminal.terminal_id)
     async with runtime.sessions() as db:
-        charge = await db.scalar(select(Charge).where(Charge.idempotency_key == "spent",
-                                                      Charge.terminal_id == terminal.terminal_id))
+        charge = await db.scalar(
+            select(Charge).where(
+                Charge.idempotency_key == "spent", Charge.terminal_id == terminal.terminal_id
+            )
+        )
         reference = charge.processor_reference
         held = await db.get(SandboxLedgerEntry, reference)
     assert charge.status is ChargeStatus.reversed and held.approved and held.undone_by is not None
@@ -268,14 +320,21 @@ def recover_cli(backend: Backend) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "viopay", "recover", "--json"],
         env={**os.environ, **backend.env, **RECOVERY},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
-async def test_a_burst_killed_mid_flight_is_recovered_once_by_two_processes(terminal, runtime, start, backend):
+async def test_a_burst_killed_mid_flight_is_recovered_once_by_two_processes(
+    terminal, runtime, start, backend
+):
     victim = start("victim", VIOPAY_SANDBOX_LATENCY_MS="2000")
     keys = [f"burst-{i}" for i in range(20)]
-    threads = [in_background(lambda k=k: terminal.charge(1000, idempotency_key=k, url=victim.url)) for k in keys]
+    threads = [
+        in_background(lambda k=k: terminal.charge(1000, idempotency_key=k, url=victim.url))
+        for k in keys
+    ]
     # Kill once every charge has its intent and some (not all) reached the sandbox's ledger.
     await wait_for(runtime, pending_intents(terminal.terminal_id), until=lambda n: n == len(keys))
     victim.process.kill()

@@ -32,10 +32,18 @@ def load_example() -> types.ModuleType:
 
 def request(amount: int, reference: str) -> AuthorizationRequest:
     return AuthorizationRequest(
-        reference=reference, charge_id="ch_1", terminal_id="TID-1", merchant_id="mer_1",
-        amount=amount, currency="USD", entry_mode="chip",
+        reference=reference,
+        charge_id="ch_1",
+        terminal_id="TID-1",
+        merchant_id="mer_1",
+        amount=amount,
+        currency="USD",
+        entry_mode="chip",
         card=check_card(pan="4242424242424242", expiry="3012", track2=None, cardholder_name=None),
-        pin=None, emv=None, order_reference=None, now=datetime.now(UTC),
+        pin=None,
+        emv=None,
+        order_reference=None,
+        now=datetime.now(UTC),
     )
 
 
@@ -53,7 +61,11 @@ async def test_the_example_is_a_processor_that_acts_once_per_reference():
 @pytest.fixture
 def example_server(backend: Backend, tmp_path: Path):
     (tmp_path / "example_acquirer.py").write_text(example_source())
-    env = {**backend.env, "VIOPAY_PROCESSOR": "example_acquirer:make_processor", "PYTHONPATH": str(tmp_path)}
+    env = {
+        **backend.env,
+        "VIOPAY_PROCESSOR": "example_acquirer:make_processor",
+        "PYTHONPATH": str(tmp_path),
+    }
     server = Server(Backend(backend.name, env), tmp_path, "example")
     yield server
     server.stop()
@@ -72,5 +84,3 @@ def test_a_server_charges_through_the_example(terminal, example_server):
     declined = terminal.charge(150_000, url=example_server.url).json()
     assert (declined["status"], declined["response_code"]) == ("declined", "61")
     assert terminal.reverse(approved["id"], url=example_server.url).json()["status"] == "reversed"
-
-

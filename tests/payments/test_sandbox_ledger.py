@@ -24,17 +24,30 @@ from viopay.payments.processors import (
 
 def request(pan: str, reference: str) -> AuthorizationRequest:
     return AuthorizationRequest(
-        reference=reference, charge_id="ch_" + secrets.token_hex(4), terminal_id="TID-1",
-        merchant_id="mer_1", amount=1250, currency="USD", entry_mode="chip",
+        reference=reference,
+        charge_id="ch_" + secrets.token_hex(4),
+        terminal_id="TID-1",
+        merchant_id="mer_1",
+        amount=1250,
+        currency="USD",
+        entry_mode="chip",
         card=check_card(pan=pan, expiry="3012", track2=None, cardholder_name=None),
-        pin=None, emv=None, order_reference=None, now=datetime.now(UTC),
+        pin=None,
+        emv=None,
+        order_reference=None,
+        now=datetime.now(UTC),
     )
 
 
 async def entries(runtime, reference: str) -> int:
     async with runtime.sessions() as db:
-        return int(await db.scalar(select(func.count()).select_from(SandboxLedgerEntry)
-                                    .where(SandboxLedgerEntry.reference == reference)))
+        return int(
+            await db.scalar(
+                select(func.count())
+                .select_from(SandboxLedgerEntry)
+                .where(SandboxLedgerEntry.reference == reference)
+            )
+        )
 
 
 async def test_an_authorisation_is_recorded_and_answered_again_for_its_reference(runtime):
@@ -91,7 +104,9 @@ async def test_latency_is_spent_on_every_call_as_an_asyncio_wait(runtime, monkey
 
     monkeypatch.setattr("viopay.payments.processors.sandbox.asyncio.sleep", recorded)
     sandbox = SandboxProcessor(runtime.sessions, latency_ms=400)
-    await asyncio.gather(*(sandbox.authorize(request("4242424242424242", new_reference())) for _ in range(3)))
+    await asyncio.gather(
+        *(sandbox.authorize(request("4242424242424242", new_reference())) for _ in range(3))
+    )
     await sandbox.reverse(ChargeRef("ch_1", "TID-1", 1, "USD", "vpr_x"), reference=new_reference())
     assert waits == [0.2] * 8
     waits.clear()

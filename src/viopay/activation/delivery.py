@@ -59,7 +59,9 @@ def require_claimed(device: Device) -> None:
         raise InvalidState(f"the device is {device.status.value}; claim it first")
 
 
-async def resolve_key_set(db: AsyncSession, *, device: Device, key_set_id: str | None, now: datetime) -> KeySet:
+async def resolve_key_set(
+    db: AsyncSession, *, device: Device, key_set_id: str | None, now: datetime
+) -> KeySet:
     """The named set if usable and the device's, else 404; by default the newest usable (409 if none)."""
     usable = await keysets.usable_key_sets(db, device=device, now=now)
     if key_set_id is None:
@@ -73,7 +75,13 @@ async def resolve_key_set(db: AsyncSession, *, device: Device, key_set_id: str |
 
 
 async def _seal(
-    db: AsyncSession, wrapper: KeyWrapper, *, key_set: KeySet, path: str, device: Device, plaintext: bytes,
+    db: AsyncSession,
+    wrapper: KeyWrapper,
+    *,
+    key_set: KeySet,
+    path: str,
+    device: Device,
+    plaintext: bytes,
     aad_suffix: tuple[int, int, str] | None = None,
 ) -> dict[str, Any]:
     keys = await keysets.load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
@@ -86,22 +94,38 @@ async def _seal(
 
 
 async def config_response(
-    db: AsyncSession, wrapper: KeyWrapper, *, device: Device, body: KeySetChoice, if_none_match: str | None,
+    db: AsyncSession,
+    wrapper: KeyWrapper,
+    *,
+    device: Device,
+    body: KeySetChoice,
+    if_none_match: str | None,
     now: datetime,
 ) -> Sealed:
     require_claimed(device)
     key_set = await resolve_key_set(db, device=device, key_set_id=body.key_set_id, now=now)
-    document = await config_document_for(db, device=device, hmac_key_id=key_set.hmac_key_id, now=now)
+    document = await config_document_for(
+        db, device=device, hmac_key_id=key_set.hmac_key_id, now=now
+    )
     etag = config_etag(document)
     if if_none_match is not None and etag in _tags(if_none_match):
         return Sealed(None, etag)
     plaintext = orjson.dumps(document)
-    return Sealed(await _seal(db, wrapper, key_set=key_set, path="/pos/config", device=device, plaintext=plaintext),
-                  etag)
+    return Sealed(
+        await _seal(
+            db, wrapper, key_set=key_set, path="/pos/config", device=device, plaintext=plaintext
+        ),
+        etag,
+    )
 
 
 async def parameters_response(
-    db: AsyncSession, wrapper: KeyWrapper, *, device: Device, body: ChunkRequest, if_none_match: str | None,
+    db: AsyncSession,
+    wrapper: KeyWrapper,
+    *,
+    device: Device,
+    body: ChunkRequest,
+    if_none_match: str | None,
     now: datetime,
 ) -> Sealed:
     require_claimed(device)
@@ -113,9 +137,21 @@ async def parameters_response(
         return Sealed(None, etag)  # decided before the chunk index (§3.9)
     count = chunk_count(blob)
     data = chunk(blob, body.chunk)
-    sealed = await _seal(db, wrapper, key_set=key_set, path="/pos/terminal-parameters", device=device,
-                         plaintext=data, aad_suffix=(body.chunk, count, blob.sha256))
-    sealed["chunk"] = {"index": body.chunk, "count": count, "size": blob.size, "sha256": blob.sha256}
+    sealed = await _seal(
+        db,
+        wrapper,
+        key_set=key_set,
+        path="/pos/terminal-parameters",
+        device=device,
+        plaintext=data,
+        aad_suffix=(body.chunk, count, blob.sha256),
+    )
+    sealed["chunk"] = {
+        "index": body.chunk,
+        "count": count,
+        "size": blob.size,
+        "sha256": blob.sha256,
+    }
     return Sealed(sealed, etag)
 
 
@@ -156,19 +192,32 @@ def _members(document: dict[str, Any], key_set: KeySet) -> ActivationRequest:
     try:
         request = ActivationRequest.model_validate(document)
     except ValidationError as exc:
-        raise InvalidRequest("the activation has invalid members", errors=field_errors(exc)) from None
+        raise InvalidRequest(
+            "the activation has invalid members", errors=field_errors(exc)
+        ) from None
     missing = [t for t in KCV_TYPES if not isinstance(request.kcv.get(t), str)]
     if missing:
-        raise InvalidRequest("every KCV is required", errors=[{"field": f"kcv.{t}", "message": "required"} for t in missing])
+        raise InvalidRequest(
+            "every KCV is required",
+            errors=[{"field": f"kcv.{t}", "message": "required"} for t in missing],
+        )
     if request.key_set_id != key_set.key_set_id:
-        raise InvalidRequest("key_set_id must name the set of the envelope's kid",
-                             errors=[{"field": "key_set_id", "message": "does not match the envelope's key set"}])
+        raise InvalidRequest(
+            "key_set_id must name the set of the envelope's kid",
+            errors=[{"field": "key_set_id", "message": "does not match the envelope's key set"}],
+        )
     return request
 
 
 async def activate(
-    db: AsyncSession, wrapper: KeyWrapper, *, device: Device, key_set: KeySet, document: dict[str, Any],
-    grace: timedelta, now: datetime,
+    db: AsyncSession,
+    wrapper: KeyWrapper,
+    *,
+    device: Device,
+    key_set: KeySet,
+    document: dict[str, Any],
+    grace: timedelta,
+    now: datetime,
 ) -> dict[str, Any]:
     """Check the KCVs and switch the device to this key set (§3.10); a repeat answers the same."""
     require_claimed(device)
@@ -188,10 +237,18 @@ async def activate(
         if first:
             device.activated_at = now
         record_event(
-            db, type="device.activated" if first else "device.keys_rotated", actor=Actor("device", device.device_id),
-            subject_type="device", subject_id=device.device_id, merchant_id=device.merchant_id, now=now,
-            data={"key_set_id": key_set.key_set_id, "config_version": request.config_version,
-                  "app_version": request.app_version},
+            db,
+            type="device.activated" if first else "device.keys_rotated",
+            actor=Actor("device", device.device_id),
+            subject_type="device",
+            subject_id=device.device_id,
+            merchant_id=device.merchant_id,
+            now=now,
+            data={
+                "key_set_id": key_set.key_set_id,
+                "config_version": request.config_version,
+                "app_version": request.app_version,
+            },
         )
         await db.flush()
     assert key_set.activated_at is not None
@@ -204,4 +261,11 @@ async def activate(
         "hmac_key_id": key_set.hmac_key_id,
         "activated_at": rfc3339(key_set.activated_at),
     }
-    return await _seal(db, wrapper, key_set=key_set, path="/pos/activate", device=device, plaintext=orjson.dumps(answer))
+    return await _seal(
+        db,
+        wrapper,
+        key_set=key_set,
+        path="/pos/activate",
+        device=device,
+        plaintext=orjson.dumps(answer),
+    )

@@ -464,11 +464,17 @@ async def retire_device_key_sets(
     return retired
 
 
-async def release_device(db: AsyncSession, *, device: Device, actor: Actor, now: datetime) -> Device:
+async def release_device(
+    db: AsyncSession, *, device: Device, actor: Actor, now: datetime
+) -> Device:
     """§5 release: the device's key sets retire, then it goes back to ``inactive`` (tokens and
     terminal id retire; past charges stay)."""
     await retire_device_key_sets(
-        db, device_id=device.device_id, actor=actor, merchant_id=device.merchant_id, now=now,
+        db,
+        device_id=device.device_id,
+        actor=actor,
+        merchant_id=device.merchant_id,
+        now=now,
         reason="release",
     )
     return await unclaim_device(db, device=device, actor=actor, now=now)

@@ -98,15 +98,21 @@ def _sealed(sealed: delivery.Sealed) -> Response:
     "/config",
     response_class=Response,
     openapi_extra=body_schema(delivery.KeySetChoice, required=False),
-    responses=_ok( "MSK envelope of the config document (§3.8)")
+    responses=_ok("MSK envelope of the config document (§3.8)")
     | errors_for(304, 400, 401, 403, 404, 409, 415, 503),
 )
-async def config(request: Request, auth: AttestedDevice, runtime: RuntimeDep, db: DbSession, now: Now) -> Response:
+async def config(
+    request: Request, auth: AttestedDevice, runtime: RuntimeDep, db: DbSession, now: Now
+) -> Response:
     """7a: the config document, sealed under the key set's MSK; 304 on a matching If-None-Match."""
     body = await read_json(request, delivery.KeySetChoice, optional=True)
     sealed = await delivery.config_response(
-        db, runtime.wrapper, device=auth.device, body=body,
-        if_none_match=request.headers.get("if-none-match"), now=now,
+        db,
+        runtime.wrapper,
+        device=auth.device,
+        body=body,
+        if_none_match=request.headers.get("if-none-match"),
+        now=now,
     )
     return _sealed(sealed)
 
@@ -115,7 +121,7 @@ async def config(request: Request, auth: AttestedDevice, runtime: RuntimeDep, db
     "/terminal-parameters",
     response_class=Response,
     openapi_extra=body_schema(delivery.ChunkRequest),
-    responses=_ok( "MSK envelope of one gzip chunk plus its chunk member (§3.9)")
+    responses=_ok("MSK envelope of one gzip chunk plus its chunk member (§3.9)")
     | errors_for(304, 400, 401, 403, 404, 409, 415, 503),
 )
 async def terminal_parameters(
@@ -124,8 +130,12 @@ async def terminal_parameters(
     """7b: one 32 768-byte chunk of the gzip-compressed terminal_parameters document."""
     body = await read_json(request, delivery.ChunkRequest)
     sealed = await delivery.parameters_response(
-        db, runtime.wrapper, device=auth.device, body=body,
-        if_none_match=request.headers.get("if-none-match"), now=now,
+        db,
+        runtime.wrapper,
+        device=auth.device,
+        body=body,
+        if_none_match=request.headers.get("if-none-match"),
+        now=now,
     )
     return _sealed(sealed)
 
@@ -133,18 +143,38 @@ async def terminal_parameters(
 @token_router.post(
     "/activate",
     response_class=Response,
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "description": "MSK envelope {v, kid, iv, ct} of the activation (§3.10)"}}}}},
-    responses=_ok( "MSK envelope of the activation result")
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "description": "MSK envelope {v, kid, iv, ct} of the activation (§3.10)",
+                    }
+                }
+            },
+        }
+    },
+    responses=_ok("MSK envelope of the activation result")
     | errors_for(400, 401, 403, 404, 409, 415, 422, 503),
 )
-async def activate(request: Request, auth: AttestedDevice, runtime: RuntimeDep, db: DbSession, now: Now) -> Response:
+async def activate(
+    request: Request, auth: AttestedDevice, runtime: RuntimeDep, db: DbSession, now: Now
+) -> Response:
     """8: check the KCVs and make the key set active (the first time: the device is activated)."""
     raw = await read_raw_json(request)
-    key_set, document = await delivery.open_activation(db, runtime.wrapper, device=auth.device, raw=raw)
+    key_set, document = await delivery.open_activation(
+        db, runtime.wrapper, device=auth.device, raw=raw
+    )
     sealed = await delivery.activate(
-        db, runtime.wrapper, device=auth.device, key_set=key_set, document=document,
-        grace=timedelta(seconds=runtime.settings.rotation_grace_seconds), now=now,
+        db,
+        runtime.wrapper,
+        device=auth.device,
+        key_set=key_set,
+        document=document,
+        grace=timedelta(seconds=runtime.settings.rotation_grace_seconds),
+        now=now,
     )
     return Response(orjson.dumps(sealed), media_type="application/json")
 

@@ -40,7 +40,9 @@ pos_router = APIRouter(prefix="/pos", tags=["pos activation"])
 _ACTIVATION_ERRORS = errors_for(400, 403, 404, 426, 503)
 
 
-@pos_router.post("/bootstrap", response_model=BootstrapOut, responses=errors_for(400, 403, 404, 503))
+@pos_router.post(
+    "/bootstrap", response_model=BootstrapOut, responses=errors_for(400, 403, 404, 503)
+)
 async def bootstrap(auth: BootstrapDevice, runtime: RuntimeDep, now: Now) -> BootstrapOut:
     settings = runtime.settings
     return BootstrapOut(
@@ -54,9 +56,14 @@ async def bootstrap(auth: BootstrapDevice, runtime: RuntimeDep, now: Now) -> Boo
 
 
 @pos_router.post(
-    "/pairing-code", status_code=201, response_model=PairingCodeOut, responses=errors_for(400, 403, 404, 409, 426, 429, 503)
+    "/pairing-code",
+    status_code=201,
+    response_model=PairingCodeOut,
+    responses=errors_for(400, 403, 404, 409, 426, 429, 503),
 )
-async def pairing_code(auth: ActivationDevice, runtime: RuntimeDep, db: DbSession, now: Now) -> PairingCodeOut:
+async def pairing_code(
+    auth: ActivationDevice, runtime: RuntimeDep, db: DbSession, now: Now
+) -> PairingCodeOut:
     code, expires_at = await service.issue_pairing_code(
         db, runtime.cache, wrapper=runtime.wrapper, device=auth.device, now=now
     )
@@ -68,7 +75,9 @@ async def pairing_code(auth: ActivationDevice, runtime: RuntimeDep, db: DbSessio
     )
 
 
-@pos_router.get("/status", response_model=StatusOut, responses=errors_for(400, 403, 404, 426, 429, 503))
+@pos_router.get(
+    "/status", response_model=StatusOut, responses=errors_for(400, 403, 404, 426, 429, 503)
+)
 async def status(auth: ActivationDevice, cache: CacheDep, db: DbSession, now: Now) -> StatusOut:
     device = auth.device
     await service.check_status_rate(cache, device=device, now=now)
@@ -93,7 +102,9 @@ claim_router = APIRouter(tags=["merchant"])
     openapi_extra=body_schema(ClaimIn),
     responses=errors_for(400, 401, 403, 404, 415, 429, 503),
 )
-async def claim(request: Request, session: ManagingSession, runtime: RuntimeDep, db: DbSession, now: Now) -> ClaimOut:
+async def claim(
+    request: Request, session: ManagingSession, runtime: RuntimeDep, db: DbSession, now: Now
+) -> ClaimOut:
     body = await read_json(request, ClaimIn)
     principal = session.principal
     device = await service.claim_device(
@@ -125,57 +136,117 @@ def _operator(principal: AdminPrincipal) -> Actor:
 
 
 @admin_router.post(
-    "/devices", status_code=201, response_model=IdentityKeyOut, openapi_extra=body_schema(ProvisionIn),
+    "/devices",
+    status_code=201,
+    response_model=IdentityKeyOut,
+    openapi_extra=body_schema(ProvisionIn),
     responses=errors_for(400, 401, 403, 409, 415, 503),
 )
-async def provision(request: Request, principal: AdminPrincipal, runtime: RuntimeDep, db: DbSession, now: Now) -> IdentityKeyOut:
+async def provision(
+    request: Request, principal: AdminPrincipal, runtime: RuntimeDep, db: DbSession, now: Now
+) -> IdentityKeyOut:
     body = await read_json(request, ProvisionIn)
     key = await service.provision_device(
-        db, wrapper=runtime.wrapper, device_id=body.device_id, key_id=body.key_id, actor=_operator(principal), now=now
+        db,
+        wrapper=runtime.wrapper,
+        device_id=body.device_id,
+        key_id=body.key_id,
+        actor=_operator(principal),
+        now=now,
     )
-    return IdentityKeyOut(device_id=key.device_id, key_id=key.key_id, identity_secret=key.identity_secret)
+    return IdentityKeyOut(
+        device_id=key.device_id, key_id=key.key_id, identity_secret=key.identity_secret
+    )
 
 
 @admin_router.post(
-    "/devices/{device_id}/identity-keys", status_code=201, response_model=IdentityKeyOut,
-    openapi_extra=body_schema(IdentityKeyIn, required=False), responses=errors_for(400, 401, 403, 404, 409, 415, 503),
+    "/devices/{device_id}/identity-keys",
+    status_code=201,
+    response_model=IdentityKeyOut,
+    openapi_extra=body_schema(IdentityKeyIn, required=False),
+    responses=errors_for(400, 401, 403, 404, 409, 415, 503),
 )
 async def add_key(
-    device_id: str, request: Request, principal: AdminPrincipal, runtime: RuntimeDep, db: DbSession, now: Now
+    device_id: str,
+    request: Request,
+    principal: AdminPrincipal,
+    runtime: RuntimeDep,
+    db: DbSession,
+    now: Now,
 ) -> IdentityKeyOut:
     body = await read_json(request, IdentityKeyIn, optional=True)
     key = await service.add_identity_key(
-        db, wrapper=runtime.wrapper, device_id=device_id, key_id=body.key_id, actor=_operator(principal), now=now
+        db,
+        wrapper=runtime.wrapper,
+        device_id=device_id,
+        key_id=body.key_id,
+        actor=_operator(principal),
+        now=now,
     )
-    return IdentityKeyOut(device_id=key.device_id, key_id=key.key_id, identity_secret=key.identity_secret)
+    return IdentityKeyOut(
+        device_id=key.device_id, key_id=key.key_id, identity_secret=key.identity_secret
+    )
 
 
 @admin_router.delete(
-    "/devices/{device_id}/identity-keys/{key_id}", response_model=RevokedKeyOut,
+    "/devices/{device_id}/identity-keys/{key_id}",
+    response_model=RevokedKeyOut,
     responses=errors_for(401, 403, 404, 503),
 )
-async def revoke_key(device_id: str, key_id: str, principal: AdminPrincipal, db: DbSession, now: Now) -> RevokedKeyOut:
-    key = await service.revoke_identity_key(db, device_id=device_id, key_id=key_id, actor=_operator(principal), now=now)
+async def revoke_key(
+    device_id: str, key_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+) -> RevokedKeyOut:
+    key = await service.revoke_identity_key(
+        db, device_id=device_id, key_id=key_id, actor=_operator(principal), now=now
+    )
     assert key.revoked_at is not None
     return RevokedKeyOut(device_id=device_id, key_id=key_id, revoked_at=rfc3339(key.revoked_at))
 
 
-@admin_router.post("/devices/{device_id}/disable", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
-async def admin_disable(device_id: str, principal: AdminPrincipal, db: DbSession, now: Now) -> DeviceOut:
+@admin_router.post(
+    "/devices/{device_id}/disable",
+    response_model=DeviceOut,
+    responses=errors_for(401, 403, 404, 503),
+)
+async def admin_disable(
+    device_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+) -> DeviceOut:
     device = await service.get_device(db, device_id)
-    return DeviceOut.of(await service.set_disabled(db, device=device, disabled=True, actor=_operator(principal), now=now))
+    return DeviceOut.of(
+        await service.set_disabled(
+            db, device=device, disabled=True, actor=_operator(principal), now=now
+        )
+    )
 
 
-@admin_router.post("/devices/{device_id}/enable", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
-async def admin_enable(device_id: str, principal: AdminPrincipal, db: DbSession, now: Now) -> DeviceOut:
+@admin_router.post(
+    "/devices/{device_id}/enable",
+    response_model=DeviceOut,
+    responses=errors_for(401, 403, 404, 503),
+)
+async def admin_enable(
+    device_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+) -> DeviceOut:
     device = await service.get_device(db, device_id)
-    return DeviceOut.of(await service.set_disabled(db, device=device, disabled=False, actor=_operator(principal), now=now))
+    return DeviceOut.of(
+        await service.set_disabled(
+            db, device=device, disabled=False, actor=_operator(principal), now=now
+        )
+    )
 
 
-@admin_router.post("/devices/{device_id}/release", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
-async def admin_release(device_id: str, principal: AdminPrincipal, db: DbSession, now: Now) -> DeviceOut:
+@admin_router.post(
+    "/devices/{device_id}/release",
+    response_model=DeviceOut,
+    responses=errors_for(401, 403, 404, 503),
+)
+async def admin_release(
+    device_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+) -> DeviceOut:
     device = await service.get_device(db, device_id)
-    return DeviceOut.of(await release_device(db, device=device, actor=_operator(principal), now=now))
+    return DeviceOut.of(
+        await release_device(db, device=device, actor=_operator(principal), now=now)
+    )
 
 
 merchant_router = APIRouter(prefix="/merchant", tags=["merchant"])
@@ -193,19 +264,27 @@ async def _merchant_device(db: DbSession, session: CurrentSession, device_id: st
     return device
 
 
-@merchant_router.get("/devices", response_model=DeviceList, responses=errors_for(400, 401, 403, 503))
+@merchant_router.get(
+    "/devices", response_model=DeviceList, responses=errors_for(400, 401, 403, 503)
+)
 async def list_devices(
     session: CurrentSession, db: DbSession, page: Annotated[PageParams, Depends(page_params)]
 ) -> DeviceList:
     query = paginate(
         select(Device).where(Device.merchant_id == session.merchant_id),
-        at=Device.claimed_at, ident=Device.device_id, params=page,
+        at=Device.claimed_at,
+        ident=Device.device_id,
+        params=page,
     )
-    result = make_page((await db.scalars(query)).all(), params=page, at="claimed_at", ident="device_id")
+    result = make_page(
+        (await db.scalars(query)).all(), params=page, at="claimed_at", ident="device_id"
+    )
     return DeviceList(data=[DeviceOut.of(d) for d in result.data], next_cursor=result.next_cursor)
 
 
-@merchant_router.get("/devices/{device_id}", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
+@merchant_router.get(
+    "/devices/{device_id}", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503)
+)
 async def get_merchant_device(device_id: str, session: CurrentSession, db: DbSession) -> DeviceOut:
     return DeviceOut.of(await _merchant_device(db, session, device_id))
 
@@ -214,26 +293,52 @@ def _actor(session: MerchantSession) -> Actor:
     return Actor(session.principal.kind, session.principal.subject)
 
 
-@merchant_router.post("/devices/{device_id}/disable", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
-async def merchant_disable(device_id: str, session: ManagingSession, db: DbSession, now: Now) -> DeviceOut:
+@merchant_router.post(
+    "/devices/{device_id}/disable",
+    response_model=DeviceOut,
+    responses=errors_for(401, 403, 404, 503),
+)
+async def merchant_disable(
+    device_id: str, session: ManagingSession, db: DbSession, now: Now
+) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
-    return DeviceOut.of(await service.set_disabled(db, device=device, disabled=True, actor=_actor(session), now=now))
+    return DeviceOut.of(
+        await service.set_disabled(db, device=device, disabled=True, actor=_actor(session), now=now)
+    )
 
 
-@merchant_router.post("/devices/{device_id}/enable", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
-async def merchant_enable(device_id: str, session: ManagingSession, db: DbSession, now: Now) -> DeviceOut:
+@merchant_router.post(
+    "/devices/{device_id}/enable",
+    response_model=DeviceOut,
+    responses=errors_for(401, 403, 404, 503),
+)
+async def merchant_enable(
+    device_id: str, session: ManagingSession, db: DbSession, now: Now
+) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
-    return DeviceOut.of(await service.set_disabled(db, device=device, disabled=False, actor=_actor(session), now=now))
+    return DeviceOut.of(
+        await service.set_disabled(
+            db, device=device, disabled=False, actor=_actor(session), now=now
+        )
+    )
 
 
-@merchant_router.post("/devices/{device_id}/release", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503))
-async def merchant_release(device_id: str, session: ManagingSession, db: DbSession, now: Now) -> DeviceOut:
+@merchant_router.post(
+    "/devices/{device_id}/release",
+    response_model=DeviceOut,
+    responses=errors_for(401, 403, 404, 503),
+)
+async def merchant_release(
+    device_id: str, session: ManagingSession, db: DbSession, now: Now
+) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
     return DeviceOut.of(await release_device(db, device=device, actor=_actor(session), now=now))
 
 
 @merchant_router.patch(
-    "/devices/{device_id}", response_model=DeviceOut, openapi_extra=body_schema(LabelIn),
+    "/devices/{device_id}",
+    response_model=DeviceOut,
+    openapi_extra=body_schema(LabelIn),
     responses=errors_for(400, 401, 403, 404, 415, 503),
 )
 async def merchant_rename(
@@ -242,4 +347,6 @@ async def merchant_rename(
     """Rename a device: ``{"label"}`` (null or blank clears it; owner or admin)."""
     body = await read_json(request, LabelIn)
     device = await _merchant_device(db, session, device_id)
-    return DeviceOut.of(await service.set_label(db, device=device, label=body.label, actor=_actor(session), now=now))
+    return DeviceOut.of(
+        await service.set_label(db, device=device, label=body.label, actor=_actor(session), now=now)
+    )

@@ -54,7 +54,11 @@ async def list_events(
 ) -> EventList:
     query = paginate(
         select(AuditEvent).where(AuditEvent.merchant_id == session.merchant_id),
-        at=AuditEvent.created_at, ident=AuditEvent.event_id, params=page,
+        at=AuditEvent.created_at,
+        ident=AuditEvent.event_id,
+        params=page,
     )
-    result = make_page((await db.scalars(query)).all(), params=page, at="created_at", ident="event_id")
+    result = make_page(
+        (await db.scalars(query)).all(), params=page, at="created_at", ident="event_id"
+    )
     return EventList(data=[EventOut.of(e) for e in result.data], next_cursor=result.next_cursor)

@@ -32,7 +32,9 @@ class NewClient:
 
 
 def secret_digest(wrapper: KeyWrapper, secret: str) -> str:
-    return hmac.new(wrapper.derive("api-client-secret"), secret.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(
+        wrapper.derive("api-client-secret"), secret.encode(), hashlib.sha256
+    ).hexdigest()
 
 
 async def create_client(
@@ -58,7 +60,9 @@ async def create_client(
     )
     await session.flush()
     if merchant_id is not None and role is not None:
-        await add_member(session, merchant_id=merchant_id, subject=client_id, role=role, actor=actor, now=now)
+        await add_member(
+            session, merchant_id=merchant_id, subject=client_id, role=role, actor=actor, now=now
+        )
     return NewClient(client_id, secret, merchant_id, role, admin)
 
 

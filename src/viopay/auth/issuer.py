@@ -64,7 +64,9 @@ def principal_from_claims(claims: dict[str, Any], token: str) -> Principal:
         subject=subject,
         kind=kind,
         roles=frozenset(r for r in roles or [] if isinstance(r, str)),
-        session_key=sid if isinstance(sid, str) and sid else hashlib.sha256(token.encode()).hexdigest(),
+        session_key=sid
+        if isinstance(sid, str) and sid
+        else hashlib.sha256(token.encode()).hexdigest(),
         expires_at=datetime.fromtimestamp(int(claims["exp"]), tz=utcnow().tzinfo),
     )
 
@@ -91,7 +93,9 @@ def _decode(token: str, key: Any, *, issuer: str, audience: str) -> dict[str, An
 class EmbeddedIssuer:
     """The server as its own token issuer (the embedded default)."""
 
-    def __init__(self, *, private_key: ec.EllipticCurvePrivateKey, kid: str, issuer: str, ttl: int) -> None:
+    def __init__(
+        self, *, private_key: ec.EllipticCurvePrivateKey, kid: str, issuer: str, ttl: int
+    ) -> None:
         self._private = private_key
         self._public = private_key.public_key()
         self.kid = kid
@@ -142,7 +146,9 @@ async def load_embedded_issuer(
     for _ in range(3):
         async with sessions() as session, session.begin():
             row = await session.scalar(
-                select(SigningKey).where(SigningKey.retired_at.is_(None)).order_by(SigningKey.created_at.desc())
+                select(SigningKey)
+                .where(SigningKey.retired_at.is_(None))
+                .order_by(SigningKey.created_at.desc())
             )
             if row is not None:
                 pem = wrapper.unwrap(row.private_wrapped, context=_WRAP_CONTEXT)
@@ -156,7 +162,9 @@ async def load_embedded_issuer(
     raise RuntimeError("could not load or create the embedded signing key")
 
 
-async def _create_signing_key(sessions: async_sessionmaker[AsyncSession], wrapper: KeyWrapper) -> None:
+async def _create_signing_key(
+    sessions: async_sessionmaker[AsyncSession], wrapper: KeyWrapper
+) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -178,7 +186,9 @@ class OidcVerifier:
 
     REFETCH_INTERVAL = 10.0
 
-    def __init__(self, *, issuer: str, audience: str, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, *, issuer: str, audience: str, client: httpx.AsyncClient | None = None
+    ) -> None:
         self.issuer = issuer.rstrip("/")
         self.audience = audience
         self._http = client or httpx.AsyncClient(timeout=5.0)
@@ -192,7 +202,9 @@ class OidcVerifier:
             if time.monotonic() - self._fetched_at < self.REFETCH_INTERVAL and self._keys:
                 return
             try:
-                discovery = (await self._http.get(f"{self.issuer}/.well-known/openid-configuration")).json()
+                discovery = (
+                    await self._http.get(f"{self.issuer}/.well-known/openid-configuration")
+                ).json()
                 self.token_endpoint = discovery.get("token_endpoint")
                 jwks = (await self._http.get(discovery["jwks_uri"])).json()
             except (httpx.HTTPError, ValueError, KeyError) as exc:
@@ -228,7 +240,11 @@ class OidcVerifier:
         try:
             response = await self._http.post(
                 self.token_endpoint,
-                data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret},
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": client_id,
+                    "client_secret": client_secret,
+                },
             )
         except httpx.HTTPError as exc:
             raise ServiceUnavailable("the identity provider is unreachable") from exc

@@ -34,11 +34,15 @@ router = APIRouter(tags=["auth"])
     openapi_extra=body_schema(ClientCredentials),
     responses=errors_for(400, 401, 415, 503),
 )
-async def client_session(request: Request, runtime: RuntimeDep, db: DbSession, now: Now) -> AccessToken:
+async def client_session(
+    request: Request, runtime: RuntimeDep, db: DbSession, now: Now
+) -> AccessToken:
     body = await read_json(request, ClientCredentials)
     if runtime.oidc is not None:
         grant = await runtime.oidc.client_credentials(body.client_id, body.client_secret)
-        return AccessToken(access_token=grant["access_token"], expires_in=int(grant.get("expires_in", 300)))
+        return AccessToken(
+            access_token=grant["access_token"], expires_in=int(grant.get("expires_in", 300))
+        )
     assert runtime.issuer is not None
     client = await authenticate_client(
         db, wrapper=runtime.wrapper, client_id=body.client_id, client_secret=body.client_secret
@@ -81,7 +85,10 @@ admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(
 
 
 @admin_router.post(
-    "/clients", status_code=201, response_model=ClientOut, openapi_extra=body_schema(ClientIn),
+    "/clients",
+    status_code=201,
+    response_model=ClientOut,
+    openapi_extra=body_schema(ClientIn),
     responses=errors_for(400, 401, 403, 404, 415, 503),
 )
 async def create_api_client(
@@ -89,11 +96,23 @@ async def create_api_client(
 ) -> ClientOut:
     """The API equivalent of `viopay client create` (the secret is shown once)."""
     body = await read_json(request, ClientIn)
-    if body.admin == (body.merchant_id is not None) or (body.merchant_id is None) != (body.role is None):
+    if body.admin == (body.merchant_id is not None) or (body.merchant_id is None) != (
+        body.role is None
+    ):
         raise InvalidRequest("give either merchant_id and role, or admin: true")
     client = await create_client(
-        db, wrapper=runtime.wrapper, merchant_id=body.merchant_id, role=Role(body.role) if body.role else None,
-        admin=body.admin, actor=Actor.operator(principal.subject), now=now,
+        db,
+        wrapper=runtime.wrapper,
+        merchant_id=body.merchant_id,
+        role=Role(body.role) if body.role else None,
+        admin=body.admin,
+        actor=Actor.operator(principal.subject),
+        now=now,
     )
-    return ClientOut(client_id=client.client_id, client_secret=client.client_secret, merchant_id=client.merchant_id,
-                     role=client.role.value if client.role else None, admin=client.admin)
+    return ClientOut(
+        client_id=client.client_id,
+        client_secret=client.client_secret,
+        merchant_id=client.merchant_id,
+        role=client.role.value if client.role else None,
+        admin=client.admin,
+    )

@@ -45,7 +45,9 @@ async def initiate_session(
     ttl = (expires_at - now).total_seconds()
     if ttl <= 0:
         raise Forbidden("the token expires too soon to start a session")
-    merchant_session = MerchantSession(new_id("ses_"), merchant_id, member.role, expires_at, principal)
+    merchant_session = MerchantSession(
+        new_id("ses_"), merchant_id, member.role, expires_at, principal
+    )
     value = {
         "session_id": merchant_session.session_id,
         "merchant_id": merchant_id,
@@ -83,4 +85,6 @@ async def _follow_refresh(cache: Cache, principal: Principal, value: dict[str, o
     wanted = min(principal.expires_at.timestamp(), started + MAX_SESSION.total_seconds())
     if wanted > current:
         value["expires_at"] = wanted
-        await cache.set(_key(principal), orjson.dumps(value), ttl=wanted - datetime.now(UTC).timestamp())
+        await cache.set(
+            _key(principal), orjson.dumps(value), ttl=wanted - datetime.now(UTC).timestamp()
+        )

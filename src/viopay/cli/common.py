@@ -47,7 +47,9 @@ def run_in_transaction(
         raise typer.Exit(1) from None
 
 
-def emit(document: dict[str, Any], *, as_json: bool, title: str, secret_field: str | None = None) -> None:
+def emit(
+    document: dict[str, Any], *, as_json: bool, title: str, secret_field: str | None = None
+) -> None:
     if as_json:
         sys.stdout.write(orjson.dumps(document).decode() + "\n")
         return
@@ -56,4 +58,6 @@ def emit(document: dict[str, Any], *, as_json: bool, title: str, secret_field: s
         table.add_row(key, "" if value is None else str(value))
     out.print(table)
     if secret_field:
-        err.print(f"[yellow]{secret_field} is shown once: store it now, it cannot be read back.[/yellow]")
+        err.print(
+            f"[yellow]{secret_field} is shown once: store it now, it cannot be read back.[/yellow]"
+        )

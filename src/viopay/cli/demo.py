@@ -49,7 +49,9 @@ class Steps:
             self.table.add_column(column, justify="right" if column == "ms" else "left")
         self.total = 0.0
 
-    def run(self, name: str, action: Callable[[], T], describe: Callable[[T], str] = lambda _: "ok") -> T:
+    def run(
+        self, name: str, action: Callable[[], T], describe: Callable[[T], str] = lambda _: "ok"
+    ) -> T:
         started = time.perf_counter()
         with console.status(f"[bold]{name}[/bold] …"):
             try:
@@ -79,7 +81,10 @@ def _embedded_server(data_dir: Path) -> Iterator[str]:
     env |= {"VIOPAY_DATA_DIR": str(data_dir), "VIOPAY_LOG_LEVEL": "warning"}
     log = (data_dir / "server.log").open("wb")
     process = subprocess.Popen(  # noqa: S603 - a fixed argv: this Python running viopay
-        [sys.executable, "-m", "viopay", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "viopay", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     status = console.status("starting an embedded server …")
@@ -88,7 +93,9 @@ def _embedded_server(data_dir: Path) -> Iterator[str]:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError("the embedded server exited; see " + str(data_dir / "server.log"))
+                raise RuntimeError(
+                    "the embedded server exited; see " + str(data_dir / "server.log")
+                )
             try:
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
@@ -107,15 +114,30 @@ def _provision(settings: Settings) -> dict[str, Any]:
     async def work(db: Any, runtime: Any) -> dict[str, Any]:
         now, actor = utcnow(), Actor.operator("demo")
         merchant = await create_merchant(
-            db, name="Demo Coffee", currency="USD", country="US", timezone="America/Los_Angeles", actor=actor, now=now
+            db,
+            name="Demo Coffee",
+            currency="USD",
+            country="US",
+            timezone="America/Los_Angeles",
+            actor=actor,
+            now=now,
         )
         client = await create_client(
-            db, wrapper=runtime.wrapper, merchant_id=merchant.merchant_id, role=Role.owner, admin=False,
-            actor=actor, now=now,
+            db,
+            wrapper=runtime.wrapper,
+            merchant_id=merchant.merchant_id,
+            role=Role.owner,
+            admin=False,
+            actor=actor,
+            now=now,
         )
         device = await provision_device(
-            db, wrapper=runtime.wrapper, device_id=f"POS-{secrets.token_hex(4).upper()}", key_id=None,
-            actor=actor, now=now,
+            db,
+            wrapper=runtime.wrapper,
+            device_id=f"POS-{secrets.token_hex(4).upper()}",
+            key_id=None,
+            actor=actor,
+            now=now,
         )
         return {"merchant": merchant, "client": client, "device": device}
 
@@ -126,57 +148,136 @@ def run_demo(url: str, settings: Settings, *, pair_only: bool) -> None:
     from viopay.device import DeviceClient, IdentityKey, MemoryKeyStore
 
     steps = Steps()
-    made = steps.run("provision", lambda: _provision(settings),
-                     lambda m: f"{m['device'].device_id}, merchant {m['merchant'].merchant_id}")
+    made = steps.run(
+        "provision",
+        lambda: _provision(settings),
+        lambda m: f"{m['device'].device_id}, merchant {m['merchant'].merchant_id}",
+    )
     device, merchant, client = made["device"], made["merchant"], made["client"]
-    store = MemoryKeyStore(identity=IdentityKey(key_id=device.key_id, secret=bytes.fromhex(device.identity_secret)))
-    with DeviceClient(url, device_id=device.device_id, key_store=store) as pos, httpx.Client(base_url=url) as web:
-        steps.run("bootstrap", pos.bootstrap, lambda b: f"server time {b.server_time:%H:%M:%S}Z, min version {b.min_supported_version}")
+    store = MemoryKeyStore(
+        identity=IdentityKey(key_id=device.key_id, secret=bytes.fromhex(device.identity_secret))
+    )
+    with (
+        DeviceClient(url, device_id=device.device_id, key_store=store) as pos,
+        httpx.Client(base_url=url) as web,
+    ):
+        steps.run(
+            "bootstrap",
+            pos.bootstrap,
+            lambda b: (
+                f"server time {b.server_time:%H:%M:%S}Z, min version {b.min_supported_version}"
+            ),
+        )
         code = steps.run("pairing code", pos.request_pairing_code, lambda c: c.pairing_code)
         if pair_only:
             _wait_for_a_person(pos, code.pairing_code, url)
             return
-        token = steps.run("merchant token", lambda: web.post("/client/session", json={
-            "client_id": client.client_id, "client_secret": client.client_secret}).raise_for_status().json()["access_token"],
-            lambda _: "Bearer (embedded issuer)")
+        token = steps.run(
+            "merchant token",
+            lambda: (
+                web.post(
+                    "/client/session",
+                    json={"client_id": client.client_id, "client_secret": client.client_secret},
+                )
+                .raise_for_status()
+                .json()["access_token"]
+            ),
+            lambda _: "Bearer (embedded issuer)",
+        )
         web.headers["Authorization"] = f"Bearer {token}"
-        steps.run("merchant session", lambda: web.post("/session/initiate", json={
-            "merchant_id": merchant.merchant_id}).raise_for_status().json(), lambda s: s["session_id"])
-        steps.run("claim", lambda: web.post("/pos/claim", json={"pairing_code": code.pairing_code,
-                  "label": "Demo counter"}).raise_for_status().json(), lambda c: c["terminal_id"])
+        steps.run(
+            "merchant session",
+            lambda: (
+                web.post("/session/initiate", json={"merchant_id": merchant.merchant_id})
+                .raise_for_status()
+                .json()
+            ),
+            lambda s: s["session_id"],
+        )
+        steps.run(
+            "claim",
+            lambda: (
+                web.post(
+                    "/pos/claim", json={"pairing_code": code.pairing_code, "label": "Demo counter"}
+                )
+                .raise_for_status()
+                .json()
+            ),
+            lambda c: c["terminal_id"],
+        )
         steps.run("status", pos.status, lambda s: s.status)
         steps.run("attest", pos.attest, lambda _: "attestation token (300 s)")
         steps.run("keys", pos.download_keys, lambda k: f"{k.key_set_id}, 6 KCVs checked")
         steps.run("config", pos.fetch_config, lambda c: f"config_version {c.config_version}")
-        steps.run("terminal parameters", pos.fetch_terminal_parameters,
-                  lambda p: f"{p.chunk_count} chunks, {p.size} bytes gzip, SHA-256 ok")
+        steps.run(
+            "terminal parameters",
+            pos.fetch_terminal_parameters,
+            lambda p: f"{p.chunk_count} chunks, {p.size} bytes gzip, SHA-256 ok",
+        )
         steps.run("activate", pos.activate, lambda a: f"{a.status} {a.terminal_id}")
-        approved = steps.run("charge (approved)", lambda: pos.charge(
-            amount=1250, currency="USD", entry_mode="chip", card=APPROVED_CARD, tip_amount=150, reference="demo-1"),
-            lambda c: f"{c.id} {c.status} {c.response_code} {c.card.brand} ••{c.card.last4}")
-        steps.run("charge (declined)", lambda: pos.charge(
-            amount=990, currency="USD", entry_mode="contactless", card=DECLINED_CARD, reference="demo-2"),
-            lambda c: f"{c.id} {c.status} {c.response_code} {c.decline_reason}")
-        steps.run("refund 5.00", lambda: pos.refund(approved.id, amount=500, reason="demo"),
-                  lambda r: f"{r.id} → charge {r.charge.status}, refunded {r.charge.amount_refunded}"
-                  if r.charge else r.id)
+        approved = steps.run(
+            "charge (approved)",
+            lambda: pos.charge(
+                amount=1250,
+                currency="USD",
+                entry_mode="chip",
+                card=APPROVED_CARD,
+                tip_amount=150,
+                reference="demo-1",
+            ),
+            lambda c: f"{c.id} {c.status} {c.response_code} {c.card.brand} ••{c.card.last4}",
+        )
+        steps.run(
+            "charge (declined)",
+            lambda: pos.charge(
+                amount=990,
+                currency="USD",
+                entry_mode="contactless",
+                card=DECLINED_CARD,
+                reference="demo-2",
+            ),
+            lambda c: f"{c.id} {c.status} {c.response_code} {c.decline_reason}",
+        )
+        steps.run(
+            "refund 5.00",
+            lambda: pos.refund(approved.id, amount=500, reason="demo"),
+            lambda r: (
+                f"{r.id} → charge {r.charge.status}, refunded {r.charge.amount_refunded}"
+                if r.charge
+                else r.id
+            ),
+        )
     console.print(steps.table)
     console.print(f"[bold green]Done[/bold green] in {steps.total:.0f} ms against {url}")
 
 
 def _wait_for_a_person(pos: Any, code: str, url: str) -> None:
-    console.print(Panel.fit(
-        f"[bold]{code[:3]} {code[3:]}[/bold]\n\nOpen {url}/portal, sign in, and claim the device with this code.",
-        title="Pairing code", border_style="cyan"))
+    console.print(
+        Panel.fit(
+            f"[bold]{code[:3]} {code[3:]}[/bold]\n\nOpen {url}/portal, sign in, and claim the device with this code.",
+            title="Pairing code",
+            border_style="cyan",
+        )
+    )
     with console.status("waiting for a merchant to claim the device …"):
         status = pos.wait_until_claimed()
-    console.print(f"[green]✓ claimed[/green] by {status.merchant.name if status.merchant else '?'} "
-                  f"as terminal {status.terminal_id}")
+    console.print(
+        f"[green]✓ claimed[/green] by {status.merchant.name if status.merchant else '?'} "
+        f"as terminal {status.terminal_id}"
+    )
 
 
 def demo(
-    server: str | None = typer.Option(None, "--server", help="A running server (provisioning uses this shell's VIOPAY_* configuration)."),
-    pair_only: bool = typer.Option(False, "--pair-only", help="Stop at the pairing code and wait for a person to claim the device."),
+    server: str | None = typer.Option(
+        None,
+        "--server",
+        help="A running server (provisioning uses this shell's VIOPAY_* configuration).",
+    ),
+    pair_only: bool = typer.Option(
+        False,
+        "--pair-only",
+        help="Stop at the pairing code and wait for a person to claim the device.",
+    ),
 ) -> None:
     """Run the whole flow with progress and timings: pairing to activation to payments."""
     if server is not None:
@@ -185,8 +286,14 @@ def demo(
     with tempfile.TemporaryDirectory(prefix="viopay-demo-") as tmp:
         data_dir = Path(tmp)
         # The embedded default in a scratch folder, whatever this shell's VIOPAY_* say.
-        settings = Settings(data_dir=data_dir, database_url=None, redis_url=None, master_key=None,
-                            master_key_file=None, oidc_issuer=None)
+        settings = Settings(
+            data_dir=data_dir,
+            database_url=None,
+            redis_url=None,
+            master_key=None,
+            master_key_file=None,
+            oidc_issuer=None,
+        )
         with _embedded_server(data_dir) as url:
             console.print(f"embedded server at {url} (data in {data_dir})")
             run_demo(url, settings, pair_only=pair_only)

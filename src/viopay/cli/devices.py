@@ -14,7 +14,9 @@ app = typer.Typer(help="Provision devices and manage their identity keys.", no_a
 
 def _device_id(value: str) -> str:
     if not re.fullmatch(r"POS-[0-9A-F]{8}", value):
-        raise typer.BadParameter("must be POS- followed by 8 upper-case hex digits, e.g. POS-8F3A2C91")
+        raise typer.BadParameter(
+            "must be POS- followed by 8 upper-case hex digits, e.g. POS-8F3A2C91"
+        )
     return value
 
 
@@ -33,11 +35,20 @@ def provision(
     """Register a device and make its first identity key (the secret is shown once)."""
     key = run_in_transaction(
         lambda db, rt: service.provision_device(
-            db, wrapper=rt.wrapper, device_id=device_id, key_id=key_id, actor=Actor.operator(), now=utcnow()
+            db,
+            wrapper=rt.wrapper,
+            device_id=device_id,
+            key_id=key_id,
+            actor=Actor.operator(),
+            now=utcnow(),
         )
     )
-    emit({"device_id": key.device_id, "key_id": key.key_id, "identity_secret": key.identity_secret},
-         as_json=as_json, title="Device provisioned", secret_field="identity_secret")
+    emit(
+        {"device_id": key.device_id, "key_id": key.key_id, "identity_secret": key.identity_secret},
+        as_json=as_json,
+        title="Device provisioned",
+        secret_field="identity_secret",
+    )
 
 
 @app.command("add-key")
@@ -49,11 +60,20 @@ def add_key(
     """Add an identity key to a device (the secret is shown once)."""
     key = run_in_transaction(
         lambda db, rt: service.add_identity_key(
-            db, wrapper=rt.wrapper, device_id=device_id, key_id=key_id, actor=Actor.operator(), now=utcnow()
+            db,
+            wrapper=rt.wrapper,
+            device_id=device_id,
+            key_id=key_id,
+            actor=Actor.operator(),
+            now=utcnow(),
         )
     )
-    emit({"device_id": key.device_id, "key_id": key.key_id, "identity_secret": key.identity_secret},
-         as_json=as_json, title="Identity key added", secret_field="identity_secret")
+    emit(
+        {"device_id": key.device_id, "key_id": key.key_id, "identity_secret": key.identity_secret},
+        as_json=as_json,
+        title="Identity key added",
+        secret_field="identity_secret",
+    )
 
 
 @app.command("revoke-key")
@@ -69,5 +89,8 @@ def revoke_key(
         )
     )
     assert key.revoked_at is not None
-    emit({"device_id": device_id, "key_id": key_id, "revoked_at": rfc3339(key.revoked_at)},
-         as_json=as_json, title="Identity key revoked")
+    emit(
+        {"device_id": device_id, "key_id": key_id, "revoked_at": rfc3339(key.revoked_at)},
+        as_json=as_json,
+        title="Identity key revoked",
+    )

@@ -25,7 +25,9 @@ app.command()(bench)
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(8000, help="Port to bind."),
-    workers: int = typer.Option(1, min=1, max=64, help="Worker processes (PostgreSQL + Redis for more than 1)."),
+    workers: int = typer.Option(
+        1, min=1, max=64, help="Worker processes (PostgreSQL + Redis for more than 1)."
+    ),
 ) -> None:
     """Run the API: migrates the schema, then serves."""
     from viopay.migrate import upgrade
@@ -38,12 +40,21 @@ def serve(
         )
         raise typer.Exit(2)
     revision = upgrade(settings)
-    err.print(f"schema at {revision}; serving on http://{host}:{port} "
-              f"({'embedded SQLite' if settings.embedded else 'PostgreSQL'}, "
-              f"{'Redis' if settings.redis_url else 'in-process cache'})")
+    err.print(
+        f"schema at {revision}; serving on http://{host}:{port} "
+        f"({'embedded SQLite' if settings.embedded else 'PostgreSQL'}, "
+        f"{'Redis' if settings.redis_url else 'in-process cache'})"
+    )
     uvicorn.run(
-        "viopay.asgi:create", factory=True, host=host, port=port, workers=workers,
-        log_level=settings.log_level, access_log=False, proxy_headers=False, server_header=False,
+        "viopay.asgi:create",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
     )
 
 

@@ -36,19 +36,37 @@ def create_merchant(
         raise typer.BadParameter(f"--{first['loc'][0]}: {first['msg']}") from None
     merchant = run_in_transaction(
         lambda db, rt: service.create_merchant(
-            db, name=valid.name, currency=valid.currency, country=valid.country, timezone=valid.timezone,
-            actor=Actor.operator(), now=utcnow(),
+            db,
+            name=valid.name,
+            currency=valid.currency,
+            country=valid.country,
+            timezone=valid.timezone,
+            actor=Actor.operator(),
+            now=utcnow(),
         )
     )
-    emit({"merchant_id": merchant.merchant_id, "name": merchant.name, "currency": merchant.currency,
-          "country": merchant.country, "timezone": merchant.timezone}, as_json=as_json, title="Merchant created")
+    emit(
+        {
+            "merchant_id": merchant.merchant_id,
+            "name": merchant.name,
+            "currency": merchant.currency,
+            "country": merchant.country,
+            "timezone": merchant.timezone,
+        },
+        as_json=as_json,
+        title="Merchant created",
+    )
 
 
 @client_app.command("create")
 def create(
-    merchant: str | None = typer.Option(None, "--merchant", help="Merchant the client is a member of."),
+    merchant: str | None = typer.Option(
+        None, "--merchant", help="Merchant the client is a member of."
+    ),
     role: Role | None = typer.Option(None, "--role", help="owner, admin or staff."),
-    admin: bool = typer.Option(False, "--admin", help="An operator client (realm role viopay-admin)."),
+    admin: bool = typer.Option(
+        False, "--admin", help="An operator client (realm role viopay-admin)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Create an API client (the secret is shown once)."""
@@ -56,9 +74,24 @@ def create(
         raise typer.BadParameter("give either --merchant M --role R, or --admin")
     client = run_in_transaction(
         lambda db, rt: create_client(
-            db, wrapper=rt.wrapper, merchant_id=merchant, role=role, admin=admin, actor=Actor.operator(), now=utcnow()
+            db,
+            wrapper=rt.wrapper,
+            merchant_id=merchant,
+            role=role,
+            admin=admin,
+            actor=Actor.operator(),
+            now=utcnow(),
         )
     )
-    emit({"client_id": client.client_id, "client_secret": client.client_secret, "merchant_id": client.merchant_id,
-          "role": client.role.value if client.role else None, "admin": client.admin},
-         as_json=as_json, title="API client created", secret_field="client_secret")
+    emit(
+        {
+            "client_id": client.client_id,
+            "client_secret": client.client_secret,
+            "merchant_id": client.merchant_id,
+            "role": client.role.value if client.role else None,
+            "admin": client.admin,
+        },
+        as_json=as_json,
+        title="API client created",
+        secret_field="client_secret",
+    )

@@ -28,7 +28,9 @@ _SEMVER = (
     r"(?:-(?:(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
     r"(?:\+(?:[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
 )
-USER_AGENT_RE = re.compile(rf"^Viopay-POS/(?P<version>{_SEMVER}) \((?P<os>[^;()]+); (?P<model>[^;()]+)\)$")
+USER_AGENT_RE = re.compile(
+    rf"^Viopay-POS/(?P<version>{_SEMVER}) \((?P<os>[^;()]+); (?P<model>[^;()]+)\)$"
+)
 FREE_FORM_RE = re.compile(r"^[\x21-\x7E]{1,128}$")
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
 
@@ -97,11 +99,15 @@ async def _activation_device(
     return AuthenticatedDevice(device=device, version=headers.version, upgrade_required=old)
 
 
-async def activation_device(request: Request, runtime: RuntimeDep, db: DbSession, now: Now) -> AuthenticatedDevice:
+async def activation_device(
+    request: Request, runtime: RuntimeDep, db: DbSession, now: Now
+) -> AuthenticatedDevice:
     return await _activation_device(request, runtime, db, now, allow_old=False)
 
 
-async def bootstrap_device(request: Request, runtime: RuntimeDep, db: DbSession, now: Now) -> AuthenticatedDevice:
+async def bootstrap_device(
+    request: Request, runtime: RuntimeDep, db: DbSession, now: Now
+) -> AuthenticatedDevice:
     return await _activation_device(request, runtime, db, now, allow_old=True)
 
 

@@ -60,27 +60,49 @@ def default_key_id(now: datetime) -> str:
 
 
 async def provision_device(
-    db: AsyncSession, *, wrapper: KeyWrapper, device_id: str, key_id: str | None, actor: Actor, now: datetime
+    db: AsyncSession,
+    *,
+    wrapper: KeyWrapper,
+    device_id: str,
+    key_id: str | None,
+    actor: Actor,
+    now: datetime,
 ) -> NewIdentityKey:
     if await db.get(Device, device_id) is not None:
         raise InvalidState(f"device {device_id} is already provisioned")
-    db.add(Device(device_id=device_id, status=DeviceStatus.inactive, disabled=False, created_at=now))
+    db.add(
+        Device(device_id=device_id, status=DeviceStatus.inactive, disabled=False, created_at=now)
+    )
     record_event(
-        db, type="device.provisioned", actor=actor, subject_type="device", subject_id=device_id,
-        merchant_id=None, now=now,
+        db,
+        type="device.provisioned",
+        actor=actor,
+        subject_type="device",
+        subject_id=device_id,
+        merchant_id=None,
+        now=now,
     )
     await db.flush()
-    return await add_identity_key(db, wrapper=wrapper, device_id=device_id, key_id=key_id, actor=actor, now=now)
+    return await add_identity_key(
+        db, wrapper=wrapper, device_id=device_id, key_id=key_id, actor=actor, now=now
+    )
 
 
 async def add_identity_key(
-    db: AsyncSession, *, wrapper: KeyWrapper, device_id: str, key_id: str | None, actor: Actor, now: datetime
+    db: AsyncSession,
+    *,
+    wrapper: KeyWrapper,
+    device_id: str,
+    key_id: str | None,
+    actor: Actor,
+    now: datetime,
 ) -> NewIdentityKey:
     device = await get_device(db, device_id)
     key_id = key_id or default_key_id(now)
     existing = await db.scalar(
         select(MerchantDeviceIdentityKey.id).where(
-            MerchantDeviceIdentityKey.device_id == device_id, MerchantDeviceIdentityKey.key_id == key_id
+            MerchantDeviceIdentityKey.device_id == device_id,
+            MerchantDeviceIdentityKey.key_id == key_id,
         )
     )
     if existing is not None:
@@ -90,14 +112,21 @@ async def add_identity_key(
         MerchantDeviceIdentityKey(
             device_id=device_id,
             key_id=key_id,
-            secret_wrapped=wrapper.wrap(secret, context=_IDENTITY_CONTEXT.format(device_id=device_id, key_id=key_id)),
+            secret_wrapped=wrapper.wrap(
+                secret, context=_IDENTITY_CONTEXT.format(device_id=device_id, key_id=key_id)
+            ),
             created_at=now,
             revoked_at=None,
         )
     )
     record_event(
-        db, type="identity_key.added", actor=actor, subject_type="identity_key", subject_id=f"{device_id}/{key_id}",
-        merchant_id=device.merchant_id, now=now,
+        db,
+        type="identity_key.added",
+        actor=actor,
+        subject_type="identity_key",
+        subject_id=f"{device_id}/{key_id}",
+        merchant_id=device.merchant_id,
+        now=now,
     )
     await db.flush()
     return NewIdentityKey(device_id, key_id, secret.hex())
@@ -109,7 +138,8 @@ async def revoke_identity_key(
     device = await get_device(db, device_id)
     key = await db.scalar(
         select(MerchantDeviceIdentityKey).where(
-            MerchantDeviceIdentityKey.device_id == device_id, MerchantDeviceIdentityKey.key_id == key_id
+            MerchantDeviceIdentityKey.device_id == device_id,
+            MerchantDeviceIdentityKey.key_id == key_id,
         )
     )
     if key is None:
@@ -117,8 +147,13 @@ async def revoke_identity_key(
     if key.revoked_at is None:
         key.revoked_at = now
         record_event(
-            db, type="identity_key.revoked", actor=actor, subject_type="identity_key",
-            subject_id=f"{device_id}/{key_id}", merchant_id=device.merchant_id, now=now,
+            db,
+            type="identity_key.revoked",
+            actor=actor,
+            subject_type="identity_key",
+            subject_id=f"{device_id}/{key_id}",
+            merchant_id=device.merchant_id,
+            now=now,
         )
         await db.flush()
     return key
@@ -126,7 +161,8 @@ async def revoke_identity_key(
 
 def unwrap_identity_secret(wrapper: KeyWrapper, key: MerchantDeviceIdentityKey) -> bytes:
     return wrapper.unwrap(
-        key.secret_wrapped, context=_IDENTITY_CONTEXT.format(device_id=key.device_id, key_id=key.key_id)
+        key.secret_wrapped,
+        context=_IDENTITY_CONTEXT.format(device_id=key.device_id, key_id=key.key_id),
     )
 
 
@@ -157,9 +193,14 @@ async def issue_pairing_code(
     db: AsyncSession, cache: Cache, *, wrapper: KeyWrapper, device: Device, now: datetime
 ) -> tuple[str, datetime]:
     if device.status is not DeviceStatus.inactive:
-        raise InvalidState(f"device is {device.status.value}; pairing codes are for inactive devices")
+        raise InvalidState(
+            f"device is {device.status.value}; pairing codes are for inactive devices"
+        )
     wait = await cache.window_hit(
-        f"rl:pairing:{device.device_id}", limit=PAIRING_CODES_PER_HOUR, window=3600, now=now.timestamp()
+        f"rl:pairing:{device.device_id}",
+        limit=PAIRING_CODES_PER_HOUR,
+        window=3600,
+        now=now.timestamp(),
     )
     if wait:
         raise RateLimited("at most 10 pairing codes per device per hour", retry_after=int(wait) + 1)
@@ -176,12 +217,22 @@ async def issue_pairing_code(
             break
     row = await db.get(PairingCode, device.device_id, with_for_update=True)
     if row is None:
-        db.add(PairingCode(device_id=device.device_id, code_digest=digest, issued_at=now, expires_at=expires_at))
+        db.add(
+            PairingCode(
+                device_id=device.device_id, code_digest=digest, issued_at=now, expires_at=expires_at
+            )
+        )
     else:  # a new code kills the previous one
         row.code_digest, row.issued_at, row.expires_at, row.used_at = digest, now, expires_at, None
     record_event(
-        db, type="device.pairing_code_issued", actor=Actor("device", device.device_id), subject_type="device",
-        subject_id=device.device_id, merchant_id=None, now=now, data={"expires_at": expires_at.isoformat()},
+        db,
+        type="device.pairing_code_issued",
+        actor=Actor("device", device.device_id),
+        subject_type="device",
+        subject_id=device.device_id,
+        merchant_id=None,
+        now=now,
+        data={"expires_at": expires_at.isoformat()},
     )
     await db.flush()
     return code, expires_at
@@ -198,7 +249,10 @@ async def live_code_expiry(db: AsyncSession, *, device: Device, now: datetime) -
 
 async def check_status_rate(cache: Cache, *, device: Device, now: datetime) -> None:
     wait = await cache.window_hit(
-        f"rl:status:{device.device_id}", limit=STATUS_POLLS_PER_MINUTE, window=60, now=now.timestamp()
+        f"rl:status:{device.device_id}",
+        limit=STATUS_POLLS_PER_MINUTE,
+        window=60,
+        now=now.timestamp(),
     )
     if wait:
         raise RateLimited("at most 30 status calls per minute", retry_after=int(wait) + 1)
@@ -208,12 +262,17 @@ async def check_status_rate(cache: Cache, *, device: Device, now: datetime) -> N
 
 
 def _claim_scopes(subject: str, merchant_id: str) -> list[tuple[str, int, float]]:
-    names = {"user": f"rl:claimfail:user:{subject}", "merchant": f"rl:claimfail:merchant:{merchant_id}",
-             "global": "rl:claimfail:global"}
+    names = {
+        "user": f"rl:claimfail:user:{subject}",
+        "merchant": f"rl:claimfail:merchant:{merchant_id}",
+        "global": "rl:claimfail:global",
+    }
     return [(names[scope], limit, window) for scope, limit, window in CLAIM_LIMITS]
 
 
-async def _check_claim_limits(cache: Cache, scopes: list[tuple[str, int, float]], now: float) -> None:
+async def _check_claim_limits(
+    cache: Cache, scopes: list[tuple[str, int, float]], now: float
+) -> None:
     for key, limit, window in scopes:
         wait = await cache.window_check(key, limit=limit, window=window, now=now)
         if wait:
@@ -232,7 +291,9 @@ async def claim_device(
     now: datetime,
 ) -> Device:
     if not isinstance(raw_code, str) or not normalise_code(raw_code):
-        raise InvalidRequest("pairing_code is required", errors=[{"field": "pairing_code", "message": "required"}])
+        raise InvalidRequest(
+            "pairing_code is required", errors=[{"field": "pairing_code", "message": "required"}]
+        )
     scopes = _claim_scopes(actor.id or "", merchant_id)
     await _check_claim_limits(cache, scopes, now.timestamp())
     code = normalise_code(raw_code)
@@ -241,8 +302,11 @@ async def claim_device(
         # Spend the code atomically: of two concurrent claims exactly one gets the row.
         device_id = await db.scalar(
             update(PairingCode)
-            .where(PairingCode.code_digest == code_digest(wrapper, code), PairingCode.expires_at > now,
-                   PairingCode.used_at.is_(None))
+            .where(
+                PairingCode.code_digest == code_digest(wrapper, code),
+                PairingCode.expires_at > now,
+                PairingCode.used_at.is_(None),
+            )
             .values(code_digest=None, used_at=now)
             .returning(PairingCode.device_id)
         )
@@ -254,24 +318,40 @@ async def claim_device(
     merchant = await db.get(Merchant, merchant_id)
     assert merchant is not None
     terminal = await _new_terminal(db, device=device, merchant=merchant, now=now)
-    device.status, device.merchant_id, device.terminal_id = DeviceStatus.claimed, merchant_id, terminal.terminal_id
+    device.status, device.merchant_id, device.terminal_id = (
+        DeviceStatus.claimed,
+        merchant_id,
+        terminal.terminal_id,
+    )
     device.label, device.claimed_at = label, now
     record_event(
-        db, type="device.claimed", actor=actor, subject_type="device", subject_id=device.device_id,
-        merchant_id=merchant_id, now=now, data={"terminal_id": terminal.terminal_id, "label": label},
+        db,
+        type="device.claimed",
+        actor=actor,
+        subject_type="device",
+        subject_id=device.device_id,
+        merchant_id=merchant_id,
+        now=now,
+        data={"terminal_id": terminal.terminal_id, "label": label},
     )
     await db.flush()
     return device
 
 
-async def _new_terminal(db: AsyncSession, *, device: Device, merchant: Merchant, now: datetime) -> Terminal:
+async def _new_terminal(
+    db: AsyncSession, *, device: Device, merchant: Merchant, now: datetime
+) -> Terminal:
     while True:
         terminal_id = f"TID-{secrets.randbelow(10**6):06d}"
         if await db.get(Terminal, terminal_id) is None:
             break
     terminal = Terminal(
-        terminal_id=terminal_id, device_id=device.device_id, merchant_id=merchant.merchant_id,
-        currency=merchant.currency, created_at=now, retired_at=None,
+        terminal_id=terminal_id,
+        device_id=device.device_id,
+        merchant_id=merchant.merchant_id,
+        currency=merchant.currency,
+        created_at=now,
+        retired_at=None,
     )
     db.add(terminal)
     await db.flush()
@@ -281,16 +361,25 @@ async def _new_terminal(db: AsyncSession, *, device: Device, merchant: Merchant,
 # --- lifecycle ------------------------------------------------------------------------------
 
 
-async def set_disabled(db: AsyncSession, *, device: Device, disabled: bool, actor: Actor, now: datetime) -> Device:
+async def set_disabled(
+    db: AsyncSession, *, device: Device, disabled: bool, actor: Actor, now: datetime
+) -> Device:
     if device.disabled == disabled:
         return device
     device.disabled = disabled
     if disabled:
-        device.token_generation += 1  # kills attestation tokens at once; enabling does not revive them
+        device.token_generation += (
+            1  # kills attestation tokens at once; enabling does not revive them
+        )
         await _kill_pairing_code(db, device.device_id)
     record_event(
-        db, type="device.disabled" if disabled else "device.enabled", actor=actor, subject_type="device",
-        subject_id=device.device_id, merchant_id=device.merchant_id, now=now,
+        db,
+        type="device.disabled" if disabled else "device.enabled",
+        actor=actor,
+        subject_type="device",
+        subject_id=device.device_id,
+        merchant_id=device.merchant_id,
+        now=now,
     )
     await db.flush()
     return device
@@ -303,21 +392,31 @@ def clean_label(label: str | None) -> str | None:
     return label.strip() or None
 
 
-async def set_label(db: AsyncSession, *, device: Device, label: str | None, actor: Actor, now: datetime) -> Device:
+async def set_label(
+    db: AsyncSession, *, device: Device, label: str | None, actor: Actor, now: datetime
+) -> Device:
     """Rename a device (the label the merchant knows it by); ``None`` or blank clears it."""
     label = clean_label(label)
     if device.label == label:
         return device
     previous, device.label = device.label, label
     record_event(
-        db, type="device.renamed", actor=actor, subject_type="device", subject_id=device.device_id,
-        merchant_id=device.merchant_id, now=now, data={"label": label, "previous_label": previous},
+        db,
+        type="device.renamed",
+        actor=actor,
+        subject_type="device",
+        subject_id=device.device_id,
+        merchant_id=device.merchant_id,
+        now=now,
+        data={"label": label, "previous_label": previous},
     )
     await db.flush()
     return device
 
 
-async def unclaim_device(db: AsyncSession, *, device: Device, actor: Actor, now: datetime) -> Device:
+async def unclaim_device(
+    db: AsyncSession, *, device: Device, actor: Actor, now: datetime
+) -> Device:
     """Back to ``inactive``: tokens and the terminal id retire; past charges stay. Its key
     sets are the key sets' to retire: :func:`viopay.activation.keysets.release_device` does
     both, and is what a release calls."""
@@ -331,12 +430,19 @@ async def unclaim_device(db: AsyncSession, *, device: Device, actor: Actor, now:
     device.token_generation += 1
     await _kill_pairing_code(db, device.device_id)
     record_event(
-        db, type="device.released", actor=actor, subject_type="device", subject_id=device.device_id,
-        merchant_id=merchant_id, now=now,
+        db,
+        type="device.released",
+        actor=actor,
+        subject_type="device",
+        subject_id=device.device_id,
+        merchant_id=merchant_id,
+        now=now,
     )
     await db.flush()
     return device
 
 
 async def _kill_pairing_code(db: AsyncSession, device_id: str) -> None:
-    await db.execute(update(PairingCode).where(PairingCode.device_id == device_id).values(code_digest=None))
+    await db.execute(
+        update(PairingCode).where(PairingCode.device_id == device_id).values(code_digest=None)
+    )

@@ -25,7 +25,12 @@ async def create_merchant(
     now: datetime,
 ) -> Merchant:
     merchant = Merchant(
-        merchant_id=new_id("mer_"), name=name, currency=currency, country=country, timezone=timezone, created_at=now
+        merchant_id=new_id("mer_"),
+        name=name,
+        currency=currency,
+        country=country,
+        timezone=timezone,
+        created_at=now,
     )
     session.add(merchant)
     session.add(new_config(merchant, now=now))
@@ -51,7 +56,13 @@ async def get_merchant(session: AsyncSession, merchant_id: str) -> Merchant:
 
 
 async def add_member(
-    session: AsyncSession, *, merchant_id: str, subject: str, role: Role, actor: Actor, now: datetime
+    session: AsyncSession,
+    *,
+    merchant_id: str,
+    subject: str,
+    role: Role,
+    actor: Actor,
+    now: datetime,
 ) -> MerchantMember:
     await get_merchant(session, merchant_id)
     existing = await membership(session, merchant_id=merchant_id, subject=subject)
@@ -73,8 +84,12 @@ async def add_member(
     return member
 
 
-async def membership(session: AsyncSession, *, merchant_id: str, subject: str) -> MerchantMember | None:
+async def membership(
+    session: AsyncSession, *, merchant_id: str, subject: str
+) -> MerchantMember | None:
     member: MerchantMember | None = await session.scalar(
-        select(MerchantMember).where(MerchantMember.merchant_id == merchant_id, MerchantMember.subject == subject)
+        select(MerchantMember).where(
+            MerchantMember.merchant_id == merchant_id, MerchantMember.subject == subject
+        )
     )
     return member

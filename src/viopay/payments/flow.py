@@ -141,11 +141,21 @@ Decide = Callable[[AsyncSession, Call, int | None], Awaitable["Answer | PaymentI
 
 def _stored(error: ViopayError) -> bool:
     """§4.5: 4xx results are stored, except 401s and a key still in progress."""
-    return 400 <= error.status < 500 and error.status != 401 and not isinstance(error, IdempotencyInProgress)
+    return (
+        400 <= error.status < 500
+        and error.status != 401
+        and not isinstance(error, IdempotencyInProgress)
+    )
 
 
 def _problem_record(error: ViopayError) -> dict[str, Any]:
-    return {"code": error.code, "status": error.status, "title": error.title, "detail": error.detail, **error.extra}
+    return {
+        "code": error.code,
+        "status": error.status,
+        "title": error.title,
+        "detail": error.detail,
+        **error.extra,
+    }
 
 
 # --- the flow -------------------------------------------------------------------------------
@@ -165,7 +175,9 @@ async def _claim_and_record_intent(
     """Transaction 1 (see the module's docstring)."""
     runtime, now = call.runtime, call.now
     auth = call.auth = await authenticate(db, runtime=runtime, signed=call.signed, now=now)
-    usage = call.usage = key_set_usage(auth, max_envelopes=runtime.settings.keyset_max_envelopes, now=now)
+    usage = call.usage = key_set_usage(
+        auth, max_envelopes=runtime.settings.keyset_max_envelopes, now=now
+    )
     if endpoint.limited and usage.exhausted:
         raise InvalidState("the key set is past its envelope limit or lifetime: rotate keys")
     key = auth.idempotency_key if auth.method == "POST" else None
@@ -182,7 +194,11 @@ async def _claim_and_record_intent(
         fingerprint = _fingerprint(call) if key is not None else ""
     except ViopayError:
         # §1: a spent or running key answers 409 before the body's own errors (415, 400).
-        existing = await idempotency.find(db, terminal_id=auth.terminal_id, key=key, now=now) if key else None
+        existing = (
+            await idempotency.find(db, terminal_id=auth.terminal_id, key=key, now=now)
+            if key
+            else None
+        )
         if existing is not None:
             idempotency.refuse_busy(existing)
         raise
@@ -208,13 +224,17 @@ async def _claim_and_record_intent(
     except ViopayError as error:
         if record_id is None or not _stored(error):
             raise
-        await idempotency.finish(db, record_id=record_id, status_code=error.status, result=_problem_record(error))
+        await idempotency.finish(
+            db, record_id=record_id, status_code=error.status, result=_problem_record(error)
+        )
         await _tally(db, call, answered=False)
         return Answer(error.status, problem=error)
     if isinstance(decided, Answer):
         if record_id is not None:
             assert decided.plaintext is not None
-            await idempotency.finish(db, record_id=record_id, status_code=decided.status, result=decided.plaintext)
+            await idempotency.finish(
+                db, record_id=record_id, status_code=decided.status, result=decided.plaintext
+            )
         await _tally(db, call, answered=True)
     return decided
 
@@ -292,7 +312,9 @@ async def _store_outcome(
     """Transaction 2 (see the module's docstring)."""
     async with call.runtime.sessions() as db, db.begin():
         if intent.kind is IntentKind.charge:
-            stored = await outcomes.store_charge(db, intent, authorization, undone=undone, now=call.now)
+            stored = await outcomes.store_charge(
+                db, intent, authorization, undone=undone, now=call.now
+            )
         elif intent.kind is IntentKind.refund:
             stored = await outcomes.store_refund(db, intent, now=call.now)
         else:
@@ -330,7 +352,9 @@ async def _ask_processor(call: Call, intent: PaymentIntent) -> tuple[Authorizati
     processor, ref = call.processor, _charge_ref(intent)
     if intent.kind is IntentKind.charge:
         assert call.draft is not None
-        request = service.authorization_request(call.draft, reference=intent.reference, now=call.now)
+        request = service.authorization_request(
+            call.draft, reference=intent.reference, now=call.now
+        )
         try:
             return await processor.authorize(request), False
         except ProcessorTimedOut:
@@ -339,7 +363,9 @@ async def _ask_processor(call: Call, intent: PaymentIntent) -> tuple[Authorizati
             return None, True
     if intent.kind is IntentKind.refund:
         assert intent.refund_id is not None and intent.amount is not None
-        await processor.refund(ref, reference=intent.reference, refund_id=intent.refund_id, amount=intent.amount)
+        await processor.refund(
+            ref, reference=intent.reference, refund_id=intent.refund_id, amount=intent.amount
+        )
     elif intent.kind is IntentKind.cancel:
         await processor.void(ref, reference=intent.reference)
     else:
@@ -367,7 +393,12 @@ async def _reverse(processor: Processor, intent: PaymentIntent, *, reference: st
             await processor.reverse(ref, reference=reference)
             return True
         except (ProcessorFailure, ProcessorTimedOut) as exc:
-            log.warning("reversal failed", intent_id=intent.intent_id, attempt=attempt, error=type(exc).__name__)
+            log.warning(
+                "reversal failed",
+                intent_id=intent.intent_id,
+                attempt=attempt,
+                error=type(exc).__name__,
+            )
     return False
 
 
@@ -376,7 +407,11 @@ async def _answer_recovered(call: Call, intent: PaymentIntent) -> Response:
     recovery delay): answer what it stored."""
     key = call.terminal.idempotency_key
     async with call.runtime.sessions() as db:
-        state = await idempotency.find(db, terminal_id=call.terminal.terminal_id, key=key, now=call.now) if key else None
+        state = (
+            await idempotency.find(db, terminal_id=call.terminal.terminal_id, key=key, now=call.now)
+            if key
+            else None
+        )
     if state is None or state.result is None or state.status_code is None:
         raise IdempotencyInProgress("the outcome was settled by recovery; ask again")
     return _respond(call, Answer(state.status_code, plaintext=state.result))
@@ -403,14 +438,24 @@ def _stored_problem(result: dict[str, Any], request_id: str) -> Response:
         request_id=request_id,
         extra=extra,
     )
-    return Response(orjson.dumps(body), status_code=int(result["status"]), media_type=PROBLEM_MEDIA_TYPE, headers=REPLAYED)
+    return Response(
+        orjson.dumps(body),
+        status_code=int(result["status"]),
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=REPLAYED,
+    )
 
 
 # --- what each endpoint decides in transaction 1 --------------------------------------------
 
 
 async def _intent(
-    db: AsyncSession, call: Call, record_id: int | None, kind: IntentKind, charge_id: str, **request: Any
+    db: AsyncSession,
+    call: Call,
+    record_id: int | None,
+    kind: IntentKind,
+    charge_id: str,
+    **request: Any,
 ) -> PaymentIntent:
     scope = call.scope
     return await intents.record(
@@ -437,7 +482,9 @@ async def _surcharge_rule(db: AsyncSession, merchant_id: str) -> dict[str, Any]:
     return dict(rule.surcharge) if rule is not None and rule.surcharge else NO_SURCHARGE
 
 
-async def decide_charge(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
+async def decide_charge(
+    db: AsyncSession, call: Call, record_id: int | None
+) -> Answer | PaymentIntent:
     """§4.1 body rules (400, 422), then the charge intent."""
     opened = call.opened
     assert opened is not None
@@ -452,12 +499,16 @@ async def decide_charge(db: AsyncSession, call: Call, record_id: int | None) -> 
         nonce=call.terminal.nonce,
         idempotency_key=call.terminal.idempotency_key,
     )
-    return await _intent(db, call, record_id, IntentKind.charge, draft.charge_id, **service.draft_request(draft))
+    return await _intent(
+        db, call, record_id, IntentKind.charge, draft.charge_id, **service.draft_request(draft)
+    )
 
 
 def decide_refund(charge_id: str) -> Decide:
     async def decide(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
-        plan = await refunds.plan_refund(db, scope=call.scope, charge_id=charge_id, plaintext=call.plaintext)
+        plan = await refunds.plan_refund(
+            db, scope=call.scope, charge_id=charge_id, plaintext=call.plaintext
+        )
         return await _intent(
             db,
             call,
@@ -477,36 +528,53 @@ def decide_refund(charge_id: str) -> Decide:
 
 def _target(charge: Any) -> dict[str, Any]:
     """What the processor needs of the charge an intent acts on."""
-    return {"charge_amount": charge.amount, "currency": charge.currency, "processor_reference": charge.processor_reference}
+    return {
+        "charge_amount": charge.amount,
+        "currency": charge.currency,
+        "processor_reference": charge.processor_reference,
+    }
 
 
 def decide_undo(charge_id: str, *, cancel: bool) -> Decide:
     target = ChargeStatus.canceled if cancel else ChargeStatus.reversed
 
     async def decide(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
-        plan = await reversals.plan_undo(db, scope=call.scope, charge_id=charge_id, target=target, now=call.now)
+        plan = await reversals.plan_undo(
+            db, scope=call.scope, charge_id=charge_id, target=target, now=call.now
+        )
         if not plan.act:
             return Answer(200, charge_view(plan.charge))
         kind = IntentKind.cancel if cancel else IntentKind.reverse
-        return await _intent(db, call, record_id, kind, plan.charge.charge_id, **_target(plan.charge))
+        return await _intent(
+            db, call, record_id, kind, plan.charge.charge_id, **_target(plan.charge)
+        )
 
     return decide
 
 
 def decide_get(charge_id: str) -> Decide:
     async def decide(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
-        charge = await service.get_charge(db, merchant_id=call.terminal.merchant_id, charge_id=charge_id)
+        charge = await service.get_charge(
+            db, merchant_id=call.terminal.merchant_id, charge_id=charge_id
+        )
         return Answer(200, charge_view(charge))
 
     return decide
 
 
-async def decide_reverse_by_key(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
+async def decide_reverse_by_key(
+    db: AsyncSession, call: Call, record_id: int | None
+) -> Answer | PaymentIntent:
     body = validate(ReverseByKeyIn, call.plaintext)
     if body.idempotency_key == call.terminal.idempotency_key:
         raise InvalidRequest(
             "the body has invalid members",
-            errors=[{"field": "idempotency_key", "message": "must differ from this request's own Idempotency-Key"}],
+            errors=[
+                {
+                    "field": "idempotency_key",
+                    "message": "must differ from this request's own Idempotency-Key",
+                }
+            ],
         )
     plan = await reversals.plan_reverse_by_key(
         db,
@@ -519,4 +587,6 @@ async def decide_reverse_by_key(db: AsyncSession, call: Call, record_id: int | N
         return Answer(200, reversal_view())
     if not plan.act:
         return Answer(200, charge_view(plan.charge))
-    return await _intent(db, call, record_id, IntentKind.reverse, plan.charge.charge_id, **_target(plan.charge))
+    return await _intent(
+        db, call, record_id, IntentKind.reverse, plan.charge.charge_id, **_target(plan.charge)
+    )

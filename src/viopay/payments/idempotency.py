@@ -111,7 +111,11 @@ async def _insert_if_free(db: AsyncSession, values: dict[str, Any], *, now: date
     statement = _insert(db)(IdempotencyRecord).values(**values)
     statement = statement.on_conflict_do_update(
         index_elements=["terminal_id", "idempotency_key"],
-        set_={name: statement.excluded[name] for name in values if name not in ("terminal_id", "idempotency_key")},
+        set_={
+            name: statement.excluded[name]
+            for name in values
+            if name not in ("terminal_id", "idempotency_key")
+        },
         where=IdempotencyRecord.expires_at <= now,
     ).returning(IdempotencyRecord.id)
     inserted: int | None = (await db.execute(statement)).scalar()
@@ -194,8 +198,7 @@ async def spend(db: AsyncSession, *, terminal_id: str, key: str, now: datetime) 
     spent = await _insert_if_free(
         db,
         now=now,
-        values=
-        {
+        values={
             "terminal_id": terminal_id,
             "idempotency_key": key,
             "method": "POST",

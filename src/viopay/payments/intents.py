@@ -101,7 +101,9 @@ async def pending_on_charge(db: AsyncSession, charge_id: str) -> dict[IntentKind
     ``IntentKind.refund`` (the caller holds the charge's row lock)."""
     rows = (
         await db.execute(
-            select(PaymentIntent.kind, func.count(), func.coalesce(func.sum(PaymentIntent.amount), 0))
+            select(
+                PaymentIntent.kind, func.count(), func.coalesce(func.sum(PaymentIntent.amount), 0)
+            )
             .where(
                 PaymentIntent.charge_id == charge_id,
                 PaymentIntent.state == IntentState.pending,
@@ -112,7 +114,9 @@ async def pending_on_charge(db: AsyncSession, charge_id: str) -> dict[IntentKind
     ).all()
     found: dict[IntentKind, int] = {}
     for kind, count, amount in rows:
-        found[IntentKind(kind)] = int(amount or 0) if IntentKind(kind) is IntentKind.refund else int(count)
+        found[IntentKind(kind)] = (
+            int(amount or 0) if IntentKind(kind) is IntentKind.refund else int(count)
+        )
     return found
 
 
@@ -146,7 +150,9 @@ async def take(db: AsyncSession, intent_id: str, *, owner: str, now: datetime) -
     return bool(getattr(taken, "rowcount", 0))
 
 
-async def is_stale(db: AsyncSession, *, idempotency_record_id: int, now: datetime, delay: timedelta) -> bool:
+async def is_stale(
+    db: AsyncSession, *, idempotency_record_id: int, now: datetime, delay: timedelta
+) -> bool:
     """True when the intent of a key still in progress is older than the recovery delay: its
     request is presumed dead (reverse-by-key may then spend the key, §4.4, §4.7)."""
     created: datetime | None = await db.scalar(

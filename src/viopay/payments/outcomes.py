@@ -57,7 +57,12 @@ def _actor(intent: PaymentIntent, recovered: bool) -> Actor:
 
 
 async def _finish_key(
-    db: AsyncSession, intent: PaymentIntent, *, status: int, result: dict[str, Any], charge_id: str | None
+    db: AsyncSession,
+    intent: PaymentIntent,
+    *,
+    status: int,
+    result: dict[str, Any],
+    charge_id: str | None,
 ) -> bool:
     if intent.idempotency_record_id is None:
         return True
@@ -122,7 +127,9 @@ async def store_charge(
         charge_event(db, "charge.reversed", charge, actor, now, reason=reason)
     view = charge_view(charge)
     stored_status = 200 if status is ChargeStatus.reversed else 201
-    if not await _finish_key(db, intent, status=stored_status, result=view, charge_id=charge.charge_id):
+    if not await _finish_key(
+        db, intent, status=stored_status, result=view, charge_id=charge.charge_id
+    ):
         if status is ChargeStatus.approved:
             raise KeySpent(intent.intent_id)
     await db.flush()
@@ -173,11 +180,17 @@ async def store_refund(
 ) -> Stored | None:
     """The refund of a refund intent the processor made; the charge's amounts follow."""
     if not await intents.close(
-        db, intent.intent_id, state=IntentState.done, outcome={"status": "succeeded"}, now=now,
+        db,
+        intent.intent_id,
+        state=IntentState.done,
+        outcome={"status": "succeeded"},
+        now=now,
         lease_owner=lease_owner,
     ):
         return None
-    charge = await get_charge(db, merchant_id=intent.merchant_id, charge_id=intent.charge_id, lock=True)
+    charge = await get_charge(
+        db, merchant_id=intent.merchant_id, charge_id=intent.charge_id, lock=True
+    )
     amount = int(intent.amount or 0)
     assert intent.refund_id is not None
     refund = Refund(
@@ -196,7 +209,9 @@ async def store_refund(
     db.add(refund)
     charge.amount_refunded += amount
     charge.status = (
-        ChargeStatus.refunded if charge.amount_refunded == charge.amount else ChargeStatus.partially_refunded
+        ChargeStatus.refunded
+        if charge.amount_refunded == charge.amount
+        else ChargeStatus.partially_refunded
     )
     charge.updated_at = now
     actor = _actor(intent, recovered)
@@ -238,11 +253,17 @@ async def store_undo(
     """The charge of a cancel or reverse intent the processor made."""
     target = ChargeStatus.canceled if intent.kind is IntentKind.cancel else ChargeStatus.reversed
     if not await intents.close(
-        db, intent.intent_id, state=IntentState.done, outcome={"status": target.value}, now=now,
+        db,
+        intent.intent_id,
+        state=IntentState.done,
+        outcome={"status": target.value},
+        now=now,
         lease_owner=lease_owner,
     ):
         return None
-    charge = await get_charge(db, merchant_id=intent.merchant_id, charge_id=intent.charge_id, lock=True)
+    charge = await get_charge(
+        db, merchant_id=intent.merchant_id, charge_id=intent.charge_id, lock=True
+    )
     if charge.status is not target:
         charge.status, charge.updated_at = target, now
         charge_event(db, f"charge.{target.value}", charge, _actor(intent, recovered), now)
@@ -263,7 +284,11 @@ async def abandon(
     """The processor never acted on the intent: close it and release its key (a retry runs
     afresh)."""
     if not await intents.close(
-        db, intent.intent_id, state=IntentState.abandoned, outcome={"reason": reason}, now=now,
+        db,
+        intent.intent_id,
+        state=IntentState.abandoned,
+        outcome={"reason": reason},
+        now=now,
         lease_owner=lease_owner,
     ):
         return False

@@ -74,7 +74,11 @@ async def recover_due(
     while True:
         moment = now or utcnow()
         async with runtime.sessions() as db:
-            due = [i for i in await intents.due(db, now=moment, delay=delay, limit=BATCH) if i not in seen]
+            due = [
+                i
+                for i in await intents.due(db, now=moment, delay=delay, limit=BATCH)
+                if i not in seen
+            ]
         if not due:
             return report
         for intent_id in due:
@@ -99,7 +103,9 @@ async def recover_one(
     try:
         record = await processor.lookup(intent.reference)
     except (ProcessorFailure, ProcessorTimedOut) as exc:
-        log.warning("recovery: processor lookup failed", intent_id=intent_id, error=type(exc).__name__)
+        log.warning(
+            "recovery: processor lookup failed", intent_id=intent_id, error=type(exc).__name__
+        )
         return None
     if record is None:
         async with runtime.sessions() as db, db.begin():
@@ -108,10 +114,14 @@ async def recover_one(
         RECOVERED.labels("abandoned").inc()
         return "abandoned"
     if intent.kind is IntentKind.charge:
-        outcome = await _recover_charge(runtime, processor, intent, record.authorization, record.undone, owner=owner, now=now)
+        outcome = await _recover_charge(
+            runtime, processor, intent, record.authorization, record.undone, owner=owner, now=now
+        )
     else:
         async with runtime.sessions() as db, db.begin():
-            store = outcomes.store_refund if intent.kind is IntentKind.refund else outcomes.store_undo
+            store = (
+                outcomes.store_refund if intent.kind is IntentKind.refund else outcomes.store_undo
+            )
             stored = await store(db, intent, now=now, recovered=True, lease_owner=owner)
         outcome = intent.kind.value if stored is not None else None
     log.info("recovered", intent_id=intent_id, kind=intent.kind.value, outcome=outcome)
@@ -134,11 +144,22 @@ async def _recover_charge(
         try:
             async with runtime.sessions() as db, db.begin():
                 stored = await outcomes.store_charge(
-                    db, intent, authorization, undone=undone, now=now, recovered=True, lease_owner=owner
+                    db,
+                    intent,
+                    authorization,
+                    undone=undone,
+                    now=now,
+                    recovered=True,
+                    lease_owner=owner,
                 )
         except outcomes.KeySpent:
-            ref = ChargeRef(intent.charge_id, intent.terminal_id, int(intent.request["amount"]),
-                            str(intent.request["currency"]), intent.reference)
+            ref = ChargeRef(
+                intent.charge_id,
+                intent.terminal_id,
+                int(intent.request["amount"]),
+                str(intent.request["currency"]),
+                intent.reference,
+            )
             try:
                 await processor.reverse(ref, reference=intent.reference + "-r")
             except (ProcessorFailure, ProcessorTimedOut):

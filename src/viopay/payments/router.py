@@ -35,9 +35,7 @@ from viopay.payments.schemas import (
 from viopay.payments.terminal_auth import CurrentRequest, signed_request
 from viopay.signatures import parse_rfc3339
 
-pos_router = APIRouter(
-    prefix="/pos", tags=["pos charges"], dependencies=[Depends(signed_request)]
-)
+pos_router = APIRouter(prefix="/pos", tags=["pos charges"], dependencies=[Depends(signed_request)])
 merchant_router = APIRouter(
     prefix="/merchant", tags=["merchant"], dependencies=[Depends(merchant_session)]
 )

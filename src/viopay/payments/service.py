@@ -168,7 +168,9 @@ def draft_request(draft: ChargeDraft) -> dict[str, Any]:
     }
 
 
-def authorization_request(draft: ChargeDraft, *, reference: str, now: datetime) -> AuthorizationRequest:
+def authorization_request(
+    draft: ChargeDraft, *, reference: str, now: datetime
+) -> AuthorizationRequest:
     return AuthorizationRequest(
         reference=reference,
         charge_id=draft.charge_id,

@@ -223,10 +223,20 @@ async def authenticate(
     key_set = None
     if row.key_set_id is not None:
         key_set = ServingSet(
-            row.key_set_id, row.key_set_terminal_id, row.status, row.expires_at,
-            row.retires_at, row.activated_at, row.envelope_count, row.msk_key_id,
+            row.key_set_id,
+            row.key_set_terminal_id,
+            row.status,
+            row.expires_at,
+            row.retires_at,
+            row.activated_at,
+            row.envelope_count,
+            row.msk_key_id,
         )
-    if key_set is None or key_set.terminal_id != terminal_id or not serves_charges(key_set, now=now):
+    if (
+        key_set is None
+        or key_set.terminal_id != terminal_id
+        or not serves_charges(key_set, now=now)
+    ):
         raise UnknownKey("X-Key-Id is not a key of this terminal")
     check_timestamp(signed.moment, now=now)
     if row.key_id is None or row.key_type != "MAC":
@@ -252,7 +262,9 @@ async def authenticate(
         moment=signed.moment,
         now=now,
     )
-    await _touch(db, row.device_id, seen=row.last_seen_at, version=row.app_version, signed=signed, now=now)
+    await _touch(
+        db, row.device_id, seen=row.last_seen_at, version=row.app_version, signed=signed, now=now
+    )
     return AuthenticatedTerminal(
         terminal_id=terminal_id,
         device_id=row.device_id,
@@ -274,7 +286,13 @@ async def authenticate(
 
 
 async def _touch(
-    db: AsyncSession, device_id: str, *, seen: datetime | None, version: str | None, signed: SignedRequest, now: datetime
+    db: AsyncSession,
+    device_id: str,
+    *,
+    seen: datetime | None,
+    version: str | None,
+    signed: SignedRequest,
+    now: datetime,
 ) -> None:
     """``last_seen_at`` at most once a minute, ``app_version`` when it changes (one UPDATE)."""
     values: dict[str, object] = {}

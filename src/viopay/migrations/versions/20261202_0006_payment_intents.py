@@ -26,7 +26,9 @@ def upgrade() -> None:
     op.create_table(
         "payment_intents",
         sa.Column("intent_id", sa.String(length=40), nullable=False),
-        sa.Column("kind", _enum("intentkind", "charge", "refund", "cancel", "reverse"), nullable=False),
+        sa.Column(
+            "kind", _enum("intentkind", "charge", "refund", "cancel", "reverse"), nullable=False
+        ),
         sa.Column("state", _enum("intentstate", "pending", "done", "abandoned"), nullable=False),
         sa.Column("reference", sa.String(length=64), nullable=False),
         sa.Column("terminal_id", sa.String(length=128), nullable=False),

@@ -94,7 +94,9 @@ class Processor(Protocol):
         """Approve or decline; ProcessorFailure or ProcessorTimedOut when there is no answer."""
         ...
 
-    async def refund(self, charge: ChargeRef, *, reference: str, refund_id: str, amount: int) -> None:
+    async def refund(
+        self, charge: ChargeRef, *, reference: str, refund_id: str, amount: int
+    ) -> None:
         """Refund ``amount`` of an approved charge."""
         ...
 

@@ -79,7 +79,9 @@ class SandboxProcessor:
         if self._half_latency:
             await asyncio.sleep(self._half_latency)
 
-    async def _record(self, entry: SandboxLedgerEntry, *, undo: str | None = None) -> SandboxLedgerEntry:
+    async def _record(
+        self, entry: SandboxLedgerEntry, *, undo: str | None = None
+    ) -> SandboxLedgerEntry:
         """Insert ``entry`` unless its reference is known (then answer the known one); an undo
         marks the authorisation ``undo`` names."""
         if self._sessions is None:
@@ -97,7 +99,10 @@ class SandboxProcessor:
         async with self._sessions() as db, db.begin():
             insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
             inserted = await db.scalar(
-                insert(SandboxLedgerEntry).values(**values).on_conflict_do_nothing().returning(SandboxLedgerEntry.reference)
+                insert(SandboxLedgerEntry)
+                .values(**values)
+                .on_conflict_do_nothing()
+                .returning(SandboxLedgerEntry.reference)
             )
             if inserted is None:
                 known = await db.get(SandboxLedgerEntry, entry.reference)
@@ -107,7 +112,9 @@ class SandboxProcessor:
             if undo is not None:
                 await db.execute(
                     update(SandboxLedgerEntry)
-                    .where(SandboxLedgerEntry.reference == undo, SandboxLedgerEntry.undone_by.is_(None))
+                    .where(
+                        SandboxLedgerEntry.reference == undo, SandboxLedgerEntry.undone_by.is_(None)
+                    )
                     .values(undone_by=entry.reference)
                 )
             return entry
@@ -136,7 +143,9 @@ class SandboxProcessor:
             return INCORRECT_PIN
         return DECLINES.get(card.pan)
 
-    async def _act(self, operation: str, charge: ChargeRef, reference: str, amount: int | None) -> None:
+    async def _act(
+        self, operation: str, charge: ChargeRef, reference: str, amount: int | None
+    ) -> None:
         await self._wait()
         entry = SandboxLedgerEntry(
             reference=reference,
@@ -146,10 +155,14 @@ class SandboxProcessor:
             approved=True,
             created_at=datetime.now(UTC),
         )
-        await self._record(entry, undo=None if operation == "refund" else charge.processor_reference)
+        await self._record(
+            entry, undo=None if operation == "refund" else charge.processor_reference
+        )
         await self._wait()
 
-    async def refund(self, charge: ChargeRef, *, reference: str, refund_id: str, amount: int) -> None:
+    async def refund(
+        self, charge: ChargeRef, *, reference: str, refund_id: str, amount: int
+    ) -> None:
         await self._act("refund", charge, reference, amount)
 
     async def void(self, charge: ChargeRef, *, reference: str) -> None:

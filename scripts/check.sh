@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The gates: lint, format and types. Run by `make check`, by pre-commit, and by .ci/run before
+# the tests (a red gate stops the run before the suite starts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "gates: ruff check, ruff format --check, mypy --strict src" >&2
+.venv/bin/ruff check src tests
+.venv/bin/ruff format --check src tests
+.venv/bin/mypy src
