@@ -17,7 +17,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from viopay import __version__
-from viopay.activation.config_router import config_schema_router, parameters_admin_router
 from viopay.activation.router import router as activation_router
 from viopay.api.devices import admin_router as device_admin_router
 from viopay.api.devices import claim_router, pos_router
@@ -28,6 +27,7 @@ from viopay.api.merchants import merchant_router as merchant_config_router
 from viopay.auth.issuer import OidcVerifier, load_embedded_issuer
 from viopay.auth.router import admin_router as client_admin_router
 from viopay.auth.router import router as auth_router
+from viopay.configuration.router import config_schema_router
 from viopay.errors import (
     InternalError,
     InvalidRequest,
@@ -40,6 +40,7 @@ from viopay.errors import (
 from viopay.health import router as health_router
 from viopay.middleware import RequestContextMiddleware, request_id_of
 from viopay.openapi import Problem
+from viopay.parameters.router import parameters_admin_router
 from viopay.payments.processors import build_processor
 from viopay.payments.recovery import RecoveryWorker
 from viopay.payments.recovery import interval_for as recovery_interval

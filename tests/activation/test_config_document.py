@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from viopay.activation.config_document import build_config_document, config_etag
-from viopay.activation.config_schemas import ConfigDocument, config_document_schema
+from viopay.configuration.document import build_config_document, config_etag
+from viopay.configuration.schemas import ConfigDocument, config_document_schema
 from viopay.devices.models import Device, DeviceStatus
 from viopay.errors import InvalidState
 from viopay.merchants.config import new_config

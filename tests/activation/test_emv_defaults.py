@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from viopay.activation.config_schemas import CaPublicKey, EmvOverrides, capk_checksum
-from viopay.activation.emv import DEFAULT_AIDS, DEFAULT_CA_PUBLIC_KEYS
-from viopay.activation.emv_capks import PUBLISHED_CAPKS
+from viopay.configuration.emv import DEFAULT_AIDS, DEFAULT_CA_PUBLIC_KEYS
+from viopay.configuration.emv_capks import PUBLISHED_CAPKS
+from viopay.configuration.schemas import CaPublicKey, EmvOverrides, capk_checksum
 from viopay.deps import validate
 from viopay.errors import InvalidRequest
 

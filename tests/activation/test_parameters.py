@@ -12,14 +12,14 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from viopay.activation import parameters
-from viopay.activation.default_parameters import builtin_document
-from viopay.activation.parameters import CHUNK_SIZE, ParametersBlob, chunk, chunk_count, pack
-from viopay.activation.parameters_models import DEFAULT_KEY, TerminalParameters
 from viopay.audit import Actor, AuditEvent
 from viopay.devices.models import Device, DeviceStatus, Terminal
 from viopay.errors import InvalidRequest, NotFound
 from viopay.merchants import service
+from viopay.parameters import service as parameters
+from viopay.parameters.defaults import builtin_document
+from viopay.parameters.models import DEFAULT_KEY, TerminalParameters
+from viopay.parameters.service import CHUNK_SIZE, ParametersBlob, chunk, chunk_count, pack
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

@@ -347,7 +347,7 @@ async def test_activate_service_refuses_an_unclaimed_device(claimed, runtime):
 
 
 async def test_expired_key_set_is_refused(claimed, runtime):
-    from viopay.activation.models import KeySet
+    from viopay.keysets.models import KeySet
 
     client, owner, *_ = claimed
     client.download_keys()

@@ -14,11 +14,8 @@ import orjson
 from pydantic import BaseModel, Field, StrictInt, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.activation import keysets
-from viopay.activation.config_document import config_document_for, config_etag
-from viopay.activation.models import KeySet, KeySetStatus
-from viopay.activation.parameters import chunk, chunk_count, parameters_for
 from viopay.audit import Actor, record_event
+from viopay.configuration.document import config_document_for, config_etag
 from viopay.crypto import envelope as env
 from viopay.crypto.errors import DecryptionFailed as CryptoDecryptionFailed
 from viopay.crypto.errors import EnvelopeMalformed
@@ -27,6 +24,9 @@ from viopay.deps import field_errors
 from viopay.devices.models import Device, DeviceStatus
 from viopay.errors import DecryptionFailed, InvalidRequest, InvalidState, KeyCheckFailed, NotFound
 from viopay.ids import rfc3339
+from viopay.keysets import service as keysets
+from viopay.keysets.models import KeySet, KeySetStatus
+from viopay.parameters.service import chunk, chunk_count, parameters_for
 
 KCV_TYPES = ("TMK", "KEK", "MSK", "TPK", "TDK", "MAC")
 

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from viopay.activation.keysets import release_device
 from viopay.audit import Actor
 from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession, admin_principal
 from viopay.auth.sessions import MerchantSession
@@ -32,6 +31,7 @@ from viopay.devices.schemas import (
 )
 from viopay.errors import NotFound
 from viopay.ids import rfc3339
+from viopay.keysets.service import release_device
 from viopay.merchants.models import Merchant
 from viopay.openapi import errors_for
 from viopay.pagination import PageParams, make_page, page_params, paginate

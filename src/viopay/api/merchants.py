@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from viopay.activation.config_schemas import EmvOverrides, EmvSection
-from viopay.activation.emv import effective_emv
 from viopay.audit import Actor
 from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession, admin_principal
+from viopay.configuration.emv import effective_emv
+from viopay.configuration.schemas import EmvOverrides, EmvSection
 from viopay.deps import DbSession, Now, body_schema, read_json
 from viopay.merchants import config, service
 from viopay.merchants.config import MerchantConfigIn, MerchantConfigOut

@@ -10,10 +10,10 @@ import orjson
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.activation.config_schemas import EmvOverrides
-from viopay.activation.emv import effective_emv
 from viopay.audit import Actor
 from viopay.cli.common import JsonOption, err, out, run_in_transaction
+from viopay.configuration.emv import effective_emv
+from viopay.configuration.schemas import EmvOverrides
 from viopay.deps import validate
 from viopay.errors import InvalidRequest
 from viopay.ids import utcnow

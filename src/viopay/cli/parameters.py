@@ -7,11 +7,11 @@ from typing import Any
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.activation import parameters
 from viopay.audit import Actor
 from viopay.cli.common import JsonOption, emit, run_in_transaction
 from viopay.cli.merchant_config import read_json_file
 from viopay.ids import utcnow
+from viopay.parameters import service as parameters
 from viopay.runtime import Runtime
 
 app = typer.Typer(help="Upload terminal_parameters documents.", no_args_is_help=True)

@@ -418,7 +418,7 @@ async def unclaim_device(
     db: AsyncSession, *, device: Device, actor: Actor, now: datetime
 ) -> Device:
     """Back to ``inactive``: tokens and the terminal id retire; past charges stay. Its key
-    sets are the key sets' to retire: :func:`viopay.activation.keysets.release_device` does
+    sets are the key sets' to retire: :func:`viopay.keysets.service.release_device` does
     both, and is what a release calls."""
     merchant_id = device.merchant_id
     if device.terminal_id is not None:

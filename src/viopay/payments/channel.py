@@ -16,7 +16,13 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.activation.keysets import (
+from viopay.crypto import envelope as env
+from viopay.crypto.errors import DecryptionFailed as EnvelopeUnopened
+from viopay.crypto.errors import EnvelopeMalformed
+from viopay.crypto.wrapping import KeyWrapper
+from viopay.errors import DecryptionFailed, InvalidRequest, UnsupportedMediaType
+from viopay.keysets.models import KeySet, KeySetKey
+from viopay.keysets.service import (
     SetKeys,
     SetState,
     count_envelopes,
@@ -24,12 +30,6 @@ from viopay.activation.keysets import (
     load_keys,
     serves_charges,
 )
-from viopay.activation.models import KeySet, KeySetKey
-from viopay.crypto import envelope as env
-from viopay.crypto.errors import DecryptionFailed as EnvelopeUnopened
-from viopay.crypto.errors import EnvelopeMalformed
-from viopay.crypto.wrapping import KeyWrapper
-from viopay.errors import DecryptionFailed, InvalidRequest, UnsupportedMediaType
 from viopay.payments.terminal_auth import AuthenticatedTerminal
 
 KEY_SET_LIFETIME = timedelta(days=30)

@@ -22,8 +22,6 @@ from fastapi import Depends, Request
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.activation.keysets import serves_charges, unwrap_stored_key
-from viopay.activation.models import KeySet, KeySetKey, KeySetStatus
 from viopay.crypto.errors import SignatureMismatch
 from viopay.crypto.signing import charge_string_to_sign, verify_signature
 from viopay.deps import RuntimeDep
@@ -37,6 +35,8 @@ from viopay.errors import (
     UnknownKey,
     UnknownTerminal,
 )
+from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
+from viopay.keysets.service import serves_charges, unwrap_stored_key
 from viopay.runtime import Runtime
 from viopay.signatures import check_timestamp, header, parse_signed_headers, spend_nonce
 

@@ -1,6 +1,5 @@
-"""The published schema of the config document (§3.8) and the operator's terminal parameters
-upload (§6). ``POST /pos/config`` and ``POST /pos/terminal-parameters`` live with the other
-attestation-token endpoints in :mod:`viopay.activation.router`."""
+"""The operator's terminal parameters upload (§6). ``POST /pos/terminal-parameters`` lives with
+the other attestation-token endpoints in :mod:`viopay.activation.router`."""
 
 from __future__ import annotations
 
@@ -10,22 +9,12 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
-from viopay.activation import parameters
-from viopay.activation.config_schemas import config_document_schema
 from viopay.audit import Actor
 from viopay.auth.deps import AdminPrincipal, admin_principal
 from viopay.deps import DbSession, Now, require_json
 from viopay.errors import InvalidRequest
 from viopay.openapi import errors_for
-
-config_schema_router = APIRouter(prefix="/pos", tags=["pos activation"])
-
-
-@config_schema_router.get("/config/schema", responses=errors_for(503))
-async def config_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of the config document of ``POST /pos/config``."""
-    return config_document_schema()
-
+from viopay.parameters import service as parameters
 
 parameters_admin_router = APIRouter(
     prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)]

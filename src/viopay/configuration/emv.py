@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from viopay.activation.config_schemas import AidEntry, CaPublicKey, EmvSection
-from viopay.activation.emv_capks import PUBLISHED_CAPKS, TEST_KEY_EXPIRY
+from viopay.configuration.emv_capks import PUBLISHED_CAPKS, TEST_KEY_EXPIRY
+from viopay.configuration.schemas import AidEntry, CaPublicKey, EmvSection
 from viopay.errors import InvalidState
 from viopay.merchants.models import Merchant
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
-from viopay.activation.emv import COUNTRIES, CURRENCIES, DEFAULT_AIDS
+from viopay.configuration.emv import COUNTRIES, CURRENCIES, DEFAULT_AIDS
 
 T = TypeVar("T")
 

@@ -22,11 +22,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.activation.default_parameters import builtin_document
-from viopay.activation.parameters_models import DEFAULT_KEY, TerminalParameters
 from viopay.audit import Actor, record_event
 from viopay.devices.models import Terminal
 from viopay.errors import InvalidRequest, NotFound
+from viopay.parameters.defaults import builtin_document
+from viopay.parameters.models import DEFAULT_KEY, TerminalParameters
 
 CHUNK_SIZE = 32_768
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024  # the admin API's body limit (§6)

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.activation.config_schemas import ConfigDocument
-from viopay.activation.emv import effective_emv
+from viopay.configuration.emv import effective_emv
+from viopay.configuration.schemas import ConfigDocument
 from viopay.crypto.canonical import canonical_json
 from viopay.devices.models import Device
 from viopay.errors import InvalidState

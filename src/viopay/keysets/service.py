@@ -20,7 +20,6 @@ from typing import Protocol
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.activation.models import KeySet, KeySetKey, KeySetStatus
 from viopay.audit import Actor, record_event
 from viopay.crypto.errors import CryptoError
 from viopay.crypto.kcv import kcv_for
@@ -31,6 +30,7 @@ from viopay.devices.models import Device
 from viopay.devices.service import unclaim_device
 from viopay.errors import InvalidRequest, InvalidState
 from viopay.ids import new_id
+from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
 
 PENDING_TTL = timedelta(minutes=15)
 KEY_ID_PREFIX = {key_type: key_type.lower() + "_" for key_type in KEY_TYPES}

@@ -1,0 +1,1 @@
+"""The terminal's configuration document (PROTOCOL §3.8): merchant settings, EMV defaults, schema."""

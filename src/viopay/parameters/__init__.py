@@ -1,0 +1,1 @@
+"""Terminal parameters (PROTOCOL §3.9): the chunked, gzip parameter files and their defaults."""
