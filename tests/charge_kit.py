@@ -16,17 +16,7 @@ import httpx
 import orjson
 
 from helpers import SEEN_SECRETS, MerchantCtx, ProvisionedDevice, Server
-from viopay.crypto.envelope import (
-    card_aad,
-    open_envelope,
-    parse_envelope,
-    request_aad,
-    response_aad,
-    seal,
-)
-from viopay.crypto.pinblock import encipher_pin_block
-from viopay.crypto.signing import charge_string_to_sign, sign
-from viopay.device import (
+from viopay_device import (
     DeviceClient,
     IdentityKey,
     KeySet,
@@ -35,6 +25,16 @@ from viopay.device import (
     StepReport,
     activate_device,
 )
+from viopay_device.protocol.envelope import (
+    card_aad,
+    open_envelope,
+    parse_envelope,
+    request_aad,
+    response_aad,
+    seal,
+)
+from viopay_device.protocol.pinblock import encipher_pin_block
+from viopay_device.protocol.signing import charge_string_to_sign, sign
 
 UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
 CARD = {"pan": "4242424242424242", "expiry": "3012"}

@@ -144,7 +144,7 @@ def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
 
 def sdk_client(url: str, device: ProvisionedDevice, **options: Any) -> Any:
     """The device SDK for a provisioned device (identity key in a memory key store)."""
-    from viopay.device import DeviceClient, IdentityKey, MemoryKeyStore
+    from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
     store = MemoryKeyStore(identity=IdentityKey(key_id=device.key_id, secret=device.secret))
     return DeviceClient(url, device_id=device.device_id, key_store=store, **options)

@@ -3,12 +3,14 @@
 - The base (settings, db, cache, errors, crypto, ids, metrics, …) imports no domain package.
 - No import cycle between packages (an import inside ``if TYPE_CHECKING:`` runs at type-check
   time only and is not an edge).
-- The device SDK (``viopay.device``) imports nothing of the server but the crypto base.
+- The device SDK (``viopay_device``) imports nothing of the server but the crypto base.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -132,9 +134,37 @@ def test_the_base_imports_no_domain():
     assert not leaks, f"base modules importing a domain: {leaks}"
 
 
-def test_the_device_sdk_imports_only_the_crypto_base():
-    graph = package_graph()
-    assert set(graph["device"]) <= {"crypto"}, dict(graph["device"])
+SDK = SRC.parents[1] / "sdk"
+SDK_DEPENDENCIES = {"httpx", "cryptography", "psec"}
+
+
+def test_the_device_sdk_imports_no_server_code_and_only_its_dependencies():
+    imported: set[str] = set()
+    for path in (SDK / "src" / "viopay_device").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+    third_party = {name for name in imported if name not in sys.stdlib_module_names}
+    assert third_party <= SDK_DEPENDENCIES | {"viopay_device"}, third_party
+    assert "viopay" not in imported
+
+
+def test_the_sdk_installs_alone_into_a_fresh_venv(tmp_path):
+    """``pip install ./sdk`` pulls no server dependency (uv's pip, for its cache)."""
+    uv = SRC.parents[1] / ".venv" / "bin" / "uv"
+    venv = tmp_path / "venv"
+    subprocess.run([str(uv), "venv", "-q", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), str(SDK)], check=True)
+    probe = (
+        "import importlib.util, viopay_device; "
+        "print(sorted(m for m in ('fastapi', 'sqlalchemy', 'asyncpg', 'redis', 'viopay') "
+        "if importlib.util.find_spec(m)))"
+    )
+    done = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 @pytest.mark.parametrize(

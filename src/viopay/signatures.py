@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from fastapi import Request
 
 from viopay.cache import Cache
-from viopay.crypto.signing import SIGNATURE_RE
 from viopay.errors import InvalidHeader, MissingHeader, NonceReused, TimestampOutOfWindow
 from viopay.ids import rfc3339
+from viopay_device.protocol.signing import SIGNATURE_RE
 
 KEY_ID_RE = re.compile(r"[\x21-\x7E]{1,128}")
 NONCE_RE = re.compile(r"[A-Za-z0-9_-]{8,128}")

@@ -13,14 +13,14 @@ from sqlalchemy import select
 
 from helpers import SEEN_SECRETS, pos_headers
 from viopay.audit import Actor
-from viopay.crypto.kcv import kcv_for
-from viopay.crypto.keyblocks import KEY_TYPES, WRAPPED_BY, unwrap_key
-from viopay.crypto.transport import derive_ktk, generate_x25519, x25519_shared
 from viopay.devices.models import Device
 from viopay.errors import InvalidRequest, InvalidState
 from viopay.ids import utcnow
 from viopay.keysets import service as keysets
 from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
+from viopay_device.protocol.kcv import kcv_for
+from viopay_device.protocol.keyblocks import KEY_TYPES, WRAPPED_BY, unwrap_key
+from viopay_device.protocol.transport import derive_ktk, generate_x25519, x25519_shared
 
 GRACE = timedelta(seconds=600)
 

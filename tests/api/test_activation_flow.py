@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from helpers import SEEN_SECRETS, claim_with, problem, sdk_client
-from viopay.crypto.envelope import (
+from viopay_device import InvalidState, activate_device
+from viopay_device.protocol.envelope import (
     chunk_aad,
     open_envelope,
     parse_envelope,
@@ -20,7 +21,6 @@ from viopay.crypto.envelope import (
     response_aad,
     seal,
 )
-from viopay.device import InvalidState, activate_device
 
 
 def register(client) -> None:

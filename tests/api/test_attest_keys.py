@@ -11,12 +11,12 @@ import httpx
 import pytest
 
 from helpers import SEEN_SECRETS, UA, ProvisionedDevice, pos_headers, problem
-from viopay.crypto.errors import KeyBlockError
-from viopay.crypto.kcv import kcv_for
-from viopay.crypto.keyblocks import KEY_TYPES, WRAPPED_BY, unwrap_key
-from viopay.crypto.signing import attest_string_to_sign, sign
-from viopay.crypto.transport import derive_ktk, generate_x25519, x25519_shared
-from viopay.device import DeviceClient, MemoryKeyStore
+from viopay_device import DeviceClient, MemoryKeyStore
+from viopay_device.protocol.errors import KeyBlockError
+from viopay_device.protocol.kcv import kcv_for
+from viopay_device.protocol.keyblocks import KEY_TYPES, WRAPPED_BY, unwrap_key
+from viopay_device.protocol.signing import attest_string_to_sign, sign
+from viopay_device.protocol.transport import derive_ktk, generate_x25519, x25519_shared
 
 SIGNATURE_HEADERS = ["X-Key-Id", "X-Timestamp", "X-Nonce", "X-Signature"]
 

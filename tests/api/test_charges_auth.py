@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import update
 
 import charge_kit as kit
-from viopay.crypto.envelope import card_aad, seal
 from viopay.keysets.models import KeySet
+from viopay_device.protocol.envelope import card_aad, seal
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The device SDK (viopay.device) against real servers: charges, refunds, cancel, reverse,
+"""The device SDK (viopay_device) against real servers: charges, refunds, cancel, reverse,
 replays after lost answers, and reverse-by-key of unknown outcomes (PROTOCOL §4)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 import charge_kit as kit
-from viopay.device import (
+from viopay_device import (
     ChargeNotCancelable,
     DeviceClient,
     IdempotencyConflict,

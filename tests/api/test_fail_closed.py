@@ -122,7 +122,7 @@ def test_database_down_fails_closed(proxied):
 def test_no_charge_without_replay_protection(proxied):
     """Redis down: a correctly signed charge is refused (503) and no charge exists afterwards."""
     from helpers import ProvisionedDevice, sdk_client
-    from viopay.device import ServiceUnavailable, activate_device
+    from viopay_device import ServiceUnavailable, activate_device
 
     srv, redis = proxied.server, proxied.redis
     merchant = proxied.backend.cli("merchant", "create", "--name", "Fail Closed Cafe")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from helpers import SEEN_SECRETS
-from viopay.device import DeviceClient, IdentityKey, MemoryKeyStore
+from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
 
 def sdk_client(server, device_id: str, key_id: str, secret_hex: str, **kwargs) -> DeviceClient:

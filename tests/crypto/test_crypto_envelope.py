@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from viopay.crypto.envelope import (
+from viopay_device.protocol.envelope import (
     Envelope,
     card_aad,
     chunk_aad,
@@ -15,7 +15,7 @@ from viopay.crypto.envelope import (
     response_aad,
     seal,
 )
-from viopay.crypto.errors import DecryptionFailed, EnvelopeMalformed
+from viopay_device.protocol.errors import DecryptionFailed, EnvelopeMalformed
 
 KEY = bytes(range(32))
 AAD = request_aad(method="POST", path="/pos/charge", subject="TID-000001")

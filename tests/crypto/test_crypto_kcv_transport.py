@@ -2,10 +2,10 @@ import os
 
 import pytest
 
-from viopay.crypto.errors import CryptoError
-from viopay.crypto.kcv import aes_kcv, hmac_kcv, kcv_for
-from viopay.crypto.keyblocks import KEY_TYPES
-from viopay.crypto.transport import derive_ktk, generate_x25519, x25519_shared
+from viopay_device.protocol.errors import CryptoError
+from viopay_device.protocol.kcv import aes_kcv, hmac_kcv, kcv_for
+from viopay_device.protocol.keyblocks import KEY_TYPES
+from viopay_device.protocol.transport import derive_ktk, generate_x25519, x25519_shared
 
 
 @pytest.mark.parametrize("key_type", KEY_TYPES)

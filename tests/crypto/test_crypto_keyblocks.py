@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from viopay.crypto.errors import KeyBlockError
-from viopay.crypto.keyblocks import HEADERS, KEY_TYPES, WRAPPED_BY, unwrap_key, wrap_key
+from viopay_device.protocol.errors import KeyBlockError
+from viopay_device.protocol.keyblocks import HEADERS, KEY_TYPES, WRAPPED_BY, unwrap_key, wrap_key
 
 KBPK = bytes(range(32))
 

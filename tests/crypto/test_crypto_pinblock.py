@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from viopay.crypto.errors import PinBlockError
-from viopay.crypto.pinblock import decipher_pin_block, encipher_pin_block
+from viopay_device.protocol.errors import PinBlockError
+from viopay_device.protocol.pinblock import decipher_pin_block, encipher_pin_block
 
 TPK = bytes(range(32))
 PAN = "4242424242424242"

@@ -2,8 +2,8 @@ import base64
 
 import pytest
 
-from viopay.crypto.errors import SignatureMismatch
-from viopay.crypto.signing import (
+from viopay_device.protocol.errors import SignatureMismatch
+from viopay_device.protocol.signing import (
     SIGNATURE_RE,
     attest_string_to_sign,
     charge_string_to_sign,

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from viopay.crypto._b64 import b64decode_strict
-from viopay.crypto.envelope import (
+from viopay_device.protocol._b64 import b64decode_strict
+from viopay_device.protocol.envelope import (
     Envelope,
     open_envelope,
     parse_envelope,
@@ -14,17 +14,17 @@ from viopay.crypto.envelope import (
     response_aad,
     seal,
 )
-from viopay.crypto.errors import DecryptionFailed
-from viopay.crypto.kcv import aes_kcv, kcv_for
-from viopay.crypto.keyblocks import unwrap_key, wrap_key
-from viopay.crypto.pinblock import decipher_pin_block, encipher_pin_block
-from viopay.crypto.signing import (
+from viopay_device.protocol.errors import DecryptionFailed
+from viopay_device.protocol.kcv import aes_kcv, kcv_for
+from viopay_device.protocol.keyblocks import unwrap_key, wrap_key
+from viopay_device.protocol.pinblock import decipher_pin_block, encipher_pin_block
+from viopay_device.protocol.signing import (
     attest_string_to_sign,
     charge_string_to_sign,
     sign,
     verify_signature,
 )
-from viopay.crypto.transport import derive_ktk, x25519_shared
+from viopay_device.protocol.transport import derive_ktk, x25519_shared
 
 Vector = dict[str, Any]
 

@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from viopay.crypto.errors import DecryptionFailed
 from viopay.crypto.wrapping import (
     KeyWrapper,
     MasterKeyWrapper,
     decode_master_key,
     load_or_create_master_key_file,
 )
+from viopay_device.protocol.errors import DecryptionFailed
 
 MASTER = bytes(range(32))
 WRAPPER = MasterKeyWrapper(MASTER)

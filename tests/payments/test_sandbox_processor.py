@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from viopay.crypto.pinblock import encipher_pin_block
 from viopay.payments.cards import check_card
 from viopay.payments.processors import (
     AuthorizationRequest,
@@ -19,6 +18,7 @@ from viopay.payments.processors import (
     build_processor,
 )
 from viopay.settings import Settings
+from viopay_device.protocol.pinblock import encipher_pin_block
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 TPK = bytes.fromhex("232bea94b2f08ef806e722c78812e10a98662dfe3f516feb7a11766f2ae4da1d")

@@ -14,8 +14,8 @@ from portal_kit import create_user, shot, sign_in
 
 import charge_kit as kit
 from helpers import SEEN_SECRETS
-from viopay.device import DeviceClient, IdentityKey, MemoryKeyStore
-from viopay.device import NotFound as SdkNotFound
+from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
+from viopay_device import NotFound as SdkNotFound
 
 DECLINED = {"pan": "4000000000000002", "expiry": "3012"}
 

@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 from portal_kit import create_user, shot, sign_in
 
 from helpers import SEEN_SECRETS, pos_headers
-from viopay.device import DeviceClient, IdentityKey, MemoryKeyStore
+from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
 
 def test_a_terminal_in_pairing_mode_is_claimed_by_typing_its_code(

@@ -22,8 +22,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.cache import Cache
-from viopay.crypto.errors import SignatureMismatch
-from viopay.crypto.signing import attest_string_to_sign, verify_signature
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.deps import DbSession, Now, RuntimeDep
 from viopay.devices.authn import (
@@ -43,6 +41,8 @@ from viopay.errors import (
     UnknownKey,
 )
 from viopay.signatures import SignedHeaders, check_timestamp, parse_signed_headers, spend_nonce
+from viopay_device.protocol.errors import SignatureMismatch
+from viopay_device.protocol.signing import attest_string_to_sign, verify_signature
 
 TOKEN_PREFIX = "att_"
 TOKEN_TTL = timedelta(seconds=300)

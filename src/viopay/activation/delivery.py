@@ -16,9 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import Actor, record_event
 from viopay.configuration.document import config_document_for, config_etag
-from viopay.crypto import envelope as env
-from viopay.crypto.errors import DecryptionFailed as CryptoDecryptionFailed
-from viopay.crypto.errors import EnvelopeMalformed
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.deps import field_errors
 from viopay.devices.models import Device, DeviceStatus
@@ -27,6 +24,9 @@ from viopay.ids import rfc3339
 from viopay.keysets import service as keysets
 from viopay.keysets.models import KeySet, KeySetStatus
 from viopay.parameters.service import chunk, chunk_count, parameters_for
+from viopay_device.protocol import envelope as env
+from viopay_device.protocol.errors import DecryptionFailed as CryptoDecryptionFailed
+from viopay_device.protocol.errors import EnvelopeMalformed
 
 KCV_TYPES = ("TMK", "KEK", "MSK", "TPK", "TDK", "MAC")
 

@@ -11,11 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from viopay.activation.attestation import Attested, IssuedToken, issue_token
 from viopay.audit import Actor, record_event
 from viopay.cache import Cache
-from viopay.crypto.transport import X25519_KEY_LENGTH
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.devices.models import Device, DeviceStatus, MerchantDeviceIdentityKey
 from viopay.errors import InvalidRequest, InvalidState
 from viopay.keysets.service import DeliveredKeySet, create_key_set
+from viopay_device.protocol.transport import X25519_KEY_LENGTH
 
 # Attest and every attestation-token endpoint need a claimed (or activated) device.
 KEYED_STATUSES = frozenset({DeviceStatus.claimed, DeviceStatus.activated})

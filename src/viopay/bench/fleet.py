@@ -17,9 +17,9 @@ import httpx
 import orjson
 
 from viopay.bench.loadgen import build_request
-from viopay.crypto.envelope import card_aad, request_aad, seal
-from viopay.crypto.signing import charge_string_to_sign, sign
 from viopay.settings import Settings
+from viopay_device.protocol.envelope import card_aad, request_aad, seal
+from viopay_device.protocol.signing import charge_string_to_sign, sign
 
 UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
 CHARGE_PATH = "/pos/charge"
@@ -122,7 +122,7 @@ def activate(
 ) -> Activation:
     """Activate every provisioned device through the SDK; the merchant claims each code as
     soon as the device shows it."""
-    from viopay.device import (
+    from viopay_device import (
         DeviceClient,
         IdentityKey,
         MemoryKeyStore,

@@ -145,7 +145,7 @@ def _provision(settings: Settings) -> dict[str, Any]:
 
 
 def run_demo(url: str, settings: Settings, *, pair_only: bool) -> None:
-    from viopay.device import DeviceClient, IdentityKey, MemoryKeyStore
+    from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
     steps = Steps()
     made = steps.run(

@@ -1,27 +1,8 @@
-"""Viopay cryptography: small pure functions, one per operation, vector-tested.
+"""The server's own cryptography: ``wrapping`` (keys at rest under the master key),
+``canonical`` (RFC 8785 JSON for idempotency fingerprints) and ``webhooks`` (Standard Webhooks
+signatures, §7).
 
-Modules: ``signing`` (HMAC request signatures, §2.2/§2.4), ``envelope`` (MSK/TDK AES-GCM
-envelopes, §3.7), ``kcv`` (key check values), ``transport`` (X25519 + HKDF key transport key),
-``keyblocks`` (TR-31 version D via psec), ``pinblock`` (ISO 9564 format 4 via psec),
-``canonical`` (RFC 8785 JSON) and ``wrapping`` (keys at rest under the master key).
-
-Only the errors are re-exported here; import the operations from their modules.
+The wire protocol's cryptography (signatures, envelopes, key blocks, KCVs, key transport, PIN
+blocks) is shared with terminals and lives in the device SDK's distribution:
+:mod:`viopay_device.protocol`.
 """
-
-from viopay.crypto.errors import (
-    CryptoError,
-    DecryptionFailed,
-    EnvelopeMalformed,
-    KeyBlockError,
-    PinBlockError,
-    SignatureMismatch,
-)
-
-__all__ = [
-    "CryptoError",
-    "DecryptionFailed",
-    "EnvelopeMalformed",
-    "KeyBlockError",
-    "PinBlockError",
-    "SignatureMismatch",
-]

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from viopay.crypto._b64 import b64decode_strict, b64encode
-from viopay.crypto.errors import DecryptionFailed
+from viopay_device.protocol._b64 import b64decode_strict, b64encode
+from viopay_device.protocol.errors import DecryptionFailed
 
 MASTER_KEY_LENGTH = 32
 _BLOB_VERSION = b"\x01"

@@ -21,16 +21,16 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import Actor, record_event
-from viopay.crypto.errors import CryptoError
-from viopay.crypto.kcv import kcv_for
-from viopay.crypto.keyblocks import KEY_LENGTH, KEY_TYPES, WRAPPED_BY, wrap_key
-from viopay.crypto.transport import derive_ktk, generate_x25519, x25519_shared
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.devices.models import Device
 from viopay.devices.service import unclaim_device
 from viopay.errors import InvalidRequest, InvalidState
 from viopay.ids import new_id
 from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
+from viopay_device.protocol.errors import CryptoError
+from viopay_device.protocol.kcv import kcv_for
+from viopay_device.protocol.keyblocks import KEY_LENGTH, KEY_TYPES, WRAPPED_BY, wrap_key
+from viopay_device.protocol.transport import derive_ktk, generate_x25519, x25519_shared
 
 PENDING_TTL = timedelta(minutes=15)
 KEY_ID_PREFIX = {key_type: key_type.lower() + "_" for key_type in KEY_TYPES}

@@ -16,9 +16,6 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.crypto import envelope as env
-from viopay.crypto.errors import DecryptionFailed as EnvelopeUnopened
-from viopay.crypto.errors import EnvelopeMalformed
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.errors import DecryptionFailed, InvalidRequest, UnsupportedMediaType
 from viopay.keysets.models import KeySet, KeySetKey
@@ -31,6 +28,9 @@ from viopay.keysets.service import (
     serves_charges,
 )
 from viopay.payments.terminal_auth import AuthenticatedTerminal
+from viopay_device.protocol import envelope as env
+from viopay_device.protocol.errors import DecryptionFailed as EnvelopeUnopened
+from viopay_device.protocol.errors import EnvelopeMalformed
 
 KEY_SET_LIFETIME = timedelta(days=30)
 ROTATE_AT = 0.9  # of the envelope limit and of the lifetime (§3.10)

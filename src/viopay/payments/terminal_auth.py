@@ -22,8 +22,6 @@ from fastapi import Depends, Request
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.crypto.errors import SignatureMismatch
-from viopay.crypto.signing import charge_string_to_sign, verify_signature
 from viopay.deps import RuntimeDep
 from viopay.devices.authn import FREE_FORM_RE, LAST_SEEN_RESOLUTION, USER_AGENT_RE, version_below
 from viopay.devices.models import Device, Terminal
@@ -39,6 +37,8 @@ from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
 from viopay.keysets.service import serves_charges, unwrap_stored_key
 from viopay.runtime import Runtime
 from viopay.signatures import check_timestamp, header, parse_signed_headers, spend_nonce
+from viopay_device.protocol.errors import SignatureMismatch
+from viopay_device.protocol.signing import charge_string_to_sign, verify_signature
 
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7E]{1,255}")
 

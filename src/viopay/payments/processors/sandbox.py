@@ -12,8 +12,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from viopay.crypto.errors import PinBlockError
-from viopay.crypto.pinblock import decipher_pin_block
 from viopay.metrics import ORIGIN
 from viopay.payments.cards import is_expired
 from viopay.payments.models import SandboxLedgerEntry
@@ -25,6 +23,8 @@ from viopay.payments.processors.base import (
     ProcessorRecord,
     ProcessorTimedOut,
 )
+from viopay_device.protocol.errors import PinBlockError
+from viopay_device.protocol.pinblock import decipher_pin_block
 
 APPROVED = "00"
 # PAN → (response code, decline reason); approvals and the special rows are handled apart.

@@ -6,8 +6,8 @@ import re
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
-from viopay.crypto._b64 import b64encode
-from viopay.crypto.errors import SignatureMismatch
+from viopay_device.protocol._b64 import b64encode
+from viopay_device.protocol.errors import SignatureMismatch
 
 # \Z rather than $: a trailing line feed must not slip through .match().
 SIGNATURE_RE: re.Pattern[str] = re.compile(r"^v1=[A-Za-z0-9+/]{43}=\Z")

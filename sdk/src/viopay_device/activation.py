@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from viopay.device.client import DeviceClient
-from viopay.device.errors import PairingCodeExpired
-from viopay.device.models import Activation, Config, DeviceStatus, TerminalParameters
+from viopay_device.client import DeviceClient
+from viopay_device.errors import PairingCodeExpired
+from viopay_device.models import Activation, Config, DeviceStatus, TerminalParameters
 
 __all__ = ["STEPS", "ActivationResult", "StepReport", "activate_device"]
 

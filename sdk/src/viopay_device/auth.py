@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from viopay.crypto.signing import attest_string_to_sign, charge_string_to_sign, sign
+from viopay_device.protocol.signing import attest_string_to_sign, charge_string_to_sign, sign
 
 __all__ = [
     "ActivationHeaders",

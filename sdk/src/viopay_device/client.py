@@ -15,13 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import orjson
 
-from viopay.crypto.envelope import card_aad, request_aad, response_aad, seal
-from viopay.crypto.errors import PinBlockError
-from viopay.crypto.pinblock import encipher_pin_block
-from viopay.device._activation_api import ActivationAPI
-from viopay.device._base import (
+from viopay_device._activation_api import ActivationAPI
+from viopay_device._base import (
     DEFAULT_APP_VERSION,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_RETRIES,
@@ -33,9 +29,9 @@ from viopay.device._base import (
     TOKEN_REFRESH_MARGIN,
     problem_code,
 )
-from viopay.device._json import loads_object
-from viopay.device.auth import ChargeSignature
-from viopay.device.errors import (
+from viopay_device._json import dumps, loads_object
+from viopay_device.auth import ChargeSignature
+from viopay_device.errors import (
     NetworkError,
     NotActivated,
     OutcomeUnknown,
@@ -43,8 +39,11 @@ from viopay.device.errors import (
     ViopayError,
     error_from_response,
 )
-from viopay.device.keystore import KeySet
-from viopay.device.models import Charge, Refund, Reversal
+from viopay_device.keystore import KeySet
+from viopay_device.models import Charge, Refund, Reversal
+from viopay_device.protocol.envelope import card_aad, request_aad, response_aad, seal
+from viopay_device.protocol.errors import PinBlockError
+from viopay_device.protocol.pinblock import encipher_pin_block
 
 __all__ = [
     "DEFAULT_APP_VERSION",
@@ -241,7 +240,7 @@ class DeviceClient(ActivationAPI):
                 "card": seal(
                     key_set.key("TDK"),
                     key_set.key_ids["TDK"],
-                    orjson.dumps(card_plain),
+                    dumps(card_plain),
                     card_aad(terminal_id),
                 ),
             }

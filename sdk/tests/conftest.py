@@ -3,9 +3,9 @@
 from collections.abc import Iterator
 
 import pytest
-from device_fake import FakeServer, activate, make_client
 
-from viopay.device import DeviceClient
+from device_fake import FakeServer, activate, make_client
+from viopay_device import DeviceClient
 
 
 @pytest.fixture

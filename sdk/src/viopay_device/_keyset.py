@@ -8,13 +8,13 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
-from viopay.crypto.errors import CryptoError, KeyBlockError
-from viopay.crypto.kcv import kcv_for
-from viopay.crypto.keyblocks import KEY_TYPES, WRAPPED_BY, unwrap_key
-from viopay.crypto.transport import derive_ktk, x25519_shared
-from viopay.device._json import Fields
-from viopay.device.errors import KeyCheckMismatch, ProtocolError
-from viopay.device.keystore import KeySet
+from viopay_device._json import Fields
+from viopay_device.errors import KeyCheckMismatch, ProtocolError
+from viopay_device.keystore import KeySet
+from viopay_device.protocol.errors import CryptoError, KeyBlockError
+from viopay_device.protocol.kcv import kcv_for
+from viopay_device.protocol.keyblocks import KEY_TYPES, WRAPPED_BY, unwrap_key
+from viopay_device.protocol.transport import derive_ktk, x25519_shared
 
 
 def _b64_32(value: str, what: str) -> bytes:

@@ -5,13 +5,13 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from viopay.crypto.signing import charge_string_to_sign, verify_signature
-from viopay.device import (
+from viopay_device import (
     ActivationHeaders,
     AttestationSignature,
     AttestationToken,
     ChargeSignature,
 )
+from viopay_device.protocol.signing import charge_string_to_sign, verify_signature
 
 UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
 # attest_signature.json
@@ -175,7 +175,7 @@ def test_signers_never_show_their_keys() -> None:
     [("1.4", "Android 12", "PAX-A920"), ("1.4.2", "Android (12)", "PAX"), ("1.4.2", "A", "B;C")],
 )
 def test_a_user_agent_outside_the_grammar_is_refused(version: str, os: str, model: str) -> None:
-    from viopay.device import DeviceClient, IdentityKey, MemoryKeyStore
+    from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
     store = MemoryKeyStore(IdentityKey("k1", bytes(32)))
     with pytest.raises(ValueError):
@@ -191,7 +191,7 @@ def test_a_user_agent_outside_the_grammar_is_refused(version: str, os: str, mode
 
 @pytest.mark.parametrize("device_id", ["POS-8f3a2c91", "POS-8F3A2C9", "TID-004812"])
 def test_a_malformed_device_id_is_refused(device_id: str) -> None:
-    from viopay.device import DeviceClient, IdentityKey, MemoryKeyStore
+    from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
     store = MemoryKeyStore(IdentityKey("k1", bytes(32)))
     with pytest.raises(ValueError):

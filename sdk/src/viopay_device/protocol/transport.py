@@ -4,7 +4,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from viopay.crypto.errors import CryptoError
+from viopay_device.protocol.errors import CryptoError
 
 X25519_KEY_LENGTH = 32
 KTK_LENGTH = 32

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
-    from viopay.device.models import Reversal
+    from viopay_device.models import Reversal
 
 __all__ = [
     "APIError",

@@ -9,18 +9,18 @@ Written from PROTOCOL.md alone. Typical use::
         charge = client.charge(amount=1250, currency="USD", entry_mode="chip",
                                card={"pan": pan, "expiry": "2812"})
 
-Every exception derives from :class:`ViopayError` (see :mod:`viopay.device.errors` for the
+Every exception derives from :class:`ViopayError` (see :mod:`viopay_device.errors` for the
 tree). Signing lives in ``httpx.Auth`` classes; the transport is injectable.
 """
 
-from viopay.device.activation import ActivationResult, StepReport, activate_device
-from viopay.device.auth import (
+from viopay_device.activation import ActivationResult, StepReport, activate_device
+from viopay_device.auth import (
     ActivationHeaders,
     AttestationSignature,
     AttestationToken,
     ChargeSignature,
 )
-from viopay.device.client import (
+from viopay_device.client import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_RETRIES,
     DEFAULT_READ_TIMEOUT,
@@ -28,7 +28,7 @@ from viopay.device.client import (
     DEFAULT_TIMEOUT,
     DeviceClient,
 )
-from viopay.device.errors import (
+from viopay_device.errors import (
     APIError,
     AppVersionUnsupported,
     AuthenticationError,
@@ -65,8 +65,8 @@ from viopay.device.errors import (
     ValidationError,
     ViopayError,
 )
-from viopay.device.keystore import IdentityKey, KeySet, KeyStore, MemoryKeyStore
-from viopay.device.models import (
+from viopay_device.keystore import IdentityKey, KeySet, KeyStore, MemoryKeyStore
+from viopay_device.models import (
     Activation,
     Attestation,
     Bootstrap,

@@ -14,9 +14,9 @@ import re
 import zlib
 from dataclasses import dataclass
 
-from viopay.device._json import Fields, loads_object
-from viopay.device.errors import ProtocolError, ResponseIntegrityError
-from viopay.device.models import TerminalParameters
+from viopay_device._json import Fields, loads_object
+from viopay_device.errors import ProtocolError, ResponseIntegrityError
+from viopay_device.models import TerminalParameters
 
 #: The protocol's chunk size: every chunk but the last holds exactly this many bytes.
 CHUNK_SIZE = 32_768

@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 import orjson
 
-from viopay.crypto.envelope import (
+from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
+from viopay_device.protocol.envelope import (
     card_aad,
     chunk_aad,
     open_envelope,
@@ -29,13 +30,16 @@ from viopay.crypto.envelope import (
     response_aad,
     seal,
 )
-from viopay.crypto.errors import CryptoError
-from viopay.crypto.kcv import kcv_for
-from viopay.crypto.keyblocks import KEY_TYPES, WRAPPED_BY, wrap_key
-from viopay.crypto.pinblock import decipher_pin_block
-from viopay.crypto.signing import attest_string_to_sign, charge_string_to_sign, verify_signature
-from viopay.crypto.transport import derive_ktk, generate_x25519, x25519_shared
-from viopay.device import DeviceClient, IdentityKey, MemoryKeyStore
+from viopay_device.protocol.errors import CryptoError
+from viopay_device.protocol.kcv import kcv_for
+from viopay_device.protocol.keyblocks import KEY_TYPES, WRAPPED_BY, wrap_key
+from viopay_device.protocol.pinblock import decipher_pin_block
+from viopay_device.protocol.signing import (
+    attest_string_to_sign,
+    charge_string_to_sign,
+    verify_signature,
+)
+from viopay_device.protocol.transport import derive_ktk, generate_x25519, x25519_shared
 
 DEVICE_ID = "POS-8F3A2C91"
 IDENTITY_KEY_ID = "device-id-key-2025-01"

@@ -4,9 +4,9 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from device_fake import IDENTITY_SECRET, FakeServer
 
-from viopay.device import (
+from device_fake import IDENTITY_SECRET, FakeServer
+from viopay_device import (
     APIError,
     AppVersionUnsupported,
     Attestation,
@@ -25,7 +25,7 @@ from viopay.device import (
     TimestampOutOfWindow,
     ValidationError,
 )
-from viopay.device.errors import error_from_response
+from viopay_device.errors import error_from_response
 
 TYPES = ("TMK", "KEK", "MSK", "TPK", "TDK", "MAC")
 

@@ -1,9 +1,9 @@
-"""The public surface of viopay.device is exactly what __all__ lists, and stays so."""
+"""The public surface of viopay_device is exactly what __all__ lists, and stays so."""
 
 import inspect
 
-import viopay.device as sdk
-from viopay.device import errors
+import viopay_device as sdk
+from viopay_device import errors
 
 EXPECTED = {
     # client and flow

@@ -14,7 +14,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
-from viopay.crypto.keyblocks import KEY_TYPES
+from viopay_device.protocol.keyblocks import KEY_TYPES
 
 __all__ = ["IdentityKey", "KeySet", "KeyStore", "MemoryKeyStore"]
 

@@ -8,24 +8,21 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-import orjson
 
-from viopay.crypto.envelope import chunk_aad, request_aad, response_aad
-from viopay.crypto.transport import generate_x25519
-from viopay.device._base import TOKEN_REFRESH_MARGIN, BaseClient, problem_code
-from viopay.device._json import loads_object
-from viopay.device._keyset import open_key_set
-from viopay.device._params import ChunkAssembler
-from viopay.device.auth import ActivationHeaders, AttestationSignature, AttestationToken
-from viopay.device.errors import (
+from viopay_device._base import TOKEN_REFRESH_MARGIN, BaseClient, problem_code
+from viopay_device._json import dumps, loads_object
+from viopay_device._keyset import open_key_set
+from viopay_device._params import ChunkAssembler
+from viopay_device.auth import ActivationHeaders, AttestationSignature, AttestationToken
+from viopay_device.errors import (
     NetworkError,
     NotActivated,
     PairingCodeExpired,
     ProtocolError,
     RateLimited,
 )
-from viopay.device.keystore import KeySet
-from viopay.device.models import (
+from viopay_device.keystore import KeySet
+from viopay_device.models import (
     Activation,
     Attestation,
     Bootstrap,
@@ -34,6 +31,8 @@ from viopay.device.models import (
     PairingCode,
     TerminalParameters,
 )
+from viopay_device.protocol.envelope import chunk_aad, request_aad, response_aad
+from viopay_device.protocol.transport import generate_x25519
 
 
 class ActivationAPI(BaseClient):
@@ -164,7 +163,7 @@ class ActivationAPI(BaseClient):
 
         Raises KeyCheckMismatch when a block does not unwrap as its type or a KCV differs."""
         private_key, public_key = generate_x25519()
-        body = orjson.dumps({"transport_key": base64.b64encode(public_key).decode("ascii")})
+        body = dumps({"transport_key": base64.b64encode(public_key).decode("ascii")})
         response = self._token_call("/pos/keys", body)
         key_set = open_key_set(
             self._success(response, "keys"),
@@ -179,7 +178,7 @@ class ActivationAPI(BaseClient):
         """§3.8: the config document (the cached one when the server answers 304)."""
         cached = self._config_cache.get(key_set_id)
         headers = {"If-None-Match": cached.etag} if cached and cached.etag else None
-        body = orjson.dumps({} if key_set_id is None else {"key_set_id": key_set_id})
+        body = dumps({} if key_set_id is None else {"key_set_id": key_set_id})
         response = self._token_call("/pos/config", body, headers)
         if response.status_code == 304:
             if cached is None:
@@ -206,7 +205,7 @@ class ActivationAPI(BaseClient):
             payload: dict[str, Any] = {"chunk": index}
             if key_set_id is not None:
                 payload["key_set_id"] = key_set_id
-            body = orjson.dumps(payload)
+            body = dumps(payload)
             headers = {"If-None-Match": f'"{cached.sha256}"'} if cached and index == 0 else None
             response = self._token_call(endpoint, body, headers)
             if response.status_code == 304:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from viopay.crypto._b64 import b64decode_strict, b64encode
-from viopay.crypto.errors import DecryptionFailed, EnvelopeMalformed
+from viopay_device.protocol._b64 import b64decode_strict, b64encode
+from viopay_device.protocol.errors import DecryptionFailed, EnvelopeMalformed
 
 IV_LENGTH = 12
 TAG_LENGTH = 16

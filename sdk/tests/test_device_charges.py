@@ -7,12 +7,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from device_fake import TERMINAL_ID, FakeServer, activate, make_client
 
-from viopay.crypto.envelope import card_aad, open_envelope, parse_envelope, request_aad
-from viopay.crypto.pinblock import decipher_pin_block
-from viopay.crypto.signing import charge_string_to_sign, verify_signature
-from viopay.device import (
+from device_fake import TERMINAL_ID, FakeServer, activate, make_client
+from viopay_device import (
     DeviceClient,
     IdempotencyConflict,
     InvalidCard,
@@ -20,6 +17,9 @@ from viopay.device import (
     NotActivated,
     OutcomeUnknown,
 )
+from viopay_device.protocol.envelope import card_aad, open_envelope, parse_envelope, request_aad
+from viopay_device.protocol.pinblock import decipher_pin_block
+from viopay_device.protocol.signing import charge_string_to_sign, verify_signature
 
 CARD = {"pan": "4242424242424242", "expiry": "2812", "cardholder_name": "A CUSTOMER"}
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")

@@ -5,7 +5,7 @@ from typing import Final
 
 from psec import tr31
 
-from viopay.crypto.errors import KeyBlockError
+from viopay_device.protocol.errors import KeyBlockError
 
 KEY_TYPES: tuple[str, ...] = ("TMK", "KEK", "MSK", "TPK", "TDK", "MAC")
 WRAPPED_BY: dict[str, str] = {

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import orjson
-
-from viopay.device.errors import ProtocolError
+from viopay_device.errors import ProtocolError
 
 
 def loads_object(content: bytes, what: str) -> dict[str, Any]:
     """Parse ``content`` as a JSON object, or raise ProtocolError."""
     try:
-        value = orjson.loads(content)
-    except orjson.JSONDecodeError:
+        value = json.loads(content)
+    except ValueError:  # not JSON, or not UTF-8
         raise ProtocolError(f"{what}: not valid JSON") from None
     if not isinstance(value, dict):
         raise ProtocolError(f"{what}: expected a JSON object")
@@ -78,3 +77,8 @@ class Fields:
 
     def opt_mapping(self, name: str) -> Mapping[str, Any] | None:
         return None if self._obj.get(name) is None else self.mapping(name)
+
+
+def dumps(value: object) -> bytes:
+    """Compact UTF-8 JSON (no spaces, no escaping beyond what JSON requires)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

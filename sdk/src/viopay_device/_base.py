@@ -10,20 +10,19 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
-import orjson
 
-from viopay.crypto.envelope import open_envelope, parse_envelope, seal
-from viopay.crypto.errors import CryptoError
-from viopay.device._json import loads_object
-from viopay.device.auth import Clock, NonceFactory, default_clock, user_agent
-from viopay.device.errors import (
+from viopay_device._json import dumps, loads_object
+from viopay_device.auth import Clock, NonceFactory, default_clock, user_agent
+from viopay_device.errors import (
     NetworkError,
     ResponseIntegrityError,
     ViopayError,
     error_from_response,
 )
-from viopay.device.keystore import KeySet, KeyStore
-from viopay.device.models import Config, TerminalParameters
+from viopay_device.keystore import KeySet, KeyStore
+from viopay_device.models import Config, TerminalParameters
+from viopay_device.protocol.envelope import open_envelope, parse_envelope, seal
+from viopay_device.protocol.errors import CryptoError
 
 DEFAULT_APP_VERSION = "1.4.2"
 DEFAULT_OS = "Android 12"
@@ -196,8 +195,8 @@ class BaseClient:
             raise ResponseIntegrityError("response envelope failed to authenticate") from None
 
     def _seal(self, key_set: KeySet, plaintext: Mapping[str, Any], aad: bytes) -> bytes:
-        sealed = seal(key_set.key("MSK"), key_set.msk_kid, orjson.dumps(plaintext), aad)
-        return orjson.dumps(sealed)
+        sealed = seal(key_set.key("MSK"), key_set.msk_kid, dumps(plaintext), aad)
+        return dumps(sealed)
 
 
 def problem_code(response: httpx.Response) -> str | None:

@@ -1,7 +1,7 @@
 """Frozen dataclasses for the server's answers (PROTOCOL.md §3, §4).
 
 Each ``from_json`` takes the decoded (and, where sealed, decrypted) JSON object and raises
-:class:`~viopay.device.errors.ProtocolError` when a member the protocol promises is missing or
+:class:`~viopay_device.errors.ProtocolError` when a member the protocol promises is missing or
 of the wrong type. Unknown members are ignored.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from viopay.device._json import Fields as _Fields
-from viopay.device.errors import ProtocolError
+from viopay_device._json import Fields as _Fields
+from viopay_device.errors import ProtocolError
 
 __all__ = [
     "Activation",

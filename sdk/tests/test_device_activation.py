@@ -5,6 +5,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from device_fake import (
     DEVICE_ID,
     IDENTITY_KEY_ID,
@@ -13,9 +14,7 @@ from device_fake import (
     FakeServer,
     params_document,
 )
-
-from viopay.crypto.keyblocks import wrap_key
-from viopay.device import (
+from viopay_device import (
     AppVersionUnsupported,
     DeviceClient,
     IdentityKey,
@@ -28,7 +27,8 @@ from viopay.device import (
     StepReport,
     activate_device,
 )
-from viopay.device.activation import STEPS
+from viopay_device.activation import STEPS
+from viopay_device.protocol.keyblocks import wrap_key
 
 UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
 
@@ -317,7 +317,7 @@ def swap_honestly(server: FakeServer) -> Any:
 
 def wrong_aad(server: FakeServer) -> Any:
     """Seal chunk 1 with the plain response AAD, without the chunk suffix."""
-    from viopay.crypto.envelope import response_aad, seal
+    from viopay_device.protocol.envelope import response_aad, seal
 
     def hook(index: int, answer: dict[str, Any]) -> dict[str, Any]:
         if index == 1:
@@ -380,7 +380,7 @@ def test_a_bad_chunk_is_refused(server: FakeServer, keyed: DeviceClient, make_ho
 
 def test_a_truncated_stream_is_refused(server: FakeServer, keyed: DeviceClient) -> None:
     server.params = server.params[:-10]  # meta and chunks agree, but gzip does not finish
-    from viopay.device import ProtocolError
+    from viopay_device import ProtocolError
 
     with pytest.raises(ProtocolError):
         keyed.fetch_terminal_parameters()

@@ -4,7 +4,7 @@ import re
 
 from psec import pinblock
 
-from viopay.crypto.errors import PinBlockError
+from viopay_device.protocol.errors import PinBlockError
 
 PIN_BLOCK_RE = re.compile(r"[0-9A-Fa-f]{32}")
 
