@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Benchmarks (docs/benchmarks.md): set up .venv (with the bench extra: matplotlib, py-spy), start
+# Benchmarks (docs/benchmarks.md): set up .venv (the workspace with tools/, whose bench extra has matplotlib and py-spy), start
 # PostgreSQL and Redis if they are down, install wrk (the load generator's cross-check) if it is
-# missing, then run `viopay bench` with the arguments given (e.g. --quick, --profile).
+# missing, then run `viopay-tools bench` with the arguments given (e.g. --quick, --profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,4 +16,4 @@ if ! command -v wrk >/dev/null 2>&1; then
     echo "wrk not installed (apt-get install wrk): the wrk cross-check is skipped" >&2
   fi
 fi
-exec .venv/bin/viopay bench "$@"
+exec .venv/bin/viopay-tools bench "$@"

@@ -3,7 +3,7 @@
 # the tests (a red gate stops the run before the suite starts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "gates: ruff check, ruff format --check, mypy --strict src sdk/src" >&2
-.venv/bin/ruff check src tests sdk
-.venv/bin/ruff format --check src tests sdk
-.venv/bin/mypy src sdk/src
+echo "gates: ruff check, ruff format --check, mypy --strict src sdk/src tools/src" >&2
+.venv/bin/ruff check src tests sdk tools
+.venv/bin/ruff format --check src tests sdk tools
+.venv/bin/mypy src sdk/src tools/src

@@ -9,5 +9,6 @@ fi
 if [ ! -x .venv/bin/uv ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check "uv==0.13.9"
 fi
-# --inexact keeps uv itself (installed above) in the venv.
-.venv/bin/uv sync --quiet --frozen --all-extras --inexact
+# --inexact keeps uv itself (installed above) in the venv; --all-packages installs the workspace's
+# sdk/ (viopay-device) and tools/ (viopay-tools: demo, bench) beside the server.
+.venv/bin/uv sync --quiet --frozen --all-packages --all-extras --inexact

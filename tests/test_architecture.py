@@ -196,3 +196,9 @@ def test_the_cycle_check_finds_cycles(tmp_path, files, expected):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(source)
     assert cycles(package_graph(tmp_path)) == expected
+
+
+def test_the_server_package_holds_no_sdk_benchmark_or_demo():
+    shipped = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")}
+    assert not {p for p in shipped if p.split("/")[0] in ("device", "bench") or "demo" in p}
+    assert (SRC.parents[1] / "tools" / "src" / "viopay_tools" / "bench").is_dir()

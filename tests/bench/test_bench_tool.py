@@ -1,4 +1,4 @@
-"""`viopay bench`: the tool works end to end (--smoke) and its pieces compute what they say.
+"""`viopay-tools bench`: the tool works end to end (--smoke) and its pieces compute what they say.
 
 No timing assertions: benchmarks are run with `bash scripts/bench.sh`, not by the tests. These
 check the shape of what the tool reports, that every charge it sent was answered 201, and that
@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from helpers import IN_CI
-from viopay.bench import fleet, loadgen, profile
+from viopay_tools.bench import fleet, loadgen, profile
 
 SUMMARY_KEYS = {"charge_rps", "ceiling_rps", "ratio", "p99_ms_at_70pct", "activation_ms", "errors"}
 # Measured per charge of the peak phase (issue 10): worker CPU, PostgreSQL transactions, Redis
@@ -42,7 +42,7 @@ def _bench(tmp_path: Path, *args: str) -> tuple[dict, dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIOPAY_")} | {"COLUMNS": "200"}
     out = tmp_path / "results"  # given relative to the working folder, as a user would
     done = subprocess.run(
-        [sys.executable, "-m", "viopay", "bench", "--smoke", "--out", "results", *args],
+        [sys.executable, "-m", "viopay_tools", "bench", "--smoke", "--out", "results", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""`viopay demo`: the whole flow on an embedded server it starts, and the pair-only mode."""
+"""`viopay-tools demo`: the whole flow on an embedded server it starts, and the pair-only mode."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from helpers import SEEN_SECRETS
 def test_demo_runs_green_on_its_own_embedded_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIOPAY_")} | {"COLUMNS": "200"}
     done = subprocess.run(
-        [sys.executable, "-m", "viopay", "demo"],
+        [sys.executable, "-m", "viopay_tools", "demo"],
         env=env,
         capture_output=True,
         text=True,
@@ -47,7 +47,7 @@ def test_demo_runs_green_on_its_own_embedded_server(tmp_path):
 def test_demo_pair_only_waits_for_a_person(backend, server, make_merchant):
     env = {**os.environ, **backend.env, "COLUMNS": "200"}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "viopay", "demo", "--server", server.url, "--pair-only"],
+        [sys.executable, "-m", "viopay_tools", "demo", "--server", server.url, "--pair-only"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -3,9 +3,7 @@ from __future__ import annotations
 import typer
 import uvicorn
 
-from viopay.cli.bench import bench
 from viopay.cli.common import JsonOption, emit, err, load_settings_or_exit
-from viopay.cli.demo import demo
 from viopay.cli.devices import app as device_app
 from viopay.cli.merchants import client_app, merchant_app
 from viopay.cli.parameters import app as parameters_app
@@ -17,8 +15,6 @@ app.add_typer(merchant_app, name="merchant")
 app.add_typer(client_app, name="client")
 app.add_typer(parameters_app, name="terminal-parameters")
 app.add_typer(user_app, name="user")
-app.command()(demo)
-app.command()(bench)
 
 
 @app.command()

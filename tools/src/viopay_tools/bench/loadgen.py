@@ -11,7 +11,7 @@ request (request line, headers with their signatures, body), length-prefixed. Tw
   due, so a server that falls behind is not hidden by the client waiting for it (no coordinated
   omission).
 
-Run as ``python -m viopay.bench.loadgen CONFIG.json``; the result is written as JSON to the
+Run as ``python -m viopay_tools.bench.loadgen CONFIG.json``; the result is written as JSON to the
 config's ``out`` path.
 """
 

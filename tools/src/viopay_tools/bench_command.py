@@ -1,4 +1,4 @@
-"""``viopay bench``: charge and activation throughput against the stack's own ceiling."""
+"""``viopay-tools bench``: charge and activation throughput against the stack's own ceiling."""
 
 from __future__ import annotations
 
@@ -58,9 +58,9 @@ def bench(
     ),
 ) -> None:
     """Benchmark the server: GET /healthz ceiling, charge throughput and latency, activation."""
-    from viopay.bench import report
-    from viopay.bench.runner import Options, run
-    from viopay.bench.stack import StackError
+    from viopay_tools.bench import report
+    from viopay_tools.bench.runner import Options, run
+    from viopay_tools.bench.stack import StackError
 
     progress = Console(stderr=True)
     console = Console()

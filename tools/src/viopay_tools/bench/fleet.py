@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import orjson
 
-from viopay.bench.loadgen import build_request
 from viopay.settings import Settings
 from viopay_device.protocol.envelope import card_aad, request_aad, seal
 from viopay_device.protocol.signing import charge_string_to_sign, sign
+from viopay_tools.bench.loadgen import build_request
 
 UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
 CHARGE_PATH = "/pos/charge"

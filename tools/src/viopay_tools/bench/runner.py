@@ -1,4 +1,4 @@
-"""``viopay bench``: one run on this machine, from a fresh stack to the report.
+"""``viopay-tools bench``: one run on this machine, from a fresh stack to the report.
 
 For each backend: a fresh stack, ``viopay serve`` with 1 worker (and with 2 on PostgreSQL + Redis),
 then, under the same load generator:
@@ -35,9 +35,9 @@ from typing import Any
 import orjson
 
 from viopay import __version__
-from viopay.bench import fleet, stack
-from viopay.bench import profile as profiling
-from viopay.bench.loadgen import build_request, write_plan
+from viopay_tools.bench import fleet, stack
+from viopay_tools.bench import profile as profiling
+from viopay_tools.bench.loadgen import build_request, write_plan
 
 LOADS = (0.25, 0.50, 0.70, 1.00)
 
@@ -198,7 +198,7 @@ class Phases:
         config_path.write_bytes(orjson.dumps(config))
         limit = warmup + duration + max(10.0, duration) + 60
         done = subprocess.run(  # noqa: S603 - a fixed argv: this Python
-            [sys.executable, "-m", "viopay.bench.loadgen", str(config_path)],
+            [sys.executable, "-m", "viopay_tools.bench.loadgen", str(config_path)],
             capture_output=True,
             timeout=limit,
             check=False,
@@ -215,7 +215,7 @@ class Phases:
 def generator_ceiling(phases: Phases, seconds: float, server_cpu: int | None) -> dict[str, Any]:
     """The generator against a trivial responder on the other core: its own ceiling."""
     port = stack.free_port()
-    args = [sys.executable, "-m", "viopay.bench.nullserver", str(port)]
+    args = [sys.executable, "-m", "viopay_tools.bench.nullserver", str(port)]
     if server_cpu is not None:
         args.append(str(server_cpu))
     responder = subprocess.Popen(  # noqa: S603 - a fixed argv: this Python
@@ -644,7 +644,7 @@ def run(options: Options, say: Say) -> dict[str, Any]:
     phases = Phases(work_dir, gen_cpu, options.connections)
     p = options.preset
     doc: dict[str, Any] = {
-        "tool": "viopay bench",
+        "tool": "viopay-tools bench",
         "mode": options.mode,
         "started_at": started.isoformat(),
         "machine": machine(),
@@ -658,7 +658,7 @@ def run(options: Options, say: Say) -> dict[str, Any]:
         f"load average {doc['load_before']}"
     )
     doc["generator"] = {
-        "kind": "viopay.bench.loadgen: raw HTTP/1.1 keep-alive on uvloop, its own process",
+        "kind": "viopay_tools.bench.loadgen: raw HTTP/1.1 keep-alive on uvloop, its own process",
         "cpu": gen_cpu,
         "ceiling": generator_ceiling(phases, p.generator_s, 0 if gen_cpu is not None else None),
     }
@@ -715,7 +715,7 @@ def run(options: Options, say: Say) -> dict[str, Any]:
     doc["load_after"] = _loadavg()
     doc["finished_at"] = datetime.now(UTC).isoformat()
     doc["elapsed_s"] = round((datetime.now(UTC) - started).total_seconds(), 1)
-    from viopay.bench import report
+    from viopay_tools.bench import report
 
     doc["summary"] = report.summary(doc)
     doc["targets"] = report.targets(doc)

@@ -1,4 +1,4 @@
-"""``viopay demo``: the whole flow, step by step, against a running server or one it starts.
+"""``viopay-tools demo``: the whole flow, step by step, against a running server or one it starts.
 
 It provisions a device and a demo merchant through the local configuration (the same
 ``VIOPAY_*`` settings as the server), then drives the server over HTTP with the device SDK:
@@ -44,7 +44,7 @@ class Steps:
     """Prints each step with a spinner while it runs, then its outcome and time."""
 
     def __init__(self) -> None:
-        self.table = Table(title="viopay demo", show_lines=False)
+        self.table = Table(title="viopay-tools demo", show_lines=False)
         for column in ("step", "result", "ms"):
             self.table.add_column(column, justify="right" if column == "ms" else "left")
         self.total = 0.0

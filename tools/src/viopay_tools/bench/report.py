@@ -142,7 +142,7 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
     gen = doc.get("generator", {})
     m = doc.get("machine", {})
     console.print(
-        f"[bold]viopay bench[/bold] ({doc.get('mode')}) on {m.get('cpus')} CPUs ({m.get('cpu_model')}), "
+        f"[bold]viopay-tools bench[/bold] ({doc.get('mode')}) on {m.get('cpus')} CPUs ({m.get('cpu_model')}), "
         f"load average before {doc.get('load_before')} / after {doc.get('load_after')}; "
         f"generator on CPU {gen.get('cpu')}, its own ceiling "
         f"{gen.get('ceiling', {}).get('rps', 0):.0f} req/s; {doc.get('connections')} connections"
@@ -351,7 +351,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("latency, ms (log)")
     m = doc.get("machine", {})
     ax.set_title(
-        f"viopay bench ({doc.get('mode')}): charge latency vs offered load\n"
+        f"viopay-tools bench ({doc.get('mode')}): charge latency vs offered load\n"
         f"{m.get('cpus')} CPUs, load avg {doc.get('load_before')}",
         fontsize=10,
     )

@@ -2,7 +2,7 @@
 the headers): the load generator's own ceiling, measured against it, shows that the figures
 against the real server are the server's, not the client's.
 
-Run as ``python -m viopay.bench.nullserver PORT [CPU]``; it prints ``ready`` once listening.
+Run as ``python -m viopay_tools.bench.nullserver PORT [CPU]``; it prints ``ready`` once listening.
 """
 
 from __future__ import annotations

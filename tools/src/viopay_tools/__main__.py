@@ -1,0 +1,3 @@
+from viopay_tools.cli import main
+
+main()
