@@ -40,7 +40,7 @@ EXPECTED = {
     "Reversal",
     "TerminalParameters",
     # errors
-    "ViopayError",
+    "DeviceError",
     "NetworkError",
     "OutcomeUnknown",
     "PairingCodeExpired",
@@ -102,7 +102,7 @@ def test_every_exception_is_a_viopay_error_and_documented() -> None:
     for name in sdk.__all__:
         value = getattr(sdk, name)
         if inspect.isclass(value) and issubclass(value, BaseException):
-            assert issubclass(value, sdk.ViopayError), name
+            assert issubclass(value, sdk.DeviceError), name
             assert value.__doc__, name
             assert name in tree, f"{name} missing from the tree in errors.__doc__"
 

@@ -15,7 +15,7 @@ from viopay_device.protocol.envelope import (
     response_aad,
     seal,
 )
-from viopay_device.protocol.errors import DecryptionFailed, EnvelopeMalformed
+from viopay_device.protocol.errors import EnvelopeMalformed, EnvelopeNotOpened
 
 KEY = bytes(range(32))
 AAD = request_aad(method="POST", path="/pos/charge", subject="TID-000001")
@@ -57,21 +57,21 @@ def test_any_bit_flip_in_ct_fails(plaintext: bytes, position: int, bit: int) -> 
     envelope = parse_envelope(seal(KEY, "k", plaintext, AAD))
     ct = bytearray(envelope.ct)
     ct[position % len(ct)] ^= 1 << bit
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(EnvelopeNotOpened):
         open_envelope(KEY, Envelope(envelope.kid, envelope.iv, bytes(ct)), AAD)
 
 
 def test_tampered_iv_wrong_key_wrong_aad_fail() -> None:
     envelope = parse_envelope(seal(KEY, "k", b"secret", AAD))
     iv = bytes([envelope.iv[0] ^ 1]) + envelope.iv[1:]
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(EnvelopeNotOpened):
         open_envelope(KEY, Envelope("k", iv, envelope.ct), AAD)
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(EnvelopeNotOpened):
         open_envelope(os.urandom(32), envelope, AAD)
     other = response_aad(method="POST", path="/pos/charge", subject="TID-000001", nonce="")
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(EnvelopeNotOpened):
         open_envelope(KEY, envelope, other)
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(EnvelopeNotOpened):
         open_envelope(KEY, Envelope("k", envelope.iv, envelope.ct[:-1]), AAD)
 
 
@@ -82,7 +82,7 @@ def test_kid_is_not_authenticated() -> None:
 
 def test_failure_message_has_no_plaintext() -> None:
     envelope = parse_envelope(seal(KEY, "k", b"4242424242424242", AAD))
-    with pytest.raises(DecryptionFailed) as exc:
+    with pytest.raises(EnvelopeNotOpened) as exc:
         open_envelope(KEY, envelope, AAD + b"!")
     assert "4242" not in str(exc.value) and exc.value.__cause__ is None
 
@@ -151,7 +151,7 @@ def test_malformed_wins_over_bad_base64() -> None:
     ],
 )
 def test_parse_undecodable(change: dict[str, object]) -> None:
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(EnvelopeNotOpened):
         parse_envelope({**good(), **change})
 
 

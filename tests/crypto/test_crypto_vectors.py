@@ -14,7 +14,7 @@ from viopay_device.protocol.envelope import (
     response_aad,
     seal,
 )
-from viopay_device.protocol.errors import DecryptionFailed
+from viopay_device.protocol.errors import EnvelopeNotOpened
 from viopay_device.protocol.kcv import aes_kcv, kcv_for
 from viopay_device.protocol.keyblocks import unwrap_key, wrap_key
 from viopay_device.protocol.pinblock import decipher_pin_block, encipher_pin_block
@@ -112,9 +112,9 @@ def test_envelope(envelope_vector: Vector) -> None:
     assert sealed == wire
     envelope = parse_envelope(wire)
     assert open_envelope(key, envelope, aad) == v["plaintext"].encode()
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(EnvelopeNotOpened):
         open_envelope(key, envelope, aad + b"x")
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(EnvelopeNotOpened):
         open_envelope(key, envelope, aad.replace(b"TID-004812", b"TID-004813"))
     # The kid is not authenticated here; choosing the key by kid is the caller's job.
     assert open_envelope(key, Envelope("other", envelope.iv, envelope.ct), aad)

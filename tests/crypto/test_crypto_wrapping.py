@@ -13,7 +13,7 @@ from viopay.crypto.wrapping import (
     decode_master_key,
     load_or_create_master_key_file,
 )
-from viopay_device.protocol.errors import DecryptionFailed
+from viopay_device.protocol.errors import EnvelopeNotOpened
 
 MASTER = bytes(range(32))
 WRAPPER = MasterKeyWrapper(MASTER)
@@ -37,9 +37,9 @@ def test_fresh_nonce() -> None:
 
 def test_wrong_context_or_key() -> None:
     blob = WRAPPER.wrap(b"secret key", context="keyset:ks_1:MSK")
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(EnvelopeNotOpened):
         WRAPPER.unwrap(blob, context="keyset:ks_1:TPK")
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(EnvelopeNotOpened):
         MasterKeyWrapper(os.urandom(32)).unwrap(blob, context="keyset:ks_1:MSK")
 
 
@@ -47,13 +47,13 @@ def test_wrong_context_or_key() -> None:
 def test_tamper(position: int, bit: int) -> None:
     blob = bytearray(WRAPPER.wrap(b"secret key", context="c"))
     blob[position % len(blob)] ^= 1 << bit
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(EnvelopeNotOpened):
         WRAPPER.unwrap(bytes(blob), context="c")
 
 
 @pytest.mark.parametrize("blob", [b"", b"\x01", b"\x01" + bytes(27), b"\x02" + bytes(40)])
 def test_short_or_unknown_version(blob: bytes) -> None:
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(EnvelopeNotOpened):
         WRAPPER.unwrap(blob, context="c")
 
 

@@ -9,7 +9,7 @@ Written from PROTOCOL.md alone. Typical use::
         charge = client.charge(amount=1250, currency="USD", entry_mode="chip",
                                card={"pan": pan, "expiry": "2812"})
 
-Every exception derives from :class:`ViopayError` (see :mod:`viopay_device.errors` for the
+Every exception derives from :class:`DeviceError` (see :mod:`viopay_device.errors` for the
 tree). Signing lives in ``httpx.Auth`` classes; the transport is injectable.
 """
 
@@ -37,6 +37,7 @@ from viopay_device.errors import (
     ChargeNotRefundable,
     Conflict,
     DeviceDisabled,
+    DeviceError,
     DeviceNotFound,
     IdempotencyConflict,
     IdempotencyInProgress,
@@ -63,7 +64,6 @@ from viopay_device.errors import (
     TimestampOutOfWindow,
     Unprocessable,
     ValidationError,
-    ViopayError,
 )
 from viopay_device.keystore import IdentityKey, KeySet, KeyStore, MemoryKeyStore
 from viopay_device.models import (
@@ -116,7 +116,7 @@ __all__ = [
     "Reversal",
     "TerminalParameters",
     # errors
-    "ViopayError",
+    "DeviceError",
     "NetworkError",
     "OutcomeUnknown",
     "PairingCodeExpired",

@@ -14,9 +14,9 @@ import httpx
 from viopay_device._json import dumps, loads_object
 from viopay_device.auth import Clock, NonceFactory, default_clock, user_agent
 from viopay_device.errors import (
+    DeviceError,
     NetworkError,
     ResponseIntegrityError,
-    ViopayError,
     error_from_response,
 )
 from viopay_device.keystore import KeySet, KeyStore
@@ -87,7 +87,7 @@ class BaseClient:
         self._config_cache: dict[str | None, Config] = {}
         self._params_cache: dict[str | None, TerminalParameters] = {}
         self._needs_rotation = False
-        self.last_rotation_error: ViopayError | None = None
+        self.last_rotation_error: DeviceError | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -32,11 +32,11 @@ from viopay_device._base import (
 from viopay_device._json import dumps, loads_object
 from viopay_device.auth import ChargeSignature
 from viopay_device.errors import (
+    DeviceError,
     NetworkError,
     NotActivated,
     OutcomeUnknown,
     ProtocolError,
-    ViopayError,
     error_from_response,
 )
 from viopay_device.keystore import KeySet
@@ -195,7 +195,7 @@ class DeviceClient(ActivationAPI):
             return
         try:
             self.rotate_keys()
-        except ViopayError as exc:
+        except DeviceError as exc:
             self.last_rotation_error = exc
             logger.warning("key rotation failed: %s", type(exc).__name__)
 
@@ -261,10 +261,10 @@ class DeviceClient(ActivationAPI):
     def _reverse_unknown(self, key: str) -> OutcomeUnknown:
         """Reverse whatever ``key`` created, for the OutcomeUnknown that reports it."""
         reversal: Reversal | None = None
-        reversal_error: ViopayError | None = None
+        reversal_error: DeviceError | None = None
         try:
             reversal = self.reverse_by_key(key)
-        except ViopayError as error:
+        except DeviceError as error:
             reversal_error = error
         return OutcomeUnknown("charge", key, reversal=reversal, reversal_error=reversal_error)
 
@@ -316,7 +316,7 @@ class DeviceClient(ActivationAPI):
         try:
             answer = self._charge_call("GET", endpoint, None, None)
         except _Unanswered as exc:
-            if isinstance(exc.cause, ViopayError):
+            if isinstance(exc.cause, DeviceError):
                 raise exc.cause from None
             raise NetworkError(f"GET {endpoint}: no answer") from exc.cause
         charge = Charge.from_json(answer.plaintext)

@@ -1,8 +1,8 @@
 """Exceptions raised by the device SDK.
 
-Everything the SDK raises on purpose derives from :class:`ViopayError`::
+Everything the SDK raises on purpose derives from :class:`DeviceError`::
 
-    ViopayError
+    DeviceError
     ├── NetworkError              no answer from the server (wraps httpx.TransportError)
     ├── OutcomeUnknown            a state-changing charge call never got a trustworthy answer
     ├── PairingCodeExpired        the pairing code died before a merchant claimed the device
@@ -74,28 +74,28 @@ __all__ = [
     "TimestampOutOfWindow",
     "Unprocessable",
     "ValidationError",
-    "ViopayError",
+    "DeviceError",
     "error_from_response",
 ]
 
 
-class ViopayError(Exception):
+class DeviceError(Exception):
     """Base of every exception the device SDK raises on purpose."""
 
 
-class NetworkError(ViopayError):
+class NetworkError(DeviceError):
     """The server could not be reached or did not answer (the cause is an httpx.TransportError)."""
 
 
-class PairingCodeExpired(ViopayError):
+class PairingCodeExpired(DeviceError):
     """The pairing code expired (or was replaced) before the device was claimed."""
 
 
-class NotActivated(ViopayError):
+class NotActivated(DeviceError):
     """The call needs an activated key set (or a terminal id) that this device does not have."""
 
 
-class ProtocolError(ViopayError):
+class ProtocolError(DeviceError):
     """The server's answer is malformed or inconsistent with PROTOCOL.md."""
 
 
@@ -111,7 +111,7 @@ class KeyCheckMismatch(ProtocolError):
         self.key_type = key_type
 
 
-class OutcomeUnknown(ViopayError):
+class OutcomeUnknown(DeviceError):
     """A charge-family call never got a trustworthy answer; it may or may not have happened.
 
     ``idempotency_key`` is the key the call was sent with: repeating the call with it is safe.
@@ -125,7 +125,7 @@ class OutcomeUnknown(ViopayError):
         idempotency_key: str,
         *,
         reversal: Reversal | None = None,
-        reversal_error: ViopayError | None = None,
+        reversal_error: DeviceError | None = None,
     ) -> None:
         if reversal is not None:
             outcome = "reversed by its idempotency key"
@@ -140,7 +140,7 @@ class OutcomeUnknown(ViopayError):
         self.reversal_error = reversal_error
 
 
-class APIError(ViopayError):
+class APIError(DeviceError):
     """The server answered with an error (RFC 9457 problem details).
 
     ``status`` is the HTTP status, ``code`` the problem's ``code`` member (None when the answer

@@ -25,8 +25,8 @@ from viopay.keysets import service as keysets
 from viopay.keysets.models import KeySet, KeySetStatus
 from viopay.parameters.service import chunk, chunk_count, parameters_for
 from viopay_device.protocol import envelope as env
-from viopay_device.protocol.errors import DecryptionFailed as CryptoDecryptionFailed
 from viopay_device.protocol.errors import EnvelopeMalformed
+from viopay_device.protocol.errors import EnvelopeNotOpened as CryptoDecryptionFailed
 
 KCV_TYPES = ("TMK", "KEK", "MSK", "TPK", "TDK", "MAC")
 

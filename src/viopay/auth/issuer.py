@@ -11,7 +11,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import jwt
@@ -45,11 +45,6 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return ADMIN_ROLE in self.roles
-
-
-class TokenVerifier(Protocol):
-    async def verify(self, token: str) -> Principal: ...
-    async def close(self) -> None: ...
 
 
 def principal_from_claims(claims: dict[str, Any], token: str) -> Principal:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from viopay_device.protocol._b64 import b64decode_strict, b64encode
-from viopay_device.protocol.errors import DecryptionFailed
+from viopay_device.protocol.errors import EnvelopeNotOpened
 
 MASTER_KEY_LENGTH = 32
 _BLOB_VERSION = b"\x01"
@@ -62,12 +62,12 @@ class MasterKeyWrapper:
     def unwrap(self, blob: bytes, *, context: str) -> bytes:
         header = len(_BLOB_VERSION) + _NONCE_LENGTH
         if len(blob) < header + _TAG_LENGTH or blob[:1] != _BLOB_VERSION:
-            raise DecryptionFailed("decryption failed")
+            raise EnvelopeNotOpened("decryption failed")
         nonce = blob[1:header]
         try:
             return self._aead.decrypt(nonce, blob[header:], context.encode())
         except InvalidTag:
-            raise DecryptionFailed("decryption failed") from None
+            raise EnvelopeNotOpened("decryption failed") from None
 
     def derive(self, purpose: str) -> bytes:
         """A 32-byte key for ``purpose``, the same on every server sharing the master key."""

@@ -64,11 +64,6 @@ def pack(document: dict[str, Any]) -> ParametersBlob:
     return ParametersBlob.of(gzip.compress(raw, compresslevel=GZIP_LEVEL, mtime=0))
 
 
-def unpack(blob: ParametersBlob) -> dict[str, Any]:
-    document: dict[str, Any] = orjson.loads(gzip.decompress(blob.gzip_bytes))
-    return document
-
-
 @functools.cache
 def builtin_parameters() -> ParametersBlob:
     """The built-in default, made once per process."""

@@ -29,8 +29,8 @@ from viopay.keysets.service import (
 )
 from viopay.payments.terminal_auth import AuthenticatedTerminal
 from viopay_device.protocol import envelope as env
-from viopay_device.protocol.errors import DecryptionFailed as EnvelopeUnopened
 from viopay_device.protocol.errors import EnvelopeMalformed
+from viopay_device.protocol.errors import EnvelopeNotOpened as EnvelopeUnopened
 
 KEY_SET_LIFETIME = timedelta(days=30)
 ROTATE_AT = 0.9  # of the envelope limit and of the lifetime (§3.10)

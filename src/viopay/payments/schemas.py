@@ -109,10 +109,6 @@ class RefundSummary(BaseModel):
     created_at: str
 
 
-class RefundOut(RefundSummary):
-    charge: ChargeOut
-
-
 class ChargeDetail(ChargeOut):
     refunds: list[RefundSummary]
 

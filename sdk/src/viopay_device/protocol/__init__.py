@@ -10,8 +10,8 @@ re-exported here; import the operations from their modules.
 
 from viopay_device.protocol.errors import (
     CryptoError,
-    DecryptionFailed,
     EnvelopeMalformed,
+    EnvelopeNotOpened,
     KeyBlockError,
     PinBlockError,
     SignatureMismatch,
@@ -19,7 +19,7 @@ from viopay_device.protocol.errors import (
 
 __all__ = [
     "CryptoError",
-    "DecryptionFailed",
+    "EnvelopeNotOpened",
     "EnvelopeMalformed",
     "KeyBlockError",
     "PinBlockError",

@@ -7,7 +7,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from viopay_device.protocol._b64 import b64decode_strict, b64encode
-from viopay_device.protocol.errors import DecryptionFailed, EnvelopeMalformed
+from viopay_device.protocol.errors import EnvelopeMalformed, EnvelopeNotOpened
 
 IV_LENGTH = 12
 TAG_LENGTH = 16
@@ -42,7 +42,7 @@ def card_aad(terminal_id: str) -> bytes:
 
 
 def parse_envelope(obj: object) -> Envelope:
-    """Check the shape (EnvelopeMalformed), then decode iv and ct (DecryptionFailed)."""
+    """Check the shape (EnvelopeMalformed), then decode iv and ct (EnvelopeNotOpened)."""
     if not isinstance(obj, dict):
         raise EnvelopeMalformed("envelope must be a JSON object")
     version = obj.get("v")
@@ -56,14 +56,14 @@ def parse_envelope(obj: object) -> Envelope:
         iv = b64decode_strict(iv_text)
         ct = b64decode_strict(ct_text)
     except ValueError:
-        raise DecryptionFailed("decryption failed") from None
+        raise EnvelopeNotOpened("decryption failed") from None
     if len(iv) != IV_LENGTH or len(ct) < TAG_LENGTH:
-        raise DecryptionFailed("decryption failed")
+        raise EnvelopeNotOpened("decryption failed")
     return Envelope(kid=kid, iv=iv, ct=ct)
 
 
 def _aesgcm(key: bytes) -> AESGCM:
-    # A wrong key length is a server bug, not a bad message: ValueError, not DecryptionFailed.
+    # A wrong key length is a server bug, not a bad message: ValueError, not EnvelopeNotOpened.
     if len(key) != KEY_LENGTH:
         raise ValueError("envelope keys are AES-256 (32 bytes)")
     return AESGCM(key)
@@ -83,11 +83,11 @@ def seal(
 
 
 def open_envelope(key: bytes, envelope: Envelope, aad: bytes) -> bytes:
-    """Decrypt and authenticate; DecryptionFailed on any failure, with no detail."""
+    """Decrypt and authenticate; EnvelopeNotOpened on any failure, with no detail."""
     cipher = _aesgcm(key)
     if len(envelope.iv) != IV_LENGTH or len(envelope.ct) < TAG_LENGTH:
-        raise DecryptionFailed("decryption failed")
+        raise EnvelopeNotOpened("decryption failed")
     try:
         return cipher.decrypt(envelope.iv, envelope.ct, aad)
     except InvalidTag:
-        raise DecryptionFailed("decryption failed") from None
+        raise EnvelopeNotOpened("decryption failed") from None

@@ -14,7 +14,7 @@ class EnvelopeMalformed(CryptoError):
     """An envelope has a missing or mistyped member, or v != 1 (400 invalid_request)."""
 
 
-class DecryptionFailed(CryptoError):
+class EnvelopeNotOpened(CryptoError):
     """An envelope or wrapped blob cannot be opened (400 decryption_failed)."""
 
 
