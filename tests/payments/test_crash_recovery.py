@@ -3,7 +3,7 @@
 A server is SIGKILLed at each phase of a charge and of a refund: just after the intent is
 committed (before the processor call), during the call (the sandbox slowed; killed before and
 after the sandbox recorded it), and after the processor answered but before the outcome was
-stored. A server is then started again (``VIOPAY_RECOVERY_DELAY_SECONDS=1``) and the terminal
+stored. A server is then started again (``VIOPAY_RECOVERY_DELAY_SECONDS=3``) and the terminal
 retries with the same Idempotency-Key. Every time: exactly one outcome per key, no key answering
 409 in progress once recovery ran, and the database agreeing with the sandbox's ledger for every
 reference. A burst of charges killed mid-flight is then recovered by two ``viopay recover``
@@ -41,8 +41,10 @@ from viopay.payments.models import (
     SandboxLedgerEntry,
 )
 
-RECOVERY = {"VIOPAY_RECOVERY_DELAY_SECONDS": "1"}
-SLOW = {"VIOPAY_SANDBOX_LATENCY_MS": "3000"}
+# A request spends at most half the recovery delay with the processor; the slowed sandbox
+# records a call halfway through its latency.
+RECOVERY = {"VIOPAY_RECOVERY_DELAY_SECONDS": "3"}
+SLOW = {"VIOPAY_SANDBOX_LATENCY_MS": "1000"}
 
 
 @pytest.fixture
@@ -329,7 +331,7 @@ def recover_cli(backend: Backend) -> subprocess.Popen[str]:
 async def test_a_burst_killed_mid_flight_is_recovered_once_by_two_processes(
     terminal, runtime, start, backend
 ):
-    victim = start("victim", VIOPAY_SANDBOX_LATENCY_MS="2000")
+    victim = start("victim", **SLOW)
     keys = [f"burst-{i}" for i in range(20)]
     threads = [
         in_background(lambda k=k: terminal.charge(1000, idempotency_key=k, url=victim.url))
@@ -344,7 +346,7 @@ async def test_a_burst_killed_mid_flight_is_recovered_once_by_two_processes(
     async with runtime.sessions() as db:
         pending = await db.scalar(pending_intents(terminal.terminal_id))
     assert pending == len(keys)
-    await asyncio.sleep(1.2)  # past the recovery delay
+    await asyncio.sleep(3.2)  # past the recovery delay
     first, second = recover_cli(backend), recover_cli(backend)
     reports = [orjson.loads(p.communicate(timeout=120)[0]) for p in (first, second)]
     assert all(p.returncode == 0 for p in (first, second))
@@ -356,3 +358,22 @@ async def test_a_burst_killed_mid_flight_is_recovered_once_by_two_processes(
         assert retry.status in (200, 201) and retry.json()["status"] == "approved", key
         assert await charges_with_key(runtime, terminal.terminal_id, key) == 1, key
     await assert_recovered(runtime, terminal.terminal_id)
+
+
+async def test_a_processor_slower_than_the_deadline_never_races_recovery(terminal, runtime, start):
+    """A request gives up on the processor at half the recovery delay (here 1 s of a 2 s
+    sandbox): it answers 502, its intent waits for recovery, which then finds nothing at the
+    processor and releases the key; the retry charges afresh. Recovery never decided while
+    the request was still talking to the processor."""
+    slow = start("slow", VIOPAY_RECOVERY_DELAY_SECONDS="2", VIOPAY_SANDBOX_LATENCY_MS="2000")
+    first = terminal.charge(600, idempotency_key="too-slow", url=slow.url)
+    assert (first.status, first.code) == (502, "processor_error")
+    await assert_recovered(runtime, terminal.terminal_id)
+    async with runtime.sessions() as db:
+        intent = await db.scalar(
+            select(PaymentIntent).where(PaymentIntent.terminal_id == terminal.terminal_id)
+        )
+    assert intent.state is IntentState.abandoned and intent.outcome == {"reason": "never_received"}
+    retry = terminal.charge(600, idempotency_key="too-slow")
+    assert retry.status == 201 and retry.json()["status"] == "approved"
+    assert await charges_with_key(runtime, terminal.terminal_id, "too-slow") == 1

@@ -20,6 +20,7 @@ first. Errors that are not stored (401, 409 in progress, 5xx) roll the first bac
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -275,18 +276,27 @@ def _crash_point(intent: PaymentIntent, phase: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def processor_deadline(settings_delay_seconds: int) -> float:
+    """How long a request may spend with the processor (its call and any reversal after a
+    timeout): half the recovery delay, so recovery never asks about an intent whose request is
+    still talking to the processor."""
+    return settings_delay_seconds / 2
+
+
 async def _ask_processor_and_store(call: Call, intent: PaymentIntent) -> Response:
-    """The processor call (no transaction open), then transaction 2."""
+    """The processor call (no transaction open, bounded by :func:`processor_deadline`), then
+    transaction 2."""
     _crash_point(intent, "intent")
     try:
-        authorization, undone = await _ask(call, intent)
+        async with asyncio.timeout(processor_deadline(call.runtime.settings.recovery_delay_seconds)):
+            authorization, undone = await _ask(call, intent)
         _crash_point(intent, "answered")
     except ProcessorFailure:
         async with call.runtime.sessions() as db, db.begin():
             await outcomes.abandon(db, intent, now=call.now, reason="processor_error")
             await _tally(db, call, answered=False)
         raise ProcessorError() from None
-    except ProcessorTimedOut:
+    except (ProcessorTimedOut, TimeoutError):
         # The outcome is unknown and could not be settled now: the intent stays pending and
         # recovery asks the processor later; the key answers 409 in progress until then.
         log.warning("processor outcome unknown; left to recovery", intent_id=intent.intent_id)
