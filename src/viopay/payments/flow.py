@@ -288,7 +288,9 @@ async def _ask_processor_and_store(call: Call, intent: PaymentIntent) -> Respons
     transaction 2."""
     _crash_point(intent, "intent")
     try:
-        async with asyncio.timeout(processor_deadline(call.runtime.settings.recovery_delay_seconds)):
+        async with asyncio.timeout(
+            processor_deadline(call.runtime.settings.recovery_delay_seconds)
+        ):
             authorization, undone = await _ask(call, intent)
         _crash_point(intent, "answered")
     except ProcessorFailure:
