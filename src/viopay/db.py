@@ -79,7 +79,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(
             url,
             pool_size=settings.db_pool_size,
-            max_overflow=settings.db_pool_size,
+            max_overflow=0,
             pool_pre_ping=False,
             pool_timeout=10,
             connect_args={"timeout": 5, "command_timeout": 10},

@@ -13,9 +13,9 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -99,26 +99,38 @@ async def find_for_update(
     return record
 
 
-def _insert(db: AsyncSession) -> Any:
-    return pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+_RECORDS = cast(Table, IdempotencyRecord.__table__)
+_COLUMNS = [c.key for c in _RECORDS.columns if c.key != "id"]
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT (terminal_id, key) DO UPDATE SET <every column> WHERE the record
+    there has expired, RETURNING id — built once per dialect and executed with parameters, so
+    SQLAlchemy compiles it once (no per-request statement construction on the hot path)."""
+    statement = _UPSERTS.get(dialect)
+    if statement is None:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        base = insert(_RECORDS)
+        statement = base.on_conflict_do_update(
+            index_elements=["terminal_id", "idempotency_key"],
+            set_={
+                name: base.excluded[name]
+                for name in _COLUMNS
+                if name not in ("terminal_id", "idempotency_key")
+            },
+            where=_RECORDS.c.expires_at <= bindparam("expired_before"),
+        ).returning(_RECORDS.c.id)
+        _UPSERTS[dialect] = statement
+    return statement
 
 
 async def _insert_if_free(db: AsyncSession, values: dict[str, Any], *, now: datetime) -> int | None:
-    """One statement: INSERT … ON CONFLICT (terminal_id, key) DO UPDATE … WHERE the record
-    there has expired, RETURNING id. The unique constraint decides between concurrent requests
-    on any server (on PostgreSQL the loser waits for the winner's commit); an expired record is
-    replaced in place; a live one returns nothing."""
-    statement = _insert(db)(IdempotencyRecord).values(**values)
-    statement = statement.on_conflict_do_update(
-        index_elements=["terminal_id", "idempotency_key"],
-        set_={
-            name: statement.excluded[name]
-            for name in values
-            if name not in ("terminal_id", "idempotency_key")
-        },
-        where=IdempotencyRecord.expires_at <= now,
-    ).returning(IdempotencyRecord.id)
-    inserted: int | None = (await db.execute(statement)).scalar()
+    """One statement (:func:`_upsert`): the unique constraint decides between concurrent
+    requests on any server (on PostgreSQL the loser waits for the winner's commit); an expired
+    record is replaced in place; a live one returns nothing."""
+    statement = _upsert(db.get_bind().dialect.name)
+    inserted: int | None = (await db.execute(statement, {**values, "expired_before": now})).scalar()
     return inserted
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import Table, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.db import Base
@@ -65,11 +65,17 @@ async def record(
     return intent
 
 
+_INSERTS: dict[str, Any] = {}
+
+
 async def insert_row(db: AsyncSession, row: Base) -> None:
     """INSERT one new row with Core (no unit of work on the hot path); ``row`` stays a plain
     transient object the caller keeps reading."""
-    columns = row.__table__.columns
-    await db.execute(insert(type(row)).values({c.key: getattr(row, c.key) for c in columns}))
+    table = cast(Table, row.__table__)
+    statement = _INSERTS.get(table.name)
+    if statement is None:  # one statement per table, compiled once, executed with parameters
+        statement = _INSERTS[table.name] = insert(table)
+    await db.execute(statement, {c.key: getattr(row, c.key) for c in table.columns})
 
 
 async def close(

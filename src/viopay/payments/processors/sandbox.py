@@ -6,8 +6,9 @@ import asyncio
 import secrets
 import string
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import Table, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -54,6 +55,20 @@ def emv_response(response_code: str, auth_code: str | None) -> str:
     return tlv
 
 
+_LEDGER_INSERTS: dict[str, Any] = {}
+
+
+def _ledger_insert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING reference, built once per dialect."""
+    statement = _LEDGER_INSERTS.get(dialect)
+    if statement is None:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        table = cast(Table, SandboxLedgerEntry.__table__)
+        statement = insert(table).on_conflict_do_nothing().returning(table.c.reference)
+        _LEDGER_INSERTS[dialect] = statement
+    return statement
+
+
 class SandboxProcessor:
     """Order (§4.6): expired card → 54; PAN ...0127 → 55; a PIN block that does not decipher
     under the TPK → 55; then the table; any other valid card is approved.
@@ -97,13 +112,7 @@ class SandboxProcessor:
         assert self._sessions is not None
         values = {c.key: getattr(entry, c.key) for c in SandboxLedgerEntry.__table__.columns}
         async with self._sessions() as db, db.begin():
-            insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-            inserted = await db.scalar(
-                insert(SandboxLedgerEntry)
-                .values(**values)
-                .on_conflict_do_nothing()
-                .returning(SandboxLedgerEntry.reference)
-            )
+            inserted = await db.scalar(_ledger_insert(db.get_bind().dialect.name), values)
             if inserted is None:
                 known = await db.get(SandboxLedgerEntry, entry.reference)
                 assert known is not None
