@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
@@ -38,10 +38,18 @@ def encode_cursor(at: datetime, ident: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Our own cursors only: an aware datetime in range and an id string; anything else (a naive
+    or date-only time, an out-of-range offset, a NUL, a number) is 400, never a query."""
     try:
         at, ident = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(at), str(ident)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
+        moment = datetime.fromisoformat(at)
+        if moment.tzinfo is None:
+            raise ValueError("naive")
+        moment = moment.astimezone(UTC)
+        if not isinstance(ident, str) or not 0 < len(ident) <= 128 or "\x00" in ident:
+            raise ValueError("ident")
+        return moment, ident
+    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise InvalidRequest(
             "cursor is not valid", errors=[{"field": "cursor", "message": "not a cursor"}]
         ) from None

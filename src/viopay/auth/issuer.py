@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -29,7 +29,6 @@ from viopay.ids import new_id, utcnow
 ADMIN_ROLE = "viopay-admin"
 EMBEDDED_AUDIENCE = "viopay"
 _WRAP_CONTEXT = "signing-key"
-_ALGORITHMS = ["RS256", "ES256"]
 
 
 @dataclass(frozen=True)
@@ -66,17 +65,34 @@ def principal_from_claims(claims: dict[str, Any], token: str) -> Principal:
     )
 
 
+def _algorithms_for(key: Any) -> list[str]:
+    """Only the algorithm of the key's own type: a token whose header names another (RS256 with
+    an EC key, or "none") is refused before any verification is attempted."""
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return ["ES256"]
+    if isinstance(key, rsa.RSAPublicKey):
+        return ["RS256"]
+    return []
+
+
 def _decode(token: str, key: Any, *, issuer: str, audience: str) -> dict[str, Any]:
+    algorithms = _algorithms_for(key)
+    try:
+        header_alg = jwt.get_unverified_header(token).get("alg")
+    except jwt.PyJWTError:
+        raise Unauthorized("the Bearer token is malformed") from None
+    if header_alg not in algorithms:
+        raise Unauthorized("the Bearer token is signed with an algorithm this key does not use")
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
             key=key,
-            algorithms=_ALGORITHMS,
+            algorithms=algorithms,
             issuer=issuer,
             options={"require": ["exp", "iss", "sub"], "verify_aud": False},
             leeway=30,
         )
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, ValueError, TypeError):
         raise Unauthorized("the Bearer token is invalid or expired") from None
     aud = claims.get("aud")
     audiences = [aud] if isinstance(aud, str) else list(aud or [])
