@@ -161,9 +161,9 @@ def _charge_intent() -> PaymentIntent:
 
 async def test_a_timeout_is_reversed_with_retries():
     flaky = FlakyReversals(failures=2)
-    assert await flow._reverse(flaky, _charge_intent(), reference="vpr_1-r") is True
+    assert await flow.reverse_authorization(flaky, _charge_intent()) is True
     assert flaky.calls == 3
     down = FlakyReversals(failures=99)
     # Not confirmed: the intent stays pending and recovery settles it with the processor.
-    assert await flow._reverse(down, _charge_intent(), reference="vpr_1-r") is False
+    assert await flow.reverse_authorization(down, _charge_intent()) is False
     assert down.calls == flow.REVERSAL_ATTEMPTS

@@ -71,12 +71,26 @@ async def load_device(db: AsyncSession, device_id: str) -> Device:
     return device
 
 
+def seen_changes(
+    *, last_seen_at: datetime | None, app_version: str | None, version: str | None, now: datetime
+) -> dict[str, object]:
+    """What an authenticated request changes on its device: ``app_version`` when it differs,
+    ``last_seen_at`` at most once a minute (a terminal polling every few seconds writes rarely)."""
+    changes: dict[str, object] = {}
+    if version is not None and app_version != version:
+        changes["app_version"] = version
+    if last_seen_at is None or now - last_seen_at >= LAST_SEEN_RESOLUTION:
+        changes["last_seen_at"] = now
+    return changes
+
+
 def touch(device: Device, *, version: str | None, now: datetime) -> None:
-    """Record the last authenticated request, writing at most once a minute per device."""
-    if version is not None and device.app_version != version:
-        device.app_version = version
-    if device.last_seen_at is None or now - device.last_seen_at >= LAST_SEEN_RESOLUTION:
-        device.last_seen_at = now
+    """Record the last authenticated request on a loaded device (see :func:`seen_changes`)."""
+    changes = seen_changes(
+        last_seen_at=device.last_seen_at, app_version=device.app_version, version=version, now=now
+    )
+    for name, value in changes.items():
+        setattr(device, name, value)
 
 
 @dataclass

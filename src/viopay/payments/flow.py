@@ -62,7 +62,6 @@ from viopay.payments.channel import (
 from viopay.payments.models import ChargeStatus, IntentKind, PaymentIntent
 from viopay.payments.processors import (
     Authorization,
-    ChargeRef,
     Processor,
     ProcessorFailure,
     ProcessorTimedOut,
@@ -309,7 +308,7 @@ async def _ask_processor_and_store(call: Call, intent: PaymentIntent) -> Respons
         stored = await _store_outcome(call, intent, authorization, undone=undone)
     except outcomes.KeySpent:
         # A reverse-by-key spent the key while the charge ran: reverse the approval, store it so.
-        await _reverse(call.processor, intent, reference=intent.reference + "-r")
+        await reverse_authorization(call.processor, intent)
         stored = await _store_outcome(call, intent, authorization, undone=True)
     if stored is None:
         return await _answer_recovered(call, intent)
@@ -361,7 +360,7 @@ async def _ask(call: Call, intent: PaymentIntent) -> tuple[Authorization | None,
 async def _ask_processor(call: Call, intent: PaymentIntent) -> tuple[Authorization | None, bool]:
     """For a charge: its answer (None after a timeout whose authorisation was then reversed);
     ProcessorTimedOut when even that failed."""
-    processor, ref = call.processor, _charge_ref(intent)
+    processor, ref = call.processor, intents.authorization_ref(intent)
     if intent.kind is IntentKind.charge:
         assert call.draft is not None
         request = service.authorization_request(
@@ -370,7 +369,7 @@ async def _ask_processor(call: Call, intent: PaymentIntent) -> tuple[Authorizati
         try:
             return await processor.authorize(request), False
         except ProcessorTimedOut:
-            if not await _reverse(processor, intent, reference=intent.reference + "-r"):
+            if not await reverse_authorization(processor, intent):
                 raise
             return None, True
     if intent.kind is IntentKind.refund:
@@ -385,21 +384,11 @@ async def _ask_processor(call: Call, intent: PaymentIntent) -> tuple[Authorizati
     return None, False
 
 
-def _charge_ref(intent: PaymentIntent) -> ChargeRef:
-    request = intent.request
-    return ChargeRef(
-        intent.charge_id,
-        intent.terminal_id,
-        int(request.get("charge_amount", request.get("amount", 0))),
-        str(request.get("currency", "")),
-        request.get("processor_reference", intent.reference),
-    )
-
-
-async def _reverse(processor: Processor, intent: PaymentIntent, *, reference: str) -> bool:
+async def reverse_authorization(processor: Processor, intent: PaymentIntent) -> bool:
     """Reverse a charge intent's authorisation (whose answer never came, or whose key was
-    spent); True once the processor confirmed."""
-    ref = _charge_ref(intent)
+    spent), under the intent's reversal reference, with retries; True once the processor
+    confirmed. The live request and recovery both call this."""
+    ref, reference = intents.authorization_ref(intent), intent.reference + "-r"
     for attempt in range(1, REVERSAL_ATTEMPTS + 1):
         try:
             await processor.reverse(ref, reference=reference)
@@ -467,6 +456,9 @@ async def _intent(
     record_id: int | None,
     kind: IntentKind,
     charge_id: str,
+    *,
+    refund_id: str | None = None,
+    refund_amount: int | None = None,
     **request: Any,
 ) -> PaymentIntent:
     scope = call.scope
@@ -480,8 +472,8 @@ async def _intent(
         now=call.now,
         request=request,
         idempotency_record_id=record_id,
-        refund_id=request.get("refund_id"),
-        amount=request.get("refund_amount"),
+        refund_id=refund_id,
+        amount=refund_amount,
     )
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from viopay.db import Base
 from viopay.ids import new_id
 from viopay.payments.models import IntentKind, IntentState, PaymentIntent
+from viopay.payments.processors import ChargeRef
 
 LEASE = timedelta(seconds=60)
 
@@ -156,15 +157,22 @@ async def take(db: AsyncSession, intent_id: str, *, owner: str, now: datetime) -
     return bool(getattr(taken, "rowcount", 0))
 
 
-async def is_stale(
-    db: AsyncSession, *, idempotency_record_id: int, now: datetime, delay: timedelta
-) -> bool:
-    """True when the intent of a key still in progress is older than the recovery delay: its
-    request is presumed dead (reverse-by-key may then spend the key, §4.4, §4.7)."""
-    created: datetime | None = await db.scalar(
-        select(PaymentIntent.created_at).where(
-            PaymentIntent.idempotency_record_id == idempotency_record_id,
-            PaymentIntent.state == IntentState.pending,
+def authorization_ref(intent: PaymentIntent) -> ChargeRef:
+    """The authorisation an intent acts on, as the processor knows it: a charge intent's own
+    reference, or the charge's for a refund, cancel or reverse (kept in ``request``)."""
+    request = intent.request
+    if intent.kind is IntentKind.charge:
+        return ChargeRef(
+            intent.charge_id,
+            intent.terminal_id,
+            int(request["amount"]),
+            str(request["currency"]),
+            intent.reference,
         )
+    return ChargeRef(
+        intent.charge_id,
+        intent.terminal_id,
+        int(request["charge_amount"]),
+        str(request["currency"]),
+        request.get("processor_reference"),
     )
-    return created is None or now - created >= delay

@@ -29,10 +29,10 @@ import structlog
 from viopay.ids import new_id, utcnow
 from viopay.metrics import ORIGIN, RECOVERED
 from viopay.payments import intents, outcomes
+from viopay.payments.flow import reverse_authorization
 from viopay.payments.models import IntentKind, PaymentIntent
 from viopay.payments.processors import (
     Authorization,
-    ChargeRef,
     Processor,
     ProcessorFailure,
     ProcessorTimedOut,
@@ -153,16 +153,7 @@ async def _recover_charge(
                     lease_owner=owner,
                 )
         except outcomes.KeySpent:
-            ref = ChargeRef(
-                intent.charge_id,
-                intent.terminal_id,
-                int(intent.request["amount"]),
-                str(intent.request["currency"]),
-                intent.reference,
-            )
-            try:
-                await processor.reverse(ref, reference=intent.reference + "-r")
-            except (ProcessorFailure, ProcessorTimedOut):
+            if not await reverse_authorization(processor, intent):
                 return None
             undone = True
             continue

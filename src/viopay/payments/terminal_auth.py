@@ -16,14 +16,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.deps import RuntimeDep
-from viopay.devices.authn import FREE_FORM_RE, LAST_SEEN_RESOLUTION, USER_AGENT_RE, version_below
+from viopay.devices.authn import FREE_FORM_RE, USER_AGENT_RE, seen_changes, version_below
 from viopay.devices.models import Device, Terminal
 from viopay.errors import (
     AppVersionUnsupported,
@@ -262,9 +262,7 @@ async def authenticate(
         moment=signed.moment,
         now=now,
     )
-    await _touch(
-        db, row.device_id, seen=row.last_seen_at, version=row.app_version, signed=signed, now=now
-    )
+    await _touch(db, row, version=signed.version, now=now)
     return AuthenticatedTerminal(
         terminal_id=terminal_id,
         device_id=row.device_id,
@@ -285,20 +283,10 @@ async def authenticate(
     )
 
 
-async def _touch(
-    db: AsyncSession,
-    device_id: str,
-    *,
-    seen: datetime | None,
-    version: str | None,
-    signed: SignedRequest,
-    now: datetime,
-) -> None:
-    """``last_seen_at`` at most once a minute, ``app_version`` when it changes (one UPDATE)."""
-    values: dict[str, object] = {}
-    if version != signed.version:
-        values["app_version"] = signed.version
-    if seen is None or now - seen >= LAST_SEEN_RESOLUTION:
-        values["last_seen_at"] = now
-    if values:
-        await db.execute(update(Device).where(Device.device_id == device_id).values(**values))
+async def _touch(db: AsyncSession, row: Any, *, version: str, now: datetime) -> None:
+    """The device's :func:`seen_changes`, as one UPDATE when there are any."""
+    changes = seen_changes(
+        last_seen_at=row.last_seen_at, app_version=row.app_version, version=version, now=now
+    )
+    if changes:
+        await db.execute(update(Device).where(Device.device_id == row.device_id).values(**changes))
