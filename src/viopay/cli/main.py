@@ -78,15 +78,19 @@ def _refuse_unloadable_processor(name: str) -> None:
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
-    port: int = typer.Option(8000, min=1, max=65535, help="Port to bind (1-65535)."),
+    port: int = typer.Option(8000, help="Port to bind (1-65535)."),
     workers: int = typer.Option(
         1, min=1, max=64, help="Worker processes (PostgreSQL + Redis for more than 1)."
     ),
 ) -> None:
     """Run the API: migrates the schema, then serves."""
     from viopay.cli.common import describe
+    from viopay.metrics import prepare_multiprocess
+    from viopay.observability import configure_logging
     from viopay.runtime import OperatorError, prepare_database
 
+    if not 1 <= port <= 65535:
+        fail(f"--port {port}: must be 1-65535 (0 and larger numbers are refused, not replaced)")
     settings = load_settings_or_exit()
     if workers > 1 and not settings.redis_url:
         fail(
@@ -102,6 +106,9 @@ def serve(
         fail(str(exc))
     if not VERBOSE["on"]:
         describe(settings)
+    if workers > 1:
+        prepare_multiprocess(settings.data_dir / "metrics")
+    configure_logging(level=settings.log_level, json=settings.log_json)
     err.print(
         f"schema at {revision}; serving on http://{host}:{port} "
         f"({'embedded SQLite' if settings.embedded else 'PostgreSQL'}, "
@@ -116,6 +123,7 @@ def serve(
         workers=workers,
         log_level=settings.log_level,
         access_log=False,
+        log_config=None,  # uvicorn's lines go through configure_logging: JSON like ours
         proxy_headers=False,
         server_header=False,
     )
