@@ -21,12 +21,13 @@ import pytest
 from helpers import ROOT, SEEN_SECRETS, Backend, Server
 
 MARK = "<!-- test:walkthrough -->"
-BLOCK = re.compile(re.escape(MARK) + r"\s*\n```(bash|python)\n(.*?)\n```", re.DOTALL)
+BLOCK = re.compile(r"^" + re.escape(MARK) + r"\n```(bash|python)\n(.*?)\n```", re.DOTALL | re.M)
 
 
 def walkthrough_blocks(readme: str) -> list[tuple[str, str]]:
     blocks = [(m[1], m[2]) for m in BLOCK.finditer(readme)]
-    assert len(blocks) == readme.count(MARK), "a marked block is not a ```bash or ```python fence"
+    marks = re.findall(r"^" + re.escape(MARK) + r"$", readme, re.M)
+    assert len(blocks) == len(marks), "a marked block is not a ```bash or ```python fence"
     return blocks
 
 

@@ -137,7 +137,8 @@ class Settings(BaseSettings):
         if not self.embedded and self.master_key is None and self.master_key_file is None:
             raise ValueError(
                 "VIOPAY_MASTER_KEY (base64 of 32 bytes) is required with PostgreSQL: every server "
-                "process must wrap and unwrap keys with the same master key"
+                "process must wrap and unwrap keys with the same master key (make one with "
+                "`viopay keys new-master`)"
             )
         if self.latest_pos_version is not None and semver.Version.parse(
             self.latest_pos_version

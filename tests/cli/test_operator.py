@@ -165,3 +165,20 @@ def test_every_option_is_described_and_no_flag_says_bool(module: str) -> None:
         shown = runner.invoke(app, [*where.split(), "--help"], env={"COLUMNS": "120"})
         assert shown.exit_code == 0, shown.output
         assert "<bool>" not in shown.output, where
+
+
+def test_the_env_example_is_a_valid_postgres_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    from viopay.settings import Settings
+
+    root = Path(__file__).resolve().parents[2]
+    lines = (root / ".env.example").read_text(encoding="utf-8").splitlines()
+    values = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    assert all(name.startswith("VIOPAY_") for name in values)
+    for name in [n for n in os.environ if n.startswith("VIOPAY_")]:
+        monkeypatch.delenv(name)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("VIOPAY_MASTER_KEY", new_key())  # the line the README appends
+    settings = Settings()
+    assert not settings.embedded and settings.redis_url
+    assert ".env\n" in (root / ".gitignore").read_text(encoding="utf-8")
