@@ -97,7 +97,13 @@ def prepare_database(settings: Settings, *, create: bool) -> str:
             "or make one with `viopay migrate`"
         )
     wrapper = load_wrapper_or_refuse(settings, create=create)
-    revision = upgrade(settings)
+    try:
+        revision = upgrade(settings)
+    except OSError as exc:  # the data folder cannot be made or written
+        raise OperatorError(
+            f"cannot write {settings.data_dir} ({exc.strerror}): set VIOPAY_DATA_DIR to a folder "
+            "this user may write"
+        ) from None
     asyncio.run(_verify(settings, wrapper))
     return revision
 

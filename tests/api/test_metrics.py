@@ -5,7 +5,12 @@ Tests of one backend run one after another on one server, so the deltas are exac
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import charge_kit as kit
-from helpers import Server
+from helpers import SERVER_LOGS, Server, _free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 DECLINED = {"pan": "4000000000000002", "expiry": "3012"}
@@ -77,3 +82,46 @@ def test_metrics_show_requests_charges_replays_and_refusals(
     processor = "viopay_processor_call_seconds_count"
     assert delta(before, after, processor, operation="charge", result="ok") == 2
     assert ("viopay_recovery_backlog", frozenset()) in after
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_workers_share_one_exposition(backend: Any, tmp_path: Path) -> None:
+    """With --workers 2 every worker writes under PROMETHEUS_MULTIPROC_DIR and /metrics sums
+    them: the count of requests is exact whichever worker answered which request."""
+    port = _free_port()
+    log = tmp_path / "workers.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "viopay", "serve", "--port", str(port), "--workers", "2"],
+            env={**os.environ, **backend.env, "VIOPAY_DATA_DIR": str(tmp_path / "var")},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    SERVER_LOGS.append(log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            assert process.poll() is None, log.read_text()
+            if log.read_text().count("Application startup complete") == 2:
+                break
+            threading.Event().wait(0.1)
+        for _ in range(40):  # a new connection each: the kernel spreads them over the workers
+            assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        after = samples(url)
+        healthz = ("viopay_http_requests_total", "GET", "/healthz", "200")
+        total = after[(healthz[0], frozenset(zip(("method", "route", "status"), healthz[1:])))]
+        assert total == 40
+        assert (
+            len({p.name.rsplit("_", 1)[-1] for p in (tmp_path / "var" / "metrics").glob("*.db")})
+            == 2
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    # uvicorn's lines too are JSON (only serve's own two lines on stderr are text), and no
+    # library warns (FastAPI's ORJSONResponse deprecation was one).
+    text = log.read_text()
+    own = ("data folder ", "schema at ")
+    lines = [line for line in text.splitlines() if not line.startswith(own)]
+    assert lines and all(line.startswith("{") for line in lines), text
+    assert "Uvicorn running on" in text and "Warning" not in text
