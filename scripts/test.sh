@@ -8,6 +8,11 @@ bash scripts/services.sh
 # The portal's browser tests drive Debian's Chromium (Playwright never downloads a browser here).
 command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
   || echo "warning: could not install chromium: the browser tests skip (and fail with CI=true)" >&2
+# The README's walkthrough (tests/test_readme_walkthrough.py) uses curl and jq, as a reader would.
+for tool in curl jq; do
+  command -v "$tool" >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool") \
+    || echo "warning: could not install $tool: the README walkthrough test fails" >&2
+done
 bash scripts/check.sh
 # The suite waits on servers more than it computes: two pytest-xdist workers, one per core of the
 # CI machine (VIOPAY_TEST_WORKERS=0 runs everything in one process; conftest.py says who runs what).

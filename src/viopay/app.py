@@ -10,8 +10,6 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import ORJSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -28,6 +26,7 @@ from viopay.errors import (
     ViopayError,
     problem_response,
 )
+from viopay.metrics import exposition, process_exited
 from viopay.middleware import RequestContextMiddleware, request_id_of
 from viopay.openapi import Problem
 from viopay.payments.processors import build_processor
@@ -64,13 +63,13 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         finally:
             await recovery.stop()
             await rt.close()
+            process_exited()
 
     app = FastAPI(
         title="Viopay POS platform",
         version=__version__,
         description="Device activation, key delivery and card payments for POS terminals (wire protocol v1).",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
@@ -79,7 +78,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body, media_type = exposition()
+        return Response(body, media_type=media_type)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
