@@ -156,6 +156,8 @@ def recover(as_json: bool = JsonOption) -> None:
     from viopay.runtime import OperatorError, build_runtime, prepare_database
 
     settings = load_settings_or_exit()
+    if settings.processor != "sandbox":
+        _refuse_unloadable_processor(settings.processor)
     configure_logging(level=settings.log_level, json=settings.log_json, stream=sys.stderr)
     try:
         prepare_database(settings, create=False)
