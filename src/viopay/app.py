@@ -42,18 +42,23 @@ from viopay.middleware import RequestContextMiddleware, request_id_of
 from viopay.openapi import Problem
 from viopay.parameters.router import parameters_admin_router
 from viopay.payments.processors import build_processor
-from viopay.payments.recovery import RecoveryWorker
+from viopay.payments.recovery import RecoveryWorker, owner_id
 from viopay.payments.recovery import interval_for as recovery_interval
 from viopay.payments.router import merchant_router as charges_merchant_router
 from viopay.payments.router import pos_router as charges_pos_router
 from viopay.portal import router as portal_router
 from viopay.runtime import Runtime, build_runtime
 from viopay.settings import Settings
+from viopay.webhooks import outbox
+from viopay.webhooks.router import router as webhooks_router
+from viopay.webhooks.worker import DeliveryWorker
 
 log = structlog.get_logger("viopay")
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
+    outbox.install()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or build_runtime(settings)
@@ -69,12 +74,15 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             rt, app.state.processor, interval=recovery_interval(settings.recovery_delay_seconds)
         )
         recovery.start()
+        deliveries = DeliveryWorker(rt, owner=owner_id())
+        deliveries.start()
         log.info(
             "started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory"
         )
         try:
             yield
         finally:
+            await deliveries.stop()
             await recovery.stop()
             await rt.close()
 
@@ -103,6 +111,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         parameters_admin_router,
         charges_pos_router,
         charges_merchant_router,
+        webhooks_router,
         portal_router,
     ):
         app.include_router(router)

@@ -9,6 +9,7 @@ from viopay.keysets.models import KeySet, KeySetKey
 from viopay.merchants.models import Merchant, MerchantConfig, MerchantMember
 from viopay.parameters.models import TerminalParameters
 from viopay.payments.models import Charge, IdempotencyRecord, Refund
+from viopay.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 metadata = Base.metadata
 
@@ -30,5 +31,7 @@ __all__ = [
     "Terminal",
     "TerminalParameters",
     "User",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "metadata",
 ]

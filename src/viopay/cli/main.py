@@ -8,6 +8,7 @@ from viopay.cli.devices import app as device_app
 from viopay.cli.merchants import client_app, merchant_app
 from viopay.cli.parameters import app as parameters_app
 from viopay.cli.users import app as user_app
+from viopay.webhooks import outbox
 
 app = typer.Typer(help="Viopay POS platform: server and operator commands.", no_args_is_help=True)
 app.add_typer(device_app, name="device")
@@ -92,4 +93,5 @@ def recover(as_json: bool = JsonOption) -> None:
 
 
 def main() -> None:
+    outbox.install()  # events made by operator commands reach the merchants' webhooks too
     app()
