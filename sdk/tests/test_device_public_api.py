@@ -75,6 +75,8 @@ EXPECTED = {
     "ProcessorError",
     "ServiceUnavailable",
     "ProcessorTimeout",
+    "verify_webhook",
+    "WebhookVerificationError",
 }
 
 

@@ -13,6 +13,7 @@ from standardwebhooks import Webhook
 from webhook_receiver import Receiver, running_receiver
 
 from helpers import SEEN_SECRETS, MerchantCtx, Server, _json, problem
+from viopay_device import verify_webhook
 
 MakeMerchant = Any
 
@@ -148,6 +149,7 @@ def test_delivery_is_signed_per_standard_webhooks(
     receiver.wait(lambda: event["id"] in receiver.succeeded_ids())
     (got,) = receiver.of(event["id"])
     assert verify(got, endpoint["secret"]) == event
+    assert verify_webhook(endpoint["secret"], body=got.body, headers=got.headers) == event
     assert orjson.loads(got.body) == event
     assert got.headers["content-type"] == "application/json"
     assert got.headers["user-agent"] == "Viopay-Webhooks/1"

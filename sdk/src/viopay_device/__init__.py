@@ -64,6 +64,7 @@ from viopay_device.errors import (
     TimestampOutOfWindow,
     Unprocessable,
     ValidationError,
+    WebhookVerificationError,
 )
 from viopay_device.keystore import IdentityKey, KeySet, KeyStore, MemoryKeyStore
 from viopay_device.models import (
@@ -80,6 +81,7 @@ from viopay_device.models import (
     Reversal,
     TerminalParameters,
 )
+from viopay_device.webhooks import verify_webhook
 
 __all__ = [
     # client and flow
@@ -115,6 +117,9 @@ __all__ = [
     "Refund",
     "Reversal",
     "TerminalParameters",
+    # merchants' servers
+    "verify_webhook",
+    "WebhookVerificationError",
     # errors
     "DeviceError",
     "NetworkError",
