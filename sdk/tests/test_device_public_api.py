@@ -77,6 +77,9 @@ EXPECTED = {
     "ProcessorTimeout",
     "verify_webhook",
     "WebhookVerificationError",
+    "HeartbeatSchedule",
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "Heartbeat",
 }
 
 

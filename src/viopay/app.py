@@ -37,6 +37,8 @@ from viopay.errors import (
     ViopayError,
     problem_response,
 )
+from viopay.fleet.router import pos_router as heartbeat_router
+from viopay.fleet.timer import FleetTimer
 from viopay.health import router as health_router
 from viopay.middleware import RequestContextMiddleware, request_id_of
 from viopay.openapi import Problem
@@ -76,12 +78,15 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         recovery.start()
         deliveries = DeliveryWorker(rt, owner=owner_id())
         deliveries.start()
+        fleet = FleetTimer(rt, owner=owner_id())
+        fleet.start()
         log.info(
             "started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory"
         )
         try:
             yield
         finally:
+            await fleet.stop()
             await deliveries.stop()
             await recovery.stop()
             await rt.close()
@@ -110,6 +115,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         config_schema_router,
         parameters_admin_router,
         charges_pos_router,
+        heartbeat_router,
         charges_merchant_router,
         webhooks_router,
         portal_router,

@@ -5,6 +5,7 @@ from viopay.auth.models import ApiClient, SigningKey
 from viopay.auth.users import User
 from viopay.db import Base
 from viopay.devices.models import Device, MerchantDeviceIdentityKey, PairingCode, Terminal
+from viopay.fleet.models import TimerLease
 from viopay.keysets.models import KeySet, KeySetKey
 from viopay.merchants.models import Merchant, MerchantConfig, MerchantMember
 from viopay.parameters.models import TerminalParameters
@@ -30,6 +31,7 @@ __all__ = [
     "SigningKey",
     "Terminal",
     "TerminalParameters",
+    "TimerLease",
     "User",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -66,6 +66,7 @@ from viopay_device.errors import (
     ValidationError,
     WebhookVerificationError,
 )
+from viopay_device.heartbeat import DEFAULT_HEARTBEAT_INTERVAL, HeartbeatSchedule
 from viopay_device.keystore import IdentityKey, KeySet, KeyStore, MemoryKeyStore
 from viopay_device.models import (
     Activation,
@@ -75,6 +76,7 @@ from viopay_device.models import (
     Charge,
     Config,
     DeviceStatus,
+    Heartbeat,
     MerchantRef,
     PairingCode,
     Refund,
@@ -117,6 +119,10 @@ __all__ = [
     "Refund",
     "Reversal",
     "TerminalParameters",
+    # heartbeat
+    "HeartbeatSchedule",
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "Heartbeat",
     # merchants' servers
     "verify_webhook",
     "WebhookVerificationError",

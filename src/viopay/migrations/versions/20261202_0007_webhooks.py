@@ -1,4 +1,4 @@
-"""webhook endpoints and deliveries (PROTOCOL §7), terminal health (§8)
+"""webhook endpoints and deliveries (PROTOCOL §7), terminal health and the timer lease (§8)
 
 Revision ID: 20261202_0007
 Revises: 20261202_0006
@@ -97,7 +97,44 @@ def upgrade() -> None:
     )
     op.create_index("ix_webhook_deliveries_manual", "webhook_deliveries", ["manual_at"])
 
+    with op.batch_alter_table("devices") as batch:
+        batch.add_column(
+            sa.Column("online", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+        batch.add_column(_at("last_heartbeat_at"))
+        batch.add_column(sa.Column("battery_pct", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("charging", sa.Boolean(), nullable=True))
+        batch.add_column(sa.Column("network", sa.String(length=16), nullable=True))
+        batch.add_column(sa.Column("signal_dbm", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("printer", sa.String(length=16), nullable=True))
+        batch.add_column(sa.Column("pending_offline", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("uptime_s", sa.Integer(), nullable=True))
+    op.create_index("ix_devices_online_heartbeat", "devices", ["online", "last_heartbeat_at"])
+    leases = op.create_table(
+        "timer_leases",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("owner", sa.String(length=80), nullable=True),
+        _at("until"),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_timer_leases")),
+    )
+    op.bulk_insert(leases, [{"name": "fleet", "owner": None, "until": None}])
+
 
 def downgrade() -> None:
+    op.drop_table("timer_leases")
+    op.drop_index("ix_devices_online_heartbeat", table_name="devices")
+    with op.batch_alter_table("devices") as batch:
+        for column in (
+            "uptime_s",
+            "pending_offline",
+            "printer",
+            "signal_dbm",
+            "network",
+            "charging",
+            "battery_pct",
+            "last_heartbeat_at",
+            "online",
+        ):
+            batch.drop_column(column)
     op.drop_table("webhook_deliveries")
     op.drop_table("webhook_endpoints")
