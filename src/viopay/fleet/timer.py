@@ -10,6 +10,7 @@ import structlog
 
 from viopay.fleet.service import mark_offline, take_lease
 from viopay.ids import utcnow
+from viopay.metrics import ORIGIN
 from viopay.runtime import Runtime
 
 log = structlog.get_logger("viopay.fleet")
@@ -42,6 +43,7 @@ class FleetTimer:
             )
 
     async def _loop(self) -> None:
+        ORIGIN.set("background")  # counted apart from requests in /metrics
         while True:
             try:
                 offline = await self.check()

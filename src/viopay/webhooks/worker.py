@@ -26,6 +26,7 @@ from sqlalchemy import and_, or_, select, update
 from viopay.audit import AuditEvent
 from viopay.crypto.webhooks import webhook_signature
 from viopay.ids import utcnow
+from viopay.metrics import ORIGIN
 from viopay.runtime import Runtime
 from viopay.webhooks import outbox
 from viopay.webhooks.models import (
@@ -172,6 +173,7 @@ class DeliveryWorker:
         await self._client.aclose()
 
     async def _loop(self) -> None:
+        ORIGIN.set("background")  # counted apart from requests in /metrics
         while True:
             claimed = 0
             try:
