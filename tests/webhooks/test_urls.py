@@ -85,3 +85,22 @@ async def test_insecure_setting_allows_http_and_any_address() -> None:
         assert target.address is None
     with pytest.raises(UnsafeTarget):
         await check_target("ftp://127.0.0.1/x", allow_insecure=True, resolve=system_resolver)
+
+
+async def test_delivery_connects_to_the_checked_address_not_a_new_lookup() -> None:
+    """The name below never resolves: the POST reaches the receiver only through the address
+    that was checked, with the name kept in Host (and, over TLS, for SNI and the certificate)."""
+    from viopay.webhooks.worker import Target, build_client, post
+    from webhook_receiver import running_receiver
+
+    with running_receiver() as receiver:
+        port = int(receiver.url.split(":")[2].split("/")[0])
+        target = Target(f"http://hooks.invalid:{port}/hooks", "hooks.invalid", port, "127.0.0.1")
+        client = build_client(2)
+        try:
+            outcome = await post(client, target, headers={"webhook-id": "evt_x"}, body=b"{}")
+        finally:
+            await client.aclose()
+        assert outcome.ok and outcome.status_code == 200
+        (got,) = receiver.received
+        assert got.headers["host"] == f"hooks.invalid:{port}" and got.body == b"{}"
