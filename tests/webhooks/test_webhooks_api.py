@@ -10,10 +10,10 @@ import httpx
 import orjson
 import pytest
 from standardwebhooks import Webhook
-from webhook_receiver import Receiver, running_receiver
 
 from helpers import SEEN_SECRETS, MerchantCtx, Server, _json, problem
 from viopay_device import verify_webhook
+from webhook_receiver import Receiver, running_receiver
 
 MakeMerchant = Any
 
@@ -290,3 +290,31 @@ def test_two_processes_never_double_deliver(
     assert len(events) == 20
     receiver.wait(lambda: set(events) <= receiver.succeeded_ids())
     assert all(receiver.count(e) == 1 for e in events)
+
+
+@pytest.mark.backend
+async def test_delete_stops_pending_retries(
+    make_merchant: MakeMerchant, receiver: Receiver, runtime: Any
+) -> None:
+    from sqlalchemy import select
+
+    from viopay.webhooks.models import DeliveryStatus, WebhookDelivery
+
+    receiver.answer = lambda _id, _before: 503
+    owner = make_merchant()
+    endpoint = create_endpoint(owner, receiver.url, event_types=["merchant_config.updated"])
+    change_config(owner, 800)
+    event = latest_event(owner, "merchant_config.updated")
+    receiver.wait(lambda: receiver.count(event["id"]) >= 1)
+    assert owner.http.delete(f"/merchant/webhook-endpoints/{endpoint['id']}").status_code == 204
+    problem(
+        owner.http.get(f"/merchant/webhook-endpoints/{endpoint['id']}/deliveries"), 404, "not_found"
+    )
+
+    async with runtime.sessions() as db:
+        (delivery,) = (
+            await db.scalars(
+                select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint["id"])
+            )
+        ).all()
+    assert delivery.status is DeliveryStatus.failed and delivery.next_attempt_at is None

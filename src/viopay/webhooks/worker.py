@@ -307,7 +307,7 @@ async def record_outcome(
             delivery.status, delivery.next_attempt_at = DeliveryStatus.succeeded, None
             endpoint.failing_since = None
             return True
-        if not claim.manual:
+        if not claim.manual and delivery.status is DeliveryStatus.pending:
             delivery.schedule_step += 1
             delay = next_delay(schedule, delivery.schedule_step, rng=rng)
             if delay is None:
