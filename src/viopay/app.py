@@ -26,20 +26,25 @@ from viopay.errors import (
     ViopayError,
     problem_response,
 )
+from viopay.fleet.timer import FleetTimer
 from viopay.metrics import exposition, process_exited
 from viopay.middleware import RequestContextMiddleware, request_id_of
 from viopay.openapi import Problem
 from viopay.payments.processors import build_processor
-from viopay.payments.recovery import RecoveryWorker
+from viopay.payments.recovery import RecoveryWorker, owner_id
 from viopay.payments.recovery import interval_for as recovery_interval
 from viopay.portal import router as portal_router
 from viopay.runtime import Runtime, build_runtime
 from viopay.settings import Settings
+from viopay.webhooks import outbox
+from viopay.webhooks.worker import DeliveryWorker
 
 log = structlog.get_logger("viopay")
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
+    outbox.install()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or build_runtime(settings)
@@ -55,12 +60,18 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             rt, app.state.processor, interval=recovery_interval(settings.recovery_delay_seconds)
         )
         recovery.start()
+        deliveries = DeliveryWorker(rt, owner=owner_id())
+        deliveries.start()
+        fleet = FleetTimer(rt, owner=owner_id())
+        fleet.start()
         log.info(
             "started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory"
         )
         try:
             yield
         finally:
+            await fleet.stop()
+            await deliveries.stop()
             await recovery.stop()
             await rt.close()
             process_exited()

@@ -13,6 +13,7 @@ from viopay.cli.keys import app as keys_app
 from viopay.cli.merchants import client_app, merchant_app
 from viopay.cli.parameters import app as parameters_app
 from viopay.cli.users import app as user_app
+from viopay.webhooks import outbox
 
 app = typer.Typer(
     help="Viopay POS platform: server and operator commands.",
@@ -177,4 +178,5 @@ def recover(as_json: bool = JsonOption) -> None:
 
 
 def main() -> None:
+    outbox.install()  # events made by operator commands reach the merchants' webhooks too
     app()
