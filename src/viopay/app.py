@@ -25,6 +25,7 @@ from viopay.api.events import router as events_router
 from viopay.api.merchants import admin_router as merchant_admin_router
 from viopay.api.merchants import merchant_router as merchant_config_router
 from viopay.auth.issuer import OidcVerifier, load_embedded_issuer
+from viopay.auth.oidc import OidcProvider
 from viopay.auth.router import admin_router as client_admin_router
 from viopay.auth.router import router as auth_router
 from viopay.configuration.router import config_schema_router
@@ -58,7 +59,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or build_runtime(settings)
         if settings.oidc_issuer:
-            rt.oidc = OidcVerifier(issuer=settings.oidc_issuer, audience=settings.oidc_audience)
+            provider = OidcProvider(
+                issuer=settings.oidc_issuer, jwks_refresh_seconds=settings.oidc_jwks_refresh_seconds
+            )
+            rt.oidc = OidcVerifier(provider=provider, audience=settings.oidc_audience)
         else:
             rt.issuer = await load_embedded_issuer(
                 rt.sessions, rt.wrapper, issuer=settings.public_url, ttl=settings.token_ttl_seconds

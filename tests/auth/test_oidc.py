@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from viopay.auth.issuer import OidcVerifier
+from viopay.auth.oidc import OidcProvider
 from viopay.errors import ServiceUnavailable, Unauthorized
 
 ISSUER = "https://sso.example.test/realms/viopay"
@@ -90,9 +91,10 @@ def realm():
 @pytest.fixture
 async def verifier(realm):
     v = OidcVerifier(
-        issuer=ISSUER,
+        provider=OidcProvider(
+            issuer=ISSUER, client=httpx.AsyncClient(transport=httpx.MockTransport(realm.handler))
+        ),
         audience="viopay",
-        client=httpx.AsyncClient(transport=httpx.MockTransport(realm.handler)),
     )
     yield v
     await v.close()
@@ -117,7 +119,7 @@ async def test_session_key_falls_back_to_token_hash(verifier, realm):
 async def test_unknown_kid_refetches_jwks_once(verifier, realm):
     await verifier.verify(realm.token())
     realm.keys["k2"] = ec.generate_private_key(ec.SECP256R1())  # the realm rotates its keys
-    verifier._fetched_at = 0.0  # past the refetch interval
+    verifier.provider.jwks_refresh_seconds = 0.0  # the last fetch is past the refetch interval
     principal = await verifier.verify(realm.token(kid="k2"))
     assert principal.subject == "user-1" and realm.jwks_fetches == 2
     with pytest.raises(Unauthorized):
