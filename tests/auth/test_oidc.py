@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from viopay.auth.issuer import OidcVerifier
-from viopay.auth.oidc import OidcProvider
+from viopay.auth.oidc import KEYS_MAX_AGE, OidcProvider
 from viopay.errors import ServiceUnavailable, Unauthorized
 
 ISSUER = "https://sso.example.test/realms/viopay"
@@ -177,3 +177,41 @@ async def test_unreachable_provider_fails_closed(verifier, realm):
     realm.down = True
     with pytest.raises(ServiceUnavailable):
         await verifier.verify(realm.token())
+
+
+async def test_a_withdrawn_key_is_forgotten_once_the_jwks_is_old(
+    verifier: OidcVerifier, realm: FakeRealm
+) -> None:
+    token = realm.token()
+    await verifier.verify(token)
+    realm.keys = {"k2": ec.generate_private_key(ec.SECP256R1())}  # k1 withdrawn (compromised)
+    await verifier.verify(token)  # the JWKS held is recent: no fetch for a known kid
+    assert realm.jwks_fetches == 1
+    verifier.provider._keys_at = time.monotonic() - KEYS_MAX_AGE - 1
+    with pytest.raises(Unauthorized):
+        await verifier.verify(token)
+    assert realm.jwks_fetches == 2
+    assert (await verifier.verify(realm.token(kid="k2"))).subject == "user-1"
+
+
+async def test_an_old_jwks_is_kept_while_the_provider_is_down(
+    verifier: OidcVerifier, realm: FakeRealm
+) -> None:
+    token = realm.token()
+    await verifier.verify(token)
+    realm.down = True
+    verifier.provider._keys_at = time.monotonic() - KEYS_MAX_AGE - 1
+    assert (await verifier.verify(token)).subject == "user-1"
+    realm.keys["k9"] = ec.generate_private_key(ec.SECP256R1())  # published while it is down
+    with pytest.raises(ServiceUnavailable):  # an unknown kid cannot be checked: fail closed
+        await verifier.verify(realm.token(kid="k9"))
+
+
+async def test_a_discovery_document_for_another_issuer_is_refused(realm: FakeRealm) -> None:
+    provider = OidcProvider(
+        issuer="https://sso.example.test/realms/other",
+        client=httpx.AsyncClient(transport=httpx.MockTransport(realm.handler)),
+    )
+    with pytest.raises(ServiceUnavailable):
+        await provider.key("k1")
+    await provider.close()

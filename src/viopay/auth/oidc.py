@@ -7,7 +7,8 @@ discovery document, one JWKS and one HTTP connection pool.
 Key rotation: the provider publishes a new key (a new ``kid``) and starts signing with it; the
 first token naming a ``kid`` we do not hold makes us fetch the JWKS again, at most once every
 ``jwks_refresh_seconds`` (a flood of made-up ``kid`` values cannot turn into a flood of fetches).
-A key the provider no longer publishes is forgotten at that fetch.
+The JWKS is also fetched again once it is older than five minutes, so a key the provider no longer
+publishes is forgotten (if the provider cannot be reached then, the keys held are kept).
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from typing import Any
 
 import httpx
 import jwt
+import structlog
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from viopay.errors import ServiceUnavailable, Unauthorized
 
 DISCOVERY_TTL = 300.0
+KEYS_MAX_AGE = 300.0
+log = structlog.get_logger("viopay.oidc")
 
 
 @dataclass(frozen=True)
@@ -117,21 +121,26 @@ class OidcProvider:
             self._discovery_at = time.monotonic()
         return self._discovery
 
-    async def _refresh_keys(self) -> None:
+    async def _refresh_keys(self, *, older_than: float) -> None:
         async with self._lock:
-            now = time.monotonic()
-            if self._keys_at is not None and now - self._keys_at < self.jwks_refresh_seconds:
+            if self._keys_at is not None and time.monotonic() - self._keys_at < older_than:
                 return  # fetched a moment ago (maybe by a concurrent request): nothing new
             discovery = await self.discovery()
             self._keys = _parse_jwks(await self._get_json(discovery.jwks_uri))
             self._keys_at = time.monotonic()
 
     async def key(self, kid: object) -> Any:
-        """The public key of ``kid``, fetching the JWKS again when it is not one we know."""
+        """The public key of ``kid``, fetching the JWKS again when it is not one we know (or the
+        copy we hold is older than :data:`KEYS_MAX_AGE`: a withdrawn key is then forgotten)."""
         if not isinstance(kid, str) or not kid:
             raise Unauthorized("the token names no key")
         if kid not in self._keys:
-            await self._refresh_keys()
+            await self._refresh_keys(older_than=self.jwks_refresh_seconds)
+        elif self._keys_at is None or time.monotonic() - self._keys_at > KEYS_MAX_AGE:
+            try:
+                await self._refresh_keys(older_than=KEYS_MAX_AGE)
+            except ServiceUnavailable:
+                log.warning("oidc_jwks_refresh_failed", issuer=self.issuer)  # keep the known keys
         key = self._keys.get(kid)
         if key is None:
             raise Unauthorized("the token was signed by an unknown key")

@@ -1,0 +1,91 @@
+"""A merchant signs into the portal at a real OpenID provider (oidc-provider shaped like a
+Keycloak realm, tests/oidc_kit.py) in Chromium: the authorization-code flow with PKCE, then out
+again at the provider. On both backends (the portal's sessions live in the cache).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+from portal_kit import shot
+
+from helpers import Backend, _json
+from oidc_kit import OPS, OidcStack, oidc_stack
+
+
+@pytest.fixture(scope="module")
+def stack(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcStack]:
+    yield from oidc_stack(backend, tmp_path_factory.mktemp(f"portal-oidc-{backend.name}"))
+
+
+def _member_of_a_merchant(stack: OidcStack, name: str) -> None:
+    """An operator (a service account with viopay-admin) makes the merchant and its owner."""
+    token = _json(stack.provider.token(OPS), 200)["access_token"]
+    operator = httpx.Client(base_url=stack.server.url, headers={"Authorization": f"Bearer {token}"})
+    merchant = _json(operator.post("/admin/merchants", json={"name": name}), 201)
+    _json(
+        operator.post(
+            f"/admin/merchants/{merchant['merchant_id']}/members",
+            json={"subject": stack.user.sub, "role": "owner"},
+        ),
+        201,
+    )
+    operator.close()
+
+
+def _sign_in_at_the_provider(page: Any, stack: OidcStack, password: str) -> None:
+    page.fill("#username", stack.user.username)
+    page.fill("#password", password)
+    page.click("#kc-login")
+
+
+def test_a_merchant_signs_in_with_pkce_and_out_at_the_provider(
+    stack: OidcStack, backend: Backend, page: Any
+) -> None:
+    server, provider = stack.server.url, stack.provider
+    _member_of_a_merchant(stack, "Corner Coffee")
+    authorizations: list[str] = []
+    page.on(
+        "request",
+        lambda r: (
+            authorizations.append(r.url)
+            if r.url.startswith(f"{provider.issuer}/protocol/openid-connect/auth")
+            else None
+        ),
+    )
+
+    page.goto(f"{server}/portal/devices")
+    page.wait_for_url(re.compile(r"/portal/signin\?next="))
+    page.get_by_role("link", name="Sign in with single sign-on").click()
+    page.wait_for_url(re.compile(re.escape(provider.issuer) + r"/interaction/"))
+    shot(page, f"oidc-{backend.name}", "provider-signin")
+
+    _sign_in_at_the_provider(page, stack, "not-" + stack.user.password)
+    expect(page.locator("#error")).to_have_text("Invalid username or password.")
+    _sign_in_at_the_provider(page, stack, stack.user.password)
+    page.wait_for_url(re.compile(re.escape(server) + r"/portal/devices$"))
+    expect(page.get_by_test_id("signed-in-as")).to_have_text(stack.user.email)
+    expect(page.locator(".topbar")).to_contain_text("Corner Coffee")
+    shot(page, f"oidc-{backend.name}", "devices")
+
+    # The portal asked for a code bound to a PKCE challenge (the provider requires one).
+    asked = {k: v[0] for k, v in parse_qs(urlsplit(authorizations[0]).query).items()}
+    assert asked["code_challenge_method"] == "S256" and len(asked["code_challenge"]) == 43
+    assert asked["response_type"] == "code" and asked["redirect_uri"].startswith(server)
+
+    # Signing out ends the provider's session too: the next sign-in asks for the password again.
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(re.compile(re.escape(provider.issuer) + r"/protocol/openid-connect/logout"))
+    page.get_by_role("button", name=re.compile("Yes, sign me out", re.I)).click()
+    page.wait_for_url(re.compile(re.escape(server) + r"/portal/signin$"))
+    page.goto(f"{server}/portal/devices")
+    page.wait_for_url(re.compile(r"/portal/signin\?next="))
+    page.get_by_role("link", name="Sign in with single sign-on").click()
+    page.wait_for_url(re.compile(re.escape(provider.issuer) + r"/interaction/"))
+    expect(page.locator("#password")).to_be_visible()
