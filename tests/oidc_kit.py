@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -68,14 +69,15 @@ class OpenIdProvider:
         redirect_base: str,
         users: list[User],
         client_secrets: dict[str, str],
+        access_token_ttl: int,
     ) -> None:
         self.port = port
         self.issuer = f"http://127.0.0.1:{port}/realms/{REALM}"
         self.secrets = client_secrets
         SEEN_SECRETS.update(self.secrets.values())
         SEEN_SECRETS.update(u.password for u in users)
-        service = {"grant_types": ["client_credentials"]}
-        clients = [
+        service: dict[str, Any] = {"grant_types": ["client_credentials"]}
+        clients: list[dict[str, Any]] = [
             service | {"client_id": OPS, "realm_roles": ["viopay-admin"]},
             service | {"client_id": REPORTS},
             service | {"client_id": STALE, "realm_roles": ["viopay-admin"], "backdate": 3600},
@@ -95,6 +97,7 @@ class OpenIdProvider:
                     "port": port,
                     "realm": REALM,
                     "audience": AUDIENCE,
+                    "access_token_ttl": access_token_ttl,
                     "clients": clients,
                     "users": [u.__dict__ | {"roles": ["offline_access"]} for u in users],
                 }
@@ -164,7 +167,9 @@ class OidcStack:
     user: User
 
 
-def oidc_stack(backend: Backend, directory: Path) -> Iterator[OidcStack]:
+def oidc_stack(
+    backend: Backend, directory: Path, *, access_token_ttl: int = 300
+) -> Iterator[OidcStack]:
     """``viopay serve`` on ``backend`` with VIOPAY_OIDC_ISSUER, then the provider it points at."""
     node_executable()  # before starting anything
     port = _free_port()
@@ -195,6 +200,7 @@ def oidc_stack(backend: Backend, directory: Path) -> Iterator[OidcStack]:
             redirect_base=server.url,
             users=[user],
             client_secrets=client_secrets,
+            access_token_ttl=access_token_ttl,
         )
     except BaseException:
         server.stop()

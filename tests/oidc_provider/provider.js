@@ -4,7 +4,7 @@
 //
 //   node provider.js CONFIG.json   → prints "ready <issuer>" once it listens on 127.0.0.1
 //
-// CONFIG: {"port", "realm", "audience", "clients": [{client_id, client_secret, grant_types,
+// CONFIG: {"port", "realm", "audience", "access_token_ttl"?, "clients": [{client_id, client_secret, grant_types,
 //   redirect_uris?, post_logout_redirect_uris?, realm_roles?, backdate?}],
 //   "users": [{username, password, sub, email, roles}]}
 // `backdate` (seconds) makes a client's access tokens issued that long ago (an expired token).
@@ -78,7 +78,7 @@ function build() {
           scope: 'openid email profile',
           audience: indicator === resource ? config.audience : indicator,
           accessTokenFormat: 'jwt',
-          accessTokenTTL: 300,
+          accessTokenTTL: config.access_token_ttl || 300,
           jwt: { sign: { alg: 'RS256' } },
         }),
       },

@@ -1,6 +1,7 @@
 """A merchant signs into the portal at a real OpenID provider (oidc-provider shaped like a
-Keycloak realm, tests/oidc_kit.py) in Chromium: the authorization-code flow with PKCE, then out
-again at the provider. On both backends (the portal's sessions live in the cache).
+Keycloak realm, tests/oidc_kit.py) in Chromium: the authorization-code flow with PKCE, short
+access tokens refreshed at the provider, then out again at the provider. On both backends (the
+portal's sessions live in the cache).
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from oidc_kit import OPS, OidcStack, oidc_stack
 
 @pytest.fixture(scope="module")
 def stack(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcStack]:
-    yield from oidc_stack(backend, tmp_path_factory.mktemp(f"portal-oidc-{backend.name}"))
+    # Access tokens of 5 s, inside the portal's 30 s margin: every page refreshes them at the
+    # provider (a refresh_token grant), and the merchant session is initiated again once the
+    # token it was made with is gone (PROTOCOL §2.5).
+    directory = tmp_path_factory.mktemp(f"portal-oidc-{backend.name}")
+    yield from oidc_stack(backend, directory, access_token_ttl=5)
 
 
 def _member_of_a_merchant(stack: OidcStack, name: str) -> None:
@@ -73,6 +78,10 @@ def test_a_merchant_signs_in_with_pkce_and_out_at_the_provider(
     expect(page.get_by_test_id("signed-in-as")).to_have_text(stack.user.email)
     expect(page.locator(".topbar")).to_contain_text("Corner Coffee")
     shot(page, f"oidc-{backend.name}", "devices")
+    for name, heading in (("Settings", "Settings"), ("Charges", "Charges"), ("Devices", "Devices")):
+        page.get_by_role("link", name=name).click()  # each one refreshes the token first
+        expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+        expect(page.locator(".topbar")).to_contain_text("Corner Coffee")
 
     # The portal asked for a code bound to a PKCE challenge (the provider requires one).
     asked = {k: v[0] for k, v in parse_qs(urlsplit(authorizations[0]).query).items()}
