@@ -197,34 +197,31 @@ class Backend:
         return document
 
 
-def _create_pg_database(name: str) -> None:
+def _pg_admin(statement: str) -> None:
+    """Run one statement as the PostgreSQL admin, in a thread of its own: a session fixture may
+    be set up while another fixture's event loop runs (Playwright's sync API keeps one)."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     import asyncpg
 
     async def go() -> None:
         conn = await asyncpg.connect(PG_ADMIN_URL)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(statement)
         finally:
             await conn.close()
 
-    asyncio.run(go())
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, go()).result()
+
+
+def _create_pg_database(name: str) -> None:
+    _pg_admin(f'CREATE DATABASE "{name}"')
 
 
 def _drop_pg_database(name: str) -> None:
-    import asyncio
-
-    import asyncpg
-
-    async def go() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_URL)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _flush_redis_prefix(prefix: str) -> None:

@@ -26,7 +26,9 @@ def stack(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     # provider (a refresh_token grant), and the merchant session is initiated again once the
     # token it was made with is gone (PROTOCOL §2.5).
     directory = tmp_path_factory.mktemp(f"portal-oidc-{backend.name}")
-    yield from oidc_stack(backend, directory, access_token_ttl=5)
+    for stack in oidc_stack(backend, directory, access_token_ttl=5):
+        _member_of_a_merchant(stack, "Corner Coffee")
+        yield stack
 
 
 def _member_of_a_merchant(stack: OidcStack, name: str) -> None:
@@ -50,11 +52,17 @@ def _sign_in_at_the_provider(page: Any, stack: OidcStack, password: str) -> None
     page.click("#kc-login")
 
 
+def _sign_in(page: Any, stack: OidcStack) -> None:
+    page.goto(f"{stack.server.url}/portal/signin")
+    page.get_by_role("link", name="Sign in with single sign-on").click()
+    _sign_in_at_the_provider(page, stack, stack.user.password)
+    page.wait_for_url(re.compile(re.escape(stack.server.url) + r"/portal/devices$"))
+
+
 def test_a_merchant_signs_in_with_pkce_and_out_at_the_provider(
     stack: OidcStack, backend: Backend, page: Any
 ) -> None:
     server, provider = stack.server.url, stack.provider
-    _member_of_a_merchant(stack, "Corner Coffee")
     authorizations: list[str] = []
     page.on(
         "request",
@@ -82,6 +90,12 @@ def test_a_merchant_signs_in_with_pkce_and_out_at_the_provider(
         page.get_by_role("link", name=name).click()  # each one refreshes the token first
         expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
         expect(page.locator(".topbar")).to_contain_text("Corner Coffee")
+    # The merchant session lasts as long as the token it was made with (PROTOCOL §2.5): once it
+    # is gone, the portal initiates it again with the refreshed token, for the same merchant.
+    page.wait_for_timeout(5_500)
+    page.get_by_role("link", name="Activity").click()
+    expect(page.get_by_role("heading", name="Activity", exact=True)).to_be_visible()
+    expect(page.locator(".topbar")).to_contain_text("Corner Coffee")
 
     # The portal asked for a code bound to a PKCE challenge (the provider requires one).
     asked = {k: v[0] for k, v in parse_qs(urlsplit(authorizations[0]).query).items()}
@@ -98,3 +112,35 @@ def test_a_merchant_signs_in_with_pkce_and_out_at_the_provider(
     page.get_by_role("link", name="Sign in with single sign-on").click()
     page.wait_for_url(re.compile(re.escape(provider.issuer) + r"/interaction/"))
     expect(page.locator("#password")).to_be_visible()
+
+
+def test_a_session_ended_at_the_provider_ends_the_portal_session(
+    stack: OidcStack, page: Any
+) -> None:
+    _sign_in(page, stack)
+    page.get_by_role("link", name="Settings").click()
+    expect(page.get_by_role("heading", name="Settings")).to_be_visible()
+    # The merchant signs out at the provider itself (another tab): it revokes the grant, so the
+    # portal's next refresh is refused and the portal session ends with it.
+    provider_tab = page.context.new_page()
+    provider_tab.goto(f"{stack.provider.issuer}/protocol/openid-connect/logout")
+    provider_tab.get_by_role("button", name=re.compile("Yes, sign me out", re.I)).click()
+    expect(provider_tab.locator("body")).to_contain_text(re.compile("sign-out success", re.I))
+    provider_tab.close()
+    page.get_by_role("link", name="Activity").click()
+    page.wait_for_url(re.compile(r"/portal/signin\?next=%2Fportal%2Fevents$"))
+    expect(page.locator(".flash-info")).to_contain_text("Your session has expired")
+
+
+def test_a_callback_this_browser_did_not_start_is_refused(stack: OidcStack, page: Any) -> None:
+    # A code fed to the browser by someone else (login CSRF) is never exchanged.
+    page.goto(f"{stack.server.url}/portal/auth/callback?code=stolen&state=forged")
+    page.wait_for_url(re.compile(r"/portal/signin$"))
+    expect(page.locator(".flash-info")).to_contain_text("expired or was not started here")
+    expect(page.locator("#email")).to_have_count(0)  # no password form: people sign in there
+
+
+def test_password_sign_in_is_off_with_an_openid_provider(stack: OidcStack) -> None:
+    http = httpx.Client(base_url=stack.server.url, follow_redirects=False)
+    assert 'name="csrf_token"' not in http.get("/portal/signin").text  # no form at all
+    http.close()
