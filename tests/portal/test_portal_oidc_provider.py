@@ -90,8 +90,9 @@ def test_a_merchant_signs_in_with_pkce_and_out_at_the_provider(
         page.get_by_role("link", name=name).click()  # each one refreshes the token first
         expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
         expect(page.locator(".topbar")).to_contain_text("Corner Coffee")
-    # The merchant session lasts as long as the token it was made with (PROTOCOL §2.5): once it
-    # is gone, the portal initiates it again with the refreshed token, for the same merchant.
+    # Idle past the access token's life: the provider sends no `refresh_expires_in` (Keycloak
+    # does), so the refresh token alone keeps the portal session. The merchant session lasted as
+    # long as the token it was made with (PROTOCOL §2.5): the portal initiates it again.
     page.wait_for_timeout(5_500)
     page.get_by_role("link", name="Activity").click()
     expect(page.get_by_role("heading", name="Activity", exact=True)).to_be_visible()

@@ -266,6 +266,7 @@ async def _refreshed(
                     started_at=who.started_at,
                     now=now,
                     refresh_expires_in=tokens.refresh_expires_in if refresh_token else None,
+                    refreshable=bool(refresh_token),
                 ),
                 refresh_token=refresh_token,
                 id_token=tokens.id_token or who.id_token,
