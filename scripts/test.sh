@@ -10,7 +10,9 @@ command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninte
   || echo "warning: could not install chromium: the browser tests skip (and fail with CI=true)" >&2
 # The OIDC tests run a real OpenID provider on Node.js (tests/oidc_provider/, npm ci'd by setup.sh).
 if ! command -v npm >/dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm \
+  # (NodeSource's nodejs brings npm; Debian's needs its npm package besides.)
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs \
+    && (command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm) \
     && npm ci --prefix tests/oidc_provider --no-audit --no-fund --silent) \
     || echo "warning: could not install Node.js: the OpenID provider tests skip (and fail with CI=true)" >&2
 fi

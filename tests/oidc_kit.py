@@ -45,6 +45,10 @@ def node_executable() -> str:
     if node is None:
         _unavailable("node not found (scripts/test.sh installs Node.js)")
     assert node is not None
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=False)
+    major = version.stdout.strip().lstrip("v").split(".")[0]
+    if not major.isdigit() or int(major) < 20:
+        _unavailable(f"oidc-provider needs Node.js 20 or later, {node} is {version.stdout.strip()}")
     if not (PROVIDER_DIR / "node_modules" / "oidc-provider").is_dir():
         _unavailable("tests/oidc_provider/node_modules is missing (scripts/setup.sh runs npm ci)")
     return node
