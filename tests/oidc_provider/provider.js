@@ -14,6 +14,7 @@ import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 
 import Provider from 'oidc-provider';
+import { createMemoryAdapter } from 'oidc-provider/lib/adapters/memory_adapter.js';
 
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const prefix = `/realms/${config.realm}`;
@@ -22,6 +23,8 @@ const resource = `urn:${config.audience}`;
 const extras = new Map(config.clients.map((c) => [c.client_id, c]));
 const users = new Map(config.users.map((u) => [u.sub, u]));
 const cookieKeys = [randomUUID()];
+// One store for every Provider built here: sessions, grants and refresh tokens outlive a rotation.
+const adapter = createMemoryAdapter();
 const keys = [];
 
 function newKey() {
@@ -57,6 +60,7 @@ function build() {
       token_endpoint_auth_method: 'client_secret_post',
       ...metadata,
     })),
+    adapter,
     jwks: { keys },
     cookies: { keys: cookieKeys },
     claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['preferred_username'] },
@@ -108,6 +112,9 @@ function build() {
     interactions: { url: (ctx, interaction) => `${prefix}/interaction/${interaction.uid}` },
   });
   provider.proxy = false;
+  for (const event of ['grant.error', 'authorization.error', 'server_error']) {
+    provider.on(event, (ctx, error) => console.error(event, error.error_detail || error.message));
+  }
   return provider;
 }
 

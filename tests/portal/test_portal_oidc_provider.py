@@ -93,6 +93,9 @@ def test_a_merchant_signs_in_with_pkce_and_out_at_the_provider(
     # Idle past the access token's life: the provider sends no `refresh_expires_in` (Keycloak
     # does), so the refresh token alone keeps the portal session. The merchant session lasted as
     # long as the token it was made with (PROTOCOL §2.5): the portal initiates it again.
+    # Meanwhile the provider rotates its signing key: the tokens of the next refresh name a kid
+    # the server has not seen, and the same process takes them.
+    stack.provider.rotate_keys()
     page.wait_for_timeout(5_500)
     page.get_by_role("link", name="Activity").click()
     expect(page.get_by_role("heading", name="Activity", exact=True)).to_be_visible()
