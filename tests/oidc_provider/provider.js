@@ -4,8 +4,9 @@
 //
 //   node provider.js CONFIG.json   → prints "ready <issuer>" once it listens on 127.0.0.1
 //
-// CONFIG: {"port", "realm", "audience", "access_token_ttl"?, "clients": [{client_id, client_secret, grant_types,
-//   redirect_uris?, post_logout_redirect_uris?, realm_roles?, backdate?}],
+// CONFIG: {"port", "realm", "audience", "access_token_ttl"?,
+//   "clients": [{client_id, client_secret, grant_types, redirect_uris?, post_logout_redirect_uris?,
+//                realm_roles?, backdate?}],
 //   "users": [{username, password, sub, email, roles}]}
 // `backdate` (seconds) makes a client's access tokens issued that long ago (an expired token).
 // POST /test/rotate-keys makes a new signing key (new kid), published beside the old one.
@@ -44,7 +45,7 @@ function keycloakLayout(ctx, token, jwt) {
     payload.realm_access = { roles: client.realm_roles || [] };
   } else {
     delete payload.client_id; // a user's token names its client in `azp` only
-    payload.sid = token.sid;
+    payload.sid = token.sid || token.sessionUid; // the provider's session, kept by refreshes
     payload.realm_access = { roles: users.get(payload.sub)?.roles || [] };
   }
   if (client.backdate) {
