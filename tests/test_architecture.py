@@ -33,6 +33,7 @@ BASE = {
     "signatures",
     "migrate",
     "audit",
+    "masterkey",
     "__init__",
 }
 

@@ -6,6 +6,7 @@ from viopay.auth.users import User
 from viopay.db import Base
 from viopay.devices.models import Device, MerchantDeviceIdentityKey, PairingCode, Terminal
 from viopay.keysets.models import KeySet, KeySetKey
+from viopay.masterkey import MasterKeyCheck
 from viopay.merchants.models import Merchant, MerchantConfig, MerchantMember
 from viopay.parameters.models import TerminalParameters
 from viopay.payments.models import Charge, IdempotencyRecord, Refund
@@ -20,6 +21,7 @@ __all__ = [
     "IdempotencyRecord",
     "KeySet",
     "KeySetKey",
+    "MasterKeyCheck",
     "Merchant",
     "MerchantConfig",
     "MerchantDeviceIdentityKey",
