@@ -17,6 +17,7 @@ from starlette.responses import Response
 from viopay import __version__
 from viopay.api import api_router
 from viopay.auth.issuer import OidcVerifier, load_embedded_issuer
+from viopay.auth.oidc import OidcProvider
 from viopay.errors import (
     InternalError,
     InvalidRequest,
@@ -49,7 +50,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or build_runtime(settings)
         if settings.oidc_issuer:
-            rt.oidc = OidcVerifier(issuer=settings.oidc_issuer, audience=settings.oidc_audience)
+            provider = OidcProvider(
+                issuer=settings.oidc_issuer, jwks_refresh_seconds=settings.oidc_jwks_refresh_seconds
+            )
+            rt.oidc = OidcVerifier(provider=provider, audience=settings.oidc_audience)
         else:
             rt.issuer = await load_embedded_issuer(
                 rt.sessions, rt.wrapper, issuer=settings.public_url, ttl=settings.token_ttl_seconds

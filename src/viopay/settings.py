@@ -46,15 +46,24 @@ class Settings(BaseSettings):
         default=None, description="Newest published POS app version."
     )
     oidc_issuer: str | None = Field(
-        default=None, description="Keycloak realm URL; default: embedded issuer."
+        default=None,
+        description="OpenID provider's issuer URL (Keycloak: https://HOST/realms/REALM); default: embedded issuer.",
     )
     oidc_audience: str = Field(
         default="viopay", description="Expected `aud` (or `azp`) of Bearer tokens."
     )
     oidc_client_id: str | None = Field(
-        default=None, description="Client used for /client/session against Keycloak."
+        default=None, description="The portal's client at the OpenID provider (sign-in with PKCE)."
     )
-    oidc_client_secret: SecretStr | None = Field(default=None)
+    oidc_client_secret: SecretStr | None = Field(
+        default=None, description="That client's secret (none for a public client)."
+    )
+    oidc_jwks_refresh_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="Least time between two JWKS fetches made for a token naming an unknown kid.",
+    )
     token_ttl_seconds: int = Field(
         default=3600, ge=60, le=86400, description="Embedded issuer token life."
     )
