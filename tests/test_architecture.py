@@ -33,6 +33,7 @@ BASE = {
     "signatures",
     "migrate",
     "audit",
+    "bodies",
     "__init__",
 }
 

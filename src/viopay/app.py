@@ -136,6 +136,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        if exc.errors() and all(e["loc"][0] == "path" for e in exc.errors()):
+            return problem_response(NotFound("no such resource"), rid(request))
         errors = [
             {
                 "field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]),

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from viopay.errors import (
     PROBLEM_MEDIA_TYPE,
     InternalError,
+    InvalidRequest,
     PayloadTooLarge,
     ViopayError,
     problem_body,
@@ -73,6 +74,11 @@ class RequestContextMiddleware:
         try:
             if _declared_length(scope) > limit:
                 raise _TooLarge
+            if _holds_nul(scope):
+                await _send_problem(
+                    send_with_id, rid, InvalidRequest("the path or query holds a U+0000")
+                )
+                return
             await self.app(scope, limited_receive, send_with_id)
         except _TooLarge:
             if response_started:
@@ -100,6 +106,12 @@ def _client_request_id(scope: Scope) -> str | None:
             text = value.decode("latin-1")
             return text if _REQUEST_ID.match(text) else None
     return None
+
+
+def _holds_nul(scope: Scope) -> bool:
+    """A U+0000 in the path or the query (PROTOCOL §1: 400, before anything reads them)."""
+    query = bytes(scope.get("query_string", b"")).lower()
+    return "\x00" in scope["path"] or b"%00" in query or b"\x00" in query
 
 
 def _declared_length(scope: Scope) -> int:

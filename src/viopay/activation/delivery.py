@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, StrictInt, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import Actor, record_event
+from viopay.bodies import check_json
 from viopay.configuration.document import config_document_for, config_etag
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.deps import field_errors
@@ -185,6 +186,7 @@ async def open_activation(
     await keysets.count_envelopes(db, key_set_id=key_set.key_set_id)
     if not isinstance(document, dict):
         raise InvalidRequest("the activation plaintext must be a JSON object")
+    check_json(document)
     return key_set, document
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from viopay.audit import Actor
 from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession, admin_principal
 from viopay.auth.sessions import MerchantSession
-from viopay.deps import CacheDep, DbSession, Now, RuntimeDep, body_schema, read_json
+from viopay.deps import CacheDep, DbSession, Now, PathId, RuntimeDep, body_schema, read_json
 from viopay.devices import service
 from viopay.devices.authn import ActivationDevice, BootstrapDevice
 from viopay.devices.models import Device
@@ -167,7 +167,7 @@ async def provision(
     responses=errors_for(400, 401, 403, 404, 409, 415, 503),
 )
 async def add_key(
-    device_id: str,
+    device_id: PathId,
     request: Request,
     principal: AdminPrincipal,
     runtime: RuntimeDep,
@@ -194,7 +194,7 @@ async def add_key(
     responses=errors_for(401, 403, 404, 503),
 )
 async def revoke_key(
-    device_id: str, key_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+    device_id: PathId, key_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> RevokedKeyOut:
     key = await service.revoke_identity_key(
         db, device_id=device_id, key_id=key_id, actor=_operator(principal), now=now
@@ -209,7 +209,7 @@ async def revoke_key(
     responses=errors_for(401, 403, 404, 503),
 )
 async def admin_disable(
-    device_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+    device_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await service.get_device(db, device_id)
     return DeviceOut.of(
@@ -225,7 +225,7 @@ async def admin_disable(
     responses=errors_for(401, 403, 404, 503),
 )
 async def admin_enable(
-    device_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+    device_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await service.get_device(db, device_id)
     return DeviceOut.of(
@@ -241,7 +241,7 @@ async def admin_enable(
     responses=errors_for(401, 403, 404, 503),
 )
 async def admin_release(
-    device_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+    device_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await service.get_device(db, device_id)
     return DeviceOut.of(
@@ -285,7 +285,9 @@ async def list_devices(
 @merchant_router.get(
     "/devices/{device_id}", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503)
 )
-async def get_merchant_device(device_id: str, session: CurrentSession, db: DbSession) -> DeviceOut:
+async def get_merchant_device(
+    device_id: PathId, session: CurrentSession, db: DbSession
+) -> DeviceOut:
     return DeviceOut.of(await _merchant_device(db, session, device_id))
 
 
@@ -299,7 +301,7 @@ def _actor(session: MerchantSession) -> Actor:
     responses=errors_for(401, 403, 404, 503),
 )
 async def merchant_disable(
-    device_id: str, session: ManagingSession, db: DbSession, now: Now
+    device_id: PathId, session: ManagingSession, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
     return DeviceOut.of(
@@ -313,7 +315,7 @@ async def merchant_disable(
     responses=errors_for(401, 403, 404, 503),
 )
 async def merchant_enable(
-    device_id: str, session: ManagingSession, db: DbSession, now: Now
+    device_id: PathId, session: ManagingSession, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
     return DeviceOut.of(
@@ -329,7 +331,7 @@ async def merchant_enable(
     responses=errors_for(401, 403, 404, 503),
 )
 async def merchant_release(
-    device_id: str, session: ManagingSession, db: DbSession, now: Now
+    device_id: PathId, session: ManagingSession, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
     return DeviceOut.of(await release_device(db, device=device, actor=_actor(session), now=now))
@@ -342,7 +344,7 @@ async def merchant_release(
     responses=errors_for(400, 401, 403, 404, 415, 503),
 )
 async def merchant_rename(
-    device_id: str, request: Request, session: ManagingSession, db: DbSession, now: Now
+    device_id: PathId, request: Request, session: ManagingSession, db: DbSession, now: Now
 ) -> DeviceOut:
     """Rename a device: ``{"label"}`` (null or blank clears it; owner or admin)."""
     body = await read_json(request, LabelIn)

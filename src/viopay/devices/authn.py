@@ -31,6 +31,7 @@ _SEMVER = (
 USER_AGENT_RE = re.compile(
     rf"^Viopay-POS/(?P<version>{_SEMVER}) \((?P<os>[^;()]+); (?P<model>[^;()]+)\)$"
 )
+MAX_VERSION_LENGTH = 64
 FREE_FORM_RE = re.compile(r"^[\x21-\x7E]{1,128}$")
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
 
@@ -48,14 +49,23 @@ def parse_device_id(request: Request) -> str:
     return device_id
 
 
-def parse_pos_headers(request: Request) -> PosHeaders:
-    device_id = parse_device_id(request)
+def parse_user_agent(request: Request) -> str:
+    """The app version of ``User-Agent`` (§2.1), at most 64 characters (§1)."""
     match = USER_AGENT_RE.match(header(request, "User-Agent"))
     if match is None:
         raise InvalidHeader("User-Agent", "must be Viopay-POS/{semver} ({os}; {model})")
+    version = match["version"]
+    if len(version) > MAX_VERSION_LENGTH:
+        raise InvalidHeader("User-Agent", f"the version is over {MAX_VERSION_LENGTH} characters")
+    return version
+
+
+def parse_pos_headers(request: Request) -> PosHeaders:
+    device_id = parse_device_id(request)
+    version = parse_user_agent(request)
     if header(request, "X-Client-Type") != "pos":
         raise InvalidHeader("X-Client-Type", "must be pos")
-    return PosHeaders(device_id=device_id, version=match["version"])
+    return PosHeaders(device_id=device_id, version=version)
 
 
 def version_below(version: str, minimum: str) -> bool:
