@@ -173,6 +173,9 @@ async def open_activation(
         raise InvalidRequest("the body is not a valid envelope") from None
     except CryptoDecryptionFailed:
         raise DecryptionFailed() from None
+    # The device first: this transaction writes a key set (its tally, then the activation),
+    # and every writer of a device's sets locks the device before them.
+    await keysets.lock_device(db, device.device_id)
     key_set = await keysets.key_set_by_msk_key_id(db, envelope.kid)
     if key_set is None or key_set.device_id != device.device_id:
         raise DecryptionFailed()
