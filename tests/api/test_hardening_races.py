@@ -3,6 +3,8 @@ Each test reproduces a burst that answered 500 or let too many through before.""
 
 from __future__ import annotations
 
+import re
+import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -12,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from helpers import SEEN_SECRETS, ProvisionedDevice, Server, claim_with, sdk_client
+from helpers import SEEN_SECRETS, ProvisionedDevice, Server, claim_with, problem, sdk_client
 from viopay_device import KeySet
 from viopay_device.protocol.envelope import request_aad, seal
 
@@ -93,3 +95,78 @@ def test_concurrent_activations_of_two_key_sets_of_one_device_do_not_deadlock(
     counts = statuses(answers)
     assert set(counts) <= {200, 409}, [a.text for a in answers if a.status_code >= 500]
     assert counts[200] >= 1
+
+
+# --- failed-claim limits (§3.4) -------------------------------------------------------------
+
+
+def wrong_code() -> str:
+    """Six characters of the alphabet that no device holds (a live code is random)."""
+    return "".join(secrets.choice("ABCDEFGHJKMNPQRSTUVWXYZ23456789") for _ in range(6))
+
+
+def test_sixty_parallel_wrong_claims_of_one_user_get_exactly_five_404s(
+    make_merchant: Any,
+) -> None:
+    owner = make_merchant()
+    codes = [wrong_code() for _ in range(60)]
+    answers = burst(60, lambda i: owner.http.post("/pos/claim", json={"pairing_code": codes[i]}))
+    assert statuses(answers) == Counter({404: 5, 429: 55})
+    for answer in answers:
+        code = answer.json()["code"]
+        assert code == ("pairing_code_invalid" if answer.status_code == 404 else "rate_limited")
+
+
+def test_a_malformed_code_is_400_and_does_not_count(admin: Any, make_merchant: Any) -> None:
+    owner = make_merchant()
+    for malformed in ("AB3", "ABCDEFG", "ABCDE0", "ABC-DE1", "ÄBCDEF"):
+        answer = owner.http.post("/pos/claim", json={"pairing_code": malformed})
+        problem(answer, 400, "invalid_request")
+    for _ in range(5):  # the five failures allowed are all still there
+        answer = owner.http.post("/pos/claim", json={"pairing_code": wrong_code()})
+        problem(answer, 404, "pairing_code_invalid")
+    problem(owner.http.post("/pos/claim", json={"pairing_code": "AB3"}), 400, "invalid_request")
+    problem(owner.http.post("/pos/claim", json={"pairing_code": wrong_code()}), 429, "rate_limited")
+
+
+def test_a_right_claim_is_not_counted_as_a_failure(
+    server: Server, admin: Any, make_merchant: Any
+) -> None:
+    owner = make_merchant()
+    for _ in range(4):
+        problem(
+            owner.http.post("/pos/claim", json={"pairing_code": wrong_code()}),
+            404,
+            "pairing_code_invalid",
+        )
+    for _ in range(3):  # three right claims in a row leave the fifth failure available
+        client = sdk_client(server.url, admin.provision())
+        try:
+            claim_with(client, owner)
+        finally:
+            client.close()
+    problem(
+        owner.http.post("/pos/claim", json={"pairing_code": wrong_code()}),
+        404,
+        "pairing_code_invalid",
+    )
+    problem(owner.http.post("/pos/claim", json={"pairing_code": wrong_code()}), 429, "rate_limited")
+
+
+# --- portal sign-in limits --------------------------------------------------------------------
+
+
+def test_forty_parallel_wrong_sign_ins_are_refused_past_the_limit(server: Server) -> None:
+    with httpx.Client(base_url=server.url, follow_redirects=False, timeout=60) as http:
+        page = http.get("/portal/signin")
+        found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert found is not None
+        form = {
+            "csrf_token": found.group(1),
+            "mode": "client",
+            "client_id": f"cli_{secrets.token_hex(8)}",
+            "client_secret": "vsk_wrong",
+        }
+        answers = burst(40, lambda i: http.post("/portal/signin", data=form))
+    # Ten failures per account per 15 minutes (the portal's limit): the rest wait.
+    assert statuses(answers) == Counter({401: 10, 429: 30})
