@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         le=86_400,
         description="Age at which a payment intent without an outcome is finished by recovery (§4.7).",
     )
+    pairing_signature: Literal["required", "off"] = Field(
+        default="required",
+        description="Pairing-code and status need the §2.2 signature (required), or not (off: firmware built to the original flow).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(
         default=True, description="JSON logs (structlog); false for console output."

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from helpers import SEEN_SECRETS, pos_headers, problem
+from helpers import SEEN_SECRETS, problem, signed_pos_headers
 
 
 def claimed(api, admin, owner, label=None):
     device = admin.provision()
-    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     SEEN_SECRETS.add(code)
     assert (
         owner.http.post("/pos/claim", json={"pairing_code": code, "label": label}).status_code

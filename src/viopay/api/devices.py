@@ -13,7 +13,7 @@ from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession, ad
 from viopay.auth.sessions import MerchantSession
 from viopay.deps import CacheDep, DbSession, Now, PathId, RuntimeDep, body_schema, read_json
 from viopay.devices import service
-from viopay.devices.authn import ActivationDevice, BootstrapDevice
+from viopay.devices.authn import BootstrapDevice, PairingDevice
 from viopay.devices.models import Device
 from viopay.devices.schemas import (
     BootstrapOut,
@@ -62,7 +62,7 @@ async def bootstrap(auth: BootstrapDevice, runtime: RuntimeDep, now: Now) -> Boo
     responses=errors_for(400, 403, 404, 409, 426, 429, 503),
 )
 async def pairing_code(
-    auth: ActivationDevice, runtime: RuntimeDep, db: DbSession, now: Now
+    auth: PairingDevice, runtime: RuntimeDep, db: DbSession, now: Now
 ) -> PairingCodeOut:
     code, expires_at = await service.issue_pairing_code(
         db, runtime.cache, wrapper=runtime.wrapper, device=auth.device, now=now
@@ -78,7 +78,7 @@ async def pairing_code(
 @pos_router.get(
     "/status", response_model=StatusOut, responses=errors_for(400, 403, 404, 426, 429, 503)
 )
-async def status(auth: ActivationDevice, cache: CacheDep, db: DbSession, now: Now) -> StatusOut:
+async def status(auth: PairingDevice, cache: CacheDep, db: DbSession, now: Now) -> StatusOut:
     device = auth.device
     await service.check_status_rate(cache, device=device, now=now)
     expiry = await service.live_code_expiry(db, device=device, now=now)
