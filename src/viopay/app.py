@@ -15,6 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Scope
 
 from viopay import __version__
 from viopay.activation.router import router as activation_router
@@ -38,8 +40,8 @@ from viopay.errors import (
     problem_response,
 )
 from viopay.health import router as health_router
-from viopay.middleware import RequestContextMiddleware, request_id_of
-from viopay.openapi import Problem
+from viopay.middleware import HeadAsGetMiddleware, RequestContextMiddleware, request_id_of
+from viopay.openapi import Problem, declare_headers
 from viopay.parameters.router import parameters_admin_router
 from viopay.payments.processors import build_processor
 from viopay.payments.recovery import RecoveryWorker
@@ -85,6 +87,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
     )
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
     for router in (
@@ -111,8 +114,27 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
+
+
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route takes on the path of ``scope`` (the ``Allow`` of a 405), HEAD
+    wherever GET (the routes are asked, so included routers count too)."""
+    methods = {
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] is Match.FULL
+            for route in app.router.routes
+        )
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -127,7 +149,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         error: ViopayError
         if exc.status_code == 405:
-            error = MethodNotAllowed()
+            error = MethodNotAllowed(allowed_methods(app, request.scope))
         elif exc.status_code == 404:
             error = NotFound("no such path")
         else:
@@ -167,7 +189,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return problem_response(InternalError(), rid(request))
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
+def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(
@@ -185,5 +207,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             defs = body.get("schema", {}).pop("$defs", None)
             if defs:
                 components.update(defs)
+    declare_headers(schema, pairing_signed=settings.pairing_signature == "required")
     app.openapi_schema = schema
     return schema

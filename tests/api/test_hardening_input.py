@@ -210,3 +210,9 @@ def test_an_id_in_a_path_longer_than_128_is_404(admin: Any, make_merchant: Any) 
 def test_a_client_id_longer_than_128_is_400(api: httpx.Client) -> None:
     body = {"client_id": "c" * 129, "client_secret": secrets.token_hex(8)}
     problem(api.post("/client/session", json=body), 400, "invalid_request")
+
+
+def test_a_label_over_64_characters_is_400(make_merchant: Any) -> None:
+    merchant = make_merchant()
+    answer = merchant.http.post("/pos/claim", json={"pairing_code": "ABCDEF", "label": "x" * 65})
+    problem(answer, 400, "invalid_request")
