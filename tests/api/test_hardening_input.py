@@ -5,6 +5,7 @@ and the canonical JSON of the fingerprint recursed), on both backends."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -216,3 +217,14 @@ def test_a_label_over_64_characters_is_400(make_merchant: Any) -> None:
     merchant = make_merchant()
     answer = merchant.http.post("/pos/claim", json={"pairing_code": "ABCDEF", "label": "x" * 65})
     problem(answer, 400, "invalid_request")
+
+
+@pytest.mark.parametrize("field", ["email", "password"])
+def test_a_nul_in_a_portal_form_is_400(server: Server, field: str) -> None:
+    with httpx.Client(base_url=server.url, follow_redirects=False, timeout=30) as http:
+        page = http.get("/portal/signin")
+        found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert found is not None
+        form = {"csrf_token": found.group(1), "mode": "user", "email": "a@b.c", "password": "pw"}
+        answer = http.post("/portal/signin", data=form | {field: "x\u0000y"})
+        assert answer.status_code == 400, answer.text
