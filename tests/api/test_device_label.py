@@ -44,7 +44,7 @@ def test_rename_rules(api, admin, make_merchant):
     owner = make_merchant()
     device = claimed(api, admin, owner)
     path = f"/merchant/devices/{device.device_id}"
-    problem(owner.http.patch(path, json={"label": "x" * 201}), 400, "invalid_request")
+    problem(owner.http.patch(path, json={"label": "x" * 65}), 400, "invalid_request")
     problem(owner.http.patch(path, json={"label": "two\nlines"}), 400, "invalid_request")
     problem(owner.http.patch(path, json={}), 400, "invalid_request")
     problem(owner.http.patch(path, json={"label": 7}), 400, "invalid_request")
