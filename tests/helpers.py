@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,36 @@ class MerchantCtx:
 
 def pos_headers(device_id: str, *, ua: str = UA) -> dict[str, str]:
     return {"X-Device-Id": device_id, "User-Agent": ua, "X-Client-Type": "pos"}
+
+
+def stamp_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def signed_pos_headers(
+    device: ProvisionedDevice,
+    *,
+    key_id: str | None = None,
+    secret: bytes | None = None,
+    timestamp: str | None = None,
+    nonce: str | None = None,
+    ua: str = UA,
+) -> dict[str, str]:
+    """The activation headers plus the §2.2 signature (attest; pairing-code and status)."""
+    from viopay_device.protocol.signing import attest_string_to_sign, sign
+
+    key_id = key_id or device.key_id
+    timestamp = timestamp or stamp_now()
+    nonce = nonce or secrets.token_urlsafe(12)
+    message = attest_string_to_sign(
+        device_id=device.device_id, key_id=key_id, timestamp=timestamp, nonce=nonce
+    )
+    return pos_headers(device.device_id, ua=ua) | {
+        "X-Key-Id": key_id,
+        "X-Timestamp": timestamp,
+        "X-Nonce": nonce,
+        "X-Signature": sign(secret or device.secret, message),
+    }
 
 
 def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -34,6 +34,7 @@ BASE = {
     "migrate",
     "audit",
     "masterkey",
+    "bodies",
     "__init__",
 }
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import helpers
-from helpers import SEEN_SECRETS, Backend, Server, pos_headers
+from helpers import SEEN_SECRETS, Backend, Server, signed_pos_headers
 from log_scan import find_leaks, load_seen, save_seen
 
 SECRET = "5f0c1e9a7d3b2c4e8f6a"
@@ -128,9 +128,9 @@ def test_a_leak_fails_the_run(pytester, workers, leak):
 
 def test_server_log_records_requests_and_no_secret(server, admin, make_merchant):
     device = admin.provision()
-    code = httpx.post(
-        f"{server.url}/pos/pairing-code", headers=pos_headers(device.device_id)
-    ).json()["pairing_code"]
+    code = httpx.post(f"{server.url}/pos/pairing-code", headers=signed_pos_headers(device)).json()[
+        "pairing_code"
+    ]
     SEEN_SECRETS.add(code)
     assert make_merchant().http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
     assert '"path": "/pos/claim"' in server.log_path.read_text(errors="replace")

@@ -13,6 +13,8 @@ from fastapi.openapi.utils import get_openapi
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Scope
 
 from viopay import __version__
 from viopay.api import api_router
@@ -29,8 +31,8 @@ from viopay.errors import (
 )
 from viopay.fleet.timer import FleetTimer
 from viopay.metrics import exposition, process_exited
-from viopay.middleware import RequestContextMiddleware, request_id_of
-from viopay.openapi import Problem
+from viopay.middleware import HeadAsGetMiddleware, RequestContextMiddleware, request_id_of
+from viopay.openapi import Problem, declare_headers
 from viopay.payments.processors import build_processor
 from viopay.payments.recovery import RecoveryWorker, owner_id
 from viopay.payments.recovery import interval_for as recovery_interval
@@ -86,6 +88,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         description="Device activation, key delivery and card payments for POS terminals (wire protocol v1).",
         lifespan=lifespan,
     )
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
     app.include_router(api_router())  # one router per auth level (viopay.api)
@@ -96,8 +99,27 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         body, media_type = exposition()
         return Response(body, media_type=media_type)
 
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
+
+
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route takes on the path of ``scope`` (the ``Allow`` of a 405), HEAD
+    wherever GET (the routes are asked, so included routers count too)."""
+    methods = {
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] is Match.FULL
+            for route in app.router.routes
+        )
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -112,7 +134,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         error: ViopayError
         if exc.status_code == 405:
-            error = MethodNotAllowed()
+            error = MethodNotAllowed(allowed_methods(app, request.scope))
         elif exc.status_code == 404:
             error = NotFound("no such path")
         else:
@@ -121,6 +143,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        if exc.errors() and all(e["loc"][0] == "path" for e in exc.errors()):
+            return problem_response(NotFound("no such resource"), rid(request))
         errors = [
             {
                 "field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]),
@@ -150,7 +174,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return problem_response(InternalError(), rid(request))
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
+def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(
@@ -168,5 +192,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             defs = body.get("schema", {}).pop("$defs", None)
             if defs:
                 components.update(defs)
+    declare_headers(schema, pairing_signed=settings.pairing_signature == "required")
     app.openapi_schema = schema
     return schema

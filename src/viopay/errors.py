@@ -205,6 +205,10 @@ class MethodNotAllowed(ViopayError):
     code, status, title = "method_not_allowed", 405, "Method not allowed"
     default_detail = "this path does not take that method"
 
+    def __init__(self, allowed: list[str]) -> None:
+        super().__init__()
+        self.headers["Allow"] = ", ".join(allowed)
+
 
 class PayloadTooLarge(ViopayError):
     code, status, title = "payload_too_large", 413, "Payload too large"

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from viopay.errors import (
     PROBLEM_MEDIA_TYPE,
     InternalError,
+    InvalidRequest,
     PayloadTooLarge,
     ViopayError,
     problem_body,
@@ -77,6 +78,11 @@ class RequestContextMiddleware:
         try:
             if _declared_length(scope) > limit:
                 raise _TooLarge
+            if _holds_nul(scope):
+                await _send_problem(
+                    send_with_id, rid, InvalidRequest("the path or query holds a U+0000")
+                )
+                return
             await self.app(scope, limited_receive, send_with_id)
         except _TooLarge:
             if response_started:
@@ -110,12 +116,40 @@ def _route_template(scope: Scope) -> str:
     return template if isinstance(template, str) else "unmatched"
 
 
+class HeadAsGetMiddleware:
+    """``HEAD`` works wherever ``GET`` does (PROTOCOL §1): served as GET, the body dropped (the
+    headers, ``Content-Length`` included, are the GET's)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": b""})
+                return
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+
+
 def _client_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             text = value.decode("latin-1")
             return text if _REQUEST_ID.match(text) else None
     return None
+
+
+def _holds_nul(scope: Scope) -> bool:
+    """A U+0000 in the path or the query (PROTOCOL §1: 400, before anything reads them)."""
+    query = bytes(scope.get("query_string", b"")).lower()
+    return "\x00" in scope["path"] or b"%00" in query or b"\x00" in query
 
 
 def _declared_length(scope: Scope) -> int:

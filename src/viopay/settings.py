@@ -114,6 +114,10 @@ class Settings(BaseSettings):
         le=30,
         description="How often the fleet timer marks terminals offline (§8).",
     )
+    pairing_signature: Literal["required", "off"] = Field(
+        default="required",
+        description="Pairing-code and status need the §2.2 signature (required), or not (off: firmware built to the original flow).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(
         default=True, description="JSON logs (structlog); false for console output."

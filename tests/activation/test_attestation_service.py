@@ -9,7 +9,7 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from helpers import SEEN_SECRETS, pos_headers
+from helpers import SEEN_SECRETS, signed_pos_headers
 from viopay.activation.attestation import Attested, identity_key_of, issue_token, verify_token
 from viopay.audit import Actor
 from viopay.devices import service as devices
@@ -21,9 +21,7 @@ from viopay.ids import utcnow
 @pytest.fixture
 def claimed(api, admin, make_merchant):
     device = admin.provision()
-    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     assert make_merchant().http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
     return device
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from helpers import SEEN_SECRETS, pos_headers
+from helpers import SEEN_SECRETS, signed_pos_headers
 from viopay.audit import Actor
 from viopay.devices.models import Device
 from viopay.errors import InvalidRequest, InvalidState
@@ -28,9 +28,7 @@ GRACE = timedelta(seconds=600)
 @pytest.fixture
 def claimed(api, admin, make_merchant):
     device = admin.provision()
-    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     response = make_merchant().http.post("/pos/claim", json={"pairing_code": code})
     assert response.status_code == 200, response.text
     return device

@@ -10,12 +10,11 @@ from datetime import UTC, datetime, timedelta, timezone
 import httpx
 import pytest
 
-from helpers import SEEN_SECRETS, UA, ProvisionedDevice, pos_headers, problem
+from helpers import SEEN_SECRETS, ProvisionedDevice, problem, signed_pos_headers
 from viopay_device import DeviceClient, MemoryKeyStore
 from viopay_device.protocol.errors import KeyBlockError
 from viopay_device.protocol.kcv import kcv_for
 from viopay_device.protocol.keyblocks import KEY_TYPES, WRAPPED_BY, unwrap_key
-from viopay_device.protocol.signing import attest_string_to_sign, sign
 from viopay_device.protocol.transport import derive_ktk, generate_x25519, x25519_shared
 
 SIGNATURE_HEADERS = ["X-Key-Id", "X-Timestamp", "X-Nonce", "X-Signature"]
@@ -28,19 +27,7 @@ def stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def attest_headers(device, *, key_id=None, secret=None, timestamp=None, nonce=None, ua=UA):
-    key_id = key_id or device.key_id
-    timestamp = timestamp or stamp(datetime.now(UTC))
-    nonce = nonce or secrets.token_urlsafe(12)
-    message = attest_string_to_sign(
-        device_id=device.device_id, key_id=key_id, timestamp=timestamp, nonce=nonce
-    )
-    return pos_headers(device.device_id, ua=ua) | {
-        "X-Key-Id": key_id,
-        "X-Timestamp": timestamp,
-        "X-Nonce": nonce,
-        "X-Signature": sign(secret or device.secret, message),
-    }
+attest_headers = signed_pos_headers
 
 
 def attest(http, device, **kwargs) -> httpx.Response:
@@ -93,9 +80,7 @@ def open_keys(body, *, private: bytes, secret: bytes, device_id: str) -> dict[st
 
 def claim(http, admin, make_merchant, **merchant):
     device = admin.provision()
-    code = http.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = http.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     response = make_merchant(**merchant).http.post("/pos/claim", json={"pairing_code": code})
     assert response.status_code == 200, response.text
     return device

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from helpers import SEEN_SECRETS, pos_headers, problem
+from helpers import SEEN_SECRETS, problem, signed_pos_headers
 
 
 def claimed(api, admin, owner, label=None):
     device = admin.provision()
-    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     SEEN_SECRETS.add(code)
     assert (
         owner.http.post("/pos/claim", json={"pairing_code": code, "label": label}).status_code
@@ -46,7 +44,7 @@ def test_rename_rules(api, admin, make_merchant):
     owner = make_merchant()
     device = claimed(api, admin, owner)
     path = f"/merchant/devices/{device.device_id}"
-    problem(owner.http.patch(path, json={"label": "x" * 201}), 400, "invalid_request")
+    problem(owner.http.patch(path, json={"label": "x" * 65}), 400, "invalid_request")
     problem(owner.http.patch(path, json={"label": "two\nlines"}), 400, "invalid_request")
     problem(owner.http.patch(path, json={}), 400, "invalid_request")
     problem(owner.http.patch(path, json={"label": 7}), 400, "invalid_request")

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import UA, pos_headers, problem
+from helpers import UA, ProvisionedDevice, pos_headers, problem, signed_pos_headers
 
 ENDPOINTS = [("POST", "/pos/bootstrap"), ("POST", "/pos/pairing-code"), ("GET", "/pos/status")]
+# A device that was never provisioned (its key and secret are made up).
+GHOST = ProvisionedDevice("POS-FFFFFFF0", "key-ghost", "00" * 32)
+
+
+def headers_for(path: str, device: ProvisionedDevice, *, ua: str = UA) -> dict[str, str]:
+    """Bootstrap's activation headers; pairing-code and status are signed too (§2.1)."""
+    if path == "/pos/bootstrap":
+        return pos_headers(device.device_id, ua=ua)
+    return signed_pos_headers(device, ua=ua)
 
 
 @pytest.fixture
@@ -17,7 +26,7 @@ def device(admin):
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
 @pytest.mark.parametrize("missing", ["X-Device-Id", "User-Agent", "X-Client-Type"])
 def test_missing_header_is_named(api, device, method, path, missing):
-    headers = {k: v for k, v in pos_headers(device.device_id).items() if k != missing}
+    headers = {k: v for k, v in headers_for(path, device).items() if k != missing}
     # httpx adds its own User-Agent unless we send an empty header set explicitly.
     request = api.build_request(method, path, headers=headers)
     if missing == "User-Agent":
@@ -41,7 +50,7 @@ def test_missing_header_is_named(api, device, method, path, missing):
     ],
 )
 def test_malformed_header_is_named(api, device, method, path, header, value):
-    headers = pos_headers(device.device_id) | {header: value}
+    headers = headers_for(path, device) | {header: value}
     body = problem(api.request(method, path, headers=headers), 400, "invalid_header")
     assert header in body["detail"]
 
@@ -59,7 +68,7 @@ def test_semver_prerelease_and_build_accepted(api, device):
 def test_old_version_gets_426(api, device, method, path):
     ua = "Viopay-POS/0.9.9 (Android 12; PAX-A920)"
     body = problem(
-        api.request(method, path, headers=pos_headers(device.device_id, ua=ua)),
+        api.request(method, path, headers=headers_for(path, device, ua=ua)),
         426,
         "app_version_unsupported",
     )
@@ -69,7 +78,7 @@ def test_old_version_gets_426(api, device, method, path):
 def test_prerelease_of_minimum_is_below_it(api, device):
     ua = "Viopay-POS/1.0.0-beta (Android 12; PAX-A920)"
     problem(
-        api.get("/pos/status", headers=pos_headers(device.device_id, ua=ua)),
+        api.get("/pos/status", headers=signed_pos_headers(device, ua=ua)),
         426,
         "app_version_unsupported",
     )
@@ -90,7 +99,7 @@ def test_bootstrap_never_426_but_says_upgrade_required(api, device):
 def test_version_checked_before_device(api):
     ua = "Viopay-POS/0.1.0 (Android 12; PAX-A920)"
     problem(
-        api.get("/pos/status", headers=pos_headers("POS-00000000", ua=ua)),
+        api.get("/pos/status", headers=signed_pos_headers(GHOST, ua=ua)),
         426,
         "app_version_unsupported",
     )
@@ -98,7 +107,7 @@ def test_version_checked_before_device(api):
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
 def test_unknown_device(api, method, path):
-    problem(api.request(method, path, headers=pos_headers("POS-FFFFFFF0")), 404, "device_not_found")
+    problem(api.request(method, path, headers=headers_for(path, GHOST)), 404, "device_not_found")
 
 
 def test_disabled_device_is_403(api, admin, device):

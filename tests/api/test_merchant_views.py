@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from helpers import pos_headers, problem
+from helpers import problem, signed_pos_headers
 
 
 def claim(api, admin, owner, label=None):
     device = admin.provision()
-    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     response = owner.http.post("/pos/claim", json={"pairing_code": code, "label": label})
     assert response.status_code == 200, response.text
     return device
@@ -90,7 +88,7 @@ def test_disable_enable_release(api, admin, make_merchant):
     device = claim(api, admin, owner)
     disabled = owner.http.post(f"/merchant/devices/{device.device_id}/disable").json()
     assert disabled["disabled"] is True
-    problem(api.get("/pos/status", headers=pos_headers(device.device_id)), 403, "device_disabled")
+    problem(api.get("/pos/status", headers=signed_pos_headers(device)), 403, "device_disabled")
     assert (
         owner.http.post(f"/merchant/devices/{device.device_id}/enable").json()["disabled"] is False
     )
@@ -100,11 +98,11 @@ def test_disable_enable_release(api, admin, make_merchant):
         and released["terminal_id"] is None
         and released["merchant_id"] is None
     )
-    status = api.get("/pos/status", headers=pos_headers(device.device_id)).json()
+    status = api.get("/pos/status", headers=signed_pos_headers(device)).json()
     assert status["status"] == "inactive" and status["merchant"] is None
     problem(owner.http.get(f"/merchant/devices/{device.device_id}"), 404, "not_found")
     # Released devices pair again.
-    assert api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).status_code == 201
+    assert api.post("/pos/pairing-code", headers=signed_pos_headers(device)).status_code == 201
 
 
 def test_events_record_who_did_what(api, admin, make_merchant):

@@ -15,7 +15,7 @@ from viopay.activation.attestation import attested_device, signed_attestation
 from viopay.api import LEVELS
 from viopay.app import create_app
 from viopay.auth.deps import admin_principal, bearer_principal, merchant_session
-from viopay.devices.authn import activation_device, bootstrap_device
+from viopay.devices.authn import bootstrap_device, pairing_device
 from viopay.payments.terminal_auth import signed_request
 from viopay.settings import Settings
 
@@ -41,7 +41,7 @@ def expected_level(path: str) -> Callable[..., Any] | None:
     if path == "/pos/bootstrap":
         return bootstrap_device
     if path in ("/pos/pairing-code", "/pos/status"):
-        return activation_device
+        return pairing_device
     if path == "/pos/attest":
         return signed_attestation
     if path in ("/pos/keys", "/pos/config", "/pos/terminal-parameters", "/pos/activate"):

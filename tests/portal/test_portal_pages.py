@@ -8,14 +8,12 @@ import re
 from playwright.sync_api import expect
 from portal_kit import create_user, shot, sign_in
 
-from helpers import SEEN_SECRETS, pos_headers
+from helpers import SEEN_SECRETS, signed_pos_headers
 
 
 def claim_by_api(api, admin, owner, label=None):
     device = admin.provision()
-    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     SEEN_SECRETS.add(code)
     assert (
         owner.http.post("/pos/claim", json={"pairing_code": code, "label": label}).status_code

@@ -9,7 +9,7 @@ import httpx
 from playwright.sync_api import expect
 from portal_kit import create_user, csrf_of, shot, sign_in
 
-from helpers import SEEN_SECRETS, pos_headers
+from helpers import SEEN_SECRETS, signed_pos_headers
 
 SUBMIT_FORM = """([action, fields]) => {
   const form = document.createElement("form");
@@ -27,9 +27,7 @@ SUBMIT_FORM = """([action, fields]) => {
 
 def claimed_device(api, admin, owner, label=None):
     device = admin.provision()
-    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     SEEN_SECRETS.add(code)
     assert (
         owner.http.post("/pos/claim", json={"pairing_code": code, "label": label}).status_code

@@ -22,7 +22,7 @@ from viopay.auth.router import admin_router as client_admin_router
 from viopay.auth.router import bearer_router
 from viopay.auth.router import router as token_endpoints
 from viopay.configuration.router import config_schema_router
-from viopay.devices.authn import activation_device, bootstrap_device
+from viopay.devices.authn import bootstrap_device, pairing_device
 from viopay.fleet.router import pos_router as heartbeat_router
 from viopay.health import router as health_router
 from viopay.parameters.router import parameters_admin_router
@@ -38,7 +38,7 @@ LEVELS: tuple[tuple[str, Callable[..., Any] | None, tuple[APIRouter, ...]], ...]
         bootstrap_device,
         (devices.bootstrap_router,),
     ),
-    ("activation headers (§2.1)", activation_device, (devices.pos_router,)),
+    ("activation headers + signature (§2.1 v1.1)", pairing_device, (devices.pos_router,)),
     ("attestation signature (§2.2)", signed_attestation, (attest_router,)),
     ("attestation token (§2.3)", attested_device, (token_router,)),
     ("HMAC charge headers (§2.4)", signed_request, (payments.pos_router, heartbeat_router)),

@@ -11,9 +11,9 @@ from sqlalchemy import select
 from viopay.audit import Actor
 from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession
 from viopay.auth.sessions import MerchantSession
-from viopay.deps import CacheDep, DbSession, Now, RuntimeDep, body_schema, read_json
+from viopay.deps import CacheDep, DbSession, Now, PathId, RuntimeDep, body_schema, read_json
 from viopay.devices import service
-from viopay.devices.authn import ActivationDevice, BootstrapDevice
+from viopay.devices.authn import BootstrapDevice, PairingDevice
 from viopay.devices.models import Device
 from viopay.devices.schemas import (
     BootstrapOut,
@@ -64,7 +64,7 @@ async def bootstrap(auth: BootstrapDevice, runtime: RuntimeDep, now: Now) -> Boo
     responses=errors_for(400, 403, 404, 409, 426, 429, 503),
 )
 async def pairing_code(
-    auth: ActivationDevice, runtime: RuntimeDep, db: DbSession, now: Now
+    auth: PairingDevice, runtime: RuntimeDep, db: DbSession, now: Now
 ) -> PairingCodeOut:
     code, expires_at = await service.issue_pairing_code(
         db, runtime.cache, wrapper=runtime.wrapper, device=auth.device, now=now
@@ -80,7 +80,7 @@ async def pairing_code(
 @pos_router.get(
     "/status", response_model=StatusOut, responses=errors_for(400, 403, 404, 426, 429, 503)
 )
-async def status(auth: ActivationDevice, cache: CacheDep, db: DbSession, now: Now) -> StatusOut:
+async def status(auth: PairingDevice, cache: CacheDep, db: DbSession, now: Now) -> StatusOut:
     device = auth.device
     await service.check_status_rate(cache, device=device, now=now)
     expiry = await service.live_code_expiry(db, device=device, now=now)
@@ -169,7 +169,7 @@ async def provision(
     responses=errors_for(400, 401, 403, 404, 409, 415, 503),
 )
 async def add_key(
-    device_id: str,
+    device_id: PathId,
     request: Request,
     principal: AdminPrincipal,
     runtime: RuntimeDep,
@@ -196,7 +196,7 @@ async def add_key(
     responses=errors_for(401, 403, 404, 503),
 )
 async def revoke_key(
-    device_id: str, key_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+    device_id: PathId, key_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> RevokedKeyOut:
     key = await service.revoke_identity_key(
         db, device_id=device_id, key_id=key_id, actor=_operator(principal), now=now
@@ -211,7 +211,7 @@ async def revoke_key(
     responses=errors_for(401, 403, 404, 503),
 )
 async def admin_disable(
-    device_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+    device_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await service.get_device(db, device_id)
     return DeviceOut.of(
@@ -227,7 +227,7 @@ async def admin_disable(
     responses=errors_for(401, 403, 404, 503),
 )
 async def admin_enable(
-    device_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+    device_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await service.get_device(db, device_id)
     return DeviceOut.of(
@@ -243,7 +243,7 @@ async def admin_enable(
     responses=errors_for(401, 403, 404, 503),
 )
 async def admin_release(
-    device_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+    device_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await service.get_device(db, device_id)
     return DeviceOut.of(
@@ -296,7 +296,9 @@ async def list_devices(
 @merchant_router.get(
     "/devices/{device_id}", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503)
 )
-async def get_merchant_device(device_id: str, session: CurrentSession, db: DbSession) -> DeviceOut:
+async def get_merchant_device(
+    device_id: PathId, session: CurrentSession, db: DbSession
+) -> DeviceOut:
     return DeviceOut.of(await _merchant_device(db, session, device_id))
 
 
@@ -310,7 +312,7 @@ def _actor(session: MerchantSession) -> Actor:
     responses=errors_for(401, 403, 404, 503),
 )
 async def merchant_disable(
-    device_id: str, session: ManagingSession, db: DbSession, now: Now
+    device_id: PathId, session: ManagingSession, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
     return DeviceOut.of(
@@ -324,7 +326,7 @@ async def merchant_disable(
     responses=errors_for(401, 403, 404, 503),
 )
 async def merchant_enable(
-    device_id: str, session: ManagingSession, db: DbSession, now: Now
+    device_id: PathId, session: ManagingSession, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
     return DeviceOut.of(
@@ -340,7 +342,7 @@ async def merchant_enable(
     responses=errors_for(401, 403, 404, 503),
 )
 async def merchant_release(
-    device_id: str, session: ManagingSession, db: DbSession, now: Now
+    device_id: PathId, session: ManagingSession, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
     return DeviceOut.of(await release_device(db, device=device, actor=_actor(session), now=now))
@@ -353,7 +355,7 @@ async def merchant_release(
     responses=errors_for(400, 401, 403, 404, 415, 503),
 )
 async def merchant_rename(
-    device_id: str, request: Request, session: ManagingSession, db: DbSession, now: Now
+    device_id: PathId, request: Request, session: ManagingSession, db: DbSession, now: Now
 ) -> DeviceOut:
     """Rename a device: ``{"label"}`` (null or blank clears it; owner or admin)."""
     body = await read_json(request, LabelIn)

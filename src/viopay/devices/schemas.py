@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from viopay.devices.models import Device
 from viopay.ids import rfc3339
@@ -37,14 +37,27 @@ class StatusOut(BaseModel):
 
 
 class ClaimIn(BaseModel):
-    pairing_code: object = None
-    label: str | None = Field(default=None, max_length=200)
+    """§3.4. ``pairing_code`` is read as any value so that the service answers what is wrong
+    with it (400, not counted); the document says what it must be."""
+
+    model_config = ConfigDict(json_schema_extra={"required": ["pairing_code"]})
+
+    pairing_code: object = Field(
+        default=None,
+        json_schema_extra={
+            "type": "string",
+            "description": "six characters of the pairing alphabet; case, spaces and hyphens "
+            "are ignored",
+            "pattern": r"^[ -]*(?:[A-HJKMNP-Za-hjkmnp-z2-9][ -]*){6}$",
+        },
+    )
+    label: str | None = Field(default=None, max_length=64)
 
 
 class LabelIn(BaseModel):
     """``PATCH /merchant/devices/{device_id}``: the new label, or null (or blank) to clear it."""
 
-    label: str | None = Field(max_length=200)
+    label: str | None = Field(max_length=64)
 
     @field_validator("label")
     @classmethod

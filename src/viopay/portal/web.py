@@ -381,6 +381,8 @@ async def checked_form(request: Request, state: State) -> FormData:
     if not _same_origin(request):
         log.info("portal form refused", reason="origin", path=request.url.path)
         raise CsrfRefused()
+    if any(isinstance(value, str) and "\x00" in value for _, value in form.multi_items()):
+        raise InvalidRequest("a form field holds a U+0000")  # PROTOCOL §1: never a query
     return form
 
 
