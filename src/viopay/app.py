@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,6 +40,7 @@ from viopay.errors import (
     problem_response,
 )
 from viopay.health import router as health_router
+from viopay.masterkeys.service import refresh_forever
 from viopay.middleware import RequestContextMiddleware, request_id_of
 from viopay.openapi import Problem
 from viopay.parameters.router import parameters_admin_router
@@ -69,12 +72,29 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             rt, app.state.processor, interval=recovery_interval(settings.recovery_delay_seconds)
         )
         recovery.start()
+        refresher = (
+            asyncio.create_task(
+                refresh_forever(
+                    rt.sessions,
+                    rt.keyring,
+                    rt.key_source,
+                    interval=settings.master_key_refresh_seconds,
+                ),
+                name="viopay-master-keys",
+            )
+            if rt.keyring is not None and rt.key_source is not None
+            else None
+        )
         log.info(
             "started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory"
         )
         try:
             yield
         finally:
+            if refresher is not None:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
             await recovery.stop()
             await rt.close()
 

@@ -6,6 +6,7 @@ from viopay.auth.users import User
 from viopay.db import Base
 from viopay.devices.models import Device, MerchantDeviceIdentityKey, PairingCode, Terminal
 from viopay.keysets.models import KeySet, KeySetKey
+from viopay.masterkeys.models import DerivedKey, MasterKeyRecord
 from viopay.merchants.models import Merchant, MerchantConfig, MerchantMember
 from viopay.parameters.models import TerminalParameters
 from viopay.payments.models import Charge, IdempotencyRecord, Refund
@@ -16,10 +17,12 @@ __all__ = [
     "ApiClient",
     "AuditEvent",
     "Charge",
+    "DerivedKey",
     "Device",
     "IdempotencyRecord",
     "KeySet",
     "KeySetKey",
+    "MasterKeyRecord",
     "Merchant",
     "MerchantConfig",
     "MerchantDeviceIdentityKey",

@@ -10,13 +10,10 @@ from typing import TYPE_CHECKING, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from viopay.cache import Cache, MemoryCache, RedisCache
-from viopay.crypto.wrapping import (
-    KeyWrapper,
-    MasterKeyWrapper,
-    decode_master_key,
-    load_or_create_master_key_file,
-)
+from viopay.crypto.keyring import Keyring
+from viopay.crypto.wrapping import KeyWrapper
 from viopay.db import create_engine, session_factory
+from viopay.masterkeys.service import KeySource, build_keyring, open_key_source, prepare_keyring
 from viopay.settings import Settings
 
 if TYPE_CHECKING:
@@ -32,18 +29,33 @@ class Runtime:
     wrapper: KeyWrapper
     issuer: EmbeddedIssuer | None = field(default=None)
     oidc: OidcVerifier | None = field(default=None)
+    #: The master keys behind ``wrapper`` (a Keyring): what the online rotation refreshes.
+    key_source: KeySource | None = field(default=None)
+
+    @property
+    def keyring(self) -> Keyring | None:
+        return self.wrapper if isinstance(self.wrapper, Keyring) else None
 
     async def close(self) -> None:
         if self.oidc is not None:
             await self.oidc.close()
         await self.cache.close()
         await self.engine.dispose()
+        if self.key_source is not None:
+            self.key_source.close()
 
 
-def load_wrapper(settings: Settings) -> KeyWrapper:
-    if settings.master_key is not None:
-        return MasterKeyWrapper(decode_master_key(settings.master_key.get_secret_value()))
-    return MasterKeyWrapper(load_or_create_master_key_file(settings.resolved_master_key_file))
+def load_keyring(settings: Settings) -> tuple[Keyring, KeySource]:
+    """The configured master key (HSM, VIOPAY_MASTER_KEY or key file), checked against the
+    database (PROTOCOL §6), with every other live master key and the derived keys loaded."""
+    source = open_key_source(settings)
+    keyring = build_keyring(source)
+    try:
+        prepare_keyring(settings, keyring, source)
+    except BaseException:
+        source.close()
+        raise
+    return keyring, source
 
 
 def build_cache(settings: Settings) -> Cache:
@@ -53,13 +65,15 @@ def build_cache(settings: Settings) -> Cache:
 
 
 def build_runtime(settings: Settings) -> Runtime:
+    keyring, source = load_keyring(settings)
     engine = create_engine(settings)
     return Runtime(
         settings=settings,
         engine=engine,
         sessions=session_factory(engine),
         cache=build_cache(settings),
-        wrapper=load_wrapper(settings),
+        wrapper=keyring,
+        key_source=source,
     )
 
 

@@ -13,7 +13,9 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from viopay.crypto.hsm import HsmError
 from viopay.errors import ViopayError
+from viopay.masterkeys.service import MasterKeyRefused
 from viopay.runtime import Runtime, run_unit_of_work
 from viopay.settings import Settings
 
@@ -45,6 +47,21 @@ def run_in_transaction(
     except ViopayError as exc:
         err.print(f"[red]error:[/red] {exc.detail} ({exc.code})")
         raise typer.Exit(1) from None
+    except (MasterKeyRefused, HsmError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def check_master_keys(settings: Settings) -> None:
+    """Fail in one line, before serving, when the master keys do not fit the database (§6)."""
+    from viopay.runtime import load_keyring
+
+    try:
+        _, source = load_keyring(settings)
+    except (MasterKeyRefused, HsmError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    source.close()
 
 
 def emit(

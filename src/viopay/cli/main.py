@@ -3,7 +3,13 @@ from __future__ import annotations
 import typer
 import uvicorn
 
-from viopay.cli.common import JsonOption, emit, err, load_settings_or_exit
+from viopay.cli.common import (
+    JsonOption,
+    check_master_keys,
+    emit,
+    err,
+    load_settings_or_exit,
+)
 from viopay.cli.devices import app as device_app
 from viopay.cli.merchants import client_app, merchant_app
 from viopay.cli.parameters import app as parameters_app
@@ -36,6 +42,7 @@ def serve(
         )
         raise typer.Exit(2)
     revision = upgrade(settings)
+    check_master_keys(settings)
     err.print(
         f"schema at {revision}; serving on http://{host}:{port} "
         f"({'embedded SQLite' if settings.embedded else 'PostgreSQL'}, "
