@@ -11,12 +11,14 @@ from viopay.cli.common import (
     load_settings_or_exit,
 )
 from viopay.cli.devices import app as device_app
+from viopay.cli.keys import app as keys_app
 from viopay.cli.merchants import client_app, merchant_app
 from viopay.cli.parameters import app as parameters_app
 from viopay.cli.users import app as user_app
 
 app = typer.Typer(help="Viopay POS platform: server and operator commands.", no_args_is_help=True)
 app.add_typer(device_app, name="device")
+app.add_typer(keys_app, name="keys")
 app.add_typer(merchant_app, name="merchant")
 app.add_typer(client_app, name="client")
 app.add_typer(parameters_app, name="terminal-parameters")

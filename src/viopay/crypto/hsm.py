@@ -244,7 +244,8 @@ def find_master_key(pool: SessionPool, label: str) -> HsmMasterKey:
     if not ids:
         raise HsmError(
             f"VIOPAY_HSM_KEY_LABEL: no AES key labelled {label!r} on token "
-            f"{pool.token_label!r} (make one with `viopay keys init-hsm`)"
+            f"{pool.token_label!r}: make one with `viopay keys init-hsm`, or, after a "
+            "rotation, set it to the new key's label (printed by `viopay keys rotate-master`)"
         )
     if len(ids) > 1:
         raise HsmError(

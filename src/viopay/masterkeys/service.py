@@ -66,20 +66,24 @@ def open_hsm(settings: Settings) -> SessionPool:
 
 
 def open_key_source(settings: Settings) -> KeySource:
-    if settings.hsm_module is not None:
-        pool = open_hsm(settings)
-        try:
+    """The configured key: the HSM key labelled VIOPAY_HSM_KEY_LABEL when VIOPAY_HSM_MODULE is
+    set, unless VIOPAY_MASTER_KEY or VIOPAY_MASTER_KEY_FILE is set too (then that key, with the
+    HSM reachable: the two configurations of a rotation between a key file and the HSM)."""
+    pool = open_hsm(settings) if settings.hsm_module is not None else None
+    try:
+        if pool is not None and settings.master_key is None and settings.master_key_file is None:
             key = find_master_key(pool, settings.hsm_key_label)
-        except Exception:
+            return KeySource(key, settings.hsm_key_label, "VIOPAY_HSM_KEY_LABEL", pool)
+        if settings.master_key is not None:
+            raw = decode_master_key(settings.master_key.get_secret_value())
+            return KeySource(SoftwareMasterKey(raw), ENV_LOCATION, "VIOPAY_MASTER_KEY", pool)
+        path = settings.resolved_master_key_file.resolve()
+        raw = load_or_create_master_key_file(path)
+        return KeySource(SoftwareMasterKey(raw), str(path), "VIOPAY_MASTER_KEY_FILE", pool)
+    except BaseException:
+        if pool is not None:
             pool.close()
-            raise
-        return KeySource(key, settings.hsm_key_label, "VIOPAY_HSM_KEY_LABEL", pool)
-    if settings.master_key is not None:
-        raw = decode_master_key(settings.master_key.get_secret_value())
-        return KeySource(SoftwareMasterKey(raw), ENV_LOCATION, "VIOPAY_MASTER_KEY", None)
-    path = settings.resolved_master_key_file.resolve()
-    raw = load_or_create_master_key_file(path)
-    return KeySource(SoftwareMasterKey(raw), str(path), "VIOPAY_MASTER_KEY_FILE", None)
+        raise
 
 
 def build_keyring(source: KeySource) -> Keyring:

@@ -1,0 +1,254 @@
+"""``viopay keys``: the master key in an HSM, its online rotation, and what each master key
+wraps (ids and check values only: no key is ever printed)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from viopay.cli.common import JsonOption, emit, err, load_settings_or_exit
+from viopay.crypto.hsm import HsmError, HsmMasterKey, find_master_key
+from viopay.crypto.keyring import MasterKey, SoftwareMasterKey, blob_prefix, key_check_value
+from viopay.crypto.wrapping import load_or_create_master_key_file
+from viopay.ids import rfc3339, utcnow
+from viopay.masterkeys import rotation
+from viopay.masterkeys.models import MasterKeyRecord
+from viopay.masterkeys.service import MasterKeyRefused, open_hsm
+from viopay.settings import Settings
+
+app = typer.Typer(help="Master keys: the HSM, rotation, status.", no_args_is_help=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@app.command("init-hsm")
+def init_hsm(
+    label: str | None = typer.Option(
+        None, "--label", help="Label of the new key (default: VIOPAY_HSM_KEY_LABEL)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Make the master key on the HSM token: AES-256, sensitive, never extractable."""
+    settings = load_settings_or_exit()
+    if settings.hsm_module is None:
+        raise _fail("set VIOPAY_HSM_MODULE, VIOPAY_HSM_TOKEN and VIOPAY_HSM_PIN", 2)
+    label = label or settings.hsm_key_label
+    try:
+        pool = open_hsm(settings)
+    except HsmError as exc:
+        raise _fail(str(exc), 2) from None
+    try:
+        if pool.find_ids(label=label):
+            raise _fail(f"token {settings.hsm_token!r} already has a key labelled {label!r}")
+        key = HsmMasterKey(pool, pool.generate(label))
+        document = {
+            "token": settings.hsm_token,
+            "label": label,
+            "key_id": key.key_id,
+            "kcv": key_check_value(key),
+        }
+    finally:
+        pool.close()
+    emit(document, as_json=as_json, title="HSM master key made")
+
+
+def _record(row: MasterKeyRecord, blobs: int) -> dict[str, Any]:
+    return {
+        "key_id": row.key_id,
+        "kind": row.kind,
+        "kcv": row.kcv,
+        "location": row.location,
+        "state": row.state.value,
+        "created_at": rfc3339(row.created_at),
+        "activated_at": rfc3339(row.activated_at) if row.activated_at else None,
+        "retiring_at": rfc3339(row.retiring_at) if row.retiring_at else None,
+        "destroyed_at": rfc3339(row.destroyed_at) if row.destroyed_at else None,
+        "blobs": blobs,
+    }
+
+
+async def _status(runtime: Any) -> list[dict[str, Any]]:
+    from sqlalchemy import func, select
+
+    rows: list[MasterKeyRecord] = []
+    counts: dict[str, int] = {}
+    async with runtime.sessions() as db:
+        rows = list(
+            (await db.scalars(select(MasterKeyRecord).order_by(MasterKeyRecord.created_at))).all()
+        )
+        for row in rows:
+            prefix = blob_prefix(row.key_id)
+            total = 0
+            for target in rotation.TARGETS:
+                column = getattr(target.model, target.column)
+                total += int(
+                    await db.scalar(
+                        select(func.count())
+                        .select_from(target.model)
+                        .where(func.substr(column, 1, len(prefix)) == prefix)
+                    )
+                    or 0
+                )
+            counts[row.key_id] = total
+    return [_record(row, counts[row.key_id]) for row in rows]
+
+
+@app.command()
+def status(as_json: bool = JsonOption) -> None:
+    """Every master key the database knows: id, KCV, where it lives, state, blobs it wraps."""
+    document = {"master_keys": _with_runtime(load_settings_or_exit(), _status)}
+    if as_json:
+        emit(document, as_json=True, title="")
+        return
+    from rich.table import Table
+
+    columns = ("key_id", "kind", "kcv", "state", "blobs", "location", "created_at")
+    table = Table(title="Master keys")
+    for column in columns:
+        table.add_column(column)
+    for row in document["master_keys"]:
+        table.add_row(*(str(row[c]) for c in columns))
+    err.print(table)
+
+
+def _with_runtime(settings: Settings, work: Any) -> Any:
+    from viopay.migrate import upgrade
+    from viopay.runtime import build_runtime
+
+    upgrade(settings)
+
+    async def go() -> Any:
+        runtime = build_runtime(settings)
+        try:
+            return await work(runtime)
+        finally:
+            await runtime.close()
+
+    try:
+        return asyncio.run(go())
+    except (MasterKeyRefused, HsmError, rotation.RotationError) as exc:
+        raise _fail(str(exc), 2) from None
+
+
+def _new_key(
+    runtime: Any, settings: Settings, *, to_file: Path | None, to_hsm: bool, label: str | None
+) -> tuple[MasterKey, str]:
+    if to_file is not None:
+        path = to_file.resolve()
+        return SoftwareMasterKey(load_or_create_master_key_file(path)), str(path)
+    pool = runtime.key_source.pool
+    if pool is None:
+        raise _fail("--to-hsm needs VIOPAY_HSM_MODULE, VIOPAY_HSM_TOKEN and VIOPAY_HSM_PIN", 2)
+    label = label or f"{settings.hsm_key_label}-{utcnow():%Y%m%d%H%M%S}"
+    if pool.find_ids(label=label):
+        return find_master_key(pool, label), label
+    return HsmMasterKey(pool, pool.generate(label)), label
+
+
+@app.command("rotate-master")
+def rotate_master(
+    to_file: Path | None = typer.Option(
+        None, "--to-file", help="New master key file (made if missing, mode 0600)."
+    ),
+    to_hsm: bool = typer.Option(False, "--to-hsm", help="Make the new master key on the HSM."),
+    label: str | None = typer.Option(
+        None, "--label", help="Label of the new HSM key (default: VIOPAY_HSM_KEY_LABEL-<time>)."
+    ),
+    batch_size: int = typer.Option(100, min=1, max=10_000, help="Keys re-wrapped per batch."),
+    pace: float = typer.Option(
+        0.0, min=0, max=60, help="Seconds between batches (spares a busy database)."
+    ),
+    settle: float | None = typer.Option(
+        None,
+        min=0,
+        help="Seconds to let every server pick up the new key before re-wrapping "
+        "(default: twice VIOPAY_MASTER_KEY_REFRESH_SECONDS, plus one).",
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Rotate the master key online: new key, every stored key re-wrapped in batches while the
+    servers serve, old key destroyed after the last re-wrap. Run it again to resume."""
+    settings = load_settings_or_exit()
+    wait = settle if settle is not None else 2 * settings.master_key_refresh_seconds + 1
+
+    async def work(runtime: Any) -> dict[str, Any]:
+        keyring = runtime.keyring
+        async with runtime.sessions() as db:
+            state = await rotation.rotation_state(db)
+        if state.retiring:
+            err.print(
+                f"resuming the rotation to {state.active.key_id} (KCV {state.active.kcv}) "
+                f"from {', '.join(r.key_id for r in state.retiring)}"
+            )
+        else:
+            if (to_file is None) == (not to_hsm):
+                raise _fail("say where the new key goes: --to-file PATH or --to-hsm", 2)
+            new_key, location = _new_key(
+                runtime, settings, to_file=to_file, to_hsm=to_hsm, label=label
+            )
+            state = await rotation.begin(
+                runtime.sessions, keyring, new_key, location=location, now=utcnow()
+            )
+            err.print(
+                f"new master key {rotation.describe(new_key)} at {location}; "
+                f"waiting {wait:g} s for every server to load it"
+            )
+            await asyncio.sleep(wait)
+        keyring.activate(state.active.key_id)
+        rewrapped = 0
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=as_json,
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def on_total(name: str, total: int) -> None:
+                tasks[name] = bar.add_task(f"re-wrap {name}", total=total)
+
+            def on_advance(name: str, count: int) -> None:
+                bar.advance(tasks[name], count)
+
+            for _ in range(5):
+                tasks.clear()
+                rewrapped += await rotation.rewrap_all(
+                    runtime.sessions,
+                    keyring,
+                    rotation.Progress(on_total, on_advance),
+                    batch_size=batch_size,
+                    pace=pace,
+                )
+                if not any(
+                    (await rotation.remaining(runtime.sessions, keyring.active.key_id)).values()
+                ):
+                    break
+        destroyed = await rotation.finish(
+            runtime.sessions, keyring, runtime.key_source, state, now=utcnow()
+        )
+        for line in destroyed:
+            err.print(f"destroyed master key {line}")
+        return {
+            "key_id": state.active.key_id,
+            "kcv": state.active.kcv,
+            "location": state.active.location,
+            "rewrapped": rewrapped,
+            "destroyed": [r.key_id for r in state.retiring],
+        }
+
+    document = _with_runtime(settings, work)
+    emit(document, as_json=as_json, title="Master key rotated")
+    if not as_json:
+        err.print(
+            f"[yellow]Point the configuration at the new key ({document['location']}) before "
+            "the next restart.[/yellow]"
+        )
