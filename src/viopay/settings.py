@@ -47,9 +47,6 @@ class Settings(BaseSettings):
     hsm_key_label: str = Field(
         default="viopay-master", description="Label of the master key (AES-256) on the token."
     )
-    hsm_sessions: int = Field(
-        default=4, ge=1, le=64, description="Logged-in HSM sessions pooled per process."
-    )
     master_key_refresh_seconds: float = Field(
         default=5.0,
         gt=0,

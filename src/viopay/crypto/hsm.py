@@ -10,17 +10,16 @@ KWP cannot. SoftHSM2, Thales Luna, Utimaco and AWS CloudHSM all implement CKM_AE
 
 A key's id in our blobs is ``"h" + hex(CKA_ID)`` (8 random bytes chosen when it is made).
 
-Sessions: PKCS#11 serialises operations per session; a ``SessionPool`` keeps a few logged-in
-sessions (one login per process), each with its own handles of the keys it has looked up, and
-lends one per operation. The charge path rarely reaches it: unwrapped key-set keys are cached
-per process (``viopay.keysets.service``).
+Sessions: one logged-in session per process (``SessionPool``), its key handles cached, every
+call under one lock (python-pkcs11 initialises the library for a single-threaded caller).
+Worker processes have a session each. The charge path does not reach the HSM once a terminal's
+keys are unwrapped: they are cached per process (``viopay.keysets.service``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,59 +49,52 @@ class _Slot:
     handles: dict[bytes, Any] = field(default_factory=dict)
 
 
+#: python-pkcs11 calls C_Initialize with no arguments, which tells the library that the
+#: application does not call it from several threads at once (SoftHSM2 then runs without
+#: mutexes, and crashes if it is). Every call of this process goes through this lock.
+_CALLS = threading.RLock()
+
+
 class SessionPool:
-    """A few logged-in read-write sessions on one token, lent one operation at a time."""
+    """The token's logged-in session of this process, lent one operation at a time.
 
-    def __init__(self, *, module: str, token_label: str, pin: str, size: int = 4) -> None:
+    One session per process: PKCS#11 calls of one process are serialised (``_CALLS``), so more
+    sessions would not run more at once; server worker processes each have their own session
+    and run in parallel. What keeps the HSM off the charge path is the per-process cache of
+    unwrapped key-set keys (``viopay.keysets.service``), not more sessions.
+    """
+
+    def __init__(self, *, module: str, token_label: str, pin: str) -> None:
         pkcs11 = _pkcs11()
-        try:
-            lib = pkcs11.lib(module)
-        except Exception as exc:
-            raise HsmError(
-                f"VIOPAY_HSM_MODULE: cannot load the PKCS#11 library {module!r} ({exc})"
-            ) from None
-        try:
-            self._token = lib.get_token(token_label=token_label)
-        except Exception:
-            raise HsmError(
-                f"VIOPAY_HSM_TOKEN: no token labelled {token_label!r} in {module}"
-            ) from None
-        self.token_label = token_label
-        self._idle: queue.LifoQueue[_Slot] = queue.LifoQueue()
-        self._all: list[_Slot] = []
-        self._lock = threading.Lock()
-        self._pin = pin
-        self._size = size
-        self._lend_new()  # the first login checks the PIN now, not on the first charge
-
-    def _lend_new(self) -> None:
-        try:
-            session = self._token.open(user_pin=self._pin, rw=True)
-        except Exception as exc:
-            name = type(exc).__name__
-            if "Pin" in name:
-                raise HsmError(f"VIOPAY_HSM_PIN: the token refused the PIN ({name})") from None
-            raise HsmError(
-                f"cannot open a session on token {self.token_label!r} ({name})"
-            ) from None
-        slot = _Slot(session)
-        self._all.append(slot)
-        self._idle.put(slot)
+        with _CALLS:
+            try:
+                lib = pkcs11.lib(module)
+            except Exception as exc:
+                raise HsmError(
+                    f"VIOPAY_HSM_MODULE: cannot load the PKCS#11 library {module!r} ({exc})"
+                ) from None
+            try:
+                self._token = lib.get_token(token_label=token_label)
+            except Exception:
+                raise HsmError(
+                    f"VIOPAY_HSM_TOKEN: no token labelled {token_label!r} in {module}"
+                ) from None
+            self.token_label = token_label
+            try:
+                session = self._token.open(user_pin=pin, rw=True)
+            except Exception as exc:
+                name = type(exc).__name__
+                if "Pin" in name:
+                    raise HsmError(f"VIOPAY_HSM_PIN: the token refused the PIN ({name})") from None
+                raise HsmError(f"cannot open a session on token {token_label!r} ({name})") from None
+        self._slot: _Slot | None = _Slot(session)
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[_Slot]:
-        try:
-            slot = self._idle.get_nowait()
-        except queue.Empty:
-            with self._lock:
-                grow = len(self._all) < self._size
-                if grow:
-                    self._lend_new()
-            slot = self._idle.get()
-        try:
-            yield slot
-        finally:
-            self._idle.put(slot)
+        with _CALLS:
+            if self._slot is None:
+                raise HsmError(f"the session on token {self.token_label!r} is closed")
+            yield self._slot
 
     def handle(self, slot: _Slot, cka_id: bytes) -> Any:
         found = slot.handles.get(cka_id)
@@ -169,20 +161,17 @@ class SessionPool:
         return cka_id
 
     def destroy(self, cka_id: bytes) -> None:
-        """Destroy the key object (every session forgets its handle first)."""
-        with self._lock:
-            for slot in self._all:
-                slot.handles.pop(cka_id, None)
+        """Destroy the key object."""
         with self.slot() as slot:
             self.handle(slot, cka_id).destroy()
             slot.handles.pop(cka_id, None)
 
     def close(self) -> None:
-        with self._lock:
-            for slot in self._all:
+        with _CALLS:
+            if self._slot is not None:
                 with contextlib.suppress(Exception):
-                    slot.session.close()
-            self._all.clear()
+                    self._slot.session.close()
+                self._slot = None
 
 
 class HsmMasterKey:

@@ -61,7 +61,6 @@ def open_hsm(settings: Settings) -> SessionPool:
         module=str(settings.hsm_module),
         token_label=settings.hsm_token,
         pin=settings.hsm_pin.get_secret_value(),
-        size=settings.hsm_sessions,
     )
 
 
