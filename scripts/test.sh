@@ -8,6 +8,10 @@ bash scripts/services.sh
 # The portal's browser tests drive Debian's Chromium (Playwright never downloads a browser here).
 command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
   || echo "warning: could not install chromium: the browser tests skip (and fail with CI=true)" >&2
+# The HSM tests (tests/masterkeys/test_hsm.py) drive Debian's SoftHSM2 through PKCS#11; each run
+# makes a fresh token in a temporary folder (SOFTHSM2_CONF), so nothing else is set up here.
+command -v softhsm2-util >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2) \
+  || echo "warning: could not install softhsm2: the HSM tests skip (and fail with CI=true)" >&2
 bash scripts/check.sh
 # The suite waits on servers more than it computes: two pytest-xdist workers, one per core of the
 # CI machine (VIOPAY_TEST_WORKERS=0 runs everything in one process; conftest.py says who runs what).

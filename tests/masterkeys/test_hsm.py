@@ -340,9 +340,9 @@ async def _active_key(db_name: str, location: str) -> str | None:
         await conn.close()
 
 
-async def _every_key_opens(stack: Stack) -> int:
-    """Unwrap every stored key with its context, under the keys a fresh runtime holds; key-set
-    keys must match their KCV. Returns how many."""
+async def _every_key_opens(stack: Stack, label: str) -> int:
+    """Unwrap every stored key with its context, under the keys a fresh runtime configured with
+    the HSM key ``label`` holds; key-set keys must match their KCV. Returns how many."""
     from sqlalchemy import select
 
     from viopay.masterkeys.rotation import TARGETS
@@ -353,6 +353,7 @@ async def _every_key_opens(stack: Stack) -> int:
     mp = pytest.MonkeyPatch()
     for key, value in stack.backend.env.items():
         mp.setenv(key, value)
+    mp.setenv("VIOPAY_HSM_KEY_LABEL", label)
     runtime = build_runtime(Settings())
     mp.undo()
     opened = 0
@@ -391,7 +392,7 @@ class Charger(threading.Thread):
             self.stop.wait(0.05)
 
 
-def test_rotation_killed_halfway_resumes_and_loses_no_key(stack: Stack) -> None:
+def test_rotation_killed_halfway_resumes_and_loses_no_key(stack: Stack, tmp_path: Path) -> None:
     owner = _merchant(stack)
     a, b = stack.servers
     devices = [_activated(stack, owner, server) for server in (a, b, a)]
@@ -401,6 +402,7 @@ def test_rotation_killed_halfway_resumes_and_loses_no_key(stack: Stack) -> None:
     before = asyncio.run(_blobs(stack.db_name))
     total = sum(len(v) for v in before.values())
     new_label = f"{LABEL}-2"
+    errors = (tmp_path / "rotate.err").open("wb")
     rotate = subprocess.Popen(
         [
             sys.executable,
@@ -418,8 +420,8 @@ def test_rotation_killed_halfway_resumes_and_loses_no_key(stack: Stack) -> None:
             "--json",
         ],
         env={**os.environ, **stack.backend.env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=errors,
     )
     try:
         # Kill it once some keys, but not all, are under the new key.
@@ -436,12 +438,14 @@ def test_rotation_killed_halfway_resumes_and_loses_no_key(stack: Stack) -> None:
                 if moved >= total // 3:
                     break
             time.sleep(0.05)
-        assert rotate.poll() is None, rotate.communicate()
+        assert rotate.poll() is None, (tmp_path / "rotate.err").read_text()
         rotate.send_signal(signal.SIGKILL)
         rotate.wait(timeout=30)
     finally:
         if rotate.poll() is None:
             rotate.kill()
+            rotate.wait(timeout=30)
+        errors.close()
     assert new_id is not None
     halfway = asyncio.run(_blobs(stack.db_name))
     under_new = sum(b.startswith(blob_prefix(new_id)) for v in halfway.values() for b in v)
@@ -468,7 +472,7 @@ def test_rotation_killed_halfway_resumes_and_loses_no_key(stack: Stack) -> None:
     after = asyncio.run(_blobs(stack.db_name))
     assert all(blob_master_key_id(b) == new_id for v in after.values() for b in v)
     assert sum(len(v) for v in after.values()) >= total
-    assert asyncio.run(_every_key_opens(stack)) == sum(len(v) for v in after.values())
+    assert asyncio.run(_every_key_opens(stack, new_label)) == sum(len(v) for v in after.values())
     pool = stack.softhsm.pool()
     try:
         assert pool.find_ids(label=LABEL) == []
