@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from viopay.cli.common import JsonOption, emit, err, load_settings_or_exit
+from viopay.cli.common import JsonOption, emit, err, load_settings_or_exit, out, run_in_transaction
 from viopay.crypto.hsm import HsmError, HsmMasterKey, find_master_key
 from viopay.crypto.keyring import MasterKey, SoftwareMasterKey, blob_prefix, key_check_value
 from viopay.crypto.wrapping import load_or_create_master_key_file
@@ -252,3 +252,91 @@ def rotate_master(
             f"[yellow]Point the configuration at the new key ({document['location']}) before "
             "the next restart.[/yellow]"
         )
+
+
+# --- the operator's key lifecycle (ids, KCVs, states and ages; never a key) -------------------
+
+
+def _table(title: str, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row[c]) for c in columns))
+    out.print(table)
+
+
+@app.command("identity-keys")
+def identity_keys(
+    device_id: str = typer.Argument(..., help="POS-XXXXXXXX"), as_json: bool = JsonOption
+) -> None:
+    """A device's identity keys: key id, KCV, state (live/revoked), age."""
+    from viopay.keysets import lifecycle
+    from viopay.keysets.schemas import IdentityKeyViewOut
+
+    views = run_in_transaction(
+        lambda db, rt: lifecycle.list_identity_keys(
+            db, wrapper=rt.wrapper, device_id=device_id, now=utcnow()
+        )
+    )
+    rows = [IdentityKeyViewOut.of(v).model_dump() for v in views]
+    if as_json:
+        emit({"device_id": device_id, "data": rows}, as_json=True, title="")
+        return
+    _table(
+        f"Identity keys of {device_id}",
+        rows,
+        ("key_id", "kcv", "state", "age_seconds", "created_at", "revoked_at"),
+    )
+
+
+@app.command("key-sets")
+def key_sets(
+    terminal_id: str = typer.Argument(..., help="The terminal id."), as_json: bool = JsonOption
+) -> None:
+    """A terminal's key sets, newest first: id, state, KCVs, envelopes, age."""
+    from viopay.keysets import lifecycle
+    from viopay.keysets.schemas import KeySetViewOut
+
+    views = run_in_transaction(
+        lambda db, rt: lifecycle.list_key_sets(db, terminal_id=terminal_id, now=utcnow())
+    )
+    rows = [KeySetViewOut.of(v).model_dump() for v in views]
+    if as_json:
+        emit({"terminal_id": terminal_id, "data": rows}, as_json=True, title="")
+        return
+    for row in rows:
+        row["kcvs"] = " ".join(f"{t}:{k}" for t, k in row["kcv"].items())
+    _table(
+        f"Key sets of {terminal_id}",
+        rows,
+        ("key_set_id", "state", "kcvs", "envelope_count", "age_seconds", "rotate_requested_at"),
+    )
+
+
+@app.command("rotate-key-set")
+def rotate_key_set(
+    terminal_id: str = typer.Argument(..., help="The terminal id."), as_json: bool = JsonOption
+) -> None:
+    """Force a key-set rotation: the terminal's next charge answer carries rotate_keys, and its
+    current set retires after the rotation grace once the terminal has rotated."""
+    from viopay.audit import Actor
+    from viopay.keysets import lifecycle
+
+    key_set = run_in_transaction(
+        lambda db, rt: lifecycle.force_rotation(
+            db, terminal_id=terminal_id, actor=Actor.operator(), now=utcnow()
+        )
+    )
+    assert key_set.rotate_requested_at is not None
+    emit(
+        {
+            "terminal_id": terminal_id,
+            "key_set_id": key_set.key_set_id,
+            "rotate_requested_at": rfc3339(key_set.rotate_requested_at),
+        },
+        as_json=as_json,
+        title="Key-set rotation requested",
+    )

@@ -1,4 +1,5 @@
-"""master keys (id, check value, location, state) and stored derived keys (issue 12)
+"""master keys (id, check value, location, state), stored derived keys, and a key set's
+operator-requested rotation (issue 12)
 
 Revision ID: 20261202_0008
 Revises: 20261202_0006
@@ -50,8 +51,14 @@ def upgrade() -> None:
         sa.Column("created_at", viopay.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("purpose", name=op.f("pk_derived_keys")),
     )
+    with op.batch_alter_table("key_sets", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("rotate_requested_at", viopay.db.UTCDateTime(timezone=True), nullable=True)
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("key_sets", schema=None) as batch_op:
+        batch_op.drop_column("rotate_requested_at")
     op.drop_table("derived_keys")
     op.drop_table("master_keys")
