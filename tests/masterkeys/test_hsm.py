@@ -345,7 +345,7 @@ async def _every_key_opens(stack: Stack, label: str) -> int:
     the HSM key ``label`` holds; key-set keys must match their KCV. Returns how many."""
     from sqlalchemy import select
 
-    from viopay.masterkeys.rotation import TARGETS
+    from viopay.keyrotation.service import TARGETS
     from viopay.runtime import build_runtime
     from viopay.settings import Settings
     from viopay_device.protocol.kcv import kcv_for

@@ -15,7 +15,7 @@ from viopay.crypto.hsm import HsmError, HsmMasterKey, find_master_key
 from viopay.crypto.keyring import MasterKey, SoftwareMasterKey, blob_prefix, key_check_value
 from viopay.crypto.wrapping import load_or_create_master_key_file
 from viopay.ids import rfc3339, utcnow
-from viopay.masterkeys import rotation
+from viopay.keyrotation import service as rotation
 from viopay.masterkeys.models import MasterKeyRecord
 from viopay.masterkeys.service import MasterKeyRefused, open_hsm
 from viopay.settings import Settings

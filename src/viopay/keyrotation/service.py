@@ -1,4 +1,4 @@
-"""Online master-key rotation: a new master key, every stored key re-wrapped under it in small
+"""Online master-key rotation (``viopay keys rotate-master``): a new master key, every stored key re-wrapped under it in small
 batches while the servers keep serving, the old key destroyed only when no blob names it.
 
 Steps, each recorded in ``master_keys`` so an interrupted rotation resumes where it stopped:
