@@ -8,6 +8,11 @@ bash scripts/services.sh
 # The portal's browser tests drive Debian's Chromium (Playwright never downloads a browser here).
 command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
   || echo "warning: could not install chromium: the browser tests skip (and fail with CI=true)" >&2
+# The README's walkthrough (tests/test_readme_walkthrough.py) uses curl and jq, as a reader would.
+for tool in curl jq; do
+  command -v "$tool" >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool") \
+    || echo "warning: could not install $tool: the README walkthrough test fails" >&2
+done
 # The HSM tests (tests/masterkeys/test_hsm.py) drive Debian's SoftHSM2 through PKCS#11; each run
 # makes a fresh token in a temporary folder (SOFTHSM2_CONF), so nothing else is set up here.
 command -v softhsm2-util >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2) \

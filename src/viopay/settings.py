@@ -15,6 +15,8 @@ import semver
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from viopay.crypto.wrapping import decode_master_key
+
 _SEMVER_FIELD_HELP = "a SemVer 2.0 version such as 1.4.2"
 
 
@@ -22,7 +24,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIOPAY_", extra="ignore", frozen=True)
 
     data_dir: Path = Field(
-        default=Path("var"), description="Where the embedded default keeps its files."
+        default=Path("var"),
+        description="Where the embedded default keeps its files (made absolute at start).",
     )
     database_url: str | None = Field(
         default=None,
@@ -102,6 +105,32 @@ class Settings(BaseSettings):
             raise ValueError(f"must be {_SEMVER_FIELD_HELP}, got {value!r}")
         return value
 
+    @field_validator("data_dir", "master_key_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Absolute once, at start: a command run from another folder names the same files,
+        # and every message can say exactly which folder it used.
+        return None if value is None else value.expanduser().absolute()
+
+    @field_validator("master_key")
+    @classmethod
+    def _master_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                decode_master_key(value.get_secret_value())
+            except ValueError:
+                raise ValueError(
+                    "must be base64 of 32 bytes (make one with `viopay keys new-master`)"
+                ) from None
+        return value
+
+    @field_validator("processor")
+    @classmethod
+    def _processor(cls, value: str) -> str:
+        if value != "sandbox" and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError("must be 'sandbox' or 'package.module:factory'")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
@@ -130,8 +159,8 @@ class Settings(BaseSettings):
         ):
             raise ValueError(
                 "VIOPAY_MASTER_KEY (base64 of 32 bytes) or VIOPAY_HSM_MODULE is required with "
-                "PostgreSQL: every server "
-                "process must wrap and unwrap keys with the same master key"
+                "PostgreSQL: every server process must wrap and unwrap keys with the same master "
+                "key (make one with `viopay keys new-master`)"
             )
         if self.latest_pos_version is not None and semver.Version.parse(
             self.latest_pos_version

@@ -4,6 +4,7 @@ killed."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -24,7 +25,7 @@ def _register(client: Any) -> None:
 
 
 @pytest.fixture
-def activated(server: Server, admin: Any, make_merchant: Any) -> Any:
+def activated(server: Server, admin: Any, make_merchant: Any) -> Iterator[Any]:
     owner: MerchantCtx = make_merchant()
     device = admin.provision()
     client = sdk_client(server.url, device)

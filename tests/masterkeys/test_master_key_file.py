@@ -36,6 +36,7 @@ def _json(env: dict[str, str], *args: str) -> Any:
 
 def test_another_master_key_is_refused_and_says_which_setting(tmp_path: Path) -> None:
     env = {"VIOPAY_DATA_DIR": str(tmp_path / "var")}
+    _json(env, "migrate")
     made = _json(env, "device", "provision", "POS-0000000A")
     SEEN_SECRETS.add(made["identity_secret"])
     other = base64.b64encode(os.urandom(32)).decode()
@@ -43,6 +44,7 @@ def test_another_master_key_is_refused_and_says_which_setting(tmp_path: Path) ->
     refused = _run(env | {"VIOPAY_MASTER_KEY": other}, "device", "provision", "POS-0000000B")
     assert refused.returncode == 2
     message = " ".join(refused.stderr.split())
+    assert "VIOPAY_MASTER_KEY is not the master key this database" in message
     assert "fix VIOPAY_MASTER_KEY" in message and other not in refused.stderr
     (active,) = _json(env, "keys", "status")["master_keys"]
     assert active["kcv"] in message and active["state"] == "active"
@@ -52,6 +54,7 @@ def test_another_master_key_is_refused_and_says_which_setting(tmp_path: Path) ->
 
 def test_rotation_between_key_files_keeps_every_key(tmp_path: Path) -> None:
     env = {"VIOPAY_DATA_DIR": str(tmp_path / "var")}
+    _json(env, "migrate")
     made = _json(env, "device", "provision", "POS-0000000C")
     SEEN_SECRETS.add(made["identity_secret"])
     client = _json(env, "client", "create", "--admin")

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from viopay.audit import Actor
-from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession, admin_principal
+from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession
 from viopay.auth.sessions import MerchantSession
 from viopay.deps import CacheDep, DbSession, Now, RuntimeDep, body_schema, read_json
 from viopay.devices import service
@@ -44,11 +44,13 @@ from viopay.merchants.models import Merchant
 from viopay.openapi import errors_for
 from viopay.pagination import PageParams, make_page, page_params, paginate
 
+# Authenticated at mount (viopay.api): the activation headers (§2.1; bootstrap at any version).
+bootstrap_router = APIRouter(prefix="/pos", tags=["pos activation"])
 pos_router = APIRouter(prefix="/pos", tags=["pos activation"])
 _ACTIVATION_ERRORS = errors_for(400, 403, 404, 426, 503)
 
 
-@pos_router.post(
+@bootstrap_router.post(
     "/bootstrap", response_model=BootstrapOut, responses=errors_for(400, 403, 404, 503)
 )
 async def bootstrap(auth: BootstrapDevice, runtime: RuntimeDep, now: Now) -> BootstrapOut:
@@ -101,7 +103,7 @@ async def status(auth: ActivationDevice, cache: CacheDep, db: DbSession, now: No
     )
 
 
-claim_router = APIRouter(tags=["merchant"])
+claim_router = APIRouter(tags=["merchant"])  # a merchant session (§2.5), mounted in viopay.api
 
 
 @claim_router.post(
@@ -136,7 +138,7 @@ async def claim(
     )
 
 
-admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
+admin_router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 def _operator(principal: AdminPrincipal) -> Actor:

@@ -1,31 +1,69 @@
-"""``viopay keys``: the master key in an HSM, its online rotation, and what each master key
-wraps (ids and check values only: no key is ever printed)."""
+"""``viopay keys``: the server's own keys — a new master key, the master key in an HSM, its online
+rotation, what each master key wraps, and the operator's view of device keys (ids and check
+values only: no stored key is ever printed)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from viopay.cli.common import JsonOption, emit, err, load_settings_or_exit, out, run_in_transaction
+from viopay.cli.common import (
+    JsonOption,
+    emit,
+    err,
+    fail,
+    load_settings_or_exit,
+    out,
+    run_in_transaction,
+)
 from viopay.crypto.hsm import HsmError, HsmMasterKey, find_master_key
 from viopay.crypto.keyring import MasterKey, SoftwareMasterKey, blob_prefix, key_check_value
-from viopay.crypto.wrapping import load_or_create_master_key_file
+from viopay.crypto.wrapping import MASTER_KEY_LENGTH, load_or_create_master_key_file
 from viopay.ids import rfc3339, utcnow
 from viopay.keyrotation import service as rotation
 from viopay.masterkeys.models import MasterKeyRecord
 from viopay.masterkeys.service import MasterKeyRefused, open_hsm
 from viopay.settings import Settings
 
-app = typer.Typer(help="Master keys: the HSM, rotation, status.", no_args_is_help=True)
+app = typer.Typer(
+    help="The server's keys: master key (new, HSM, rotation, status) and device keys.",
+    no_args_is_help=True,
+)
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
+@app.command("new-master")
+def new_master(
+    file: Path | None = typer.Option(
+        None,
+        "--file",
+        help="Write the key to this new file (mode 0600) instead of printing it; "
+        "point VIOPAY_MASTER_KEY_FILE at it.",
+        dir_okay=False,
+    ),
+) -> None:
+    """Make a master key: base64 of 32 random bytes, for VIOPAY_MASTER_KEY.
+
+    Every server process and CLI command of one database needs the same key, and a database
+    refuses any other (PROTOCOL §6): keep it in your secret store, not in the repository."""
+    if file is None:
+        key = base64.b64encode(secrets.token_bytes(MASTER_KEY_LENGTH)).decode()
+        sys.stdout.write(key + "\n")
+        return
+    path = file.expanduser().absolute()
+    if path.exists():
+        fail(f"{path} exists: a master key is never overwritten (choose another --file)")
+    try:
+        load_or_create_master_key_file(path)
+    except OSError as exc:
+        fail(f"--file {path}: {exc.strerror}")
+    sys.stdout.write(f"{path}\n")
 
 
 @app.command("init-hsm")
@@ -38,15 +76,15 @@ def init_hsm(
     """Make the master key on the HSM token: AES-256, sensitive, never extractable."""
     settings = load_settings_or_exit()
     if settings.hsm_module is None:
-        raise _fail("set VIOPAY_HSM_MODULE, VIOPAY_HSM_TOKEN and VIOPAY_HSM_PIN", 2)
+        fail("set VIOPAY_HSM_MODULE, VIOPAY_HSM_TOKEN and VIOPAY_HSM_PIN")
     label = label or settings.hsm_key_label
     try:
         pool = open_hsm(settings)
     except HsmError as exc:
-        raise _fail(str(exc), 2) from None
+        fail(str(exc))
     try:
         if pool.find_ids(label=label):
-            raise _fail(f"token {settings.hsm_token!r} already has a key labelled {label!r}")
+            fail(f"token {settings.hsm_token!r} already has a key labelled {label!r}", code=1)
         key = HsmMasterKey(pool, pool.generate(label))
         document = {
             "token": settings.hsm_token,
@@ -119,10 +157,12 @@ def status(as_json: bool = JsonOption) -> None:
 
 
 def _with_runtime(settings: Settings, work: Any) -> Any:
-    from viopay.migrate import upgrade
-    from viopay.runtime import build_runtime
+    from viopay.runtime import OperatorError, build_runtime, prepare_database
 
-    upgrade(settings)
+    try:
+        prepare_database(settings, create=False)
+    except OperatorError as exc:
+        fail(str(exc))
 
     async def go() -> Any:
         runtime = build_runtime(settings)
@@ -134,7 +174,7 @@ def _with_runtime(settings: Settings, work: Any) -> Any:
     try:
         return asyncio.run(go())
     except (MasterKeyRefused, HsmError, rotation.RotationError) as exc:
-        raise _fail(str(exc), 2) from None
+        fail(str(exc))
 
 
 def _new_key(
@@ -145,7 +185,7 @@ def _new_key(
         return SoftwareMasterKey(load_or_create_master_key_file(path)), str(path)
     pool = runtime.key_source.pool
     if pool is None:
-        raise _fail("--to-hsm needs VIOPAY_HSM_MODULE, VIOPAY_HSM_TOKEN and VIOPAY_HSM_PIN", 2)
+        fail("--to-hsm needs VIOPAY_HSM_MODULE, VIOPAY_HSM_TOKEN and VIOPAY_HSM_PIN")
     label = label or f"{settings.hsm_key_label}-{utcnow():%Y%m%d%H%M%S}"
     if pool.find_ids(label=label):
         return find_master_key(pool, label), label
@@ -189,7 +229,7 @@ def rotate_master(
             )
         else:
             if (to_file is None) == (not to_hsm):
-                raise _fail("say where the new key goes: --to-file PATH or --to-hsm", 2)
+                fail("say where the new key goes: --to-file PATH or --to-hsm")
             new_key, location = _new_key(
                 runtime, settings, to_file=to_file, to_hsm=to_hsm, label=label
             )

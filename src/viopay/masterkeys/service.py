@@ -143,6 +143,7 @@ async def sync_keyring(
     configured key on an empty table, and refuse a configured key the database does not know."""
     rows = list((await db.scalars(select(MasterKeyRecord))).all())
     if not rows and first:
+        await _opens_what_is_stored(db, keyring, source)
         record = new_record(
             source.configured, location=source.location, state=MasterKeyState.active, now=now
         )
@@ -159,9 +160,9 @@ async def sync_keyring(
         written_with = ", ".join(f"{r.key_id} (KCV {r.kcv}, {r.location})" for r in active)
         if mine is None:
             raise MasterKeyRefused(
-                f"{source.setting} holds master key {source.configured.key_id} (KCV "
-                f"{key_check_value(source.configured)}), but this database was written with "
-                f"{written_with or 'another master key'}: fix {source.setting}"
+                f"{source.setting} is not the master key this database was written with (it "
+                f"holds {source.configured.key_id}, KCV {key_check_value(source.configured)}; "
+                f"the database's: {written_with or 'another'}): fix {source.setting}"
             )
         if mine.state is MasterKeyState.destroyed:
             raise MasterKeyRefused(
@@ -184,6 +185,53 @@ async def sync_keyring(
             ) from None
     keyring.drop(r.key_id for r in rows if r.state is MasterKeyState.destroyed)
     return rows
+
+
+async def _opens_what_is_stored(db: AsyncSession, keyring: Keyring, source: KeySource) -> None:
+    """A database without ``master_keys`` rows (new, or written before them) is registered under
+    the configured key only if that key opens a key already stored there (if any)."""
+    from sqlalchemy import text
+
+    for table, column in (
+        ("merchant_device_identity_keys", "secret_wrapped"),
+        ("signing_keys", "private_wrapped"),
+        ("derived_keys", "key_wrapped"),
+    ):
+        blob = await db.scalar(text(f"SELECT {column} FROM {table} LIMIT 1"))  # noqa: S608
+        if blob is None:
+            continue
+        context = await _context_of(db, table, blob)
+        try:
+            keyring.unwrap(bytes(blob), context=context)
+        except EnvelopeNotOpened:
+            raise MasterKeyRefused(
+                f"{source.setting} is not the master key this database was written with (it "
+                f"does not open the keys stored there): fix {source.setting}"
+            ) from None
+        return
+
+
+async def _context_of(db: AsyncSession, table: str, blob: bytes) -> str:
+    from sqlalchemy import text
+
+    if table == "signing_keys":
+        return "signing-key"
+    if table == "derived_keys":
+        purpose = await db.scalar(
+            text("SELECT purpose FROM derived_keys WHERE key_wrapped = :b"), {"b": blob}
+        )
+        return derived_context(str(purpose))
+    row = (
+        await db.execute(
+            text(
+                "SELECT device_id, key_id FROM merchant_device_identity_keys "
+                "WHERE secret_wrapped = :b"
+            ),
+            {"b": blob},
+        )
+    ).first()
+    assert row is not None
+    return f"identity-key:{row[0]}:{row[1]}"
 
 
 def derived_context(purpose: str) -> str:

@@ -2,7 +2,7 @@
 operator-requested rotation (issue 12)
 
 Revision ID: 20261202_0008
-Revises: 20261202_0006
+Revises: 20261202_0011
 Create Date: 2026-12-02 12:00:00
 """
 
@@ -14,12 +14,15 @@ from alembic import op
 import viopay.db
 
 revision = "20261202_0008"
-down_revision = "20261202_0006"
+down_revision = "20261202_0011"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
+    # master_keys supersedes master_key_checks (20261202_0011): a check value per master key
+    # plus its id, location and state, which an online rotation needs.
+    op.drop_table("master_key_checks")
     op.create_table(
         "master_keys",
         sa.Column("key_id", sa.String(length=64), nullable=False),
@@ -58,6 +61,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.create_table(
+        "master_key_checks",
+        sa.Column("check_value", sa.String(length=64), nullable=False),
+        sa.Column("created_at", viopay.db.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("check_value", name=op.f("pk_master_key_checks")),
+    )
     with op.batch_alter_table("key_sets", schema=None) as batch_op:
         batch_op.drop_column("rotate_requested_at")
     op.drop_table("derived_keys")
