@@ -13,6 +13,14 @@ for tool in curl jq; do
   command -v "$tool" >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool") \
     || echo "warning: could not install $tool: the README walkthrough test fails" >&2
 done
+# The OIDC tests run a real OpenID provider on Node.js (tests/oidc_provider/, npm ci'd by setup.sh).
+if ! command -v npm >/dev/null; then
+  # (NodeSource's nodejs brings npm; Debian's needs its npm package besides.)
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs \
+    && (command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm) \
+    && npm ci --prefix tests/oidc_provider --no-audit --no-fund --silent) \
+    || echo "warning: could not install Node.js: the OpenID provider tests skip (and fail with CI=true)" >&2
+fi
 # The HSM tests (tests/masterkeys/test_hsm.py) drive Debian's SoftHSM2 through PKCS#11; each run
 # makes a fresh token in a temporary folder (SOFTHSM2_CONF), so nothing else is set up here.
 command -v softhsm2-util >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2) \

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from viopay import __version__
 from viopay.api import api_router
 from viopay.auth.issuer import OidcVerifier, load_embedded_issuer
+from viopay.auth.oidc import OidcProvider
 from viopay.errors import (
     InternalError,
     InvalidRequest,
@@ -28,26 +29,34 @@ from viopay.errors import (
     ViopayError,
     problem_response,
 )
+from viopay.fleet.timer import FleetTimer
 from viopay.masterkeys.service import refresh_forever
 from viopay.metrics import exposition, process_exited
 from viopay.middleware import RequestContextMiddleware, request_id_of
 from viopay.openapi import Problem
 from viopay.payments.processors import build_processor
-from viopay.payments.recovery import RecoveryWorker
+from viopay.payments.recovery import RecoveryWorker, owner_id
 from viopay.payments.recovery import interval_for as recovery_interval
 from viopay.portal import router as portal_router
 from viopay.runtime import Runtime, build_runtime
 from viopay.settings import Settings
+from viopay.webhooks import outbox
+from viopay.webhooks.worker import DeliveryWorker
 
 log = structlog.get_logger("viopay")
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
+    outbox.install()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or build_runtime(settings)
         if settings.oidc_issuer:
-            rt.oidc = OidcVerifier(issuer=settings.oidc_issuer, audience=settings.oidc_audience)
+            provider = OidcProvider(
+                issuer=settings.oidc_issuer, jwks_refresh_seconds=settings.oidc_jwks_refresh_seconds
+            )
+            rt.oidc = OidcVerifier(provider=provider, audience=settings.oidc_audience)
         else:
             rt.issuer = await load_embedded_issuer(
                 rt.sessions, rt.wrapper, issuer=settings.public_url, ttl=settings.token_ttl_seconds
@@ -58,6 +67,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             rt, app.state.processor, interval=recovery_interval(settings.recovery_delay_seconds)
         )
         recovery.start()
+        deliveries = DeliveryWorker(rt, owner=owner_id())
+        deliveries.start()
+        fleet = FleetTimer(rt, owner=owner_id())
+        fleet.start()
         refresher = (
             asyncio.create_task(
                 refresh_forever(
@@ -77,6 +90,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         try:
             yield
         finally:
+            await fleet.stop()
+            await deliveries.stop()
             if refresher is not None:
                 refresher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

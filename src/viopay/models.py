@@ -5,11 +5,13 @@ from viopay.auth.models import ApiClient, SigningKey
 from viopay.auth.users import User
 from viopay.db import Base
 from viopay.devices.models import Device, MerchantDeviceIdentityKey, PairingCode, Terminal
+from viopay.fleet.models import TimerLease
 from viopay.keysets.models import KeySet, KeySetKey
 from viopay.masterkeys.models import DerivedKey, MasterKeyRecord
 from viopay.merchants.models import Merchant, MerchantConfig, MerchantMember
 from viopay.parameters.models import TerminalParameters
 from viopay.payments.models import Charge, IdempotencyRecord, Refund
+from viopay.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 metadata = Base.metadata
 
@@ -32,6 +34,9 @@ __all__ = [
     "SigningKey",
     "Terminal",
     "TerminalParameters",
+    "TimerLease",
     "User",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "metadata",
 ]

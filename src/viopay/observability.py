@@ -48,6 +48,7 @@ def configure_logging(
             ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
                 _drop_color_message,
                 renderer,
             ],

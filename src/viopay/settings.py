@@ -61,15 +61,24 @@ class Settings(BaseSettings):
         default=None, description="Newest published POS app version."
     )
     oidc_issuer: str | None = Field(
-        default=None, description="Keycloak realm URL; default: embedded issuer."
+        default=None,
+        description="OpenID provider's issuer URL (Keycloak: https://HOST/realms/REALM); default: embedded issuer.",
     )
     oidc_audience: str = Field(
         default="viopay", description="Expected `aud` (or `azp`) of Bearer tokens."
     )
     oidc_client_id: str | None = Field(
-        default=None, description="Client used for /client/session against Keycloak."
+        default=None, description="The portal's client at the OpenID provider (sign-in with PKCE)."
     )
-    oidc_client_secret: SecretStr | None = Field(default=None)
+    oidc_client_secret: SecretStr | None = Field(
+        default=None, description="That client's secret (none for a public client)."
+    )
+    oidc_jwks_refresh_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="Least time between two JWKS fetches made for a token naming an unknown kid.",
+    )
     token_ttl_seconds: int = Field(
         default=3600, ge=60, le=86400, description="Embedded issuer token life."
     )
@@ -90,6 +99,35 @@ class Settings(BaseSettings):
         ge=1,
         le=86_400,
         description="Age at which a payment intent without an outcome is finished by recovery (§4.7).",
+    )
+    webhook_allow_insecure: bool = Field(
+        default=False,
+        description="Allow http:// webhook URLs and any address (tests and local development only).",
+    )
+    webhook_retry_schedule: str = Field(
+        default="5,300,1800,7200,18000,36000,36000",
+        description="Seconds between webhook attempts after the first, comma-separated (§7).",
+    )
+    webhook_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Webhook deliveries one server process attempts at once.",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often a server process looks for due webhook deliveries.",
+    )
+    heartbeat_interval_seconds: int = Field(
+        default=60, ge=1, le=3600, description="next_heartbeat_s told to terminals (§8)."
+    )
+    fleet_check_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=30,
+        description="How often the fleet timer marks terminals offline (§8).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(
@@ -130,6 +168,22 @@ class Settings(BaseSettings):
         if value != "sandbox" and not re.fullmatch(r"[\w.]+:[\w.]+", value):
             raise ValueError("must be 'sandbox' or 'package.module:factory'")
         return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _retry_schedule(cls, value: str) -> str:
+        try:
+            delays = [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError("must be whole seconds, comma-separated, such as 5,300,1800") from None
+        if any(d < 0 or d > 7 * 86400 for d in delays):
+            raise ValueError("each delay must be 0-604800 seconds")
+        return value
+
+    @property
+    def webhook_retry_delays(self) -> tuple[int, ...]:
+        """VIOPAY_WEBHOOK_RETRY_SCHEDULE as seconds: the delay before each retry."""
+        return tuple(int(part) for part in self.webhook_retry_schedule.split(",") if part.strip())
 
     @field_validator("database_url")
     @classmethod

@@ -35,12 +35,14 @@ def test_demo_runs_green_on_its_own_embedded_server(tmp_path):
         "terminal parameters",
         "activate",
         "charge (approved)",
+        "webhook received",
         "charge (declined)",
         "refund 5.00",
     ):
         assert f"✓ {step}" in out, step
     assert re.search(r"approved 00 visa", out) and "declined 05 card_declined" in out
     assert "partially_refunded, refunded 500" in out and "Done in" in out
+    assert re.search(r"charge\.created ch_\w+, signature verified", out)
     assert not (tmp_path / "var").exists()  # it kept its data in a scratch folder
 
 

@@ -107,7 +107,8 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
         port = str(busy.getsockname()[1])
         refused(run(env, "serve", "--port", port), f"port {port} on 127.0.0.1 is in use")
     processor = env | {"VIOPAY_PROCESSOR": "nosuch.mod:factory"}
-    refused(run(processor, "serve", "--port", port), "VIOPAY_PROCESSOR=nosuch.mod:factory")
+    for args in (("serve", "--port", port), ("recover",)):
+        refused(run(processor, *args), "VIOPAY_PROCESSOR=nosuch.mod:factory")
     refused(run(env, "serve", "--port", "99999"), "--port 99999: must be 1-65535")
     assert not (tmp_path / "var").exists()  # each was refused before anything was made
 

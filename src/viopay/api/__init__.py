@@ -23,10 +23,12 @@ from viopay.auth.router import bearer_router
 from viopay.auth.router import router as token_endpoints
 from viopay.configuration.router import config_schema_router
 from viopay.devices.authn import activation_device, bootstrap_device
+from viopay.fleet.router import pos_router as heartbeat_router
 from viopay.health import router as health_router
 from viopay.parameters.router import parameters_admin_router
 from viopay.payments import router as payments
 from viopay.payments.terminal_auth import signed_request
+from viopay.webhooks.router import router as webhooks_router
 
 # (name, the dependency that authenticates the level, its routers); None: public.
 LEVELS: tuple[tuple[str, Callable[..., Any] | None, tuple[APIRouter, ...]], ...] = (
@@ -39,7 +41,7 @@ LEVELS: tuple[tuple[str, Callable[..., Any] | None, tuple[APIRouter, ...]], ...]
     ("activation headers (§2.1)", activation_device, (devices.pos_router,)),
     ("attestation signature (§2.2)", signed_attestation, (attest_router,)),
     ("attestation token (§2.3)", attested_device, (token_router,)),
-    ("HMAC charge headers (§2.4)", signed_request, (payments.pos_router,)),
+    ("HMAC charge headers (§2.4)", signed_request, (payments.pos_router, heartbeat_router)),
     ("Bearer, any role (§2.5)", bearer_principal, (bearer_router,)),
     (
         "Bearer, merchant session (§2.5)",
@@ -50,6 +52,7 @@ LEVELS: tuple[tuple[str, Callable[..., Any] | None, tuple[APIRouter, ...]], ...]
             merchants.merchant_router,
             events.router,
             payments.merchant_router,
+            webhooks_router,
         ),
     ),
     (

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import select
 
@@ -325,10 +325,19 @@ async def _merchant_device(db: DbSession, session: CurrentSession, device_id: st
     "/devices", response_model=DeviceList, responses=errors_for(400, 401, 403, 503)
 )
 async def list_devices(
-    session: CurrentSession, db: DbSession, page: Annotated[PageParams, Depends(page_params)]
+    session: CurrentSession,
+    db: DbSession,
+    page: Annotated[PageParams, Depends(page_params)],
+    online: Annotated[
+        Literal["true", "false"] | None,
+        Query(description="Only terminals online (true) or offline (false), PROTOCOL §8."),
+    ] = None,
 ) -> DeviceList:
+    query = select(Device).where(Device.merchant_id == session.merchant_id)
+    if online is not None:
+        query = query.where(Device.online.is_(online == "true"))
     query = paginate(
-        select(Device).where(Device.merchant_id == session.merchant_id),
+        query,
         at=Device.claimed_at,
         ident=Device.device_id,
         params=page,

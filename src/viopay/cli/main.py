@@ -13,6 +13,7 @@ from viopay.cli.keys import app as keys_app
 from viopay.cli.merchants import client_app, merchant_app
 from viopay.cli.parameters import app as parameters_app
 from viopay.cli.users import app as user_app
+from viopay.webhooks import outbox
 
 app = typer.Typer(
     help="Viopay POS platform: server and operator commands.",
@@ -157,6 +158,8 @@ def recover(as_json: bool = JsonOption) -> None:
     from viopay.runtime import OperatorError, build_runtime, prepare_database
 
     settings = load_settings_or_exit()
+    if settings.processor != "sandbox":
+        _refuse_unloadable_processor(settings.processor)
     configure_logging(level=settings.log_level, json=settings.log_json, stream=sys.stderr)
     try:
         prepare_database(settings, create=False)
@@ -176,4 +179,5 @@ def recover(as_json: bool = JsonOption) -> None:
 
 
 def main() -> None:
+    outbox.install()  # events made by operator commands reach the merchants' webhooks too
     app()

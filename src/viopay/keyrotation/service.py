@@ -42,6 +42,8 @@ from viopay.keysets.models import KeySetKey
 from viopay.keysets.service import key_context
 from viopay.masterkeys.models import DerivedKey, MasterKeyRecord, MasterKeyState
 from viopay.masterkeys.service import ENV_LOCATION, KeySource, derived_context, new_record
+from viopay.webhooks.models import WebhookEndpoint
+from viopay.webhooks.service import secret_context
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,18 @@ TARGETS: tuple[Target, ...] = (
     Target("key-set keys", KeySetKey, "key_wrapped", lambda row: key_context(row.key_id)),
     Target("signing keys", SigningKey, "private_wrapped", lambda _row: SIGNING_KEY_CONTEXT),
     Target("derived keys", DerivedKey, "key_wrapped", lambda row: derived_context(row.purpose)),
+    Target(
+        "webhook secrets",
+        WebhookEndpoint,
+        "secret_wrapped",
+        lambda row: secret_context(row.endpoint_id),
+    ),
+    Target(
+        "previous webhook secrets",
+        WebhookEndpoint,
+        "previous_secret_wrapped",
+        lambda row: secret_context(row.endpoint_id),
+    ),
 )
 
 

@@ -1,7 +1,7 @@
 """master key checks: the check value of each master key the database is written with (§6)
 
 Revision ID: 20261202_0011
-Revises: 20261202_0006
+Revises: 20261202_0007
 Create Date: 2026-12-02 12:00:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import viopay.db
 
 revision = "20261202_0011"
-down_revision = "20261202_0006"
+down_revision = "20261202_0007"
 branch_labels = None
 depends_on = None
 
