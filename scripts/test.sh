@@ -21,6 +21,10 @@ if ! command -v npm >/dev/null; then
     && npm ci --prefix tests/oidc_provider --no-audit --no-fund --silent) \
     || echo "warning: could not install Node.js: the OpenID provider tests skip (and fail with CI=true)" >&2
 fi
+# The HSM tests (tests/masterkeys/test_hsm.py) drive Debian's SoftHSM2 through PKCS#11; each run
+# makes a fresh token in a temporary folder (SOFTHSM2_CONF), so nothing else is set up here.
+command -v softhsm2-util >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2) \
+  || echo "warning: could not install softhsm2: the HSM tests skip (and fail with CI=true)" >&2
 bash scripts/check.sh
 # The suite waits on servers more than it computes: two pytest-xdist workers, one per core of the
 # CI machine (VIOPAY_TEST_WORKERS=0 runs everything in one process; conftest.py says who runs what).

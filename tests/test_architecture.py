@@ -33,7 +33,6 @@ BASE = {
     "signatures",
     "migrate",
     "audit",
-    "masterkey",
     "bodies",
     "__init__",
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +32,7 @@ from viopay.errors import (
     problem_response,
 )
 from viopay.fleet.timer import FleetTimer
+from viopay.masterkeys.service import refresh_forever
 from viopay.metrics import exposition, process_exited
 from viopay.middleware import HeadAsGetMiddleware, RequestContextMiddleware, request_id_of
 from viopay.openapi import Problem, declare_headers
@@ -70,6 +73,19 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         deliveries.start()
         fleet = FleetTimer(rt, owner=owner_id())
         fleet.start()
+        refresher = (
+            asyncio.create_task(
+                refresh_forever(
+                    rt.sessions,
+                    rt.keyring,
+                    rt.key_source,
+                    interval=settings.master_key_refresh_seconds,
+                ),
+                name="viopay-master-keys",
+            )
+            if rt.keyring is not None and rt.key_source is not None
+            else None
+        )
         log.info(
             "started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory"
         )
@@ -78,6 +94,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         finally:
             await fleet.stop()
             await deliveries.stop()
+            if refresher is not None:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
             await recovery.stop()
             await rt.close()
             process_exited()

@@ -7,7 +7,7 @@ from viopay.db import Base
 from viopay.devices.models import Device, MerchantDeviceIdentityKey, PairingCode, Terminal
 from viopay.fleet.models import TimerLease
 from viopay.keysets.models import KeySet, KeySetKey
-from viopay.masterkey import MasterKeyCheck
+from viopay.masterkeys.models import DerivedKey, MasterKeyRecord
 from viopay.merchants.models import Merchant, MerchantConfig, MerchantMember
 from viopay.parameters.models import TerminalParameters
 from viopay.payments.models import Charge, IdempotencyRecord, Refund
@@ -19,11 +19,12 @@ __all__ = [
     "ApiClient",
     "AuditEvent",
     "Charge",
+    "DerivedKey",
     "Device",
     "IdempotencyRecord",
     "KeySet",
     "KeySetKey",
-    "MasterKeyCheck",
+    "MasterKeyRecord",
     "Merchant",
     "MerchantConfig",
     "MerchantDeviceIdentityKey",

@@ -10,15 +10,17 @@ from typing import TYPE_CHECKING, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from viopay.cache import Cache, MemoryCache, RedisCache
-from viopay.crypto.wrapping import (
-    KeyWrapper,
-    MasterKeyWrapper,
-    decode_master_key,
-    load_or_create_master_key_file,
-)
+from viopay.crypto.hsm import HsmError
+from viopay.crypto.keyring import Keyring
+from viopay.crypto.wrapping import KeyWrapper
 from viopay.db import create_engine, session_factory
-from viopay.ids import utcnow
-from viopay.masterkey import MasterKeyMismatch, verify_master_key
+from viopay.masterkeys.service import (
+    KeySource,
+    MasterKeyRefused,
+    build_keyring,
+    open_key_source,
+    prepare_keyring,
+)
 from viopay.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,18 +36,33 @@ class Runtime:
     wrapper: KeyWrapper
     issuer: EmbeddedIssuer | None = field(default=None)
     oidc: OidcVerifier | None = field(default=None)
+    #: The master keys behind ``wrapper`` (a Keyring): what the online rotation refreshes.
+    key_source: KeySource | None = field(default=None)
+
+    @property
+    def keyring(self) -> Keyring | None:
+        return self.wrapper if isinstance(self.wrapper, Keyring) else None
 
     async def close(self) -> None:
         if self.oidc is not None:
             await self.oidc.close()
         await self.cache.close()
         await self.engine.dispose()
+        if self.key_source is not None:
+            self.key_source.close()
 
 
-def load_wrapper(settings: Settings) -> KeyWrapper:
-    if settings.master_key is not None:
-        return MasterKeyWrapper(decode_master_key(settings.master_key.get_secret_value()))
-    return MasterKeyWrapper(load_or_create_master_key_file(settings.resolved_master_key_file))
+def load_keyring(settings: Settings) -> tuple[Keyring, KeySource]:
+    """The configured master key (HSM, VIOPAY_MASTER_KEY or key file), checked against the
+    database (PROTOCOL §6), with every other live master key and the derived keys loaded."""
+    source = open_key_source(settings)
+    keyring = build_keyring(source)
+    try:
+        prepare_keyring(settings, keyring, source)
+    except BaseException:
+        source.close()
+        raise
+    return keyring, source
 
 
 class OperatorError(Exception):
@@ -54,21 +71,33 @@ class OperatorError(Exception):
 
 def master_key_setting(settings: Settings) -> str:
     """The setting that chose the master key, to name in a message."""
+    if (
+        settings.hsm_module is not None
+        and settings.master_key is None
+        and (settings.master_key_file is None)
+    ):
+        return "VIOPAY_HSM_KEY_LABEL"
     if settings.master_key is not None:
         return "VIOPAY_MASTER_KEY"
     return f"VIOPAY_MASTER_KEY_FILE ({settings.resolved_master_key_file})"
 
 
-def load_wrapper_or_refuse(settings: Settings, *, create: bool) -> KeyWrapper:
-    """The key wrapper; a master key file is made only where a database is being made."""
+def open_key_source_or_refuse(settings: Settings, *, create: bool) -> KeySource:
+    """The configured master key (HSM or software); a master key file is made only where a
+    database is being made."""
     key_file = settings.resolved_master_key_file
-    if settings.master_key is None and not create and not key_file.exists():
+    uses_file = settings.master_key is None and (
+        settings.hsm_module is None or settings.master_key_file is not None
+    )
+    if uses_file and not create and not key_file.exists():
         raise OperatorError(
             f"no master key file at {key_file}: set VIOPAY_MASTER_KEY_FILE or VIOPAY_MASTER_KEY "
             "to the server's master key (run from the server's folder)"
         )
     try:
-        return load_wrapper(settings)
+        return open_key_source(settings)
+    except HsmError as exc:
+        raise OperatorError(str(exc)) from None
     except (ValueError, OSError) as exc:
         raise OperatorError(f"{master_key_setting(settings)}: {exc}") from None
 
@@ -96,29 +125,22 @@ def prepare_database(settings: Settings, *, create: bool) -> str:
             "(VIOPAY_DATA_DIR or VIOPAY_DATABASE_URL, or from the server's folder), "
             "or make one with `viopay migrate`"
         )
-    wrapper = load_wrapper_or_refuse(settings, create=create)
+    source = open_key_source_or_refuse(settings, create=create)
     try:
-        revision = upgrade(settings)
-    except OSError as exc:  # the data folder cannot be made or written
-        raise OperatorError(
-            f"cannot write {settings.data_dir} ({exc.strerror}): set VIOPAY_DATA_DIR to a folder "
-            "this user may write"
-        ) from None
-    asyncio.run(_verify(settings, wrapper))
-    return revision
-
-
-async def _verify(settings: Settings, wrapper: KeyWrapper) -> None:
-    engine = create_engine(settings)
-    try:
-        await verify_master_key(session_factory(engine), wrapper, now=utcnow())
-    except MasterKeyMismatch as exc:
-        raise OperatorError(
-            f"{master_key_setting(settings)} is not the master key this database was written "
-            f"with ({exc}): set it to that key"
-        ) from None
+        try:
+            revision = upgrade(settings)
+        except OSError as exc:  # the data folder cannot be made or written
+            raise OperatorError(
+                f"cannot write {settings.data_dir} ({exc.strerror}): set VIOPAY_DATA_DIR to a "
+                "folder this user may write"
+            ) from None
+        try:
+            prepare_keyring(settings, build_keyring(source), source)
+        except MasterKeyRefused as exc:
+            raise OperatorError(str(exc)) from None
     finally:
-        await engine.dispose()
+        source.close()
+    return revision
 
 
 def build_cache(settings: Settings) -> Cache:
@@ -128,13 +150,15 @@ def build_cache(settings: Settings) -> Cache:
 
 
 def build_runtime(settings: Settings) -> Runtime:
+    keyring, source = load_keyring(settings)
     engine = create_engine(settings)
     return Runtime(
         settings=settings,
         engine=engine,
         sessions=session_factory(engine),
         cache=build_cache(settings),
-        wrapper=load_wrapper(settings),
+        wrapper=keyring,
+        key_source=source,
     )
 
 

@@ -41,6 +41,21 @@ class Settings(BaseSettings):
         default=None,
         description="Master key file (embedded default: data_dir/master.key, made at first start).",
     )
+    hsm_module: Path | None = Field(
+        default=None,
+        description="PKCS#11 library of the HSM holding the master key (e.g. /usr/lib/softhsm/libsofthsm2.so); unset: key file.",
+    )
+    hsm_token: str | None = Field(default=None, description="Label of the HSM token.")
+    hsm_pin: SecretStr | None = Field(default=None, description="User PIN of the HSM token.")
+    hsm_key_label: str = Field(
+        default="viopay-master", description="Label of the master key (AES-256) on the token."
+    )
+    master_key_refresh_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How often a server re-reads which master keys exist (online rotation).",
+    )
     min_pos_version: str = Field(default="1.0.0", description="Oldest POS app version accepted.")
     latest_pos_version: str | None = Field(
         default=None, description="Newest published POS app version."
@@ -192,11 +207,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_needs_master_key(self) -> Settings:
-        if not self.embedded and self.master_key is None and self.master_key_file is None:
+        if self.hsm_module is not None and (self.hsm_token is None or self.hsm_pin is None):
+            raise ValueError("VIOPAY_HSM_MODULE needs VIOPAY_HSM_TOKEN and VIOPAY_HSM_PIN")
+        if (
+            not self.embedded
+            and self.master_key is None
+            and self.master_key_file is None
+            and self.hsm_module is None
+        ):
             raise ValueError(
-                "VIOPAY_MASTER_KEY (base64 of 32 bytes) is required with PostgreSQL: every server "
-                "process must wrap and unwrap keys with the same master key (make one with "
-                "`viopay keys new-master`)"
+                "VIOPAY_MASTER_KEY (base64 of 32 bytes) or VIOPAY_HSM_MODULE is required with "
+                "PostgreSQL: every server process must wrap and unwrap keys with the same master "
+                "key (make one with `viopay keys new-master`)"
             )
         if self.latest_pos_version is not None and semver.Version.parse(
             self.latest_pos_version

@@ -26,11 +26,19 @@ from viopay.devices.schemas import (
     MerchantRef,
     PairingCodeOut,
     ProvisionIn,
-    RevokedKeyOut,
     StatusOut,
 )
 from viopay.errors import NotFound
 from viopay.ids import rfc3339
+from viopay.keysets import lifecycle
+from viopay.keysets.schemas import (
+    IdentityKeyList,
+    IdentityKeyViewOut,
+    KeySetList,
+    KeySetViewOut,
+    RevocationOut,
+    RotationRequestedOut,
+)
 from viopay.keysets.service import release_device
 from viopay.merchants.models import Merchant
 from viopay.openapi import errors_for
@@ -190,19 +198,66 @@ async def add_key(
     )
 
 
+@admin_router.get(
+    "/devices/{device_id}/identity-keys",
+    response_model=IdentityKeyList,
+    responses=errors_for(401, 403, 404, 503),
+)
+async def list_keys(
+    device_id: PathId, principal: AdminPrincipal, runtime: RuntimeDep, db: DbSession, now: Now
+) -> IdentityKeyList:
+    """The device's identity keys: id, KCV, state, age (never the secret)."""
+    views = await lifecycle.list_identity_keys(
+        db, wrapper=runtime.wrapper, device_id=device_id, now=now
+    )
+    return IdentityKeyList(device_id=device_id, data=[IdentityKeyViewOut.of(v) for v in views])
+
+
 @admin_router.delete(
     "/devices/{device_id}/identity-keys/{key_id}",
-    response_model=RevokedKeyOut,
+    response_model=RevocationOut,
     responses=errors_for(401, 403, 404, 503),
 )
 async def revoke_key(
     device_id: PathId, key_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
-) -> RevokedKeyOut:
-    key = await service.revoke_identity_key(
+) -> RevocationOut:
+    report = await lifecycle.revoke_and_report(
         db, device_id=device_id, key_id=key_id, actor=_operator(principal), now=now
     )
-    assert key.revoked_at is not None
-    return RevokedKeyOut(device_id=device_id, key_id=key_id, revoked_at=rfc3339(key.revoked_at))
+    return RevocationOut.of(device_id, report)
+
+
+@admin_router.get(
+    "/terminals/{terminal_id}/key-sets",
+    response_model=KeySetList,
+    responses=errors_for(401, 403, 404, 503),
+)
+async def list_key_sets(
+    terminal_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
+) -> KeySetList:
+    """The terminal's key sets, newest first: ids, KCVs, states, ages (never a key)."""
+    views = await lifecycle.list_key_sets(db, terminal_id=terminal_id, now=now)
+    return KeySetList(terminal_id=terminal_id, data=[KeySetViewOut.of(v) for v in views])
+
+
+@admin_router.post(
+    "/terminals/{terminal_id}/key-sets/rotate",
+    response_model=RotationRequestedOut,
+    responses=errors_for(401, 403, 404, 409, 503),
+)
+async def rotate_key_set(
+    terminal_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
+) -> RotationRequestedOut:
+    """Force a key-set rotation: the terminal's next charge answer carries rotate_keys."""
+    key_set = await lifecycle.force_rotation(
+        db, terminal_id=terminal_id, actor=_operator(principal), now=now
+    )
+    assert key_set.rotate_requested_at is not None
+    return RotationRequestedOut(
+        terminal_id=terminal_id,
+        key_set_id=key_set.key_set_id,
+        rotate_requested_at=rfc3339(key_set.rotate_requested_at),
+    )
 
 
 @admin_router.post(

@@ -29,6 +29,7 @@ from viopay.ids import new_id, utcnow
 ADMIN_ROLE = "viopay-admin"
 EMBEDDED_AUDIENCE = "viopay"
 _WRAP_CONTEXT = "signing-key"
+SIGNING_KEY_CONTEXT = _WRAP_CONTEXT
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from viopay.crypto.hsm import HsmError
 from viopay.errors import ViopayError
+from viopay.masterkeys.service import MasterKeyRefused
 from viopay.runtime import OperatorError, Runtime, run_unit_of_work
 from viopay.settings import Settings
 
@@ -101,6 +103,8 @@ def run_in_transaction(
         fail(str(exc))
     except ViopayError as exc:
         fail(f"{exc.detail} ({exc.code})", code=1)
+    except (MasterKeyRefused, HsmError) as exc:
+        fail(str(exc))
 
 
 def emit(

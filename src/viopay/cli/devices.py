@@ -7,7 +7,7 @@ import typer
 from viopay.audit import Actor
 from viopay.cli.common import JsonOption, emit, run_in_transaction
 from viopay.devices import service
-from viopay.ids import rfc3339, utcnow
+from viopay.ids import utcnow
 
 app = typer.Typer(help="Provision devices and manage their identity keys.", no_args_is_help=True)
 
@@ -93,15 +93,18 @@ def revoke_key(
     key_id: str = typer.Argument(..., help="The identity key to revoke (its X-Key-Id)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Revoke an identity key: its attestation tokens stop working at once."""
-    key = run_in_transaction(
-        lambda db, rt: service.revoke_identity_key(
+    """Revoke an identity key: its attestation tokens stop working at once, and the pending key
+    sets it earned retire; prints what it killed and what still stands."""
+    from viopay.keysets import lifecycle
+    from viopay.keysets.schemas import RevocationOut
+
+    report = run_in_transaction(
+        lambda db, rt: lifecycle.revoke_and_report(
             db, device_id=device_id, key_id=key_id, actor=Actor.operator(), now=utcnow()
         )
     )
-    assert key.revoked_at is not None
     emit(
-        {"device_id": device_id, "key_id": key_id, "revoked_at": rfc3339(key.revoked_at)},
+        RevocationOut.of(device_id, report).model_dump(),
         as_json=as_json,
         title="Identity key revoked",
     )

@@ -21,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(device_app, name="device")
+app.add_typer(keys_app, name="keys")
 app.add_typer(merchant_app, name="merchant")
 app.add_typer(client_app, name="client")
 app.add_typer(parameters_app, name="terminal-parameters")

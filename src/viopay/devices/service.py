@@ -42,6 +42,11 @@ CLAIM_LIMITS = (("user", 5, 900.0), ("merchant", 20, 900.0), ("global", 1000, 36
 _IDENTITY_CONTEXT = "identity-key:{device_id}:{key_id}"
 
 
+def identity_key_context(device_id: str, key_id: str) -> str:
+    """The wrapping context (AAD) of an identity secret."""
+    return _IDENTITY_CONTEXT.format(device_id=device_id, key_id=key_id)
+
+
 @dataclass(frozen=True)
 class NewIdentityKey:
     device_id: str

@@ -40,6 +40,8 @@ class KeySet(Base):
     activated_at: Mapped[datetime | None]
     retires_at: Mapped[datetime | None]  # end of the rotation grace of a ``previous`` set
     retired_at: Mapped[datetime | None]
+    # An operator asked for a rotation (issue 12): answers for this set carry rotate_keys.
+    rotate_requested_at: Mapped[datetime | None] = mapped_column(default=None)
     # Envelopes sealed or opened under the MSK, both directions (§3.10 limit).
     envelope_count: Mapped[int] = mapped_column(default=0)
     hmac_key_id: Mapped[str] = mapped_column(String(128), unique=True)

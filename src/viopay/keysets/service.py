@@ -179,6 +179,10 @@ def _wrap_context(key_id: str) -> str:
     return f"key:{key_id}"
 
 
+#: The wrapping context (AAD) of a key-set key, for the master-key rotation.
+key_context = _wrap_context
+
+
 class _KeyCache:
     """Unwrapped keys by key_id, in this process only. A key never changes once made, so an
     entry never goes stale; the bound keeps memory (and exposure) small."""

@@ -50,7 +50,9 @@ def key_set_usage(auth: AuthenticatedTerminal, *, max_envelopes: int, now: datet
     count = auth.envelope_count
     age = now - auth.key_set_activated_at if auth.key_set_activated_at else timedelta(0)
     return KeySetUsage(
-        rotate=count * 10 >= max_envelopes * 9 or age >= KEY_SET_LIFETIME * ROTATE_AT,
+        rotate=auth.rotate_requested
+        or count * 10 >= max_envelopes * 9
+        or age >= KEY_SET_LIFETIME * ROTATE_AT,
         exhausted=count >= max_envelopes or age >= KEY_SET_LIFETIME,
     )
 

@@ -64,6 +64,7 @@ class AuthenticatedTerminal:
     version: str
     body: bytes = field(repr=False)
     key_set: ServingSet | None = field(default=None, repr=False)  # X-Key-Id's, as read
+    rotate_requested: bool = False  # an operator asked this set to rotate (issue 12)
 
 
 def raw_target(request: Request) -> tuple[str, str]:
@@ -172,6 +173,7 @@ _LOOKUP = (
         _KS.c.activated_at,
         _KS.c.envelope_count,
         _KS.c.msk_key_id,
+        _KS.c.rotate_requested_at,
         _K.c.key_id,
         _K.c.type.label("key_type"),
         _K.c.key_wrapped,
@@ -271,6 +273,7 @@ async def authenticate(
         envelope_count=key_set.envelope_count,
         key_set_activated_at=key_set.activated_at,
         key_set=key_set,
+        rotate_requested=row.rotate_requested_at is not None,
         method=signed.method,
         path=signed.path,
         query=signed.query,

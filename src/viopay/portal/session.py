@@ -24,6 +24,7 @@ from starlette.responses import Response
 from viopay.auth.issuer import Principal
 from viopay.cache import Cache
 from viopay.crypto.wrapping import KeyWrapper
+from viopay_device.protocol.errors import EnvelopeNotOpened
 
 COOKIE_MAX_AGE = 12 * 3600
 MAX_SIGNED_IN = 12 * 3600
@@ -232,11 +233,15 @@ async def load_signed_in(cache: Cache, wrapper: KeyWrapper, sid: str) -> SignedI
         session_key=document["session_key"],
         expires_at=datetime.fromtimestamp(document["expires_at"], UTC),
     )
-    tokens = {
-        name: wrapper.unwrap(base64.b64decode(document[name]), context=_WRAP_CONTEXT).decode()
-        for name in ("refresh_token", "id_token")
-        if document.get(name)
-    }
+    try:
+        tokens = {
+            name: wrapper.unwrap(base64.b64decode(document[name]), context=_WRAP_CONTEXT).decode()
+            for name in ("refresh_token", "id_token")
+            if document.get(name)
+        }
+    except EnvelopeNotOpened:
+        # Sealed under a master key a rotation has since destroyed: signed out.
+        return None
     return SignedIn(
         principal,
         document["name"],

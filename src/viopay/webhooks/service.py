@@ -38,6 +38,10 @@ def _context(endpoint_id: str) -> str:
     return f"webhook-secret:{endpoint_id}"
 
 
+#: The wrapping context (AAD) of an endpoint's secrets, for the master-key rotation.
+secret_context = _context
+
+
 def wrap_secret(wrapper: KeyWrapper, endpoint_id: str, secret: str) -> bytes:
     return wrapper.wrap(secret.encode("ascii"), context=_context(endpoint_id))
 

@@ -49,6 +49,11 @@ def bench(
     out: Path = typer.Option(
         Path("bench-results"), "--out", help="Where results (JSON, PNG, logs) go."
     ),
+    keystore: str = typer.Option(
+        "file",
+        "--keystore",
+        help="file (a master key) or hsm (the master key on a fresh SoftHSM2 token, PKCS#11).",
+    ),
     sandbox_latency_ms: int | None = typer.Option(
         None,
         "--sandbox-latency-ms",
@@ -66,6 +71,8 @@ def bench(
     console = Console()
     if not console.is_terminal or console.width < 190:
         console = Console(width=190)
+    if keystore not in ("file", "hsm"):
+        raise typer.BadParameter("--keystore takes file or hsm")
     backends = ["embedded", "postgres"] if backend is BackendChoice.both else [backend.value]
     try:
         worker_counts = sorted({int(w) for w in workers.split(",") if w.strip()})
@@ -81,6 +88,7 @@ def bench(
         pin=pin,
         out_dir=out,
         sandbox_latency_ms=sandbox_latency_ms,
+        keystore=keystore,
     )
     try:
         doc = run(options, lambda message: progress.print(f"[dim]·[/dim] {message}"))

@@ -104,6 +104,7 @@ class Options:
     pin: bool = True
     out_dir: Path = Path("bench-results")
     sandbox_latency_ms: int | None = None  # also run the charge phase with a slowed sandbox
+    keystore: str = "file"  # or "hsm": the master key on a fresh SoftHSM2 token
 
     @property
     def preset(self) -> Preset:
@@ -650,6 +651,7 @@ def run(options: Options, say: Say) -> dict[str, Any]:
         "machine": machine(),
         "load_before": _loadavg(),
         "connections": options.connections,
+        "keystore": options.keystore,
         "loads": list(LOADS),
         "preset": p.__dict__,
     }
@@ -672,7 +674,7 @@ def run(options: Options, say: Say) -> dict[str, Any]:
     for name in options.backends:
         shared: dict[str, Any] = {}
         ledger = ChargeLedger()
-        with stack.backend(name, work_dir) as be:
+        with stack.backend(name, work_dir, keystore=options.keystore) as be:
             for workers in options.workers:
                 if workers > be.max_workers:
                     configs.append(

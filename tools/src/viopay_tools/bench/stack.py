@@ -73,6 +73,19 @@ class Backend:
 
     def settings(self) -> Settings:
         """The same configuration as the server's, for in-process provisioning and counts."""
+        if self.name == "embedded" and "VIOPAY_HSM_MODULE" in self.env:
+            return Settings(
+                data_dir=self.data_dir,
+                database_url=None,
+                redis_url=None,
+                master_key=None,
+                master_key_file=None,
+                hsm_module=Path(self.env["VIOPAY_HSM_MODULE"]),
+                hsm_token=self.env["VIOPAY_HSM_TOKEN"],
+                hsm_pin=SecretStr(self.env["VIOPAY_HSM_PIN"]),
+                hsm_key_label=self.env["VIOPAY_HSM_KEY_LABEL"],
+                oidc_issuer=None,
+            )
         if self.name == "embedded":
             return Settings(
                 data_dir=self.data_dir,
@@ -80,6 +93,20 @@ class Backend:
                 redis_url=None,
                 master_key=None,
                 master_key_file=None,
+                oidc_issuer=None,
+            )
+        if "VIOPAY_HSM_MODULE" in self.env:
+            return Settings(
+                data_dir=self.data_dir,
+                database_url=self.env["VIOPAY_DATABASE_URL"],
+                redis_url=self.env["VIOPAY_REDIS_URL"],
+                redis_prefix=self.env["VIOPAY_REDIS_PREFIX"],
+                master_key=None,
+                master_key_file=None,
+                hsm_module=Path(self.env["VIOPAY_HSM_MODULE"]),
+                hsm_token=self.env["VIOPAY_HSM_TOKEN"],
+                hsm_pin=SecretStr(self.env["VIOPAY_HSM_PIN"]),
+                hsm_key_label=self.env["VIOPAY_HSM_KEY_LABEL"],
                 oidc_issuer=None,
             )
         return Settings(
@@ -211,13 +238,61 @@ class RedisCommands:
         self._client.close()
 
 
+SOFTHSM_MODULES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+)
+
+
+def softhsm_env(data_dir: Path) -> dict[str, str]:
+    """A fresh SoftHSM2 token in ``data_dir`` with a master key on it: the server's HSM
+    settings (``--keystore hsm``). SOFTHSM2_CONF is also set for this process."""
+    from viopay.crypto.hsm import SessionPool
+
+    util = shutil.which("softhsm2-util")
+    module = next((m for m in SOFTHSM_MODULES if Path(m).exists()), None)
+    if util is None or module is None:
+        raise StackError("--keystore hsm needs SoftHSM2 (apt-get install softhsm2)")
+    tokens = data_dir / "softhsm-tokens"
+    tokens.mkdir(parents=True, exist_ok=True)
+    conf = data_dir / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
+    )
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    pin, token, label = secrets.token_hex(8), f"bench-{secrets.token_hex(3)}", "viopay-master"
+    subprocess.run(  # noqa: S603 - softhsm2-util with a fixed argv
+        [util, "--init-token", "--free", "--label", token, "--pin", pin, "--so-pin", pin + "s"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    pool = SessionPool(module=module, token_label=token, pin=pin)
+    try:
+        pool.generate(label)
+    finally:
+        pool.close()
+    return {
+        "SOFTHSM2_CONF": str(conf),
+        "VIOPAY_HSM_MODULE": module,
+        "VIOPAY_HSM_TOKEN": token,
+        "VIOPAY_HSM_PIN": pin,
+        "VIOPAY_HSM_KEY_LABEL": label,
+    }
+
+
 @contextmanager
-def backend(name: str, work_dir: Path) -> Iterator[Backend]:
-    """A fresh backend, removed afterwards (the scratch database and every key of its prefix)."""
+def backend(name: str, work_dir: Path, *, keystore: str = "file") -> Iterator[Backend]:
+    """A fresh backend, removed afterwards (the scratch database and every key of its prefix).
+    ``keystore="hsm"``: the master key on a fresh SoftHSM2 token instead of a key."""
     data_dir = work_dir / f"{name}-data"
     data_dir.mkdir(parents=True, exist_ok=True)
     if name == "embedded":
-        yield Backend(name, data_dir, {"VIOPAY_DATA_DIR": str(data_dir)})
+        env = {"VIOPAY_DATA_DIR": str(data_dir)}
+        if keystore == "hsm":
+            env |= softhsm_env(data_dir)
+        yield Backend(name, data_dir, env)
         return
     if name != "postgres":
         raise StackError(f"unknown backend {name!r}")
@@ -241,6 +316,9 @@ def backend(name: str, work_dir: Path) -> Iterator[Backend]:
             "VIOPAY_REDIS_PREFIX": prefix,
             "VIOPAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
         }
+        if keystore == "hsm":
+            del env["VIOPAY_MASTER_KEY"]
+            env |= softhsm_env(data_dir)
         try:
             yield Backend(
                 name,
