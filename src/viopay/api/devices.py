@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from viopay.audit import Actor
 from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession, admin_principal
@@ -29,12 +28,11 @@ from viopay.devices.schemas import (
     RevokedKeyOut,
     StatusOut,
 )
-from viopay.errors import NotFound
 from viopay.ids import rfc3339
 from viopay.keysets.service import release_device
 from viopay.merchants.models import Merchant
 from viopay.openapi import errors_for
-from viopay.pagination import PageParams, make_page, page_params, paginate
+from viopay.pagination import PageParams, page_params
 
 pos_router = APIRouter(prefix="/pos", tags=["pos activation"])
 _ACTIVATION_ERRORS = errors_for(400, 403, 404, 426, 503)
@@ -258,10 +256,7 @@ class DeviceList(BaseModel):
 
 
 async def _merchant_device(db: DbSession, session: CurrentSession, device_id: str) -> Device:
-    device = await db.get(Device, device_id)
-    if device is None or device.merchant_id != session.merchant_id:
-        raise NotFound("no such device in this merchant")
-    return device
+    return await service.merchant_device(db, merchant_id=session.merchant_id, device_id=device_id)
 
 
 @merchant_router.get(
@@ -270,15 +265,7 @@ async def _merchant_device(db: DbSession, session: CurrentSession, device_id: st
 async def list_devices(
     session: CurrentSession, db: DbSession, page: Annotated[PageParams, Depends(page_params)]
 ) -> DeviceList:
-    query = paginate(
-        select(Device).where(Device.merchant_id == session.merchant_id),
-        at=Device.claimed_at,
-        ident=Device.device_id,
-        params=page,
-    )
-    result = make_page(
-        (await db.scalars(query)).all(), params=page, at="claimed_at", ident="device_id"
-    )
+    result = await service.merchant_devices(db, merchant_id=session.merchant_id, page=page)
     return DeviceList(data=[DeviceOut.of(d) for d in result.data], next_cursor=result.next_cursor)
 
 

@@ -30,6 +30,7 @@ from viopay.errors import (
     RateLimited,
 )
 from viopay.merchants.models import Merchant
+from viopay.pagination import Page, PageParams, make_page, paginate
 
 PAIRING_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 PAIRING_CODE_LENGTH = 6
@@ -171,6 +172,27 @@ async def get_device(db: AsyncSession, device_id: str) -> Device:
     if device is None:
         raise NotFound("no such device")
     return device
+
+
+async def merchant_device(db: AsyncSession, *, merchant_id: str, device_id: str) -> Device:
+    """A device of this merchant; any other (or none) is 404 alike."""
+    device = await db.get(Device, device_id)
+    if device is None or device.merchant_id != merchant_id:
+        raise NotFound("no such device in this merchant")
+    return device
+
+
+async def merchant_devices(db: AsyncSession, *, merchant_id: str, page: PageParams) -> Page[Device]:
+    """The merchant's devices, newest claim first (§6)."""
+    query = paginate(
+        select(Device).where(Device.merchant_id == merchant_id),
+        at=Device.claimed_at,
+        ident=Device.device_id,
+        params=page,
+    )
+    return make_page(
+        (await db.scalars(query)).all(), params=page, at="claimed_at", ident="device_id"
+    )
 
 
 # --- pairing codes --------------------------------------------------------------------------

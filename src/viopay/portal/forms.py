@@ -14,8 +14,9 @@ from starlette.datastructures import FormData, QueryParams
 
 from viopay.deps import validate
 from viopay.errors import InvalidRequest
-from viopay.ids import rfc3339
 from viopay.merchants.config import MerchantConfigIn
+from viopay.money import AmountInvalid, money, to_minor
+from viopay.payments.listing import ChargeFilter
 from viopay.payments.models import ChargeStatus
 from viopay.portal.rendering import zone
 
@@ -130,20 +131,24 @@ def _integer(text: str) -> int | None:
 
 @dataclass
 class ChargeFilters:
+    """The filters as typed (and put back in links); ``q`` searches."""
+
     status: str = ""
     terminal: str = ""
     start: str = ""
     end: str = ""
+    q: str = ""
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
-        return bool(self.status or self.terminal or self.start or self.end)
+        return bool(self.status or self.terminal or self.start or self.end or self.q)
 
     def query(self) -> dict[str, str]:
         return {
             k: v
             for k, v in (
+                ("q", self.q),
                 ("status", self.status),
                 ("terminal", self.terminal),
                 ("from", self.start),
@@ -160,10 +165,12 @@ def _day(text: str) -> date | None:
         return None
 
 
-def charge_filters(params: QueryParams, *, timezone: str) -> tuple[ChargeFilters, dict[str, Any]]:
-    """The filters as typed, and the arguments of the merchant API's charge list.
+def charge_filters(
+    params: QueryParams, *, merchant_id: str, timezone: str
+) -> tuple[ChargeFilters, ChargeFilter]:
+    """The filters as typed, and the charge service's filter.
 
-    Dates are days of the merchant's time zone; the end day is included (the API's
+    Dates are days of the merchant's time zone; the end day is included (the service's
     ``created_to`` is exclusive, so it gets the next midnight).
     """
     filters = ChargeFilters(
@@ -171,16 +178,12 @@ def charge_filters(params: QueryParams, *, timezone: str) -> tuple[ChargeFilters
         terminal=params.get("terminal", "").strip(),
         start=params.get("from", "").strip(),
         end=params.get("to", "").strip(),
+        q=params.get("q", "").strip()[:128],
     )
-    arguments: dict[str, Any] = {
-        "status": None,
-        "terminal_id": filters.terminal or None,
-        "created_from": None,
-        "created_to": None,
-    }
+    status: ChargeStatus | None = None
     if filters.status:
         try:
-            arguments["status"] = ChargeStatus(filters.status)
+            status = ChargeStatus(filters.status)
         except ValueError:
             filters.errors["status"] = "Pick a status from the list."
     tz = zone(timezone)
@@ -191,10 +194,46 @@ def charge_filters(params: QueryParams, *, timezone: str) -> tuple[ChargeFilters
         filters.errors["to"] = "Enter a date as YYYY-MM-DD."
     if start and end and start > end:
         filters.errors["to"] = "The end date must be on or after the start date."
-    if start:
-        arguments["created_from"] = rfc3339(datetime.combine(start, time(), tzinfo=tz))
-    if end:
-        arguments["created_to"] = rfc3339(
-            datetime.combine(end + timedelta(days=1), time(), tzinfo=tz)
-        )
-    return filters, arguments
+    spec = ChargeFilter(
+        merchant_id=merchant_id,
+        status=status,
+        terminal_id=filters.terminal[:128] or None,
+        created_from=datetime.combine(start, time(), tzinfo=tz) if start else None,
+        created_to=datetime.combine(end + timedelta(days=1), time(), tzinfo=tz) if end else None,
+        q=filters.q or None,
+    )
+    return filters, spec
+
+
+@dataclass
+class RefundForm:
+    """The refund form as typed: the amount in major units, the reason."""
+
+    amount: str = ""
+    reason: str = ""
+    errors: dict[str, str] = field(default_factory=dict)
+    minor: int | None = None
+
+
+def parse_refund_form(form: FormData, *, currency: str, left: int) -> RefundForm:
+    """Plain-language errors next to the fields; an empty amount refunds all that is left."""
+    result = RefundForm(amount=_text(form, "amount").strip(), reason=_text(form, "reason").strip())
+    if not result.amount:
+        result.minor = left
+    else:
+        try:
+            result.minor = to_minor(result.amount, currency)
+        except AmountInvalid as exc:
+            result.errors["amount"] = str(exc)
+    if result.minor is not None and not result.errors:
+        if result.minor < 1:
+            result.errors["amount"] = "Enter an amount greater than zero."
+        elif result.minor > left:
+            result.errors["amount"] = (
+                f"You can refund at most {money(left, currency)}: that is what is left of this charge."
+            )
+    if len(result.reason) > 255:
+        result.errors["reason"] = "Keep the reason under 255 characters."
+    if result.errors:
+        result.minor = None
+    return result

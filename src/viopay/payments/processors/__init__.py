@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -54,4 +54,16 @@ def build_processor(
     processor = factory(settings)
     if not isinstance(processor, Processor):
         raise ValueError(f"{name} did not return a Processor")
+    return processor
+
+
+def app_processor(
+    state: Any, settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> Processor:
+    """The application's one processor (``app.state.processor``), made on first use; the
+    charge endpoints, the merchant API and the portal share it."""
+    processor: Processor | None = getattr(state, "processor", None)
+    if processor is None:
+        processor = build_processor(settings, sessions)
+        state.processor = processor
     return processor
