@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,26 @@ def swatch(color: str) -> str:
     return "data:image/svg+xml," + svg.replace("#", "%23").replace("<", "%3C").replace(">", "%3E")
 
 
+@dataclass(frozen=True)
+class Section:
+    """One entry of the portal's menu (``base.html``)."""
+
+    key: str  # the page's ``section``, and the menu icon's name
+    href: str
+    label: str
+    managers_only: bool = False  # shown to owners and admins only
+
+
+# The menu, in order: a new page adds its section here.
+NAV_SECTIONS: list[Section] = [
+    Section("devices", "/portal/devices", "Devices"),
+    Section("claim", "/portal/claim", "Claim a device", managers_only=True),
+    Section("charges", "/portal/charges", "Charges"),
+    Section("config", "/portal/config", "Settings"),
+    Section("events", "/portal/events", "Activity"),
+]
+
+
 env = Environment(
     loader=FileSystemLoader(HERE / "templates"),
     autoescape=select_autoescape(default=True),
@@ -128,7 +149,7 @@ env.filters.update(
     details=details,
     sentence=sentence,
 )
-env.globals.update(static=static_url, with_query=with_query)
+env.globals.update(static=static_url, with_query=with_query, nav_sections=NAV_SECTIONS)
 
 
 def render(
