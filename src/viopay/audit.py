@@ -112,12 +112,16 @@ async def merchant_events(
     merchant_id: str,
     page: PageParams,
     types: frozenset[str] | None = None,
+    exclude_types: frozenset[str] | None = None,
     subject_id: str | None = None,
 ) -> Page[AuditEvent]:
-    """The merchant's events, newest first; only ``types`` or one subject's when given."""
+    """The merchant's events, newest first; only ``types``, none of ``exclude_types``, or one
+    subject's when given."""
     query = select(AuditEvent).where(AuditEvent.merchant_id == merchant_id)
     if types is not None:
         query = query.where(AuditEvent.type.in_(sorted(types)))
+    if exclude_types:
+        query = query.where(AuditEvent.type.not_in(sorted(exclude_types)))
     if subject_id is not None:
         query = query.where(AuditEvent.subject_id == subject_id)
     rows = (

@@ -363,3 +363,40 @@ def test_live_device_list_keeps_focus_and_says_when_it_stops(
     expect(live).to_contain_text("stopped")
     context.close()
     assert not problems, problems
+
+
+def test_activity_reads_as_a_merchant_would(
+    backend: Any, server: Server, day: dict[str, Any], page: Any
+) -> None:
+    merchant: MerchantCtx = day["merchant"]
+    owner = create_user(backend.env, merchant.merchant_id, "owner")
+    sign_in(page, server.url, owner)
+    charge = day["approved"][7]
+    page.goto(f"{server.url}/portal/charges/{charge['id']}")
+    page.fill("#amount", "1")
+    page.get_by_role("button", name="Refund…").click()
+    page.get_by_role("button", name="Confirm refund").click()
+    expect(page.get_by_test_id("charge-status")).to_have_text("Partially refunded")
+
+    page.goto(f"{server.url}/portal/events")
+    table = page.get_by_test_id("event-table")
+    newest = table.locator("tbody tr").first
+    expect(newest).to_contain_text("Payment refunded")
+    expect(newest).to_contain_text(owner.email)  # a person, not a usr_ id
+    expect(newest).to_contain_text("$1.00")  # money, not cents
+    expect(newest).not_to_contain_text("usr_")
+    expect(table.locator("tr[data-event='charge.created']").first).to_contain_text("$9.99")
+    expect(table).not_to_contain_text("{")  # no raw JSON
+    # Key and attestation housekeeping only behind the filter.
+    expect(table.locator("tr[data-event^='key_set.']")).to_have_count(0)
+    expect(table.locator("tr[data-event='device.attested']")).to_have_count(0)
+    shot(page, backend.name, "events-business")
+    page.get_by_role("link", name="Everything, with terminal security").click()
+    expect(page).to_have_url(re.compile(r"show=all"))
+    technical = page.locator("tr[data-event^='key_set.'], tr[data-event='device.attested']")
+    for _ in range(5):  # the activation's events are older than the day's charges
+        if technical.count() or not page.get_by_role("link", name="Next page →").count():
+            break
+        page.get_by_role("link", name="Next page →").click()
+    assert technical.count() > 0
+    shot(page, backend.name, "events-all")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from starlette.datastructures import FormData, QueryParams
@@ -15,13 +16,22 @@ from starlette.datastructures import FormData, QueryParams
 from viopay.deps import validate
 from viopay.errors import InvalidRequest
 from viopay.merchants.config import MerchantConfigIn
-from viopay.money import AmountInvalid, money, to_minor
+from viopay.money import AmountInvalid, major, money, to_minor
 from viopay.payments.listing import ChargeFilter
 from viopay.payments.models import ChargeStatus
 from viopay.portal.rendering import zone
 
-# Messages of the schema that name a regular expression read better as an example.
-_PLAIN = {"branding.primary_color": "Use the form #RRGGBB, for example #1A73E8."}
+# The schema's rules in a merchant's words, by field (its own messages are a developer's).
+_PLAIN = {
+    "tip.percentages": "Enter up to 3 different whole percentages from 0 to 100, for example 15, 18, 20.",
+    "branding.display_name": "Enter the name customers see, up to 200 characters.",
+    "branding.primary_color": "Use the form #RRGGBB, for example #1A73E8.",
+    "branding.logo_url": "Use a web address starting with https://, or leave it empty.",
+    "branding.receipt_header": "Keep the receipt header under 500 characters.",
+    "branding.receipt_footer": "Keep the receipt footer under 500 characters.",
+}
+# Messages that already speak plainly (our own validators') are kept as they are.
+_KEEP = ("must not repeat", "https")
 
 
 @dataclass
@@ -33,8 +43,14 @@ class ConfigForm:
     changes: MerchantConfigIn | None = None
 
 
-def config_values(config: dict[str, Any]) -> dict[str, Any]:
-    """A config object (§6) as form values."""
+def percent(bps: int) -> str:
+    """Basis points as the percentage a merchant types: 825 → ``8.25``, 800 → ``8``."""
+    text = f"{Decimal(bps) / 100:.2f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def config_values(config: dict[str, Any], *, currency: str) -> dict[str, Any]:
+    """A config object (§6) as form values: rates in percent, the cap in money."""
     tip, tax, surcharge, branding = (
         config["tip"],
         config["tax"],
@@ -46,11 +62,11 @@ def config_values(config: dict[str, Any]) -> dict[str, Any]:
         "tip.percentages": ", ".join(str(p) for p in tip["percentages"]),
         "tip.allow_custom": tip["allow_custom"],
         "tax.enabled": tax["enabled"],
-        "tax.rate_bps": str(tax["rate_bps"]),
+        "tax.rate": percent(tax["rate_bps"]),
         "tax.inclusive": tax["inclusive"],
         "surcharge.enabled": surcharge["enabled"],
-        "surcharge.rate_bps": str(surcharge["rate_bps"]),
-        "surcharge.max_amount": str(surcharge["max_amount"]),
+        "surcharge.rate": percent(surcharge["rate_bps"]),
+        "surcharge.max_amount": major(surcharge["max_amount"], currency),
         "branding.display_name": branding["display_name"],
         "branding.primary_color": branding["primary_color"],
         "branding.logo_url": branding["logo_url"] or "",
@@ -66,7 +82,7 @@ _CHECKBOXES = (
     "tax.inclusive",
     "surcharge.enabled",
 )
-_INTEGERS = ("tax.rate_bps", "surcharge.rate_bps", "surcharge.max_amount")
+_RATES = ("tax.rate", "surcharge.rate")
 _TEXTS = (
     "branding.display_name",
     "branding.primary_color",
@@ -82,21 +98,42 @@ def _text(form: FormData, name: str) -> str:
     return value.replace("\r\n", "\n") if isinstance(value, str) else ""
 
 
-def parse_config_form(form: FormData) -> ConfigForm:
+def _bps(text: str) -> int | None:
+    """A percentage as typed (``8.25``, ``8,25 %``) in basis points; None unless 0-100 with
+    at most two decimals."""
+    cleaned = text.replace("%", "").replace(" ", "").replace(",", ".")
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        return None
+    scaled = value * 100
+    if not value.is_finite() or scaled != scaled.to_integral_value() or not 0 <= value <= 100:
+        return None
+    return int(scaled)
+
+
+def parse_config_form(form: FormData, *, currency: str) -> ConfigForm:
     values: dict[str, Any] = {name: form.get(name) == "on" for name in _CHECKBOXES}
-    values |= {name: _text(form, name).strip() for name in (*_INTEGERS, "tip.percentages")}
+    names = (*_RATES, "surcharge.max_amount", "tip.percentages")
+    values |= {name: _text(form, name).strip() for name in names}
     values |= {name: _text(form, name) for name in _TEXTS}
     result = ConfigForm(values)
     document: dict[str, dict[str, Any]] = {"tip": {}, "tax": {}, "surcharge": {}, "branding": {}}
     for name in _CHECKBOXES:
         section, member = name.split(".")
         document[section][member] = values[name]
-    for name in _INTEGERS:
-        section, member = name.split(".")
-        number = _integer(values[name])
-        if number is None:
-            result.errors[name] = "Enter a whole number, for example 825."
-        document[section][member] = number
+    for name in _RATES:
+        bps = _bps(values[name] or "0")
+        if bps is None:
+            result.errors[name] = "Enter a percentage from 0 to 100, for example 8.25."
+        document[name.split(".")[0]]["rate_bps"] = bps
+    try:
+        document["surcharge"]["max_amount"] = to_minor(
+            values["surcharge.max_amount"] or "0", currency
+        )
+    except AmountInvalid as exc:
+        result.errors["surcharge.max_amount"] = str(exc)
+        document["surcharge"]["max_amount"] = None
     percentages = [_integer(p.strip()) for p in values["tip.percentages"].split(",") if p.strip()]
     if any(p is None for p in percentages):
         result.errors["tip.percentages"] = (
@@ -112,11 +149,22 @@ def parse_config_form(form: FormData) -> ConfigForm:
         result.changes = validate(MerchantConfigIn, document)
     except InvalidRequest as exc:
         for error in exc.extra.get("errors", []):
-            name = ".".join(error["field"].split(".")[:2])
-            result.errors.setdefault(name, _PLAIN.get(name, error["message"]))
+            result.errors.setdefault(*_plain_error(error["field"], error["message"]))
     if result.errors:
         result.changes = None
     return result
+
+
+def _plain_error(path: str, message: str) -> tuple[str, str]:
+    """The form field of a schema error, and what it means in plain words."""
+    section, _, rest = path.partition(".")
+    member = rest.split(".")[0]
+    name = {"rate_bps": f"{section}.rate"}.get(member, f"{section}.{member}")
+    if name == "surcharge.max_amount":
+        return name, "That amount is too large for one payment."
+    if any(kept in message for kept in _KEEP):
+        return name, message
+    return name, _PLAIN.get(name, "Check this value.")
 
 
 def _integer(text: str) -> int | None:

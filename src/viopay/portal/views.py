@@ -24,7 +24,7 @@ from viopay.keysets.service import release_device
 from viopay.merchants.config import MerchantConfigOut, get_config, update_config
 from viopay.merchants.service import get_merchant
 from viopay.pagination import PageParams, decode_cursor
-from viopay.portal import rendering
+from viopay.portal import activity, rendering
 from viopay.portal.forms import config_values, parse_config_form
 from viopay.portal.web import (
     HOME,
@@ -288,7 +288,9 @@ async def config_page(request: Request, portal: PortalDep) -> Response:
         "config.html",
         {
             "section": "config",
-            "values": config_values(config.model_dump(mode="json")),
+            "values": config_values(
+                config.model_dump(mode="json"), currency=portal.merchant.currency
+            ),
             "errors": {},
             "config_version": config.config_version,
         },
@@ -298,7 +300,7 @@ async def config_page(request: Request, portal: PortalDep) -> Response:
 @router.post("/config")
 async def save_config(request: Request, portal: PortalDep, form: Form) -> Response:
     await require_change(portal)
-    parsed = parse_config_form(form)
+    parsed = parse_config_form(form, currency=portal.merchant.currency)
     if parsed.changes is None:
         async with transaction(portal.runtime.sessions) as db:
             config = await _config(db, portal)
@@ -334,17 +336,27 @@ async def save_config(request: Request, portal: PortalDep, form: Form) -> Respon
 
 @router.get("/events")
 async def events_page(request: Request, portal: PortalDep) -> Response:
+    """Merchant-relevant events by default; ``?show=all`` adds the terminals' housekeeping."""
+    show_all = request.query_params.get("show") == "all"
     async with transaction(portal.runtime.sessions) as db:
         events = await merchant_events(
-            db, merchant_id=portal.merchant.merchant_id, page=_page(request)
+            db,
+            merchant_id=portal.merchant.merchant_id,
+            page=_page(request),
+            exclude_types=None if show_all else activity.TECHNICAL,
         )
-        shown = [EventOut.of(e) for e in events.data]
+        names = await activity.names_for(db, events.data)
+    rows = [
+        activity.describe(e, names, currency=portal.merchant.currency, tz=portal.merchant.timezone)
+        for e in events.data
+    ]
     return rendering.render(
         request,
         "events.html",
         {
             "section": "events",
-            "events": shown,
+            "events": rows,
+            "show_all": show_all,
             "next_cursor": events.next_cursor,
             "cursor": request.query_params.get("cursor"),
         },
