@@ -468,3 +468,11 @@ async def _kill_pairing_code(db: AsyncSession, device_id: str) -> None:
     await db.execute(
         update(PairingCode).where(PairingCode.device_id == device_id).values(code_digest=None)
     )
+
+
+async def list_devices(db: AsyncSession, *, merchant_id: str | None = None) -> list[Device]:
+    """Every device (of one merchant when given), newest claim first (``viopay device list``)."""
+    query = select(Device).order_by(Device.claimed_at.desc(), Device.device_id)
+    if merchant_id is not None:
+        query = query.where(Device.merchant_id == merchant_id)
+    return list((await db.scalars(query)).all())

@@ -1,4 +1,5 @@
-"""merchant-scoped Idempotency-Keys (PROTOCOL §6 merchant refunds and cancels)
+"""merchant-scoped Idempotency-Keys (PROTOCOL §6 merchant refunds and cancels); users can be
+disabled (``viopay user disable``)
 
 A key of the merchant API is scoped to the merchant, not to a terminal: ``merchant_id`` is set
 and ``terminal_id`` is null; a terminal's key keeps ``terminal_id`` and a null ``merchant_id``.
@@ -13,6 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+import viopay.db
+
 revision = "20261202_0009"
 down_revision = "20261202_0006"
 branch_labels = None
@@ -20,6 +23,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column(
+        "users", sa.Column("disabled_at", viopay.db.UTCDateTime(timezone=True), nullable=True)
+    )
     with op.batch_alter_table("idempotency_records") as batch:
         batch.add_column(sa.Column("merchant_id", sa.String(length=40), nullable=True))
         batch.alter_column("terminal_id", existing_type=sa.String(length=16), nullable=True)
@@ -40,6 +46,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("users") as batch:
+        batch.drop_column("disabled_at")
     op.execute("DELETE FROM idempotency_records WHERE terminal_id IS NULL")
     with op.batch_alter_table("idempotency_records") as batch:
         batch.drop_constraint(op.f("ck_idempotency_records_one_scope"), type_="check")
