@@ -222,6 +222,9 @@ def test_json_errors_are_one_problem_on_stdout(
     assert (problem["status"], problem["code"]) == (status, code)
     assert problem["type"] == f"urn:viopay:error:{code}" and problem["detail"]
     assert "Traceback" not in done.stderr
-    # Without --json the same failure is a line for people on stderr, and stdout stays empty.
-    plain = run(env, *args, stdin=stdin)
-    assert plain.returncode == exit_code and plain.stdout == ""
+
+
+def test_without_json_a_failure_is_a_line_on_stderr(env: dict[str, str]) -> None:
+    plain = run(env, "merchant", "show", "mer_nope")
+    assert plain.returncode == 1 and plain.stdout == ""
+    assert "no such merchant (not_found)" in plain.stderr

@@ -268,11 +268,13 @@ async def _ask_and_store(
     runtime: Runtime, processor: Processor, request: Request, intent: PaymentIntent
 ) -> Done:
     """Phase 2 (no transaction open, bounded like a terminal's) and transaction 2."""
+    flow.crash_point(intent, "intent")  # fault injection for the crash tests only
     try:
         async with asyncio.timeout(
             flow.processor_deadline(runtime.settings.recovery_delay_seconds)
         ):
             await flow.act_on_charge(processor, intent)
+        flow.crash_point(intent, "answered")
     except ProcessorFailure:
         async with runtime.sessions() as db, db.begin():
             await outcomes.abandon(db, intent, now=request.now, reason="processor_error")

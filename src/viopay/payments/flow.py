@@ -268,7 +268,7 @@ def _replay(state: idempotency.KeyState, fingerprint: str) -> Answer:
     return Answer(200, plaintext=state.result, replayed=True)
 
 
-def _crash_point(intent: PaymentIntent, phase: str) -> None:
+def crash_point(intent: PaymentIntent, phase: str) -> None:
     """Fault injection for the crash tests (``VIOPAY_TEST_CRASH_AT=charge:intent``, …): the
     process SIGKILLs itself at that line, as a power cut would. Unset in production."""
     if _CRASH_AT is not None and _CRASH_AT == f"{intent.kind.value}:{phase}":
@@ -285,13 +285,13 @@ def processor_deadline(settings_delay_seconds: int) -> float:
 async def _ask_processor_and_store(call: Call, intent: PaymentIntent) -> Response:
     """The processor call (no transaction open, bounded by :func:`processor_deadline`), then
     transaction 2."""
-    _crash_point(intent, "intent")
+    crash_point(intent, "intent")
     try:
         async with asyncio.timeout(
             processor_deadline(call.runtime.settings.recovery_delay_seconds)
         ):
             authorization, undone = await _ask(call, intent)
-        _crash_point(intent, "answered")
+        crash_point(intent, "answered")
     except ProcessorFailure:
         async with call.runtime.sessions() as db, db.begin():
             await outcomes.abandon(db, intent, now=call.now, reason="processor_error")
