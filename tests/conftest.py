@@ -39,6 +39,16 @@ from helpers import (
 )
 from log_scan import LogScan
 
+# Webhooks to the tests' own http://127.0.0.1 receivers, retried within seconds; heartbeats
+# every 2 s, so a terminal is offline 6 s after its last one (PROTOCOL §7, §8).
+WEBHOOK_TEST_ENV = {
+    "VIOPAY_WEBHOOK_ALLOW_INSECURE": "true",
+    "VIOPAY_WEBHOOK_RETRY_SCHEDULE": "1,1,1,1",
+    "VIOPAY_WEBHOOK_POLL_SECONDS": "0.2",
+    "VIOPAY_HEARTBEAT_INTERVAL_SECONDS": "2",
+    "VIOPAY_FLEET_CHECK_SECONDS": "0.5",
+}
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(LogScan(config, SEEN_SECRETS, SERVER_LOGS), "viopay-log-scan")
@@ -60,6 +70,7 @@ def backend(
     tag = secrets.token_hex(4)
     data_dir = tmp_path_factory.mktemp(f"viopay-{request.param}")
     env = {"VIOPAY_DATA_DIR": str(data_dir), "VIOPAY_LOG_LEVEL": "debug", "VIOPAY_LOG_JSON": "true"}
+    env |= WEBHOOK_TEST_ENV
     if request.param == "postgres":
         _require_services()
         db_name = f"viopay_test_{tag}"

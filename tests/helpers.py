@@ -36,7 +36,11 @@ def _free_port() -> int:
 class Server:
     """One ``viopay serve`` process, started the way users start it."""
 
-    def __init__(self, backend: Backend, log_dir: Path, name: str) -> None:
+    def __init__(
+        self, backend: Backend, log_dir: Path, name: str, *, own_public_url: bool = False
+    ) -> None:
+        """``own_public_url``: VIOPAY_PUBLIC_URL is the server's own URL (browser redirects back
+        to it work), else the placeholder http://viopay.test."""
         self.log_path = log_dir / f"{name}.log"
         SERVER_LOGS.append(self.log_path)
         self._log = self.log_path.open("wb")
@@ -47,7 +51,11 @@ class Server:
             self.url = f"http://127.0.0.1:{self.port}"
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "viopay", "serve", "--port", str(self.port)],
-                env={**os.environ, **backend.env, "VIOPAY_PUBLIC_URL": "http://viopay.test"},
+                env={
+                    **os.environ,
+                    **backend.env,
+                    "VIOPAY_PUBLIC_URL": self.url if own_public_url else "http://viopay.test",
+                },
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 cwd=log_dir,
@@ -189,34 +197,31 @@ class Backend:
         return document
 
 
-def _create_pg_database(name: str) -> None:
+def _pg_admin(statement: str) -> None:
+    """Run one statement as the PostgreSQL admin, in a thread of its own: a session fixture may
+    be set up while another fixture's event loop runs (Playwright's sync API keeps one)."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     import asyncpg
 
     async def go() -> None:
         conn = await asyncpg.connect(PG_ADMIN_URL)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(statement)
         finally:
             await conn.close()
 
-    asyncio.run(go())
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, go()).result()
+
+
+def _create_pg_database(name: str) -> None:
+    _pg_admin(f'CREATE DATABASE "{name}"')
 
 
 def _drop_pg_database(name: str) -> None:
-    import asyncio
-
-    import asyncpg
-
-    async def go() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_URL)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _flush_redis_prefix(prefix: str) -> None:

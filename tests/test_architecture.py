@@ -34,6 +34,7 @@ BASE = {
     "migrate",
     "audit",
     "money",
+    "masterkey",
     "__init__",
 }
 

@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 import orjson
 from starlette.responses import Response
 
+from viopay.metrics import count_problem
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
@@ -270,6 +272,7 @@ def problem_body(
 
 
 def problem_response(error: ViopayError, request_id: str) -> Response:
+    count_problem(error.code)
     body = problem_body(
         code=error.code,
         status=error.status,

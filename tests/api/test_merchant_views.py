@@ -37,7 +37,9 @@ def test_device_list_pages_newest_first(api, admin, make_merchant):
         "last_seen_at",
         "claimed_at",
         "activated_at",
+        "health",
     }
+    assert device["health"]["online"] is False  # no heartbeat yet (PROTOCOL §8)
     assert (
         device["status"] == "claimed"
         and device["app_version"] == "1.4.2"

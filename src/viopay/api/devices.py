@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
 from viopay.audit import Actor
-from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession, admin_principal
+from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession
 from viopay.auth.sessions import MerchantSession
 from viopay.deps import CacheDep, DbSession, Now, RuntimeDep, body_schema, read_json
 from viopay.devices import service
@@ -34,11 +34,13 @@ from viopay.merchants.models import Merchant
 from viopay.openapi import errors_for
 from viopay.pagination import PageParams, page_params
 
+# Authenticated at mount (viopay.api): the activation headers (§2.1; bootstrap at any version).
+bootstrap_router = APIRouter(prefix="/pos", tags=["pos activation"])
 pos_router = APIRouter(prefix="/pos", tags=["pos activation"])
 _ACTIVATION_ERRORS = errors_for(400, 403, 404, 426, 503)
 
 
-@pos_router.post(
+@bootstrap_router.post(
     "/bootstrap", response_model=BootstrapOut, responses=errors_for(400, 403, 404, 503)
 )
 async def bootstrap(auth: BootstrapDevice, runtime: RuntimeDep, now: Now) -> BootstrapOut:
@@ -91,7 +93,7 @@ async def status(auth: ActivationDevice, cache: CacheDep, db: DbSession, now: No
     )
 
 
-claim_router = APIRouter(tags=["merchant"])
+claim_router = APIRouter(tags=["merchant"])  # a merchant session (§2.5), mounted in viopay.api
 
 
 @claim_router.post(
@@ -126,7 +128,7 @@ async def claim(
     )
 
 
-admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
+admin_router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 def _operator(principal: AdminPrincipal) -> Actor:
@@ -263,9 +265,17 @@ async def _merchant_device(db: DbSession, session: CurrentSession, device_id: st
     "/devices", response_model=DeviceList, responses=errors_for(400, 401, 403, 503)
 )
 async def list_devices(
-    session: CurrentSession, db: DbSession, page: Annotated[PageParams, Depends(page_params)]
+    session: CurrentSession,
+    db: DbSession,
+    page: Annotated[PageParams, Depends(page_params)],
+    online: Annotated[
+        Literal["true", "false"] | None,
+        Query(description="Only terminals online (true) or offline (false), PROTOCOL §8."),
+    ] = None,
 ) -> DeviceList:
-    result = await service.merchant_devices(db, merchant_id=session.merchant_id, page=page)
+    result = await service.merchant_devices(
+        db, merchant_id=session.merchant_id, page=page, online=online
+    )
     return DeviceList(data=[DeviceOut.of(d) for d in result.data], next_cursor=result.next_cursor)
 
 

@@ -19,7 +19,7 @@ from viopay.auth.users import (
     set_user_disabled,
     show_user,
 )
-from viopay.cli.common import JsonOption, emit, emit_list, fail, problem, run_in_transaction
+from viopay.cli.common import JsonOption, emit, emit_list, fail_with, problem, run_in_transaction
 from viopay.ids import rfc3339, utcnow
 from viopay.merchants.models import Role
 
@@ -32,7 +32,7 @@ def _checked_password(from_stdin: bool) -> str:
     password = _read_password(from_stdin)
     if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         detail = f"the password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"
-        fail(problem("invalid_request", 400, "Invalid request", detail), exit_code=2)
+        fail_with(problem("invalid_request", 400, "Invalid request", detail), exit_code=2)
     return password
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -59,7 +60,13 @@ def parse_pos_headers(request: Request) -> PosHeaders:
 
 
 def version_below(version: str, minimum: str) -> bool:
-    return semver.Version.parse(version) < semver.Version.parse(minimum)
+    return _version(version) < _version(minimum)
+
+
+@functools.lru_cache(maxsize=1024)
+def _version(text: str) -> semver.Version:
+    """Parsed once per distinct version string (a fleet runs a handful of versions)."""
+    return semver.Version.parse(text)
 
 
 async def load_device(db: AsyncSession, device_id: str) -> Device:

@@ -63,6 +63,18 @@ class ClaimOut(BaseModel):
     claimed_at: str
 
 
+class HealthOut(BaseModel):
+    """From the terminal's last heartbeat (PROTOCOL §8); null until the first."""
+
+    online: bool
+    last_heartbeat_at: str | None
+    battery_pct: int | None
+    charging: bool | None
+    network: str | None
+    signal_dbm: int | None
+    printer: str | None
+
+
 class DeviceOut(BaseModel):
     """A device as the merchant and admin APIs show it (PROTOCOL §6)."""
 
@@ -76,6 +88,7 @@ class DeviceOut(BaseModel):
     last_seen_at: str | None
     claimed_at: str | None
     activated_at: str | None
+    health: HealthOut
 
     @classmethod
     def of(cls, device: Device) -> DeviceOut:
@@ -93,6 +106,15 @@ class DeviceOut(BaseModel):
             last_seen_at=t(device.last_seen_at),
             claimed_at=t(device.claimed_at),
             activated_at=t(device.activated_at),
+            health=HealthOut(
+                online=bool(device.online),
+                last_heartbeat_at=t(device.last_heartbeat_at),
+                battery_pct=device.battery_pct,
+                charging=device.charging,
+                network=device.network,
+                signal_dbm=device.signal_dbm,
+                printer=device.printer,
+            ),
         )
 
 

@@ -182,10 +182,15 @@ async def merchant_device(db: AsyncSession, *, merchant_id: str, device_id: str)
     return device
 
 
-async def merchant_devices(db: AsyncSession, *, merchant_id: str, page: PageParams) -> Page[Device]:
-    """The merchant's devices, newest claim first (§6)."""
+async def merchant_devices(
+    db: AsyncSession, *, merchant_id: str, page: PageParams, online: str | None = None
+) -> Page[Device]:
+    """The merchant's devices, newest claim first (§6); ``online`` "true" or "false" (§8)."""
+    query = select(Device).where(Device.merchant_id == merchant_id)
+    if online is not None:
+        query = query.where(Device.online.is_(online == "true"))
     query = paginate(
-        select(Device).where(Device.merchant_id == merchant_id),
+        query,
         at=Device.claimed_at,
         ident=Device.device_id,
         params=page,

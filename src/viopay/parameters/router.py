@@ -6,19 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from viopay.audit import Actor
-from viopay.auth.deps import AdminPrincipal, admin_principal
+from viopay.auth.deps import AdminPrincipal
 from viopay.deps import DbSession, Now, require_json
 from viopay.errors import InvalidRequest
 from viopay.openapi import errors_for
 from viopay.parameters import service as parameters
 
-parameters_admin_router = APIRouter(
-    prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)]
-)
+parameters_admin_router = APIRouter(prefix="/admin", tags=["admin"])  # mounted in viopay.api
 
 
 class ParametersOut(BaseModel):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.crypto.wrapping import KeyWrapper
@@ -22,7 +22,6 @@ from viopay.keysets.models import KeySet, KeySetKey
 from viopay.keysets.service import (
     SetKeys,
     SetState,
-    count_envelopes,
     key_set_by_msk_key_id,
     load_keys,
     serves_charges,
@@ -56,9 +55,17 @@ def key_set_usage(auth: AuthenticatedTerminal, *, max_envelopes: int, now: datet
 
 
 async def meter(db: AsyncSession, *, key_set_id: str, envelopes: int) -> None:
-    """Add to the set's MSK tally (one UPDATE, kept for the end of the transaction)."""
+    """Add to the set's MSK tally (one Core UPDATE, kept for the end of the transaction)."""
     if envelopes > 0:
-        await count_envelopes(db, key_set_id=key_set_id, count=envelopes)
+        await db.execute(_METER, {"key_set": key_set_id, "count": envelopes})
+
+
+_SETS = cast(Table, KeySet.__table__)
+_METER = (
+    update(_SETS)
+    .where(_SETS.c.key_set_id == bindparam("key_set"))
+    .values(envelope_count=_SETS.c.envelope_count + bindparam("count"))
+)
 
 
 # --- opening requests -----------------------------------------------------------------------

@@ -205,17 +205,26 @@ async def finish(
     """Store the result of the request that holds the key; False if it no longer does (a
     reverse-by-key spent the key of a request it took for dead)."""
     done = await db.execute(
-        update(IdempotencyRecord)
-        .where(
-            IdempotencyRecord.id == record_id,
-            IdempotencyRecord.state == IdempotencyState.in_progress,
-        )
-        .values(
-            state=IdempotencyState.done, status_code=status_code, result=result, charge_id=charge_id
-        )
-        .execution_options(synchronize_session=False)
+        _FINISH,
+        {"record": record_id, "code": status_code, "stored": result, "charge": charge_id},
     )
     return bool(getattr(done, "rowcount", 0))
+
+
+_RECORDS = cast(Table, IdempotencyRecord.__table__)
+_FINISH = (  # Core, built once: no ORM bulk-update machinery on the hot path
+    update(_RECORDS)
+    .where(
+        _RECORDS.c.id == bindparam("record"),
+        _RECORDS.c.state == IdempotencyState.in_progress,
+    )
+    .values(
+        state=IdempotencyState.done,
+        status_code=bindparam("code"),
+        result=bindparam("stored"),
+        charge_id=bindparam("charge"),
+    )
+)
 
 
 async def release(db: AsyncSession, *, record_id: int) -> None:

@@ -13,7 +13,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.db import Base
@@ -90,17 +90,29 @@ async def close(
 ) -> bool:
     """Mark a pending intent finished; False when it no longer is pending (the other of the
     live request and recovery got there first) or, with ``lease_owner``, no longer ours."""
-    query = update(PaymentIntent).where(
-        PaymentIntent.intent_id == intent_id, PaymentIntent.state == IntentState.pending
-    )
+    query = _CLOSE if lease_owner is None else _CLOSE_LEASED
+    params = {"intent": intent_id, "new_state": state, "new_outcome": outcome, "at": now}
     if lease_owner is not None:
-        query = query.where(PaymentIntent.lease_owner == lease_owner)
-    done = await db.execute(
-        query.values(state=state, outcome=outcome, finished_at=now).execution_options(
-            synchronize_session=False
-        )
-    )
+        params["owner"] = lease_owner
+    done = await db.execute(query, params)
     return bool(getattr(done, "rowcount", 0))
+
+
+# Core statements on the table, built once (no ORM bulk-update machinery on the hot path).
+_INTENTS = cast(Table, PaymentIntent.__table__)
+_CLOSE = (
+    update(_INTENTS)
+    .where(
+        _INTENTS.c.intent_id == bindparam("intent"),
+        _INTENTS.c.state == IntentState.pending,
+    )
+    .values(
+        state=bindparam("new_state"),
+        outcome=bindparam("new_outcome"),
+        finished_at=bindparam("at"),
+    )
+)
+_CLOSE_LEASED = _CLOSE.where(_INTENTS.c.lease_owner == bindparam("owner"))
 
 
 async def pending_on_charge(db: AsyncSession, charge_id: str) -> dict[IntentKind, int]:
@@ -140,6 +152,16 @@ async def due(db: AsyncSession, *, now: datetime, delay: timedelta, limit: int) 
         .limit(limit)
     )
     return list(rows)
+
+
+async def count_due(db: AsyncSession, *, now: datetime, delay: timedelta) -> int:
+    """How many pending intents are older than ``delay`` (the recovery backlog)."""
+    total = await db.scalar(
+        select(func.count())
+        .select_from(PaymentIntent)
+        .where(PaymentIntent.state == IntentState.pending, PaymentIntent.created_at <= now - delay)
+    )
+    return int(total or 0)
 
 
 async def take(db: AsyncSession, intent_id: str, *, owner: str, now: datetime) -> bool:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from viopay.audit import Actor
-from viopay.auth.deps import CurrentSession, ManagingSession, merchant_session
+from viopay.auth.deps import CurrentSession, ManagingSession
 from viopay.deps import DbSession, Now, RuntimeDep, body_schema, read_raw_json
 from viopay.errors import InvalidRequest
 from viopay.middleware import request_id_of
@@ -32,13 +32,12 @@ from viopay.payments.schemas import (
     RefundOut,
     charge_view,
 )
-from viopay.payments.terminal_auth import CurrentRequest, idempotency_key_of, signed_request
+from viopay.payments.terminal_auth import CurrentRequest, idempotency_key_of
 from viopay.signatures import parse_rfc3339
 
-pos_router = APIRouter(prefix="/pos", tags=["pos charges"], dependencies=[Depends(signed_request)])
-merchant_router = APIRouter(
-    prefix="/merchant", tags=["merchant"], dependencies=[Depends(merchant_session)]
-)
+# Authenticated at mount (viopay.api): the HMAC charge headers (§2.4), a merchant session.
+pos_router = APIRouter(prefix="/pos", tags=["pos charges"])
+merchant_router = APIRouter(prefix="/merchant", tags=["merchant"])
 
 _POS_ERRORS = errors_for(400, 401, 403, 404, 409, 415, 422, 426, 503)
 _ENVELOPE = {"model": EnvelopeOut}

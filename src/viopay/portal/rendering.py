@@ -129,6 +129,7 @@ NAV_SECTIONS: list[Section] = [
     Section("charges", "/portal/charges", "Charges"),
     Section("config", "/portal/config", "Settings"),
     Section("events", "/portal/events", "Activity"),
+    Section("webhooks", "/portal/webhooks", "Webhooks"),
 ]
 
 

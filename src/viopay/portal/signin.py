@@ -266,7 +266,13 @@ async def oidc_callback(request: Request, runtime: RuntimeDep, state: State) -> 
         principal,
         display_name(claims),
         started_at=now,
-        until=session_end(principal, started_at=now, now=now, refresh_expires_in=refresh_in),
+        until=session_end(
+            principal,
+            started_at=now,
+            now=now,
+            refresh_expires_in=refresh_in,
+            refreshable=bool(tokens.refresh_token),
+        ),
         refresh_token=tokens.refresh_token,
         id_token=tokens.id_token,
     )

@@ -5,7 +5,7 @@ A key of the merchant API is scoped to the merchant, not to a terminal: ``mercha
 and ``terminal_id`` is null; a terminal's key keeps ``terminal_id`` and a null ``merchant_id``.
 
 Revision ID: 20261202_0009
-Revises: 20261202_0006
+Revises: 20261202_0011
 Create Date: 2026-12-02 12:00:00
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 import viopay.db
 
 revision = "20261202_0009"
-down_revision = "20261202_0006"
+down_revision = "20261202_0011"
 branch_labels = None
 depends_on = None
 

@@ -111,6 +111,10 @@ class SandboxProcessor:
         """One INSERT … ON CONFLICT DO NOTHING; the known entry is read only on a repeat."""
         assert self._sessions is not None
         values = {c.key: getattr(entry, c.key) for c in SandboxLedgerEntry.__table__.columns}
+        if undo is None:
+            inserted = await self._insert_alone(values)
+            if inserted:
+                return entry
         async with self._sessions() as db, db.begin():
             inserted = await db.scalar(_ledger_insert(db.get_bind().dialect.name), values)
             if inserted is None:
@@ -127,6 +131,16 @@ class SandboxProcessor:
                     .values(undone_by=entry.reference)
                 )
             return entry
+
+    async def _insert_alone(self, values: dict[str, Any]) -> bool:
+        """The common case, an entry that changes no other: one autocommitted statement (no
+        BEGIN and COMMIT round trips); False when the reference is already known."""
+        assert self._sessions is not None
+        engine = self._sessions.kw["bind"]
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            inserted = await conn.scalar(_ledger_insert(conn.dialect.name), values)
+        return inserted is not None
 
     async def authorize(self, request: AuthorizationRequest) -> Authorization:
         await self._wait()
