@@ -266,6 +266,7 @@ def test_every_page_on_a_phone_and_a_desktop(
         "charge": f"/portal/charges/{charge['id']}",
         "config": "/portal/config",
         "events": "/portal/events",
+        "webhooks": "/portal/webhooks",
     }
     for size_name, size in SIZES.items():
         problems: list[str] = []
@@ -277,7 +278,7 @@ def test_every_page_on_a_phone_and_a_desktop(
             check_page(page, backend.name, size_name, name)
         # The menu reaches every section at this size: each link on screen, and it works.
         nav = page.get_by_role("navigation", name="Main")
-        for label in ("Devices", "Claim a device", "Charges", "Settings", "Activity"):
+        for label in ("Devices", "Claim a device", "Charges", "Settings", "Activity", "Webhooks"):
             link = nav.get_by_role("link", name=label)
             box = link.bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= size["width"]
