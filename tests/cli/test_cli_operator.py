@@ -40,7 +40,10 @@ def doc(done: subprocess.CompletedProcess[str]) -> Any:
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return {"VIOPAY_DATA_DIR": str(tmp_path / "var")}
+    """A data folder with a database (commands other than serve and migrate never make one)."""
+    env = {"VIOPAY_DATA_DIR": str(tmp_path / "var")}
+    assert run(env, "migrate").returncode == 0
+    return env
 
 
 @pytest.fixture

@@ -113,11 +113,10 @@ def problem(code: str, status: int, title: str, detail: str, **extra: Any) -> di
 
 def write_problem(document: dict[str, Any]) -> None:
     """The problem: one JSON document on stdout with ``--json``, else a line on stderr."""
-    if json_mode():
+    if json_mode():  # stdout belongs to the JSON document; people still get their line
         sys.stdout.write(orjson.dumps(document).decode() + "\n")
-    else:
-        sys.stderr.write(f"error: {document['detail']} ({document['code']})\n")
-        sys.stderr.flush()
+    sys.stderr.write(f"error: {document['detail']} ({document['code']})\n")
+    sys.stderr.flush()
 
 
 def fail_with(document: dict[str, Any], *, exit_code: int) -> NoReturn:
@@ -134,6 +133,11 @@ def run_in_transaction(
     try:
         return run_unit_of_work(settings or load_settings_or_exit(), work)
     except OperatorError as exc:
+        if json_mode():
+            fail_with(
+                problem("invalid_configuration", 500, "Invalid configuration", str(exc)),
+                exit_code=2,
+            )
         fail(str(exc))
     except ViopayError as exc:
         fail_with(problem(exc.code, exc.status, exc.title, exc.detail, **exc.extra), exit_code=1)
