@@ -132,7 +132,9 @@ def test_human_output_warns_the_secret_is_shown_once(env):
 def test_bad_setting_gets_a_clear_message(env, name, value, message):
     done = run(env | {name: value}, "migrate", "--json")
     assert done.returncode == 2
-    assert message in done.stderr and done.stdout == ""
+    assert message in done.stderr
+    problem = orjson.loads(done.stdout)  # --json: the error is one JSON problem on stdout
+    assert problem["code"] == "invalid_configuration" and message in problem["detail"]
 
 
 def test_postgres_without_master_key_is_refused(env):

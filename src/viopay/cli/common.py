@@ -38,9 +38,8 @@ def load_settings_or_exit() -> Settings:
                 "invalid_configuration", 500, "Invalid configuration", "; ".join(lines)
             )
             sys.stdout.write(orjson.dumps(document).decode() + "\n")
-        else:
-            for line in lines:
-                err.print(f"[red]error:[/red] {line}")
+        for line in lines:
+            err.print(f"[red]error:[/red] {line}")
         raise typer.Exit(2) from None
 
 
@@ -63,10 +62,10 @@ def problem(code: str, status: int, title: str, detail: str, **extra: Any) -> di
 
 def write_problem(document: dict[str, Any]) -> None:
     """The problem: one JSON document on stdout with ``--json``, else a line on stderr."""
-    if json_mode():
+    if json_mode():  # stdout belongs to the JSON document; people still get their line
         sys.stdout.write(orjson.dumps(document).decode() + "\n")
-    else:
-        err.print(f"[red]error:[/red] {document['detail']} ({document['code']})")
+    sys.stderr.write(f"error: {document['detail']} ({document['code']})\n")
+    sys.stderr.flush()
 
 
 def fail(document: dict[str, Any], *, exit_code: int) -> None:
