@@ -34,6 +34,7 @@ BASE = {
     "migrate",
     "audit",
     "bodies",
+    "money",
     "__init__",
 }
 
@@ -203,3 +204,52 @@ def test_the_server_package_holds_no_sdk_benchmark_or_demo():
     shipped = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")}
     assert not {p for p in shipped if p.split("/")[0] in ("device", "bench") or "demo" in p}
     assert (SRC.parents[1] / "tools" / "src" / "viopay_tools" / "bench").is_dir()
+
+
+FACES = ("portal", "cli")
+
+
+def _imported_names(tree: ast.AST) -> list[str]:
+    """Every module a file imports, ``from a import b`` counted as ``a`` and ``a.b``."""
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+            found.extend(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+    return found
+
+
+def _route_module(module: str) -> bool:
+    """The API's routes: the ``viopay.api`` package and every domain's ``router`` module."""
+    return module == "viopay.api" or module.startswith("viopay.api.") or module.endswith(".router")
+
+
+def test_the_portal_and_the_cli_call_services_not_the_apis_routes() -> None:
+    """The portal, the API and the CLI are three faces of the same services (CONVENTIONS)."""
+    found = {
+        str(path.relative_to(SRC)): sorted(
+            m for m in _imported_names(ast.parse(path.read_text())) if _route_module(m)
+        )
+        for face in FACES
+        for path in (SRC / face).rglob("*.py")
+    }
+    found = {path: modules for path, modules in found.items() if modules}
+    assert not found, f"route modules imported by the portal or the CLI: {found}"
+
+
+def test_the_route_rule_sees_every_form_of_a_route_import() -> None:
+    source = (
+        "from viopay.api import devices\n"
+        "from viopay.payments import router\n"
+        "import viopay.auth.router\n"
+        "from viopay.payments import listing\n"
+    )
+    imported = [m for m in _imported_names(ast.parse(source)) if _route_module(m)]
+    assert imported == [
+        "viopay.api",
+        "viopay.api.devices",
+        "viopay.payments.router",
+        "viopay.auth.router",
+    ]

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, String
+from pydantic import BaseModel
+from sqlalchemy import JSON, Index, String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from viopay.db import Base
-from viopay.ids import new_id
+from viopay.ids import new_id, rfc3339
+from viopay.pagination import Page, PageParams, make_page, paginate
 
 
 class AuditEvent(Base):
@@ -72,3 +74,59 @@ def record_event(
     )
     session.add(event)
     return event
+
+
+# --- reading the trail (GET /merchant/events, the portal's Activity) ---------------------------
+
+
+class Party(BaseModel):
+    type: str
+    id: str | None
+
+
+class EventOut(BaseModel):
+    """The §6 event object."""
+
+    id: str
+    type: str
+    actor: Party
+    subject: Party
+    data: dict[str, Any]
+    created_at: str
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> EventOut:
+        return cls(
+            id=event.event_id,
+            type=event.type,
+            actor=Party(type=event.actor_type, id=event.actor_id),
+            subject=Party(type=event.subject_type, id=event.subject_id),
+            data=event.data,
+            created_at=rfc3339(event.created_at),
+        )
+
+
+async def merchant_events(
+    db: AsyncSession,
+    *,
+    merchant_id: str,
+    page: PageParams,
+    types: frozenset[str] | None = None,
+    exclude_types: frozenset[str] | None = None,
+    subject_id: str | None = None,
+) -> Page[AuditEvent]:
+    """The merchant's events, newest first; only ``types``, none of ``exclude_types``, or one
+    subject's when given."""
+    query = select(AuditEvent).where(AuditEvent.merchant_id == merchant_id)
+    if types is not None:
+        query = query.where(AuditEvent.type.in_(sorted(types)))
+    if exclude_types:
+        query = query.where(AuditEvent.type.not_in(sorted(exclude_types)))
+    if subject_id is not None:
+        query = query.where(AuditEvent.subject_id == subject_id)
+    rows = (
+        await db.scalars(
+            paginate(query, at=AuditEvent.created_at, ident=AuditEvent.event_id, params=page)
+        )
+    ).all()
+    return make_page(rows, params=page, at="created_at", ident="event_id")

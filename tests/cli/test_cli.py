@@ -54,7 +54,8 @@ def test_provision_shows_secret_once_as_lower_hex(env, tmp_path):
     master = tmp_path / "var" / "master.key"
     assert master.stat().st_mode & 0o777 == 0o600
     again = run(env, "device", "provision", "POS-8F3A2C91", "--json")
-    assert again.returncode == 1 and "already provisioned" in again.stderr and again.stdout == ""
+    assert again.returncode == 1 and "already provisioned" in again.stderr
+    assert orjson.loads(again.stdout)["code"] == "invalid_state"  # --json: one problem on stdout
 
 
 def test_add_and_revoke_key(env):
@@ -135,7 +136,9 @@ def test_human_output_warns_the_secret_is_shown_once(env):
 def test_bad_setting_gets_a_clear_message(env, name, value, message):
     done = run(env | {name: value}, "migrate", "--json")
     assert done.returncode == 2
-    assert message in done.stderr and done.stdout == ""
+    assert message in done.stderr
+    problem = orjson.loads(done.stdout)  # --json: the error is one JSON problem on stdout
+    assert problem["code"] == "invalid_configuration" and message in problem["detail"]
 
 
 def test_postgres_without_master_key_is_refused(env):

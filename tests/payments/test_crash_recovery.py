@@ -377,3 +377,51 @@ async def test_a_processor_slower_than_the_deadline_never_races_recovery(termina
     retry = terminal.charge(600, idempotency_key="too-slow")
     assert retry.status == 201 and retry.json()["status"] == "approved"
     assert await charges_with_key(runtime, terminal.terminal_id, "too-slow") == 1
+
+
+@pytest.mark.parametrize("crash", ["refund:intent", "refund:answered", "cancel:answered"])
+async def test_a_backoffice_refund_or_cancel_killed_is_finished_once(
+    terminal: kit.PosTerminal, runtime: Any, start: Any, crash: str
+) -> None:
+    """PROTOCOL §6: a merchant's refund or cancel runs in the same phases as a terminal's; killed
+    before or after the processor call, recovery finishes it once, with the merchant's key."""
+    charge = terminal.charge(2000).json()
+    merchant = terminal.merchant
+    kind = crash.split(":")[0]
+    path = f"/merchant/charges/{charge['id']}/" + ("refunds" if kind == "refund" else "cancel")
+    key = f"backoffice-{crash}"
+    headers = {"Authorization": f"Bearer {merchant.token}", "Idempotency-Key": key}
+
+    def post(url: str) -> httpx.Response:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+            session = http.post("/session/initiate", json={"merchant_id": merchant.merchant_id})
+            assert session.status_code == 201
+            return http.post(path, json={"amount": 700} if kind == "refund" else None)
+
+    victim = start("victim", VIOPAY_TEST_CRASH_AT=crash)
+    send_until_killed(victim, lambda: post(victim.url))
+    restarted = start("restarted")
+    await assert_recovered(runtime, terminal.terminal_id)
+    retry = post(restarted.url)
+    heard = crash.endswith(":answered")
+    expected = (200, "true") if heard else (201 if kind == "refund" else 200, None)
+    assert (retry.status_code, retry.headers.get("Idempotent-Replayed")) == expected, retry.text
+    detail = merchant.http.get(f"/merchant/charges/{charge['id']}").json()
+    if kind == "refund":
+        assert [r["amount"] for r in detail["refunds"]] == [700]
+        assert detail["status"] == "partially_refunded"
+    else:
+        assert detail["status"] == "canceled"
+    async with runtime.sessions() as db:
+        record = await db.scalar(
+            select(IdempotencyRecord).where(
+                IdempotencyRecord.merchant_id == merchant.merchant_id,
+                IdempotencyRecord.idempotency_key == key,
+            )
+        )
+        assert record is not None and record.state is IdempotencyState.done
+    events = merchant.http.get("/merchant/events", params={"limit": 100}).json()["data"]
+    (event,) = [
+        e for e in events if e["type"] == f"charge.{'refunded' if kind == 'refund' else 'canceled'}"
+    ]
+    assert event["actor"] == {"type": "client", "id": merchant.subject}  # also when recovered

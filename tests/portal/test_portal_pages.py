@@ -115,33 +115,46 @@ def test_config_saves_and_shows_the_schemas_messages_next_to_the_fields(
     expect(page.locator("#branding\\.display_name")).to_have_value("Tip Top Tacos")
     shot(page, backend.name, "config")
 
+    expect(page.locator("#tax\\.rate")).to_have_value("0")
+    expect(page.locator("#surcharge\\.max_amount")).to_have_value("0.00")
     page.fill("#tip\\.percentages", "10, 15, 15")
     page.check("#tax\\.enabled")
-    page.fill("#tax\\.rate_bps", "20000")
+    page.fill("#tax\\.rate", "200")
+    page.fill("#surcharge\\.rate", "3.333")
     page.fill("#surcharge\\.max_amount", "lots")
     page.fill("#branding\\.primary_color", "blue")
     page.fill("#branding\\.logo_url", "http://example.com/logo.png")
+    page.fill("#branding\\.display_name", " ")
     page.get_by_role("button", name="Save settings").click()
     expect(page.get_by_test_id("config-errors")).to_be_visible()
     expect(page.locator("#err-tip-percentages")).to_have_text("Percentages must not repeat.")
-    expect(page.locator("#err-tax-rate_bps")).to_have_text(
-        "Input should be less than or equal to 10000."
+    expect(page.locator("#err-tax-rate")).to_have_text(
+        "Enter a percentage from 0 to 100, for example 8.25."
+    )
+    expect(page.locator("#err-surcharge-rate")).to_have_text(
+        "Enter a percentage from 0 to 100, for example 8.25."
     )
     expect(page.locator("#err-surcharge-max_amount")).to_have_text(
-        "Enter a whole number, for example 825."
+        "Enter an amount as a number, for example 12.50."
     )
     expect(page.locator("#err-branding-primary_color")).to_contain_text("#RRGGBB")
     expect(page.locator("#err-branding-logo_url")).to_have_text("Must be an https URL.")
-    expect(page.locator("#tax\\.rate_bps")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#err-branding-display_name")).to_have_text(
+        "Enter the name customers see, up to 200 characters."
+    )
+    expect(page.locator("body")).not_to_contain_text("Input should")  # no validator wording
+    expect(page.locator("#tax\\.rate")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#tax\\.enabled")).to_be_checked()  # what was typed is kept
     shot(page, backend.name, "config-errors")
     assert owner.http.get("/merchant/config").json()["config_version"] == 1  # nothing saved
 
     page.fill("#tip\\.percentages", "10, 15, 20")
-    page.fill("#tax\\.rate_bps", "825")
-    page.fill("#surcharge\\.max_amount", "0")
+    page.fill("#tax\\.rate", "8.25")
+    page.fill("#surcharge\\.rate", "3 %")
+    page.fill("#surcharge\\.max_amount", "$5")
     page.fill("#branding\\.primary_color", "#0f766e")
     page.fill("#branding\\.logo_url", "")
+    page.fill("#branding\\.display_name", "Tip Top Tacos")
     page.fill("#branding\\.receipt_footer", "Gracias!\nSee you soon")
     page.get_by_role("button", name="Save settings").click()
     expect(page.locator(".flash-success")).to_contain_text("version 2")
@@ -149,8 +162,11 @@ def test_config_saves_and_shows_the_schemas_messages_next_to_the_fields(
     assert config["config_version"] == 2
     assert config["tip"]["percentages"] == [10, 15, 20]
     assert config["tax"] == {"enabled": True, "rate_bps": 825, "inclusive": False}
+    assert config["surcharge"] == {"enabled": False, "rate_bps": 300, "max_amount": 500}
     assert config["branding"]["primary_color"] == "#0F766E"
     assert config["branding"]["receipt_footer"] == "Gracias!\nSee you soon"
+    expect(page.locator("#tax\\.rate")).to_have_value("8.25")
+    expect(page.locator("#surcharge\\.max_amount")).to_have_value("5.00")
     shot(page, backend.name, "config-saved")
 
     page.get_by_role("button", name="Save settings").click()
@@ -168,9 +184,11 @@ def test_activity_lists_the_merchants_events_newest_first(
     sign_in(page, server.url, user)
     page.get_by_role("link", name="Activity").click()
     rows = page.get_by_test_id("event-table").locator("tbody tr")
-    expect(rows.first).to_contain_text("Device disabled")  # the last change comes first
-    expect(rows.first).to_contain_text(owner.subject)  # by the API client that made it
-    expect(page.get_by_test_id("event-table")).to_contain_text("member.added")
-    expect(page.get_by_test_id("event-table")).to_contain_text("device.claimed")
-    expect(page.get_by_test_id("event-table")).to_contain_text("merchant.created")
+    expect(rows.first).to_contain_text("Terminal disabled")  # the last change comes first
+    expect(rows.first).to_contain_text("Till 9")  # the terminal by its name
+    expect(rows.first).to_contain_text(f"API client {owner.subject}")  # who made it
+    table = page.get_by_test_id("event-table")
+    expect(table).to_contain_text("Team member added")
+    expect(table).to_contain_text("Terminal claimed")
+    expect(table).to_contain_text("Account opened")
     shot(page, backend.name, "events")

@@ -65,8 +65,8 @@ def test_staff_see_everything_and_change_nothing(backend, server, api, admin, ma
         "/portal/claim": {"pairing_code": "ABCDEF"},
         "/portal/config": {
             "tip.percentages": "1",
-            "tax.rate_bps": "0",
-            "surcharge.rate_bps": "0",
+            "tax.rate": "0",
+            "surcharge.rate": "0",
             "surcharge.max_amount": "0",
             "branding.display_name": "Hacked",
             "branding.primary_color": "#000000",

@@ -8,6 +8,7 @@ import pytest
 from starlette.datastructures import FormData, QueryParams
 
 from viopay.auth.issuer import Principal
+from viopay.ids import rfc3339
 from viopay.portal.forms import charge_filters, parse_config_form
 from viopay.portal.rendering import ago, money, sentence
 from viopay.portal.session import (
@@ -78,8 +79,8 @@ def _form(**fields: str) -> FormData:
         "tip.enabled": "on",
         "tip.percentages": "15, 18, 20",
         "tip.allow_custom": "on",
-        "tax.rate_bps": "0",
-        "surcharge.rate_bps": "0",
+        "tax.rate": "0",
+        "surcharge.rate": "0",
         "surcharge.max_amount": "0",
         "branding.display_name": "Shop",
         "branding.primary_color": "#1a73e8",
@@ -91,7 +92,7 @@ def _form(**fields: str) -> FormData:
 
 
 def test_the_config_form_maps_to_the_apis_model_and_its_errors_back_to_fields():
-    parsed = parse_config_form(_form())
+    parsed = parse_config_form(_form(), currency="USD")
     assert not parsed.errors and parsed.changes is not None
     sections = parsed.changes.given()
     assert sections["tip"] == {"enabled": True, "percentages": [15, 18, 20], "allow_custom": True}
@@ -103,27 +104,37 @@ def test_the_config_form_maps_to_the_apis_model_and_its_errors_back_to_fields():
     assert sections["branding"]["primary_color"] == "#1A73E8"
 
     bad = parse_config_form(
-        _form(
-            **{"tip.percentages": "15, x", "tax.rate_bps": "10001", "branding.display_name": "  "}
-        )
+        _form(**{"tip.percentages": "15, x", "tax.rate": "100.01", "branding.display_name": "  "}),
+        currency="USD",
     )
     assert bad.changes is None
-    assert set(bad.errors) == {"tip.percentages", "tax.rate_bps", "branding.display_name"}
+    assert set(bad.errors) == {"tip.percentages", "tax.rate", "branding.display_name"}
+    assert not any("Input should" in message for message in bad.errors.values())
+    jpy = parse_config_form(
+        _form(**{"surcharge.rate": "2.5", "surcharge.max_amount": "300"}), currency="JPY"
+    )
+    assert jpy.changes is not None and jpy.changes.given()["surcharge"]["max_amount"] == 300
+    assert jpy.changes.given()["surcharge"]["rate_bps"] == 250
+    cents = parse_config_form(_form(**{"surcharge.max_amount": "1.5"}), currency="JPY")
+    assert cents.errors == {"surcharge.max_amount": "JPY amounts have no decimals."}
     assert bad.values["tip.percentages"] == "15, x"  # shown back as typed
 
 
 def test_charge_filters_are_days_of_the_merchants_zone():
-    filters, arguments = charge_filters(
-        QueryParams("status=approved&terminal=TID-000001&from=2026-11-01&to=2026-11-30"),
+    filters, spec = charge_filters(
+        QueryParams("status=approved&terminal=TID-000001&from=2026-11-01&to=2026-11-30&q=+ord+"),
+        merchant_id="mer_1",
         timezone="America/New_York",
     )
     assert not filters.errors
-    assert arguments["created_from"] == "2026-11-01T04:00:00Z"  # EDT midnight
+    assert rfc3339(spec.created_from) == "2026-11-01T04:00:00Z"  # EDT midnight
     # The end day is included: created_to is the (EST) midnight after it.
-    assert arguments["created_to"] == "2026-12-01T05:00:00Z"
-    assert arguments["terminal_id"] == "TID-000001" and arguments["status"].value == "approved"
+    assert rfc3339(spec.created_to) == "2026-12-01T05:00:00Z"
+    assert spec.terminal_id == "TID-000001" and spec.status is not None
+    assert spec.status.value == "approved" and spec.merchant_id == "mer_1"
+    assert spec.q == "ord" and filters.query()["q"] == "ord"
     filters, _ = charge_filters(
-        QueryParams("status=lost&from=2026-13-01&to=2026-01-01"), timezone="UTC"
+        QueryParams("status=lost&from=2026-13-01&to=2026-01-01"), merchant_id="m", timezone="UTC"
     )
     assert set(filters.errors) == {"status", "from"}
 

@@ -6,7 +6,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from viopay.audit import Actor
 from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession
@@ -28,7 +27,6 @@ from viopay.devices.schemas import (
     ProvisionIn,
     StatusOut,
 )
-from viopay.errors import NotFound
 from viopay.ids import rfc3339
 from viopay.keysets import lifecycle
 from viopay.keysets.schemas import (
@@ -42,7 +40,7 @@ from viopay.keysets.schemas import (
 from viopay.keysets.service import release_device
 from viopay.merchants.models import Merchant
 from viopay.openapi import errors_for
-from viopay.pagination import PageParams, make_page, page_params, paginate
+from viopay.pagination import PageParams, page_params
 
 # Authenticated at mount (viopay.api): the activation headers (§2.1; bootstrap at any version).
 bootstrap_router = APIRouter(prefix="/pos", tags=["pos activation"])
@@ -315,10 +313,7 @@ class DeviceList(BaseModel):
 
 
 async def _merchant_device(db: DbSession, session: CurrentSession, device_id: str) -> Device:
-    device = await db.get(Device, device_id)
-    if device is None or device.merchant_id != session.merchant_id:
-        raise NotFound("no such device in this merchant")
-    return device
+    return await service.merchant_device(db, merchant_id=session.merchant_id, device_id=device_id)
 
 
 @merchant_router.get(
@@ -333,17 +328,8 @@ async def list_devices(
         Query(description="Only terminals online (true) or offline (false), PROTOCOL §8."),
     ] = None,
 ) -> DeviceList:
-    query = select(Device).where(Device.merchant_id == session.merchant_id)
-    if online is not None:
-        query = query.where(Device.online.is_(online == "true"))
-    query = paginate(
-        query,
-        at=Device.claimed_at,
-        ident=Device.device_id,
-        params=page,
-    )
-    result = make_page(
-        (await db.scalars(query)).all(), params=page, at="claimed_at", ident="device_id"
+    result = await service.merchant_devices(
+        db, merchant_id=session.merchant_id, page=page, online=online
     )
     return DeviceList(data=[DeviceOut.of(d) for d in result.data], next_cursor=result.next_cursor)
 

@@ -8,14 +8,15 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.audit import Actor
+from viopay.audit import Actor, record_event
 from viopay.auth.models import ApiClient
 from viopay.crypto.wrapping import KeyWrapper
-from viopay.errors import Unauthorized
+from viopay.errors import NotFound, Unauthorized
 from viopay.ids import new_id
-from viopay.merchants.models import Role
+from viopay.merchants.models import MerchantMember, Role
 from viopay.merchants.service import add_member
 
 
@@ -76,3 +77,73 @@ async def authenticate_client(
     if client is None or not ok or client.disabled_at is not None:
         raise Unauthorized("bad client credentials")
     return client
+
+
+# --- operators: list, show, revoke (viopay client …) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientView:
+    client_id: str
+    admin: bool
+    revoked: bool
+    created_at: datetime
+    memberships: list[tuple[str, str]]  # (merchant_id, role)
+
+
+async def _view(session: AsyncSession, client: ApiClient) -> ClientView:
+    rows = await session.execute(
+        select(MerchantMember.merchant_id, MerchantMember.role)
+        .where(MerchantMember.subject == client.client_id)
+        .order_by(MerchantMember.merchant_id)
+    )
+    return ClientView(
+        client.client_id,
+        client.admin,
+        client.disabled_at is not None,
+        client.created_at,
+        [(m, Role(r).value) for m, r in rows],
+    )
+
+
+async def list_clients(
+    session: AsyncSession, *, merchant_id: str | None = None
+) -> list[ClientView]:
+    query = select(ApiClient).order_by(ApiClient.created_at, ApiClient.client_id)
+    if merchant_id is not None:
+        query = query.where(
+            ApiClient.client_id.in_(
+                select(MerchantMember.subject).where(MerchantMember.merchant_id == merchant_id)
+            )
+        )
+    return [await _view(session, c) for c in (await session.scalars(query)).all()]
+
+
+async def show_client(session: AsyncSession, client_id: str) -> ClientView:
+    client = await session.get(ApiClient, client_id)
+    if client is None:
+        raise NotFound("no such API client")
+    return await _view(session, client)
+
+
+async def revoke_client(
+    session: AsyncSession, *, client_id: str, actor: Actor, now: datetime
+) -> ClientView:
+    """The client's credentials stop working at once (``POST /client/session`` answers 401);
+    revoking twice changes nothing."""
+    client = await session.get(ApiClient, client_id)
+    if client is None:
+        raise NotFound("no such API client")
+    if client.disabled_at is None:
+        client.disabled_at = now
+        record_event(
+            session,
+            type="client.revoked",
+            actor=actor,
+            subject_type="client",
+            subject_id=client_id,
+            merchant_id=None,
+            now=now,
+        )
+        await session.flush()
+    return await _view(session, client)

@@ -68,6 +68,10 @@ def load_settings_or_exit() -> Settings:
         settings = Settings()
     except ValidationError as exc:
         lines = setting_errors(exc)
+        if json_mode():
+            detail = "; ".join(lines)
+            write_problem(problem("invalid_configuration", 500, "Invalid configuration", detail))
+            raise typer.Exit(2) from None
         for line in lines[:-1]:
             sys.stderr.write(f"error: {line}\n")
         fail(lines[-1])
@@ -92,18 +96,59 @@ def describe(settings: Settings) -> None:
     sys.stderr.flush()
 
 
+def json_mode(argv: list[str] | None = None) -> bool:
+    """``--json`` anywhere on the command line: errors too are one JSON document on stdout."""
+    return "--json" in (sys.argv[1:] if argv is None else argv)
+
+
+def problem(code: str, status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    """An error as the API would answer it (PROTOCOL §1), for ``--json``."""
+    return {
+        "type": f"urn:viopay:error:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+
+
+def write_problem(document: dict[str, Any]) -> None:
+    """The problem: one JSON document on stdout with ``--json``, else a line on stderr."""
+    if json_mode():  # stdout belongs to the JSON document; people still get their line
+        sys.stdout.write(orjson.dumps(document).decode() + "\n")
+    sys.stderr.write(f"error: {document['detail']} ({document['code']})\n")
+    sys.stderr.flush()
+
+
+def fail_with(document: dict[str, Any], *, exit_code: int) -> NoReturn:
+    """Print the problem and exit with ``exit_code``."""
+    write_problem(document)
+    raise typer.Exit(exit_code)
+
+
 def run_in_transaction(
     work: Callable[[AsyncSession, Runtime], Awaitable[T]], *, settings: Settings | None = None
 ) -> T:
     """Run one unit of work against the configured database, migrating first; a domain error
-    is printed and exits 1."""
+    is printed (a JSON problem with ``--json``) and exits 1."""
     try:
         return run_unit_of_work(settings or load_settings_or_exit(), work)
     except OperatorError as exc:
+        if json_mode():
+            fail_with(
+                problem("invalid_configuration", 500, "Invalid configuration", str(exc)),
+                exit_code=2,
+            )
         fail(str(exc))
     except ViopayError as exc:
-        fail(f"{exc.detail} ({exc.code})", code=1)
+        fail_with(problem(exc.code, exc.status, exc.title, exc.detail, **exc.extra), exit_code=1)
     except (MasterKeyRefused, HsmError) as exc:
+        if json_mode():
+            fail_with(
+                problem("invalid_configuration", 500, "Invalid configuration", str(exc)),
+                exit_code=2,
+            )
         fail(str(exc))
 
 
@@ -121,3 +166,18 @@ def emit(
         err.print(
             f"[yellow]{secret_field} is shown once: store it now, it cannot be read back.[/yellow]"
         )
+
+
+def emit_list(rows: list[dict[str, Any]], *, as_json: bool, title: str, columns: list[str]) -> None:
+    """A list: ``{"data": [...]}`` with ``--json``, else a table of ``columns``."""
+    if as_json:
+        sys.stdout.write(orjson.dumps({"data": rows}).decode() + "\n")
+        return
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column.replace("_", " "))
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    out.print(table)
+    if not rows:
+        err.print("nothing to list")

@@ -5,11 +5,15 @@ import re
 import typer
 
 from viopay.audit import Actor
-from viopay.cli.common import JsonOption, emit, run_in_transaction
+from viopay.cli.common import JsonOption, emit, emit_list, run_in_transaction
 from viopay.devices import service
+from viopay.devices.models import Device
+from viopay.devices.schemas import DeviceOut
 from viopay.ids import utcnow
 
-app = typer.Typer(help="Provision devices and manage their identity keys.", no_args_is_help=True)
+app = typer.Typer(
+    help="Provision, list and show devices; manage their identity keys.", no_args_is_help=True
+)
 
 
 def _device_id(value: str) -> str:
@@ -108,3 +112,40 @@ def revoke_key(
         as_json=as_json,
         title="Identity key revoked",
     )
+
+
+def _device(device: Device) -> dict[str, object]:
+    document: dict[str, object] = DeviceOut.of(device).model_dump(mode="json")
+    return document
+
+
+@app.command("list")
+def list_(
+    merchant: str | None = typer.Option(None, "--merchant", help="Only this merchant's devices."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Every device (of one merchant with --merchant), newest claim first."""
+    devices = run_in_transaction(lambda db, rt: service.list_devices(db, merchant_id=merchant))
+    emit_list(
+        [_device(d) for d in devices],
+        as_json=as_json,
+        title="Devices",
+        columns=[
+            "device_id",
+            "label",
+            "status",
+            "disabled",
+            "terminal_id",
+            "merchant_id",
+            "last_seen_at",
+        ],
+    )
+
+
+@app.command("show")
+def show(
+    device_id: str = typer.Argument(..., callback=_device_id), as_json: bool = JsonOption
+) -> None:
+    """One device (the §6 device object)."""
+    device = run_in_transaction(lambda db, rt: service.get_device(db, device_id))
+    emit(_device(device), as_json=as_json, title="Device")

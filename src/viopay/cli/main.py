@@ -5,9 +5,20 @@ import socket
 
 import typer
 import uvicorn
+from typer.exceptions import TyperException
 
 from viopay import __version__
-from viopay.cli.common import VERBOSE, JsonOption, emit, err, fail, load_settings_or_exit
+from viopay.cli.common import (
+    VERBOSE,
+    JsonOption,
+    emit,
+    err,
+    fail,
+    json_mode,
+    load_settings_or_exit,
+    problem,
+    write_problem,
+)
 from viopay.cli.devices import app as device_app
 from viopay.cli.keys import app as keys_app
 from viopay.cli.merchants import client_app, merchant_app
@@ -179,5 +190,18 @@ def recover(as_json: bool = JsonOption) -> None:
 
 
 def main() -> None:
+    """``viopay``; with ``--json``, a usage error is a JSON problem on stdout too (exit 2)."""
     outbox.install()  # events made by operator commands reach the merchants' webhooks too
-    app()
+    if not json_mode():
+        app()
+        return
+    try:
+        result = app(standalone_mode=False)
+    except TyperException as exc:
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        write_problem(problem("invalid_request", 400, "Invalid request", message))
+        raise SystemExit(int(getattr(exc, "exit_code", 2))) from None
+    except typer.Abort:
+        write_problem(problem("aborted", 400, "Aborted", "the command was aborted"))
+        raise SystemExit(1) from None
+    raise SystemExit(result if isinstance(result, int) else 0)

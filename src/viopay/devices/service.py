@@ -30,6 +30,7 @@ from viopay.errors import (
     RateLimited,
 )
 from viopay.merchants.models import Merchant
+from viopay.pagination import Page, PageParams, make_page, paginate
 
 PAIRING_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 PAIRING_CODE_LENGTH = 6
@@ -176,6 +177,32 @@ async def get_device(db: AsyncSession, device_id: str) -> Device:
     if device is None:
         raise NotFound("no such device")
     return device
+
+
+async def merchant_device(db: AsyncSession, *, merchant_id: str, device_id: str) -> Device:
+    """A device of this merchant; any other (or none) is 404 alike."""
+    device = await db.get(Device, device_id)
+    if device is None or device.merchant_id != merchant_id:
+        raise NotFound("no such device in this merchant")
+    return device
+
+
+async def merchant_devices(
+    db: AsyncSession, *, merchant_id: str, page: PageParams, online: str | None = None
+) -> Page[Device]:
+    """The merchant's devices, newest claim first (§6); ``online`` "true" or "false" (§8)."""
+    query = select(Device).where(Device.merchant_id == merchant_id)
+    if online is not None:
+        query = query.where(Device.online.is_(online == "true"))
+    query = paginate(
+        query,
+        at=Device.claimed_at,
+        ident=Device.device_id,
+        params=page,
+    )
+    return make_page(
+        (await db.scalars(query)).all(), params=page, at="claimed_at", ident="device_id"
+    )
 
 
 # --- pairing codes --------------------------------------------------------------------------
@@ -474,3 +501,11 @@ async def _kill_pairing_code(db: AsyncSession, device_id: str) -> None:
     await db.execute(
         update(PairingCode).where(PairingCode.device_id == device_id).values(code_digest=None)
     )
+
+
+async def list_devices(db: AsyncSession, *, merchant_id: str | None = None) -> list[Device]:
+    """Every device (of one merchant when given), newest claim first (``viopay device list``)."""
+    query = select(Device).order_by(Device.claimed_at.desc(), Device.device_id)
+    if merchant_id is not None:
+        query = query.where(Device.merchant_id == merchant_id)
+    return list((await db.scalars(query)).all())

@@ -93,3 +93,22 @@ async def membership(
         )
     )
     return member
+
+
+async def list_merchants(db: AsyncSession) -> list[Merchant]:
+    """Every merchant, oldest first (``viopay merchant list``)."""
+    return list(
+        (
+            await db.scalars(select(Merchant).order_by(Merchant.created_at, Merchant.merchant_id))
+        ).all()
+    )
+
+
+async def members_of(db: AsyncSession, merchant_id: str) -> list[MerchantMember]:
+    """A merchant's members (users and API clients), oldest first."""
+    rows = await db.scalars(
+        select(MerchantMember)
+        .where(MerchantMember.merchant_id == merchant_id)
+        .order_by(MerchantMember.created_at, MerchantMember.id)
+    )
+    return list(rows)

@@ -139,7 +139,7 @@ class Answer:
 Decide = Callable[[AsyncSession, Call, int | None], Awaitable["Answer | PaymentIntent"]]
 
 
-def _stored(error: ViopayError) -> bool:
+def is_stored(error: ViopayError) -> bool:
     """§4.5: 4xx results are stored, except 401s and a key still in progress."""
     return (
         400 <= error.status < 500
@@ -148,7 +148,7 @@ def _stored(error: ViopayError) -> bool:
     )
 
 
-def _problem_record(error: ViopayError) -> dict[str, Any]:
+def problem_record(error: ViopayError) -> dict[str, Any]:
     return {
         "code": error.code,
         "status": error.status,
@@ -222,10 +222,10 @@ async def _claim_and_record_intent(
     try:
         decided = await decide(db, call, record_id)
     except ViopayError as error:
-        if record_id is None or not _stored(error):
+        if record_id is None or not is_stored(error):
             raise
         await idempotency.finish(
-            db, record_id=record_id, status_code=error.status, result=_problem_record(error)
+            db, record_id=record_id, status_code=error.status, result=problem_record(error)
         )
         await _tally(db, call, answered=False)
         return Answer(error.status, problem=error)
@@ -268,7 +268,7 @@ def _replay(state: idempotency.KeyState, fingerprint: str) -> Answer:
     return Answer(200, plaintext=state.result, replayed=True)
 
 
-def _crash_point(intent: PaymentIntent, phase: str) -> None:
+def crash_point(intent: PaymentIntent, phase: str) -> None:
     """Fault injection for the crash tests (``VIOPAY_TEST_CRASH_AT=charge:intent``, …): the
     process SIGKILLs itself at that line, as a power cut would. Unset in production."""
     if _CRASH_AT is not None and _CRASH_AT == f"{intent.kind.value}:{phase}":
@@ -285,13 +285,13 @@ def processor_deadline(settings_delay_seconds: int) -> float:
 async def _ask_processor_and_store(call: Call, intent: PaymentIntent) -> Response:
     """The processor call (no transaction open, bounded by :func:`processor_deadline`), then
     transaction 2."""
-    _crash_point(intent, "intent")
+    crash_point(intent, "intent")
     try:
         async with asyncio.timeout(
             processor_deadline(call.runtime.settings.recovery_delay_seconds)
         ):
             authorization, undone = await _ask(call, intent)
-        _crash_point(intent, "answered")
+        crash_point(intent, "answered")
     except ProcessorFailure:
         async with call.runtime.sessions() as db, db.begin():
             await outcomes.abandon(db, intent, now=call.now, reason="processor_error")
@@ -353,35 +353,40 @@ def _timed(operation: str) -> Iterator[None]:
 
 async def _ask(call: Call, intent: PaymentIntent) -> tuple[Authorization | None, bool]:
     """Ask the processor what the intent says (timed per operation)."""
+    if intent.kind is not IntentKind.charge:
+        await act_on_charge(call.processor, intent)
+        return None, False
     with _timed(intent.kind.value):
-        return await _ask_processor(call, intent)
+        return await _authorize(call, intent)
 
 
-async def _ask_processor(call: Call, intent: PaymentIntent) -> tuple[Authorization | None, bool]:
-    """For a charge: its answer (None after a timeout whose authorisation was then reversed);
+async def _authorize(call: Call, intent: PaymentIntent) -> tuple[Authorization | None, bool]:
+    """A charge's answer (None after a timeout whose authorisation was then reversed);
     ProcessorTimedOut when even that failed."""
-    processor, ref = call.processor, intents.authorization_ref(intent)
-    if intent.kind is IntentKind.charge:
-        assert call.draft is not None
-        request = service.authorization_request(
-            call.draft, reference=intent.reference, now=call.now
-        )
-        try:
-            return await processor.authorize(request), False
-        except ProcessorTimedOut:
-            if not await reverse_authorization(processor, intent):
-                raise
-            return None, True
-    if intent.kind is IntentKind.refund:
-        assert intent.refund_id is not None and intent.amount is not None
-        await processor.refund(
-            ref, reference=intent.reference, refund_id=intent.refund_id, amount=intent.amount
-        )
-    elif intent.kind is IntentKind.cancel:
-        await processor.void(ref, reference=intent.reference)
-    else:
-        await processor.reverse(ref, reference=intent.reference)
-    return None, False
+    assert call.draft is not None
+    request = service.authorization_request(call.draft, reference=intent.reference, now=call.now)
+    try:
+        return await call.processor.authorize(request), False
+    except ProcessorTimedOut:
+        if not await reverse_authorization(call.processor, intent):
+            raise
+        return None, True
+
+
+async def act_on_charge(processor: Processor, intent: PaymentIntent) -> None:
+    """Ask the processor for a refund, cancel or reverse intent (timed per operation): the
+    terminal's endpoints and the backoffice's (:mod:`viopay.payments.backoffice`) alike."""
+    ref = intents.authorization_ref(intent)
+    with _timed(intent.kind.value):
+        if intent.kind is IntentKind.refund:
+            assert intent.refund_id is not None and intent.amount is not None
+            await processor.refund(
+                ref, reference=intent.reference, refund_id=intent.refund_id, amount=intent.amount
+            )
+        elif intent.kind is IntentKind.cancel:
+            await processor.void(ref, reference=intent.reference)
+        else:
+            await processor.reverse(ref, reference=intent.reference)
 
 
 async def reverse_authorization(processor: Processor, intent: PaymentIntent) -> bool:
@@ -511,7 +516,7 @@ async def decide_charge(
 def decide_refund(charge_id: str) -> Decide:
     async def decide(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
         plan = await refunds.plan_refund(
-            db, scope=call.scope, charge_id=charge_id, plaintext=call.plaintext
+            db, merchant_id=call.terminal.merchant_id, charge_id=charge_id, plaintext=call.plaintext
         )
         return await _intent(
             db,
@@ -544,7 +549,11 @@ def decide_undo(charge_id: str, *, cancel: bool) -> Decide:
 
     async def decide(db: AsyncSession, call: Call, record_id: int | None) -> Answer | PaymentIntent:
         plan = await reversals.plan_undo(
-            db, scope=call.scope, charge_id=charge_id, target=target, now=call.now
+            db,
+            merchant_id=call.terminal.merchant_id,
+            charge_id=charge_id,
+            target=target,
+            now=call.now,
         )
         if not plan.act:
             return Answer(200, charge_view(plan.charge))

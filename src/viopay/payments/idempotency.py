@@ -77,16 +77,35 @@ def refuse_busy(state: KeyState) -> None:
         raise IdempotencyInProgress()
 
 
-def _live(terminal_id: str, key: str, now: datetime) -> Any:
+def _scope(terminal_id: str | None, merchant_id: str | None) -> tuple[str, str]:
+    """A key's scope (§4.5, §6): ``("terminal_id", TID)`` or ``("merchant_id", mer_…)``."""
+    if terminal_id is not None and merchant_id is None:
+        return "terminal_id", terminal_id
+    if merchant_id is not None and terminal_id is None:
+        return "merchant_id", merchant_id
+    raise ValueError("an Idempotency-Key belongs to a terminal or to a merchant")
+
+
+def _live(terminal_id: str | None, key: str, now: datetime, merchant_id: str | None = None) -> Any:
+    column, owner = _scope(terminal_id, merchant_id)
     return select(IdempotencyRecord).where(
-        IdempotencyRecord.terminal_id == terminal_id,
+        getattr(IdempotencyRecord, column) == owner,
         IdempotencyRecord.idempotency_key == key,
         IdempotencyRecord.expires_at > now,
     )
 
 
-async def find(db: AsyncSession, *, terminal_id: str, key: str, now: datetime) -> KeyState | None:
-    record: IdempotencyRecord | None = await db.scalar(_live(terminal_id, key, now))
+async def find(
+    db: AsyncSession,
+    *,
+    terminal_id: str | None = None,
+    merchant_id: str | None = None,
+    key: str,
+    now: datetime,
+) -> KeyState | None:
+    record: IdempotencyRecord | None = await db.scalar(
+        _live(terminal_id, key, now, merchant_id=merchant_id)
+    )
     return None if record is None else KeyState.of(record)
 
 
@@ -104,24 +123,25 @@ _COLUMNS = [c.key for c in _RECORDS.columns if c.key != "id"]
 _UPSERTS: dict[str, Any] = {}
 
 
-def _upsert(dialect: str) -> Any:
-    """INSERT … ON CONFLICT (terminal_id, key) DO UPDATE SET <every column> WHERE the record
-    there has expired, RETURNING id — built once per dialect and executed with parameters, so
-    SQLAlchemy compiles it once (no per-request statement construction on the hot path)."""
-    statement = _UPSERTS.get(dialect)
+def _upsert(dialect: str, scope: str) -> Any:
+    """INSERT … ON CONFLICT (<scope>, key) DO UPDATE SET <every column> WHERE the record
+    there has expired, RETURNING id — built once per dialect and scope and executed with
+    parameters, so SQLAlchemy compiles it once (no per-request statement construction on the
+    hot path)."""
+    statement = _UPSERTS.get(f"{dialect}:{scope}")
     if statement is None:
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
         base = insert(_RECORDS)
         statement = base.on_conflict_do_update(
-            index_elements=["terminal_id", "idempotency_key"],
+            index_elements=[scope, "idempotency_key"],
             set_={
                 name: base.excluded[name]
                 for name in _COLUMNS
-                if name not in ("terminal_id", "idempotency_key")
+                if name not in (scope, "idempotency_key")
             },
             where=_RECORDS.c.expires_at <= bindparam("expired_before"),
         ).returning(_RECORDS.c.id)
-        _UPSERTS[dialect] = statement
+        _UPSERTS[f"{dialect}:{scope}"] = statement
     return statement
 
 
@@ -129,7 +149,9 @@ async def _insert_if_free(db: AsyncSession, values: dict[str, Any], *, now: date
     """One statement (:func:`_upsert`): the unique constraint decides between concurrent
     requests on any server (on PostgreSQL the loser waits for the winner's commit); an expired
     record is replaced in place; a live one returns nothing."""
-    statement = _upsert(db.get_bind().dialect.name)
+    values = {"terminal_id": None, "merchant_id": None, **values}
+    scope, _ = _scope(values["terminal_id"], values["merchant_id"])
+    statement = _upsert(db.get_bind().dialect.name, scope)
     inserted: int | None = (await db.execute(statement, {**values, "expired_before": now})).scalar()
     return inserted
 
@@ -137,7 +159,8 @@ async def _insert_if_free(db: AsyncSession, values: dict[str, Any], *, now: date
 async def claim(
     db: AsyncSession,
     *,
-    terminal_id: str,
+    terminal_id: str | None = None,
+    merchant_id: str | None = None,
     key: str,
     method: str,
     path: str,
@@ -145,11 +168,12 @@ async def claim(
     now: datetime,
     result: tuple[int, dict[str, Any]] | None = None,
 ) -> KeyState | int:
-    """Claim ``key`` in the caller's transaction: the new record's id, or the live record of
-    the request that claimed it first. With ``result`` the record is stored finished at once
-    (a 4xx decided before any work)."""
+    """Claim ``key`` of a terminal (or, for the merchant API, of a merchant) in the caller's
+    transaction: the new record's id, or the live record of the request that claimed it first.
+    With ``result`` the record is stored finished at once (a 4xx decided before any work)."""
     values = {
         "terminal_id": terminal_id,
+        "merchant_id": merchant_id,
         "idempotency_key": key,
         "method": method,
         "path": path,
@@ -164,7 +188,7 @@ async def claim(
     record_id = await _insert_if_free(db, values, now=now)
     if record_id is not None:
         return record_id
-    state = await find(db, terminal_id=terminal_id, key=key, now=now)
+    state = await find(db, terminal_id=terminal_id, merchant_id=merchant_id, key=key, now=now)
     if state is None:  # released between the two statements: still someone else's turn
         raise IdempotencyInProgress()
     return state

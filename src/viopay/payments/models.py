@@ -138,17 +138,23 @@ class Refund(Base):
 
 
 class IdempotencyRecord(Base):
-    """One Idempotency-Key of one terminal (§4.5), kept 24 h.
+    """One Idempotency-Key of one terminal (§4.5) or, for the merchant API's refunds and cancels,
+    of one merchant (§6: ``terminal_id`` null, ``merchant_id`` set), kept 24 h.
 
     ``result`` is the stored answer's plaintext: the charge or refund object (masked card data
     only) for a 2xx, the problem's members for a 4xx. It is sealed anew on every replay.
     """
 
     __tablename__ = "idempotency_records"
-    __table_args__ = (UniqueConstraint("terminal_id", "idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("terminal_id", "idempotency_key"),
+        UniqueConstraint("merchant_id", "idempotency_key"),
+        CheckConstraint("(terminal_id IS NULL) <> (merchant_id IS NULL)", name="one_scope"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    terminal_id: Mapped[str] = mapped_column(ForeignKey("terminals.terminal_id"))
+    terminal_id: Mapped[str | None] = mapped_column(ForeignKey("terminals.terminal_id"))
+    merchant_id: Mapped[str | None] = mapped_column(ForeignKey("merchants.merchant_id"))
     idempotency_key: Mapped[str] = mapped_column(String(255))
     method: Mapped[str] = mapped_column(String(8))
     path: Mapped[str] = mapped_column(String(512))

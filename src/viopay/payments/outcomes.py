@@ -54,6 +54,11 @@ class Stored:
 
 
 def _actor(intent: PaymentIntent, recovered: bool) -> Actor:
+    """The terminal's device; the user or client of a backoffice refund or cancel (§6), who
+    stays its actor when recovery stores it; ``system`` for the rest of what recovery stores."""
+    acting = intent.request.get("actor")
+    if isinstance(acting, dict):
+        return Actor(str(acting["type"]), acting.get("id"))
     return SYSTEM if recovered else Actor("device", intent.device_id)
 
 

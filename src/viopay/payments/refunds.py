@@ -18,7 +18,7 @@ from viopay.errors import ChargeNotRefundable, RefundExceedsCharge
 from viopay.payments import intents
 from viopay.payments.models import Charge, ChargeStatus, IntentKind, Refund
 from viopay.payments.schemas import RefundIn
-from viopay.payments.service import TerminalScope, get_charge
+from viopay.payments.service import get_charge
 
 REFUNDABLE = frozenset({ChargeStatus.approved, ChargeStatus.partially_refunded})
 
@@ -42,14 +42,14 @@ class RefundPlan:
 
 
 async def plan_refund(
-    db: AsyncSession, *, scope: TerminalScope, charge_id: str, plaintext: dict[str, Any]
+    db: AsyncSession, *, merchant_id: str, charge_id: str, plaintext: dict[str, Any]
 ) -> RefundPlan:
     """§4.2, in order: 404 → 409 charge_not_refundable → 400 → 422 refund_exceeds_charge.
 
     The charge is read under its row lock, and refunds still at the processor (pending
     intents) count as made: the sum of refunds never exceeds the charge, also under
     concurrent refunds on any number of servers."""
-    charge = await get_charge(db, merchant_id=scope.merchant_id, charge_id=charge_id, lock=True)
+    charge = await get_charge(db, merchant_id=merchant_id, charge_id=charge_id, lock=True)
     if charge.status not in REFUNDABLE:
         raise ChargeNotRefundable(f"the charge is {charge.status.value}")
     pending = await intents.pending_on_charge(db, charge.charge_id)

@@ -48,11 +48,11 @@ async def _pending_blocks(db: AsyncSession, charge: Charge) -> None:
 
 
 async def plan_undo(
-    db: AsyncSession, *, scope: TerminalScope, charge_id: str, target: ChargeStatus, now: datetime
+    db: AsyncSession, *, merchant_id: str, charge_id: str, target: ChargeStatus, now: datetime
 ) -> UndoPlan:
     """Cancel (target ``canceled``) or reverse (``reversed``): the same call again answers the
     same charge; anything not undoable is 409 charge_not_cancelable."""
-    charge = await get_charge(db, merchant_id=scope.merchant_id, charge_id=charge_id, lock=True)
+    charge = await get_charge(db, merchant_id=merchant_id, charge_id=charge_id, lock=True)
     if charge.status is target:
         return UndoPlan(charge, act=False)
     if not undoable(charge, now=now):

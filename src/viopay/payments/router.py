@@ -11,28 +11,28 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import select
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from viopay.auth.deps import CurrentSession
-from viopay.deps import DbSession, Now, PathId, RuntimeDep, body_schema
+from viopay.audit import Actor
+from viopay.auth.deps import CurrentSession, ManagingSession
+from viopay.deps import DbSession, Now, PathId, RuntimeDep, body_schema, read_raw_json
 from viopay.errors import InvalidRequest
 from viopay.middleware import request_id_of
 from viopay.openapi import errors_for
-from viopay.pagination import PageParams, make_page, page_params, paginate
-from viopay.payments import flow, refunds, service
-from viopay.payments.models import Charge, ChargeStatus
-from viopay.payments.processors import Processor, build_processor
+from viopay.pagination import PageParams, page_params
+from viopay.payments import backoffice, flow, listing
+from viopay.payments.models import ChargeStatus
+from viopay.payments.processors import Processor, app_processor
 from viopay.payments.schemas import (
     ChargeDetail,
     ChargeList,
     ChargeOut,
     EnvelopeOut,
-    RefundSummary,
+    RefundIn,
+    RefundOut,
     charge_view,
-    refund_view,
 )
-from viopay.payments.terminal_auth import CurrentRequest
+from viopay.payments.terminal_auth import CurrentRequest, idempotency_key_of
 from viopay.signatures import parse_rfc3339
 
 # Authenticated at mount (viopay.api): the HMAC charge headers (§2.4), a merchant session.
@@ -45,11 +45,7 @@ _ENVELOPE = {"model": EnvelopeOut}
 
 async def get_processor(request: Request, runtime: RuntimeDep) -> Processor:
     """The processor chosen by ``VIOPAY_PROCESSOR``, made once per app."""
-    processor: Processor | None = getattr(request.app.state, "processor", None)
-    if processor is None:
-        processor = build_processor(runtime.settings, runtime.sessions)
-        request.app.state.processor = processor
-    return processor
+    return app_processor(request.app.state, runtime.settings, runtime.sessions)
 
 
 ProcessorDep = Annotated[Processor, Depends(get_processor)]
@@ -144,7 +140,7 @@ async def get_charge(charge_id: PathId, call: CallDep) -> Response:
     return await flow.run(call, flow.GET, flow.decide_get(charge_id))
 
 
-# --- merchant views (§6) ----------------------------------------------------------------------
+# --- merchant views and backoffice actions (§6) -------------------------------------------------
 
 
 def _time_filter(name: str, value: str | None) -> datetime | None:
@@ -159,38 +155,61 @@ def _time_filter(name: str, value: str | None) -> datetime | None:
         ) from None
 
 
-@merchant_router.get(
-    "/charges", response_model=ChargeList, responses=errors_for(400, 401, 403, 503)
-)
-async def list_charges(
+def charge_filter(
     session: CurrentSession,
-    db: DbSession,
-    page: Annotated[PageParams, Depends(page_params)],
     status: Annotated[
         ChargeStatus | None, Query(description="Only charges in this status.")
     ] = None,
     terminal_id: Annotated[str | None, Query(max_length=128)] = None,
     created_from: Annotated[str | None, Query(description="RFC 3339; inclusive.")] = None,
     created_to: Annotated[str | None, Query(description="RFC 3339; exclusive.")] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=128, description="A charge id, a reference, or the card's last 4 digits."),
+    ] = None,
+) -> listing.ChargeFilter:
+    return listing.ChargeFilter(
+        merchant_id=session.merchant_id,
+        status=status,
+        terminal_id=terminal_id,
+        created_from=_time_filter("created_from", created_from),
+        created_to=_time_filter("created_to", created_to),
+        q=q,
+    )
+
+
+FilterDep = Annotated[listing.ChargeFilter, Depends(charge_filter)]
+
+
+@merchant_router.get(
+    "/charges", response_model=ChargeList, responses=errors_for(400, 401, 403, 503)
+)
+async def list_charges(
+    spec: FilterDep, db: DbSession, page: Annotated[PageParams, Depends(page_params)]
 ) -> ChargeList:
-    """The merchant's charges, newest first (any role)."""
-    start, end = _time_filter("created_from", created_from), _time_filter("created_to", created_to)
-    query = select(Charge).where(Charge.merchant_id == session.merchant_id)
-    if status is not None:
-        query = query.where(Charge.status == status)
-    if terminal_id is not None:
-        query = query.where(Charge.terminal_id == terminal_id)
-    if start is not None:
-        query = query.where(Charge.created_at >= start)
-    if end is not None:
-        query = query.where(Charge.created_at < end)
-    rows = (
-        await db.scalars(paginate(query, at=Charge.created_at, ident=Charge.charge_id, params=page))
-    ).all()
-    result = make_page(rows, params=page, at="created_at", ident="charge_id")
+    """The merchant's charges, newest first (any role); ``q`` searches."""
+    result = await listing.list_charges(db, spec, page)
     return ChargeList(
         data=[ChargeOut.model_validate(charge_view(c)) for c in result.data],
         next_cursor=result.next_cursor,
+    )
+
+
+@merchant_router.get(
+    "/charges/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "Every matching charge, as CSV"},
+        **errors_for(400, 401, 403, 503),
+    },
+)
+async def export_charges(spec: FilterDep, runtime: RuntimeDep) -> StreamingResponse:
+    """Every charge of the filters as CSV (any role), streamed: amounts in major units, times
+    RFC 3339 in UTC."""
+    return StreamingResponse(
+        listing.export_csv(runtime.sessions, spec),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="charges.csv"'},
     )
 
 
@@ -201,9 +220,71 @@ async def get_merchant_charge(
     charge_id: PathId, session: CurrentSession, db: DbSession
 ) -> ChargeDetail:
     """One charge of the merchant with its refunds (any role)."""
-    charge = await service.get_charge(db, merchant_id=session.merchant_id, charge_id=charge_id)
-    made = [
-        RefundSummary.model_validate(refund_view(r))
-        for r in await refunds.refunds_of(db, charge_id)
-    ]
-    return ChargeDetail.model_validate({**charge_view(charge), "refunds": made})
+    return ChargeDetail.model_validate(
+        await listing.charge_detail(db, merchant_id=session.merchant_id, charge_id=charge_id)
+    )
+
+
+def _backoffice_request(
+    request: Request, session: ManagingSession, charge_id: str, now: datetime
+) -> backoffice.Request:
+    principal = session.principal
+    return backoffice.Request(
+        merchant_id=session.merchant_id,
+        charge_id=charge_id,
+        actor=Actor(principal.kind, principal.subject),
+        idempotency_key=idempotency_key_of(request),
+        now=now,
+    )
+
+
+def _answer(done: backoffice.Done) -> Response:
+    return JSONResponse(
+        done.body, status_code=done.status, headers=backoffice.REPLAYED if done.replayed else None
+    )
+
+
+@merchant_router.post(
+    "/charges/{charge_id}/refunds",
+    status_code=201,
+    response_model=RefundOut,
+    openapi_extra=body_schema(RefundIn, required=False),
+    responses={
+        200: {"model": RefundOut, "description": "An idempotent replay"},
+        **errors_for(400, 401, 403, 404, 409, 415, 422, 502, 503),
+    },
+)
+async def refund_charge_backoffice(
+    charge_id: PathId,
+    request: Request,
+    session: ManagingSession,
+    runtime: RuntimeDep,
+    processor: ProcessorDep,
+    now: Now,
+) -> Response:
+    """Refund all or part of a charge (owner or admin): ``{"amount"?, "reason"?}``, the rules
+    of a terminal's refund; optional Idempotency-Key (scope: the merchant)."""
+    call = _backoffice_request(request, session, charge_id, now)
+    raw = await request.body()
+    body = await read_raw_json(request) if raw.strip() else {}
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return _answer(await backoffice.refund(runtime, processor, request=call, body=body))
+
+
+@merchant_router.post(
+    "/charges/{charge_id}/cancel",
+    response_model=ChargeOut,
+    responses=errors_for(400, 401, 403, 404, 409, 502, 503),
+)
+async def cancel_charge_backoffice(
+    charge_id: PathId,
+    request: Request,
+    session: ManagingSession,
+    runtime: RuntimeDep,
+    processor: ProcessorDep,
+    now: Now,
+) -> Response:
+    """Cancel an approved charge with no refund, within 24 h (owner or admin). No body."""
+    call = _backoffice_request(request, session, charge_id, now)
+    return _answer(await backoffice.cancel(runtime, processor, request=call))

@@ -109,6 +109,12 @@ class RefundSummary(BaseModel):
     created_at: str
 
 
+class RefundOut(RefundSummary):
+    """A refund with the charge as it stands after it (§4.2, §6)."""
+
+    charge: ChargeOut
+
+
 class ChargeDetail(ChargeOut):
     refunds: list[RefundSummary]
 

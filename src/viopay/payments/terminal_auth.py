@@ -88,7 +88,7 @@ def _charge_headers(request: Request) -> tuple[str, str]:
     return terminal_id, version
 
 
-def _idempotency_key(request: Request) -> str | None:
+def idempotency_key_of(request: Request) -> str | None:
     """Optional on POST (1-255 printable ASCII); GET ignores it (§4.5)."""
     if request.method == "GET":
         return None
@@ -125,7 +125,7 @@ async def signed_request(request: Request, runtime: RuntimeDep) -> SignedRequest
     flow's first transaction."""
     terminal_id, version = _charge_headers(request)
     signed = parse_signed_headers(request)
-    idempotency_key = _idempotency_key(request)
+    idempotency_key = idempotency_key_of(request)
     minimum = runtime.settings.min_pos_version
     if version_below(version, minimum):
         raise AppVersionUnsupported(minimum)

@@ -8,19 +8,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from starlette.datastructures import FormData, QueryParams
 
 from viopay.deps import validate
 from viopay.errors import InvalidRequest
-from viopay.ids import rfc3339
 from viopay.merchants.config import MerchantConfigIn
+from viopay.money import AmountInvalid, major, money, to_minor
+from viopay.payments.listing import ChargeFilter
 from viopay.payments.models import ChargeStatus
 from viopay.portal.rendering import zone
 
-# Messages of the schema that name a regular expression read better as an example.
-_PLAIN = {"branding.primary_color": "Use the form #RRGGBB, for example #1A73E8."}
+# The schema's rules in a merchant's words, by field (its own messages are a developer's).
+_PLAIN = {
+    "tip.percentages": "Enter up to 3 different whole percentages from 0 to 100, for example 15, 18, 20.",
+    "branding.display_name": "Enter the name customers see, up to 200 characters.",
+    "branding.primary_color": "Use the form #RRGGBB, for example #1A73E8.",
+    "branding.logo_url": "Use a web address starting with https://, or leave it empty.",
+    "branding.receipt_header": "Keep the receipt header under 500 characters.",
+    "branding.receipt_footer": "Keep the receipt footer under 500 characters.",
+}
+# Messages that already speak plainly (our own validators') are kept as they are.
+_KEEP = ("must not repeat", "https")
 
 
 @dataclass
@@ -32,8 +43,14 @@ class ConfigForm:
     changes: MerchantConfigIn | None = None
 
 
-def config_values(config: dict[str, Any]) -> dict[str, Any]:
-    """A config object (§6) as form values."""
+def percent(bps: int) -> str:
+    """Basis points as the percentage a merchant types: 825 → ``8.25``, 800 → ``8``."""
+    text = f"{Decimal(bps) / 100:.2f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def config_values(config: dict[str, Any], *, currency: str) -> dict[str, Any]:
+    """A config object (§6) as form values: rates in percent, the cap in money."""
     tip, tax, surcharge, branding = (
         config["tip"],
         config["tax"],
@@ -45,11 +62,11 @@ def config_values(config: dict[str, Any]) -> dict[str, Any]:
         "tip.percentages": ", ".join(str(p) for p in tip["percentages"]),
         "tip.allow_custom": tip["allow_custom"],
         "tax.enabled": tax["enabled"],
-        "tax.rate_bps": str(tax["rate_bps"]),
+        "tax.rate": percent(tax["rate_bps"]),
         "tax.inclusive": tax["inclusive"],
         "surcharge.enabled": surcharge["enabled"],
-        "surcharge.rate_bps": str(surcharge["rate_bps"]),
-        "surcharge.max_amount": str(surcharge["max_amount"]),
+        "surcharge.rate": percent(surcharge["rate_bps"]),
+        "surcharge.max_amount": major(surcharge["max_amount"], currency),
         "branding.display_name": branding["display_name"],
         "branding.primary_color": branding["primary_color"],
         "branding.logo_url": branding["logo_url"] or "",
@@ -65,7 +82,7 @@ _CHECKBOXES = (
     "tax.inclusive",
     "surcharge.enabled",
 )
-_INTEGERS = ("tax.rate_bps", "surcharge.rate_bps", "surcharge.max_amount")
+_RATES = ("tax.rate", "surcharge.rate")
 _TEXTS = (
     "branding.display_name",
     "branding.primary_color",
@@ -81,21 +98,42 @@ def _text(form: FormData, name: str) -> str:
     return value.replace("\r\n", "\n") if isinstance(value, str) else ""
 
 
-def parse_config_form(form: FormData) -> ConfigForm:
+def _bps(text: str) -> int | None:
+    """A percentage as typed (``8.25``, ``8,25 %``) in basis points; None unless 0-100 with
+    at most two decimals."""
+    cleaned = text.replace("%", "").replace(" ", "").replace(",", ".")
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        return None
+    scaled = value * 100
+    if not value.is_finite() or scaled != scaled.to_integral_value() or not 0 <= value <= 100:
+        return None
+    return int(scaled)
+
+
+def parse_config_form(form: FormData, *, currency: str) -> ConfigForm:
     values: dict[str, Any] = {name: form.get(name) == "on" for name in _CHECKBOXES}
-    values |= {name: _text(form, name).strip() for name in (*_INTEGERS, "tip.percentages")}
+    names = (*_RATES, "surcharge.max_amount", "tip.percentages")
+    values |= {name: _text(form, name).strip() for name in names}
     values |= {name: _text(form, name) for name in _TEXTS}
     result = ConfigForm(values)
     document: dict[str, dict[str, Any]] = {"tip": {}, "tax": {}, "surcharge": {}, "branding": {}}
     for name in _CHECKBOXES:
         section, member = name.split(".")
         document[section][member] = values[name]
-    for name in _INTEGERS:
-        section, member = name.split(".")
-        number = _integer(values[name])
-        if number is None:
-            result.errors[name] = "Enter a whole number, for example 825."
-        document[section][member] = number
+    for name in _RATES:
+        bps = _bps(values[name] or "0")
+        if bps is None:
+            result.errors[name] = "Enter a percentage from 0 to 100, for example 8.25."
+        document[name.split(".")[0]]["rate_bps"] = bps
+    try:
+        document["surcharge"]["max_amount"] = to_minor(
+            values["surcharge.max_amount"] or "0", currency
+        )
+    except AmountInvalid as exc:
+        result.errors["surcharge.max_amount"] = str(exc)
+        document["surcharge"]["max_amount"] = None
     percentages = [_integer(p.strip()) for p in values["tip.percentages"].split(",") if p.strip()]
     if any(p is None for p in percentages):
         result.errors["tip.percentages"] = (
@@ -111,11 +149,22 @@ def parse_config_form(form: FormData) -> ConfigForm:
         result.changes = validate(MerchantConfigIn, document)
     except InvalidRequest as exc:
         for error in exc.extra.get("errors", []):
-            name = ".".join(error["field"].split(".")[:2])
-            result.errors.setdefault(name, _PLAIN.get(name, error["message"]))
+            result.errors.setdefault(*_plain_error(error["field"], error["message"]))
     if result.errors:
         result.changes = None
     return result
+
+
+def _plain_error(path: str, message: str) -> tuple[str, str]:
+    """The form field of a schema error, and what it means in plain words."""
+    section, _, rest = path.partition(".")
+    member = rest.split(".")[0]
+    name = {"rate_bps": f"{section}.rate"}.get(member, f"{section}.{member}")
+    if name == "surcharge.max_amount":
+        return name, "That amount is too large for one payment."
+    if any(kept in message for kept in _KEEP):
+        return name, message
+    return name, _PLAIN.get(name, "Check this value.")
 
 
 def _integer(text: str) -> int | None:
@@ -130,20 +179,24 @@ def _integer(text: str) -> int | None:
 
 @dataclass
 class ChargeFilters:
+    """The filters as typed (and put back in links); ``q`` searches."""
+
     status: str = ""
     terminal: str = ""
     start: str = ""
     end: str = ""
+    q: str = ""
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
-        return bool(self.status or self.terminal or self.start or self.end)
+        return bool(self.status or self.terminal or self.start or self.end or self.q)
 
     def query(self) -> dict[str, str]:
         return {
             k: v
             for k, v in (
+                ("q", self.q),
                 ("status", self.status),
                 ("terminal", self.terminal),
                 ("from", self.start),
@@ -160,10 +213,12 @@ def _day(text: str) -> date | None:
         return None
 
 
-def charge_filters(params: QueryParams, *, timezone: str) -> tuple[ChargeFilters, dict[str, Any]]:
-    """The filters as typed, and the arguments of the merchant API's charge list.
+def charge_filters(
+    params: QueryParams, *, merchant_id: str, timezone: str
+) -> tuple[ChargeFilters, ChargeFilter]:
+    """The filters as typed, and the charge service's filter.
 
-    Dates are days of the merchant's time zone; the end day is included (the API's
+    Dates are days of the merchant's time zone; the end day is included (the service's
     ``created_to`` is exclusive, so it gets the next midnight).
     """
     filters = ChargeFilters(
@@ -171,16 +226,12 @@ def charge_filters(params: QueryParams, *, timezone: str) -> tuple[ChargeFilters
         terminal=params.get("terminal", "").strip(),
         start=params.get("from", "").strip(),
         end=params.get("to", "").strip(),
+        q=params.get("q", "").strip()[:128],
     )
-    arguments: dict[str, Any] = {
-        "status": None,
-        "terminal_id": filters.terminal or None,
-        "created_from": None,
-        "created_to": None,
-    }
+    status: ChargeStatus | None = None
     if filters.status:
         try:
-            arguments["status"] = ChargeStatus(filters.status)
+            status = ChargeStatus(filters.status)
         except ValueError:
             filters.errors["status"] = "Pick a status from the list."
     tz = zone(timezone)
@@ -191,10 +242,46 @@ def charge_filters(params: QueryParams, *, timezone: str) -> tuple[ChargeFilters
         filters.errors["to"] = "Enter a date as YYYY-MM-DD."
     if start and end and start > end:
         filters.errors["to"] = "The end date must be on or after the start date."
-    if start:
-        arguments["created_from"] = rfc3339(datetime.combine(start, time(), tzinfo=tz))
-    if end:
-        arguments["created_to"] = rfc3339(
-            datetime.combine(end + timedelta(days=1), time(), tzinfo=tz)
-        )
-    return filters, arguments
+    spec = ChargeFilter(
+        merchant_id=merchant_id,
+        status=status,
+        terminal_id=filters.terminal[:128] or None,
+        created_from=datetime.combine(start, time(), tzinfo=tz) if start else None,
+        created_to=datetime.combine(end + timedelta(days=1), time(), tzinfo=tz) if end else None,
+        q=filters.q or None,
+    )
+    return filters, spec
+
+
+@dataclass
+class RefundForm:
+    """The refund form as typed: the amount in major units, the reason."""
+
+    amount: str = ""
+    reason: str = ""
+    errors: dict[str, str] = field(default_factory=dict)
+    minor: int | None = None
+
+
+def parse_refund_form(form: FormData, *, currency: str, left: int) -> RefundForm:
+    """Plain-language errors next to the fields; an empty amount refunds all that is left."""
+    result = RefundForm(amount=_text(form, "amount").strip(), reason=_text(form, "reason").strip())
+    if not result.amount:
+        result.minor = left
+    else:
+        try:
+            result.minor = to_minor(result.amount, currency)
+        except AmountInvalid as exc:
+            result.errors["amount"] = str(exc)
+    if result.minor is not None and not result.errors:
+        if result.minor < 1:
+            result.errors["amount"] = "Enter an amount greater than zero."
+        elif result.minor > left:
+            result.errors["amount"] = (
+                f"You can refund at most {money(left, currency)}: that is what is left of this charge."
+            )
+    if len(result.reason) > 255:
+        result.errors["reason"] = "Keep the reason under 255 characters."
+    if result.errors:
+        result.minor = None
+    return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from viopay.money import money
+
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
@@ -23,28 +26,6 @@ STATIC_FILES = {
     for path in sorted(STATIC_DIR.iterdir())
     if path.suffix in STATIC_TYPES
 }
-
-_ZERO_DECIMALS = frozenset(
-    "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split()
-)
-_THREE_DECIMALS = frozenset("BHD IQD JOD KWD LYD OMR TND".split())
-_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CAD": "CA$", "AUD": "A$", "INR": "₹"}
-
-
-def exponent(currency: str) -> int:
-    return 0 if currency in _ZERO_DECIMALS else 3 if currency in _THREE_DECIMALS else 2
-
-
-def money(amount: int | None, currency: str) -> str:
-    """Minor units as a merchant reads them: ``1250, "USD"`` → ``$12.50``."""
-    if amount is None:
-        return "—"
-    digits = exponent(currency)
-    whole, minor = divmod(abs(amount), 10**digits)
-    text = f"{whole:,}" + (f".{minor:0{digits}d}" if digits else "")
-    sign = "-" if amount < 0 else ""
-    symbol = _SYMBOLS.get(currency)
-    return f"{sign}{symbol}{text}" if symbol else f"{sign}{text} {currency}"
 
 
 def zone(name: str) -> ZoneInfo:
@@ -131,6 +112,27 @@ def swatch(color: str) -> str:
     return "data:image/svg+xml," + svg.replace("#", "%23").replace("<", "%3C").replace(">", "%3E")
 
 
+@dataclass(frozen=True)
+class Section:
+    """One entry of the portal's menu (``base.html``)."""
+
+    key: str  # the page's ``section``, and the menu icon's name
+    href: str
+    label: str
+    managers_only: bool = False  # shown to owners and admins only
+
+
+# The menu, in order: a new page adds its section here.
+NAV_SECTIONS: list[Section] = [
+    Section("devices", "/portal/devices", "Devices"),
+    Section("claim", "/portal/claim", "Claim a device", managers_only=True),
+    Section("charges", "/portal/charges", "Charges"),
+    Section("config", "/portal/config", "Settings"),
+    Section("events", "/portal/events", "Activity"),
+    Section("webhooks", "/portal/webhooks", "Webhooks"),
+]
+
+
 env = Environment(
     loader=FileSystemLoader(HERE / "templates"),
     autoescape=select_autoescape(default=True),
@@ -148,7 +150,7 @@ env.filters.update(
     details=details,
     sentence=sentence,
 )
-env.globals.update(static=static_url, with_query=with_query)
+env.globals.update(static=static_url, with_query=with_query, nav_sections=NAV_SECTIONS)
 
 
 def render(

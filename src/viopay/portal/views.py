@@ -1,8 +1,8 @@
-"""Portal pages: devices (claim, rename, disable, enable, release), charges, config, activity.
+"""Portal pages: devices (claim, rename, disable, enable, release), config, activity.
 
-Each page calls what the merchant API calls for the same thing — its view functions for reads
-(so a page shows exactly what the API answers) and its services for changes — inside one
-transaction of its own, with the API's merchant session and role rule.
+Each page calls the services the merchant API calls for the same thing (never the API's
+routes), inside one transaction of its own, with the API's merchant session and role rule.
+Charges live in :mod:`viopay.portal.charges`.
 """
 
 from __future__ import annotations
@@ -10,27 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import FileResponse, RedirectResponse, Response
 
-from viopay.api import devices as device_api
-from viopay.api import events as event_api
-from viopay.api import merchants as merchant_api
-from viopay.audit import AuditEvent
+from viopay.audit import EventOut, merchant_events
 from viopay.db import transaction
 from viopay.deps import validate
 from viopay.devices import service as devices
-from viopay.devices.models import Terminal
-from viopay.devices.schemas import ClaimIn, LabelIn
+from viopay.devices.schemas import ClaimIn, DeviceOut, LabelIn
 from viopay.errors import InvalidRequest, NotFound, PairingCodeInvalid, RateLimited
 from viopay.ids import utcnow
-from viopay.merchants.config import update_config
+from viopay.keysets.service import release_device
+from viopay.merchants.config import MerchantConfigOut, get_config, update_config
 from viopay.merchants.service import get_merchant
 from viopay.pagination import PageParams, decode_cursor
-from viopay.payments import router as charge_api
-from viopay.payments.models import ChargeStatus
-from viopay.portal import rendering
-from viopay.portal.forms import charge_filters, config_values, parse_config_form
+from viopay.portal import activity, rendering
+from viopay.portal.forms import config_values, parse_config_form
 from viopay.portal.web import (
     HOME,
     PREFIX,
@@ -76,9 +71,12 @@ async def static(name: str) -> Response:
 async def _device_page(request: Request, portal: PortalDep) -> dict[str, Any]:
     page = _page(request)
     async with transaction(portal.runtime.sessions) as db:
-        devices_ = await device_api.list_devices(session=portal.session, db=db, page=page)
+        devices_ = await devices.merchant_devices(
+            db, merchant_id=portal.merchant.merchant_id, page=page
+        )
+        shown = [DeviceOut.of(d) for d in devices_.data]
     return {
-        "devices": devices_.data,
+        "devices": shown,
         "next_cursor": devices_.next_cursor,
         "cursor": request.query_params.get("cursor"),
     }
@@ -113,21 +111,18 @@ async def _render_device(
     status: int = 200,
 ) -> Response:
     async with transaction(portal.runtime.sessions) as db:
-        device = await device_api.get_merchant_device(
-            device_id=device_id, session=portal.session, db=db
-        )
-        history = (
-            await db.scalars(
-                select(AuditEvent)
-                .where(
-                    AuditEvent.merchant_id == portal.merchant.merchant_id,
-                    AuditEvent.subject_id == device_id,
-                )
-                .order_by(AuditEvent.created_at.desc(), AuditEvent.event_id.desc())
-                .limit(10)
+        device = DeviceOut.of(
+            await devices.merchant_device(
+                db, merchant_id=portal.merchant.merchant_id, device_id=device_id
             )
-        ).all()
-        events = [event_api.EventOut.of(e) for e in history]
+        )
+        history = await merchant_events(
+            db,
+            merchant_id=portal.merchant.merchant_id,
+            page=PageParams(limit=10, cursor=None),
+            subject_id=device_id,
+        )
+        events = [EventOut.of(e) for e in history.data]
     return rendering.render(
         request,
         "device.html",
@@ -142,16 +137,17 @@ async def _render_device(
     )
 
 
+async def _device(db: AsyncSession, portal: PortalDep, device_id: str) -> Any:
+    return await devices.merchant_device(
+        db, merchant_id=portal.merchant.merchant_id, device_id=device_id
+    )
+
+
 @router.post("/devices/{device_id}/{action}")
 async def device_action(
     request: Request, device_id: str, action: str, portal: PortalDep, form: Form
 ) -> Response:
-    actions = {
-        "disable": device_api.merchant_disable,
-        "enable": device_api.merchant_enable,
-        "release": device_api.merchant_release,
-    }
-    if action != "label" and action not in actions:
+    if action not in ("label", "disable", "enable", "release"):
         raise NotFound("no such action")
     await require_change(portal)
     now = utcnow()
@@ -169,7 +165,7 @@ async def device_action(
                 status=400,
             )
         async with transaction(portal.runtime.sessions) as db:
-            device = await device_api._merchant_device(db, portal.session, device_id)
+            device = await _device(db, portal, device_id)
             await devices.set_label(
                 db, device=device, label=body.label, actor=portal.actor, now=now
             )
@@ -177,7 +173,13 @@ async def device_action(
         portal.state.flash("success", f"Renamed to “{shown}”." if shown else "Label removed.")
         raise Redirect(f"{PREFIX}/devices/{device_id}")
     async with transaction(portal.runtime.sessions) as db:
-        await actions[action](device_id=device_id, session=portal.session, db=db, now=now)
+        device = await _device(db, portal, device_id)
+        if action == "release":
+            await release_device(db, device=device, actor=portal.actor, now=now)
+        else:
+            await devices.set_disabled(
+                db, device=device, disabled=action == "disable", actor=portal.actor, now=now
+            )
     portal.state.flash(
         "success",
         {
@@ -269,63 +271,26 @@ async def claim(request: Request, portal: PortalDep, form: Form) -> Response:
     raise Redirect(HOME)
 
 
-# --- charges ----------------------------------------------------------------------------------
-
-
-@router.get("/charges")
-async def charges_page(request: Request, portal: PortalDep) -> Response:
-    filters, arguments = charge_filters(request.query_params, timezone=portal.merchant.timezone)
-    async with transaction(portal.runtime.sessions) as db:
-        terminals = (
-            await db.scalars(
-                select(Terminal.terminal_id)
-                .where(Terminal.merchant_id == portal.merchant.merchant_id)
-                .order_by(Terminal.terminal_id)
-            )
-        ).all()
-        charges = None
-        if not filters.errors:
-            charges = await charge_api.list_charges(
-                session=portal.session, db=db, page=_page(request), **arguments
-            )
-    return rendering.render(
-        request,
-        "charges.html",
-        {
-            "section": "charges",
-            "filters": filters,
-            "terminals": terminals,
-            "statuses": [s.value for s in ChargeStatus],
-            "charges": charges.data if charges else [],
-            "next_cursor": charges.next_cursor if charges else None,
-            "cursor": request.query_params.get("cursor"),
-        },
-        status=400 if filters.errors else 200,
-    )
-
-
-@router.get("/charges/{charge_id}")
-async def charge_page(request: Request, charge_id: str, portal: PortalDep) -> Response:
-    async with transaction(portal.runtime.sessions) as db:
-        charge = await charge_api.get_merchant_charge(
-            charge_id=charge_id, session=portal.session, db=db
-        )
-    return rendering.render(request, "charge.html", {"charge": charge, "section": "charges"})
-
-
 # --- config -----------------------------------------------------------------------------------
+
+
+async def _config(db: AsyncSession, portal: PortalDep) -> MerchantConfigOut:
+    merchant = await get_merchant(db, portal.merchant.merchant_id)
+    return MerchantConfigOut.of(await get_config(db, merchant=merchant, now=utcnow()))
 
 
 @router.get("/config")
 async def config_page(request: Request, portal: PortalDep) -> Response:
     async with transaction(portal.runtime.sessions) as db:
-        config = await merchant_api.get_config(session=portal.session, db=db, now=utcnow())
+        config = await _config(db, portal)
     return rendering.render(
         request,
         "config.html",
         {
             "section": "config",
-            "values": config_values(config.model_dump(mode="json")),
+            "values": config_values(
+                config.model_dump(mode="json"), currency=portal.merchant.currency
+            ),
             "errors": {},
             "config_version": config.config_version,
         },
@@ -335,10 +300,10 @@ async def config_page(request: Request, portal: PortalDep) -> Response:
 @router.post("/config")
 async def save_config(request: Request, portal: PortalDep, form: Form) -> Response:
     await require_change(portal)
-    parsed = parse_config_form(form)
+    parsed = parse_config_form(form, currency=portal.merchant.currency)
     if parsed.changes is None:
         async with transaction(portal.runtime.sessions) as db:
-            config = await merchant_api.get_config(session=portal.session, db=db, now=utcnow())
+            config = await _config(db, portal)
         return rendering.render(
             request,
             "config.html",
@@ -352,7 +317,7 @@ async def save_config(request: Request, portal: PortalDep, form: Form) -> Respon
         )
     async with transaction(portal.runtime.sessions) as db:
         merchant = await get_merchant(db, portal.merchant.merchant_id)
-        before = await merchant_api.get_config(session=portal.session, db=db, now=utcnow())
+        before = await _config(db, portal)
         after = await update_config(
             db, merchant=merchant, changes=parsed.changes, actor=portal.actor, now=utcnow()
         )
@@ -371,14 +336,27 @@ async def save_config(request: Request, portal: PortalDep, form: Form) -> Respon
 
 @router.get("/events")
 async def events_page(request: Request, portal: PortalDep) -> Response:
+    """Merchant-relevant events by default; ``?show=all`` adds the terminals' housekeeping."""
+    show_all = request.query_params.get("show") == "all"
     async with transaction(portal.runtime.sessions) as db:
-        events = await event_api.list_events(session=portal.session, db=db, page=_page(request))
+        events = await merchant_events(
+            db,
+            merchant_id=portal.merchant.merchant_id,
+            page=_page(request),
+            exclude_types=None if show_all else activity.TECHNICAL,
+        )
+        names = await activity.names_for(db, events.data)
+    rows = [
+        activity.describe(e, names, currency=portal.merchant.currency, tz=portal.merchant.timezone)
+        for e in events.data
+    ]
     return rendering.render(
         request,
         "events.html",
         {
             "section": "events",
-            "events": events.data,
+            "events": rows,
+            "show_all": show_all,
             "next_cursor": events.next_cursor,
             "cursor": request.query_params.get("cursor"),
         },

@@ -23,6 +23,7 @@ from starlette.responses import RedirectResponse, Response
 from viopay.audit import Actor
 from viopay.auth.deps import managing_session
 from viopay.auth.sessions import MerchantSession, current_session
+from viopay.auth.users import is_disabled
 from viopay.db import transaction
 from viopay.deps import RuntimeDep
 from viopay.errors import (
@@ -318,6 +319,10 @@ async def portal(request: Request, runtime: RuntimeDep, state: State, who: Who) 
     except SessionRequired:
         session, who = await _resume(runtime, state, who)
     async with transaction(runtime.sessions) as db:
+        if who.principal.kind == "user" and await is_disabled(db, who.principal.subject):
+            await forget_signed_in(runtime.cache, state.sid or "")
+            state.rotate(None)
+            raise SignInRequired("This account is disabled. Ask your Viopay operator.")
         merchant = await get_merchant(db, session.merchant_id)
         count = await db.scalar(
             select(func.count())

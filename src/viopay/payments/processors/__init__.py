@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -62,3 +62,15 @@ def load_factory(name: str) -> Callable[[Settings], Processor]:
     if not callable(factory):
         raise ValueError(f"{name} is not callable")
     return cast(Callable[[Settings], Processor], factory)
+
+
+def app_processor(
+    state: Any, settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> Processor:
+    """The application's one processor (``app.state.processor``), made on first use; the
+    charge endpoints, the merchant API and the portal share it."""
+    processor: Processor | None = getattr(state, "processor", None)
+    if processor is None:
+        processor = build_processor(settings, sessions)
+        state.processor = processor
+    return processor

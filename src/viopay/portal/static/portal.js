@@ -4,16 +4,35 @@
 
   // Lists marked data-refresh reload themselves every few seconds (the device list, so a
   // terminal that gets claimed or activated shows up without a reload). Paused while the tab
-  // is hidden; stops for good when the session ends (the fragment answers 401).
+  // is hidden; stops for good when the session ends (the fragment answers 401). Keyboard focus
+  // stays on the same link or control across a refresh, and the region's live indicator
+  // (data-live-for) says what is true: live, paused, or stopped.
+  function focusKey(element, region) {
+    if (!element || !region.contains(element) || element === region) { return null; }
+    if (element.id) { return "#" + CSS.escape(element.id); }
+    var tag = element.tagName.toLowerCase();
+    if (element.getAttribute("href")) { return tag + "[href=\"" + CSS.escape(element.getAttribute("href")) + "\"]"; }
+    if (element.getAttribute("name")) { return tag + "[name=\"" + CSS.escape(element.getAttribute("name")) + "\"]"; }
+    return null;
+  }
+
   function autoRefresh(region) {
     var url = region.getAttribute("data-refresh");
     var every = parseInt(region.getAttribute("data-interval"), 10) || 5000;
+    var indicator = region.id ? document.querySelector("[data-live-for=\"" + region.id + "\"]") : null;
     var last = null;
+
+    function show(state, text) {
+      if (!indicator) { return; }
+      indicator.hidden = false;
+      indicator.setAttribute("data-state", state);
+      indicator.textContent = text;
+    }
 
     function schedule() { window.setTimeout(tick, every); }
 
     function tick() {
-      if (document.hidden) { schedule(); return; }
+      if (document.hidden) { show("paused", "Paused"); schedule(); return; }
       fetch(url, { credentials: "same-origin", cache: "no-store", headers: { "X-Requested-With": "fetch" } })
         .then(function (response) {
           if (!response.ok) { throw new Error("HTTP " + response.status); }
@@ -22,14 +41,22 @@
         .then(function (html) {
           if (html !== last) {
             last = html;
+            var key = focusKey(document.activeElement, region);
             region.innerHTML = html; // server-rendered, escaped HTML of this origin
+            var again = key ? region.querySelector(key) : null;
+            if (again) { again.focus({ preventScroll: true }); }
             region.setAttribute("data-refreshed", String(Date.now()));
           }
+          show("live", "Live");
           schedule();
         })
-        .catch(function () { region.setAttribute("data-refresh-stopped", "true"); });
+        .catch(function () {
+          region.setAttribute("data-refresh-stopped", "true");
+          show("stopped", "Updates stopped: reload the page");
+        });
     }
 
+    show("live", "Live");
     schedule();
   }
 
