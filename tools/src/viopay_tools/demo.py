@@ -1,9 +1,11 @@
 """``viopay-tools demo``: the whole flow, step by step, against a running server or one it starts.
 
-It provisions a device and a demo merchant through the local configuration (the same
-``VIOPAY_*`` settings as the server), then drives the server over HTTP with the device SDK:
-pairing, claim, attest, keys, config, terminal parameters, activation and three payments, with
-a webhook endpoint of its own (a receiver on 127.0.0.1) that gets the approved charge's event.
+It provisions a device and a demo merchant (or uses ``--merchant``, so the payments show in
+that merchant's portal) through the local configuration (the same ``VIOPAY_*`` settings as the
+server), then drives the server over HTTP with the device SDK: pairing, claim (by the demo, or
+by a person in the portal with ``--pair-only``: the code is renewed whenever it expires),
+attest, keys, config, terminal parameters, activation and three payments, with a webhook
+endpoint of its own (a receiver on 127.0.0.1) that gets the approved charge's event.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from viopay.cli.common import load_settings_or_exit, run_in_transaction
 from viopay.devices.service import provision_device
 from viopay.ids import utcnow
 from viopay.merchants.models import Role
-from viopay.merchants.service import create_merchant
+from viopay.merchants.service import create_merchant, get_merchant
+from viopay.money import exponent, money
 from viopay.settings import Settings
 
 T = TypeVar("T")
@@ -160,18 +163,23 @@ def _embedded_server(data_dir: Path) -> Iterator[str]:
         log.close()
 
 
-def _provision(settings: Settings) -> dict[str, Any]:
+def _provision(settings: Settings, merchant_id: str | None) -> dict[str, Any]:
+    """A device, and an owner API client of the merchant (``merchant_id``, or a new one)."""
+
     async def work(db: Any, runtime: Any) -> dict[str, Any]:
         now, actor = utcnow(), Actor.operator("demo")
-        merchant = await create_merchant(
-            db,
-            name="Demo Coffee",
-            currency="USD",
-            country="US",
-            timezone="America/Los_Angeles",
-            actor=actor,
-            now=now,
-        )
+        if merchant_id is not None:
+            merchant = await get_merchant(db, merchant_id)
+        else:
+            merchant = await create_merchant(
+                db,
+                name="Demo Coffee",
+                currency="USD",
+                country="US",
+                timezone="America/Los_Angeles",
+                actor=actor,
+                now=now,
+            )
         client = await create_client(
             db,
             wrapper=runtime.wrapper,
@@ -194,15 +202,18 @@ def _provision(settings: Settings) -> dict[str, Any]:
     return run_in_transaction(work, settings=settings)
 
 
-def run_demo(url: str, settings: Settings, *, pair_only: bool) -> None:
+def run_demo(
+    url: str, settings: Settings, *, pair_only: bool, merchant_id: str | None = None
+) -> None:
     from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
     steps = Steps()
     made = steps.run(
         "provision",
-        lambda: _provision(settings),
+        lambda: _provision(settings, merchant_id),
         lambda m: f"{m['device'].device_id}, merchant {m['merchant'].merchant_id}",
     )
+    currency = made["merchant"].currency
     device, merchant, client = made["device"], made["merchant"], made["client"]
     store = MemoryKeyStore(
         identity=IdentityKey(key_id=device.key_id, secret=bytes.fromhex(device.identity_secret))
@@ -219,10 +230,15 @@ def run_demo(url: str, settings: Settings, *, pair_only: bool) -> None:
                 f"server time {b.server_time:%H:%M:%S}Z, min version {b.min_supported_version}"
             ),
         )
-        code = steps.run("pairing code", pos.request_pairing_code, lambda c: c.pairing_code)
+        claimed_by_us = True
         if pair_only:
-            _wait_for_a_person(pos, code.pairing_code, url)
-            return
+            claimer = _wait_for_a_person(pos, url)
+            claimed_by_us = claimer == made["merchant"].merchant_id
+        code = (
+            None
+            if pair_only
+            else steps.run("pairing code", pos.request_pairing_code, lambda c: c.pairing_code)
+        )
         token = steps.run(
             "merchant token",
             lambda: (
@@ -245,27 +261,25 @@ def run_demo(url: str, settings: Settings, *, pair_only: bool) -> None:
             ),
             lambda s: s["session_id"],
         )
-        hook = web.post(
-            "/merchant/webhook-endpoints",
-            json={"url": receiver.url, "event_types": ["charge.created"]},
-        )
-        secret = hook.json()["secret"] if hook.status_code == 201 else None
-        console.print(
-            f"[green]✓[/green] {'webhook endpoint':<24} {hook.json()['id']} → {receiver.url}"
-            if secret
-            else "[yellow]·[/yellow] webhook endpoint: this server sends webhooks to https:// only"
-        )
-        steps.run(
-            "claim",
-            lambda: (
-                web.post(
-                    "/pos/claim", json={"pairing_code": code.pairing_code, "label": "Demo counter"}
-                )
-                .raise_for_status()
-                .json()
-            ),
-            lambda c: c["terminal_id"],
-        )
+        secret = _subscribe(web, receiver) if claimed_by_us else None
+        if not claimed_by_us:
+            console.print(
+                "[yellow]·[/yellow] claimed into another merchant: no webhook endpoint (use "
+                "--merchant with that merchant's id)"
+            )
+        if code is not None:
+            steps.run(
+                "claim",
+                lambda: (
+                    web.post(
+                        "/pos/claim",
+                        json={"pairing_code": code.pairing_code, "label": "Demo counter"},
+                    )
+                    .raise_for_status()
+                    .json()
+                ),
+                lambda c: c["terminal_id"],
+            )
         steps.run("status", pos.status, lambda s: s.status)
         steps.run("attest", pos.attest, lambda _: "attestation token (300 s)")
         steps.run("keys", pos.download_keys, lambda k: f"{k.key_set_id}, 6 KCVs checked")
@@ -280,13 +294,16 @@ def run_demo(url: str, settings: Settings, *, pair_only: bool) -> None:
             "charge (approved)",
             lambda: pos.charge(
                 amount=1250,
-                currency="USD",
+                currency=currency,
                 entry_mode="chip",
                 card=APPROVED_CARD,
                 tip_amount=150,
                 reference="demo-1",
             ),
-            lambda c: f"{c.id} {c.status} {c.response_code} {c.card.brand} ••{c.card.last4}",
+            lambda c: (
+                f"{c.id} {money(c.amount, c.currency)} {c.status} {c.response_code} "
+                f"{c.card.brand} ••{c.card.last4}"
+            ),
         )
         if secret is not None:
             steps.run(
@@ -298,18 +315,23 @@ def run_demo(url: str, settings: Settings, *, pair_only: bool) -> None:
             "charge (declined)",
             lambda: pos.charge(
                 amount=990,
-                currency="USD",
+                currency=currency,
                 entry_mode="contactless",
                 card=DECLINED_CARD,
                 reference="demo-2",
             ),
-            lambda c: f"{c.id} {c.status} {c.response_code} {c.decline_reason}",
+            lambda c: (
+                f"{c.id} {money(c.amount, c.currency)} {c.status} {c.response_code} "
+                f"{c.decline_reason}"
+            ),
         )
+        refund_amount = 5 * 10 ** exponent(currency)  # five units of the currency
         steps.run(
-            "refund 5.00",
-            lambda: pos.refund(approved.id, amount=500, reason="demo"),
+            f"refund {money(refund_amount, currency)}",
+            lambda: pos.refund(approved.id, amount=refund_amount, reason="demo"),
             lambda r: (
-                f"{r.id} → charge {r.charge.status}, refunded {r.charge.amount_refunded}"
+                f"{r.id} → charge {r.charge.status}, refunded "
+                f"{money(r.charge.amount_refunded, currency)}"
                 if r.charge
                 else r.id
             ),
@@ -319,20 +341,48 @@ def run_demo(url: str, settings: Settings, *, pair_only: bool) -> None:
     console.print(f"[bold green]Done[/bold green] in {steps.total:.0f} ms against {url}")
 
 
-def _wait_for_a_person(pos: Any, code: str, url: str) -> None:
-    console.print(
-        Panel.fit(
-            f"[bold]{code[:3]} {code[3:]}[/bold]\n\nOpen {url}/portal, sign in, and claim the device with this code.",
-            title="Pairing code",
-            border_style="cyan",
-        )
+def _subscribe(web: httpx.Client, receiver: _WebhookReceiver) -> str | None:
+    """A webhook endpoint for the receiver; its secret, or None where the server refuses
+    http:// receivers (production settings)."""
+    hook = web.post(
+        "/merchant/webhook-endpoints",
+        json={"url": receiver.url, "event_types": ["charge.created"]},
     )
-    with console.status("waiting for a merchant to claim the device …"):
-        status = pos.wait_until_claimed()
+    secret = hook.json()["secret"] if hook.status_code == 201 else None
+    console.print(
+        f"[green]✓[/green] {'webhook endpoint':<24} {hook.json()['id']} → {receiver.url}"
+        if secret
+        else "[yellow]·[/yellow] webhook endpoint: this server sends webhooks to https:// only"
+    )
+    return secret
+
+
+def _wait_for_a_person(pos: Any, url: str) -> str | None:
+    """Show a pairing code until a person claims the device, with a new code whenever the shown
+    one expires (a terminal's screen does the same)."""
+    from viopay_device import PairingCodeExpired
+
+    while True:
+        code = pos.request_pairing_code().pairing_code
+        console.print(
+            Panel.fit(
+                f"[bold]{code[:3]} {code[3:]}[/bold]\n\nOpen {url}/portal, sign in, and claim "
+                "the device with this code.",
+                title="Pairing code",
+                border_style="cyan",
+            )
+        )
+        try:
+            with console.status("waiting for a merchant to claim the device …"):
+                status = pos.wait_until_claimed()
+            break
+        except PairingCodeExpired:
+            console.print("[yellow]·[/yellow] the code expired unclaimed: a new one")
     console.print(
         f"[green]✓ claimed[/green] by {status.merchant.name if status.merchant else '?'} "
         f"as terminal {status.terminal_id}"
     )
+    return status.merchant.id if status.merchant else None
 
 
 def demo(
@@ -344,13 +394,26 @@ def demo(
     pair_only: bool = typer.Option(
         False,
         "--pair-only",
-        help="Stop at the pairing code and wait for a person to claim the device.",
+        help=(
+            "Wait for a person to claim the device in the portal (a new code whenever one "
+            "expires), then go on to activation and the payments."
+        ),
+    ),
+    merchant: str | None = typer.Option(
+        None,
+        "--merchant",
+        help="An existing merchant (with --server) whose portal then shows the demo's payments.",
     ),
 ) -> None:
     """Run the whole flow with progress and timings: pairing to activation to payments."""
     if server is not None:
-        run_demo(server.rstrip("/"), load_settings_or_exit(), pair_only=pair_only)
+        run_demo(
+            server.rstrip("/"), load_settings_or_exit(), pair_only=pair_only, merchant_id=merchant
+        )
         return
+    if merchant is not None:
+        console.print("error: --merchant needs --server (a new embedded server has no merchants)")
+        raise typer.Exit(2)
     with tempfile.TemporaryDirectory(prefix="viopay-demo-") as tmp:
         data_dir = Path(tmp)
         # The embedded default in a scratch folder, whatever this shell's VIOPAY_* say.
