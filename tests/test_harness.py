@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import helpers
-from helpers import SEEN_SECRETS, Backend, Server, pos_headers
-from log_scan import find_leaks, load_seen, save_seen
+from support import helpers
+from support.helpers import SEEN_SECRETS, Backend, Server, pos_headers
+from support.log_scan import find_leaks, load_seen, save_seen
 
 SECRET = "5f0c1e9a7d3b2c4e8f6a"
 
@@ -107,7 +107,7 @@ ONE_PROCESS, XDIST = ["-p", "no:xdist"], ["-n", "2", "--dist", "loadgroup"]
     ids=["one-process-leak", "xdist-leak", "xdist-clean"],
 )
 def test_a_leak_fails_the_run(pytester, workers, leak):
-    pytester.makepyfile(log_scan=(Path(__file__).parent / "log_scan.py").read_text())
+    pytester.makepyfile(log_scan=(Path(__file__).parent / "support" / "log_scan.py").read_text())
     pytester.makeconftest(RUN_CONFTEST)
     pytester.makeini(RUN_INI)
     pytester.makepyfile(
@@ -151,8 +151,8 @@ def test_a_server_whose_port_is_taken_starts_on_another(tmp_path, monkeypatch):
     squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
     threading.Thread(target=squatter.serve_forever, daemon=True).start()
     taken = squatter.server_address[1]
-    ports, free_port = iter([taken]), helpers._free_port
-    monkeypatch.setattr(helpers, "_free_port", lambda: next(ports, None) or free_port())
+    ports, free_port = iter([taken]), helpers.free_port
+    monkeypatch.setattr(helpers, "free_port", lambda: next(ports, None) or free_port())
     env = {"VIOPAY_DATA_DIR": str(tmp_path / "data")}
     server = Server(Backend("embedded", env), tmp_path, "clash")
     try:

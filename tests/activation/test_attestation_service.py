@@ -9,7 +9,7 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from helpers import SEEN_SECRETS, pos_headers
+from support.helpers import SEEN_SECRETS, pos_headers
 from viopay.activation.attestation import Attested, identity_key_of, issue_token, verify_token
 from viopay.audit import Actor
 from viopay.devices import service as devices

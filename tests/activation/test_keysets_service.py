@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from helpers import SEEN_SECRETS, pos_headers
+from support.helpers import SEEN_SECRETS, pos_headers
 from viopay.audit import Actor
 from viopay.devices.models import Device
 from viopay.errors import InvalidRequest, InvalidState

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from helpers import SEEN_SECRETS, claim_with, problem, sdk_client
+from support.helpers import SEEN_SECRETS, claim_with, problem, sdk_client
 from viopay_device import InvalidState, activate_device
 from viopay_device.protocol.envelope import (
     chunk_aad,

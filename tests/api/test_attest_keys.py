@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import httpx
 import pytest
 
-from helpers import SEEN_SECRETS, UA, ProvisionedDevice, pos_headers, problem
+from support.helpers import SEEN_SECRETS, UA, ProvisionedDevice, pos_headers, problem
 from viopay_device import DeviceClient, MemoryKeyStore
 from viopay_device.protocol.errors import KeyBlockError
 from viopay_device.protocol.kcv import kcv_for

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-import charge_kit as kit
+from support import charge_kit as kit
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from sqlalchemy import update
 
-import charge_kit as kit
+from support import charge_kit as kit
 from viopay.keysets.models import KeySet
 from viopay_device.protocol.envelope import card_aad, seal
 

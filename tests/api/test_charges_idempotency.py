@@ -11,7 +11,7 @@ import orjson
 import pytest
 from sqlalchemy import func, select, update
 
-import charge_kit as kit
+from support import charge_kit as kit
 from viopay.payments import idempotency
 from viopay.payments.models import Charge, IdempotencyRecord
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import charge_kit as kit
+from support import charge_kit as kit
 
 
 @pytest.fixture

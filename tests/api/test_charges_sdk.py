@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-import charge_kit as kit
+from support import charge_kit as kit
 from viopay_device import (
     ChargeNotCancelable,
     DeviceClient,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from helpers import SEEN_SECRETS, pos_headers, problem
+from support.helpers import SEEN_SECRETS, pos_headers, problem
 
 
 def claimed(api, admin, owner, label=None):

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import SEEN_SECRETS, Server, pos_headers, problem
-from tcp_proxy import TcpProxy
+from support.helpers import SEEN_SECRETS, Server, pos_headers, problem
+from support.tcp_proxy import TcpProxy
 
 
 @dataclass
@@ -34,17 +34,17 @@ class Proxied:
 @pytest.fixture
 def proxied(tmp_path):
     """Its own PostgreSQL database and Redis prefix (only PostgreSQL + Redis can go down)."""
-    from helpers import (
+    from support.helpers import (
         Backend,
-        _create_pg_database,
-        _drop_pg_database,
-        _flush_redis_prefix,
-        _require_services,
+        create_pg_database,
+        drop_pg_database,
+        flush_redis_prefix,
+        require_services,
     )
 
-    _require_services()
+    require_services()
     tag = secrets.token_hex(4)
-    _create_pg_database(f"viopay_test_{tag}")
+    create_pg_database(f"viopay_test_{tag}")
     pg, redis = TcpProxy("127.0.0.1", 5432), TcpProxy("127.0.0.1", 6379)
     env = {
         "VIOPAY_DATA_DIR": str(tmp_path),
@@ -59,8 +59,8 @@ def proxied(tmp_path):
     srv.stop()
     pg.close()
     redis.close()
-    _flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
-    _drop_pg_database(f"viopay_test_{tag}")
+    flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
+    drop_pg_database(f"viopay_test_{tag}")
 
 
 def test_redis_down_fails_closed(proxied):
@@ -80,7 +80,7 @@ def test_redis_down_fails_closed(proxied):
     # A correctly signed attest cannot spend its nonce: 503, not an answer without replay protection.
     from test_attest_keys import attest
 
-    from helpers import ProvisionedDevice
+    from support.helpers import ProvisionedDevice
 
     device = ProvisionedDevice(
         device_id, proxied.identity["key_id"], proxied.identity["identity_secret"]
@@ -121,7 +121,7 @@ def test_database_down_fails_closed(proxied):
 
 def test_no_charge_without_replay_protection(proxied):
     """Redis down: a correctly signed charge is refused (503) and no charge exists afterwards."""
-    from helpers import ProvisionedDevice, sdk_client
+    from support.helpers import ProvisionedDevice, sdk_client
     from viopay_device import ServiceUnavailable, activate_device
 
     srv, redis = proxied.server, proxied.redis

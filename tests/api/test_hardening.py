@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from helpers import problem
+from support.helpers import problem
 
 
 def b64url(data: bytes) -> str:

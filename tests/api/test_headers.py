@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import UA, pos_headers, problem
+from support.helpers import UA, pos_headers, problem
 
 ENDPOINTS = [("POST", "/pos/bootstrap"), ("POST", "/pos/pairing-code"), ("GET", "/pos/status")]
 

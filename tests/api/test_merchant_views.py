@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from helpers import pos_headers, problem
+from support.helpers import pos_headers, problem
 
 
 def claim(api, admin, owner, label=None):
@@ -64,7 +64,7 @@ def test_staff_reads_but_cannot_change(api, admin, make_merchant):
     staff_client = admin.client(merchant_id=owner.merchant_id, role="staff")
     import httpx
 
-    from helpers import client_token
+    from support.helpers import client_token
 
     token = client_token(
         str(owner.http.base_url).rstrip("/"),

@@ -9,7 +9,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from helpers import pos_headers, problem
+from support.helpers import pos_headers, problem
 
 ALPHABET = set("ABCDEFGHJKMNPQRSTUVWXYZ23456789")
 
@@ -146,7 +146,7 @@ def test_staff_cannot_claim(api, admin, make_merchant):
 
 
 def test_claim_without_session_or_token(api, admin, member_client, server):
-    from helpers import client_token
+    from support.helpers import client_token
 
     token = client_token(server.url, member_client["client_id"], member_client["client_secret"])
     no_session = api.post(

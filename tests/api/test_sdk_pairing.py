@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from helpers import SEEN_SECRETS
+from support.helpers import SEEN_SECRETS
 from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
 

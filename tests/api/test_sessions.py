@@ -5,7 +5,7 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from helpers import client_token, problem
+from support.helpers import client_token, problem
 
 
 def test_wrong_client_credentials(api, member_client):

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from helpers import IN_CI
+from support.helpers import IN_CI
 from viopay_tools.bench import fleet, loadgen, profile
 
 SUMMARY_KEYS = {"charge_rps", "ceiling_rps", "ratio", "p99_ms_at_70pct", "activation_ms", "errors"}

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 
-from helpers import SEEN_SECRETS
+from support.helpers import SEEN_SECRETS
 
 
 def test_demo_runs_green_on_its_own_embedded_server(tmp_path):

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import charge_kit as kit
-from helpers import Backend, Server
+from support import charge_kit as kit
+from support.helpers import Backend, Server
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-import charge_kit as kit
+from support import charge_kit as kit
 from viopay.audit import AuditEvent
 from viopay.errors import ChargeNotCancelable, NotFound
 from viopay.payments import flow, reversals

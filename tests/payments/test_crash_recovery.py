@@ -28,8 +28,8 @@ import orjson
 import pytest
 from sqlalchemy import func, select, update
 
-import charge_kit as kit
-from helpers import Backend, Server
+from support import charge_kit as kit
+from support.helpers import Backend, Server
 from viopay.payments.models import (
     Charge,
     ChargeStatus,

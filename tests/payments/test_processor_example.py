@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import charge_kit as kit
-from helpers import ROOT, Backend, Server
+from support import charge_kit as kit
+from support.helpers import ROOT, Backend, Server
 from viopay.payments.cards import check_card
 from viopay.payments.processors import AuthorizationRequest, ChargeRef, Processor
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from portal_kit import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
 
-from helpers import IN_CI
+from support.helpers import IN_CI
+from support.portal_kit import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
 
 
 def _unavailable(why: str) -> None:

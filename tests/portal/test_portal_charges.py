@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from playwright.sync_api import expect
-from portal_kit import create_user, shot, sign_in
 
-import charge_kit as kit
-from helpers import SEEN_SECRETS
+from support import charge_kit as kit
+from support.helpers import SEEN_SECRETS
+from support.portal_kit import create_user, shot, sign_in
 from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 from viopay_device import NotFound as SdkNotFound
 

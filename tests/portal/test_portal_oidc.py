@@ -28,9 +28,9 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from playwright.sync_api import expect
-from portal_kit import shot
 
-from helpers import SEEN_SECRETS, SERVER_LOGS, _free_port
+from support.helpers import SEEN_SECRETS, SERVER_LOGS, free_port
+from support.portal_kit import shot
 
 CLIENT_ID = "viopay-portal"
 CLIENT_SECRET = "portal-secret-" + secrets.token_hex(8)
@@ -42,7 +42,7 @@ class Realm:
 
     def __init__(self) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.port = _free_port()
+        self.port = free_port()
         self.issuer = f"http://127.0.0.1:{self.port}/realms/viopay"
         self.codes: dict[str, dict[str, str]] = {}
         self.user = {"sub": "kc-" + secrets.token_hex(6), "email": "maria@corner.example"}
@@ -210,7 +210,7 @@ def realm() -> Iterator[Realm]:
 def sso_server(realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``viopay serve`` on the embedded default, with Keycloak (the stand-in) configured."""
     directory = tmp_path_factory.mktemp("portal-sso")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = directory / "server.log"
     SERVER_LOGS.append(log_path)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 
 from playwright.sync_api import expect
-from portal_kit import create_user, shot, sign_in
 
-from helpers import SEEN_SECRETS, pos_headers
+from support.helpers import SEEN_SECRETS, pos_headers
+from support.portal_kit import create_user, shot, sign_in
 
 
 def claim_by_api(api, admin, owner, label=None):

@@ -8,9 +8,9 @@ import threading
 import time
 
 from playwright.sync_api import expect
-from portal_kit import create_user, shot, sign_in
 
-from helpers import SEEN_SECRETS, pos_headers
+from support.helpers import SEEN_SECRETS, pos_headers
+from support.portal_kit import create_user, shot, sign_in
 from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
 

@@ -7,9 +7,9 @@ import re
 
 import httpx
 from playwright.sync_api import expect
-from portal_kit import create_user, csrf_of, shot, sign_in
 
-from helpers import SEEN_SECRETS, pos_headers
+from support.helpers import SEEN_SECRETS, pos_headers
+from support.portal_kit import create_user, csrf_of, shot, sign_in
 
 SUBMIT_FORM = """([action, fields]) => {
   const form = document.createElement("form");

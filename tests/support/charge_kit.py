@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
-from helpers import SEEN_SECRETS, MerchantCtx, ProvisionedDevice, Server
+from support.helpers import SEEN_SECRETS, MerchantCtx, ProvisionedDevice, Server
 from viopay_device import (
     DeviceClient,
     IdentityKey,

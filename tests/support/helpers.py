@@ -1,4 +1,4 @@
-"""Shared test helpers (imported as ``helpers``; fixtures live in conftest.py)."""
+"""Shared test helpers (``from support.helpers import ...``; fixtures live in conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,19 +14,19 @@ from typing import Any
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("VIOPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("VIOPAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
-# Every secret a test sees is registered here, every server log there; the log scan (log_scan.py)
+# Every secret a test sees is registered here, every server log there; the log scan (support/log_scan.py)
 # looks for each secret in each log at the end of the run, across all xdist workers.
 SEEN_SECRETS: set[str] = set()
 SERVER_LOGS: list[Path] = []
 PORT_ATTEMPTS = 3
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -43,7 +43,7 @@ class Server:
         # The free port is released before the server binds it, so another process of the run
         # (an xdist worker, a client socket) can take it in between: then start again elsewhere.
         for _ in range(PORT_ATTEMPTS):
-            self.port = _free_port()
+            self.port = free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "viopay", "serve", "--port", str(self.port)],
@@ -87,14 +87,14 @@ class Server:
         self._log.close()
 
 
-def _json(response: httpx.Response, status: int) -> dict[str, Any]:
+def expect_json(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, f"{response.status_code}: {response.text}"
     body: dict[str, Any] = response.json()
     return body
 
 
 def client_token(url: str, client_id: str, client_secret: str) -> str:
-    body = _json(
+    body = expect_json(
         httpx.post(
             f"{url}/client/session", json={"client_id": client_id, "client_secret": client_secret}
         ),
@@ -153,7 +153,9 @@ def sdk_client(url: str, device: ProvisionedDevice, **options: Any) -> Any:
 def claim_with(client: Any, merchant: MerchantCtx, *, label: str | None = None) -> str:
     """Put the SDK device in pairing mode and claim it as ``merchant``; returns the terminal id."""
     code = client.request_pairing_code().pairing_code
-    body = _json(merchant.http.post("/pos/claim", json={"pairing_code": code, "label": label}), 200)
+    body = expect_json(
+        merchant.http.post("/pos/claim", json={"pairing_code": code, "label": label}), 200
+    )
     terminal_id: str = body["terminal_id"]
     return terminal_id
 
@@ -189,7 +191,7 @@ class Backend:
         return document
 
 
-def _create_pg_database(name: str) -> None:
+def create_pg_database(name: str) -> None:
     import asyncio
 
     import asyncpg
@@ -204,7 +206,7 @@ def _create_pg_database(name: str) -> None:
     asyncio.run(go())
 
 
-def _drop_pg_database(name: str) -> None:
+def drop_pg_database(name: str) -> None:
     import asyncio
 
     import asyncpg
@@ -219,7 +221,7 @@ def _drop_pg_database(name: str) -> None:
     asyncio.run(go())
 
 
-def _flush_redis_prefix(prefix: str) -> None:
+def flush_redis_prefix(prefix: str) -> None:
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
@@ -229,7 +231,7 @@ def _flush_redis_prefix(prefix: str) -> None:
     client.close()
 
 
-def _require_services() -> None:
+def require_services() -> None:
     missing = [
         name
         for name, port in (("PostgreSQL", 5432), ("Redis", 6379))

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from helpers import ROOT, SEEN_SECRETS
+from support.helpers import ROOT, SEEN_SECRETS
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
