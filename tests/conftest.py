@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -27,9 +27,10 @@ from support.helpers import (
     REDIS_URL,
     SEEN_SECRETS,
     SERVER_LOGS,
+    Admin,
     Backend,
+    MakeMerchant,
     MerchantCtx,
-    ProvisionedDevice,
     Server,
     client_token,
     create_pg_database,
@@ -39,6 +40,9 @@ from support.helpers import (
     require_services,
 )
 from support.log_scan import LogScan
+
+if TYPE_CHECKING:
+    from viopay.runtime import Runtime
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -98,51 +102,6 @@ def server_b(
     srv.stop()
 
 
-class Admin:
-    """An operator: an admin API client of this backend."""
-
-    def __init__(self, server: Server, client: dict[str, Any]) -> None:
-        self.server = server
-        self.credentials = client
-        self.http = httpx.Client(
-            base_url=server.url, headers={"Authorization": f"Bearer {self.token()}"}, timeout=30
-        )
-
-    def token(self) -> str:
-        return client_token(
-            self.server.url, self.credentials["client_id"], self.credentials["client_secret"]
-        )
-
-    def provision(
-        self, device_id: str | None = None, key_id: str | None = None
-    ) -> ProvisionedDevice:
-        device_id = device_id or f"POS-{secrets.token_hex(4).upper()}"
-        body = {"device_id": device_id} | ({"key_id": key_id} if key_id else {})
-        created = expect_json(self.http.post("/admin/devices", json=body), 201)
-        SEEN_SECRETS.add(created["identity_secret"])
-        return ProvisionedDevice(
-            created["device_id"], created["key_id"], created["identity_secret"]
-        )
-
-    def merchant(self, **fields: Any) -> dict[str, Any]:
-        return expect_json(
-            self.http.post("/admin/merchants", json={"name": "Corner Coffee"} | fields), 201
-        )
-
-    def client(self, **fields: Any) -> dict[str, Any]:
-        created = expect_json(self.http.post("/admin/clients", json=fields), 201)
-        SEEN_SECRETS.add(created["client_secret"])
-        return created
-
-    def add_member(self, merchant_id: str, subject: str, role: str) -> None:
-        expect_json(
-            self.http.post(
-                f"/admin/merchants/{merchant_id}/members", json={"subject": subject, "role": role}
-            ),
-            201,
-        )
-
-
 @pytest.fixture(scope="session")
 def admin(backend: Backend, server: Server) -> Iterator[Admin]:
     client = backend.cli("client", "create", "--admin")
@@ -164,7 +123,9 @@ def member_client(backend: Backend, admin: Admin) -> dict[str, Any]:
 
 
 @pytest.fixture
-def make_merchant(admin: Admin, member_client: dict[str, Any], server: Server) -> Iterator[Any]:
+def make_merchant(
+    admin: Admin, member_client: dict[str, Any], server: Server
+) -> Iterator[MakeMerchant]:
     opened: list[httpx.Client] = []
 
     def make(role: str = "owner", *, url: str | None = None, **fields: Any) -> MerchantCtx:
@@ -193,7 +154,7 @@ def api(server: Server) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-async def runtime(backend: Backend, server: Server) -> Any:
+async def runtime(backend: Backend, server: Server) -> AsyncIterator[Runtime]:
     """An in-process runtime on the same database, cache and master key as the servers.
 
     For service-level tests that need a controlled clock (expiry, windows).

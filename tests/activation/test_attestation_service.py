@@ -6,20 +6,22 @@ import hashlib
 import re
 from datetime import timedelta
 
+import httpx
 import orjson
 import pytest
 
-from support.helpers import SEEN_SECRETS, pos_headers
+from support.helpers import SEEN_SECRETS, Admin, MakeMerchant, ProvisionedDevice, pos_headers
 from viopay.activation.attestation import Attested, identity_key_of, issue_token, verify_token
 from viopay.audit import Actor
 from viopay.devices import service as devices
 from viopay.devices.models import Device
 from viopay.errors import InvalidToken
 from viopay.ids import utcnow
+from viopay.runtime import Runtime
 
 
 @pytest.fixture
-def claimed(api, admin, make_merchant):
+def claimed(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> ProvisionedDevice:
     device = admin.provision()
     code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
         "pairing_code"
@@ -43,7 +45,9 @@ async def _verify(runtime, token, device_id, now):
         return await verify_token(db, runtime.cache, token=token, device=device, now=now)
 
 
-async def test_token_shape_and_what_the_cache_keeps(runtime, claimed):
+async def test_token_shape_and_what_the_cache_keeps(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     now = utcnow()
     issued = await _issue(runtime, claimed, now)
     assert re.fullmatch(r"att_[A-Za-z0-9_-]{43}", issued.token)
@@ -60,7 +64,7 @@ async def test_token_shape_and_what_the_cache_keeps(runtime, claimed):
     assert await runtime.cache.get("att:" + issued.token) is None
 
 
-async def test_token_lives_300_seconds(runtime, claimed):
+async def test_token_lives_300_seconds(runtime: Runtime, claimed: ProvisionedDevice) -> None:
     now = utcnow()
     issued = await _issue(runtime, claimed, now)
     key = await _verify(runtime, issued.token, claimed.device_id, now + timedelta(seconds=299))
@@ -69,20 +73,24 @@ async def test_token_lives_300_seconds(runtime, claimed):
         await _verify(runtime, issued.token, claimed.device_id, now + timedelta(seconds=300))
 
 
-async def test_token_is_bound_to_its_device(runtime, claimed, admin):
+async def test_token_is_bound_to_its_device(
+    runtime: Runtime, claimed: ProvisionedDevice, admin: Admin
+) -> None:
     other = admin.provision()
     issued = await _issue(runtime, claimed, utcnow())
     with pytest.raises(InvalidToken):
         await _verify(runtime, issued.token, other.device_id, utcnow())
 
 
-async def test_unknown_token(runtime, claimed):
+async def test_unknown_token(runtime: Runtime, claimed: ProvisionedDevice) -> None:
     with pytest.raises(InvalidToken) as caught:
         await _verify(runtime, "att_" + "A" * 43, claimed.device_id, utcnow())
     assert caught.value.headers["WWW-Authenticate"].startswith("Attestation")
 
 
-async def test_disable_kills_and_enable_does_not_revive(runtime, claimed):
+async def test_disable_kills_and_enable_does_not_revive(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     issued = await _issue(runtime, claimed, utcnow())
     for disabled in (True, False):
         async with runtime.sessions() as db, db.begin():
@@ -98,7 +106,9 @@ async def test_disable_kills_and_enable_does_not_revive(runtime, claimed):
     ).key_id == claimed.key_id
 
 
-async def test_revoking_the_key_kills_its_tokens_only(runtime, claimed, admin):
+async def test_revoking_the_key_kills_its_tokens_only(
+    runtime: Runtime, claimed: ProvisionedDevice, admin: Admin
+) -> None:
     issued = await _issue(runtime, claimed, utcnow())
     async with runtime.sessions() as db, db.begin():
         second = await devices.add_identity_key(
@@ -121,7 +131,9 @@ async def test_revoking_the_key_kills_its_tokens_only(runtime, claimed, admin):
         await _verify(runtime, issued.token, claimed.device_id, utcnow())
 
 
-async def test_attested_unwraps_the_secret_lazily(runtime, claimed):
+async def test_attested_unwraps_the_secret_lazily(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     async with runtime.sessions() as db:
         device = await db.get(Device, claimed.device_id)
         key = await identity_key_of(db, device_id=claimed.device_id, key_id=claimed.key_id)

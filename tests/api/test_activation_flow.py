@@ -5,14 +5,26 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+from collections.abc import Iterator
 from datetime import timedelta
 
 import httpx
 import orjson
 import pytest
 
-from support.helpers import SEEN_SECRETS, claim_with, problem, sdk_client
-from viopay_device import InvalidState, activate_device
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    MakeMerchant,
+    MerchantCtx,
+    ProvisionedDevice,
+    Server,
+    claim_with,
+    problem,
+    sdk_client,
+)
+from viopay.runtime import Runtime
+from viopay_device import DeviceClient, InvalidState, activate_device
 from viopay_device.protocol.envelope import (
     chunk_aad,
     open_envelope,
@@ -37,7 +49,9 @@ def token_headers(client) -> dict[str, str]:
 
 
 @pytest.fixture
-def claimed(server, admin, make_merchant):
+def claimed(
+    server: Server, admin: Admin, make_merchant: MakeMerchant
+) -> Iterator[tuple[DeviceClient, MerchantCtx, str, ProvisionedDevice]]:
     owner = make_merchant()
     device = admin.provision()
     client = sdk_client(server.url, device)
@@ -46,7 +60,9 @@ def claimed(server, admin, make_merchant):
     client.close()
 
 
-def test_whole_activation_through_the_sdk(server, admin, make_merchant, api):
+def test_whole_activation_through_the_sdk(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, api: httpx.Client
+) -> None:
     owner = make_merchant(name="Corner Coffee", currency="USD")
     device = admin.provision()
     steps: list[str] = []
@@ -90,7 +106,9 @@ def test_whole_activation_through_the_sdk(server, admin, make_merchant, api):
         } <= set(events)
 
 
-def test_config_envelope_etag_and_version_bump(claimed):
+def test_config_envelope_etag_and_version_bump(
+    claimed: tuple[DeviceClient, MerchantCtx, str, ProvisionedDevice],
+) -> None:
     client, owner, terminal_id, _ = claimed
     client.download_keys()
     register(client)
@@ -132,7 +150,9 @@ def client_base(client) -> str:
     return str(client._http.base_url).rstrip("/")
 
 
-def test_config_key_set_choice(claimed):
+def test_config_key_set_choice(
+    claimed: tuple[DeviceClient, MerchantCtx, str, ProvisionedDevice],
+) -> None:
     client, *_ = claimed
     headers = token_headers(client)
     base = client_base(client)
@@ -161,7 +181,9 @@ def test_config_key_set_choice(claimed):
     )
 
 
-def test_terminal_parameters_chunks(claimed):
+def test_terminal_parameters_chunks(
+    claimed: tuple[DeviceClient, MerchantCtx, str, ProvisionedDevice],
+) -> None:
     client, *_ = claimed
     client.download_keys()
     register(client)
@@ -240,7 +262,9 @@ def activation_envelope(client, *, kcv=None, key_set=None, kid=None) -> dict:
     return seal(ks.key("MSK"), kid or ks.msk_kid, orjson.dumps(body), aad)
 
 
-def test_activation_wrong_kcv_changes_nothing(claimed):
+def test_activation_wrong_kcv_changes_nothing(
+    claimed: tuple[DeviceClient, MerchantCtx, str, ProvisionedDevice],
+) -> None:
     client, owner, *_ = claimed
     client.download_keys()
     register(client)
@@ -270,7 +294,9 @@ def test_activation_wrong_kcv_changes_nothing(claimed):
     assert one == two and one["status"] == "activated" and one["hmac_key_id"] == ks.hmac_key_id
 
 
-def test_activation_envelope_errors(claimed):
+def test_activation_envelope_errors(
+    claimed: tuple[DeviceClient, MerchantCtx, str, ProvisionedDevice],
+) -> None:
     client, *_ = claimed
     client.download_keys()
     register(client)
@@ -311,14 +337,16 @@ def test_activation_envelope_errors(claimed):
     )
 
 
-def test_activation_before_claim_is_409(server, admin):
+def test_activation_before_claim_is_409(server: Server, admin: Admin) -> None:
     """An unclaimed device cannot attest, so it can get no token, key set or activation."""
     with sdk_client(server.url, admin.provision()) as client:
         with pytest.raises(InvalidState):
             client.download_keys()  # attests first: 409 invalid_state
 
 
-async def test_activate_service_refuses_an_unclaimed_device(claimed, runtime):
+async def test_activate_service_refuses_an_unclaimed_device(
+    claimed: tuple[DeviceClient, MerchantCtx, str, ProvisionedDevice], runtime: Runtime
+) -> None:
     """A device released after downloading keys (back to inactive) cannot activate them."""
     from viopay.activation import delivery
     from viopay.devices.models import Device, DeviceStatus
@@ -346,7 +374,9 @@ async def test_activate_service_refuses_an_unclaimed_device(claimed, runtime):
         await db.rollback()
 
 
-async def test_expired_key_set_is_refused(claimed, runtime):
+async def test_expired_key_set_is_refused(
+    claimed: tuple[DeviceClient, MerchantCtx, str, ProvisionedDevice], runtime: Runtime
+) -> None:
     from viopay.keysets.models import KeySet
 
     client, owner, *_ = claimed
@@ -375,7 +405,9 @@ async def test_expired_key_set_is_refused(claimed, runtime):
     assert owner.http.get(f"/merchant/devices/{client.device_id}").json()["status"] == "claimed"
 
 
-async def test_rotation_keeps_previous_set_for_the_grace(claimed, runtime):
+async def test_rotation_keeps_previous_set_for_the_grace(
+    claimed: tuple[DeviceClient, MerchantCtx, str, ProvisionedDevice], runtime: Runtime
+) -> None:
     """An activated device rotates: the old set stays usable for the grace, then retires."""
     from viopay.activation import delivery
     from viopay.devices.models import Device
@@ -418,6 +450,6 @@ async def test_rotation_keeps_previous_set_for_the_grace(claimed, runtime):
         assert getattr(gone.value, "code", "") == "not_found"
 
 
-def test_schema_is_published(api):
+def test_schema_is_published(api: httpx.Client) -> None:
     schema = api.get("/pos/config/schema").json()
     assert schema["type"] == "object" and "config_version" in schema["required"]

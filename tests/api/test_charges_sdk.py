@@ -7,6 +7,8 @@ import httpx
 import pytest
 
 from support import charge_kit as kit
+from support.helpers import Admin, MakeMerchant, Server
+from viopay.runtime import Runtime
 from viopay_device import (
     ChargeNotCancelable,
     DeviceClient,
@@ -21,13 +23,13 @@ from viopay_device import (
 
 
 @pytest.fixture
-async def terminal(server, admin, make_merchant, runtime):
+async def terminal(server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime):
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
 
 
-def test_the_sdk_charges_refunds_cancels_reverses_and_reads(terminal):
+def test_the_sdk_charges_refunds_cancels_reverses_and_reads(terminal: kit.PosTerminal) -> None:
     client = terminal.client
     charge = client.charge(
         amount=1250,
@@ -62,7 +64,7 @@ def test_the_sdk_charges_refunds_cancels_reverses_and_reads(terminal):
         )
 
 
-def test_the_sdk_replays_with_its_idempotency_key(terminal):
+def test_the_sdk_replays_with_its_idempotency_key(terminal: kit.PosTerminal) -> None:
     client = terminal.client
     first = client.charge(
         amount=700, currency="USD", entry_mode="chip", card=kit.CARD, idempotency_key="order-9"
@@ -82,7 +84,7 @@ def test_the_sdk_replays_with_its_idempotency_key(terminal):
         )
 
 
-def test_the_sdk_reverses_by_key(terminal):
+def test_the_sdk_reverses_by_key(terminal: kit.PosTerminal) -> None:
     client = terminal.client
     charge = client.charge(
         amount=700, currency="USD", entry_mode="chip", card=kit.CARD, idempotency_key="k-rev"
@@ -132,7 +134,7 @@ def lossy_client(terminal, transport) -> DeviceClient:
     )
 
 
-def test_the_sdk_gets_the_stored_charge_after_a_lost_answer(terminal):
+def test_the_sdk_gets_the_stored_charge_after_a_lost_answer(terminal: kit.PosTerminal) -> None:
     with lossy_client(terminal, LossyTransport(1)) as client:
         charge = client.charge(
             amount=640, currency="USD", entry_mode="chip", card=kit.CARD, pin=kit.PIN
@@ -143,7 +145,7 @@ def test_the_sdk_gets_the_stored_charge_after_a_lost_answer(terminal):
 
 
 @pytest.mark.parametrize("arrive", [True, False], ids=["charge-made", "never-arrived"])
-def test_the_sdk_reverses_an_unknown_outcome_by_key(terminal, arrive):
+def test_the_sdk_reverses_an_unknown_outcome_by_key(terminal: kit.PosTerminal, arrive) -> None:
     with (
         lossy_client(terminal, LossyTransport(99, arrive=arrive)) as client,
         pytest.raises(OutcomeUnknown) as caught,
@@ -169,7 +171,7 @@ def test_the_sdk_reverses_an_unknown_outcome_by_key(terminal, arrive):
             )
 
 
-def test_the_sdk_sees_a_processor_timeout_and_its_stored_charge(terminal):
+def test_the_sdk_sees_a_processor_timeout_and_its_stored_charge(terminal: kit.PosTerminal) -> None:
     card = {"pan": "4000000000000259", "expiry": "3012"}
     with pytest.raises(ProcessorTimeout) as caught:
         terminal.client.charge(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from support.helpers import SEEN_SECRETS, pos_headers, problem
+import httpx
+
+from support.helpers import SEEN_SECRETS, Admin, MakeMerchant, pos_headers, problem
 
 
 def claimed(api, admin, owner, label=None):
@@ -18,7 +20,9 @@ def claimed(api, admin, owner, label=None):
     return device
 
 
-def test_rename_and_clear_a_label(api, admin, make_merchant):
+def test_rename_and_clear_a_label(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     owner = make_merchant()
     device = claimed(api, admin, owner, "Till 1")
     renamed = owner.http.patch(
@@ -42,7 +46,7 @@ def test_rename_and_clear_a_label(api, admin, make_merchant):
     assert renames[-1]["subject"] == {"type": "device", "id": device.device_id}
 
 
-def test_rename_rules(api, admin, make_merchant):
+def test_rename_rules(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> None:
     owner = make_merchant()
     device = claimed(api, admin, owner)
     path = f"/merchant/devices/{device.device_id}"

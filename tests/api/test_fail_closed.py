@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,7 +33,7 @@ class Proxied:
 
 
 @pytest.fixture
-def proxied(tmp_path):
+def proxied(tmp_path: Path):
     """Its own PostgreSQL database and Redis prefix (only PostgreSQL + Redis can go down)."""
     from support.helpers import (
         Backend,
@@ -63,7 +64,7 @@ def proxied(tmp_path):
     drop_pg_database(f"viopay_test_{tag}")
 
 
-def test_redis_down_fails_closed(proxied):
+def test_redis_down_fails_closed(proxied) -> None:
     srv, redis = proxied.server, proxied.redis
     device_id = proxied.provision()
     http = httpx.Client(base_url=srv.url, timeout=30)
@@ -78,8 +79,7 @@ def test_redis_down_fails_closed(proxied):
     )
     problem(http.get("/pos/status", headers=pos_headers(device_id)), 503, "service_unavailable")
     # A correctly signed attest cannot spend its nonce: 503, not an answer without replay protection.
-    from test_attest_keys import attest
-
+    from support.attest_kit import attest
     from support.helpers import ProvisionedDevice
 
     device = ProvisionedDevice(
@@ -97,7 +97,7 @@ def test_redis_down_fails_closed(proxied):
     http.close()
 
 
-def test_database_down_fails_closed(proxied):
+def test_database_down_fails_closed(proxied) -> None:
     srv, pg = proxied.server, proxied.pg
     device_id = proxied.provision()
     http = httpx.Client(base_url=srv.url, timeout=30)
@@ -119,7 +119,7 @@ def test_database_down_fails_closed(proxied):
     http.close()
 
 
-def test_no_charge_without_replay_protection(proxied):
+def test_no_charge_without_replay_protection(proxied) -> None:
     """Redis down: a correctly signed charge is refused (503) and no charge exists afterwards."""
     from support.helpers import ProvisionedDevice, sdk_client
     from viopay_device import ServiceUnavailable, activate_device

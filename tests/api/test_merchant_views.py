@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from support.helpers import pos_headers, problem
+from support.helpers import Admin, MakeMerchant, pos_headers, problem
 
 
 def claim(api, admin, owner, label=None):
@@ -15,7 +15,9 @@ def claim(api, admin, owner, label=None):
     return device
 
 
-def test_device_list_pages_newest_first(api, admin, make_merchant):
+def test_device_list_pages_newest_first(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     owner = make_merchant()
     ids = [claim(api, admin, owner, f"till {i}").device_id for i in range(3)]
     first = owner.http.get("/merchant/devices", params={"limit": 2}).json()
@@ -47,7 +49,9 @@ def test_device_list_pages_newest_first(api, admin, make_merchant):
     problem(owner.http.get("/merchant/devices", params={"cursor": "%%%"}), 400, "invalid_request")
 
 
-def test_other_merchants_device_is_not_found(api, admin, make_merchant):
+def test_other_merchants_device_is_not_found(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     owner, stranger = make_merchant(), make_merchant()
     device = claim(api, admin, owner)
     problem(stranger.http.get(f"/merchant/devices/{device.device_id}"), 404, "not_found")
@@ -58,7 +62,9 @@ def test_other_merchants_device_is_not_found(api, admin, make_merchant):
     )
 
 
-def test_staff_reads_but_cannot_change(api, admin, make_merchant):
+def test_staff_reads_but_cannot_change(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     owner = make_merchant()
     device = claim(api, admin, owner)
     staff_client = admin.client(merchant_id=owner.merchant_id, role="staff")
@@ -83,7 +89,9 @@ def test_staff_reads_but_cannot_change(api, admin, make_merchant):
         assert staff.get("/merchant/events").status_code == 200
 
 
-def test_disable_enable_release(api, admin, make_merchant):
+def test_disable_enable_release(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     owner = make_merchant()
     device = claim(api, admin, owner)
     disabled = owner.http.post(f"/merchant/devices/{device.device_id}/disable").json()
@@ -105,7 +113,9 @@ def test_disable_enable_release(api, admin, make_merchant):
     assert api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).status_code == 201
 
 
-def test_events_record_who_did_what(api, admin, make_merchant):
+def test_events_record_who_did_what(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     owner = make_merchant()
     device = claim(api, admin, owner, "Front")
     owner.http.post(f"/merchant/devices/{device.device_id}/disable")

@@ -7,11 +7,12 @@ import re
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
-from support.helpers import SEEN_SECRETS
+from support.helpers import SEEN_SECRETS, Backend, MakeMerchant, Server
 
 
-def test_demo_runs_green_on_its_own_embedded_server(tmp_path):
+def test_demo_runs_green_on_its_own_embedded_server(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIOPAY_")} | {"COLUMNS": "200"}
     done = subprocess.run(
         [sys.executable, "-m", "viopay_tools", "demo"],
@@ -44,7 +45,9 @@ def test_demo_runs_green_on_its_own_embedded_server(tmp_path):
     assert not (tmp_path / "var").exists()  # it kept its data in a scratch folder
 
 
-def test_demo_pair_only_waits_for_a_person(backend, server, make_merchant):
+def test_demo_pair_only_waits_for_a_person(
+    backend: Backend, server: Server, make_merchant: MakeMerchant
+) -> None:
     env = {**os.environ, **backend.env, "COLUMNS": "200"}
     demo = subprocess.Popen(
         [sys.executable, "-m", "viopay_tools", "demo", "--server", server.url, "--pair-only"],

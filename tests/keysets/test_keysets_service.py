@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import httpx
 import pytest
 from sqlalchemy import select
 
-from support.helpers import SEEN_SECRETS, pos_headers
+from support.helpers import SEEN_SECRETS, Admin, MakeMerchant, ProvisionedDevice, pos_headers
 from viopay.audit import Actor
 from viopay.devices.models import Device
 from viopay.errors import InvalidRequest, InvalidState
 from viopay.ids import utcnow
 from viopay.keysets import service as keysets
 from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
+from viopay.runtime import Runtime
 from viopay_device.protocol.kcv import kcv_for
 from viopay_device.protocol.keyblocks import KEY_TYPES, WRAPPED_BY, unwrap_key
 from viopay_device.protocol.transport import derive_ktk, generate_x25519, x25519_shared
@@ -26,7 +28,7 @@ GRACE = timedelta(seconds=600)
 
 
 @pytest.fixture
-def claimed(api, admin, make_merchant):
+def claimed(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> ProvisionedDevice:
     device = admin.provision()
     code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
         "pairing_code"
@@ -72,7 +74,9 @@ async def _usable(runtime, device_id, now):
         return [ks.key_set_id for ks in await keysets.usable_key_sets(db, device=device, now=now)]
 
 
-async def test_delivered_blocks_unwrap_and_keys_are_stored_wrapped(runtime, claimed):
+async def test_delivered_blocks_unwrap_and_keys_are_stored_wrapped(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     now = utcnow()
     private, public = generate_x25519()
     delivered = await _create(runtime, claimed, now, transport_key=public)
@@ -116,7 +120,7 @@ def select_keys(key_set_id):
     return select(KeySetKey).where(KeySetKey.key_set_id == key_set_id)
 
 
-async def test_key_ids_are_unique_and_typed(runtime, claimed):
+async def test_key_ids_are_unique_and_typed(runtime: Runtime, claimed: ProvisionedDevice) -> None:
     now = utcnow()
     first, second = await _create(runtime, claimed, now), await _create(runtime, claimed, now)
     ids = [k.key_id for k in first.keys + second.keys]
@@ -132,13 +136,17 @@ async def test_key_ids_are_unique_and_typed(runtime, claimed):
 
 
 @pytest.mark.parametrize("bad", [bytes(32), (1).to_bytes(32, "little")])
-async def test_low_order_transport_key_is_refused(runtime, claimed, bad):
+async def test_low_order_transport_key_is_refused(
+    runtime: Runtime, claimed: ProvisionedDevice, bad
+) -> None:
     with pytest.raises(InvalidRequest) as caught:
         await _create(runtime, claimed, utcnow(), transport_key=bad)
     assert caught.value.extra["errors"][0]["field"] == "transport_key"
 
 
-async def test_pending_set_expires_after_15_minutes(runtime, claimed):
+async def test_pending_set_expires_after_15_minutes(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     now = utcnow()
     ks = (await _create(runtime, claimed, now)).key_set.key_set_id
     assert await _usable(runtime, claimed.device_id, now + timedelta(minutes=15, seconds=-1)) == [
@@ -149,7 +157,7 @@ async def test_pending_set_expires_after_15_minutes(runtime, claimed):
         await _activate(runtime, ks, now + timedelta(minutes=15))
 
 
-async def test_activation_and_rotation(runtime, claimed):
+async def test_activation_and_rotation(runtime: Runtime, claimed: ProvisionedDevice) -> None:
     t0 = utcnow()
     a, b, c = [
         (await _create(runtime, claimed, t0 + timedelta(seconds=i))).key_set.key_set_id
@@ -196,7 +204,9 @@ async def test_activation_and_rotation(runtime, claimed):
     }
 
 
-async def test_zero_grace_retires_the_old_set_at_once(runtime, claimed):
+async def test_zero_grace_retires_the_old_set_at_once(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     now = utcnow()
     a = (await _create(runtime, claimed, now)).key_set.key_set_id
     await _activate(runtime, a, now)
@@ -205,7 +215,9 @@ async def test_zero_grace_retires_the_old_set_at_once(runtime, claimed):
     assert (await _statuses(runtime, claimed.device_id))[a] is KeySetStatus.retired
 
 
-async def test_pending_sets_do_not_serve_charges(runtime, claimed):
+async def test_pending_sets_do_not_serve_charges(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     now = utcnow()
     delivered = await _create(runtime, claimed, now)
     assert not keysets.serves_charges(delivered.key_set, now=now)
@@ -216,7 +228,7 @@ async def test_pending_sets_do_not_serve_charges(runtime, claimed):
         assert await keysets.key_set_by_hmac_key_id(db, "mac_nope") is None
 
 
-async def test_envelope_count_is_atomic(runtime, claimed):
+async def test_envelope_count_is_atomic(runtime: Runtime, claimed: ProvisionedDevice) -> None:
     ks = (await _create(runtime, claimed, utcnow())).key_set.key_set_id
     async with runtime.sessions() as db, db.begin():
         assert await keysets.count_envelopes(db, key_set_id=ks) == 1
@@ -226,7 +238,7 @@ async def test_envelope_count_is_atomic(runtime, claimed):
             await keysets.count_envelopes(db, key_set_id="ks_missing")
 
 
-async def test_release_retires_every_set(runtime, claimed):
+async def test_release_retires_every_set(runtime: Runtime, claimed: ProvisionedDevice) -> None:
     now = utcnow()
     a = (await _create(runtime, claimed, now)).key_set.key_set_id
     await _activate(runtime, a, now)

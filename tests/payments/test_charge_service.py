@@ -10,16 +10,18 @@ import pytest
 from sqlalchemy import select
 
 from support import charge_kit as kit
+from support.helpers import Admin, MakeMerchant, Server
 from viopay.audit import AuditEvent
 from viopay.errors import ChargeNotCancelable, NotFound
 from viopay.payments import flow, reversals
 from viopay.payments.models import Charge, ChargeStatus, IntentKind, PaymentIntent
 from viopay.payments.processors import ProcessorFailure, SandboxProcessor
 from viopay.payments.service import TerminalScope
+from viopay.runtime import Runtime
 
 
 @pytest.fixture
-async def terminal(server, admin, make_merchant, runtime):
+async def terminal(server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime):
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
@@ -37,7 +39,9 @@ async def created_at(runtime, charge_id):
 
 
 @pytest.mark.parametrize("target", [ChargeStatus.canceled, ChargeStatus.reversed])
-async def test_cancel_and_reverse_close_after_24_hours(terminal, runtime, target):
+async def test_cancel_and_reverse_close_after_24_hours(
+    terminal: kit.PosTerminal, runtime: Runtime, target
+) -> None:
     charge = terminal.charge(500).json()
     created = await created_at(runtime, charge["id"])
     async with runtime.sessions() as db, db.begin():
@@ -61,7 +65,9 @@ async def test_cancel_and_reverse_close_after_24_hours(terminal, runtime, target
         assert plan.act and plan.charge.status is ChargeStatus.approved
 
 
-async def test_reverse_by_key_after_24_hours_answers_the_charge_unchanged(terminal, runtime):
+async def test_reverse_by_key_after_24_hours_answers_the_charge_unchanged(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
     charge = terminal.charge(500, idempotency_key="old-one").json()
     created = await created_at(runtime, charge["id"])
     async with (
@@ -87,7 +93,9 @@ async def test_reverse_by_key_after_24_hours_answers_the_charge_unchanged(termin
         assert found is not None and found.act and found.charge.charge_id == charge["id"]
 
 
-async def test_cancel_of_another_merchants_charge_is_not_found(terminal, runtime):
+async def test_cancel_of_another_merchants_charge_is_not_found(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
     charge = terminal.charge(500).json()
     stranger = TerminalScope("TID-000000", "POS-00000000", "mer_other", "USD")
     async with runtime.sessions() as db, db.begin():
@@ -101,7 +109,9 @@ async def test_cancel_of_another_merchants_charge_is_not_found(terminal, runtime
             )
 
 
-async def test_every_state_change_is_an_audit_event(terminal, runtime):
+async def test_every_state_change_is_an_audit_event(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
     first = terminal.charge(1000).json()
     terminal.refund(first["id"], {"amount": 100})
     second = terminal.charge(1000).json()
@@ -159,7 +169,7 @@ def _charge_intent() -> PaymentIntent:
     )
 
 
-async def test_a_timeout_is_reversed_with_retries():
+async def test_a_timeout_is_reversed_with_retries() -> None:
     flaky = FlakyReversals(failures=2)
     assert await flow.reverse_authorization(flaky, _charge_intent()) is True
     assert flaky.calls == 3

@@ -8,6 +8,7 @@ import asyncio
 import secrets
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import func, select
 
 from viopay.payments.cards import check_card
@@ -20,6 +21,7 @@ from viopay.payments.processors import (
     ProcessorTimedOut,
     SandboxProcessor,
 )
+from viopay.runtime import Runtime
 
 
 def request(pan: str, reference: str) -> AuthorizationRequest:
@@ -50,7 +52,9 @@ async def entries(runtime, reference: str) -> int:
         )
 
 
-async def test_an_authorisation_is_recorded_and_answered_again_for_its_reference(runtime):
+async def test_an_authorisation_is_recorded_and_answered_again_for_its_reference(
+    runtime: Runtime,
+) -> None:
     sandbox, ref = SandboxProcessor(runtime.sessions), new_reference()
     first = await sandbox.authorize(request("4242424242424242", ref))
     again = await sandbox.authorize(request("4242424242424242", ref))
@@ -60,7 +64,7 @@ async def test_an_authorisation_is_recorded_and_answered_again_for_its_reference
     assert found is not None and found.authorization == first and not found.undone
 
 
-async def test_declines_timeouts_and_errors_in_the_ledger(runtime):
+async def test_declines_timeouts_and_errors_in_the_ledger(runtime: Runtime) -> None:
     sandbox = SandboxProcessor(runtime.sessions)
     declined, timed_out, failed = new_reference(), new_reference(), new_reference()
     assert not (await sandbox.authorize(request("4000000000000002", declined))).approved
@@ -78,7 +82,7 @@ async def test_declines_timeouts_and_errors_in_the_ledger(runtime):
     assert await sandbox.lookup(failed) is None  # a processor error: nothing happened
 
 
-async def test_a_reversal_undoes_its_authorisation_once(runtime):
+async def test_a_reversal_undoes_its_authorisation_once(runtime: Runtime) -> None:
     sandbox, auth = SandboxProcessor(runtime.sessions), new_reference()
     await sandbox.authorize(request("4242424242424242", auth))
     charge = ChargeRef("ch_1", "TID-1", 1250, "USD", auth)
@@ -92,7 +96,9 @@ async def test_a_reversal_undoes_its_authorisation_once(runtime):
     assert (await sandbox.lookup(refund)).operation == "refund"
 
 
-async def test_latency_is_spent_on_every_call_as_an_asyncio_wait(runtime, monkeypatch):
+async def test_latency_is_spent_on_every_call_as_an_asyncio_wait(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # No wall-clock assertion: the waits are recorded (half before the ledger write, half after)
     # and are asyncio sleeps, so a slow processor blocks no worker.
     waits: list[float] = []

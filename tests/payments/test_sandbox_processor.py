@@ -57,7 +57,7 @@ def request(
         ("6011111111111117", True, "00", None),  # any other valid card
     ],
 )
-async def test_the_table(pan, approved, code, reason):
+async def test_the_table(pan, approved, code, reason) -> None:
     answer = await SandboxProcessor().authorize(request(pan))
     assert (answer.approved, answer.response_code, answer.decline_reason) == (
         approved,
@@ -71,14 +71,14 @@ async def test_the_table(pan, approved, code, reason):
     assert answer.emv_response is None
 
 
-async def test_processor_error_and_timeout():
+async def test_processor_error_and_timeout() -> None:
     with pytest.raises(ProcessorFailure):
         await SandboxProcessor().authorize(request("4000000000000119"))
     with pytest.raises(ProcessorTimedOut):
         await SandboxProcessor().authorize(request("4000000000000259"))
 
 
-async def test_the_order_expired_then_0127_then_pin_then_table():
+async def test_the_order_expired_then_0127_then_pin_then_table() -> None:
     sandbox = SandboxProcessor()
     # an expired card is 54 whatever its number, even the error and timeout ones
     for pan in ("4000000000000119", "4000000000000259", "4000000000000127", "4242424242424242"):
@@ -98,14 +98,14 @@ async def test_the_order_expired_then_0127_then_pin_then_table():
     assert (await sandbox.authorize(request("4242424242424242", pin=pin))).approved
 
 
-async def test_emv_response_carries_8a():
+async def test_emv_response_carries_8a() -> None:
     approved = await SandboxProcessor().authorize(request("4242424242424242", emv="9F2701"))
     assert approved.emv_response.startswith("8A023030") and "8906" in approved.emv_response
     declined = await SandboxProcessor().authorize(request("4000000000000002", emv="9F2701"))
     assert declined.emv_response == "8A023035"
 
 
-async def test_refund_void_reverse_answer():
+async def test_refund_void_reverse_answer() -> None:
     sandbox = SandboxProcessor()
     ref = ChargeRef("ch_1", "TID-000001", 100, "USD", "vpr_1")
     assert await sandbox.refund(ref, reference="vpr_2", refund_id="re_1", amount=50) is None
@@ -114,7 +114,7 @@ async def test_refund_void_reverse_answer():
     assert await sandbox.lookup("vpr_1") is None  # no ledger without a database
 
 
-def test_the_processor_is_chosen_by_setting(monkeypatch):
+def test_the_processor_is_chosen_by_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(SandboxProcessor(), Processor)
     assert isinstance(build_processor(Settings()), SandboxProcessor)
     monkeypatch.setenv("VIOPAY_PROCESSOR", "test_sandbox_processor:make_connector")
@@ -132,7 +132,7 @@ def make_connector(settings: Settings) -> Processor:
     return Connector()
 
 
-def test_reprs_hide_card_and_pin():
+def test_reprs_hide_card_and_pin() -> None:
     pin = EncipheredPin("AB" * 16, TPK)
     text = repr(request("4242424242424242", pin=pin))
     assert "4242424242424242" not in text and "AB" * 16 not in text and TPK.hex() not in text

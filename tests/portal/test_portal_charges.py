@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 
 from support import charge_kit as kit
-from support.helpers import SEEN_SECRETS
+from support.helpers import SEEN_SECRETS, Admin, Backend, MakeMerchant, Server
 from support.portal_kit import create_user, shot, sign_in
 from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 from viopay_device import NotFound as SdkNotFound
@@ -76,7 +78,9 @@ def _capture(failures, call) -> None:
 
 
 @pytest.fixture
-def shop(backend, server, admin, make_merchant):
+def shop(
+    backend: Backend, server: Server, admin: Admin, make_merchant: MakeMerchant
+) -> Iterator[dict[str, Any]]:
     """An activated terminal with 23 charges: 21 approved (one of them refunded in part), 2 declined."""
     merchant = make_merchant(name="Charge Street Deli")
     pos = activated_terminal(backend, server, admin, merchant)
@@ -97,7 +101,9 @@ def shop(backend, server, admin, make_merchant):
     pos.close()
 
 
-def test_charges_list_filters_pages_and_details(backend, server, shop, page):
+def test_charges_list_filters_pages_and_details(
+    backend: Backend, server: Server, shop: dict[str, Any], page: Page
+) -> None:
     merchant, pos = shop["merchant"], shop["pos"]
     user = create_user(backend.env, merchant.merchant_id, "staff")
     sign_in(page, server.url, user)
@@ -167,7 +173,9 @@ def test_charges_list_filters_pages_and_details(backend, server, shop, page):
     expect(page.get_by_test_id("error-page")).to_contain_text("does not exist")
 
 
-def test_a_new_merchants_charges_page_is_an_empty_state(backend, server, make_merchant, page):
+def test_a_new_merchants_charges_page_is_an_empty_state(
+    backend: Backend, server: Server, make_merchant: MakeMerchant, page: Page
+) -> None:
     merchant = make_merchant(name="Quiet Corner")
     sign_in(page, server.url, create_user(backend.env, merchant.merchant_id, "owner"))
     page.goto(f"{server.url}/portal/charges")

@@ -27,7 +27,7 @@ import jwt
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 
 from support.helpers import SEEN_SECRETS, SERVER_LOGS, free_port
 from support.portal_kit import shot
@@ -248,7 +248,9 @@ def sso_server(realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             process.wait(timeout=15)
 
 
-def test_sign_in_with_keycloak_uses_the_code_flow_with_pkce(realm, sso_server, page):
+def test_sign_in_with_keycloak_uses_the_code_flow_with_pkce(
+    realm: Realm, sso_server: str, page: Page
+) -> None:
     operator = httpx.Client(
         base_url=sso_server, headers={"Authorization": f"Bearer {realm.admin_token()}"}
     )
@@ -287,7 +289,9 @@ def test_sign_in_with_keycloak_uses_the_code_flow_with_pkce(realm, sso_server, p
     page.wait_for_url(re.compile(r"/portal/signin\?next="))
 
 
-def test_short_access_tokens_are_refreshed_and_a_refused_refresh_signs_out(realm, sso_server, page):
+def test_short_access_tokens_are_refreshed_and_a_refused_refresh_signs_out(
+    realm: Realm, sso_server: str, page: Page
+) -> None:
     operator = httpx.Client(
         base_url=sso_server, headers={"Authorization": f"Bearer {realm.admin_token()}"}
     )
@@ -321,7 +325,7 @@ def test_short_access_tokens_are_refreshed_and_a_refused_refresh_signs_out(realm
         realm.access_ttl, realm.refuse_refresh = 300, False
 
 
-def test_password_sign_in_is_off_when_keycloak_is_configured(sso_server):
+def test_password_sign_in_is_off_when_keycloak_is_configured(sso_server: str) -> None:
     http = httpx.Client(base_url=sso_server, follow_redirects=False)
     token = re.search(r'name="csrf_token" value="([^"]+)"', http.get("/portal/signin").text)
     assert token is None  # the sign-in page has no form at all

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import re
 
-from playwright.sync_api import expect
+import httpx
+from playwright.sync_api import Page, expect
 
-from support.helpers import SEEN_SECRETS, pos_headers
+from support.helpers import SEEN_SECRETS, Admin, Backend, MakeMerchant, Server, pos_headers
 from support.portal_kit import create_user, shot, sign_in
 
 
@@ -25,8 +26,13 @@ def claim_by_api(api, admin, owner, label=None):
 
 
 def test_device_page_renames_disables_enables_and_releases(
-    backend, server, api, admin, make_merchant, page
-):
+    backend: Backend,
+    server: Server,
+    api: httpx.Client,
+    admin: Admin,
+    make_merchant: MakeMerchant,
+    page: Page,
+) -> None:
     owner = make_merchant(name="Blue Door Bakery")
     device = claim_by_api(api, admin, owner, "Till 1")
     claim_by_api(api, admin, owner, None)
@@ -77,7 +83,9 @@ def test_device_page_renames_disables_enables_and_releases(
     shot(page, backend.name, "not-found")
 
 
-def test_claim_messages_invalid_missing_and_rate_limited(backend, server, make_merchant, page):
+def test_claim_messages_invalid_missing_and_rate_limited(
+    backend: Backend, server: Server, make_merchant: MakeMerchant, page: Page
+) -> None:
     owner = make_merchant(name="Slow Lane Diner")
     user = create_user(backend.env, owner.merchant_id, "admin")
     sign_in(page, server.url, user)
@@ -107,8 +115,8 @@ def test_claim_messages_invalid_missing_and_rate_limited(backend, server, make_m
 
 
 def test_config_saves_and_shows_the_schemas_messages_next_to_the_fields(
-    backend, server, make_merchant, page
-):
+    backend: Backend, server: Server, make_merchant: MakeMerchant, page: Page
+) -> None:
     owner = make_merchant(name="Tip Top Tacos")
     user = create_user(backend.env, owner.merchant_id, "owner")
     sign_in(page, server.url, user)
@@ -161,8 +169,13 @@ def test_config_saves_and_shows_the_schemas_messages_next_to_the_fields(
 
 
 def test_activity_lists_the_merchants_events_newest_first(
-    backend, server, api, admin, make_merchant, page
-):
+    backend: Backend,
+    server: Server,
+    api: httpx.Client,
+    admin: Admin,
+    make_merchant: MakeMerchant,
+    page: Page,
+) -> None:
     owner = make_merchant(name="Event Horizon Cafe")
     device = claim_by_api(api, admin, owner, "Till 9")
     user = create_user(backend.env, owner.merchant_id, "staff")

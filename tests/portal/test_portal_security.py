@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 
 import httpx
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 
-from support.helpers import SEEN_SECRETS, pos_headers
+from support.helpers import SEEN_SECRETS, Admin, Backend, MakeMerchant, Server, pos_headers
 from support.portal_kit import create_user, csrf_of, shot, sign_in
 
 SUBMIT_FORM = """([action, fields]) => {
@@ -38,7 +38,14 @@ def claimed_device(api, admin, owner, label=None):
     return device
 
 
-def test_staff_see_everything_and_change_nothing(backend, server, api, admin, make_merchant, page):
+def test_staff_see_everything_and_change_nothing(
+    backend: Backend,
+    server: Server,
+    api: httpx.Client,
+    admin: Admin,
+    make_merchant: MakeMerchant,
+    page: Page,
+) -> None:
     owner = make_merchant(name="Staff Room Coffee")
     device = claimed_device(api, admin, owner, "Till 1")
     staff = create_user(backend.env, owner.merchant_id, "staff")
@@ -90,8 +97,13 @@ def test_staff_see_everything_and_change_nothing(backend, server, api, admin, ma
 
 
 def test_forms_without_this_sessions_csrf_token_are_refused(
-    backend, server, api, admin, make_merchant, page
-):
+    backend: Backend,
+    server: Server,
+    api: httpx.Client,
+    admin: Admin,
+    make_merchant: MakeMerchant,
+    page: Page,
+) -> None:
     owner = make_merchant(name="Token Tavern")
     device = claimed_device(api, admin, owner)
     sign_in(page, server.url, create_user(backend.env, owner.merchant_id, "owner"))
@@ -128,8 +140,8 @@ def test_forms_without_this_sessions_csrf_token_are_refused(
 
 
 def test_sign_in_errors_say_what_to_do_and_nothing_more(
-    backend, server, admin, make_merchant, page
-):
+    backend: Backend, server: Server, admin: Admin, make_merchant: MakeMerchant, page: Page
+) -> None:
     owner = make_merchant(name="Wrong Turn Pizza")
     user = create_user(backend.env, owner.merchant_id, "owner")
     page.goto(f"{server.url}/portal/signin")
@@ -179,8 +191,8 @@ def test_sign_in_errors_say_what_to_do_and_nothing_more(
 
 
 def test_api_clients_sign_in_and_members_of_several_merchants_pick_one(
-    backend, server, admin, make_merchant, page
-):
+    backend: Backend, server: Server, admin: Admin, make_merchant: MakeMerchant, page: Page
+) -> None:
     first = make_merchant(name="Alpha Atelier")
     second = make_merchant(name="Beta Bistro")
     client = admin.client(merchant_id=first.merchant_id, role="admin")
@@ -235,7 +247,9 @@ def _signed_in_client(server, user) -> httpx.Client:
     return http
 
 
-def test_headers_cookie_sign_out_and_error_formats(backend, server, make_merchant):
+def test_headers_cookie_sign_out_and_error_formats(
+    backend: Backend, server: Server, make_merchant: MakeMerchant
+) -> None:
     owner = make_merchant(name="Header House")
     user = create_user(backend.env, owner.merchant_id, "owner")
     page = httpx.get(f"{server.url}/portal/signin")

@@ -13,7 +13,7 @@ from viopay.portal.web import safe_next
 NOW = 1_800_000_000.0
 
 
-def test_the_cookie_round_trips_and_refuses_any_change_or_old_age():
+def test_the_cookie_round_trips_and_refuses_any_change_or_old_age() -> None:
     codec = CookieCodec(b"k" * 32)
     state = BrowserState(
         csrf="token", sid="sid-1", oidc={"state": "s"}, flashes=[("info", "hello")]
@@ -49,11 +49,11 @@ def test_the_cookie_round_trips_and_refuses_any_change_or_old_age():
         ("javascript:alert(1)", "/portal/devices"),
     ],
 )
-def test_next_is_only_ever_a_portal_path(target, expected):
+def test_next_is_only_ever_a_portal_path(target, expected) -> None:
     assert safe_next(target) == expected
 
 
-def test_formatting():
+def test_formatting() -> None:
     assert money(1250, "USD") == "$12.50"
     assert money(123456789, "EUR") == "€1,234,567.89"
     assert money(500, "JPY") == "¥500"
@@ -81,7 +81,7 @@ def _form(**fields: str) -> FormData:
     return FormData({**base, **fields})
 
 
-def test_the_config_form_maps_to_the_apis_model_and_its_errors_back_to_fields():
+def test_the_config_form_maps_to_the_apis_model_and_its_errors_back_to_fields() -> None:
     parsed = parse_config_form(_form())
     assert not parsed.errors and parsed.changes is not None
     sections = parsed.changes.given()
@@ -103,7 +103,7 @@ def test_the_config_form_maps_to_the_apis_model_and_its_errors_back_to_fields():
     assert bad.values["tip.percentages"] == "15, x"  # shown back as typed
 
 
-def test_charge_filters_are_days_of_the_merchants_zone():
+def test_charge_filters_are_days_of_the_merchants_zone() -> None:
     filters, arguments = charge_filters(
         QueryParams("status=approved&terminal=TID-000001&from=2026-11-01&to=2026-11-30"),
         timezone="America/New_York",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,3 +244,52 @@ def require_services() -> None:
         if IN_CI:
             pytest.fail(f"{message}: CI needs both (.ci/run starts them)")
         pytest.skip(message)
+
+
+class Admin:
+    """An operator: an admin API client of this backend."""
+
+    def __init__(self, server: Server, client: dict[str, Any]) -> None:
+        self.server = server
+        self.credentials = client
+        self.http = httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {self.token()}"}, timeout=30
+        )
+
+    def token(self) -> str:
+        return client_token(
+            self.server.url, self.credentials["client_id"], self.credentials["client_secret"]
+        )
+
+    def provision(
+        self, device_id: str | None = None, key_id: str | None = None
+    ) -> ProvisionedDevice:
+        device_id = device_id or f"POS-{secrets.token_hex(4).upper()}"
+        body = {"device_id": device_id} | ({"key_id": key_id} if key_id else {})
+        created = expect_json(self.http.post("/admin/devices", json=body), 201)
+        SEEN_SECRETS.add(created["identity_secret"])
+        return ProvisionedDevice(
+            created["device_id"], created["key_id"], created["identity_secret"]
+        )
+
+    def merchant(self, **fields: Any) -> dict[str, Any]:
+        return expect_json(
+            self.http.post("/admin/merchants", json={"name": "Corner Coffee"} | fields), 201
+        )
+
+    def client(self, **fields: Any) -> dict[str, Any]:
+        created = expect_json(self.http.post("/admin/clients", json=fields), 201)
+        SEEN_SECRETS.add(created["client_secret"])
+        return created
+
+    def add_member(self, merchant_id: str, subject: str, role: str) -> None:
+        expect_json(
+            self.http.post(
+                f"/admin/merchants/{merchant_id}/members", json={"subject": subject, "role": role}
+            ),
+            201,
+        )
+
+
+# What the ``make_merchant`` fixture gives: make(role="owner", *, url=None, **fields) -> MerchantCtx.
+MakeMerchant = Callable[..., MerchantCtx]

@@ -101,7 +101,7 @@ def _check_run(summary: dict, doc: dict, *, backend: str, configs: int) -> None:
     assert Path(doc["files"]["json"]).exists()
 
 
-def test_smoke_on_the_embedded_default_with_a_slowed_sandbox(tmp_path):
+def test_smoke_on_the_embedded_default_with_a_slowed_sandbox(tmp_path) -> None:
     summary, doc = _bench(tmp_path, "--backend", "embedded", "--sandbox-latency-ms", "20")
     _check_run(summary, doc, backend="embedded", configs=1)
     skipped = [c for c in doc["configs"] if "skipped" in c]
@@ -117,7 +117,7 @@ def test_smoke_on_the_embedded_default_with_a_slowed_sandbox(tmp_path):
     assert _number(slowed["single_connection_p50_ms"])
 
 
-def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path):
+def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path) -> None:
     if not (_up(5432) and _up(6379)):
         if IN_CI:
             pytest.fail("PostgreSQL and Redis are needed (.ci/run starts them)")
@@ -142,7 +142,7 @@ def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path):
 # --- pieces -------------------------------------------------------------------------------------
 
 
-def test_plan_files_round_trip(tmp_path):
+def test_plan_files_round_trip(tmp_path) -> None:
     requests = [
         loadgen.build_request("GET", "/healthz", host="h:1"),
         loadgen.build_request("POST", "/x", host="h:1", headers={"A": "b"}, body=b"{}"),
@@ -152,14 +152,14 @@ def test_plan_files_round_trip(tmp_path):
     assert requests[1].endswith(b"Content-Length: 2\r\n\r\n{}")
 
 
-def test_percentiles():
+def test_percentiles() -> None:
     values = [i / 1000 for i in range(1, 101)]  # 1..100 ms
     p = loadgen.percentiles(values)
     assert (p["p50"], p["p95"], p["p99"], p["max"]) == (50.0, 95.0, 99.0, 100.0)
     assert loadgen.percentiles([])["p99"] is None
 
 
-def test_activation_server_time_sums_steps_per_device():
+def test_activation_server_time_sums_steps_per_device() -> None:
     lines = [
         {"path": "/pos/bootstrap", "ms": 2.0, "status": 200},
         {"path": "/pos/bootstrap", "ms": 4.0, "status": 200},
@@ -173,7 +173,7 @@ def test_activation_server_time_sums_steps_per_device():
     assert steps["/pos/terminal-parameters"]["calls_per_device"] == 1.0
 
 
-def test_profile_summary_by_category(tmp_path):
+def test_profile_summary_by_category(tmp_path) -> None:
     collapsed = tmp_path / "p.txt"
     collapsed.write_text(
         "main (viopay/x.py:1);execute (sqlalchemy/orm/session.py:2) 6\n"
