@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,7 +192,9 @@ def test_the_sdk_installs_alone_into_a_fresh_venv(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_the_cycle_check_finds_cycles(tmp_path: Path, files, expected) -> None:
+def test_the_cycle_check_finds_cycles(
+    tmp_path: Path, files: dict[str, str], expected: list[Any]
+) -> None:
     for name, source in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(source)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -108,7 +109,7 @@ ONE_PROCESS, XDIST = ["-p", "no:xdist"], ["-n", "2", "--dist", "loadgroup"]
     [(ONE_PROCESS, True), (XDIST, True), (XDIST, False)],
     ids=["one-process-leak", "xdist-leak", "xdist-clean"],
 )
-def test_a_leak_fails_the_run(pytester: pytest.Pytester, workers, leak) -> None:
+def test_a_leak_fails_the_run(pytester: pytest.Pytester, workers: Any, leak: bool) -> None:
     pytester.makepyfile(log_scan=(Path(__file__).parent / "support" / "log_scan.py").read_text())
     pytester.makeconftest(RUN_CONFTEST)
     pytester.makeini(RUN_INI)

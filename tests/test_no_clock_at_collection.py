@@ -79,7 +79,7 @@ def test_no_test_module_reads_the_clock_at_import() -> None:
         "import time\nclass T:\n    stamp = time.monotonic()\n",
     ],
 )
-def test_the_check_catches_each_form(source) -> None:
+def test_the_check_catches_each_form(source: str) -> None:
     assert offenders(source)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -28,7 +29,7 @@ NOW = datetime(2025, 12, 13, 14, 25, 30, tzinfo=UTC)
         ("2016-12-31T23:59:60Z", datetime(2017, 1, 1, tzinfo=UTC)),
     ],
 )
-def test_rfc3339_forms(text, expected) -> None:
+def test_rfc3339_forms(text: str, expected: Any) -> None:
     assert parse_rfc3339(text) == expected
 
 
@@ -50,7 +51,7 @@ def test_rfc3339_forms(text, expected) -> None:
         "1765635930",
     ],
 )
-def test_rfc3339_rejects(text) -> None:
+def test_rfc3339_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_rfc3339(text)
 
@@ -76,7 +77,7 @@ def test_rfc3339_round_trip(moment) -> None:
         (timedelta(seconds=61), False),
     ],
 )
-def test_window_edges(offset, ok) -> None:
+def test_window_edges(offset: Any, ok: bool) -> None:
     if ok:
         check_timestamp(NOW + offset, now=NOW)
         return

@@ -6,6 +6,7 @@ import base64
 import re
 import secrets
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import httpx
 import pytest
@@ -127,7 +128,7 @@ def test_attest_issues_a_token(api: httpx.Client, claimed: ProvisionedDevice) ->
     ],
 )
 def test_attest_takes_no_body_or_an_object(
-    api: httpx.Client, claimed: ProvisionedDevice, content, content_type
+    api: httpx.Client, claimed: ProvisionedDevice, content: bytes, content_type: str | None
 ) -> None:
     headers = attest_headers(claimed) | ({"Content-Type": content_type} if content_type else {})
     assert api.post("/pos/attest", headers=headers, content=content).status_code == 200
@@ -144,7 +145,12 @@ def test_attest_takes_no_body_or_an_object(
     ],
 )
 def test_attest_bad_bodies(
-    api: httpx.Client, claimed: ProvisionedDevice, content, content_type, status, code
+    api: httpx.Client,
+    claimed: ProvisionedDevice,
+    content: bytes,
+    content_type: str | None,
+    status: int,
+    code: str,
 ) -> None:
     headers = attest_headers(claimed) | ({"Content-Type": content_type} if content_type else {})
     problem(api.post("/pos/attest", headers=headers, content=content), status, code)
@@ -155,7 +161,7 @@ def test_attest_bad_bodies(
 
 @pytest.mark.parametrize("missing", SIGNATURE_HEADERS)
 def test_missing_signature_header_is_named(
-    api: httpx.Client, claimed: ProvisionedDevice, missing
+    api: httpx.Client, claimed: ProvisionedDevice, missing: Any
 ) -> None:
     headers = {k: v for k, v in attest_headers(claimed).items() if k != missing}
     body = problem(api.post("/pos/attest", headers=headers), 400, "missing_header")
@@ -180,7 +186,7 @@ def test_missing_signature_header_is_named(
     ],
 )
 def test_malformed_signature_header_is_named(
-    api: httpx.Client, claimed: ProvisionedDevice, name, value
+    api: httpx.Client, claimed: ProvisionedDevice, name: str, value: Any
 ) -> None:
     headers = attest_headers(claimed) | {name: value}
     body = problem(api.post("/pos/attest", headers=headers), 400, "invalid_header")
@@ -283,7 +289,9 @@ def test_released_device_cannot_attest(
         (3600, False),
     ],
 )
-def test_timestamp_window(api: httpx.Client, claimed: ProvisionedDevice, offset, ok) -> None:
+def test_timestamp_window(
+    api: httpx.Client, claimed: ProvisionedDevice, offset: float | int, ok: bool
+) -> None:
     timestamp = stamp(datetime.now(UTC) + timedelta(seconds=offset))
     response = attest(api, claimed, timestamp=timestamp)
     if ok:
@@ -307,7 +315,7 @@ def test_timestamp_window(api: httpx.Client, claimed: ProvisionedDevice, offset,
     ],
     ids=["plus-02", "minus-0930-fraction", "lower-case", "nanoseconds", "250s-past-plus-02"],
 )
-def test_timestamp_forms(api: httpx.Client, claimed: ProvisionedDevice, form) -> None:
+def test_timestamp_forms(api: httpx.Client, claimed: ProvisionedDevice, form: Any) -> None:
     timestamp = form(datetime.now(UTC))
     assert attest(api, claimed, timestamp=timestamp).status_code == 200, timestamp
 
@@ -358,7 +366,7 @@ def _keys_with(api, headers, transport_key=None):
     [None, "", "Attestation", "Attestation att_short", "Basic dXNlcjpwYXNz", "att_" + "A" * 43],
 )
 def test_missing_or_malformed_authorization(
-    api: httpx.Client, claimed: ProvisionedDevice, authorization
+    api: httpx.Client, claimed: ProvisionedDevice, authorization: Any
 ) -> None:
     headers = {"X-Device-Id": claimed.device_id} | (
         {"Authorization": authorization} if authorization is not None else {}
@@ -552,7 +560,9 @@ def test_keys_with_the_sdk(claimed: ProvisionedDevice, server: Server) -> None:
         ({"transport_key": base64.b64encode(bytes(32)).decode()}, "X25519"),  # a low-order point
     ],
 )
-def test_bad_transport_keys(api: httpx.Client, claimed: ProvisionedDevice, body, message) -> None:
+def test_bad_transport_keys(
+    api: httpx.Client, claimed: ProvisionedDevice, body: dict[str, Any], message: str
+) -> None:
     token = token_of(api, claimed)
     response = api.post("/pos/keys", headers=token_headers(claimed.device_id, token), json=body)
     problem_body = problem(response, 400, "invalid_request")
@@ -570,7 +580,12 @@ def test_bad_transport_keys(api: httpx.Client, claimed: ProvisionedDevice, body,
     ],
 )
 def test_keys_body_must_be_a_json_object(
-    api: httpx.Client, claimed: ProvisionedDevice, content, content_type, status, code
+    api: httpx.Client,
+    claimed: ProvisionedDevice,
+    content: bytes,
+    content_type: str | None,
+    status: int,
+    code: str,
 ) -> None:
     headers = token_headers(claimed.device_id, token_of(api, claimed))
     if content_type:
@@ -595,7 +610,7 @@ def test_keys_checks_the_token_before_the_body(
     [(-300, 200), (-300.000001, 401), (-301, 401), (60, 200), (60.000001, 401), (61, 401)],
 )
 async def test_window_edges_with_a_fixed_server_clock(
-    runtime: Runtime, claimed: ProvisionedDevice, offset, status
+    runtime: Runtime, claimed: ProvisionedDevice, offset: float | int, status: int
 ) -> None:
     """An in-process app on the backend's database and master key, its clock fixed."""
     from viopay.app import create_app

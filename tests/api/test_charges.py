@@ -4,6 +4,7 @@ the charge object and its body rules, refunds, cancel, reverse and get."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,7 +14,9 @@ from viopay.runtime import Runtime
 
 
 @pytest.fixture
-async def terminal(server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
@@ -91,7 +94,9 @@ def test_an_approved_charge_is_created_and_sealed_for_this_request(
         ("4000000000000127", "declined", "55", "incorrect_pin"),
     ],
 )
-def test_sandbox_answers(terminal: kit.PosTerminal, pan, status, code, reason) -> None:
+def test_sandbox_answers(
+    terminal: kit.PosTerminal, pan: str, status: str, code: str, reason: str | None
+) -> None:
     answer = terminal.charge(500, card={"pan": pan, "expiry": "3012"})
     assert answer.status == 201  # a decline is a created charge
     charge = answer.json()
@@ -191,7 +196,7 @@ def test_tip_tax_and_surcharge_rules(terminal: kit.PosTerminal) -> None:
         {"pan": "4242424242424242", "expiry": "12/30"},
     ],
 )
-def test_an_invalid_card_is_422(terminal: kit.PosTerminal, card) -> None:
+def test_an_invalid_card_is_422(terminal: kit.PosTerminal, card: dict[str, str]) -> None:
     answer = terminal.charge(500, card=card)
     assert (answer.status, answer.code) == (422, "invalid_card")
     assert card["pan"] not in answer.response.text

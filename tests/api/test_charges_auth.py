@@ -4,7 +4,9 @@ signature, nonce, the key set's envelope limit, and the body's envelopes (PROTOC
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -18,7 +20,9 @@ from viopay_device.protocol.envelope import card_aad, seal
 
 
 @pytest.fixture
-async def terminal(server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
@@ -52,7 +56,7 @@ async def envelope_count(runtime, key_set_id: str) -> int:
         "X-Signature",
     ],
 )
-def test_a_missing_header_is_400_naming_it(terminal: kit.PosTerminal, name) -> None:
+def test_a_missing_header_is_400_naming_it(terminal: kit.PosTerminal, name: str) -> None:
     answer = terminal.charge(500, edit={name: None}) if name != "User-Agent" else None
     if answer is None:  # httpx always sends a User-Agent: send an empty one instead of none
         answer = terminal.charge(500, edit={"User-Agent": ""})
@@ -77,7 +81,9 @@ def test_a_missing_header_is_400_naming_it(terminal: kit.PosTerminal, name) -> N
         ("Idempotency-Key", "has space"),
     ],
 )
-def test_a_malformed_header_is_400_naming_it(terminal: kit.PosTerminal, name, value) -> None:
+def test_a_malformed_header_is_400_naming_it(
+    terminal: kit.PosTerminal, name: str, value: Any
+) -> None:
     answer = terminal.charge(500, edit={name: value})
     assert (answer.status, answer.code) == (400, "invalid_header")
     assert name in answer.problem()["detail"]
@@ -203,7 +209,7 @@ def test_a_body_that_is_not_json_is_415(terminal: kit.PosTerminal) -> None:
     ],
 )
 def test_a_body_that_is_not_an_envelope_is_400_invalid_request(
-    terminal: kit.PosTerminal, body
+    terminal: kit.PosTerminal, body: bytes
 ) -> None:
     answer = terminal.send("POST", "/pos/charge", body=body)
     assert (answer.status, answer.code) == (400, "invalid_request")

@@ -3,6 +3,8 @@ replays after lost answers, and reverse-by-key of unknown outcomes (PROTOCOL §4
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
@@ -23,7 +25,9 @@ from viopay_device import (
 
 
 @pytest.fixture
-async def terminal(server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
@@ -145,7 +149,9 @@ def test_the_sdk_gets_the_stored_charge_after_a_lost_answer(terminal: kit.PosTer
 
 
 @pytest.mark.parametrize("arrive", [True, False], ids=["charge-made", "never-arrived"])
-def test_the_sdk_reverses_an_unknown_outcome_by_key(terminal: kit.PosTerminal, arrive) -> None:
+def test_the_sdk_reverses_an_unknown_outcome_by_key(
+    terminal: kit.PosTerminal, arrive: bool
+) -> None:
     with (
         lossy_client(terminal, LossyTransport(99, arrive=arrive)) as client,
         pytest.raises(OutcomeUnknown) as caught,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -18,7 +20,7 @@ def device(admin: Admin) -> ProvisionedDevice:
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
 @pytest.mark.parametrize("missing", ["X-Device-Id", "User-Agent", "X-Client-Type"])
 def test_missing_header_is_named(
-    api: httpx.Client, device: ProvisionedDevice, method, path, missing
+    api: httpx.Client, device: ProvisionedDevice, method: Any, path: Any, missing: str
 ) -> None:
     headers = {k: v for k, v in pos_headers(device.device_id).items() if k != missing}
     # httpx adds its own User-Agent unless we send an empty header set explicitly.
@@ -44,7 +46,7 @@ def test_missing_header_is_named(
     ],
 )
 def test_malformed_header_is_named(
-    api: httpx.Client, device: ProvisionedDevice, method, path, header, value
+    api: httpx.Client, device: ProvisionedDevice, method: Any, path: Any, header: str, value: str
 ) -> None:
     headers = pos_headers(device.device_id) | {header: value}
     body = problem(api.request(method, path, headers=headers), 400, "invalid_header")
@@ -61,7 +63,9 @@ def test_semver_prerelease_and_build_accepted(api: httpx.Client, device: Provisi
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS[1:])
-def test_old_version_gets_426(api: httpx.Client, device: ProvisionedDevice, method, path) -> None:
+def test_old_version_gets_426(
+    api: httpx.Client, device: ProvisionedDevice, method: Any, path: Any
+) -> None:
     ua = "Viopay-POS/0.9.9 (Android 12; PAX-A920)"
     body = problem(
         api.request(method, path, headers=pos_headers(device.device_id, ua=ua)),
@@ -104,7 +108,7 @@ def test_version_checked_before_device(api: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
-def test_unknown_device(api: httpx.Client, method, path) -> None:
+def test_unknown_device(api: httpx.Client, method: Any, path: Any) -> None:
     problem(api.request(method, path, headers=pos_headers("POS-FFFFFFF0")), 404, "device_not_found")
 
 

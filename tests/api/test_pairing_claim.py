@@ -120,7 +120,9 @@ def test_used_unknown_and_expired_codes_answer_alike(
 @pytest.mark.parametrize(
     "body", [{}, {"pairing_code": None}, {"pairing_code": 123456}, {"pairing_code": " - "}]
 )
-def test_missing_or_non_string_code_is_400(make_merchant: MakeMerchant, body) -> None:
+def test_missing_or_non_string_code_is_400(
+    make_merchant: MakeMerchant, body: dict[str, Any]
+) -> None:
     owner = make_merchant()
     problem(owner.http.post("/pos/claim", json=body), 400, "invalid_request")
 

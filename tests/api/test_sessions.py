@@ -83,7 +83,7 @@ def test_session_is_bound_to_the_token(
 
 
 @pytest.mark.parametrize("path", ["/admin/devices", "/admin/merchants", "/admin/clients"])
-def test_admin_api_needs_the_admin_role(make_merchant: MakeMerchant, path) -> None:
+def test_admin_api_needs_the_admin_role(make_merchant: MakeMerchant, path: str) -> None:
     owner = make_merchant()
     problem(owner.http.post(path, json={}), 403, "forbidden")
 

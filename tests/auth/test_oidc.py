@@ -146,7 +146,9 @@ async def test_unknown_kid_within_interval_is_not_refetched(
         {"nbf": 600},
     ],
 )
-async def test_claim_checks(verifier: OidcVerifier, realm: FakeRealm, claims) -> None:
+async def test_claim_checks(
+    verifier: OidcVerifier, realm: FakeRealm, claims: dict[str, Any]
+) -> None:
     # Time-relative claims are offsets from now, resolved when the test runs (never at collection).
     resolved = {k: int(time.time()) + v if k in ("exp", "nbf") else v for k, v in claims.items()}
     with pytest.raises(Unauthorized):

@@ -130,7 +130,9 @@ def test_human_output_warns_the_secret_is_shown_once(env: dict[str, str]) -> Non
         ("VIOPAY_ROTATION_GRACE_SECONDS", "-1", "VIOPAY_ROTATION_GRACE_SECONDS"),
     ],
 )
-def test_bad_setting_gets_a_clear_message(env: dict[str, str], name, value, message) -> None:
+def test_bad_setting_gets_a_clear_message(
+    env: dict[str, str], name: str, value: str, message: str
+) -> None:
     done = run(env | {name: value}, "migrate", "--json")
     assert done.returncode == 2
     assert message in done.stderr and done.stdout == ""

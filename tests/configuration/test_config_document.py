@@ -174,7 +174,9 @@ def test_terminal_and_emv_values() -> None:
         ("CAD", "CA", ("0124", "0124", 2)),
     ],
 )
-def test_numeric_codes_follow_the_merchant(currency, country, codes) -> None:
+def test_numeric_codes_follow_the_merchant(
+    currency: str, country: str, codes: tuple[str, str, int]
+) -> None:
     emv = _document(_merchant(currency=currency, country=country))["emv"]
     assert (emv["country_code"], emv["currency_code"], emv["currency_exponent"]) == codes
 

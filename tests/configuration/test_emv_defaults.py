@@ -18,7 +18,7 @@ from viopay.errors import InvalidRequest
 
 
 @pytest.mark.parametrize("key", PUBLISHED_CAPKS, ids=lambda k: f"{k.scheme}-{k.index}")
-def test_published_checksums_verify(key) -> None:
+def test_published_checksums_verify(key: Any) -> None:
     """EMV Book 2: SHA-1 over RID || index || modulus || exponent equals the published value."""
     data = bytes.fromhex(key.rid + key.index + key.modulus + key.exponent)
     digest = hashlib.sha1(data, usedforsecurity=False).hexdigest()
@@ -79,7 +79,7 @@ def test_a_wrong_checksum_is_refused() -> None:
         ({"ca_public_keys": [_key(), _key()]}, "ca_public_keys"),
     ],
 )
-def test_invalid_overrides_name_their_field(overrides, field) -> None:
+def test_invalid_overrides_name_their_field(overrides: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         validate(EmvOverrides, overrides)
     assert field in {error["field"] for error in caught.value.extra["errors"]}

@@ -7,6 +7,7 @@ the same database, cache and master key (``runtime``).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -137,7 +138,7 @@ async def test_key_ids_are_unique_and_typed(runtime: Runtime, claimed: Provision
 
 @pytest.mark.parametrize("bad", [bytes(32), (1).to_bytes(32, "little")])
 async def test_low_order_transport_key_is_refused(
-    runtime: Runtime, claimed: ProvisionedDevice, bad
+    runtime: Runtime, claimed: ProvisionedDevice, bad: Any
 ) -> None:
     with pytest.raises(InvalidRequest) as caught:
         await _create(runtime, claimed, utcnow(), transport_key=bad)

@@ -116,7 +116,7 @@ def test_the_default_display_name_is_one_line_of_the_merchant_name() -> None:
         ({"branding": BRANDING | {"receipt_header": "bell\x07"}}, "branding.receipt_header"),
     ],
 )
-def test_invalid_values_name_their_field(body, field) -> None:
+def test_invalid_values_name_their_field(body: dict[str, Any], field: str) -> None:
     assert field in _fields(body)
 
 
@@ -254,7 +254,7 @@ def test_staff_may_read_but_not_change(make_merchant: MakeMerchant) -> None:
 
 
 @pytest.mark.parametrize("role", ["owner", "admin"])
-def test_owner_and_admin_change_sections(make_merchant: MakeMerchant, role) -> None:
+def test_owner_and_admin_change_sections(make_merchant: MakeMerchant, role: str) -> None:
     ctx = make_merchant(role=role)
     surcharge = {"enabled": True, "rate_bps": 300, "max_amount": 500}
     branding = BRANDING | {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -42,21 +43,21 @@ def with_luhn(body: str) -> str:
         ("62", "unionpay"),
     ],
 )
-def test_brands_by_prefix(prefix, brand) -> None:
+def test_brands_by_prefix(prefix: str, brand: str) -> None:
     assert brand_of(prefix + "0" * (15 - len(prefix))) == brand
 
 
 @pytest.mark.parametrize(
     "prefix", ["50", "56", "2220", "2721", "35", "3527", "3590", "306", "6010", "643", "1", "9"]
 )
-def test_prefixes_without_a_brand(prefix) -> None:
+def test_prefixes_without_a_brand(prefix: str) -> None:
     assert brand_of(prefix + "0" * (15 - len(prefix))) is None
 
 
 @pytest.mark.parametrize(
     "pan", ["4242424242424242", "378282246310005", "6011111111111117", "5555555555554444"]
 )
-def test_known_numbers_pass_luhn(pan) -> None:
+def test_known_numbers_pass_luhn(pan: str) -> None:
     assert luhn_ok(pan)
     assert check_card(pan=pan, expiry="3012", track2=None, cardholder_name=None).last4 == pan[-4:]
 
@@ -80,14 +81,14 @@ def test_exactly_one_check_digit_completes_a_number(body) -> None:
         (with_luhn("4" * 19), "3012"),  # 20 digits
     ],
 )
-def test_invalid_cards(pan, expiry) -> None:
+def test_invalid_cards(pan: Any, expiry: str) -> None:
     with pytest.raises(CardInvalid) as caught:
         check_card(pan=pan, expiry=expiry, track2=None, cardholder_name=None)
     assert pan not in str(caught.value)
 
 
 @pytest.mark.parametrize("length", [12, 19])
-def test_twelve_to_nineteen_digits(length) -> None:
+def test_twelve_to_nineteen_digits(length: int) -> None:
     pan = with_luhn("4" * (length - 1))
     assert check_card(pan=pan, expiry="3012", track2=None, cardholder_name=None).brand == "visa"
 

@@ -7,7 +7,7 @@ happens on its side)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -20,7 +20,9 @@ from viopay.runtime import Runtime
 
 
 @pytest.fixture
-async def terminal(server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
@@ -50,7 +52,7 @@ def spent(before: dict[str, float], after: dict[str, float], name: str) -> float
 
 @pytest.mark.parametrize("kind", ["approved", "declined"])
 def test_a_keyed_charge_is_two_transactions_and_one_redis_round_trip(
-    terminal: kit.PosTerminal, quiet_server: Server, backend: Backend, kind
+    terminal: kit.PosTerminal, quiet_server: Server, backend: Backend, kind: str
 ) -> None:
     card = {
         "pan": "4242424242424242" if kind == "approved" else "4000000000000002",

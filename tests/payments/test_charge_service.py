@@ -4,7 +4,9 @@ then run in-process on the same database (``runtime``)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -21,7 +23,9 @@ from viopay.runtime import Runtime
 
 
 @pytest.fixture
-async def terminal(server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
@@ -40,7 +44,7 @@ async def created_at(runtime, charge_id):
 
 @pytest.mark.parametrize("target", [ChargeStatus.canceled, ChargeStatus.reversed])
 async def test_cancel_and_reverse_close_after_24_hours(
-    terminal: kit.PosTerminal, runtime: Runtime, target
+    terminal: kit.PosTerminal, runtime: Runtime, target: Any
 ) -> None:
     charge = terminal.charge(500).json()
     created = await created_at(runtime, charge["id"])

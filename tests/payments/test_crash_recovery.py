@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,9 @@ def start(backend: Backend, tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-async def terminal(server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
@@ -216,7 +218,7 @@ CHARGE_PHASES = ["before_processor", "during_unheard", "during_heard", "after_pr
 
 @pytest.mark.parametrize("phase", CHARGE_PHASES)
 async def test_a_charge_killed_at_each_phase_completes_once(
-    terminal: kit.PosTerminal, runtime: Runtime, start: Callable[..., Server], phase
+    terminal: kit.PosTerminal, runtime: Runtime, start: Callable[..., Server], phase: Any
 ) -> None:
     key = f"crash-{phase}"
     crash = {"before_processor": "charge:intent", "after_processor": "charge:answered"}.get(phase)
@@ -249,7 +251,7 @@ REFUND_PHASES = ["before_processor", "during_unheard", "during_heard", "after_pr
 
 @pytest.mark.parametrize("phase", REFUND_PHASES)
 async def test_a_refund_killed_at_each_phase_completes_once(
-    terminal: kit.PosTerminal, runtime: Runtime, start: Callable[..., Server], phase
+    terminal: kit.PosTerminal, runtime: Runtime, start: Callable[..., Server], phase: Any
 ) -> None:
     charge = terminal.charge(2000).json()
     key = f"refund-crash-{phase}"

@@ -99,7 +99,9 @@ def test_the_parts_fit_in_the_amount() -> None:
         (99_999_999, 0, 0, 10_000, 99_999_999),
     ],
 )
-def test_surcharge_cap_rounds_half_up(amount, surcharge, tip, rate, cap) -> None:
+def test_surcharge_cap_rounds_half_up(
+    amount: int, surcharge: int, tip: int, rate: int, cap: int
+) -> None:
     assert surcharge_cap(amount=amount, surcharge=surcharge, tip=tip, rate_bps=rate) == cap
 
 
@@ -158,6 +160,6 @@ def terminal(count: int, activated_days_ago: float) -> AuthenticatedTerminal:
         (0, 30.01, True, True),
     ],
 )
-def test_the_key_set_budget(count, days, rotate, exhausted) -> None:
+def test_the_key_set_budget(count: int, days: float | int, rotate: bool, exhausted: bool) -> None:
     usage = key_set_usage(terminal(count, days), max_envelopes=1000, now=datetime.now(UTC))
     assert (usage.rotate, usage.exhausted) == (rotate, exhausted)

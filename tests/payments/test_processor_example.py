@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import types
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,7 +74,9 @@ def example_server(backend: Backend, tmp_path: Path) -> Iterator[Server]:
 
 
 @pytest.fixture
-async def terminal(server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()

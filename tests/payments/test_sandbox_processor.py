@@ -57,7 +57,7 @@ def request(
         ("6011111111111117", True, "00", None),  # any other valid card
     ],
 )
-async def test_the_table(pan, approved, code, reason) -> None:
+async def test_the_table(pan: str, approved: bool, code: str, reason: str | None) -> None:
     answer = await SandboxProcessor().authorize(request(pan))
     assert (answer.approved, answer.response_code, answer.decline_reason) == (
         approved,

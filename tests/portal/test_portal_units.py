@@ -49,7 +49,7 @@ def test_the_cookie_round_trips_and_refuses_any_change_or_old_age() -> None:
         ("javascript:alert(1)", "/portal/devices"),
     ],
 )
-def test_next_is_only_ever_a_portal_path(target, expected) -> None:
+def test_next_is_only_ever_a_portal_path(target: str | None, expected: str) -> None:
     assert safe_next(target) == expected
 
 

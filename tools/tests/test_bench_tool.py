@@ -101,7 +101,7 @@ def _check_run(summary: dict, doc: dict, *, backend: str, configs: int) -> None:
     assert Path(doc["files"]["json"]).exists()
 
 
-def test_smoke_on_the_embedded_default_with_a_slowed_sandbox(tmp_path) -> None:
+def test_smoke_on_the_embedded_default_with_a_slowed_sandbox(tmp_path: Path) -> None:
     summary, doc = _bench(tmp_path, "--backend", "embedded", "--sandbox-latency-ms", "20")
     _check_run(summary, doc, backend="embedded", configs=1)
     skipped = [c for c in doc["configs"] if "skipped" in c]
@@ -117,7 +117,7 @@ def test_smoke_on_the_embedded_default_with_a_slowed_sandbox(tmp_path) -> None:
     assert _number(slowed["single_connection_p50_ms"])
 
 
-def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path) -> None:
+def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path: Path) -> None:
     if not (_up(5432) and _up(6379)):
         if IN_CI:
             pytest.fail("PostgreSQL and Redis are needed (.ci/run starts them)")
@@ -142,7 +142,7 @@ def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path) -> None:
 # --- pieces -------------------------------------------------------------------------------------
 
 
-def test_plan_files_round_trip(tmp_path) -> None:
+def test_plan_files_round_trip(tmp_path: Path) -> None:
     requests = [
         loadgen.build_request("GET", "/healthz", host="h:1"),
         loadgen.build_request("POST", "/x", host="h:1", headers={"A": "b"}, body=b"{}"),
@@ -173,7 +173,7 @@ def test_activation_server_time_sums_steps_per_device() -> None:
     assert steps["/pos/terminal-parameters"]["calls_per_device"] == 1.0
 
 
-def test_profile_summary_by_category(tmp_path) -> None:
+def test_profile_summary_by_category(tmp_path: Path) -> None:
     collapsed = tmp_path / "p.txt"
     collapsed.write_text(
         "main (viopay/x.py:1);execute (sqlalchemy/orm/session.py:2) 6\n"
