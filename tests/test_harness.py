@@ -50,7 +50,9 @@ def test_find_leaks_sees_a_secret_inside_a_longer_token_or_with_other_characters
     text=st.text(alphabet="ab0=. ^", max_size=60),
     secrets=st.sets(st.text(alphabet="ab0=. ^", min_size=1, max_size=9), max_size=8),
 )
-def test_find_leaks_finds_what_a_plain_search_finds(tmp_path: Path, text, secrets):
+def test_find_leaks_finds_what_a_plain_search_finds(
+    tmp_path: Path, text: str, secrets: list[str]
+) -> None:
     log = tmp_path / "server.log"
     log.write_text(text)
     plain = sorted(s[:6] + "…" for s in secrets if len(s) >= 6 and s in text)

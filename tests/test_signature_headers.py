@@ -61,7 +61,7 @@ def test_rfc3339_rejects(text: str) -> None:
         min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
     )
 )
-def test_rfc3339_round_trip(moment) -> None:
+def test_rfc3339_round_trip(moment: datetime) -> None:
     assert parse_rfc3339(moment.isoformat().replace("+00:00", "Z")) == moment
 
 

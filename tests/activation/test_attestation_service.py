@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import orjson
 import pytest
 
 from support.helpers import SEEN_SECRETS, Admin, MakeMerchant, ProvisionedDevice, pos_headers
-from viopay.activation.attestation import Attested, identity_key_of, issue_token, verify_token
+from viopay.activation.attestation import (
+    Attested,
+    IssuedToken,
+    identity_key_of,
+    issue_token,
+    verify_token,
+)
 from viopay.audit import Actor
 from viopay.devices import service as devices
-from viopay.devices.models import Device
+from viopay.devices.models import Device, MerchantDeviceIdentityKey
 from viopay.errors import InvalidToken
 from viopay.ids import utcnow
 from viopay.runtime import Runtime
@@ -30,7 +36,7 @@ def claimed(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> Pro
     return device
 
 
-async def _issue(runtime, device, now):
+async def _issue(runtime: Runtime, device: ProvisionedDevice, now: datetime) -> IssuedToken:
     async with runtime.sessions() as db:
         row = await db.get(Device, device.device_id)
         key = await identity_key_of(db, device_id=device.device_id, key_id=device.key_id)
@@ -39,7 +45,9 @@ async def _issue(runtime, device, now):
     return issued
 
 
-async def _verify(runtime, token, device_id, now):
+async def _verify(
+    runtime: Runtime, token: str, device_id: str, now: datetime
+) -> MerchantDeviceIdentityKey:
     async with runtime.sessions() as db:
         device = await db.get(Device, device_id)
         return await verify_token(db, runtime.cache, token=token, device=device, now=now)

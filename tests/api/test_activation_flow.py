@@ -35,14 +35,14 @@ from viopay_device.protocol.envelope import (
 )
 
 
-def register(client) -> None:
+def register(client: DeviceClient) -> None:
     for key_set in (client.key_store.current, client.key_store.pending, client.key_store.previous):
         if key_set is not None:
             for key_type in key_set.key_ids:
                 SEEN_SECRETS.add(key_set.key(key_type).hex())
 
 
-def token_headers(client) -> dict[str, str]:
+def token_headers(client: DeviceClient) -> dict[str, str]:
     token = client.attest().token
     SEEN_SECRETS.add(token)
     return {"Authorization": f"Attestation {token}", "X-Device-Id": client.device_id}
@@ -68,7 +68,7 @@ def test_whole_activation_through_the_sdk(
     steps: list[str] = []
     with sdk_client(server.url, device) as client:
 
-        def on_step(report):
+        def on_step(report: StepReport) -> None:
             steps.append(report.name)
             if report.name == "pairing_code":
                 code = report.result.pairing_code
@@ -146,7 +146,7 @@ def test_config_envelope_etag_and_version_bump(
     assert client.fetch_config().config_version == version + 1
 
 
-def client_base(client) -> str:
+def client_base(client: DeviceClient) -> str:
     return str(client._http.base_url).rstrip("/")
 
 
@@ -250,7 +250,13 @@ def test_terminal_parameters_chunks(
         open_envelope(pending.key("MSK"), parse_envelope(answer), wrong)
 
 
-def activation_envelope(client, *, kcv=None, key_set=None, kid=None) -> dict:
+def activation_envelope(
+    client: DeviceClient,
+    *,
+    kcv: dict[str, str] | None = None,
+    key_set: KeySet | None = None,
+    kid: str | None = None,
+) -> bytes:
     ks = key_set or client.key_store.pending
     body = {
         "key_set_id": ks.key_set_id,

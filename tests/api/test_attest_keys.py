@@ -34,7 +34,7 @@ SIGNATURE_HEADERS = ["X-Key-Id", "X-Timestamp", "X-Nonce", "X-Signature"]
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def token_of(http, device) -> str:
+def token_of(http: httpx.Client, device: ProvisionedDevice) -> str:
     response = attest(http, device)
     assert response.status_code == 200, response.text
     token: str = response.json()["attestation_token"]
@@ -51,13 +51,15 @@ def transport_pair() -> tuple[bytes, str]:
     return private, base64.b64encode(public).decode()
 
 
-def post_keys(http, device_id, token, transport_key) -> httpx.Response:
+def post_keys(http: httpx.Client, device_id: str, token: str, transport_key: str) -> httpx.Response:
     return http.post(
         "/pos/keys", headers=token_headers(device_id, token), json={"transport_key": transport_key}
     )
 
 
-def open_keys(body, *, private: bytes, secret: bytes, device_id: str) -> dict[str, bytes]:
+def open_keys(
+    body: dict[str, Any], *, private: bytes, secret: bytes, device_id: str
+) -> dict[str, bytes]:
     """The device side of §3.6; KeyBlockError when a block does not unwrap."""
     shared = x25519_shared(private, base64.b64decode(body["server_transport_key"]))
     wrapping = {
@@ -78,7 +80,9 @@ def open_keys(body, *, private: bytes, secret: bytes, device_id: str) -> dict[st
     return keys
 
 
-def claim(http, admin, make_merchant, **merchant):
+def claim(
+    http: httpx.Client, admin: Admin, make_merchant: MakeMerchant, **merchant: Any
+) -> ProvisionedDevice:
     device = admin.provision()
     code = http.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
         "pairing_code"
@@ -356,7 +360,9 @@ def test_nonce_scope_is_the_device(
 # --- attestation tokens (§2.3) ----------------------------------------------------------------
 
 
-def _keys_with(api, headers, transport_key=None):
+def _keys_with(
+    api: httpx.Client, headers: dict[str, str], transport_key: str | None = None
+) -> httpx.Response:
     transport_key = transport_key or transport_pair()[1]
     return api.post("/pos/keys", headers=headers, json={"transport_key": transport_key})
 

@@ -28,14 +28,14 @@ async def terminal(
     pos.close()
 
 
-async def set_envelope_count(runtime, key_set_id: str, count: int) -> None:
+async def set_envelope_count(runtime: Runtime, key_set_id: str, count: int) -> None:
     async with runtime.sessions() as db, db.begin():
         await db.execute(
             update(KeySet).where(KeySet.key_set_id == key_set_id).values(envelope_count=count)
         )
 
 
-async def envelope_count(runtime, key_set_id: str) -> int:
+async def envelope_count(runtime: Runtime, key_set_id: str) -> int:
     async with runtime.sessions() as db:
         key_set = await db.get(KeySet, key_set_id)
         return key_set.envelope_count
@@ -220,7 +220,7 @@ def test_envelopes_that_do_not_open_are_400_decryption_failed(terminal: kit.PosT
     plaintext = terminal.charge_plaintext(500)
     envelope = orjson.loads(terminal.seal_body("POST", "/pos/charge", plaintext))
 
-    def send(obj):
+    def send(obj: object) -> kit.Answer:
         return terminal.send("POST", "/pos/charge", body=orjson.dumps(obj))
 
     assert send({**envelope, "kid": "msk_unknown"}).code == "decryption_failed"

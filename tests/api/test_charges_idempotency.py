@@ -28,7 +28,7 @@ async def terminal(
     pos.close()
 
 
-async def charges_with_key(runtime, terminal_id: str, key: str) -> int:
+async def charges_with_key(runtime: Runtime, terminal_id: str, key: str) -> int:
     async with runtime.sessions() as db:
         return int(
             await db.scalar(
@@ -242,7 +242,7 @@ async def test_twenty_concurrent_requests_with_one_key_make_one_charge(
         headers = terminal.headers("POST", "/pos/charge", body, idempotency_key="race-1")
         prepared.append(((server if i % 2 else server_b).url + "/pos/charge", body, headers))
 
-    def send(item):
+    def send(item: tuple[str, bytes, dict[str, str]]) -> httpx.Response:
         url, body, headers = item
         return httpx.post(url, content=body, headers=headers, timeout=60)
 

@@ -127,7 +127,7 @@ class LossyTransport(httpx.BaseTransport):
         self.inner.close()
 
 
-def lossy_client(terminal, transport) -> DeviceClient:
+def lossy_client(terminal: kit.PosTerminal, transport: httpx.BaseTransport) -> DeviceClient:
     return DeviceClient(
         terminal.server.url,
         device_id=terminal.device.device_id,

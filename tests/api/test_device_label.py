@@ -7,7 +7,9 @@ import httpx
 from support.helpers import SEEN_SECRETS, Admin, MakeMerchant, pos_headers, problem
 
 
-def claimed(api, admin, owner, label=None):
+def claimed(
+    api: httpx.Client, admin: Admin, owner: MerchantCtx, label: str | None = None
+) -> ProvisionedDevice:
     device = admin.provision()
     code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
         "pairing_code"

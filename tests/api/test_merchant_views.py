@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from support.helpers import Admin, MakeMerchant, pos_headers, problem
+import httpx
+
+from support.helpers import (
+    Admin,
+    MakeMerchant,
+    MerchantCtx,
+    ProvisionedDevice,
+    pos_headers,
+    problem,
+)
 
 
-def claim(api, admin, owner, label=None):
+def claim(
+    api: httpx.Client, admin: Admin, owner: MerchantCtx, label: str | None = None
+) -> ProvisionedDevice:
     device = admin.provision()
     code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
         "pairing_code"

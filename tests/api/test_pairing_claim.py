@@ -16,7 +16,7 @@ from viopay.runtime import Runtime
 ALPHABET = set("ABCDEFGHJKMNPQRSTUVWXYZ23456789")
 
 
-def new_code(api, device_id: str) -> str:
+def new_code(api: httpx.Client, device_id: str) -> str:
     response = api.post("/pos/pairing-code", headers=pos_headers(device_id))
     assert response.status_code == 201, response.text
     return response.json()["pairing_code"]

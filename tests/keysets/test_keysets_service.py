@@ -6,12 +6,12 @@ the same database, cache and master key (``runtime``).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from support.helpers import SEEN_SECRETS, Admin, MakeMerchant, ProvisionedDevice, pos_headers
 from viopay.audit import Actor
@@ -20,6 +20,7 @@ from viopay.errors import InvalidRequest, InvalidState
 from viopay.ids import utcnow
 from viopay.keysets import service as keysets
 from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
+from viopay.keysets.service import DeliveredKeySet
 from viopay.runtime import Runtime
 from viopay_device.protocol.kcv import kcv_for
 from viopay_device.protocol.keyblocks import KEY_TYPES, WRAPPED_BY, unwrap_key
@@ -39,7 +40,9 @@ def claimed(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> Pro
     return device
 
 
-async def _create(runtime, device, now, transport_key=None):
+async def _create(
+    runtime: Runtime, device: ProvisionedDevice, now: datetime, transport_key: str | None = None
+) -> DeliveredKeySet:
     async with runtime.sessions() as db, db.begin():
         row = await db.get(Device, device.device_id)
         return await keysets.create_key_set(
@@ -53,23 +56,25 @@ async def _create(runtime, device, now, transport_key=None):
         )
 
 
-async def _activate(runtime, key_set_id, now, grace=GRACE):
+async def _activate(
+    runtime: Runtime, key_set_id: str, now: datetime, grace: timedelta = GRACE
+) -> KeySetStatus:
     async with runtime.sessions() as db, db.begin():
         key_set = await db.get(KeySet, key_set_id)
         return (await keysets.activate_key_set(db, key_set=key_set, now=now, grace=grace)).status
 
 
-async def _statuses(runtime, device_id):
+async def _statuses(runtime: Runtime, device_id: str) -> dict[str, KeySetStatus]:
     async with runtime.sessions() as db:
         rows = await db.scalars(select_sets(device_id))
         return {row.key_set_id: row.status for row in rows}
 
 
-def select_sets(device_id):
+def select_sets(device_id: str) -> Select[tuple[KeySet]]:
     return select(KeySet).where(KeySet.device_id == device_id)
 
 
-async def _usable(runtime, device_id, now):
+async def _usable(runtime: Runtime, device_id: str, now: datetime) -> list[str]:
     async with runtime.sessions() as db:
         device = await db.get(Device, device_id)
         return [ks.key_set_id for ks in await keysets.usable_key_sets(db, device=device, now=now)]
@@ -117,7 +122,7 @@ async def test_delivered_blocks_unwrap_and_keys_are_stored_wrapped(
         )
 
 
-def select_keys(key_set_id):
+def select_keys(key_set_id: str) -> Select[tuple[KeySetKey]]:
     return select(KeySetKey).where(KeySetKey.key_set_id == key_set_id)
 
 

@@ -63,7 +63,7 @@ def test_known_numbers_pass_luhn(pan: str) -> None:
 
 
 @given(st.text(alphabet="0123456789", min_size=11, max_size=18))
-def test_exactly_one_check_digit_completes_a_number(body) -> None:
+def test_exactly_one_check_digit_completes_a_number(body: str) -> None:
     assert sum(luhn_ok(body + d) for d in "0123456789") == 1
 
 

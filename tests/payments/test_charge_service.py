@@ -5,7 +5,7 @@ then run in-process on the same database (``runtime``)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -31,13 +31,13 @@ async def terminal(
     pos.close()
 
 
-def scope_of(terminal) -> TerminalScope:
+def scope_of(terminal: kit.PosTerminal) -> TerminalScope:
     return TerminalScope(
         terminal.terminal_id, terminal.device.device_id, terminal.merchant.merchant_id, "USD"
     )
 
 
-async def created_at(runtime, charge_id):
+async def created_at(runtime: Runtime, charge_id: str) -> datetime:
     async with runtime.sessions() as db:
         return (await db.get(Charge, charge_id)).created_at
 
@@ -154,7 +154,7 @@ class FlakyReversals(SandboxProcessor):
         super().__init__()
         self.failures, self.calls = failures, 0
 
-    async def reverse(self, charge, *, reference):
+    async def reverse(self, charge: Any, *, reference: str) -> Any:
         self.calls += 1
         if self.calls <= self.failures:
             raise ProcessorFailure("down")

@@ -258,7 +258,7 @@ async def test_a_refund_killed_at_each_phase_completes_once(
     crash = {"before_processor": "refund:intent", "after_processor": "refund:answered"}.get(phase)
     victim = start("victim", **({"VIOPAY_TEST_CRASH_AT": crash} if crash else SLOW))
 
-    def refund():
+    def refund() -> kit.Answer:
         return terminal.refund(charge["id"], {"amount": 700}, idempotency_key=key, url=victim.url)  # noqa: E731
 
     if crash:

@@ -4,6 +4,7 @@ without a database."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from viopay.crypto.wrapping import MasterKeyWrapper
 from viopay.errors import InvalidCard, InvalidRequest
 from viopay.payments.channel import key_set_usage
 from viopay.payments.idempotency import FINGERPRINT_PURPOSE, fingerprint
-from viopay.payments.service import TerminalScope, build_draft, surcharge_cap
+from viopay.payments.service import ChargeDraft, TerminalScope, build_draft, surcharge_cap
 from viopay.payments.terminal_auth import AuthenticatedTerminal
 
 KEY = MasterKeyWrapper(b"\x11" * 32).derive(FINGERPRINT_PURPOSE)
@@ -20,7 +21,13 @@ SCOPE = TerminalScope("TID-000001", "POS-00000001", "mer_1", "USD")
 SURCHARGE_ON = {"enabled": True, "rate_bps": 300, "max_amount": 0}
 
 
-def fp(plaintext, card=None, method="POST", path="/pos/charge", key=KEY):
+def fp(
+    plaintext: dict[str, Any],
+    card: dict[str, Any] | None = None,
+    method: str = "POST",
+    path: str = "/pos/charge",
+    key: bytes = KEY,
+) -> str:
     return fingerprint(key, method=method, path=path, plaintext=plaintext, card=card)
 
 
@@ -46,7 +53,11 @@ def test_an_unrepresentable_plaintext_is_400() -> None:
         fp({"amount": 2**60})
 
 
-def draft(plaintext, card=CARD, rule=None):
+def draft(
+    plaintext: dict[str, Any],
+    card: dict[str, Any] | None = CARD,
+    rule: dict[str, Any] | None = None,
+) -> ChargeDraft:
     return build_draft(
         scope=SCOPE,
         plaintext=plaintext,
@@ -58,7 +69,7 @@ def draft(plaintext, card=CARD, rule=None):
     )
 
 
-def fields(plaintext, **kwargs):
+def fields(plaintext: dict[str, Any], **kwargs: Any) -> set[str]:
     with pytest.raises(InvalidRequest) as caught:
         draft(plaintext, **kwargs)
     return {e["field"] for e in caught.value.extra["errors"]}

@@ -41,7 +41,7 @@ def request(pan: str, reference: str) -> AuthorizationRequest:
     )
 
 
-async def entries(runtime, reference: str) -> int:
+async def entries(runtime: Runtime, reference: str) -> int:
     async with runtime.sessions() as db:
         return int(
             await db.scalar(

@@ -26,7 +26,7 @@ TPK = bytes.fromhex("232bea94b2f08ef806e722c78812e10a98662dfe3f516feb7a11766f2ae
 
 def request(
     pan: str, *, expiry: str = "3012", pin: EncipheredPin | None = None, emv: str | None = None
-):
+) -> AuthorizationRequest:
     card = check_card(pan=pan, expiry=expiry, track2=None, cardholder_name=None)
     return AuthorizationRequest(
         reference="vpr_test",

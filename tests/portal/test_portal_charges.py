@@ -5,24 +5,29 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
 from support import charge_kit as kit
-from support.helpers import SEEN_SECRETS, Admin, Backend, MakeMerchant, Server
+from support.helpers import SEEN_SECRETS, Admin, Backend, MakeMerchant, MerchantCtx, Server
 from support.portal_kit import create_user, shot, sign_in
 from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 from viopay_device import NotFound as SdkNotFound
 
+if TYPE_CHECKING:
+    from viopay.runtime import Runtime
+
 DECLINED = {"pan": "4000000000000002", "expiry": "3012"}
 
 
-def activated_terminal(backend, server, admin, merchant) -> kit.PosTerminal:
+def activated_terminal(
+    backend: Backend, server: Server, admin: Admin, merchant: MerchantCtx
+) -> kit.PosTerminal:
     """charge_kit.activated_terminal without an event loop in this thread: Playwright's sync API
     keeps one running here, so the in-process fallback runs in a thread of its own."""
     device = admin.provision()
@@ -42,13 +47,13 @@ def activated_terminal(backend, server, admin, merchant) -> kit.PosTerminal:
         client.fetch_config(key_set_id=key_set.key_set_id)
         client.activate()
     except SdkNotFound:
-        _in_thread(backend.env, lambda runtime: kit._activate_in_process(runtime, client, key_set))
+        _in_thread(backend.env, lambda runtime: kit._activate_in_process(runtime, client, key_set))  # type: ignore[attr-defined]
     terminal_id = client.terminal_id or client.status().terminal_id
     assert terminal_id is not None
     return kit.PosTerminal(server, device, merchant, client, terminal_id, httpx.Client(timeout=30))
 
 
-def _in_thread(env, work) -> None:
+def _in_thread(env: dict[str, str], work: Callable[[Runtime], Awaitable[object]]) -> None:
     from viopay.runtime import build_runtime
     from viopay.settings import Settings
 
@@ -70,7 +75,7 @@ def _in_thread(env, work) -> None:
     assert not failures, failures
 
 
-def _capture(failures, call) -> None:
+def _capture(failures: list[BaseException], call: Callable[[], object]) -> None:
     try:
         call()
     except BaseException as exc:  # reported in the test's own thread

@@ -8,11 +8,22 @@ import re
 import httpx
 from playwright.sync_api import Page, expect
 
-from support.helpers import SEEN_SECRETS, Admin, Backend, MakeMerchant, Server, pos_headers
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    Backend,
+    MakeMerchant,
+    MerchantCtx,
+    ProvisionedDevice,
+    Server,
+    pos_headers,
+)
 from support.portal_kit import create_user, shot, sign_in
 
 
-def claim_by_api(api, admin, owner, label=None):
+def claim_by_api(
+    api: httpx.Client, admin: Admin, owner: MerchantCtx, label: str | None = None
+) -> ProvisionedDevice:
     device = admin.provision()
     code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
         "pairing_code"

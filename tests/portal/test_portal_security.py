@@ -8,8 +8,17 @@ import re
 import httpx
 from playwright.sync_api import Page, expect
 
-from support.helpers import SEEN_SECRETS, Admin, Backend, MakeMerchant, Server, pos_headers
-from support.portal_kit import create_user, csrf_of, shot, sign_in
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    Backend,
+    MakeMerchant,
+    MerchantCtx,
+    ProvisionedDevice,
+    Server,
+    pos_headers,
+)
+from support.portal_kit import PortalUser, create_user, csrf_of, shot, sign_in
 
 SUBMIT_FORM = """([action, fields]) => {
   const form = document.createElement("form");
@@ -25,7 +34,9 @@ SUBMIT_FORM = """([action, fields]) => {
 }"""
 
 
-def claimed_device(api, admin, owner, label=None):
+def claimed_device(
+    api: httpx.Client, admin: Admin, owner: MerchantCtx, label: str | None = None
+) -> ProvisionedDevice:
     device = admin.provision()
     code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
         "pairing_code"
@@ -228,7 +239,7 @@ def test_api_clients_sign_in_and_members_of_several_merchants_pick_one(
     assert picked.ok and "You are not a member of that merchant." in picked.text()
 
 
-def _signed_in_client(server, user) -> httpx.Client:
+def _signed_in_client(server: Server, user: PortalUser) -> httpx.Client:
     http = httpx.Client(base_url=server.url, follow_redirects=False, timeout=30)
     page = http.get("/portal/signin")
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -38,7 +39,7 @@ def _up(port: int) -> bool:
         return False
 
 
-def _bench(tmp_path: Path, *args: str) -> tuple[dict, dict]:
+def _bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIOPAY_")} | {"COLUMNS": "200"}
     out = tmp_path / "results"  # given relative to the working folder, as a user would
     done = subprocess.run(
@@ -58,7 +59,7 @@ def _bench(tmp_path: Path, *args: str) -> tuple[dict, dict]:
     return summary, orjson.loads(results[0].read_bytes())
 
 
-def _samples(doc: dict) -> list:
+def _samples(doc: dict[str, Any]) -> list[Any]:
     """Error samples of every phase, for the assertion messages."""
     phases = [
         p
@@ -69,7 +70,7 @@ def _samples(doc: dict) -> list:
     return [s for p in phases for s in p.get("error_samples", [])][:5]
 
 
-def _check_run(summary: dict, doc: dict, *, backend: str, configs: int) -> None:
+def _check_run(summary: dict[str, Any], doc: dict[str, Any], *, backend: str, configs: int) -> None:
     assert SUMMARY_KEYS | MEASURED_KEYS <= set(summary)
     assert _number(summary["activation_ms"]) and _number(summary["cpu_ms_per_charge"])
     assert summary["cpu_ms_per_charge"] > 0
