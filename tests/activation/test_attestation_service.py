@@ -10,7 +10,14 @@ import httpx
 import orjson
 import pytest
 
-from support.helpers import SEEN_SECRETS, Admin, MakeMerchant, ProvisionedDevice, pos_headers
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    MakeMerchant,
+    ProvisionedDevice,
+    pos_headers,
+    present,
+)
 from viopay.activation.attestation import (
     Attested,
     IssuedToken,
@@ -38,7 +45,7 @@ def claimed(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> Pro
 
 async def _issue(runtime: Runtime, device: ProvisionedDevice, now: datetime) -> IssuedToken:
     async with runtime.sessions() as db:
-        row = await db.get(Device, device.device_id)
+        row = present(await db.get(Device, device.device_id))
         key = await identity_key_of(db, device_id=device.device_id, key_id=device.key_id)
         issued = await issue_token(runtime.cache, device=row, identity_key=key, now=now)
     SEEN_SECRETS.add(issued.token)
@@ -49,7 +56,7 @@ async def _verify(
     runtime: Runtime, token: str, device_id: str, now: datetime
 ) -> MerchantDeviceIdentityKey:
     async with runtime.sessions() as db:
-        device = await db.get(Device, device_id)
+        device = present(await db.get(Device, device_id))
         return await verify_token(db, runtime.cache, token=token, device=device, now=now)
 
 
@@ -102,7 +109,7 @@ async def test_disable_kills_and_enable_does_not_revive(
     issued = await _issue(runtime, claimed, utcnow())
     for disabled in (True, False):
         async with runtime.sessions() as db, db.begin():
-            device = await db.get(Device, claimed.device_id)
+            device = present(await db.get(Device, claimed.device_id))
             await devices.set_disabled(
                 db, device=device, disabled=disabled, actor=Actor.operator("t"), now=utcnow()
             )
@@ -143,7 +150,7 @@ async def test_attested_unwraps_the_secret_lazily(
     runtime: Runtime, claimed: ProvisionedDevice
 ) -> None:
     async with runtime.sessions() as db:
-        device = await db.get(Device, claimed.device_id)
+        device = present(await db.get(Device, claimed.device_id))
         key = await identity_key_of(db, device_id=claimed.device_id, key_id=claimed.key_id)
     attested = Attested(device=device, identity_key=key, wrapper=runtime.wrapper)
     assert attested._secret is None

@@ -20,11 +20,12 @@ from support.helpers import (
     ProvisionedDevice,
     Server,
     claim_with,
+    present,
     problem,
     sdk_client,
 )
 from viopay.runtime import Runtime
-from viopay_device import DeviceClient, InvalidState, activate_device
+from viopay_device import DeviceClient, InvalidState, KeySet, StepReport, activate_device
 from viopay_device.protocol.envelope import (
     chunk_aad,
     open_envelope,
@@ -89,7 +90,7 @@ def test_whole_activation_through_the_sdk(
         assert result.activation.status == "activated"
         assert result.activation.merchant_id == owner.merchant_id
         assert result.terminal_parameters.chunk_count >= 3
-        assert result.config.hmac_key_id == client.key_store.current.hmac_key_id
+        assert result.config.hmac_key_id == present(client.key_store.current).hmac_key_id
         view = owner.http.get(f"/merchant/devices/{device.device_id}").json()
         assert view["status"] == "activated" and view["activated_at"] is not None
         assert client.status().status == "activated"
@@ -117,7 +118,7 @@ def test_config_envelope_etag_and_version_bump(
     assert first.status_code == 200
     etag = first.headers["etag"]
     envelope = parse_envelope(first.json())
-    pending = client.key_store.pending
+    pending = present(client.key_store.pending)
     assert envelope.kid == pending.msk_kid
     aad = response_aad(method="POST", path="/pos/config", subject=client.device_id, nonce="")
     document = orjson.loads(open_envelope(pending.key("MSK"), envelope, aad))
@@ -165,7 +166,7 @@ def test_config_key_set_choice(
         404,
         "not_found",
     )
-    ks = client.key_store.pending.key_set_id
+    ks = present(client.key_store.pending).key_set_id
     assert (
         httpx.post(f"{base}/pos/config", headers=headers, json={"key_set_id": ks}).status_code
         == 200
@@ -189,7 +190,7 @@ def test_terminal_parameters_chunks(
     register(client)
     headers = token_headers(client)
     base = client_base(client)
-    pending = client.key_store.pending
+    pending = present(client.key_store.pending)
     first = httpx.post(f"{base}/pos/terminal-parameters", headers=headers, json={"chunk": 0})
     assert first.status_code == 200
     meta = first.json()["chunk"]
@@ -257,7 +258,7 @@ def activation_envelope(
     key_set: KeySet | None = None,
     kid: str | None = None,
 ) -> bytes:
-    ks = key_set or client.key_store.pending
+    ks = key_set or present(client.key_store.pending)
     body = {
         "key_set_id": ks.key_set_id,
         "kcv": kcv or dict(ks.kcvs),
@@ -291,7 +292,7 @@ def test_activation_wrong_kcv_changes_nothing(
     first = httpx.post(f"{base}/pos/activate", headers=headers, json=envelope)
     again = httpx.post(f"{base}/pos/activate", headers=headers, json=activation_envelope(client))
     assert first.status_code == again.status_code == 200
-    ks = client.key_store.pending
+    ks = present(client.key_store.pending)
     aad = response_aad(method="POST", path="/pos/activate", subject=client.device_id, nonce="")
     one, two = (
         orjson.loads(open_envelope(ks.key("MSK"), parse_envelope(r.json()), aad))
@@ -326,7 +327,7 @@ def test_activation_envelope_errors(
         httpx.post(f"{base}/pos/activate", headers=headers, json=tampered), 400, "decryption_failed"
     )
     # Sealed for another endpoint: the AAD does not match.
-    ks = client.key_store.pending
+    ks = present(client.key_store.pending)
     other = seal(
         ks.key("MSK"),
         ks.msk_kid,
@@ -361,7 +362,7 @@ async def test_activate_service_refuses_an_unclaimed_device(
     client.download_keys()
     register(client)
     async with runtime.sessions() as db, db.begin():
-        device = await db.get(Device, client.device_id)
+        device = present(await db.get(Device, client.device_id))
         device.status, device.terminal_id = DeviceStatus.inactive, None
         key_set, document = await delivery.open_activation(
             db, runtime.wrapper, device=device, raw=activation_envelope(client)
@@ -388,9 +389,9 @@ async def test_expired_key_set_is_refused(
     client, owner, *_ = claimed
     client.download_keys()
     register(client)
-    ks = client.key_store.pending
+    ks = present(client.key_store.pending)
     async with runtime.sessions() as db, db.begin():  # the set was made 16 minutes ago
-        row = await db.get(KeySet, ks.key_set_id)
+        row = present(await db.get(KeySet, ks.key_set_id))
         row.created_at -= timedelta(minutes=16)
         row.expires_at -= timedelta(minutes=16)
     headers = token_headers(client)
@@ -423,12 +424,13 @@ async def test_rotation_keeps_previous_set_for_the_grace(
     client.download_keys()
     client.fetch_config()
     client.activate()
-    old = client.key_store.current
+    old = present(client.key_store.current)
     client.rotate_keys()
     register(client)
-    new = client.key_store.current
+    new = present(client.key_store.current)
     assert (
-        new.key_set_id != old.key_set_id and client.key_store.previous.key_set_id == old.key_set_id
+        new.key_set_id != old.key_set_id
+        and present(client.key_store.previous).key_set_id == old.key_set_id
     )
     headers = token_headers(client)
     base = client_base(client)
@@ -444,7 +446,7 @@ async def test_rotation_keeps_previous_set_for_the_grace(
     )
     grace = timedelta(seconds=runtime.settings.rotation_grace_seconds)
     async with runtime.sessions() as db, db.begin():
-        device = await db.get(Device, client.device_id)
+        device = present(await db.get(Device, client.device_id))
         now = utcnow()
         assert (
             await delivery.resolve_key_set(db, device=device, key_set_id=old.key_set_id, now=now)

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import update
 
 from support import charge_kit as kit
-from support.helpers import Admin, MakeMerchant, Server
+from support.helpers import Admin, MakeMerchant, Server, present
 from viopay.keysets.models import KeySet
 from viopay.runtime import Runtime
 from viopay_device.protocol.envelope import card_aad, seal
@@ -37,7 +37,7 @@ async def set_envelope_count(runtime: Runtime, key_set_id: str, count: int) -> N
 
 async def envelope_count(runtime: Runtime, key_set_id: str) -> int:
     async with runtime.sessions() as db:
-        key_set = await db.get(KeySet, key_set_id)
+        key_set = present(await db.get(KeySet, key_set_id))
         return key_set.envelope_count
 
 

@@ -274,7 +274,7 @@ async def test_concurrent_partial_refunds_never_pass_the_amount(
             ((server if i % 2 else server_b).url + path, body, terminal.headers("POST", path, body))
         )
 
-    def send(item):
+    def send(item: tuple[str, bytes, dict[str, str]]) -> httpx.Response:
         url, body, headers = item
         return httpx.post(url, content=body, headers=headers, timeout=60)
 

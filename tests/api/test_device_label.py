@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import httpx
 
-from support.helpers import SEEN_SECRETS, Admin, MakeMerchant, pos_headers, problem
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    MakeMerchant,
+    MerchantCtx,
+    ProvisionedDevice,
+    pos_headers,
+    problem,
+)
 
 
 def claimed(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 
 from support.helpers import SEEN_SECRETS, Server, pos_headers, problem
 from support.tcp_proxy import TcpProxy
+from viopay_device import StepReport
 
 
 @dataclass
@@ -33,7 +35,7 @@ class Proxied:
 
 
 @pytest.fixture
-def proxied(tmp_path: Path):
+def proxied(tmp_path: Path) -> Iterator[Proxied]:
     """Its own PostgreSQL database and Redis prefix (only PostgreSQL + Redis can go down)."""
     from support.helpers import (
         Backend,
@@ -64,7 +66,7 @@ def proxied(tmp_path: Path):
     drop_pg_database(f"viopay_test_{tag}")
 
 
-def test_redis_down_fails_closed(proxied) -> None:
+def test_redis_down_fails_closed(proxied: Proxied) -> None:
     srv, redis = proxied.server, proxied.redis
     device_id = proxied.provision()
     http = httpx.Client(base_url=srv.url, timeout=30)
@@ -97,7 +99,7 @@ def test_redis_down_fails_closed(proxied) -> None:
     http.close()
 
 
-def test_database_down_fails_closed(proxied) -> None:
+def test_database_down_fails_closed(proxied: Proxied) -> None:
     srv, pg = proxied.server, proxied.pg
     device_id = proxied.provision()
     http = httpx.Client(base_url=srv.url, timeout=30)
@@ -119,7 +121,7 @@ def test_database_down_fails_closed(proxied) -> None:
     http.close()
 
 
-def test_no_charge_without_replay_protection(proxied) -> None:
+def test_no_charge_without_replay_protection(proxied: Proxied) -> None:
     """Redis down: a correctly signed charge is refused (503) and no charge exists afterwards."""
     from support.helpers import ProvisionedDevice, sdk_client
     from viopay_device import ServiceUnavailable, activate_device
@@ -147,7 +149,7 @@ def test_no_charge_without_replay_protection(proxied) -> None:
     )
     with sdk_client(srv.url, device, max_retries=0) as pos:
 
-        def claim(step):
+        def claim(step: StepReport) -> None:
             if step.name == "pairing_code":
                 assert (
                     web.post(

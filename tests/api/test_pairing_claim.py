@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from support.helpers import Admin, Backend, MakeMerchant, Server, pos_headers, problem
+from support.helpers import Admin, Backend, MakeMerchant, Server, pos_headers, present, problem
 from viopay.runtime import Runtime
 
 ALPHABET = set("ABCDEFGHJKMNPQRSTUVWXYZ23456789")
@@ -260,7 +260,7 @@ async def test_expired_code_is_refused(
 
     device = admin.provision()
     async with runtime.sessions() as db, db.begin():
-        row = await db.get(Device, device.device_id)
+        row = present(await db.get(Device, device.device_id))
         code, expires_at = await service.issue_pairing_code(
             db,
             runtime.cache,
@@ -283,7 +283,7 @@ async def test_live_code_just_before_expiry_is_claimable(
 
     device = admin.provision()
     async with runtime.sessions() as db, db.begin():
-        row = await db.get(Device, device.device_id)
+        row = present(await db.get(Device, device.device_id))
         code, _ = await service.issue_pairing_code(
             db,
             runtime.cache,

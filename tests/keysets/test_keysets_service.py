@@ -13,7 +13,14 @@ import httpx
 import pytest
 from sqlalchemy import Select, select
 
-from support.helpers import SEEN_SECRETS, Admin, MakeMerchant, ProvisionedDevice, pos_headers
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    MakeMerchant,
+    ProvisionedDevice,
+    pos_headers,
+    present,
+)
 from viopay.audit import Actor
 from viopay.devices.models import Device
 from viopay.errors import InvalidRequest, InvalidState
@@ -44,7 +51,7 @@ async def _create(
     runtime: Runtime, device: ProvisionedDevice, now: datetime, transport_key: str | None = None
 ) -> DeliveredKeySet:
     async with runtime.sessions() as db, db.begin():
-        row = await db.get(Device, device.device_id)
+        row = present(await db.get(Device, device.device_id))
         return await keysets.create_key_set(
             db,
             wrapper=runtime.wrapper,
@@ -60,7 +67,7 @@ async def _activate(
     runtime: Runtime, key_set_id: str, now: datetime, grace: timedelta = GRACE
 ) -> KeySetStatus:
     async with runtime.sessions() as db, db.begin():
-        key_set = await db.get(KeySet, key_set_id)
+        key_set = present(await db.get(KeySet, key_set_id))
         return (await keysets.activate_key_set(db, key_set=key_set, now=now, grace=grace)).status
 
 
@@ -76,7 +83,7 @@ def select_sets(device_id: str) -> Select[tuple[KeySet]]:
 
 async def _usable(runtime: Runtime, device_id: str, now: datetime) -> list[str]:
     async with runtime.sessions() as db:
-        device = await db.get(Device, device_id)
+        device = present(await db.get(Device, device_id))
         return [ks.key_set_id for ks in await keysets.usable_key_sets(db, device=device, now=now)]
 
 
@@ -194,7 +201,7 @@ async def test_activation_and_rotation(runtime: Runtime, claimed: ProvisionedDev
     assert await _usable(runtime, claimed.device_id, t1 + GRACE - timedelta(seconds=1)) == [c, b]
     assert await _usable(runtime, claimed.device_id, t1 + GRACE) == [c]
     async with runtime.sessions() as db:
-        previous, active = await db.get(KeySet, b), await db.get(KeySet, c)
+        previous, active = present(await db.get(KeySet, b)), present(await db.get(KeySet, c))
         assert keysets.serves_charges(previous, now=t1) and keysets.serves_charges(active, now=t1)
         assert not keysets.serves_charges(previous, now=t1 + GRACE)
         assert previous.retires_at == t1 + GRACE and active.activated_at == t1
@@ -250,7 +257,7 @@ async def test_release_retires_every_set(runtime: Runtime, claimed: ProvisionedD
     await _activate(runtime, a, now)
     b = (await _create(runtime, claimed, now + timedelta(seconds=1))).key_set.key_set_id
     async with runtime.sessions() as db, db.begin():
-        device = await db.get(Device, claimed.device_id)
+        device = present(await db.get(Device, claimed.device_id))
         generation = device.token_generation
         await keysets.release_device(db, device=device, actor=Actor.operator("test"), now=now)
         assert device.token_generation == generation + 1

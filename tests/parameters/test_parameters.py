@@ -13,7 +13,7 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from support.helpers import Admin, Backend, MakeMerchant
+from support.helpers import Admin, Backend, MakeMerchant, present
 from viopay.audit import Actor, AuditEvent
 from viopay.devices.models import Device, DeviceStatus, Terminal
 from viopay.errors import InvalidRequest, NotFound
@@ -129,7 +129,7 @@ async def _terminal(runtime: Any) -> Terminal:
 async def test_own_document_wins_and_default_falls_back(runtime: Runtime) -> None:
     terminal = await _terminal(runtime)
     async with runtime.sessions() as db:
-        default_row = await db.get(TerminalParameters, DEFAULT_KEY)
+        default_row = present(await db.get(TerminalParameters, DEFAULT_KEY))
         expected_default = (
             ParametersBlob(default_row.gzip, default_row.size, default_row.sha256)
             if default_row
@@ -189,7 +189,7 @@ async def test_unknown_or_released_terminals_are_not_found(runtime: Runtime) -> 
             await parameters.set_parameters(
                 db, terminal_id="TID-NOPE", document={}, actor=Actor.operator(), now=NOW
             )
-        row = await db.get(Terminal, terminal.terminal_id)
+        row = present(await db.get(Terminal, terminal.terminal_id))
         row.retired_at = NOW
     async with runtime.sessions() as db, db.begin():
         with pytest.raises(NotFound):

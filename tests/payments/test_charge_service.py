@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from support import charge_kit as kit
-from support.helpers import Admin, MakeMerchant, Server
+from support.helpers import Admin, MakeMerchant, Server, present
 from viopay.audit import AuditEvent
 from viopay.errors import ChargeNotCancelable, NotFound
 from viopay.payments import flow, reversals
@@ -39,7 +39,7 @@ def scope_of(terminal: kit.PosTerminal) -> TerminalScope:
 
 async def created_at(runtime: Runtime, charge_id: str) -> datetime:
     async with runtime.sessions() as db:
-        return (await db.get(Charge, charge_id)).created_at
+        return (present(await db.get(Charge, charge_id))).created_at
 
 
 @pytest.mark.parametrize("target", [ChargeStatus.canceled, ChargeStatus.reversed])

@@ -29,7 +29,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from support import charge_kit as kit
-from support.helpers import Admin, Backend, MakeMerchant, Server
+from support.helpers import Admin, Backend, MakeMerchant, Server, present
 from viopay.payments.models import (
     Charge,
     ChargeStatus,
@@ -321,7 +321,7 @@ async def test_an_approval_whose_key_was_spent_by_reverse_is_reversed(
             )
         )
         reference = charge.processor_reference
-        held = await db.get(SandboxLedgerEntry, reference)
+        held = present(await db.get(SandboxLedgerEntry, reference))
     assert charge.status is ChargeStatus.reversed and held.approved and held.undone_by is not None
     assert terminal.charge(800, idempotency_key="spent").code == "invalid_state"
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -26,6 +26,13 @@ UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
 SEEN_SECRETS: set[str] = set()
 SERVER_LOGS: list[Path] = []
 PORT_ATTEMPTS = 3
+T = TypeVar("T")
+
+
+def present(value: T | None) -> T:
+    """``value``, asserted not None: a row, a key set, a match the test knows is there."""
+    assert value is not None
+    return value
 
 
 def free_port() -> int:
