@@ -46,7 +46,7 @@ def claimed(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> Pro
 async def _issue(runtime: Runtime, device: ProvisionedDevice, now: datetime) -> IssuedToken:
     async with runtime.sessions() as db:
         row = present(await db.get(Device, device.device_id))
-        key = await identity_key_of(db, device_id=device.device_id, key_id=device.key_id)
+        key = present(await identity_key_of(db, device_id=device.device_id, key_id=device.key_id))
         issued = await issue_token(runtime.cache, device=row, identity_key=key, now=now)
     SEEN_SECRETS.add(issued.token)
     return issued
@@ -151,7 +151,7 @@ async def test_attested_unwraps_the_secret_lazily(
 ) -> None:
     async with runtime.sessions() as db:
         device = present(await db.get(Device, claimed.device_id))
-        key = await identity_key_of(db, device_id=claimed.device_id, key_id=claimed.key_id)
+        key = present(await identity_key_of(db, device_id=claimed.device_id, key_id=claimed.key_id))
     attested = Attested(device=device, identity_key=key, wrapper=runtime.wrapper)
     assert attested._secret is None
     assert attested.identity_secret() == claimed.secret

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from support import charge_kit as kit
-from support.helpers import Admin, MakeMerchant, Server
+from support.helpers import Admin, MakeMerchant, Server, present
 from viopay.payments import idempotency
 from viopay.payments.models import Charge, IdempotencyRecord
 from viopay.runtime import Runtime
@@ -30,7 +30,7 @@ async def terminal(
 
 async def charges_with_key(runtime: Runtime, terminal_id: str, key: str) -> int:
     async with runtime.sessions() as db:
-        return int(
+        return present(
             await db.scalar(
                 select(func.count())
                 .select_from(Charge)
@@ -148,7 +148,7 @@ async def test_stored_results_hold_no_card_number(
     assert (
         kit.CARD["pan"] not in text
         and "pin" not in text
-        and record.result["card"]["last4"] == "4242"
+        and present(record.result)["card"]["last4"] == "4242"
     )
 
 

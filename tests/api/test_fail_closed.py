@@ -17,7 +17,7 @@ import pytest
 
 from support.helpers import SEEN_SECRETS, Server, pos_headers, problem
 from support.tcp_proxy import TcpProxy
-from viopay_device import StepReport
+from viopay_device import PairingCode, StepReport
 
 
 @dataclass
@@ -31,7 +31,8 @@ class Proxied:
         created = self.backend.cli("device", "provision", f"POS-{secrets.token_hex(4).upper()}")
         SEEN_SECRETS.add(created["identity_secret"])
         self.identity = created
-        return created["device_id"]
+        device_id: str = created["device_id"]
+        return device_id
 
 
 @pytest.fixture
@@ -151,6 +152,7 @@ def test_no_charge_without_replay_protection(proxied: Proxied) -> None:
 
         def claim(step: StepReport) -> None:
             if step.name == "pairing_code":
+                assert isinstance(step.result, PairingCode)
                 assert (
                     web.post(
                         "/pos/claim", json={"pairing_code": step.result.pairing_code}

@@ -19,7 +19,8 @@ ALPHABET = set("ABCDEFGHJKMNPQRSTUVWXYZ23456789")
 def new_code(api: httpx.Client, device_id: str) -> str:
     response = api.post("/pos/pairing-code", headers=pos_headers(device_id))
     assert response.status_code == 201, response.text
-    return response.json()["pairing_code"]
+    code: str = response.json()["pairing_code"]
+    return code
 
 
 def test_pairing_code_shape(api: httpx.Client, admin: Admin) -> None:

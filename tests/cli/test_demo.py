@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from support.helpers import SEEN_SECRETS, Backend, MakeMerchant, Server
+from support.helpers import SEEN_SECRETS, Backend, MakeMerchant, Server, present
 
 
 def test_demo_runs_green_on_its_own_embedded_server(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_demo_pair_only_waits_for_a_person(
     assert claimed.status_code == 200, claimed.text
     assert demo.wait(timeout=60) == 0
     reader.join(timeout=5)
-    demo.stdout.close()
+    present(demo.stdout).close()
     text = "".join(seen)
     assert "claimed" in text and claimed.json()["terminal_id"] in text
     assert "charge" not in text  # it stopped after pairing

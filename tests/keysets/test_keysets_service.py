@@ -48,7 +48,7 @@ def claimed(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> Pro
 
 
 async def _create(
-    runtime: Runtime, device: ProvisionedDevice, now: datetime, transport_key: str | None = None
+    runtime: Runtime, device: ProvisionedDevice, now: datetime, transport_key: bytes | None = None
 ) -> DeliveredKeySet:
     async with runtime.sessions() as db, db.begin():
         row = present(await db.get(Device, device.device_id))
@@ -77,7 +77,7 @@ async def _statuses(runtime: Runtime, device_id: str) -> dict[str, KeySetStatus]
         return {row.key_set_id: row.status for row in rows}
 
 
-def select_sets(device_id: str) -> Select[tuple[KeySet]]:
+def select_sets(device_id: str) -> Select[KeySet]:
     return select(KeySet).where(KeySet.device_id == device_id)
 
 
@@ -129,7 +129,7 @@ async def test_delivered_blocks_unwrap_and_keys_are_stored_wrapped(
         )
 
 
-def select_keys(key_set_id: str) -> Select[tuple[KeySetKey]]:
+def select_keys(key_set_id: str) -> Select[KeySetKey]:
     return select(KeySetKey).where(KeySetKey.key_set_id == key_set_id)
 
 
@@ -237,7 +237,9 @@ async def test_pending_sets_do_not_serve_charges(
     async with runtime.sessions() as db:
         by_mac = await keysets.key_set_by_hmac_key_id(db, delivered.key_set.hmac_key_id)
         by_msk = await keysets.key_set_by_msk_key_id(db, delivered.key_set.msk_key_id)
-        assert by_mac.key_set_id == by_msk.key_set_id == delivered.key_set.key_set_id
+        assert (
+            present(by_mac).key_set_id == present(by_msk).key_set_id == delivered.key_set.key_set_id
+        )
         assert await keysets.key_set_by_hmac_key_id(db, "mac_nope") is None
 
 

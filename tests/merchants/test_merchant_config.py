@@ -22,7 +22,7 @@ from viopay.merchants.models import Merchant, MerchantConfig
 from viopay.runtime import Runtime
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "tip": {"enabled": True, "percentages": [15, 18, 20], "allow_custom": True},
     "tax": {"enabled": False, "rate_bps": 0, "inclusive": False},
     "surcharge": {"enabled": False, "rate_bps": 0, "max_amount": 0},
@@ -227,7 +227,7 @@ async def test_a_merchant_without_a_config_row_gets_the_defaults_once(runtime: R
         async with runtime.sessions() as db, db.begin():
             return (await config.get_config(db, merchant=merchant, now=NOW)).config_version
 
-    assert await asyncio.gather(read(), read(), read()) == [1, 1, 1]
+    assert list(await asyncio.gather(read(), read(), read())) == [1, 1, 1]
     async with runtime.sessions() as db:
         made = present(await db.get(MerchantConfig, merchant.merchant_id))
         assert made is not None and made.branding["display_name"] == "Old shop"

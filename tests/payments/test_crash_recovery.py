@@ -315,9 +315,11 @@ async def test_an_approval_whose_key_was_spent_by_reverse_is_reversed(
     start("recovering")
     await assert_recovered(runtime, terminal.terminal_id)
     async with runtime.sessions() as db:
-        charge = await db.scalar(
-            select(Charge).where(
-                Charge.idempotency_key == "spent", Charge.terminal_id == terminal.terminal_id
+        charge = present(
+            await db.scalar(
+                select(Charge).where(
+                    Charge.idempotency_key == "spent", Charge.terminal_id == terminal.terminal_id
+                )
             )
         )
         reference = charge.processor_reference
@@ -383,8 +385,10 @@ async def test_a_processor_slower_than_the_deadline_never_races_recovery(
     assert (first.status, first.code) == (502, "processor_error")
     await assert_recovered(runtime, terminal.terminal_id)
     async with runtime.sessions() as db:
-        intent = await db.scalar(
-            select(PaymentIntent).where(PaymentIntent.terminal_id == terminal.terminal_id)
+        intent = present(
+            await db.scalar(
+                select(PaymentIntent).where(PaymentIntent.terminal_id == terminal.terminal_id)
+            )
         )
     assert intent.state is IntentState.abandoned and intent.outcome == {"reason": "never_received"}
     retry = terminal.charge(600, idempotency_key="too-slow")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from support import charge_kit as kit
-from support.helpers import ROOT, Admin, Backend, MakeMerchant, Server
+from support.helpers import ROOT, Admin, Backend, MakeMerchant, Server, present
 from viopay.payments.cards import check_card
 from viopay.payments.processors import AuthorizationRequest, ChargeRef, Processor
 from viopay.runtime import Runtime
@@ -22,7 +22,7 @@ from viopay.runtime import Runtime
 def example_source() -> str:
     page = (ROOT / "docs" / "processors.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
-    source = next(b for b in blocks if "def make_processor" in b)
+    source: str = next(b for b in blocks if "def make_processor" in b)
     return source
 
 
@@ -56,7 +56,7 @@ async def test_the_example_is_a_processor_that_acts_once_per_reference() -> None
     assert first.approved and await acquirer.authorize(request(500, "vpr_a")) is first
     assert not (await acquirer.authorize(request(200_000, "vpr_b"))).approved
     await acquirer.reverse(ChargeRef("ch_1", "TID-1", 500, "USD", "vpr_a"), reference="vpr_c")
-    assert (await acquirer.lookup("vpr_a")).undone
+    assert present(await acquirer.lookup("vpr_a")).undone
     assert await acquirer.lookup("vpr_never") is None
 
 

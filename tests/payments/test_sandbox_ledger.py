@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
+from support.helpers import present
 from viopay.payments.cards import check_card
 from viopay.payments.intents import new_reference
 from viopay.payments.models import SandboxLedgerEntry
@@ -43,7 +44,7 @@ def request(pan: str, reference: str) -> AuthorizationRequest:
 
 async def entries(runtime: Runtime, reference: str) -> int:
     async with runtime.sessions() as db:
-        return int(
+        return present(
             await db.scalar(
                 select(func.count())
                 .select_from(SandboxLedgerEntry)
@@ -68,13 +69,13 @@ async def test_declines_timeouts_and_errors_in_the_ledger(runtime: Runtime) -> N
     sandbox = SandboxProcessor(runtime.sessions)
     declined, timed_out, failed = new_reference(), new_reference(), new_reference()
     assert not (await sandbox.authorize(request("4000000000000002", declined))).approved
-    assert (await sandbox.lookup(declined)).authorization.response_code == "05"
+    assert present(present(await sandbox.lookup(declined)).authorization).response_code == "05"
     try:
         await sandbox.authorize(request("4000000000000259", timed_out))
     except ProcessorTimedOut:
         pass
     held = await sandbox.lookup(timed_out)  # authorised; only the answer was lost
-    assert held is not None and held.authorization.approved
+    assert held is not None and present(held.authorization).approved
     try:
         await sandbox.authorize(request("4000000000000119", failed))
     except ProcessorFailure:
@@ -88,12 +89,12 @@ async def test_a_reversal_undoes_its_authorisation_once(runtime: Runtime) -> Non
     charge = ChargeRef("ch_1", "TID-1", 1250, "USD", auth)
     await sandbox.reverse(charge, reference=auth + "-r")
     await sandbox.reverse(charge, reference=auth + "-r")
-    assert (await sandbox.lookup(auth)).undone
-    assert (await sandbox.lookup(auth + "-r")).operation == "reverse"
+    assert present(await sandbox.lookup(auth)).undone
+    assert present(await sandbox.lookup(auth + "-r")).operation == "reverse"
     assert await entries(runtime, auth + "-r") == 1
     refund = new_reference()
     await sandbox.refund(charge, reference=refund, refund_id="re_1", amount=100)
-    assert (await sandbox.lookup(refund)).operation == "refund"
+    assert present(await sandbox.lookup(refund)).operation == "refund"
 
 
 async def test_latency_is_spent_on_every_call_as_an_asyncio_wait(

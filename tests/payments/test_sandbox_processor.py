@@ -66,6 +66,7 @@ async def test_the_table(pan: str, approved: bool, code: str, reason: str | None
     )
     assert (answer.authorization_code is not None) == approved
     if approved:
+        assert answer.authorization_code is not None
         assert len(answer.authorization_code) == 6 and answer.authorization_code.isalnum()
         assert answer.authorization_code == answer.authorization_code.upper()
     assert answer.emv_response is None
@@ -100,6 +101,7 @@ async def test_the_order_expired_then_0127_then_pin_then_table() -> None:
 
 async def test_emv_response_carries_8a() -> None:
     approved = await SandboxProcessor().authorize(request("4242424242424242", emv="9F2701"))
+    assert approved.emv_response is not None
     assert approved.emv_response.startswith("8A023030") and "8906" in approved.emv_response
     declined = await SandboxProcessor().authorize(request("4000000000000002", emv="9F2701"))
     assert declined.emv_response == "8A023035"
@@ -108,7 +110,7 @@ async def test_emv_response_carries_8a() -> None:
 async def test_refund_void_reverse_answer() -> None:
     sandbox = SandboxProcessor()
     ref = ChargeRef("ch_1", "TID-000001", 100, "USD", "vpr_1")
-    assert await sandbox.refund(ref, reference="vpr_2", refund_id="re_1", amount=50) is None
+    await sandbox.refund(ref, reference="vpr_2", refund_id="re_1", amount=50)  # answers None
     await sandbox.void(ref, reference="vpr_3")
     await sandbox.reverse(ref, reference="vpr_4")
     assert await sandbox.lookup("vpr_1") is None  # no ledger without a database

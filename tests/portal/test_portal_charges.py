@@ -57,9 +57,8 @@ def _in_thread(env: dict[str, str], work: Callable[[Runtime], Awaitable[object]]
     from viopay.runtime import build_runtime
     from viopay.settings import Settings
 
-    settings = Settings(
-        **{key.removeprefix("VIOPAY_").lower(): value for key, value in env.items()}
-    )
+    fields: dict[str, Any] = {key.removeprefix("VIOPAY_").lower(): v for key, v in env.items()}
+    settings = Settings(**fields)
 
     async def go() -> None:
         runtime = build_runtime(settings)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import httpx
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Dialog, Page, expect
 
 from support.helpers import (
     SEEN_SECRETS,
@@ -81,7 +81,12 @@ def test_device_page_renames_disables_enables_and_releases(
     expect(page.get_by_role("heading", level=1)).to_have_text(device.device_id)
 
     dialogs: list[str] = []
-    page.once("dialog", lambda d: (dialogs.append(d.message), d.accept()))
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", on_dialog)
     page.get_by_role("button", name="Release").click()
     page.wait_for_url(re.compile(r"/portal/devices$"))
     assert dialogs and "Release" in dialogs[0]

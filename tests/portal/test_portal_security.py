@@ -17,6 +17,7 @@ from support.helpers import (
     ProvisionedDevice,
     Server,
     pos_headers,
+    present,
 )
 from support.portal_kit import PortalUser, create_user, csrf_of, shot, sign_in
 
@@ -130,7 +131,7 @@ def test_forms_without_this_sessions_csrf_token_are_refused(
         ({"csrf_token": token}, {"Origin": "null"}),  # an opaque origin (a sandboxed frame, …)
         ({"csrf_token": token}, {"Sec-Fetch-Site": "cross-site"}),
     ):
-        response = page.request.post(disable, form=form, headers=headers)
+        response = page.request.post(disable, form={**form}, headers=headers)
         assert response.status == 403, (form, headers)
         assert "This form was not sent from this portal" in response.text()
     assert owner.http.get(f"/merchant/devices/{device.device_id}").json()["disabled"] is False
@@ -242,7 +243,7 @@ def test_api_clients_sign_in_and_members_of_several_merchants_pick_one(
 def _signed_in_client(server: Server, user: PortalUser) -> httpx.Client:
     http = httpx.Client(base_url=server.url, follow_redirects=False, timeout=30)
     page = http.get("/portal/signin")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    token = present(re.search(r'name="csrf_token" value="([^"]+)"', page.text)).group(1)
     answer = http.post(
         "/portal/signin",
         data={
@@ -318,9 +319,9 @@ def test_headers_cookie_sign_out_and_error_formats(
     forged = httpx.get(f"{server.url}/portal/devices", cookies={"viopay_portal": tampered})
     assert forged.status_code == 303 and forged.headers["location"].startswith("/portal/signin")
 
-    token = re.search(r'name="csrf_token" value="([^"]+)"', http.get("/portal/devices").text).group(
-        1
-    )
+    token = present(
+        re.search(r'name="csrf_token" value="([^"]+)"', http.get("/portal/devices").text)
+    ).group(1)
     assert http.post("/portal/signout", data={"csrf_token": token}).status_code == 303
     replayed = httpx.get(f"{server.url}/portal/devices", cookies=stolen)
     assert replayed.status_code == 303  # signing out ended the session on the server too

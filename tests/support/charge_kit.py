@@ -92,7 +92,7 @@ class Answer:
 
     @property
     def replayed(self) -> bool:
-        return self.response.headers.get("idempotent-replayed") == "true"
+        return bool(self.response.headers.get("idempotent-replayed") == "true")
 
     def problem(self) -> dict[str, Any]:
         assert self.response.headers["content-type"].startswith("application/problem+json"), (
