@@ -12,7 +12,7 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from support.helpers import Admin, Backend, MakeMerchant, present
+from support.helpers import Admin, Backend, MakeMerchant
 from viopay.audit import Actor, AuditEvent
 from viopay.deps import validate
 from viopay.errors import InvalidRequest
@@ -221,7 +221,7 @@ async def test_a_merchant_without_a_config_row_gets_the_defaults_once(runtime: R
     """Merchants made before the config table existed: made on first read, concurrently safe."""
     merchant = await _merchant(runtime, name="Old shop")
     async with runtime.sessions() as db, db.begin():
-        await db.delete(present(await db.get(MerchantConfig, merchant.merchant_id)))
+        await db.delete(await db.get(MerchantConfig, merchant.merchant_id))
 
     async def read() -> int:
         async with runtime.sessions() as db, db.begin():
@@ -229,7 +229,7 @@ async def test_a_merchant_without_a_config_row_gets_the_defaults_once(runtime: R
 
     assert list(await asyncio.gather(read(), read(), read())) == [1, 1, 1]
     async with runtime.sessions() as db:
-        made = present(await db.get(MerchantConfig, merchant.merchant_id))
+        made = await db.get(MerchantConfig, merchant.merchant_id)
         assert made is not None and made.branding["display_name"] == "Old shop"
 
 

@@ -129,7 +129,7 @@ async def _terminal(runtime: Any) -> Terminal:
 async def test_own_document_wins_and_default_falls_back(runtime: Runtime) -> None:
     terminal = await _terminal(runtime)
     async with runtime.sessions() as db:
-        default_row = present(await db.get(TerminalParameters, DEFAULT_KEY))
+        default_row = await db.get(TerminalParameters, DEFAULT_KEY)
         expected_default = (
             ParametersBlob(default_row.gzip, default_row.size, default_row.sha256)
             if default_row

@@ -39,7 +39,7 @@ def scope_of(terminal: kit.PosTerminal) -> TerminalScope:
 
 async def created_at(runtime: Runtime, charge_id: str) -> datetime:
     async with runtime.sessions() as db:
-        return (present(await db.get(Charge, charge_id))).created_at
+        return present(await db.get(Charge, charge_id)).created_at
 
 
 @pytest.mark.parametrize("target", [ChargeStatus.canceled, ChargeStatus.reversed])
