@@ -11,10 +11,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from viopay_device import DeviceClient
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("VIOPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -151,7 +154,7 @@ def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     return body
 
 
-def sdk_client(url: str, device: ProvisionedDevice, **options: Any) -> Any:
+def sdk_client(url: str, device: ProvisionedDevice, **options: Any) -> DeviceClient:
     """The device SDK for a provisioned device (identity key in a memory key store)."""
     from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
@@ -159,7 +162,7 @@ def sdk_client(url: str, device: ProvisionedDevice, **options: Any) -> Any:
     return DeviceClient(url, device_id=device.device_id, key_store=store, **options)
 
 
-def claim_with(client: Any, merchant: MerchantCtx, *, label: str | None = None) -> str:
+def claim_with(client: DeviceClient, merchant: MerchantCtx, *, label: str | None = None) -> str:
     """Put the SDK device in pairing mode and claim it as ``merchant``; returns the terminal id."""
     code = client.request_pairing_code().pairing_code
     body = expect_json(

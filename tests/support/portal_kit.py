@@ -10,11 +10,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from support.helpers import ROOT, SEEN_SECRETS
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page, ViewportSize
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -28,7 +31,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-VIEWPORT = {"width": 1360, "height": 900}
+VIEWPORT: ViewportSize = {"width": 1360, "height": 900}
 
 
 @dataclass
@@ -77,7 +80,7 @@ def create_user(
     return PortalUser(document["user_id"], document["email"], password, merchant_id, role)
 
 
-def shot(page: Any, backend: str, name: str) -> Path:
+def shot(page: Page, backend: str, name: str) -> Path:
     """Save a full-page screenshot: test-artifacts/screenshots/<backend>-<name>.png."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{backend}-{name}.png"
@@ -85,7 +88,9 @@ def shot(page: Any, backend: str, name: str) -> Path:
     return path
 
 
-def sign_in(page: Any, base_url: str, user: PortalUser, *, expect: str = "/portal/devices") -> None:
+def sign_in(
+    page: Page, base_url: str, user: PortalUser, *, expect: str = "/portal/devices"
+) -> None:
     page.goto(f"{base_url}/portal/signin")
     page.fill("#email", user.email)
     page.fill("#password", user.password)
