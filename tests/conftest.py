@@ -44,6 +44,16 @@ from support.log_scan import LogScan
 if TYPE_CHECKING:
     from viopay.runtime import Runtime
 
+# Webhooks to the tests' own http://127.0.0.1 receivers, retried within seconds; heartbeats
+# every 2 s, so a terminal is offline 6 s after its last one (PROTOCOL §7, §8).
+WEBHOOK_TEST_ENV = {
+    "VIOPAY_WEBHOOK_ALLOW_INSECURE": "true",
+    "VIOPAY_WEBHOOK_RETRY_SCHEDULE": "1,1,1,1",
+    "VIOPAY_WEBHOOK_POLL_SECONDS": "0.2",
+    "VIOPAY_HEARTBEAT_INTERVAL_SECONDS": "2",
+    "VIOPAY_FLEET_CHECK_SECONDS": "0.5",
+}
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(LogScan(config, SEEN_SECRETS, SERVER_LOGS), "viopay-log-scan")
@@ -65,6 +75,7 @@ def backend(
     tag = secrets.token_hex(4)
     data_dir = tmp_path_factory.mktemp(f"viopay-{request.param}")
     env = {"VIOPAY_DATA_DIR": str(data_dir), "VIOPAY_LOG_LEVEL": "debug", "VIOPAY_LOG_JSON": "true"}
+    env |= WEBHOOK_TEST_ENV
     if request.param == "postgres":
         require_services()
         db_name = f"viopay_test_{tag}"

@@ -34,6 +34,8 @@ BASE = {
     "signatures",
     "migrate",
     "audit",
+    "masterkey",
+    "bodies",
     "__init__",
 }
 

@@ -18,7 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from support import helpers
-from support.helpers import SEEN_SECRETS, Admin, Backend, MakeMerchant, Server, pos_headers
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    Backend,
+    MakeMerchant,
+    Server,
+    signed_pos_headers,
+)
 from support.log_scan import find_leaks, load_seen, save_seen
 
 SECRET = "5f0c1e9a7d3b2c4e8f6a"
@@ -74,7 +81,7 @@ markers = xdist_group: a pytest-xdist group (unknown with -p no:xdist)
 RUN_CONFTEST = """
 from pathlib import Path
 
-from log_scan import LogScan
+from support.log_scan import LogScan
 
 SECRETS, LOGS = set(), []
 
@@ -135,9 +142,9 @@ def test_server_log_records_requests_and_no_secret(
     server: Server, admin: Admin, make_merchant: MakeMerchant
 ) -> None:
     device = admin.provision()
-    code = httpx.post(
-        f"{server.url}/pos/pairing-code", headers=pos_headers(device.device_id)
-    ).json()["pairing_code"]
+    code = httpx.post(f"{server.url}/pos/pairing-code", headers=signed_pos_headers(device)).json()[
+        "pairing_code"
+    ]
     SEEN_SECRETS.add(code)
     assert make_merchant().http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
     assert '"path": "/pos/claim"' in server.log_path.read_text(errors="replace")

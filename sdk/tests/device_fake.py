@@ -147,6 +147,7 @@ class FakeServer:
 
     def _pairing_code(self, request: httpx.Request) -> httpx.Response:
         self._activation_headers(request)
+        self._verify_identity_signature(request)
         self.polls = 0
         expires = (self.now + timedelta(seconds=300)).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {"pairing_code": "K7M2QX", "expires_at": expires, "expires_in": 300}
@@ -154,6 +155,7 @@ class FakeServer:
 
     def _status(self, request: httpx.Request) -> httpx.Response:
         self._activation_headers(request)
+        self._verify_identity_signature(request)
         self.polls += 1
         if (
             self.status == "inactive"
@@ -186,8 +188,8 @@ class FakeServer:
             raise Problem(401, "nonce_reused")
         self.nonces.add((scope, nonce))
 
-    def _attest(self, request: httpx.Request) -> httpx.Response:
-        self._activation_headers(request)
+    def _verify_identity_signature(self, request: httpx.Request) -> None:
+        """§2.2 (attest; pairing-code and status, §2.1)."""
         timestamp, nonce, signature = self._signed_common(request)
         if request.headers.get("X-Key-Id") != IDENTITY_KEY_ID:
             raise Problem(401, "unknown_key")
@@ -199,6 +201,10 @@ class FakeServer:
         except CryptoError:
             raise Problem(401, "invalid_signature") from None
         self._spend_nonce(DEVICE_ID, nonce)
+
+    def _attest(self, request: httpx.Request) -> httpx.Response:
+        self._activation_headers(request)
+        self._verify_identity_signature(request)
         token = "att_" + secrets.token_urlsafe(32)
         self.tokens.add(token)
         body = {

@@ -79,10 +79,13 @@ def test_activation_and_token_headers(server: FakeServer, client: DeviceClient) 
             "/pos/activate",
         )
         assert request.headers.get("Authorization", "").startswith("Attestation att_") == token_call
-        if request.url.path == "/pos/attest":
+        signed = request.url.path in ("/pos/pairing-code", "/pos/status", "/pos/attest")
+        assert ("X-Signature" in request.headers) == signed  # §2.1: pairing is signed too
+        if signed:
             assert request.headers["X-Key-Id"] == "device-id-key-2025-01"
-            assert request.headers["X-Timestamp"] == "2025-12-13T14:25:35Z"  # one poll interval in
             assert request.headers["X-Signature"].startswith("v1=")
+        if request.url.path == "/pos/attest":
+            assert request.headers["X-Timestamp"] == "2025-12-13T14:25:35Z"  # one poll interval in
 
 
 def test_wait_until_claimed_polls_at_the_server_interval(

@@ -75,6 +75,11 @@ EXPECTED = {
     "ProcessorError",
     "ServiceUnavailable",
     "ProcessorTimeout",
+    "verify_webhook",
+    "WebhookVerificationError",
+    "HeartbeatSchedule",
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "Heartbeat",
 }
 
 

@@ -10,24 +10,16 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import ORJSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Scope
 
 from viopay import __version__
-from viopay.activation.router import router as activation_router
-from viopay.api.devices import admin_router as device_admin_router
-from viopay.api.devices import claim_router, pos_router
-from viopay.api.devices import merchant_router as device_merchant_router
-from viopay.api.events import router as events_router
-from viopay.api.merchants import admin_router as merchant_admin_router
-from viopay.api.merchants import merchant_router as merchant_config_router
+from viopay.api import api_router
 from viopay.auth.issuer import OidcVerifier, load_embedded_issuer
-from viopay.auth.router import admin_router as client_admin_router
-from viopay.auth.router import router as auth_router
-from viopay.configuration.router import config_schema_router
+from viopay.auth.oidc import OidcProvider
 from viopay.errors import (
     InternalError,
     InvalidRequest,
@@ -37,28 +29,33 @@ from viopay.errors import (
     ViopayError,
     problem_response,
 )
-from viopay.health import router as health_router
-from viopay.middleware import RequestContextMiddleware, request_id_of
-from viopay.openapi import Problem
-from viopay.parameters.router import parameters_admin_router
+from viopay.fleet.timer import FleetTimer
+from viopay.metrics import exposition, process_exited
+from viopay.middleware import HeadAsGetMiddleware, RequestContextMiddleware, request_id_of
+from viopay.openapi import Problem, declare_headers
 from viopay.payments.processors import build_processor
-from viopay.payments.recovery import RecoveryWorker
+from viopay.payments.recovery import RecoveryWorker, owner_id
 from viopay.payments.recovery import interval_for as recovery_interval
-from viopay.payments.router import merchant_router as charges_merchant_router
-from viopay.payments.router import pos_router as charges_pos_router
 from viopay.portal import router as portal_router
 from viopay.runtime import Runtime, build_runtime
 from viopay.settings import Settings
+from viopay.webhooks import outbox
+from viopay.webhooks.worker import DeliveryWorker
 
 log = structlog.get_logger("viopay")
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
+    outbox.install()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or build_runtime(settings)
         if settings.oidc_issuer:
-            rt.oidc = OidcVerifier(issuer=settings.oidc_issuer, audience=settings.oidc_audience)
+            provider = OidcProvider(
+                issuer=settings.oidc_issuer, jwks_refresh_seconds=settings.oidc_jwks_refresh_seconds
+            )
+            rt.oidc = OidcVerifier(provider=provider, audience=settings.oidc_audience)
         else:
             rt.issuer = await load_embedded_issuer(
                 rt.sessions, rt.wrapper, issuer=settings.public_url, ttl=settings.token_ttl_seconds
@@ -69,50 +66,60 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             rt, app.state.processor, interval=recovery_interval(settings.recovery_delay_seconds)
         )
         recovery.start()
+        deliveries = DeliveryWorker(rt, owner=owner_id())
+        deliveries.start()
+        fleet = FleetTimer(rt, owner=owner_id())
+        fleet.start()
         log.info(
             "started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory"
         )
         try:
             yield
         finally:
+            await fleet.stop()
+            await deliveries.stop()
             await recovery.stop()
             await rt.close()
+            process_exited()
 
     app = FastAPI(
         title="Viopay POS platform",
         version=__version__,
         description="Device activation, key delivery and card payments for POS terminals (wire protocol v1).",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
-    for router in (
-        health_router,
-        auth_router,
-        pos_router,
-        activation_router,
-        claim_router,
-        device_admin_router,
-        merchant_admin_router,
-        client_admin_router,
-        device_merchant_router,
-        events_router,
-        merchant_config_router,
-        config_schema_router,
-        parameters_admin_router,
-        charges_pos_router,
-        charges_merchant_router,
-        portal_router,
-    ):
-        app.include_router(router)
+    app.include_router(api_router())  # one router per auth level (viopay.api)
+    app.include_router(portal_router)  # cookie sessions of its own (docs/portal.md)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body, media_type = exposition()
+        return Response(body, media_type=media_type)
 
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
+
+
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route takes on the path of ``scope`` (the ``Allow`` of a 405), HEAD
+    wherever GET (the routes are asked, so included routers count too)."""
+    methods = {
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] is Match.FULL
+            for route in app.router.routes
+        )
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -127,7 +134,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         error: ViopayError
         if exc.status_code == 405:
-            error = MethodNotAllowed()
+            error = MethodNotAllowed(allowed_methods(app, request.scope))
         elif exc.status_code == 404:
             error = NotFound("no such path")
         else:
@@ -136,6 +143,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        if exc.errors() and all(e["loc"][0] == "path" for e in exc.errors()):
+            return problem_response(NotFound("no such resource"), rid(request))
         errors = [
             {
                 "field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]),
@@ -165,7 +174,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return problem_response(InternalError(), rid(request))
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
+def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(
@@ -183,5 +192,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             defs = body.get("schema", {}).pop("$defs", None)
             if defs:
                 components.update(defs)
+    declare_headers(schema, pairing_signed=settings.pairing_signature == "required")
     app.openapi_schema = schema
     return schema

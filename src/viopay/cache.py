@@ -12,7 +12,8 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
 import redis.asyncio as aioredis
@@ -22,6 +23,25 @@ from viopay.errors import ServiceUnavailable
 from viopay.metrics import count_roundtrip
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A sliding window: at most ``limit`` events in ``seconds``."""
+
+    key: str
+    limit: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What :meth:`Cache.window_reserve` answered: ``wait`` is 0 when the event was counted
+    (under ``member`` in every window), else the seconds until the full window has room."""
+
+    wait: float
+    member: str
+    keys: tuple[str, ...]
 
 
 @runtime_checkable
@@ -41,11 +61,17 @@ class Cache(Protocol):
         """
         ...
 
-    async def window_check(self, key: str, *, limit: int, window: float, now: float) -> float:
-        """Like :meth:`window_hit` without counting: 0 when under the limit."""
+    async def window_reserve(self, windows: Sequence[Window], *, now: float) -> Reservation:
+        """Count one event in every window at once, unless one of them is at its limit (then
+        none is counted): check and count are one atomic step, so N racing callers are
+        answered as if they had come one after another. For limits on failures (failed claims,
+        failed sign-ins): reserve before trying, :meth:`window_release` when it succeeded."""
         ...
 
-    async def window_add(self, key: str, *, window: float, now: float) -> None: ...
+    async def window_release(self, reservation: Reservation) -> None:
+        """Take back a counted reservation (the attempt did not fail)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -99,18 +125,35 @@ class MemoryCache:
             events.popleft()
         return events
 
-    async def window_check(self, key: str, *, limit: int, window: float, now: float) -> float:
+    def _wait(self, key: str, limit: int, window: float, now: float) -> float:
         events = self._window(key, window, now)
         return 0.0 if len(events) < limit else events[0] + window - now
 
+    # No await between check and count below: on the event loop, each runs as one step.
+
     async def window_hit(self, key: str, *, limit: int, window: float, now: float) -> float:
-        wait = await self.window_check(key, limit=limit, window=window, now=now)
+        wait = self._wait(key, limit, window, now)
         if wait == 0.0:
             self._windows[key].append(now)
         return wait
 
-    async def window_add(self, key: str, *, window: float, now: float) -> None:
-        self._window(key, window, now).append(now)
+    async def window_reserve(self, windows: Sequence[Window], *, now: float) -> Reservation:
+        keys = tuple(w.key for w in windows)
+        wait = max((self._wait(w.key, w.limit, w.seconds, now) for w in windows), default=0.0)
+        if wait > 0.0:
+            return Reservation(wait, "", keys)
+        for key in keys:
+            self._windows[key].append(now)
+        return Reservation(0.0, repr(now), keys)
+
+    async def window_release(self, reservation: Reservation) -> None:
+        if reservation.wait > 0.0:
+            return
+        moment = float(reservation.member)
+        for key in reservation.keys:
+            events = self._windows.get(key)
+            if events is not None and moment in events:
+                events.remove(moment)
 
     async def close(self) -> None:
         self._values.clear()
@@ -118,18 +161,40 @@ class MemoryCache:
 
 
 # Sliding windows are sorted sets scored by time; each script runs atomically in Redis.
-_WINDOW_CHECK = """
+_WINDOW_HIT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1] - ARGV[2])
 local n = redis.call('ZCARD', KEYS[1])
 if n < tonumber(ARGV[3]) then
-  if ARGV[4] == '1' then
-    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[5])
-    redis.call('PEXPIRE', KEYS[1], math.ceil(ARGV[2] * 1000))
-  end
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(ARGV[2] * 1000))
   return '0'
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return tostring(oldest[2] + ARGV[2] - ARGV[1])
+"""
+
+
+# Every window of KEYS (limit ARGV[1 + 2i], seconds ARGV[2 + 2i]): trim; if one is at its limit,
+# answer the longest wait and count nothing; else count ARGV[2] at ARGV[1] in all of them.
+_WINDOW_RESERVE = """
+local now, member = tonumber(ARGV[1]), ARGV[2]
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local limit, window = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZCARD', key) >= limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    wait = math.max(wait, oldest[2] + window - now)
+  end
+end
+if wait > 0 then
+  return tostring(wait)
+end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, member)
+  redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[2 + 2 * i]) * 1000))
+end
+return '0'
 """
 
 
@@ -141,7 +206,8 @@ class RedisCache:
             url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
         )
         self._prefix = prefix
-        self._window_script = self._redis.register_script(_WINDOW_CHECK)
+        self._window_script = self._redis.register_script(_WINDOW_HIT)
+        self._reserve_script = self._redis.register_script(_WINDOW_RESERVE)
 
     async def _call(self, op: Awaitable[T]) -> T:
         count_roundtrip()
@@ -173,23 +239,30 @@ class RedisCache:
         if keys:
             await self._call(self._redis.delete(*(self._k(k) for k in keys)))
 
-    async def _window(self, key: str, limit: int, window: float, now: float, add: bool) -> float:
+    async def window_hit(self, key: str, *, limit: int, window: float, now: float) -> float:
         member = f"{now:.6f}:{secrets.token_hex(4)}"
         result = await self._call(
-            self._window_script(
-                keys=[self._k(key)], args=[now, window, limit, "1" if add else "0", member]
-            )
+            self._window_script(keys=[self._k(key)], args=[now, window, limit, member])
         )
         return max(0.0, float(result))
 
-    async def window_check(self, key: str, *, limit: int, window: float, now: float) -> float:
-        return await self._window(key, limit, window, now, add=False)
+    async def window_reserve(self, windows: Sequence[Window], *, now: float) -> Reservation:
+        member = f"{now:.6f}:{secrets.token_hex(8)}"
+        args: list[str | float | int] = [now, member]
+        for w in windows:
+            args += [w.limit, w.seconds]
+        result = await self._call(
+            self._reserve_script(keys=[self._k(w.key) for w in windows], args=args)
+        )
+        return Reservation(max(0.0, float(result)), member, tuple(w.key for w in windows))
 
-    async def window_hit(self, key: str, *, limit: int, window: float, now: float) -> float:
-        return await self._window(key, limit, window, now, add=True)
-
-    async def window_add(self, key: str, *, window: float, now: float) -> None:
-        await self._window(key, 2**31, window, now, add=True)
+    async def window_release(self, reservation: Reservation) -> None:
+        if reservation.wait > 0.0:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        for key in reservation.keys:
+            pipe.zrem(self._k(key), reservation.member)
+        await self._call(pipe.execute())
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-import orjson
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from viopay.bodies import parse_json
 from viopay.cache import Cache
 from viopay.errors import InvalidRequest, UnsupportedMediaType
 from viopay.ids import utcnow
@@ -46,6 +46,9 @@ async def get_now() -> datetime:
     return utcnow()
 
 
+# An id in a path (PROTOCOL §1): one that cannot exist (over 128 characters) is 404 not_found,
+# which the validation handler answers for every error in the path (viopay.app).
+PathId = Annotated[str, Path(min_length=1, max_length=128)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 DbSession = Annotated[AsyncSession, Depends(unit_of_work, scope="function")]
 CacheDep = Annotated[Cache, Depends(get_cache)]
@@ -71,10 +74,7 @@ async def read_json(request: Request, model: type[M], *, optional: bool = False)
 async def read_raw_json(request: Request) -> Any:
     """The body as parsed JSON (415 without the JSON content type, 400 when malformed)."""
     require_json(request)
-    try:
-        return orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("the body is not valid JSON") from None
+    return parse_json(await request.body())
 
 
 def validate(model: type[M], data: Any) -> M:

@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 import orjson
 from starlette.responses import Response
 
+from viopay.metrics import count_problem
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
@@ -203,6 +205,10 @@ class MethodNotAllowed(ViopayError):
     code, status, title = "method_not_allowed", 405, "Method not allowed"
     default_detail = "this path does not take that method"
 
+    def __init__(self, allowed: list[str]) -> None:
+        super().__init__()
+        self.headers["Allow"] = ", ".join(allowed)
+
 
 class PayloadTooLarge(ViopayError):
     code, status, title = "payload_too_large", 413, "Payload too large"
@@ -270,6 +276,7 @@ def problem_body(
 
 
 def problem_response(error: ViopayError, request_id: str) -> Response:
+    count_problem(error.code)
     body = problem_body(
         code=error.code,
         status=error.status,

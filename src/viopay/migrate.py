@@ -8,6 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from viopay.settings import Settings
@@ -39,3 +40,30 @@ async def current_revision(settings: Settings) -> str | None:
             )
     finally:
         await engine.dispose()
+
+
+def sqlite_path(settings: Settings) -> Path | None:
+    """The embedded default's database file (None on PostgreSQL)."""
+    if not settings.embedded:
+        return None
+    database = make_url(settings.async_database_url).database
+    return Path(database).absolute() if database else None
+
+
+def describe_database(settings: Settings) -> str:
+    """Which database this process uses, for messages: the SQLite file, or the PostgreSQL URL
+    without its password."""
+    path = sqlite_path(settings)
+    if path is not None:
+        return f"SQLite {path}"
+    url = make_url(settings.async_database_url).set(drivername="postgresql")
+    return f"PostgreSQL {url.render_as_string(hide_password=True)}"
+
+
+def schema_exists(settings: Settings) -> bool:
+    """True if the database exists and carries a Viopay schema. Never creates anything (a
+    SQLite file is looked for, not opened); a database that cannot be reached raises."""
+    path = sqlite_path(settings)
+    if path is not None and not path.is_file():
+        return False
+    return asyncio.run(current_revision(settings)) is not None

@@ -5,10 +5,13 @@ from viopay.auth.models import ApiClient, SigningKey
 from viopay.auth.users import User
 from viopay.db import Base
 from viopay.devices.models import Device, MerchantDeviceIdentityKey, PairingCode, Terminal
+from viopay.fleet.models import TimerLease
 from viopay.keysets.models import KeySet, KeySetKey
+from viopay.masterkey import MasterKeyCheck
 from viopay.merchants.models import Merchant, MerchantConfig, MerchantMember
 from viopay.parameters.models import TerminalParameters
 from viopay.payments.models import Charge, IdempotencyRecord, Refund
+from viopay.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 metadata = Base.metadata
 
@@ -20,6 +23,7 @@ __all__ = [
     "IdempotencyRecord",
     "KeySet",
     "KeySetKey",
+    "MasterKeyCheck",
     "Merchant",
     "MerchantConfig",
     "MerchantDeviceIdentityKey",
@@ -29,6 +33,9 @@ __all__ = [
     "SigningKey",
     "Terminal",
     "TerminalParameters",
+    "TimerLease",
     "User",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "metadata",
 ]

@@ -15,6 +15,8 @@ import semver
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from viopay.crypto.wrapping import decode_master_key
+
 _SEMVER_FIELD_HELP = "a SemVer 2.0 version such as 1.4.2"
 
 
@@ -22,7 +24,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIOPAY_", extra="ignore", frozen=True)
 
     data_dir: Path = Field(
-        default=Path("var"), description="Where the embedded default keeps its files."
+        default=Path("var"),
+        description="Where the embedded default keeps its files (made absolute at start).",
     )
     database_url: str | None = Field(
         default=None,
@@ -43,15 +46,24 @@ class Settings(BaseSettings):
         default=None, description="Newest published POS app version."
     )
     oidc_issuer: str | None = Field(
-        default=None, description="Keycloak realm URL; default: embedded issuer."
+        default=None,
+        description="OpenID provider's issuer URL (Keycloak: https://HOST/realms/REALM); default: embedded issuer.",
     )
     oidc_audience: str = Field(
         default="viopay", description="Expected `aud` (or `azp`) of Bearer tokens."
     )
     oidc_client_id: str | None = Field(
-        default=None, description="Client used for /client/session against Keycloak."
+        default=None, description="The portal's client at the OpenID provider (sign-in with PKCE)."
     )
-    oidc_client_secret: SecretStr | None = Field(default=None)
+    oidc_client_secret: SecretStr | None = Field(
+        default=None, description="That client's secret (none for a public client)."
+    )
+    oidc_jwks_refresh_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="Least time between two JWKS fetches made for a token naming an unknown kid.",
+    )
     token_ttl_seconds: int = Field(
         default=3600, ge=60, le=86400, description="Embedded issuer token life."
     )
@@ -73,6 +85,39 @@ class Settings(BaseSettings):
         le=86_400,
         description="Age at which a payment intent without an outcome is finished by recovery (§4.7).",
     )
+    webhook_allow_insecure: bool = Field(
+        default=False,
+        description="Allow http:// webhook URLs and any address (tests and local development only).",
+    )
+    webhook_retry_schedule: str = Field(
+        default="5,300,1800,7200,18000,36000,36000",
+        description="Seconds between webhook attempts after the first, comma-separated (§7).",
+    )
+    webhook_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Webhook deliveries one server process attempts at once.",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often a server process looks for due webhook deliveries.",
+    )
+    heartbeat_interval_seconds: int = Field(
+        default=60, ge=1, le=3600, description="next_heartbeat_s told to terminals (§8)."
+    )
+    fleet_check_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=30,
+        description="How often the fleet timer marks terminals offline (§8).",
+    )
+    pairing_signature: Literal["required", "off"] = Field(
+        default="required",
+        description="Pairing-code and status need the §2.2 signature (required), or not (off: firmware built to the original flow).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(
         default=True, description="JSON logs (structlog); false for console output."
@@ -86,6 +131,48 @@ class Settings(BaseSettings):
         if value is not None and not semver.Version.is_valid(value):
             raise ValueError(f"must be {_SEMVER_FIELD_HELP}, got {value!r}")
         return value
+
+    @field_validator("data_dir", "master_key_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Absolute once, at start: a command run from another folder names the same files,
+        # and every message can say exactly which folder it used.
+        return None if value is None else value.expanduser().absolute()
+
+    @field_validator("master_key")
+    @classmethod
+    def _master_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                decode_master_key(value.get_secret_value())
+            except ValueError:
+                raise ValueError(
+                    "must be base64 of 32 bytes (make one with `viopay keys new-master`)"
+                ) from None
+        return value
+
+    @field_validator("processor")
+    @classmethod
+    def _processor(cls, value: str) -> str:
+        if value != "sandbox" and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError("must be 'sandbox' or 'package.module:factory'")
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _retry_schedule(cls, value: str) -> str:
+        try:
+            delays = [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError("must be whole seconds, comma-separated, such as 5,300,1800") from None
+        if any(d < 0 or d > 7 * 86400 for d in delays):
+            raise ValueError("each delay must be 0-604800 seconds")
+        return value
+
+    @property
+    def webhook_retry_delays(self) -> tuple[int, ...]:
+        """VIOPAY_WEBHOOK_RETRY_SCHEDULE as seconds: the delay before each retry."""
+        return tuple(int(part) for part in self.webhook_retry_schedule.split(",") if part.strip())
 
     @field_validator("database_url")
     @classmethod
@@ -108,7 +195,8 @@ class Settings(BaseSettings):
         if not self.embedded and self.master_key is None and self.master_key_file is None:
             raise ValueError(
                 "VIOPAY_MASTER_KEY (base64 of 32 bytes) is required with PostgreSQL: every server "
-                "process must wrap and unwrap keys with the same master key"
+                "process must wrap and unwrap keys with the same master key (make one with "
+                "`viopay keys new-master`)"
             )
         if self.latest_pos_version is not None and semver.Version.parse(
             self.latest_pos_version

@@ -15,18 +15,18 @@ from support.helpers import (
     Admin,
     MakeMerchant,
     ProvisionedDevice,
-    pos_headers,
     present,
+    signed_pos_headers,
 )
 from viopay.activation.attestation import (
     Attested,
     IssuedToken,
-    identity_key_of,
     issue_token,
     verify_token,
 )
 from viopay.audit import Actor
 from viopay.devices import service as devices
+from viopay.devices.authn import identity_key_of
 from viopay.devices.models import Device, MerchantDeviceIdentityKey
 from viopay.errors import InvalidToken
 from viopay.ids import utcnow
@@ -36,9 +36,7 @@ from viopay.runtime import Runtime
 @pytest.fixture
 def claimed(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> ProvisionedDevice:
     device = admin.provision()
-    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     assert make_merchant().http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
     return device
 

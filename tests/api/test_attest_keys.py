@@ -18,8 +18,8 @@ from support.helpers import (
     MakeMerchant,
     ProvisionedDevice,
     Server,
-    pos_headers,
     problem,
+    signed_pos_headers,
 )
 from viopay.runtime import Runtime
 from viopay_device import DeviceClient, MemoryKeyStore
@@ -84,9 +84,7 @@ def claim(
     http: httpx.Client, admin: Admin, make_merchant: MakeMerchant, **merchant: Any
 ) -> ProvisionedDevice:
     device = admin.provision()
-    code = http.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = http.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     response = make_merchant(**merchant).http.post("/pos/claim", json={"pairing_code": code})
     assert response.status_code == 200, response.text
     return device

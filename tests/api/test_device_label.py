@@ -10,8 +10,8 @@ from support.helpers import (
     MakeMerchant,
     MerchantCtx,
     ProvisionedDevice,
-    pos_headers,
     problem,
+    signed_pos_headers,
 )
 
 
@@ -19,9 +19,7 @@ def claimed(
     api: httpx.Client, admin: Admin, owner: MerchantCtx, label: str | None = None
 ) -> ProvisionedDevice:
     device = admin.provision()
-    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     SEEN_SECRETS.add(code)
     assert (
         owner.http.post("/pos/claim", json={"pairing_code": code, "label": label}).status_code
@@ -60,7 +58,7 @@ def test_rename_rules(api: httpx.Client, admin: Admin, make_merchant: MakeMercha
     owner = make_merchant()
     device = claimed(api, admin, owner)
     path = f"/merchant/devices/{device.device_id}"
-    problem(owner.http.patch(path, json={"label": "x" * 201}), 400, "invalid_request")
+    problem(owner.http.patch(path, json={"label": "x" * 65}), 400, "invalid_request")
     problem(owner.http.patch(path, json={"label": "two\nlines"}), 400, "invalid_request")
     problem(owner.http.patch(path, json={}), 400, "invalid_request")
     problem(owner.http.patch(path, json={"label": 7}), 400, "invalid_request")

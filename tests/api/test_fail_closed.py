@@ -15,7 +15,14 @@ from typing import Any
 import httpx
 import pytest
 
-from support.helpers import SEEN_SECRETS, Server, pos_headers, problem
+from support.helpers import (
+    SEEN_SECRETS,
+    ProvisionedDevice,
+    Server,
+    pos_headers,
+    problem,
+    signed_pos_headers,
+)
 from support.tcp_proxy import TcpProxy
 from viopay_device import PairingCode, StepReport
 
@@ -70,6 +77,9 @@ def proxied(tmp_path: Path) -> Iterator[Proxied]:
 def test_redis_down_fails_closed(proxied: Proxied) -> None:
     srv, redis = proxied.server, proxied.redis
     device_id = proxied.provision()
+    device = ProvisionedDevice(
+        device_id, proxied.identity["key_id"], proxied.identity["identity_secret"]
+    )
     http = httpx.Client(base_url=srv.url, timeout=30)
     assert http.post("/pos/bootstrap", headers=pos_headers(device_id)).status_code == 200
     redis.down()
@@ -78,23 +88,21 @@ def test_redis_down_fails_closed(proxied: Proxied) -> None:
     assert body["database"] == "ok" and body["cache"] == "down" and "retry-after" in ready.headers
     # Pairing codes need their rate limit, attestation its nonce store: both refuse.
     problem(
-        http.post("/pos/pairing-code", headers=pos_headers(device_id)), 503, "service_unavailable"
+        http.post("/pos/pairing-code", headers=signed_pos_headers(device)),
+        503,
+        "service_unavailable",
     )
-    problem(http.get("/pos/status", headers=pos_headers(device_id)), 503, "service_unavailable")
+    problem(http.get("/pos/status", headers=signed_pos_headers(device)), 503, "service_unavailable")
     # A correctly signed attest cannot spend its nonce: 503, not an answer without replay protection.
     from support.attest_kit import attest
-    from support.helpers import ProvisionedDevice
 
-    device = ProvisionedDevice(
-        device_id, proxied.identity["key_id"], proxied.identity["identity_secret"]
-    )
     problem(attest(http, device), 503, "service_unavailable")
     redis.up()
     problem(
         attest(http, device), 409, "invalid_state"
     )  # inactive: the nonce step passed, status refused
     assert http.get("/readyz").status_code == 200
-    code = http.post("/pos/pairing-code", headers=pos_headers(device_id))
+    code = http.post("/pos/pairing-code", headers=signed_pos_headers(device))
     assert code.status_code == 201
     SEEN_SECRETS.add(code.json()["pairing_code"])
     http.close()

@@ -7,9 +7,18 @@ from typing import Any
 import httpx
 import pytest
 
-from support.helpers import UA, Admin, ProvisionedDevice, pos_headers, problem
+from support.helpers import UA, Admin, ProvisionedDevice, pos_headers, problem, signed_pos_headers
 
 ENDPOINTS = [("POST", "/pos/bootstrap"), ("POST", "/pos/pairing-code"), ("GET", "/pos/status")]
+# A device that was never provisioned (its key and secret are made up).
+GHOST = ProvisionedDevice("POS-FFFFFFF0", "key-ghost", "00" * 32)
+
+
+def headers_for(path: str, device: ProvisionedDevice, *, ua: str = UA) -> dict[str, str]:
+    """Bootstrap's activation headers; pairing-code and status are signed too (§2.1)."""
+    if path == "/pos/bootstrap":
+        return pos_headers(device.device_id, ua=ua)
+    return signed_pos_headers(device, ua=ua)
 
 
 @pytest.fixture
@@ -22,7 +31,7 @@ def device(admin: Admin) -> ProvisionedDevice:
 def test_missing_header_is_named(
     api: httpx.Client, device: ProvisionedDevice, method: Any, path: Any, missing: str
 ) -> None:
-    headers = {k: v for k, v in pos_headers(device.device_id).items() if k != missing}
+    headers = {k: v for k, v in headers_for(path, device).items() if k != missing}
     # httpx adds its own User-Agent unless we send an empty header set explicitly.
     request = api.build_request(method, path, headers=headers)
     if missing == "User-Agent":
@@ -48,7 +57,7 @@ def test_missing_header_is_named(
 def test_malformed_header_is_named(
     api: httpx.Client, device: ProvisionedDevice, method: Any, path: Any, header: str, value: str
 ) -> None:
-    headers = pos_headers(device.device_id) | {header: value}
+    headers = headers_for(path, device) | {header: value}
     body = problem(api.request(method, path, headers=headers), 400, "invalid_header")
     assert header in body["detail"]
 
@@ -68,7 +77,7 @@ def test_old_version_gets_426(
 ) -> None:
     ua = "Viopay-POS/0.9.9 (Android 12; PAX-A920)"
     body = problem(
-        api.request(method, path, headers=pos_headers(device.device_id, ua=ua)),
+        api.request(method, path, headers=headers_for(path, device, ua=ua)),
         426,
         "app_version_unsupported",
     )
@@ -78,7 +87,7 @@ def test_old_version_gets_426(
 def test_prerelease_of_minimum_is_below_it(api: httpx.Client, device: ProvisionedDevice) -> None:
     ua = "Viopay-POS/1.0.0-beta (Android 12; PAX-A920)"
     problem(
-        api.get("/pos/status", headers=pos_headers(device.device_id, ua=ua)),
+        api.get("/pos/status", headers=signed_pos_headers(device, ua=ua)),
         426,
         "app_version_unsupported",
     )
@@ -101,7 +110,7 @@ def test_bootstrap_never_426_but_says_upgrade_required(
 def test_version_checked_before_device(api: httpx.Client) -> None:
     ua = "Viopay-POS/0.1.0 (Android 12; PAX-A920)"
     problem(
-        api.get("/pos/status", headers=pos_headers("POS-00000000", ua=ua)),
+        api.get("/pos/status", headers=signed_pos_headers(GHOST, ua=ua)),
         426,
         "app_version_unsupported",
     )
@@ -109,7 +118,7 @@ def test_version_checked_before_device(api: httpx.Client) -> None:
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
 def test_unknown_device(api: httpx.Client, method: Any, path: Any) -> None:
-    problem(api.request(method, path, headers=pos_headers("POS-FFFFFFF0")), 404, "device_not_found")
+    problem(api.request(method, path, headers=headers_for(path, GHOST)), 404, "device_not_found")
 
 
 def test_disabled_device_is_403(api: httpx.Client, admin: Admin, device: ProvisionedDevice) -> None:

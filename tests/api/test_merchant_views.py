@@ -9,8 +9,8 @@ from support.helpers import (
     MakeMerchant,
     MerchantCtx,
     ProvisionedDevice,
-    pos_headers,
     problem,
+    signed_pos_headers,
 )
 
 
@@ -18,9 +18,7 @@ def claim(
     api: httpx.Client, admin: Admin, owner: MerchantCtx, label: str | None = None
 ) -> ProvisionedDevice:
     device = admin.provision()
-    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     response = owner.http.post("/pos/claim", json={"pairing_code": code, "label": label})
     assert response.status_code == 200, response.text
     return device
@@ -50,7 +48,9 @@ def test_device_list_pages_newest_first(
         "last_seen_at",
         "claimed_at",
         "activated_at",
+        "health",
     }
+    assert device["health"]["online"] is False  # no heartbeat yet (PROTOCOL §8)
     assert (
         device["status"] == "claimed"
         and device["app_version"] == "1.4.2"
@@ -107,7 +107,7 @@ def test_disable_enable_release(
     device = claim(api, admin, owner)
     disabled = owner.http.post(f"/merchant/devices/{device.device_id}/disable").json()
     assert disabled["disabled"] is True
-    problem(api.get("/pos/status", headers=pos_headers(device.device_id)), 403, "device_disabled")
+    problem(api.get("/pos/status", headers=signed_pos_headers(device)), 403, "device_disabled")
     assert (
         owner.http.post(f"/merchant/devices/{device.device_id}/enable").json()["disabled"] is False
     )
@@ -117,11 +117,11 @@ def test_disable_enable_release(
         and released["terminal_id"] is None
         and released["merchant_id"] is None
     )
-    status = api.get("/pos/status", headers=pos_headers(device.device_id)).json()
+    status = api.get("/pos/status", headers=signed_pos_headers(device)).json()
     assert status["status"] == "inactive" and status["merchant"] is None
     problem(owner.http.get(f"/merchant/devices/{device.device_id}"), 404, "not_found")
     # Released devices pair again.
-    assert api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).status_code == 201
+    assert api.post("/pos/pairing-code", headers=signed_pos_headers(device)).status_code == 201
 
 
 def test_events_record_who_did_what(

@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from viopay.auth.issuer import OidcVerifier
+from viopay.auth.oidc import KEYS_MAX_AGE, OidcProvider
 from viopay.errors import ServiceUnavailable, Unauthorized
 
 ISSUER = "https://sso.example.test/realms/viopay"
@@ -91,9 +92,10 @@ def realm() -> FakeRealm:
 @pytest.fixture
 async def verifier(realm: FakeRealm) -> AsyncIterator[OidcVerifier]:
     v = OidcVerifier(
-        issuer=ISSUER,
+        provider=OidcProvider(
+            issuer=ISSUER, client=httpx.AsyncClient(transport=httpx.MockTransport(realm.handler))
+        ),
         audience="viopay",
-        client=httpx.AsyncClient(transport=httpx.MockTransport(realm.handler)),
     )
     yield v
     await v.close()
@@ -120,7 +122,7 @@ async def test_session_key_falls_back_to_token_hash(
 async def test_unknown_kid_refetches_jwks_once(verifier: OidcVerifier, realm: FakeRealm) -> None:
     await verifier.verify(realm.token())
     realm.keys["k2"] = ec.generate_private_key(ec.SECP256R1())  # the realm rotates its keys
-    verifier._fetched_at = 0.0  # past the refetch interval
+    verifier.provider.jwks_refresh_seconds = 0.0  # the last fetch is past the refetch interval
     principal = await verifier.verify(realm.token(kid="k2"))
     assert principal.subject == "user-1" and realm.jwks_fetches == 2
     with pytest.raises(Unauthorized):
@@ -182,3 +184,41 @@ async def test_unreachable_provider_fails_closed(verifier: OidcVerifier, realm: 
     realm.down = True
     with pytest.raises(ServiceUnavailable):
         await verifier.verify(realm.token())
+
+
+async def test_a_withdrawn_key_is_forgotten_once_the_jwks_is_old(
+    verifier: OidcVerifier, realm: FakeRealm
+) -> None:
+    token = realm.token()
+    await verifier.verify(token)
+    realm.keys = {"k2": ec.generate_private_key(ec.SECP256R1())}  # k1 withdrawn (compromised)
+    await verifier.verify(token)  # the JWKS held is recent: no fetch for a known kid
+    assert realm.jwks_fetches == 1
+    verifier.provider._keys_at = time.monotonic() - KEYS_MAX_AGE - 1
+    with pytest.raises(Unauthorized):
+        await verifier.verify(token)
+    assert realm.jwks_fetches == 2
+    assert (await verifier.verify(realm.token(kid="k2"))).subject == "user-1"
+
+
+async def test_an_old_jwks_is_kept_while_the_provider_is_down(
+    verifier: OidcVerifier, realm: FakeRealm
+) -> None:
+    token = realm.token()
+    await verifier.verify(token)
+    realm.down = True
+    verifier.provider._keys_at = time.monotonic() - KEYS_MAX_AGE - 1
+    assert (await verifier.verify(token)).subject == "user-1"
+    realm.keys["k9"] = ec.generate_private_key(ec.SECP256R1())  # published while it is down
+    with pytest.raises(ServiceUnavailable):  # an unknown kid cannot be checked: fail closed
+        await verifier.verify(realm.token(kid="k9"))
+
+
+async def test_a_discovery_document_for_another_issuer_is_refused(realm: FakeRealm) -> None:
+    provider = OidcProvider(
+        issuer="https://sso.example.test/realms/other",
+        client=httpx.AsyncClient(transport=httpx.MockTransport(realm.handler)),
+    )
+    with pytest.raises(ServiceUnavailable):
+        await provider.key("k1")
+    await provider.close()

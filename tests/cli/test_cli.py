@@ -25,7 +25,10 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return {"VIOPAY_DATA_DIR": str(tmp_path / "var")}
+    """A data folder with a database (commands other than serve and migrate never make one)."""
+    env = {"VIOPAY_DATA_DIR": str(tmp_path / "var")}
+    assert run(env, "migrate").returncode == 0
+    return env
 
 
 def test_migrate_prints_revision(env: dict[str, str]) -> None:

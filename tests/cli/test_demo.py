@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from support.helpers import SEEN_SECRETS, Backend, MakeMerchant, Server, present
+from support.helpers import SEEN_SECRETS, Backend, MakeMerchant, Server
 
 
 def test_demo_runs_green_on_its_own_embedded_server(tmp_path: Path) -> None:
@@ -36,51 +36,47 @@ def test_demo_runs_green_on_its_own_embedded_server(tmp_path: Path) -> None:
         "terminal parameters",
         "activate",
         "charge (approved)",
+        "webhook received",
         "charge (declined)",
         "refund 5.00",
     ):
         assert f"✓ {step}" in out, step
     assert re.search(r"approved 00 visa", out) and "declined 05 card_declined" in out
     assert "partially_refunded, refunded 500" in out and "Done in" in out
+    assert re.search(r"charge\.created ch_\w+, signature verified", out)
     assert not (tmp_path / "var").exists()  # it kept its data in a scratch folder
 
 
 def test_demo_pair_only_waits_for_a_person(
-    backend: Backend, server: Server, make_merchant: MakeMerchant
+    backend: Backend, server: Server, make_merchant: MakeMerchant, tmp_path: Path
 ) -> None:
+    """Its output goes to a file (``> file``), as an operator would send it: the code is there
+    while the demo still waits (the output is not held back until it exits)."""
     env = {**os.environ, **backend.env, "COLUMNS": "200"}
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "viopay_tools", "demo", "--server", server.url, "--pair-only"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    output = tmp_path / "demo.out"
+    with output.open("w") as sink:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "viopay_tools", "demo", "--server", server.url, "--pair-only"],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     owner = make_merchant()
-    seen: list[str] = []
     code: list[str] = []
-
-    def read() -> None:
-        assert demo.stdout is not None
-        for line in demo.stdout:
-            seen.append(line)
-            match = re.search(r"\b([A-HJKMNP-Z2-9]{3}) ([A-HJKMNP-Z2-9]{3})\b", line)
-            if match and not code:
-                code.append(match[1] + match[2])
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    for _ in range(300):
-        if code:
+    for _ in range(600):
+        match = re.search(r"\b([A-HJKMNP-Z2-9]{3}) ([A-HJKMNP-Z2-9]{3})\b", output.read_text())
+        if match:
+            code.append(match[1] + match[2])
             break
+        assert demo.poll() is None, output.read_text()
         threading.Event().wait(0.1)
-    assert code, "".join(seen)
+    assert code, output.read_text()
+    assert demo.poll() is None  # still waiting for a person, and the code is already written
     SEEN_SECRETS.add(code[0])
     claimed = owner.http.post("/pos/claim", json={"pairing_code": code[0]})
     assert claimed.status_code == 200, claimed.text
     assert demo.wait(timeout=60) == 0
-    reader.join(timeout=5)
-    present(demo.stdout).close()
-    text = "".join(seen)
+    text = output.read_text()
     assert "claimed" in text and claimed.json()["terminal_id"] in text
     assert "charge" not in text  # it stopped after pairing

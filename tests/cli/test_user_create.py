@@ -27,6 +27,7 @@ def run(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.Complete
 @pytest.fixture
 def merchant(tmp_path: Path) -> tuple[dict[str, str], str]:
     env = {"VIOPAY_DATA_DIR": str(tmp_path / "var")}
+    assert run(env, "migrate").returncode == 0
     done = run(env, "merchant", "create", "--name", "Corner Coffee", "--json")
     assert done.returncode == 0, done.stderr
     return env, orjson.loads(done.stdout)["merchant_id"]

@@ -1,10 +1,9 @@
-"""Known-answer vectors from shared/spec/vectors, parametrized into tests by fixture name.
+"""Known-answer vectors from docs/vectors (the spec's worked examples), parametrized into tests by fixture name.
 
 A test asking for ``attest_vector`` runs once per case of attest_signature.json, and so on.
 """
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,9 @@ VECTOR_FILES: dict[str, str] = {
 
 
 def vectors_dir() -> Path:
-    default = Path(__file__).resolve().parents[3] / "shared" / "spec" / "vectors"
-    if default.is_dir():
-        return default
-    spec_dir = os.environ.get("VIOPAY_SPEC_DIR")
-    if spec_dir:
-        return Path(spec_dir) / "vectors"
-    copy = Path(__file__).resolve().parents[1] / "vectors"  # committed copy, see its README
-    if copy.is_dir():
-        return copy
-    raise RuntimeError(f"no vectors at {default}; set VIOPAY_SPEC_DIR to the spec directory")
+    """The repository's copy beside docs/protocol.md (tests/test_protocol_copy.py keeps it equal
+    to the spec's own folder whenever ``../shared`` is there)."""
+    return Path(__file__).resolve().parents[2] / "docs" / "vectors"
 
 
 def load_cases(file_name: str) -> list[dict[str, Any]]:

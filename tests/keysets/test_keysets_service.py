@@ -18,8 +18,8 @@ from support.helpers import (
     Admin,
     MakeMerchant,
     ProvisionedDevice,
-    pos_headers,
     present,
+    signed_pos_headers,
 )
 from viopay.audit import Actor
 from viopay.devices.models import Device
@@ -39,9 +39,7 @@ GRACE = timedelta(seconds=600)
 @pytest.fixture
 def claimed(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> ProvisionedDevice:
     device = admin.provision()
-    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     response = make_merchant().http.post("/pos/claim", json={"pairing_code": code})
     assert response.status_code == 200, response.text
     return device

@@ -16,7 +16,7 @@ from support.helpers import (
     MerchantCtx,
     ProvisionedDevice,
     Server,
-    pos_headers,
+    signed_pos_headers,
 )
 from support.portal_kit import create_user, shot, sign_in
 
@@ -25,9 +25,7 @@ def claim_by_api(
     api: httpx.Client, admin: Admin, owner: MerchantCtx, label: str | None = None
 ) -> ProvisionedDevice:
     device = admin.provision()
-    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     SEEN_SECRETS.add(code)
     assert (
         owner.http.post("/pos/claim", json={"pairing_code": code, "label": label}).status_code

@@ -9,7 +9,15 @@ import time
 
 from playwright.sync_api import Page, expect
 
-from support.helpers import SEEN_SECRETS, Admin, Backend, MakeMerchant, Server, pos_headers
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    Backend,
+    MakeMerchant,
+    ProvisionedDevice,
+    Server,
+    signed_pos_headers,
+)
 from support.portal_kit import create_user, shot, sign_in
 from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
@@ -82,7 +90,7 @@ def test_the_device_list_shows_a_terminal_claimed_elsewhere_without_a_reload(
 
     # Another member claims a terminal through the merchant API while the page stays open.
     device = admin.provision()
-    code = server_code(server.url, device.device_id)
+    code = server_code(server.url, device)
     assert (
         owner.http.post("/pos/claim", json={"pairing_code": code, "label": "Till 2"}).status_code
         == 200
@@ -102,10 +110,10 @@ def test_the_device_list_shows_a_terminal_claimed_elsewhere_without_a_reload(
     shot(page, backend.name, "devices-live")
 
 
-def server_code(url: str, device_id: str) -> str:
+def server_code(url: str, device: ProvisionedDevice) -> str:
     import httpx
 
-    code: str = httpx.post(f"{url}/pos/pairing-code", headers=pos_headers(device_id)).json()[
+    code: str = httpx.post(f"{url}/pos/pairing-code", headers=signed_pos_headers(device)).json()[
         "pairing_code"
     ]
     SEEN_SECRETS.add(code)

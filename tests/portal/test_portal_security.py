@@ -16,8 +16,8 @@ from support.helpers import (
     MerchantCtx,
     ProvisionedDevice,
     Server,
-    pos_headers,
     present,
+    signed_pos_headers,
 )
 from support.portal_kit import PortalUser, create_user, csrf_of, shot, sign_in
 
@@ -39,9 +39,7 @@ def claimed_device(
     api: httpx.Client, admin: Admin, owner: MerchantCtx, label: str | None = None
 ) -> ProvisionedDevice:
     device = admin.provision()
-    code = api.post("/pos/pairing-code", headers=pos_headers(device.device_id)).json()[
-        "pairing_code"
-    ]
+    code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     SEEN_SECRETS.add(code)
     assert (
         owner.http.post("/pos/claim", json={"pairing_code": code, "label": label}).status_code

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from starlette.datastructures import FormData, QueryParams
 
+from viopay.auth.issuer import Principal
 from viopay.portal.forms import charge_filters, parse_config_form
 from viopay.portal.rendering import ago, money, sentence
-from viopay.portal.session import COOKIE_MAX_AGE, BrowserState, CookieCodec
+from viopay.portal.session import (
+    COOKIE_MAX_AGE,
+    MAX_SIGNED_IN,
+    BrowserState,
+    CookieCodec,
+    session_end,
+)
 from viopay.portal.web import safe_next
 
 NOW = 1_800_000_000.0
@@ -117,3 +126,20 @@ def test_charge_filters_are_days_of_the_merchants_zone() -> None:
         QueryParams("status=lost&from=2026-13-01&to=2026-01-01"), timezone="UTC"
     )
     assert set(filters.errors) == {"status", "from"}
+
+
+def test_a_signed_in_session_lasts_as_long_as_the_provider_says() -> None:
+    start = datetime.fromtimestamp(NOW, tz=UTC)
+    token_end = start + timedelta(seconds=300)
+    principal = Principal("sub", "user", frozenset(), "sid", token_end)
+    # No refresh token: until the access token expires.
+    assert session_end(principal, started_at=start, now=start) == token_end
+    # Keycloak says how long its refresh token lasts.
+    later = start + timedelta(hours=1)
+    assert session_end(
+        principal, started_at=start, now=later, refresh_expires_in=1800, refreshable=True
+    ) == later + timedelta(seconds=1800)
+    # Other providers do not: the next refresh tells, within the 12 h from sign-in.
+    assert session_end(
+        principal, started_at=start, now=later, refreshable=True
+    ) == start + timedelta(seconds=MAX_SIGNED_IN)

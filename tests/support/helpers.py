@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,7 +49,11 @@ def free_port() -> int:
 class Server:
     """One ``viopay serve`` process, started the way users start it."""
 
-    def __init__(self, backend: Backend, log_dir: Path, name: str) -> None:
+    def __init__(
+        self, backend: Backend, log_dir: Path, name: str, *, own_public_url: bool = False
+    ) -> None:
+        """``own_public_url``: VIOPAY_PUBLIC_URL is the server's own URL (browser redirects back
+        to it work), else the placeholder http://viopay.test."""
         self.log_path = log_dir / f"{name}.log"
         SERVER_LOGS.append(self.log_path)
         self._log = self.log_path.open("wb")
@@ -59,7 +64,11 @@ class Server:
             self.url = f"http://127.0.0.1:{self.port}"
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "viopay", "serve", "--port", str(self.port)],
-                env={**os.environ, **backend.env, "VIOPAY_PUBLIC_URL": "http://viopay.test"},
+                env={
+                    **os.environ,
+                    **backend.env,
+                    "VIOPAY_PUBLIC_URL": self.url if own_public_url else "http://viopay.test",
+                },
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 cwd=log_dir,
@@ -142,6 +151,36 @@ def pos_headers(device_id: str, *, ua: str = UA) -> dict[str, str]:
     return {"X-Device-Id": device_id, "User-Agent": ua, "X-Client-Type": "pos"}
 
 
+def stamp_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def signed_pos_headers(
+    device: ProvisionedDevice,
+    *,
+    key_id: str | None = None,
+    secret: bytes | None = None,
+    timestamp: str | None = None,
+    nonce: str | None = None,
+    ua: str = UA,
+) -> dict[str, str]:
+    """The activation headers plus the §2.2 signature (attest; pairing-code and status)."""
+    from viopay_device.protocol.signing import attest_string_to_sign, sign
+
+    key_id = key_id or device.key_id
+    timestamp = timestamp or stamp_now()
+    nonce = nonce or secrets.token_urlsafe(12)
+    message = attest_string_to_sign(
+        device_id=device.device_id, key_id=key_id, timestamp=timestamp, nonce=nonce
+    )
+    return pos_headers(device.device_id, ua=ua) | {
+        "X-Key-Id": key_id,
+        "X-Timestamp": timestamp,
+        "X-Nonce": nonce,
+        "X-Signature": sign(secret or device.secret, message),
+    }
+
+
 def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """Assert a problem+json error of PROTOCOL §1 and return its body."""
     assert response.status_code == status, response.text
@@ -203,34 +242,31 @@ class Backend:
         return document
 
 
-def create_pg_database(name: str) -> None:
+def _pg_admin(statement: str) -> None:
+    """Run one statement as the PostgreSQL admin, in a thread of its own: a session fixture may
+    be set up while another fixture's event loop runs (Playwright's sync API keeps one)."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     import asyncpg
 
     async def go() -> None:
         conn = await asyncpg.connect(PG_ADMIN_URL)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(statement)
         finally:
             await conn.close()
 
-    asyncio.run(go())
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, go()).result()
+
+
+def create_pg_database(name: str) -> None:
+    _pg_admin(f'CREATE DATABASE "{name}"')
 
 
 def drop_pg_database(name: str) -> None:
-    import asyncio
-
-    import asyncpg
-
-    async def go() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_URL)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def flush_redis_prefix(prefix: str) -> None:

@@ -64,7 +64,9 @@ from viopay_device.errors import (
     TimestampOutOfWindow,
     Unprocessable,
     ValidationError,
+    WebhookVerificationError,
 )
+from viopay_device.heartbeat import DEFAULT_HEARTBEAT_INTERVAL, HeartbeatSchedule
 from viopay_device.keystore import IdentityKey, KeySet, KeyStore, MemoryKeyStore
 from viopay_device.models import (
     Activation,
@@ -74,12 +76,14 @@ from viopay_device.models import (
     Charge,
     Config,
     DeviceStatus,
+    Heartbeat,
     MerchantRef,
     PairingCode,
     Refund,
     Reversal,
     TerminalParameters,
 )
+from viopay_device.webhooks import verify_webhook
 
 __all__ = [
     # client and flow
@@ -115,6 +119,13 @@ __all__ = [
     "Refund",
     "Reversal",
     "TerminalParameters",
+    # heartbeat
+    "HeartbeatSchedule",
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "Heartbeat",
+    # merchants' servers
+    "verify_webhook",
+    "WebhookVerificationError",
     # errors
     "DeviceError",
     "NetworkError",

@@ -43,6 +43,19 @@ class ActivationAPI(BaseClient):
     def _activation_auth(self) -> ActivationHeaders:
         return ActivationHeaders(self._device_id, self._user_agent)
 
+    def _signed_auth(self) -> AttestationSignature:
+        """The activation headers plus the §2.2 signature under the identity key (attest,
+        pairing-code and status, §2.1)."""
+        identity = self._keys.identity
+        return AttestationSignature(
+            self._device_id,
+            self._user_agent,
+            key_id=identity.key_id,
+            secret=identity.secret,
+            clock=self._clock,
+            nonce_factory=self._nonce_factory,
+        )
+
     def bootstrap(self) -> Bootstrap:
         """§3.1: connectivity, server time, version policy and the device's status."""
         response = self._send("POST", "/pos/bootstrap", auth=self._activation_auth())
@@ -50,7 +63,7 @@ class ActivationAPI(BaseClient):
 
     def request_pairing_code(self) -> PairingCode:
         """§3.2: a new pairing code (the previous one dies)."""
-        response = self._send("POST", "/pos/pairing-code", auth=self._activation_auth())
+        response = self._send("POST", "/pos/pairing-code", auth=self._signed_auth())
         code = PairingCode.from_json(self._success(response, "pairing code"))
         # The deadline is kept on the device clock, from expires_in, so clock skew can't move it.
         self._pairing_deadline = self._clock() + timedelta(seconds=code.expires_in)
@@ -58,7 +71,7 @@ class ActivationAPI(BaseClient):
 
     def status(self) -> DeviceStatus:
         """§3.3: the device's lifecycle status (and its terminal id once claimed)."""
-        response = self._send("GET", "/pos/status", auth=self._activation_auth())
+        response = self._send("GET", "/pos/status", auth=self._signed_auth())
         status = DeviceStatus.from_json(self._success(response, "status"))
         if status.terminal_id is not None:
             self._terminal_id = status.terminal_id
@@ -99,16 +112,7 @@ class ActivationAPI(BaseClient):
 
     def attest(self) -> Attestation:
         """§3.5: prove the identity key; keep the attestation token for the token endpoints."""
-        identity = self._keys.identity
-        auth = AttestationSignature(
-            self._device_id,
-            self._user_agent,
-            key_id=identity.key_id,
-            secret=identity.secret,
-            clock=self._clock,
-            nonce_factory=self._nonce_factory,
-        )
-        response = self._send("POST", "/pos/attest", auth=auth)
+        response = self._send("POST", "/pos/attest", auth=self._signed_auth())
         attestation = Attestation.from_json(self._success(response, "attestation"))
         if attestation.token_type != "Attestation":
             raise ProtocolError("attestation: token_type must be Attestation")

@@ -40,7 +40,7 @@ from viopay_device.errors import (
     error_from_response,
 )
 from viopay_device.keystore import KeySet
-from viopay_device.models import Charge, Refund, Reversal
+from viopay_device.models import Charge, Heartbeat, Refund, Reversal
 from viopay_device.protocol.envelope import card_aad, request_aad, response_aad, seal
 from viopay_device.protocol.errors import PinBlockError
 from viopay_device.protocol.pinblock import encipher_pin_block
@@ -339,6 +339,37 @@ class DeviceClient(ActivationAPI):
         reversal = Reversal.from_json(answer.plaintext)
         self._after_answer(answer)
         return reversal
+
+    # -- heartbeat (§8) ------------------------------------------------------------------------
+
+    def heartbeat(self, **report: Any) -> Heartbeat:
+        """§8: report health (``battery_pct``, ``charging``, ``network``, ``signal_dbm``,
+        ``printer``, ``pending_offline``, ``uptime_s``; None members are left out, so the
+        server keeps their last value). See :class:`viopay_device.HeartbeatSchedule`."""
+        payload = {name: value for name, value in report.items() if value is not None}
+        try:
+            answer = self._charge_call("POST", "/pos/heartbeat", lambda _ks, _tid: payload, None)
+        except _Unanswered as exc:
+            if isinstance(exc.cause, DeviceError):
+                raise exc.cause from None
+            raise NetworkError("POST /pos/heartbeat: no answer") from exc.cause
+        beat = Heartbeat.from_json(answer.plaintext)
+        self._after_answer(answer)
+        return beat
+
+    def refresh_changed(self, beat: Heartbeat) -> tuple[bool, bool]:
+        """Fetch the config and the terminal parameters again where ``beat`` says the server
+        holds another version than this client (attesting first if needed); whether each was
+        fetched."""
+        held_config = self._config.config_version if self._config is not None else None
+        held_params = self._params_cache.get(None)
+        config = held_config != beat.config_version
+        if config:
+            self.fetch_config()
+        params = held_params is None or held_params.sha256 != beat.parameters_sha256
+        if params:
+            self.fetch_terminal_parameters()
+        return config, params
 
 
 def _inconclusive(response: httpx.Response, *, retrying: bool, keyed: bool) -> bool:

@@ -7,6 +7,7 @@ Everything the SDK raises on purpose derives from :class:`DeviceError`::
     ├── OutcomeUnknown            a state-changing charge call never got a trustworthy answer
     ├── PairingCodeExpired        the pairing code died before a merchant claimed the device
     ├── NotActivated              no usable key set or terminal id on this device yet
+    ├── WebhookVerificationError  a webhook's signature or timestamp did not verify
     ├── ProtocolError             the server answered something the SDK cannot trust or parse
     │   ├── ResponseIntegrityError    an envelope, chunk or digest failed to verify
     │   └── KeyCheckMismatch          a delivered key does not match its KCV (or its block)
@@ -75,6 +76,7 @@ __all__ = [
     "Unprocessable",
     "ValidationError",
     "DeviceError",
+    "WebhookVerificationError",
     "error_from_response",
 ]
 
@@ -93,6 +95,10 @@ class PairingCodeExpired(DeviceError):
 
 class NotActivated(DeviceError):
     """The call needs an activated key set (or a terminal id) that this device does not have."""
+
+
+class WebhookVerificationError(DeviceError):
+    """A webhook is not from Viopay (bad or missing signature), or too old or new to trust."""
 
 
 class ProtocolError(DeviceError):

@@ -321,3 +321,25 @@ class Reversal:
             return cls(charge=None, rotate_keys=f.flag("rotate_keys", False))
         charge = Charge.from_json(obj)
         return cls(charge=charge, rotate_keys=charge.rotate_keys)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """§8: the heartbeat's answer: what the terminal should hold and when to beat again."""
+
+    server_time: datetime
+    config_version: int
+    parameters_sha256: str
+    next_heartbeat_s: int
+    rotate_keys: bool = False
+
+    @classmethod
+    def from_json(cls, obj: object) -> Heartbeat:
+        f = _Fields(obj, "heartbeat")
+        return cls(
+            server_time=f.time("server_time"),
+            config_version=f.integer("config_version"),
+            parameters_sha256=f.text("parameters_sha256"),
+            next_heartbeat_s=f.integer("next_heartbeat_s"),
+            rotate_keys=f.flag("rotate_keys", False),
+        )

@@ -18,31 +18,27 @@ from typing import Annotated
 
 import orjson
 from fastapi import Depends, Request
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.cache import Cache
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.deps import DbSession, Now, RuntimeDep
 from viopay.devices.authn import (
+    identity_key_of,
     load_device,
     parse_device_id,
     parse_pos_headers,
     touch,
+    verify_device_signature,
     version_below,
 )
 from viopay.devices.models import Device, MerchantDeviceIdentityKey
 from viopay.devices.service import unwrap_identity_secret
 from viopay.errors import (
     AppVersionUnsupported,
-    InvalidSignature,
     InvalidToken,
-    KeyRevoked,
-    UnknownKey,
 )
-from viopay.signatures import SignedHeaders, check_timestamp, parse_signed_headers, spend_nonce
-from viopay_device.protocol.errors import SignatureMismatch
-from viopay_device.protocol.signing import attest_string_to_sign, verify_signature
+from viopay.signatures import parse_signed_headers
 
 TOKEN_PREFIX = "att_"
 TOKEN_TTL = timedelta(seconds=300)
@@ -62,50 +58,6 @@ class SignedAttestation:
     version: str
 
 
-async def identity_key_of(
-    db: AsyncSession, *, device_id: str, key_id: str
-) -> MerchantDeviceIdentityKey | None:
-    key: MerchantDeviceIdentityKey | None = await db.scalar(
-        select(MerchantDeviceIdentityKey).where(
-            MerchantDeviceIdentityKey.device_id == device_id,
-            MerchantDeviceIdentityKey.key_id == key_id,
-        )
-    )
-    return key
-
-
-async def verify_attest_request(
-    db: AsyncSession,
-    cache: Cache,
-    *,
-    wrapper: KeyWrapper,
-    device: Device,
-    signed: SignedHeaders,
-    now: datetime,
-) -> MerchantDeviceIdentityKey:
-    """Key known (401 unknown_key) and live (401 key_revoked) → timestamp → signature → nonce."""
-    key = await identity_key_of(db, device_id=device.device_id, key_id=signed.key_id)
-    if key is None:
-        raise UnknownKey()
-    if key.revoked_at is not None:
-        raise KeyRevoked()
-    check_timestamp(signed.moment, now=now)
-    message = attest_string_to_sign(
-        device_id=device.device_id,
-        key_id=signed.key_id,
-        timestamp=signed.timestamp,
-        nonce=signed.nonce,
-    )
-    try:
-        verify_signature(unwrap_identity_secret(wrapper, key), message, signed.signature)
-    except SignatureMismatch:
-        raise InvalidSignature() from None
-    await spend_nonce(
-        cache, scope=f"device:{device.device_id}", nonce=signed.nonce, moment=signed.moment, now=now
-    )
-    return key
-
-
 async def signed_attestation(
     request: Request, runtime: RuntimeDep, db: DbSession, now: Now
 ) -> SignedAttestation:
@@ -117,7 +69,7 @@ async def signed_attestation(
     if version_below(headers.version, minimum):
         raise AppVersionUnsupported(minimum)
     device = await load_device(db, headers.device_id)
-    key = await verify_attest_request(
+    key = await verify_device_signature(
         db, runtime.cache, wrapper=runtime.wrapper, device=device, signed=signed, now=now
     )
     touch(device, version=headers.version, now=now)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, StrictInt, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import Actor, record_event
+from viopay.bodies import check_json
 from viopay.configuration.document import config_document_for, config_etag
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.deps import field_errors
@@ -172,6 +173,9 @@ async def open_activation(
         raise InvalidRequest("the body is not a valid envelope") from None
     except CryptoDecryptionFailed:
         raise DecryptionFailed() from None
+    # The device first: this transaction writes a key set (its tally, then the activation),
+    # and every writer of a device's sets locks the device before them.
+    await keysets.lock_device(db, device.device_id)
     key_set = await keysets.key_set_by_msk_key_id(db, envelope.kid)
     if key_set is None or key_set.device_id != device.device_id:
         raise DecryptionFailed()
@@ -185,6 +189,7 @@ async def open_activation(
     await keysets.count_envelopes(db, key_set_id=key_set.key_set_id)
     if not isinstance(document, dict):
         raise InvalidRequest("the activation plaintext must be a JSON object")
+    check_json(document)
     return key_set, document
 
 

@@ -11,19 +11,19 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from viopay.activation import delivery, service
-from viopay.activation.attestation import TOKEN_TTL, AttestedDevice, AttestSigned, attested_device
+from viopay.activation.attestation import TOKEN_TTL, AttestedDevice, AttestSigned
 from viopay.activation.schemas import AttestIn, AttestOut, KeyOut, KeysIn, KeysOut
 from viopay.deps import DbSession, Now, RuntimeDep, body_schema, read_json, read_raw_json
 from viopay.ids import rfc3339
 from viopay.openapi import errors_for
 
-router = APIRouter(prefix="/pos", tags=["pos activation"])
-attest_router = APIRouter()
-token_router = APIRouter(dependencies=[Depends(attested_device)])
+# Authenticated at mount (viopay.api): the attestation signature (§2.2), the token (§2.3).
+attest_router = APIRouter(prefix="/pos", tags=["pos activation"])
+token_router = APIRouter(prefix="/pos", tags=["pos activation"])
 
 
 @attest_router.post(
@@ -177,7 +177,3 @@ async def activate(
         now=now,
     )
     return Response(orjson.dumps(sealed), media_type="application/json")
-
-
-router.include_router(attest_router)
-router.include_router(token_router)

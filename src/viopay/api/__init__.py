@@ -1,2 +1,79 @@
-"""HTTP routers that compose several domains (devices, merchants, events): the layer above the
-domain packages, so that no domain imports another's routes (docs/architecture.md)."""
+"""The HTTP API, mounted in one place: one router per authentication level of PROTOCOL §2, each
+authenticated at mount, so that no endpoint can forget its authentication (a test walks every
+route and checks it carries its level's dependency).
+
+The routers that compose several domains (devices, merchants, events) live beside this module;
+each domain keeps its own routes (activation, payments, parameters, configuration, auth) without
+authentication of their own: the level they are mounted at says who may call them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from viopay.activation.attestation import attested_device, signed_attestation
+from viopay.activation.router import attest_router, token_router
+from viopay.api import devices, events, merchants
+from viopay.auth.deps import admin_principal, bearer_principal, merchant_session
+from viopay.auth.router import admin_router as client_admin_router
+from viopay.auth.router import bearer_router
+from viopay.auth.router import router as token_endpoints
+from viopay.configuration.router import config_schema_router
+from viopay.devices.authn import bootstrap_device, pairing_device
+from viopay.fleet.router import pos_router as heartbeat_router
+from viopay.health import router as health_router
+from viopay.parameters.router import parameters_admin_router
+from viopay.payments import router as payments
+from viopay.payments.terminal_auth import signed_request
+from viopay.webhooks.router import router as webhooks_router
+
+# (name, the dependency that authenticates the level, its routers); None: public.
+LEVELS: tuple[tuple[str, Callable[..., Any] | None, tuple[APIRouter, ...]], ...] = (
+    ("public", None, (health_router, token_endpoints, config_schema_router)),
+    (
+        "bootstrap: activation headers, any version (§2.1)",
+        bootstrap_device,
+        (devices.bootstrap_router,),
+    ),
+    ("activation headers + signature (§2.1 v1.1)", pairing_device, (devices.pos_router,)),
+    ("attestation signature (§2.2)", signed_attestation, (attest_router,)),
+    ("attestation token (§2.3)", attested_device, (token_router,)),
+    ("HMAC charge headers (§2.4)", signed_request, (payments.pos_router, heartbeat_router)),
+    ("Bearer, any role (§2.5)", bearer_principal, (bearer_router,)),
+    (
+        "Bearer, merchant session (§2.5)",
+        merchant_session,
+        (
+            devices.claim_router,
+            devices.merchant_router,
+            merchants.merchant_router,
+            events.router,
+            payments.merchant_router,
+            webhooks_router,
+        ),
+    ),
+    (
+        "Bearer, admin (§2.5)",
+        admin_principal,
+        (
+            devices.admin_router,
+            merchants.admin_router,
+            client_admin_router,
+            parameters_admin_router,
+        ),
+    ),
+)
+
+
+def api_router() -> APIRouter:
+    """Every API route, each level's routers under its authenticating dependency."""
+    api = APIRouter()
+    for _name, authenticate, routers in LEVELS:
+        level = APIRouter(dependencies=[Depends(authenticate)] if authenticate else [])
+        for router in routers:
+            level.include_router(router)
+        api.include_router(level)
+    return api

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import select
 
 from viopay.audit import Actor
-from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession, admin_principal
+from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession
 from viopay.auth.sessions import MerchantSession
-from viopay.deps import CacheDep, DbSession, Now, RuntimeDep, body_schema, read_json
+from viopay.deps import CacheDep, DbSession, Now, PathId, RuntimeDep, body_schema, read_json
 from viopay.devices import service
-from viopay.devices.authn import ActivationDevice, BootstrapDevice
+from viopay.devices.authn import BootstrapDevice, PairingDevice
 from viopay.devices.models import Device
 from viopay.devices.schemas import (
     BootstrapOut,
@@ -36,11 +36,13 @@ from viopay.merchants.models import Merchant
 from viopay.openapi import errors_for
 from viopay.pagination import PageParams, make_page, page_params, paginate
 
+# Authenticated at mount (viopay.api): the activation headers (§2.1; bootstrap at any version).
+bootstrap_router = APIRouter(prefix="/pos", tags=["pos activation"])
 pos_router = APIRouter(prefix="/pos", tags=["pos activation"])
 _ACTIVATION_ERRORS = errors_for(400, 403, 404, 426, 503)
 
 
-@pos_router.post(
+@bootstrap_router.post(
     "/bootstrap", response_model=BootstrapOut, responses=errors_for(400, 403, 404, 503)
 )
 async def bootstrap(auth: BootstrapDevice, runtime: RuntimeDep, now: Now) -> BootstrapOut:
@@ -62,7 +64,7 @@ async def bootstrap(auth: BootstrapDevice, runtime: RuntimeDep, now: Now) -> Boo
     responses=errors_for(400, 403, 404, 409, 426, 429, 503),
 )
 async def pairing_code(
-    auth: ActivationDevice, runtime: RuntimeDep, db: DbSession, now: Now
+    auth: PairingDevice, runtime: RuntimeDep, db: DbSession, now: Now
 ) -> PairingCodeOut:
     code, expires_at = await service.issue_pairing_code(
         db, runtime.cache, wrapper=runtime.wrapper, device=auth.device, now=now
@@ -78,7 +80,7 @@ async def pairing_code(
 @pos_router.get(
     "/status", response_model=StatusOut, responses=errors_for(400, 403, 404, 426, 429, 503)
 )
-async def status(auth: ActivationDevice, cache: CacheDep, db: DbSession, now: Now) -> StatusOut:
+async def status(auth: PairingDevice, cache: CacheDep, db: DbSession, now: Now) -> StatusOut:
     device = auth.device
     await service.check_status_rate(cache, device=device, now=now)
     expiry = await service.live_code_expiry(db, device=device, now=now)
@@ -93,7 +95,7 @@ async def status(auth: ActivationDevice, cache: CacheDep, db: DbSession, now: No
     )
 
 
-claim_router = APIRouter(tags=["merchant"])
+claim_router = APIRouter(tags=["merchant"])  # a merchant session (§2.5), mounted in viopay.api
 
 
 @claim_router.post(
@@ -128,7 +130,7 @@ async def claim(
     )
 
 
-admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
+admin_router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 def _operator(principal: AdminPrincipal) -> Actor:
@@ -167,7 +169,7 @@ async def provision(
     responses=errors_for(400, 401, 403, 404, 409, 415, 503),
 )
 async def add_key(
-    device_id: str,
+    device_id: PathId,
     request: Request,
     principal: AdminPrincipal,
     runtime: RuntimeDep,
@@ -194,7 +196,7 @@ async def add_key(
     responses=errors_for(401, 403, 404, 503),
 )
 async def revoke_key(
-    device_id: str, key_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+    device_id: PathId, key_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> RevokedKeyOut:
     key = await service.revoke_identity_key(
         db, device_id=device_id, key_id=key_id, actor=_operator(principal), now=now
@@ -209,7 +211,7 @@ async def revoke_key(
     responses=errors_for(401, 403, 404, 503),
 )
 async def admin_disable(
-    device_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+    device_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await service.get_device(db, device_id)
     return DeviceOut.of(
@@ -225,7 +227,7 @@ async def admin_disable(
     responses=errors_for(401, 403, 404, 503),
 )
 async def admin_enable(
-    device_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+    device_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await service.get_device(db, device_id)
     return DeviceOut.of(
@@ -241,7 +243,7 @@ async def admin_enable(
     responses=errors_for(401, 403, 404, 503),
 )
 async def admin_release(
-    device_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+    device_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await service.get_device(db, device_id)
     return DeviceOut.of(
@@ -268,10 +270,19 @@ async def _merchant_device(db: DbSession, session: CurrentSession, device_id: st
     "/devices", response_model=DeviceList, responses=errors_for(400, 401, 403, 503)
 )
 async def list_devices(
-    session: CurrentSession, db: DbSession, page: Annotated[PageParams, Depends(page_params)]
+    session: CurrentSession,
+    db: DbSession,
+    page: Annotated[PageParams, Depends(page_params)],
+    online: Annotated[
+        Literal["true", "false"] | None,
+        Query(description="Only terminals online (true) or offline (false), PROTOCOL §8."),
+    ] = None,
 ) -> DeviceList:
+    query = select(Device).where(Device.merchant_id == session.merchant_id)
+    if online is not None:
+        query = query.where(Device.online.is_(online == "true"))
     query = paginate(
-        select(Device).where(Device.merchant_id == session.merchant_id),
+        query,
         at=Device.claimed_at,
         ident=Device.device_id,
         params=page,
@@ -285,7 +296,9 @@ async def list_devices(
 @merchant_router.get(
     "/devices/{device_id}", response_model=DeviceOut, responses=errors_for(401, 403, 404, 503)
 )
-async def get_merchant_device(device_id: str, session: CurrentSession, db: DbSession) -> DeviceOut:
+async def get_merchant_device(
+    device_id: PathId, session: CurrentSession, db: DbSession
+) -> DeviceOut:
     return DeviceOut.of(await _merchant_device(db, session, device_id))
 
 
@@ -299,7 +312,7 @@ def _actor(session: MerchantSession) -> Actor:
     responses=errors_for(401, 403, 404, 503),
 )
 async def merchant_disable(
-    device_id: str, session: ManagingSession, db: DbSession, now: Now
+    device_id: PathId, session: ManagingSession, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
     return DeviceOut.of(
@@ -313,7 +326,7 @@ async def merchant_disable(
     responses=errors_for(401, 403, 404, 503),
 )
 async def merchant_enable(
-    device_id: str, session: ManagingSession, db: DbSession, now: Now
+    device_id: PathId, session: ManagingSession, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
     return DeviceOut.of(
@@ -329,7 +342,7 @@ async def merchant_enable(
     responses=errors_for(401, 403, 404, 503),
 )
 async def merchant_release(
-    device_id: str, session: ManagingSession, db: DbSession, now: Now
+    device_id: PathId, session: ManagingSession, db: DbSession, now: Now
 ) -> DeviceOut:
     device = await _merchant_device(db, session, device_id)
     return DeviceOut.of(await release_device(db, device=device, actor=_actor(session), now=now))
@@ -342,7 +355,7 @@ async def merchant_release(
     responses=errors_for(400, 401, 403, 404, 415, 503),
 )
 async def merchant_rename(
-    device_id: str, request: Request, session: ManagingSession, db: DbSession, now: Now
+    device_id: PathId, request: Request, session: ManagingSession, db: DbSession, now: Now
 ) -> DeviceOut:
     """Rename a device: ``{"label"}`` (null or blank clears it; owner or admin)."""
     body = await read_json(request, LabelIn)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from viopay.audit import Actor
-from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession, admin_principal
+from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession
 from viopay.configuration.emv import effective_emv
 from viopay.configuration.schemas import EmvOverrides, EmvSection
-from viopay.deps import DbSession, Now, body_schema, read_json
+from viopay.deps import DbSession, Now, PathId, body_schema, read_json
 from viopay.merchants import config, service
 from viopay.merchants.config import MerchantConfigIn, MerchantConfigOut
 from viopay.merchants.schemas import MemberIn, MemberOut, MerchantIn, MerchantOut
 from viopay.openapi import errors_for
 
-admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
+admin_router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 @admin_router.post(
@@ -48,7 +48,7 @@ async def create_merchant(
     responses=errors_for(400, 401, 403, 404, 409, 415, 503),
 )
 async def add_member(
-    merchant_id: str, request: Request, principal: AdminPrincipal, db: DbSession, now: Now
+    merchant_id: PathId, request: Request, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> MemberOut:
     body = await read_json(request, MemberIn)
     member = await service.add_member(
@@ -68,7 +68,7 @@ async def add_member(
     responses=errors_for(401, 403, 404, 409, 503),
 )
 async def get_emv(
-    merchant_id: str, principal: AdminPrincipal, db: DbSession, now: Now
+    merchant_id: PathId, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> EmvSection:
     """The emv section the merchant's terminals get: defaults with the operator's overrides."""
     merchant = await service.get_merchant(db, merchant_id)
@@ -83,7 +83,7 @@ async def get_emv(
     responses=errors_for(400, 401, 403, 404, 409, 415, 503),
 )
 async def put_emv(
-    merchant_id: str, request: Request, principal: AdminPrincipal, db: DbSession, now: Now
+    merchant_id: PathId, request: Request, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> EmvSection:
     """Replace the operator's overrides of the emv section (``{}`` restores the defaults)."""
     merchant = await service.get_merchant(db, merchant_id)

@@ -1,4 +1,5 @@
-"""Bearer token verification: Keycloak (OIDC discovery + JWKS) or the embedded issuer.
+"""Bearer token verification: an OpenID provider such as Keycloak (viopay.auth.oidc), or the
+embedded issuer.
 
 The embedded issuer's ES256 key is made at first start and kept in the database wrapped under
 the master key, so every server process signs and verifies with the same key.
@@ -8,20 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from viopay.auth.models import SigningKey
+from viopay.auth.oidc import OidcProvider, signing_algorithms
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.errors import ServiceUnavailable, Unauthorized
 from viopay.ids import new_id, utcnow
@@ -65,18 +65,8 @@ def principal_from_claims(claims: dict[str, Any], token: str) -> Principal:
     )
 
 
-def _algorithms_for(key: Any) -> list[str]:
-    """Only the algorithm of the key's own type: a token whose header names another (RS256 with
-    an EC key, or "none") is refused before any verification is attempted."""
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return ["ES256"]
-    if isinstance(key, rsa.RSAPublicKey):
-        return ["RS256"]
-    return []
-
-
 def _decode(token: str, key: Any, *, issuer: str, audience: str) -> dict[str, Any]:
-    algorithms = _algorithms_for(key)
+    algorithms = signing_algorithms(key)
     try:
         header_alg = jwt.get_unverified_header(token).get("alg")
     except jwt.PyJWTError:
@@ -193,76 +183,42 @@ async def _create_signing_key(
 
 
 class OidcVerifier:
-    """Keycloak: discovery document → JWKS, refetched when a token names an unknown ``kid``."""
+    """Bearer tokens of the OpenID provider (Keycloak or any other), with its rotating keys."""
 
-    REFETCH_INTERVAL = 10.0
-
-    def __init__(
-        self, *, issuer: str, audience: str, client: httpx.AsyncClient | None = None
-    ) -> None:
-        self.issuer = issuer.rstrip("/")
+    def __init__(self, *, provider: OidcProvider, audience: str) -> None:
+        self.provider = provider
+        self.issuer = provider.issuer
         self.audience = audience
-        self._http = client or httpx.AsyncClient(timeout=5.0)
-        self._keys: dict[str, Any] = {}
-        self._fetched_at = 0.0
-        self._lock = asyncio.Lock()
-        self.token_endpoint: str | None = None
 
-    async def _refresh(self) -> None:
-        async with self._lock:
-            if time.monotonic() - self._fetched_at < self.REFETCH_INTERVAL and self._keys:
-                return
-            try:
-                discovery = (
-                    await self._http.get(f"{self.issuer}/.well-known/openid-configuration")
-                ).json()
-                self.token_endpoint = discovery.get("token_endpoint")
-                jwks = (await self._http.get(discovery["jwks_uri"])).json()
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
-                raise ServiceUnavailable("the identity provider is unreachable") from exc
-            keys: dict[str, Any] = {}
-            for jwk in jwks.get("keys", []):
-                try:
-                    keys[jwk["kid"]] = jwt.PyJWK.from_dict(jwk).key
-                except (jwt.PyJWTError, KeyError):
-                    continue
-            self._keys = keys
-            self._fetched_at = time.monotonic()
+    def __repr__(self) -> str:
+        return f"OidcVerifier(issuer={self.issuer!r}, audience={self.audience!r})"
 
     async def verify(self, token: str) -> Principal:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:
             raise Unauthorized("the Bearer token is malformed") from None
-        if not isinstance(kid, str):
-            raise Unauthorized("the Bearer token names no key")
-        if kid not in self._keys:
-            await self._refresh()
-        key = self._keys.get(kid)
-        if key is None:
-            raise Unauthorized("the Bearer token was signed by an unknown key")
+        key = await self.provider.key(kid)
         claims = _decode(token, key, issuer=self.issuer, audience=self.audience)
         return principal_from_claims(claims, token)
 
     async def client_credentials(self, client_id: str, client_secret: str) -> dict[str, Any]:
-        if self.token_endpoint is None:
-            await self._refresh()
-        assert self.token_endpoint is not None
-        try:
-            response = await self._http.post(
-                self.token_endpoint,
-                data={
-                    "grant_type": "client_credentials",
-                    "client_id": client_id,
-                    "client_secret": client_secret,
-                },
-            )
-        except httpx.HTTPError as exc:
-            raise ServiceUnavailable("the identity provider is unreachable") from exc
+        response = await self.provider.token(
+            {
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_secret": client_secret,
+            }
+        )
         if response.status_code != 200:
             raise Unauthorized("bad client credentials")
-        body: dict[str, Any] = response.json()
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            raise ServiceUnavailable("the identity provider answered without a token")
         return body
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self.provider.close()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from viopay.audit import Actor
 from viopay.auth.clients import authenticate_client, create_client
-from viopay.auth.deps import AdminPrincipal, BearerPrincipal, admin_principal
+from viopay.auth.deps import AdminPrincipal, BearerPrincipal
 from viopay.auth.issuer import ADMIN_ROLE
 from viopay.auth.schemas import (
     AccessToken,
@@ -25,7 +25,8 @@ from viopay.ids import rfc3339
 from viopay.merchants.models import Role
 from viopay.openapi import errors_for
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(tags=["auth"])  # public: client credentials, the JWKS
+bearer_router = APIRouter(tags=["auth"])  # a Bearer token, any role (mounted in viopay.api)
 
 
 @router.post(
@@ -52,7 +53,7 @@ async def client_session(
     return AccessToken(access_token=token, expires_in=ttl)
 
 
-@router.post(
+@bearer_router.post(
     "/session/initiate",
     status_code=201,
     response_model=SessionOut,
@@ -81,7 +82,7 @@ async def jwks(runtime: RuntimeDep) -> dict[str, Any]:
     return runtime.issuer.jwks()
 
 
-admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)])
+admin_router = APIRouter(prefix="/admin", tags=["admin"])  # the admin level, mounted in viopay.api
 
 
 @admin_router.post(

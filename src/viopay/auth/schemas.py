@@ -4,7 +4,7 @@ from pydantic import BaseModel, Field
 
 
 class ClientCredentials(BaseModel):
-    client_id: str = Field(min_length=1, max_length=255)
+    client_id: str = Field(min_length=1, max_length=128)
     client_secret: str = Field(min_length=1, max_length=255)
 
 
@@ -15,7 +15,7 @@ class AccessToken(BaseModel):
 
 
 class SessionInitiate(BaseModel):
-    merchant_id: str = Field(min_length=1, max_length=64)
+    merchant_id: str = Field(min_length=1, max_length=128)
 
 
 class SessionOut(BaseModel):

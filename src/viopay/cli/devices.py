@@ -26,10 +26,21 @@ def _key_id(value: str | None) -> str | None:
     return value
 
 
+DeviceIdArgument = typer.Argument(
+    ..., callback=_device_id, help="The device id printed on the terminal: POS- and 8 hex digits."
+)
+KeyIdOption = typer.Option(
+    None,
+    "--key-id",
+    callback=_key_id,
+    help="Id of the new identity key (X-Key-Id); default device-id-key-YYYY-MM-<random>.",
+)
+
+
 @app.command()
 def provision(
-    device_id: str = typer.Argument(..., callback=_device_id),
-    key_id: str | None = typer.Option(None, "--key-id", callback=_key_id),
+    device_id: str = DeviceIdArgument,
+    key_id: str | None = KeyIdOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Register a device and make its first identity key (the secret is shown once)."""
@@ -53,8 +64,8 @@ def provision(
 
 @app.command("add-key")
 def add_key(
-    device_id: str = typer.Argument(..., callback=_device_id),
-    key_id: str | None = typer.Option(None, "--key-id", callback=_key_id),
+    device_id: str = DeviceIdArgument,
+    key_id: str | None = KeyIdOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Add an identity key to a device (the secret is shown once)."""
@@ -78,8 +89,8 @@ def add_key(
 
 @app.command("revoke-key")
 def revoke_key(
-    device_id: str = typer.Argument(..., callback=_device_id),
-    key_id: str = typer.Argument(...),
+    device_id: str = DeviceIdArgument,
+    key_id: str = typer.Argument(..., help="The identity key to revoke (its X-Key-Id)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Revoke an identity key: its attestation tokens stop working at once."""

@@ -28,6 +28,7 @@ emv_app = typer.Typer(
     help="Show or override the EMV section of a merchant's terminals.", no_args_is_help=True
 )
 
+MerchantArgument = typer.Argument(..., help="The merchant id (mer_…).")
 FileOption = typer.Option(..., "--file", "-f", help="A JSON file, or - for standard input.")
 
 
@@ -61,7 +62,7 @@ def _validated(model: type[Any], data: Any) -> Any:
 
 
 @config_app.command("show")
-def show_config(merchant_id: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
+def show_config(merchant_id: str = MerchantArgument, as_json: bool = JsonOption) -> None:
     """Print the merchant config: {"config_version","tip","tax","surcharge","branding"}."""
 
     async def work(db: AsyncSession, _rt: Runtime) -> dict[str, Any]:
@@ -73,7 +74,7 @@ def show_config(merchant_id: str = typer.Argument(...), as_json: bool = JsonOpti
 
 @config_app.command("set")
 def set_config(
-    merchant_id: str = typer.Argument(...), file: str = FileOption, as_json: bool = JsonOption
+    merchant_id: str = MerchantArgument, file: str = FileOption, as_json: bool = JsonOption
 ) -> None:
     """Replace any of tip, tax, surcharge and branding with the objects in a JSON file."""
     changes: MerchantConfigIn = _validated(MerchantConfigIn, read_json_file(file))
@@ -89,7 +90,7 @@ def set_config(
 
 
 @emv_app.command("show")
-def show_emv(merchant_id: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
+def show_emv(merchant_id: str = MerchantArgument, as_json: bool = JsonOption) -> None:
     """Print the emv section the merchant's terminals get (defaults with overrides)."""
 
     async def work(db: AsyncSession, _rt: Runtime) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def show_emv(merchant_id: str = typer.Argument(...), as_json: bool = JsonOption)
 
 @emv_app.command("set")
 def set_emv(
-    merchant_id: str = typer.Argument(...), file: str = FileOption, as_json: bool = JsonOption
+    merchant_id: str = MerchantArgument, file: str = FileOption, as_json: bool = JsonOption
 ) -> None:
     """Replace the merchant's EMV overrides with a JSON file ({} restores the defaults)."""
     overrides: EmvOverrides = _validated(EmvOverrides, read_json_file(file))

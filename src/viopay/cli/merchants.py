@@ -22,7 +22,7 @@ merchant_app.add_typer(emv_app, name="emv")
 
 @merchant_app.command("create")
 def create_merchant(
-    name: str = typer.Option(..., "--name"),
+    name: str = typer.Option(..., "--name", help="The merchant's name, as terminals show it."),
     currency: str = typer.Option("USD", "--currency", help="ISO 4217, upper case."),
     country: str = typer.Option("US", "--country", help="ISO 3166 alpha-2, upper case."),
     timezone: str = typer.Option("UTC", "--timezone", help="IANA time zone."),

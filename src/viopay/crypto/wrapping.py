@@ -2,6 +2,7 @@
 over later (§3.6: "The server stores keys only wrapped under its own master key")."""
 
 import contextlib
+import hashlib
 import os
 import pathlib
 import stat
@@ -119,3 +120,12 @@ def _create_key_file(path: pathlib.Path, content: str) -> None:
             os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_CHECK_PURPOSE = "master-key-check-v1"
+
+
+def check_value(wrapper: KeyWrapper) -> str:
+    """A KCV-like check value of the wrapper's master key (PROTOCOL §6): 16 hex digits of
+    SHA-256 over a key derived for this purpose alone. It tells keys apart and reveals none."""
+    return hashlib.sha256(wrapper.derive(_CHECK_PURPOSE)).hexdigest()[:16]

@@ -10,17 +10,32 @@ from typing import Annotated
 
 import semver
 from fastapi import Depends, Request
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from viopay.cache import Cache
+from viopay.crypto.wrapping import KeyWrapper
 from viopay.deps import DbSession, Now, RuntimeDep
-from viopay.devices.models import Device
+from viopay.devices.models import Device, MerchantDeviceIdentityKey
+from viopay.devices.service import unwrap_identity_secret
 from viopay.errors import (
     AppVersionUnsupported,
     DeviceDisabled,
     DeviceNotFound,
     InvalidHeader,
+    InvalidSignature,
+    KeyRevoked,
+    UnknownKey,
 )
-from viopay.signatures import header
+from viopay.signatures import (
+    SignedHeaders,
+    check_timestamp,
+    header,
+    parse_signed_headers,
+    spend_nonce,
+)
+from viopay_device.protocol.errors import SignatureMismatch
+from viopay_device.protocol.signing import attest_string_to_sign, verify_signature
 
 DEVICE_ID_RE = re.compile(r"^POS-[0-9A-F]{8}$")
 # semver.org's official pattern for SemVer 2.0.
@@ -32,6 +47,7 @@ _SEMVER = (
 USER_AGENT_RE = re.compile(
     rf"^Viopay-POS/(?P<version>{_SEMVER}) \((?P<os>[^;()]+); (?P<model>[^;()]+)\)$"
 )
+MAX_VERSION_LENGTH = 64
 FREE_FORM_RE = re.compile(r"^[\x21-\x7E]{1,128}$")
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
 
@@ -49,14 +65,23 @@ def parse_device_id(request: Request) -> str:
     return device_id
 
 
-def parse_pos_headers(request: Request) -> PosHeaders:
-    device_id = parse_device_id(request)
+def parse_user_agent(request: Request) -> str:
+    """The app version of ``User-Agent`` (§2.1), at most 64 characters (§1)."""
     match = USER_AGENT_RE.match(header(request, "User-Agent"))
     if match is None:
         raise InvalidHeader("User-Agent", "must be Viopay-POS/{semver} ({os}; {model})")
+    version = match["version"]
+    if len(version) > MAX_VERSION_LENGTH:
+        raise InvalidHeader("User-Agent", f"the version is over {MAX_VERSION_LENGTH} characters")
+    return version
+
+
+def parse_pos_headers(request: Request) -> PosHeaders:
+    device_id = parse_device_id(request)
+    version = parse_user_agent(request)
     if header(request, "X-Client-Type") != "pos":
         raise InvalidHeader("X-Client-Type", "must be pos")
-    return PosHeaders(device_id=device_id, version=match["version"])
+    return PosHeaders(device_id=device_id, version=version)
 
 
 def version_below(version: str, minimum: str) -> bool:
@@ -100,6 +125,52 @@ def touch(device: Device, *, version: str | None, now: datetime) -> None:
         setattr(device, name, value)
 
 
+async def identity_key_of(
+    db: AsyncSession, *, device_id: str, key_id: str
+) -> MerchantDeviceIdentityKey | None:
+    key: MerchantDeviceIdentityKey | None = await db.scalar(
+        select(MerchantDeviceIdentityKey).where(
+            MerchantDeviceIdentityKey.device_id == device_id,
+            MerchantDeviceIdentityKey.key_id == key_id,
+        )
+    )
+    return key
+
+
+async def verify_device_signature(
+    db: AsyncSession,
+    cache: Cache,
+    *,
+    wrapper: KeyWrapper,
+    device: Device,
+    signed: SignedHeaders,
+    now: datetime,
+) -> MerchantDeviceIdentityKey:
+    """The §2.2 signature (attest; pairing-code and status, §2.1): key known (401
+    unknown_key) and live (401 key_revoked) → timestamp → signature → nonce, spent only once
+    the signature verified (scope: the device)."""
+    key = await identity_key_of(db, device_id=device.device_id, key_id=signed.key_id)
+    if key is None:
+        raise UnknownKey()
+    if key.revoked_at is not None:
+        raise KeyRevoked()
+    check_timestamp(signed.moment, now=now)
+    message = attest_string_to_sign(
+        device_id=device.device_id,
+        key_id=signed.key_id,
+        timestamp=signed.timestamp,
+        nonce=signed.nonce,
+    )
+    try:
+        verify_signature(unwrap_identity_secret(wrapper, key), message, signed.signature)
+    except SignatureMismatch:
+        raise InvalidSignature() from None
+    await spend_nonce(
+        cache, scope=f"device:{device.device_id}", nonce=signed.nonce, moment=signed.moment, now=now
+    )
+    return key
+
+
 @dataclass
 class AuthenticatedDevice:
     device: Device
@@ -108,22 +179,37 @@ class AuthenticatedDevice:
 
 
 async def _activation_device(
-    request: Request, runtime: RuntimeDep, db: DbSession, now: Now, *, allow_old: bool
+    request: Request,
+    runtime: RuntimeDep,
+    db: DbSession,
+    now: Now,
+    *,
+    allow_old: bool,
+    signed: bool = False,
 ) -> AuthenticatedDevice:
+    """§1 order: headers (400) and version (426) → device (404, 403) → when ``signed``, the
+    §2.2 signature (401). The device status (409), rate limits and body are the route's."""
     headers = parse_pos_headers(request)
+    signature = parse_signed_headers(request) if signed else None
     minimum = runtime.settings.min_pos_version
     old = version_below(headers.version, minimum)
     if old and not allow_old:
         raise AppVersionUnsupported(minimum)
     device = await load_device(db, headers.device_id)
+    if signature is not None:
+        await verify_device_signature(
+            db, runtime.cache, wrapper=runtime.wrapper, device=device, signed=signature, now=now
+        )
     touch(device, version=headers.version, now=now)
     return AuthenticatedDevice(device=device, version=headers.version, upgrade_required=old)
 
 
-async def activation_device(
+async def pairing_device(
     request: Request, runtime: RuntimeDep, db: DbSession, now: Now
 ) -> AuthenticatedDevice:
-    return await _activation_device(request, runtime, db, now, allow_old=False)
+    """Pairing-code and status (§2.1): signed (§2.2) unless VIOPAY_PAIRING_SIGNATURE=off."""
+    signed = runtime.settings.pairing_signature == "required"
+    return await _activation_device(request, runtime, db, now, allow_old=False, signed=signed)
 
 
 async def bootstrap_device(
@@ -132,5 +218,5 @@ async def bootstrap_device(
     return await _activation_device(request, runtime, db, now, allow_old=True)
 
 
-ActivationDevice = Annotated[AuthenticatedDevice, Depends(activation_device)]
+PairingDevice = Annotated[AuthenticatedDevice, Depends(pairing_device)]
 BootstrapDevice = Annotated[AuthenticatedDevice, Depends(bootstrap_device)]

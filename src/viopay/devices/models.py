@@ -3,7 +3,16 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, Enum, ForeignKey, LargeBinary, String, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    Enum,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from viopay.db import Base
@@ -17,6 +26,7 @@ class DeviceStatus(enum.StrEnum):
 
 class Device(Base):
     __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_online_heartbeat", "online", "last_heartbeat_at"),)
 
     device_id: Mapped[str] = mapped_column(String(12), primary_key=True)
     status: Mapped[DeviceStatus] = mapped_column(
@@ -33,6 +43,17 @@ class Device(Base):
     # Bumped on disable and release: attestation tokens carry it, so old tokens die at once.
     token_generation: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime]
+    # Health from the terminal's heartbeats (PROTOCOL §8). ``online`` is the state last
+    # announced by a device.online / device.offline event.
+    online: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    last_heartbeat_at: Mapped[datetime | None]
+    battery_pct: Mapped[int | None]
+    charging: Mapped[bool | None]
+    network: Mapped[str | None] = mapped_column(String(16))
+    signal_dbm: Mapped[int | None]
+    printer: Mapped[str | None] = mapped_column(String(16))
+    pending_offline: Mapped[int | None]
+    uptime_s: Mapped[int | None]
 
 
 class MerchantDeviceIdentityKey(Base):

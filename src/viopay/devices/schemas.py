@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from viopay.devices.models import Device
 from viopay.ids import rfc3339
@@ -37,14 +37,27 @@ class StatusOut(BaseModel):
 
 
 class ClaimIn(BaseModel):
-    pairing_code: object = None
-    label: str | None = Field(default=None, max_length=200)
+    """§3.4. ``pairing_code`` is read as any value so that the service answers what is wrong
+    with it (400, not counted); the document says what it must be."""
+
+    model_config = ConfigDict(json_schema_extra={"required": ["pairing_code"]})
+
+    pairing_code: object = Field(
+        default=None,
+        json_schema_extra={
+            "type": "string",
+            "description": "six characters of the pairing alphabet; case, spaces and hyphens "
+            "are ignored",
+            "pattern": r"^[ -]*(?:[A-HJKMNP-Za-hjkmnp-z2-9][ -]*){6}$",
+        },
+    )
+    label: str | None = Field(default=None, max_length=64)
 
 
 class LabelIn(BaseModel):
     """``PATCH /merchant/devices/{device_id}``: the new label, or null (or blank) to clear it."""
 
-    label: str | None = Field(max_length=200)
+    label: str | None = Field(max_length=64)
 
     @field_validator("label")
     @classmethod
@@ -63,6 +76,18 @@ class ClaimOut(BaseModel):
     claimed_at: str
 
 
+class HealthOut(BaseModel):
+    """From the terminal's last heartbeat (PROTOCOL §8); null until the first."""
+
+    online: bool
+    last_heartbeat_at: str | None
+    battery_pct: int | None
+    charging: bool | None
+    network: str | None
+    signal_dbm: int | None
+    printer: str | None
+
+
 class DeviceOut(BaseModel):
     """A device as the merchant and admin APIs show it (PROTOCOL §6)."""
 
@@ -76,6 +101,7 @@ class DeviceOut(BaseModel):
     last_seen_at: str | None
     claimed_at: str | None
     activated_at: str | None
+    health: HealthOut
 
     @classmethod
     def of(cls, device: Device) -> DeviceOut:
@@ -93,6 +119,15 @@ class DeviceOut(BaseModel):
             last_seen_at=t(device.last_seen_at),
             claimed_at=t(device.claimed_at),
             activated_at=t(device.activated_at),
+            health=HealthOut(
+                online=bool(device.online),
+                last_heartbeat_at=t(device.last_heartbeat_at),
+                battery_pct=device.battery_pct,
+                charging=device.charging,
+                network=device.network,
+                signal_dbm=device.signal_dbm,
+                printer=device.printer,
+            ),
         )
 
 

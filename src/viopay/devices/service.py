@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import Actor, record_event
-from viopay.cache import Cache
+from viopay.cache import Cache, Window
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.devices.models import (
     Device,
@@ -261,22 +261,37 @@ async def check_status_rate(cache: Cache, *, device: Device, now: datetime) -> N
 # --- claims ---------------------------------------------------------------------------------
 
 
-def _claim_scopes(subject: str, merchant_id: str) -> list[tuple[str, int, float]]:
+def _claim_windows(subject: str, merchant_id: str) -> list[Window]:
     names = {
         "user": f"rl:claimfail:user:{subject}",
         "merchant": f"rl:claimfail:merchant:{merchant_id}",
         "global": "rl:claimfail:global",
     }
-    return [(names[scope], limit, window) for scope, limit, window in CLAIM_LIMITS]
+    return [Window(names[scope], limit, window) for scope, limit, window in CLAIM_LIMITS]
 
 
-async def _check_claim_limits(
-    cache: Cache, scopes: list[tuple[str, int, float]], now: float
-) -> None:
-    for key, limit, window in scopes:
-        wait = await cache.window_check(key, limit=limit, window=window, now=now)
-        if wait:
-            raise RateLimited("too many failed claims; try again later", retry_after=int(wait) + 1)
+def is_pairing_code(code: str) -> bool:
+    """Six characters of the alphabet (after :func:`normalise_code`): a code that could exist."""
+    return len(code) == PAIRING_CODE_LENGTH and set(code) <= set(PAIRING_ALPHABET)
+
+
+async def _spend_code(db: AsyncSession, *, wrapper: KeyWrapper, code: str, now: datetime) -> Device:
+    """The device of a live code, locked; the code is spent. PairingCodeInvalid otherwise."""
+    # Spend the code atomically: of two concurrent claims exactly one gets the row.
+    device_id = await db.scalar(
+        update(PairingCode)
+        .where(
+            PairingCode.code_digest == code_digest(wrapper, code),
+            PairingCode.expires_at > now,
+            PairingCode.used_at.is_(None),
+        )
+        .values(code_digest=None, used_at=now)
+        .returning(PairingCode.device_id)
+    )
+    device = await db.get(Device, device_id, with_for_update=True) if device_id else None
+    if device is None or device.status is not DeviceStatus.inactive or device.disabled:
+        raise PairingCodeInvalid()
+    return device
 
 
 async def claim_device(
@@ -290,31 +305,39 @@ async def claim_device(
     actor: Actor,
     now: datetime,
 ) -> Device:
+    """§3.4. A code that cannot be a code is 400 and counts nothing; every other claim is
+    counted as failed before it runs (check and count in one atomic step, so a burst cannot
+    slip past the limits) and taken back when it succeeds."""
     if not isinstance(raw_code, str) or not normalise_code(raw_code):
         raise InvalidRequest(
             "pairing_code is required", errors=[{"field": "pairing_code", "message": "required"}]
         )
-    scopes = _claim_scopes(actor.id or "", merchant_id)
-    await _check_claim_limits(cache, scopes, now.timestamp())
     code = normalise_code(raw_code)
-    device_id = None
-    if len(code) == PAIRING_CODE_LENGTH and set(code) <= set(PAIRING_ALPHABET):
-        # Spend the code atomically: of two concurrent claims exactly one gets the row.
-        device_id = await db.scalar(
-            update(PairingCode)
-            .where(
-                PairingCode.code_digest == code_digest(wrapper, code),
-                PairingCode.expires_at > now,
-                PairingCode.used_at.is_(None),
-            )
-            .values(code_digest=None, used_at=now)
-            .returning(PairingCode.device_id)
+    if not is_pairing_code(code):
+        raise InvalidRequest(
+            "pairing_code is not a pairing code",
+            errors=[
+                {
+                    "field": "pairing_code",
+                    "message": f"must be {PAIRING_CODE_LENGTH} characters of {PAIRING_ALPHABET}",
+                }
+            ],
         )
-    device = await db.get(Device, device_id, with_for_update=True) if device_id else None
-    if device is None or device.status is not DeviceStatus.inactive or device.disabled:
-        for key, _, window in scopes:
-            await cache.window_add(key, window=window, now=now.timestamp())
-        raise PairingCodeInvalid()
+    reservation = await cache.window_reserve(
+        _claim_windows(actor.id or "", merchant_id), now=now.timestamp()
+    )
+    if reservation.wait:
+        raise RateLimited(
+            "too many failed claims; try again later", retry_after=int(reservation.wait) + 1
+        )
+    try:
+        device = await _spend_code(db, wrapper=wrapper, code=code, now=now)
+    except PairingCodeInvalid:
+        raise  # a failed claim: it stays counted
+    except BaseException:
+        await cache.window_release(reservation)
+        raise
+    await cache.window_release(reservation)
     merchant = await db.get(Merchant, merchant_id)
     assert merchant is not None
     terminal = await _new_terminal(db, device=device, merchant=merchant, now=now)

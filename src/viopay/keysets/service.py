@@ -342,13 +342,21 @@ async def count_envelopes(db: AsyncSession, *, key_set_id: str, count: int = 1) 
     return int(total)
 
 
-async def _lock_device_sets(db: AsyncSession, device_id: str) -> tuple[Device, list[KeySet]]:
-    """The device row, then every set of the device in key_set_id order, row-locked and
-    re-read (one fixed lock order: device first, as every device update takes it)."""
-    await db.flush()  # pending changes first, so re-reading the rows cannot undo them
+async def lock_device(db: AsyncSession, device_id: str) -> Device:
+    """The device row, row-locked and re-read: the first lock of every transaction that goes
+    on to write a key set of the device (one fixed order, device then sets, so two of them
+    never deadlock)."""
+    await db.flush()  # pending changes first, so re-reading the row cannot undo them
     device = await db.get(Device, device_id, with_for_update=True, populate_existing=True)
     if device is None:
         raise LookupError("no such device")
+    return device
+
+
+async def _lock_device_sets(db: AsyncSession, device_id: str) -> tuple[Device, list[KeySet]]:
+    """The device row, then every set of the device in key_set_id order, row-locked and
+    re-read (one fixed lock order: device first, as every device update takes it)."""
+    device = await lock_device(db, device_id)
     rows = await db.scalars(
         select(KeySet)
         .where(KeySet.device_id == device_id)

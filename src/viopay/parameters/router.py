@@ -5,20 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from viopay.audit import Actor
-from viopay.auth.deps import AdminPrincipal, admin_principal
-from viopay.deps import DbSession, Now, require_json
+from viopay.auth.deps import AdminPrincipal
+from viopay.bodies import parse_json
+from viopay.deps import DbSession, Now, PathId, require_json
 from viopay.errors import InvalidRequest
 from viopay.openapi import errors_for
 from viopay.parameters import service as parameters
 
-parameters_admin_router = APIRouter(
-    prefix="/admin", tags=["admin"], dependencies=[Depends(admin_principal)]
-)
+parameters_admin_router = APIRouter(prefix="/admin", tags=["admin"])  # mounted in viopay.api
 
 
 class ParametersOut(BaseModel):
@@ -46,7 +44,7 @@ _ANY_OBJECT = {
     responses=errors_for(400, 401, 403, 404, 413, 415, 503),
 )
 async def put_parameters(
-    terminal_id: str, request: Request, principal: AdminPrincipal, db: DbSession, now: Now
+    terminal_id: PathId, request: Request, principal: AdminPrincipal, db: DbSession, now: Now
 ) -> ParametersOut:
     """Store a terminal's own terminal_parameters document (up to 8 MiB of JSON)."""
     await parameters.get_terminal(db, terminal_id)  # 404 before the body (§1)
@@ -63,10 +61,7 @@ async def put_parameters(
 
 async def _json_object(request: Request) -> dict[str, Any]:
     require_json(request)
-    try:
-        document: Any = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("the body is not valid JSON") from None
+    document: Any = parse_json(await request.body())
     if not isinstance(document, dict):
         raise InvalidRequest("the terminal parameters document must be a JSON object")
     return document

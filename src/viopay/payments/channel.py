@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from viopay.bodies import parse_json
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.errors import DecryptionFailed, InvalidRequest, UnsupportedMediaType
 from viopay.keysets.models import KeySet, KeySetKey
@@ -118,10 +119,7 @@ def _open(key: bytes, envelope: env.Envelope, aad: bytes) -> bytes:
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest(f"the {what} is not valid JSON") from None
+    value = parse_json(raw, what)
     if not isinstance(value, dict):
         raise InvalidRequest(f"the {what} must be a JSON object")
     return value

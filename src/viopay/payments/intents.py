@@ -154,6 +154,16 @@ async def due(db: AsyncSession, *, now: datetime, delay: timedelta, limit: int) 
     return list(rows)
 
 
+async def count_due(db: AsyncSession, *, now: datetime, delay: timedelta) -> int:
+    """How many pending intents are older than ``delay`` (the recovery backlog)."""
+    total = await db.scalar(
+        select(func.count())
+        .select_from(PaymentIntent)
+        .where(PaymentIntent.state == IntentState.pending, PaymentIntent.created_at <= now - delay)
+    )
+    return int(total or 0)
+
+
 async def take(db: AsyncSession, intent_id: str, *, owner: str, now: datetime) -> bool:
     """Lease one due intent to ``owner``; False when another process holds it or it is done."""
     taken = await db.execute(

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import SYSTEM, Actor, record_event
+from viopay.metrics import count_charge
 from viopay.payments import idempotency, intents
 from viopay.payments.models import (
     Charge,
@@ -133,6 +134,7 @@ async def store_charge(
         if status is ChargeStatus.approved:
             raise KeySpent(intent.intent_id)
     await db.flush()
+    count_charge(status.value, charge.card_brand)
     return Stored(stored_status, view, charge.charge_id, timed_out=timed_out)
 
 

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from viopay.ids import new_id, utcnow
-from viopay.metrics import ORIGIN, RECOVERED
+from viopay.metrics import ORIGIN, RECOVERED, RECOVERY_BACKLOG
 from viopay.payments import intents, outcomes
 from viopay.payments.flow import reverse_authorization
 from viopay.payments.models import IntentKind, PaymentIntent
@@ -182,6 +182,12 @@ class RecoveryWorker:
             except asyncio.CancelledError:
                 pass
 
+    async def _measure_backlog(self) -> None:
+        """What is still due after the pass: intents another process holds, or that failed."""
+        delay = timedelta(seconds=self._runtime.settings.recovery_delay_seconds)
+        async with self._runtime.sessions() as db:
+            RECOVERY_BACKLOG.set(await intents.count_due(db, now=utcnow(), delay=delay))
+
     async def _loop(self) -> None:
         ORIGIN.set("background")
         while True:
@@ -189,6 +195,7 @@ class RecoveryWorker:
                 report = await recover_due(self._runtime, self._processor, owner=self._owner)
                 if report.total:
                     log.info("recovery pass", **report.counts, deferred=report.deferred)
+                await self._measure_backlog()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database may be down: fail closed, try again later

@@ -56,8 +56,20 @@ async def plan_refund(
     if pending.get(IntentKind.cancel) or pending.get(IntentKind.reverse):
         raise ChargeNotRefundable("a cancel or reverse of the charge is in progress")
     body = validate(RefundIn, plaintext)
-    left = charge.amount - charge.amount_refunded - pending.get(IntentKind.refund, 0)
-    amount = left if body.amount is None else body.amount
+    amount = refund_amount(
+        charged=charge.amount,
+        refunded=charge.amount_refunded,
+        pending=pending.get(IntentKind.refund, 0),
+        requested=body.amount,
+    )
+    return RefundPlan(charge, amount, body.reason)
+
+
+def refund_amount(*, charged: int, refunded: int, pending: int, requested: int | None) -> int:
+    """What a refund takes: ``requested``, or all that is left (refunds still at the processor
+    count as made); RefundExceedsCharge when that is more than is left, or nothing is."""
+    left = charged - refunded - pending
+    amount = left if requested is None else requested
     if amount > left or amount < 1:
         raise RefundExceedsCharge(f"at most {max(left, 0)} is left to refund")
-    return RefundPlan(charge, amount, body.reason)
+    return amount

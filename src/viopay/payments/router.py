@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 from starlette.responses import Response
 
-from viopay.auth.deps import CurrentSession, merchant_session
-from viopay.deps import DbSession, Now, RuntimeDep, body_schema
+from viopay.auth.deps import CurrentSession
+from viopay.deps import DbSession, Now, PathId, RuntimeDep, body_schema
 from viopay.errors import InvalidRequest
 from viopay.middleware import request_id_of
 from viopay.openapi import errors_for
@@ -32,13 +32,12 @@ from viopay.payments.schemas import (
     charge_view,
     refund_view,
 )
-from viopay.payments.terminal_auth import CurrentRequest, signed_request
+from viopay.payments.terminal_auth import CurrentRequest
 from viopay.signatures import parse_rfc3339
 
-pos_router = APIRouter(prefix="/pos", tags=["pos charges"], dependencies=[Depends(signed_request)])
-merchant_router = APIRouter(
-    prefix="/merchant", tags=["merchant"], dependencies=[Depends(merchant_session)]
-)
+# Authenticated at mount (viopay.api): the HMAC charge headers (§2.4), a merchant session.
+pos_router = APIRouter(prefix="/pos", tags=["pos charges"])
+merchant_router = APIRouter(prefix="/merchant", tags=["merchant"])
 
 _POS_ERRORS = errors_for(400, 401, 403, 404, 409, 415, 422, 426, 503)
 _ENVELOPE = {"model": EnvelopeOut}
@@ -114,7 +113,7 @@ async def reverse_by_idempotency_key(call: CallDep) -> Response:
         **errors_for(502),
     },
 )
-async def refund_charge(charge_id: str, call: CallDep) -> Response:
+async def refund_charge(charge_id: PathId, call: CallDep) -> Response:
     """Refund all or part of a charge (§4.2); plaintext ``{"amount"?, "reason"?}``."""
     return await flow.run(call, flow.REFUND, flow.decide_refund(charge_id))
 
@@ -124,7 +123,7 @@ async def refund_charge(charge_id: str, call: CallDep) -> Response:
     response_model=EnvelopeOut,
     responses={**_POS_ERRORS, **errors_for(502)},
 )
-async def cancel_charge(charge_id: str, call: CallDep) -> Response:
+async def cancel_charge(charge_id: PathId, call: CallDep) -> Response:
     """Cancel an approved charge with no refund, within 24 h (§4.3). No body."""
     return await flow.run(call, flow.CANCEL, flow.decide_undo(charge_id, cancel=True))
 
@@ -134,13 +133,13 @@ async def cancel_charge(charge_id: str, call: CallDep) -> Response:
     response_model=EnvelopeOut,
     responses={**_POS_ERRORS, **errors_for(502)},
 )
-async def reverse_charge(charge_id: str, call: CallDep) -> Response:
+async def reverse_charge(charge_id: PathId, call: CallDep) -> Response:
     """Reverse a charge whose outcome the terminal never learned (§4.3). No body."""
     return await flow.run(call, flow.REVERSE, flow.decide_undo(charge_id, cancel=False))
 
 
 @pos_router.get("/charge/{charge_id}", response_model=EnvelopeOut, responses=_POS_ERRORS)
-async def get_charge(charge_id: str, call: CallDep) -> Response:
+async def get_charge(charge_id: PathId, call: CallDep) -> Response:
     """The charge as it stands now (§4.4). No body; signed with an empty BODY."""
     return await flow.run(call, flow.GET, flow.decide_get(charge_id))
 
@@ -199,7 +198,7 @@ async def list_charges(
     "/charges/{charge_id}", response_model=ChargeDetail, responses=errors_for(401, 403, 404, 503)
 )
 async def get_merchant_charge(
-    charge_id: str, session: CurrentSession, db: DbSession
+    charge_id: PathId, session: CurrentSession, db: DbSession
 ) -> ChargeDetail:
     """One charge of the merchant with its refunds (any role)."""
     charge = await service.get_charge(db, merchant_id=session.merchant_id, charge_id=charge_id)

@@ -23,7 +23,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.deps import RuntimeDep
-from viopay.devices.authn import FREE_FORM_RE, USER_AGENT_RE, seen_changes, version_below
+from viopay.devices.authn import FREE_FORM_RE, parse_user_agent, seen_changes, version_below
 from viopay.devices.models import Device, Terminal
 from viopay.errors import (
     AppVersionUnsupported,
@@ -81,12 +81,10 @@ def _charge_headers(request: Request) -> tuple[str, str]:
         raise InvalidHeader(
             "X-Terminal-Id", "must be 1-128 printable ASCII characters without spaces"
         )
-    match = USER_AGENT_RE.match(header(request, "User-Agent"))
-    if match is None:
-        raise InvalidHeader("User-Agent", "must be Viopay-POS/{semver} ({os}; {model})")
+    version = parse_user_agent(request)
     if header(request, "X-Client-Type") != "pos":
         raise InvalidHeader("X-Client-Type", "must be pos")
-    return terminal_id, match["version"]
+    return terminal_id, version
 
 
 def _idempotency_key(request: Request) -> str | None:

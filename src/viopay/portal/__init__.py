@@ -6,10 +6,11 @@ of plain script for progressive enhancement, and no front-end build step.
 
 from fastapi import APIRouter
 
-from viopay.portal import signin, views
+from viopay.portal import signin, views, webhooks
 
 router = APIRouter()
 router.include_router(signin.router)
+router.include_router(webhooks.router)
 router.include_router(views.router)  # last: its catch-all answers unknown portal paths
 
 __all__ = ["router"]

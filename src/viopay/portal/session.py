@@ -172,11 +172,19 @@ def session_end(
     started_at: datetime,
     now: datetime,
     refresh_expires_in: int | None = None,
+    refreshable: bool = False,
 ) -> datetime:
-    """Until the token (or, with a refresh token, that token) expires; 12 h after sign-in at most."""
-    lasts = (
-        now + timedelta(seconds=refresh_expires_in) if refresh_expires_in else principal.expires_at
-    )
+    """Until the token (or, with a refresh token, that token) expires; 12 h after sign-in at most.
+
+    A provider that issues a refresh token without saying how long it lasts (Keycloak says it in
+    ``refresh_expires_in``, OAuth does not) answers at the next refresh whether it still holds.
+    """
+    if refresh_expires_in:
+        lasts = now + timedelta(seconds=refresh_expires_in)
+    elif refreshable:
+        lasts = started_at + timedelta(seconds=MAX_SIGNED_IN)
+    else:
+        lasts = principal.expires_at
     return min(lasts, started_at + timedelta(seconds=MAX_SIGNED_IN))
 
 

@@ -20,7 +20,7 @@ from starlette.responses import RedirectResponse, Response
 from viopay.auth.clients import authenticate_client
 from viopay.auth.issuer import ADMIN_ROLE, Principal
 from viopay.auth.users import authenticate_user
-from viopay.cache import Cache
+from viopay.cache import Cache, Reservation, Window
 from viopay.db import transaction
 from viopay.deps import RuntimeDep
 from viopay.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
@@ -96,21 +96,23 @@ async def signin_page(request: Request, runtime: RuntimeDep, state: State) -> Re
     return _signin_page(request, mode=mode, next_url=safe_next(request.query_params.get("next")))
 
 
-def _limit_keys(request: Request, identifier: str) -> list[tuple[str, int, float]]:
+def _limit_windows(request: Request, identifier: str) -> list[Window]:
     account = hashlib.sha256(identifier.strip().lower().encode()).hexdigest()[:32]
     address = request.client.host if request.client else "unknown"
     names = {
         "account": f"rl:portal-signin:account:{account}",
         "address": f"rl:portal-signin:address:{address}",
     }
-    return [(names[scope], limit, window) for scope, limit, window in SIGNIN_LIMITS]
+    return [Window(names[scope], limit, window) for scope, limit, window in SIGNIN_LIMITS]
 
 
-async def _check_limits(cache: Cache, keys: list[tuple[str, int, float]], now: float) -> None:
-    for key, limit, window in keys:
-        wait = await cache.window_check(key, limit=limit, window=window, now=now)
-        if wait:
-            raise RateLimited("too many failed sign-ins", retry_after=int(wait) + 1)
+async def _reserve_failure(cache: Cache, windows: list[Window], now: float) -> Reservation:
+    """Count this sign-in as failed before checking it (atomically with the limit check, so a
+    burst cannot slip past); the caller takes it back when it succeeds."""
+    reservation = await cache.window_reserve(windows, now=now)
+    if reservation.wait:
+        raise RateLimited("too many failed sign-ins", retry_after=int(reservation.wait) + 1)
+    return reservation
 
 
 @router.post("/signin")
@@ -138,12 +140,20 @@ async def signin(request: Request, runtime: RuntimeDep, state: State, form: Form
             + ("client ID and secret." if mode == "client" else "email and password."),
         )
     now = utcnow()
-    keys = _limit_keys(request, identifier)
     try:
-        await _check_limits(runtime.cache, keys, now.timestamp())
-        principal, name = await _authenticate(
-            runtime, mode=mode, identifier=identifier, secret=secret, now=now
+        reservation = await _reserve_failure(
+            runtime.cache, _limit_windows(request, identifier), now.timestamp()
         )
+        try:
+            principal, name = await _authenticate(
+                runtime, mode=mode, identifier=identifier, secret=secret, now=now
+            )
+        except Unauthorized:
+            raise  # a failed sign-in: it stays counted
+        except BaseException:
+            await runtime.cache.window_release(reservation)
+            raise
+        await runtime.cache.window_release(reservation)
     except RateLimited as exc:
         minutes = max(1, round(int(exc.headers["Retry-After"]) / 60))
         return _signin_page(
@@ -155,8 +165,6 @@ async def signin(request: Request, runtime: RuntimeDep, state: State, form: Form
             error=f"Too many failed sign-ins. Try again in about {minutes} minute{'s' * (minutes > 1)}.",
         )
     except Unauthorized:
-        for key, _, window in keys:
-            await runtime.cache.window_add(key, window=window, now=now.timestamp())
         wrong = "client ID or secret" if mode == "client" else "email or password"
         return _signin_page(
             request,
@@ -266,7 +274,13 @@ async def oidc_callback(request: Request, runtime: RuntimeDep, state: State) -> 
         principal,
         display_name(claims),
         started_at=now,
-        until=session_end(principal, started_at=now, now=now, refresh_expires_in=refresh_in),
+        until=session_end(
+            principal,
+            started_at=now,
+            now=now,
+            refresh_expires_in=refresh_in,
+            refreshable=bool(tokens.refresh_token),
+        ),
         refresh_token=tokens.refresh_token,
         id_token=tokens.id_token,
     )

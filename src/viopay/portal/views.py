@@ -234,7 +234,7 @@ async def claim(request: Request, portal: PortalDep, form: Form) -> Response:
     except InvalidRequest as exc:
         fields = {e["field"] for e in exc.extra.get("errors", [])}
         message = (
-            "The label is too long: use at most 200 characters."
+            "The label is too long: use at most 64 characters."
             if fields == {"label"}
             else "Enter the 6-character pairing code shown on the terminal's screen."
         )

@@ -200,9 +200,10 @@ def runtime_of(request: Request) -> Runtime:
 
 
 def oidc_client(request: Request) -> OidcClient | None:
-    """The portal's OpenID Connect client when Keycloak is configured (made once per app)."""
-    settings = runtime_of(request).settings
-    if not settings.oidc_issuer or not settings.oidc_client_id:
+    """The portal's OpenID Connect client when a provider is configured (made once per app)."""
+    runtime = runtime_of(request)
+    settings = runtime.settings
+    if runtime.oidc is None or not settings.oidc_client_id:
         return None
     client: OidcClient | None = getattr(request.app.state, "portal_oidc", None)
     if client is None:
@@ -210,7 +211,7 @@ def oidc_client(request: Request) -> OidcClient | None:
             settings.oidc_client_secret.get_secret_value() if settings.oidc_client_secret else None
         )
         client = OidcClient(
-            issuer=settings.oidc_issuer,
+            provider=runtime.oidc.provider,  # one discovery document and JWKS with the API's
             client_id=settings.oidc_client_id,
             client_secret=secret,
             redirect_uri=settings.public_url.rstrip("/") + f"{PREFIX}/auth/callback",
@@ -265,6 +266,7 @@ async def _refreshed(
                     started_at=who.started_at,
                     now=now,
                     refresh_expires_in=tokens.refresh_expires_in if refresh_token else None,
+                    refreshable=bool(refresh_token),
                 ),
                 refresh_token=refresh_token,
                 id_token=tokens.id_token or who.id_token,
@@ -379,6 +381,8 @@ async def checked_form(request: Request, state: State) -> FormData:
     if not _same_origin(request):
         log.info("portal form refused", reason="origin", path=request.url.path)
         raise CsrfRefused()
+    if any(isinstance(value, str) and "\x00" in value for _, value in form.multi_items()):
+        raise InvalidRequest("a form field holds a U+0000")  # PROTOCOL §1: never a query
     return form
 
 

@@ -2,7 +2,8 @@
 
 It provisions a device and a demo merchant through the local configuration (the same
 ``VIOPAY_*`` settings as the server), then drives the server over HTTP with the device SDK:
-pairing, claim, attest, keys, config, terminal parameters, activation and three payments.
+pairing, claim, attest, keys, config, terminal parameters, activation and three payments, with
+a webhook endpoint of its own (a receiver on 127.0.0.1) that gets the approved charge's event.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,6 +70,51 @@ class Steps:
         return result
 
 
+class _WebhookReceiver:
+    """The merchant's server of the demo: records every webhook POSTed to it, answers 204."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with receiver.arrived:
+                    receiver.received.append((dict(self.headers.items()), body))
+                    receiver.arrived.notify_all()
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/webhooks"
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def wait_for(self, secret: str, subject_id: str, timeout: float = 30) -> dict[str, Any]:
+        """The first verified event about ``subject_id``."""
+        from viopay_device import verify_webhook
+
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while True:
+                for headers, body in self.received:
+                    event = verify_webhook(secret, body=body, headers=headers)
+                    if event["subject"]["id"] == subject_id:
+                        return event
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no webhook arrived")
+                self.arrived.wait(left)
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -79,6 +127,8 @@ def _embedded_server(data_dir: Path) -> Iterator[str]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIOPAY_")}
     env |= {"VIOPAY_DATA_DIR": str(data_dir), "VIOPAY_LOG_LEVEL": "warning"}
+    # A local scratch server: webhooks may go to the demo's own http://127.0.0.1 receiver.
+    env |= {"VIOPAY_WEBHOOK_ALLOW_INSECURE": "true"}
     log = (data_dir / "server.log").open("wb")
     process = subprocess.Popen(  # noqa: S603 - a fixed argv: this Python running viopay
         [sys.executable, "-m", "viopay", "serve", "--port", str(port)],
@@ -157,6 +207,7 @@ def run_demo(url: str, settings: Settings, *, pair_only: bool) -> None:
     store = MemoryKeyStore(
         identity=IdentityKey(key_id=device.key_id, secret=bytes.fromhex(device.identity_secret))
     )
+    receiver = _WebhookReceiver()
     with (
         DeviceClient(url, device_id=device.device_id, key_store=store) as pos,
         httpx.Client(base_url=url) as web,
@@ -194,6 +245,16 @@ def run_demo(url: str, settings: Settings, *, pair_only: bool) -> None:
             ),
             lambda s: s["session_id"],
         )
+        hook = web.post(
+            "/merchant/webhook-endpoints",
+            json={"url": receiver.url, "event_types": ["charge.created"]},
+        )
+        secret = hook.json()["secret"] if hook.status_code == 201 else None
+        console.print(
+            f"[green]✓[/green] {'webhook endpoint':<24} {hook.json()['id']} → {receiver.url}"
+            if secret
+            else "[yellow]·[/yellow] webhook endpoint: this server sends webhooks to https:// only"
+        )
         steps.run(
             "claim",
             lambda: (
@@ -227,6 +288,12 @@ def run_demo(url: str, settings: Settings, *, pair_only: bool) -> None:
             ),
             lambda c: f"{c.id} {c.status} {c.response_code} {c.card.brand} ••{c.card.last4}",
         )
+        if secret is not None:
+            steps.run(
+                "webhook received",
+                lambda: receiver.wait_for(secret, approved.id),
+                lambda e: f"{e['type']} {e['subject']['id']}, signature verified",
+            )
         steps.run(
             "charge (declined)",
             lambda: pos.charge(
@@ -247,6 +314,7 @@ def run_demo(url: str, settings: Settings, *, pair_only: bool) -> None:
                 else r.id
             ),
         )
+    receiver.close()
     console.print(steps.table)
     console.print(f"[bold green]Done[/bold green] in {steps.total:.0f} ms against {url}")
 

@@ -34,6 +34,7 @@ __all__ = [
     "ProcessorTimedOut",
     "SandboxProcessor",
     "build_processor",
+    "load_factory",
 ]
 
 
@@ -45,13 +46,19 @@ def build_processor(
     name = settings.processor
     if name == "sandbox":
         return SandboxProcessor(sessions, latency_ms=settings.sandbox_latency_ms)
-    module_name, _, attribute = name.partition(":")
-    if not module_name or not attribute:
-        raise ValueError("VIOPAY_PROCESSOR must be 'sandbox' or 'package.module:factory'")
-    factory = cast(
-        Callable[[Settings], Processor], getattr(importlib.import_module(module_name), attribute)
-    )
-    processor = factory(settings)
+    processor = load_factory(name)(settings)
     if not isinstance(processor, Processor):
         raise ValueError(f"{name} did not return a Processor")
     return processor
+
+
+def load_factory(name: str) -> Callable[[Settings], Processor]:
+    """Import the connector factory ``package.module:factory`` (ImportError, AttributeError or
+    ValueError if it cannot be loaded); ``serve`` calls it before it listens."""
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise ValueError("VIOPAY_PROCESSOR must be 'sandbox' or 'package.module:factory'")
+    factory = getattr(importlib.import_module(module_name), attribute)
+    if not callable(factory):
+        raise ValueError(f"{name} is not callable")
+    return cast(Callable[[Settings], Processor], factory)

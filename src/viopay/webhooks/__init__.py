@@ -1,0 +1,1 @@
+"""Webhooks (PROTOCOL §7): merchant endpoints, a transactional outbox of deliveries, workers."""

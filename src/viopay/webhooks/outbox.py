@@ -1,0 +1,91 @@
+"""The transactional outbox: every merchant event gets its deliveries in the same transaction.
+
+Every event is written through :func:`viopay.audit.record_event` (``session.add``). A listener
+on the session's flush finds the events just inserted and, in the same transaction, inserts
+one ``pending`` delivery per enabled endpoint of their merchant that subscribes to the type.
+So a state change, its event and its deliveries commit or roll back together; a server killed
+at any instant loses none of them, and the workers (:mod:`viopay.webhooks.worker`) find them
+after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import event, insert, select
+from sqlalchemy.orm import Session
+
+from viopay.audit import AuditEvent
+from viopay.ids import new_id
+from viopay.webhooks.models import DeliveryStatus, EndpointStatus, WebhookDelivery, WebhookEndpoint
+
+_PENDING_KEY = "viopay.webhooks.pending"
+_wakers: set[asyncio.Event] = set()
+
+
+def subscribes(event_types: list[str] | None, type_: str) -> bool:
+    return event_types is None or type_ in event_types
+
+
+def _fan_out(session: Session, _flush_context: Any) -> None:
+    events = [o for o in session.new if isinstance(o, AuditEvent) and o.merchant_id]
+    if not events:
+        return
+    merchants = {e.merchant_id for e in events}
+    connection = session.connection()
+    endpoints = connection.execute(
+        select(
+            WebhookEndpoint.endpoint_id, WebhookEndpoint.merchant_id, WebhookEndpoint.event_types
+        ).where(
+            WebhookEndpoint.merchant_id.in_(merchants),
+            WebhookEndpoint.status == EndpointStatus.enabled,
+        )
+    ).all()
+    rows = [
+        {
+            "delivery_id": new_id("whd_"),
+            "endpoint_id": endpoint_id,
+            "merchant_id": e.merchant_id,
+            "event_id": e.event_id,
+            "event_type": e.type,
+            "status": DeliveryStatus.pending,
+            "attempts": 0,
+            "schedule_step": 0,
+            "next_attempt_at": e.created_at,
+            "created_at": e.created_at,
+        }
+        for e in events
+        for endpoint_id, merchant_id, event_types in endpoints
+        if merchant_id == e.merchant_id and subscribes(event_types, e.type)
+    ]
+    if rows:
+        connection.execute(insert(WebhookDelivery), rows)
+        session.info[_PENDING_KEY] = True
+
+
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_PENDING_KEY, False):
+        for waker in _wakers:
+            waker.set()
+
+
+def _after_rollback(session: Session, _previous: Any) -> None:
+    session.info.pop(_PENDING_KEY, None)
+
+
+def install() -> None:
+    """Listen on every ORM session of this process (idempotent)."""
+    if not event.contains(Session, "after_flush", _fan_out):
+        event.listen(Session, "after_flush", _fan_out)
+        event.listen(Session, "after_commit", _after_commit)
+        event.listen(Session, "after_soft_rollback", _after_rollback)
+
+
+def add_waker(waker: asyncio.Event) -> None:
+    """``waker`` is set whenever this process commits new deliveries (the worker wakes early)."""
+    _wakers.add(waker)
+
+
+def remove_waker(waker: asyncio.Event) -> None:
+    _wakers.discard(waker)

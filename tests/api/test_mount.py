@@ -1,0 +1,84 @@
+"""Every API route is authenticated at mount (issue 15): the dependency of its PROTOCOL §2 level
+comes first in its effective dependencies, whatever the route itself declares, and only an
+explicit list of routes is public."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
+
+from viopay.activation.attestation import attested_device, signed_attestation
+from viopay.api import LEVELS
+from viopay.app import create_app
+from viopay.auth.deps import admin_principal, bearer_principal, merchant_session
+from viopay.devices.authn import bootstrap_device, pairing_device
+from viopay.payments.terminal_auth import signed_request
+from viopay.settings import Settings
+
+PUBLIC = {
+    "/healthz",
+    "/readyz",
+    "/client/session",
+    "/.well-known/jwks.json",
+    "/pos/config/schema",
+}
+
+
+def expected_level(path: str) -> Callable[..., Any] | None:
+    """The §2 level a path belongs to, written out by hand from PROTOCOL.md."""
+    if path in PUBLIC:
+        return None
+    if path == "/session/initiate":
+        return bearer_principal
+    if path.startswith("/admin/"):
+        return admin_principal
+    if path.startswith("/merchant/") or path == "/pos/claim":
+        return merchant_session
+    if path == "/pos/bootstrap":
+        return bootstrap_device
+    if path in ("/pos/pairing-code", "/pos/status"):
+        return pairing_device
+    if path == "/pos/attest":
+        return signed_attestation
+    if path in ("/pos/keys", "/pos/config", "/pos/terminal-parameters", "/pos/activate"):
+        return attested_device
+    if path.startswith("/pos/charge") or path == "/pos/heartbeat":
+        return signed_request
+    raise AssertionError(f"{path}: no §2 level known for it; add it to this test and to LEVELS")
+
+
+def api_routes(app: FastAPI) -> list[tuple[str, list[Callable[..., Any]]]]:
+    found = []
+    for route in iter_route_contexts(app.routes):
+        path = route.path
+        if not getattr(route, "include_in_schema", False) or path is None:
+            continue  # the portal (cookie sessions, its own tests), /metrics, the docs
+        found.append((path, [d.dependency for d in route.dependencies]))
+    return found
+
+
+@pytest.fixture(scope="module")
+def app() -> FastAPI:
+    return create_app(Settings())
+
+
+def test_every_route_is_authenticated_at_mount_by_its_level(app: FastAPI) -> None:
+    routes = api_routes(app)
+    assert len(routes) >= 30  # the walk sees the nested routers, not just their mounts
+    for path, dependencies in routes:
+        level = expected_level(path)
+        if level is None:
+            assert dependencies == [], f"{path} is public and must stay so"
+        else:
+            assert dependencies and dependencies[0] is level, f"{path}: {dependencies}"
+
+
+def test_each_level_is_declared_once_and_mounts_its_routers() -> None:
+    names = [name for name, _, _ in LEVELS]
+    assert len(names) == len(set(names))
+    routers = [id(router) for _, _, level_routers in LEVELS for router in level_routers]
+    assert len(routers) == len(set(routers)), "a router mounted at two levels"
