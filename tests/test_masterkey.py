@@ -4,7 +4,6 @@ start recorded the check value of their master key; another key is refused, the 
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -12,6 +11,7 @@ from sqlalchemy import select
 from viopay.crypto.wrapping import MasterKeyWrapper, check_value
 from viopay.ids import utcnow
 from viopay.masterkey import MasterKeyCheck, MasterKeyMismatch, verify_master_key
+from viopay.runtime import Runtime
 
 
 def test_check_values_tell_keys_apart_and_are_stable() -> None:
@@ -23,7 +23,7 @@ def test_check_values_tell_keys_apart_and_are_stable() -> None:
     assert value not in key.hex()
 
 
-async def test_the_database_accepts_its_own_master_key_only(runtime: Any) -> None:
+async def test_the_database_accepts_its_own_master_key_only(runtime: Runtime) -> None:
     own = await verify_master_key(runtime.sessions, runtime.wrapper, now=utcnow())
     assert own == check_value(runtime.wrapper)
     other = MasterKeyWrapper(secrets.token_bytes(32))

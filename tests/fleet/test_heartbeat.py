@@ -13,12 +13,22 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from support import charge_kit as kit
-from support.helpers import SEEN_SECRETS, MerchantCtx, Server, expect_json, problem
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    MakeMerchant,
+    MerchantCtx,
+    Server,
+    expect_json,
+    present,
+    problem,
+)
 from support.webhook_receiver import Receiver, running_receiver
 from viopay.fleet.models import TimerLease
 from viopay.fleet.service import take_lease
 from viopay.ids import utcnow
 from viopay.keysets.models import KeySet
+from viopay.runtime import Runtime
 from viopay_device import HeartbeatSchedule
 
 HEARTBEAT = "/pos/heartbeat"
@@ -26,7 +36,7 @@ HEARTBEAT = "/pos/heartbeat"
 
 @pytest.fixture
 async def terminal(
-    server: Server, admin: Any, make_merchant: Any, runtime: Any
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
 ) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
@@ -59,7 +69,7 @@ def listed(merchant: MerchantCtx, online: str) -> set[str]:
 
 @pytest.mark.backend
 async def test_heartbeat_answers_and_records_health(
-    terminal: kit.PosTerminal, runtime: Any
+    terminal: kit.PosTerminal, runtime: Runtime
 ) -> None:
     before = device_view(terminal)["health"]
     assert before == {
@@ -72,8 +82,10 @@ async def test_heartbeat_answers_and_records_health(
         "printer": None,
     }
     async with runtime.sessions() as db:
-        count = await db.scalar(
-            select(KeySet.envelope_count).where(KeySet.hmac_key_id == terminal.keys.hmac_key_id)
+        count = present(
+            await db.scalar(
+                select(KeySet.envelope_count).where(KeySet.hmac_key_id == terminal.keys.hmac_key_id)
+            )
         )
 
     answer = beat(
@@ -135,7 +147,7 @@ async def test_bad_heartbeats_change_nothing(terminal: kit.PosTerminal) -> None:
 
 @pytest.mark.backend
 async def test_heartbeat_past_the_envelope_limit_learns_rotate_keys(
-    terminal: kit.PosTerminal, runtime: Any
+    terminal: kit.PosTerminal, runtime: Runtime
 ) -> None:
     async with runtime.sessions() as db, db.begin():
         await db.execute(
@@ -215,7 +227,7 @@ async def test_sdk_schedule_refetches_what_changed(terminal: kit.PosTerminal) ->
 
 
 @pytest.mark.backend
-async def test_timer_lease_one_holder_at_a_time(runtime: Any) -> None:
+async def test_timer_lease_one_holder_at_a_time(runtime: Runtime) -> None:
     name = f"test-{secrets.token_hex(4)}"
     now, ttl = utcnow(), timedelta(seconds=30)
     async with runtime.sessions() as db, db.begin():

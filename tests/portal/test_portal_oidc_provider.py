@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 
 from support.helpers import Backend, expect_json
 from support.oidc_kit import OPS, OidcStack, oidc_stack
@@ -46,13 +45,13 @@ def _member_of_a_merchant(stack: OidcStack, name: str) -> None:
     operator.close()
 
 
-def _sign_in_at_the_provider(page: Any, stack: OidcStack, password: str) -> None:
+def _sign_in_at_the_provider(page: Page, stack: OidcStack, password: str) -> None:
     page.fill("#username", stack.user.username)
     page.fill("#password", password)
     page.click("#kc-login")
 
 
-def _sign_in(page: Any, stack: OidcStack) -> None:
+def _sign_in(page: Page, stack: OidcStack) -> None:
     page.goto(f"{stack.server.url}/portal/signin")
     page.get_by_role("link", name="Sign in with single sign-on").click()
     _sign_in_at_the_provider(page, stack, stack.user.password)
@@ -60,7 +59,7 @@ def _sign_in(page: Any, stack: OidcStack) -> None:
 
 
 def test_a_merchant_signs_in_with_pkce_and_out_at_the_provider(
-    stack: OidcStack, backend: Backend, page: Any
+    stack: OidcStack, backend: Backend, page: Page
 ) -> None:
     server, provider = stack.server.url, stack.provider
     authorizations: list[str] = []
@@ -119,7 +118,7 @@ def test_a_merchant_signs_in_with_pkce_and_out_at_the_provider(
 
 
 def test_a_session_ended_at_the_provider_ends_the_portal_session(
-    stack: OidcStack, page: Any
+    stack: OidcStack, page: Page
 ) -> None:
     _sign_in(page, stack)
     page.get_by_role("link", name="Settings").click()
@@ -136,7 +135,7 @@ def test_a_session_ended_at_the_provider_ends_the_portal_session(
     expect(page.locator(".flash-info")).to_contain_text("Your session has expired")
 
 
-def test_a_callback_this_browser_did_not_start_is_refused(stack: OidcStack, page: Any) -> None:
+def test_a_callback_this_browser_did_not_start_is_refused(stack: OidcStack, page: Page) -> None:
     # A code fed to the browser by someone else (login CSRF) is never exchanged.
     page.goto(f"{stack.server.url}/portal/auth/callback?code=stolen&state=forged")
     page.wait_for_url(re.compile(r"/portal/signin$"))

@@ -13,6 +13,7 @@ from standardwebhooks import Webhook
 
 from support.helpers import SEEN_SECRETS, MerchantCtx, Server, expect_json, problem
 from support.webhook_receiver import Receiver, running_receiver
+from viopay.runtime import Runtime
 from viopay_device import verify_webhook
 
 MakeMerchant = Any
@@ -298,7 +299,7 @@ def test_two_processes_never_double_deliver(
 
 @pytest.mark.backend
 async def test_delete_stops_pending_retries(
-    make_merchant: MakeMerchant, receiver: Receiver, runtime: Any
+    make_merchant: MakeMerchant, receiver: Receiver, runtime: Runtime
 ) -> None:
     from sqlalchemy import select
 
