@@ -9,35 +9,40 @@ With ``CI=true`` a missing PostgreSQL or Redis fails the run instead of skipping
 Under pytest-xdist (``scripts/test.sh`` runs two workers) every worker has its own servers,
 databases, Redis prefixes and ports. The tests of one backend go to one worker as a group, so each
 worker starts a backend's servers once; other tests go by module, so module fixtures (a browser,
-an SSO server) start once. The log scan (log_scan.py) runs in the controller after all workers.
+an SSO server) start once. The log scan (support/log_scan.py) runs in the controller after all
+workers.
 """
 
 from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
-from helpers import (
+from support.helpers import (
     REDIS_URL,
     SEEN_SECRETS,
     SERVER_LOGS,
+    Admin,
     Backend,
+    MakeMerchant,
     MerchantCtx,
-    ProvisionedDevice,
     Server,
-    _create_pg_database,
-    _drop_pg_database,
-    _flush_redis_prefix,
-    _json,
-    _require_services,
     client_token,
+    create_pg_database,
+    drop_pg_database,
+    expect_json,
+    flush_redis_prefix,
+    require_services,
 )
-from log_scan import LogScan
+from support.log_scan import LogScan
+
+if TYPE_CHECKING:
+    from viopay.runtime import Runtime
 
 # Webhooks to the tests' own http://127.0.0.1 receivers, retried within seconds; heartbeats
 # every 2 s, so a terminal is offline 6 s after its last one (PROTOCOL §7, §8).
@@ -72,9 +77,9 @@ def backend(
     env = {"VIOPAY_DATA_DIR": str(data_dir), "VIOPAY_LOG_LEVEL": "debug", "VIOPAY_LOG_JSON": "true"}
     env |= WEBHOOK_TEST_ENV
     if request.param == "postgres":
-        _require_services()
+        require_services()
         db_name = f"viopay_test_{tag}"
-        _create_pg_database(db_name)
+        create_pg_database(db_name)
         env |= {
             "VIOPAY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db_name}",
             "VIOPAY_REDIS_URL": REDIS_URL,
@@ -84,8 +89,8 @@ def backend(
     backend = Backend(request.param, env)
     yield backend
     if request.param == "postgres":
-        _flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
-        _drop_pg_database(db_name)
+        flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
+        drop_pg_database(db_name)
 
 
 @pytest.fixture(scope="session")
@@ -106,51 +111,6 @@ def server_b(
     srv = Server(backend, tmp_path_factory.mktemp(f"server-{backend.name}-b"), "b")
     yield srv
     srv.stop()
-
-
-class Admin:
-    """An operator: an admin API client of this backend."""
-
-    def __init__(self, server: Server, client: dict[str, Any]) -> None:
-        self.server = server
-        self.credentials = client
-        self.http = httpx.Client(
-            base_url=server.url, headers={"Authorization": f"Bearer {self.token()}"}, timeout=30
-        )
-
-    def token(self) -> str:
-        return client_token(
-            self.server.url, self.credentials["client_id"], self.credentials["client_secret"]
-        )
-
-    def provision(
-        self, device_id: str | None = None, key_id: str | None = None
-    ) -> ProvisionedDevice:
-        device_id = device_id or f"POS-{secrets.token_hex(4).upper()}"
-        body = {"device_id": device_id} | ({"key_id": key_id} if key_id else {})
-        created = _json(self.http.post("/admin/devices", json=body), 201)
-        SEEN_SECRETS.add(created["identity_secret"])
-        return ProvisionedDevice(
-            created["device_id"], created["key_id"], created["identity_secret"]
-        )
-
-    def merchant(self, **fields: Any) -> dict[str, Any]:
-        return _json(
-            self.http.post("/admin/merchants", json={"name": "Corner Coffee"} | fields), 201
-        )
-
-    def client(self, **fields: Any) -> dict[str, Any]:
-        created = _json(self.http.post("/admin/clients", json=fields), 201)
-        SEEN_SECRETS.add(created["client_secret"])
-        return created
-
-    def add_member(self, merchant_id: str, subject: str, role: str) -> None:
-        _json(
-            self.http.post(
-                f"/admin/merchants/{merchant_id}/members", json={"subject": subject, "role": role}
-            ),
-            201,
-        )
 
 
 @pytest.fixture(scope="session")
@@ -174,7 +134,9 @@ def member_client(backend: Backend, admin: Admin) -> dict[str, Any]:
 
 
 @pytest.fixture
-def make_merchant(admin: Admin, member_client: dict[str, Any], server: Server) -> Iterator[Any]:
+def make_merchant(
+    admin: Admin, member_client: dict[str, Any], server: Server
+) -> Iterator[MakeMerchant]:
     opened: list[httpx.Client] = []
 
     def make(role: str = "owner", *, url: str | None = None, **fields: Any) -> MerchantCtx:
@@ -184,7 +146,9 @@ def make_merchant(admin: Admin, member_client: dict[str, Any], server: Server) -
         token = client_token(base, client["client_id"], client["client_secret"])
         http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         opened.append(http)
-        _json(http.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}), 201)
+        expect_json(
+            http.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}), 201
+        )
         return MerchantCtx(
             merchant["merchant_id"], merchant, role, token, http, client["client_id"]
         )
@@ -201,7 +165,7 @@ def api(server: Server) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-async def runtime(backend: Backend, server: Server) -> Any:
+async def runtime(backend: Backend, server: Server) -> AsyncIterator[Runtime]:
     """An in-process runtime on the same database, cache and master key as the servers.
 
     For service-level tests that need a controlled clock (expiry, windows).

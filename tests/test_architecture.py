@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,8 +52,8 @@ def _imports(tree: ast.AST) -> list[str]:
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
+            for branch in node.orelse:
+                visit(branch)
             return
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module == "viopay":
@@ -115,7 +116,7 @@ def cycles(graph: dict[str, dict[str, set[str]]]) -> list[list[str]]:
     return found
 
 
-def test_no_import_cycle_between_packages():
+def test_no_import_cycle_between_packages() -> None:
     graph = package_graph()
     found = cycles(graph)
     detail = [
@@ -125,7 +126,7 @@ def test_no_import_cycle_between_packages():
     assert not found, f"import cycles between packages: {detail}"
 
 
-def test_the_base_imports_no_domain():
+def test_the_base_imports_no_domain() -> None:
     graph = package_graph()
     leaks = {
         base: {dep: sorted(files) for dep, files in graph[base].items() if dep not in BASE}
@@ -140,7 +141,7 @@ SDK = SRC.parents[1] / "sdk"
 SDK_DEPENDENCIES = {"httpx", "cryptography", "psec"}
 
 
-def test_the_device_sdk_imports_no_server_code_and_only_its_dependencies():
+def test_the_device_sdk_imports_no_server_code_and_only_its_dependencies() -> None:
     imported: set[str] = set()
     for path in (SDK / "src" / "viopay_device").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -153,7 +154,7 @@ def test_the_device_sdk_imports_no_server_code_and_only_its_dependencies():
     assert "viopay" not in imported
 
 
-def test_the_sdk_installs_alone_into_a_fresh_venv(tmp_path):
+def test_the_sdk_installs_alone_into_a_fresh_venv(tmp_path: Path) -> None:
     """``pip install ./sdk`` pulls no server dependency (uv's pip, for its cache)."""
     uv = SRC.parents[1] / ".venv" / "bin" / "uv"
     venv = tmp_path / "venv"
@@ -193,14 +194,16 @@ def test_the_sdk_installs_alone_into_a_fresh_venv(tmp_path):
         ),
     ],
 )
-def test_the_cycle_check_finds_cycles(tmp_path, files, expected):
+def test_the_cycle_check_finds_cycles(
+    tmp_path: Path, files: dict[str, str], expected: list[Any]
+) -> None:
     for name, source in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(source)
     assert cycles(package_graph(tmp_path)) == expected
 
 
-def test_the_server_package_holds_no_sdk_benchmark_or_demo():
+def test_the_server_package_holds_no_sdk_benchmark_or_demo() -> None:
     shipped = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")}
     assert not {p for p in shipped if p.split("/")[0] in ("device", "bench") or "demo" in p}
     assert (SRC.parents[1] / "tools" / "src" / "viopay_tools" / "bench").is_dir()

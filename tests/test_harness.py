@@ -10,20 +10,28 @@ from __future__ import annotations
 import http.server
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import helpers
-from helpers import SEEN_SECRETS, Backend, Server, signed_pos_headers
-from log_scan import find_leaks, load_seen, save_seen
+from support import helpers
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    Backend,
+    MakeMerchant,
+    Server,
+    signed_pos_headers,
+)
+from support.log_scan import find_leaks, load_seen, save_seen
 
 SECRET = "5f0c1e9a7d3b2c4e8f6a"
 
 
-def test_find_leaks_reports_a_planted_secret_by_its_prefix(tmp_path):
+def test_find_leaks_reports_a_planted_secret_by_its_prefix(tmp_path: Path) -> None:
     clean, dirty = tmp_path / "clean.log", tmp_path / "dirty.log"
     clean.write_text('{"path": "/pos/claim", "status": 200}\n')
     dirty.write_text(f'{{"event": "oops", "secret": "{SECRET}"}}\n')
@@ -33,7 +41,9 @@ def test_find_leaks_reports_a_planted_secret_by_its_prefix(tmp_path):
     assert find_leaks({SECRET}, [tmp_path / "never-written.log"]) == []
 
 
-def test_find_leaks_sees_a_secret_inside_a_longer_token_or_with_other_characters(tmp_path):
+def test_find_leaks_sees_a_secret_inside_a_longer_token_or_with_other_characters(
+    tmp_path: Path,
+) -> None:
     log = tmp_path / "server.log"
     track = "4242424242424242^DOE/JOHN ^3012"  # a space and carets: found the plain way
     log.write_text(f"key=00ff{SECRET}ab.cd {track}\n")
@@ -47,14 +57,16 @@ def test_find_leaks_sees_a_secret_inside_a_longer_token_or_with_other_characters
     text=st.text(alphabet="ab0=. ^", max_size=60),
     secrets=st.sets(st.text(alphabet="ab0=. ^", min_size=1, max_size=9), max_size=8),
 )
-def test_find_leaks_finds_what_a_plain_search_finds(tmp_path, text, secrets):
+def test_find_leaks_finds_what_a_plain_search_finds(
+    tmp_path: Path, text: str, secrets: list[str]
+) -> None:
     log = tmp_path / "server.log"
     log.write_text(text)
     plain = sorted(s[:6] + "…" for s in secrets if len(s) >= 6 and s in text)
     assert find_leaks(secrets, [log]) == plain
 
 
-def test_what_each_process_saw_is_merged(tmp_path):
+def test_what_each_process_saw_is_merged(tmp_path: Path) -> None:
     save_seen(tmp_path, "gw0", {"a" * 8}, [tmp_path / "a.log"])
     save_seen(tmp_path, "gw1", {"b" * 8}, [tmp_path / "b.log", tmp_path / "a.log"])
     assert load_seen(tmp_path) == ({"a" * 8, "b" * 8}, [tmp_path / "a.log", tmp_path / "b.log"])
@@ -69,7 +81,7 @@ markers = xdist_group: a pytest-xdist group (unknown with -p no:xdist)
 RUN_CONFTEST = """
 from pathlib import Path
 
-from log_scan import LogScan
+from support.log_scan import LogScan
 
 SECRETS, LOGS = set(), []
 
@@ -106,8 +118,8 @@ ONE_PROCESS, XDIST = ["-p", "no:xdist"], ["-n", "2", "--dist", "loadgroup"]
     [(ONE_PROCESS, True), (XDIST, True), (XDIST, False)],
     ids=["one-process-leak", "xdist-leak", "xdist-clean"],
 )
-def test_a_leak_fails_the_run(pytester, workers, leak):
-    pytester.makepyfile(log_scan=(Path(__file__).parent / "log_scan.py").read_text())
+def test_a_leak_fails_the_run(pytester: pytest.Pytester, workers: Any, leak: bool) -> None:
+    pytester.makepyfile(log_scan=(Path(__file__).parent / "support" / "log_scan.py").read_text())
     pytester.makeconftest(RUN_CONFTEST)
     pytester.makeini(RUN_INI)
     pytester.makepyfile(
@@ -126,7 +138,9 @@ def test_a_leak_fails_the_run(pytester, workers, leak):
         result.stdout.fnmatch_lines(["log scan: none of 1 secrets in 1 server logs (*s)"])
 
 
-def test_server_log_records_requests_and_no_secret(server, admin, make_merchant):
+def test_server_log_records_requests_and_no_secret(
+    server: Server, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     device = admin.provision()
     code = httpx.post(f"{server.url}/pos/pairing-code", headers=signed_pos_headers(device)).json()[
         "pairing_code"
@@ -146,13 +160,15 @@ class _Healthy(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_server_whose_port_is_taken_starts_on_another(tmp_path, monkeypatch):
+def test_a_server_whose_port_is_taken_starts_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Another process took the port and even answers /readyz: the server must not be fooled.
     squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
     threading.Thread(target=squatter.serve_forever, daemon=True).start()
     taken = squatter.server_address[1]
-    ports, free_port = iter([taken]), helpers._free_port
-    monkeypatch.setattr(helpers, "_free_port", lambda: next(ports, None) or free_port())
+    ports, free_port = iter([taken]), helpers.free_port
+    monkeypatch.setattr(helpers, "free_port", lambda: next(ports, None) or free_port())
     env = {"VIOPAY_DATA_DIR": str(tmp_path / "data")}
     server = Server(Backend("embedded", env), tmp_path, "clash")
     try:

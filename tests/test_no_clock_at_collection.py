@@ -60,7 +60,7 @@ def offenders(source: str) -> list[int]:
     return sorted({line for node in _import_time_nodes(tree) for line in _clock_calls(node)})
 
 
-def test_no_test_module_reads_the_clock_at_import():
+def test_no_test_module_reads_the_clock_at_import() -> None:
     bad = []
     for path in sorted(TESTS.rglob("*.py")):
         for line in offenders(path.read_text()):
@@ -79,9 +79,9 @@ def test_no_test_module_reads_the_clock_at_import():
         "import time\nclass T:\n    stamp = time.monotonic()\n",
     ],
 )
-def test_the_check_catches_each_form(source):
+def test_the_check_catches_each_form(source: str) -> None:
     assert offenders(source)
 
 
-def test_the_check_allows_clock_reads_inside_tests():
+def test_the_check_allows_clock_reads_inside_tests() -> None:
     assert not offenders("import time\ndef test():\n    assert time.time() > 0\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import ROOT, SEEN_SECRETS, Backend, Server
+from support.helpers import ROOT, SEEN_SECRETS, Backend, Server
 
 MARK = "<!-- test:walkthrough -->"
 BLOCK = re.compile(r"^" + re.escape(MARK) + r"\n```(bash|python)\n(.*?)\n```", re.DOTALL | re.M)

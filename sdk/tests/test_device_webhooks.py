@@ -13,7 +13,7 @@ from standardwebhooks import Webhook
 
 from viopay_device import WebhookVerificationError, verify_webhook
 
-VECTOR = Path(__file__).resolve().parents[2] / "tests" / "vectors" / "webhook_signature.json"
+VECTOR = Path(__file__).resolve().parents[2] / "docs" / "vectors" / "webhook_signature.json"
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 BODY = b'{"id":"evt_1","type":"device.online","data":{}}'
 NOW = 1_900_000_000

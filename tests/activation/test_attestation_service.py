@@ -4,44 +4,63 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import httpx
 import orjson
 import pytest
 
-from helpers import SEEN_SECRETS, signed_pos_headers
-from viopay.activation.attestation import Attested, identity_key_of, issue_token, verify_token
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    MakeMerchant,
+    ProvisionedDevice,
+    present,
+    signed_pos_headers,
+)
+from viopay.activation.attestation import (
+    Attested,
+    IssuedToken,
+    issue_token,
+    verify_token,
+)
 from viopay.audit import Actor
 from viopay.devices import service as devices
-from viopay.devices.models import Device
+from viopay.devices.authn import identity_key_of
+from viopay.devices.models import Device, MerchantDeviceIdentityKey
 from viopay.errors import InvalidToken
 from viopay.ids import utcnow
+from viopay.runtime import Runtime
 
 
 @pytest.fixture
-def claimed(api, admin, make_merchant):
+def claimed(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> ProvisionedDevice:
     device = admin.provision()
     code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     assert make_merchant().http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
     return device
 
 
-async def _issue(runtime, device, now):
+async def _issue(runtime: Runtime, device: ProvisionedDevice, now: datetime) -> IssuedToken:
     async with runtime.sessions() as db:
-        row = await db.get(Device, device.device_id)
-        key = await identity_key_of(db, device_id=device.device_id, key_id=device.key_id)
+        row = present(await db.get(Device, device.device_id))
+        key = present(await identity_key_of(db, device_id=device.device_id, key_id=device.key_id))
         issued = await issue_token(runtime.cache, device=row, identity_key=key, now=now)
     SEEN_SECRETS.add(issued.token)
     return issued
 
 
-async def _verify(runtime, token, device_id, now):
+async def _verify(
+    runtime: Runtime, token: str, device_id: str, now: datetime
+) -> MerchantDeviceIdentityKey:
     async with runtime.sessions() as db:
-        device = await db.get(Device, device_id)
+        device = present(await db.get(Device, device_id))
         return await verify_token(db, runtime.cache, token=token, device=device, now=now)
 
 
-async def test_token_shape_and_what_the_cache_keeps(runtime, claimed):
+async def test_token_shape_and_what_the_cache_keeps(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     now = utcnow()
     issued = await _issue(runtime, claimed, now)
     assert re.fullmatch(r"att_[A-Za-z0-9_-]{43}", issued.token)
@@ -58,7 +77,7 @@ async def test_token_shape_and_what_the_cache_keeps(runtime, claimed):
     assert await runtime.cache.get("att:" + issued.token) is None
 
 
-async def test_token_lives_300_seconds(runtime, claimed):
+async def test_token_lives_300_seconds(runtime: Runtime, claimed: ProvisionedDevice) -> None:
     now = utcnow()
     issued = await _issue(runtime, claimed, now)
     key = await _verify(runtime, issued.token, claimed.device_id, now + timedelta(seconds=299))
@@ -67,24 +86,28 @@ async def test_token_lives_300_seconds(runtime, claimed):
         await _verify(runtime, issued.token, claimed.device_id, now + timedelta(seconds=300))
 
 
-async def test_token_is_bound_to_its_device(runtime, claimed, admin):
+async def test_token_is_bound_to_its_device(
+    runtime: Runtime, claimed: ProvisionedDevice, admin: Admin
+) -> None:
     other = admin.provision()
     issued = await _issue(runtime, claimed, utcnow())
     with pytest.raises(InvalidToken):
         await _verify(runtime, issued.token, other.device_id, utcnow())
 
 
-async def test_unknown_token(runtime, claimed):
+async def test_unknown_token(runtime: Runtime, claimed: ProvisionedDevice) -> None:
     with pytest.raises(InvalidToken) as caught:
         await _verify(runtime, "att_" + "A" * 43, claimed.device_id, utcnow())
     assert caught.value.headers["WWW-Authenticate"].startswith("Attestation")
 
 
-async def test_disable_kills_and_enable_does_not_revive(runtime, claimed):
+async def test_disable_kills_and_enable_does_not_revive(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     issued = await _issue(runtime, claimed, utcnow())
     for disabled in (True, False):
         async with runtime.sessions() as db, db.begin():
-            device = await db.get(Device, claimed.device_id)
+            device = present(await db.get(Device, claimed.device_id))
             await devices.set_disabled(
                 db, device=device, disabled=disabled, actor=Actor.operator("t"), now=utcnow()
             )
@@ -96,7 +119,9 @@ async def test_disable_kills_and_enable_does_not_revive(runtime, claimed):
     ).key_id == claimed.key_id
 
 
-async def test_revoking_the_key_kills_its_tokens_only(runtime, claimed, admin):
+async def test_revoking_the_key_kills_its_tokens_only(
+    runtime: Runtime, claimed: ProvisionedDevice, admin: Admin
+) -> None:
     issued = await _issue(runtime, claimed, utcnow())
     async with runtime.sessions() as db, db.begin():
         second = await devices.add_identity_key(
@@ -119,10 +144,12 @@ async def test_revoking_the_key_kills_its_tokens_only(runtime, claimed, admin):
         await _verify(runtime, issued.token, claimed.device_id, utcnow())
 
 
-async def test_attested_unwraps_the_secret_lazily(runtime, claimed):
+async def test_attested_unwraps_the_secret_lazily(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     async with runtime.sessions() as db:
-        device = await db.get(Device, claimed.device_id)
-        key = await identity_key_of(db, device_id=claimed.device_id, key_id=claimed.key_id)
+        device = present(await db.get(Device, claimed.device_id))
+        key = present(await identity_key_of(db, device_id=claimed.device_id, key_id=claimed.key_id))
     attested = Attested(device=device, identity_key=key, wrapper=runtime.wrapper)
     assert attested._secret is None
     assert attested.identity_secret() == claimed.secret

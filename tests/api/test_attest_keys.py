@@ -6,11 +6,22 @@ import base64
 import re
 import secrets
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import httpx
 import pytest
 
-from helpers import SEEN_SECRETS, ProvisionedDevice, problem, signed_pos_headers
+from support.attest_kit import attest, attest_headers, stamp
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    MakeMerchant,
+    ProvisionedDevice,
+    Server,
+    problem,
+    signed_pos_headers,
+)
+from viopay.runtime import Runtime
 from viopay_device import DeviceClient, MemoryKeyStore
 from viopay_device.protocol.errors import KeyBlockError
 from viopay_device.protocol.kcv import kcv_for
@@ -23,18 +34,7 @@ SIGNATURE_HEADERS = ["X-Key-Id", "X-Timestamp", "X-Nonce", "X-Signature"]
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def stamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-attest_headers = signed_pos_headers
-
-
-def attest(http, device, **kwargs) -> httpx.Response:
-    return http.post("/pos/attest", headers=attest_headers(device, **kwargs))
-
-
-def token_of(http, device) -> str:
+def token_of(http: httpx.Client, device: ProvisionedDevice) -> str:
     response = attest(http, device)
     assert response.status_code == 200, response.text
     token: str = response.json()["attestation_token"]
@@ -51,13 +51,15 @@ def transport_pair() -> tuple[bytes, str]:
     return private, base64.b64encode(public).decode()
 
 
-def post_keys(http, device_id, token, transport_key) -> httpx.Response:
+def post_keys(http: httpx.Client, device_id: str, token: str, transport_key: str) -> httpx.Response:
     return http.post(
         "/pos/keys", headers=token_headers(device_id, token), json={"transport_key": transport_key}
     )
 
 
-def open_keys(body, *, private: bytes, secret: bytes, device_id: str) -> dict[str, bytes]:
+def open_keys(
+    body: dict[str, Any], *, private: bytes, secret: bytes, device_id: str
+) -> dict[str, bytes]:
     """The device side of §3.6; KeyBlockError when a block does not unwrap."""
     shared = x25519_shared(private, base64.b64decode(body["server_transport_key"]))
     wrapping = {
@@ -78,7 +80,9 @@ def open_keys(body, *, private: bytes, secret: bytes, device_id: str) -> dict[st
     return keys
 
 
-def claim(http, admin, make_merchant, **merchant):
+def claim(
+    http: httpx.Client, admin: Admin, make_merchant: MakeMerchant, **merchant: Any
+) -> ProvisionedDevice:
     device = admin.provision()
     code = http.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     response = make_merchant(**merchant).http.post("/pos/claim", json={"pairing_code": code})
@@ -87,14 +91,14 @@ def claim(http, admin, make_merchant, **merchant):
 
 
 @pytest.fixture
-def claimed(api, admin, make_merchant):
+def claimed(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> ProvisionedDevice:
     return claim(api, admin, make_merchant)
 
 
 # --- attest: success and body -----------------------------------------------------------------
 
 
-def test_attest_issues_a_token(api, claimed):
+def test_attest_issues_a_token(api: httpx.Client, claimed: ProvisionedDevice) -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     response = attest(api, claimed)
     assert response.status_code == 200, response.text
@@ -125,7 +129,9 @@ def test_attest_issues_a_token(api, claimed):
         (b'{"extra": 1}', "application/json"),
     ],
 )
-def test_attest_takes_no_body_or_an_object(api, claimed, content, content_type):
+def test_attest_takes_no_body_or_an_object(
+    api: httpx.Client, claimed: ProvisionedDevice, content: bytes, content_type: str | None
+) -> None:
     headers = attest_headers(claimed) | ({"Content-Type": content_type} if content_type else {})
     assert api.post("/pos/attest", headers=headers, content=content).status_code == 200
 
@@ -140,7 +146,14 @@ def test_attest_takes_no_body_or_an_object(api, claimed, content, content_type):
         (b"hello", None, 415, "unsupported_media_type"),
     ],
 )
-def test_attest_bad_bodies(api, claimed, content, content_type, status, code):
+def test_attest_bad_bodies(
+    api: httpx.Client,
+    claimed: ProvisionedDevice,
+    content: bytes,
+    content_type: str | None,
+    status: int,
+    code: str,
+) -> None:
     headers = attest_headers(claimed) | ({"Content-Type": content_type} if content_type else {})
     problem(api.post("/pos/attest", headers=headers, content=content), status, code)
 
@@ -149,7 +162,9 @@ def test_attest_bad_bodies(api, claimed, content, content_type, status, code):
 
 
 @pytest.mark.parametrize("missing", SIGNATURE_HEADERS)
-def test_missing_signature_header_is_named(api, claimed, missing):
+def test_missing_signature_header_is_named(
+    api: httpx.Client, claimed: ProvisionedDevice, missing: Any
+) -> None:
     headers = {k: v for k, v in attest_headers(claimed).items() if k != missing}
     body = problem(api.post("/pos/attest", headers=headers), 400, "missing_header")
     assert missing in body["detail"]
@@ -172,13 +187,15 @@ def test_missing_signature_header_is_named(api, claimed, missing):
         ("X-Signature", "v1=" + "A" * 44),
     ],
 )
-def test_malformed_signature_header_is_named(api, claimed, name, value):
+def test_malformed_signature_header_is_named(
+    api: httpx.Client, claimed: ProvisionedDevice, name: str, value: Any
+) -> None:
     headers = attest_headers(claimed) | {name: value}
     body = problem(api.post("/pos/attest", headers=headers), 400, "invalid_header")
     assert name in body["detail"]
 
 
-def test_version_is_checked_after_the_headers_and_before_the_device(api):
+def test_version_is_checked_after_the_headers_and_before_the_device(api: httpx.Client) -> None:
     old = "Viopay-POS/0.9.0 (Android 12; PAX-A920)"
     unknown = ProvisionedDevice(
         "POS-" + secrets.token_hex(4).upper(), "key-1", secrets.token_hex(32)
@@ -190,7 +207,9 @@ def test_version_is_checked_after_the_headers_and_before_the_device(api):
     problem(attest(api, unknown), 404, "device_not_found")
 
 
-def test_unknown_revoked_and_foreign_keys(api, admin, claimed):
+def test_unknown_revoked_and_foreign_keys(
+    api: httpx.Client, admin: Admin, claimed: ProvisionedDevice
+) -> None:
     stale = stamp(datetime.now(UTC) - timedelta(seconds=400))
     # The key is checked before the timestamp and the signature.
     problem(attest(api, claimed, key_id="no-such-key", timestamp=stale), 401, "unknown_key")
@@ -212,7 +231,7 @@ def test_unknown_revoked_and_foreign_keys(api, admin, claimed):
     assert fresh.status_code == 200
 
 
-def test_wrong_secret(api, claimed):
+def test_wrong_secret(api: httpx.Client, claimed: ProvisionedDevice) -> None:
     problem(attest(api, claimed, secret=secrets.token_bytes(32)), 401, "invalid_signature")
     # The timestamp is checked before the signature.
     stale = stamp(datetime.now(UTC) - timedelta(seconds=400))
@@ -224,20 +243,22 @@ def test_wrong_secret(api, claimed):
     assert "server_time" in body
 
 
-def test_signature_over_other_values_fails(api, claimed):
+def test_signature_over_other_values_fails(api: httpx.Client, claimed: ProvisionedDevice) -> None:
     headers = attest_headers(claimed)
     headers["X-Nonce"] = headers["X-Nonce"] + "x"  # signed with another nonce
     problem(api.post("/pos/attest", headers=headers), 401, "invalid_signature")
 
 
-def test_disabled_device_cannot_attest(api, admin, claimed):
+def test_disabled_device_cannot_attest(
+    api: httpx.Client, admin: Admin, claimed: ProvisionedDevice
+) -> None:
     assert admin.http.post(f"/admin/devices/{claimed.device_id}/disable").status_code == 200
     problem(attest(api, claimed), 403, "device_disabled")
     assert admin.http.post(f"/admin/devices/{claimed.device_id}/enable").status_code == 200
     assert attest(api, claimed).status_code == 200
 
 
-def test_attest_needs_a_claimed_device(api, admin):
+def test_attest_needs_a_claimed_device(api: httpx.Client, admin: Admin) -> None:
     device = admin.provision()
     # The signature is checked before the status.
     problem(attest(api, device, secret=bytes(32)), 401, "invalid_signature")
@@ -248,7 +269,9 @@ def test_attest_needs_a_claimed_device(api, admin):
     problem(api.post("/pos/attest", headers=headers, content=b"x"), 409, "invalid_state")
 
 
-def test_released_device_cannot_attest(api, admin, claimed):
+def test_released_device_cannot_attest(
+    api: httpx.Client, admin: Admin, claimed: ProvisionedDevice
+) -> None:
     assert admin.http.post(f"/admin/devices/{claimed.device_id}/release").status_code == 200
     problem(attest(api, claimed), 409, "invalid_state")
 
@@ -268,7 +291,9 @@ def test_released_device_cannot_attest(api, admin, claimed):
         (3600, False),
     ],
 )
-def test_timestamp_window(api, claimed, offset, ok):
+def test_timestamp_window(
+    api: httpx.Client, claimed: ProvisionedDevice, offset: float | int, ok: bool
+) -> None:
     timestamp = stamp(datetime.now(UTC) + timedelta(seconds=offset))
     response = attest(api, claimed, timestamp=timestamp)
     if ok:
@@ -292,12 +317,12 @@ def test_timestamp_window(api, claimed, offset, ok):
     ],
     ids=["plus-02", "minus-0930-fraction", "lower-case", "nanoseconds", "250s-past-plus-02"],
 )
-def test_timestamp_forms(api, claimed, form):
+def test_timestamp_forms(api: httpx.Client, claimed: ProvisionedDevice, form: Any) -> None:
     timestamp = form(datetime.now(UTC))
     assert attest(api, claimed, timestamp=timestamp).status_code == 200, timestamp
 
 
-def test_same_nonce_twice(api, claimed):
+def test_same_nonce_twice(api: httpx.Client, claimed: ProvisionedDevice) -> None:
     headers = attest_headers(claimed)
     assert api.post("/pos/attest", headers=headers).status_code == 200
     problem(api.post("/pos/attest", headers=headers), 401, "nonce_reused")
@@ -305,19 +330,25 @@ def test_same_nonce_twice(api, claimed):
     problem(attest(api, claimed, nonce=headers["X-Nonce"]), 401, "nonce_reused")
 
 
-def test_same_nonce_across_processes(claimed, server, server_b):
+def test_same_nonce_across_processes(
+    claimed: ProvisionedDevice, server: Server, server_b: Server
+) -> None:
     headers = attest_headers(claimed)
     assert httpx.post(f"{server.url}/pos/attest", headers=headers).status_code == 200
     problem(httpx.post(f"{server_b.url}/pos/attest", headers=headers), 401, "nonce_reused")
 
 
-def test_failed_signature_does_not_spend_the_nonce(api, claimed):
+def test_failed_signature_does_not_spend_the_nonce(
+    api: httpx.Client, claimed: ProvisionedDevice
+) -> None:
     nonce = secrets.token_urlsafe(12)
     problem(attest(api, claimed, nonce=nonce, secret=bytes(32)), 401, "invalid_signature")
     assert attest(api, claimed, nonce=nonce).status_code == 200
 
 
-def test_nonce_scope_is_the_device(api, admin, make_merchant, claimed):
+def test_nonce_scope_is_the_device(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant, claimed: ProvisionedDevice
+) -> None:
     other = claim(api, admin, make_merchant)
     nonce = secrets.token_urlsafe(12)
     assert attest(api, claimed, nonce=nonce).status_code == 200
@@ -327,7 +358,9 @@ def test_nonce_scope_is_the_device(api, admin, make_merchant, claimed):
 # --- attestation tokens (§2.3) ----------------------------------------------------------------
 
 
-def _keys_with(api, headers, transport_key=None):
+def _keys_with(
+    api: httpx.Client, headers: dict[str, str], transport_key: str | None = None
+) -> httpx.Response:
     transport_key = transport_key or transport_pair()[1]
     return api.post("/pos/keys", headers=headers, json={"transport_key": transport_key})
 
@@ -336,7 +369,9 @@ def _keys_with(api, headers, transport_key=None):
     "authorization",
     [None, "", "Attestation", "Attestation att_short", "Basic dXNlcjpwYXNz", "att_" + "A" * 43],
 )
-def test_missing_or_malformed_authorization(api, claimed, authorization):
+def test_missing_or_malformed_authorization(
+    api: httpx.Client, claimed: ProvisionedDevice, authorization: Any
+) -> None:
     headers = {"X-Device-Id": claimed.device_id} | (
         {"Authorization": authorization} if authorization is not None else {}
     )
@@ -345,7 +380,9 @@ def test_missing_or_malformed_authorization(api, claimed, authorization):
     assert response.headers["www-authenticate"].startswith("Attestation")
 
 
-def test_bearer_scheme_where_attestation_is_due(api, admin, claimed):
+def test_bearer_scheme_where_attestation_is_due(
+    api: httpx.Client, admin: Admin, claimed: ProvisionedDevice
+) -> None:
     token = token_of(api, claimed)
     for value in (f"Bearer {token}", admin.http.headers["Authorization"]):
         response = _keys_with(api, {"Authorization": value, "X-Device-Id": claimed.device_id})
@@ -353,7 +390,7 @@ def test_bearer_scheme_where_attestation_is_due(api, admin, claimed):
         assert response.headers["www-authenticate"].startswith("Attestation")
 
 
-def test_authorization_before_device_id(api, claimed):
+def test_authorization_before_device_id(api: httpx.Client, claimed: ProvisionedDevice) -> None:
     token = token_of(api, claimed)
     problem(_keys_with(api, {}), 401, "invalid_token")
     problem(_keys_with(api, {"Authorization": f"Attestation {token}"}), 400, "missing_header")
@@ -363,7 +400,9 @@ def test_authorization_before_device_id(api, claimed):
     problem(_keys_with(api, unknown), 404, "device_not_found")
 
 
-def test_scheme_is_case_insensitive_and_client_headers_are_not_checked(api, claimed):
+def test_scheme_is_case_insensitive_and_client_headers_are_not_checked(
+    api: httpx.Client, claimed: ProvisionedDevice
+) -> None:
     token = token_of(api, claimed)
     headers = {
         "Authorization": f"attestation {token}",
@@ -374,7 +413,9 @@ def test_scheme_is_case_insensitive_and_client_headers_are_not_checked(api, clai
     assert _keys_with(api, headers).status_code == 200
 
 
-def test_token_of_device_a_used_by_device_b(api, admin, make_merchant, claimed):
+def test_token_of_device_a_used_by_device_b(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant, claimed: ProvisionedDevice
+) -> None:
     other = claim(api, admin, make_merchant)
     token = token_of(api, claimed)
     response = _keys_with(api, token_headers(other.device_id, token))
@@ -382,7 +423,9 @@ def test_token_of_device_a_used_by_device_b(api, admin, make_merchant, claimed):
     assert _keys_with(api, token_headers(claimed.device_id, token)).status_code == 200
 
 
-def test_token_serves_many_calls_and_every_process(claimed, server, server_b):
+def test_token_serves_many_calls_and_every_process(
+    claimed: ProvisionedDevice, server: Server, server_b: Server
+) -> None:
     with httpx.Client(base_url=server.url) as http:
         token = token_of(http, claimed)
     ids = set()
@@ -397,7 +440,9 @@ def test_token_serves_many_calls_and_every_process(claimed, server, server_b):
     assert len(ids) == 3  # every call makes a new key set
 
 
-def test_disable_kills_the_token_and_enable_does_not_revive_it(api, admin, claimed):
+def test_disable_kills_the_token_and_enable_does_not_revive_it(
+    api: httpx.Client, admin: Admin, claimed: ProvisionedDevice
+) -> None:
     token = token_of(api, claimed)
     assert _keys_with(api, token_headers(claimed.device_id, token)).status_code == 200
     assert admin.http.post(f"/admin/devices/{claimed.device_id}/disable").status_code == 200
@@ -409,7 +454,9 @@ def test_disable_kills_the_token_and_enable_does_not_revive_it(api, admin, claim
     )
 
 
-def test_revoking_the_key_kills_its_token(api, admin, claimed):
+def test_revoking_the_key_kills_its_token(
+    api: httpx.Client, admin: Admin, claimed: ProvisionedDevice
+) -> None:
     token = token_of(api, claimed)
     revoked = admin.http.delete(
         f"/admin/devices/{claimed.device_id}/identity-keys/{claimed.key_id}"
@@ -418,13 +465,15 @@ def test_revoking_the_key_kills_its_token(api, admin, claimed):
     problem(_keys_with(api, token_headers(claimed.device_id, token)), 401, "invalid_token")
 
 
-def test_release_kills_the_token(api, admin, claimed):
+def test_release_kills_the_token(
+    api: httpx.Client, admin: Admin, claimed: ProvisionedDevice
+) -> None:
     token = token_of(api, claimed)
     assert admin.http.post(f"/admin/devices/{claimed.device_id}/release").status_code == 200
     problem(_keys_with(api, token_headers(claimed.device_id, token)), 401, "invalid_token")
 
 
-def test_unknown_token(api, claimed):
+def test_unknown_token(api: httpx.Client, claimed: ProvisionedDevice) -> None:
     fake = "att_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
     problem(_keys_with(api, token_headers(claimed.device_id, fake)), 401, "invalid_token")
 
@@ -432,7 +481,9 @@ def test_unknown_token(api, claimed):
 # --- keys (§3.6) ------------------------------------------------------------------------------
 
 
-def test_keys_unwrap_with_the_private_key_and_the_identity_secret(api, claimed):
+def test_keys_unwrap_with_the_private_key_and_the_identity_secret(
+    api: httpx.Client, claimed: ProvisionedDevice
+) -> None:
     token = token_of(api, claimed)
     private, public = transport_pair()
     response = post_keys(api, claimed.device_id, token, public)
@@ -459,7 +510,9 @@ def test_keys_unwrap_with_the_private_key_and_the_identity_secret(api, claimed):
     assert len(set(keys.values())) == 6
 
 
-def test_a_wrong_secret_or_private_key_cannot_unwrap_the_tmk(api, claimed):
+def test_a_wrong_secret_or_private_key_cannot_unwrap_the_tmk(
+    api: httpx.Client, claimed: ProvisionedDevice
+) -> None:
     token = token_of(api, claimed)
     private, public = transport_pair()
     body = post_keys(api, claimed.device_id, token, public).json()
@@ -475,7 +528,9 @@ def test_a_wrong_secret_or_private_key_cannot_unwrap_the_tmk(api, claimed):
         open_keys(body, private=private, secret=claimed.secret, device_id="POS-00000000")
 
 
-def test_every_call_makes_a_new_set_with_unique_key_ids(api, claimed):
+def test_every_call_makes_a_new_set_with_unique_key_ids(
+    api: httpx.Client, claimed: ProvisionedDevice
+) -> None:
     token = token_of(api, claimed)
     bodies = [
         post_keys(api, claimed.device_id, token, transport_pair()[1]).json() for _ in range(3)
@@ -486,7 +541,7 @@ def test_every_call_makes_a_new_set_with_unique_key_ids(api, claimed):
     assert len(set(key_ids)) == 18
 
 
-def test_keys_with_the_sdk(claimed, server):
+def test_keys_with_the_sdk(claimed: ProvisionedDevice, server: Server) -> None:
     store = MemoryKeyStore.from_hex(claimed.key_id, claimed.identity_secret)
     with DeviceClient(server.url, device_id=claimed.device_id, key_store=store) as client:
         key_set = client.download_keys()  # attests first
@@ -509,7 +564,9 @@ def test_keys_with_the_sdk(claimed, server):
         ({"transport_key": base64.b64encode(bytes(32)).decode()}, "X25519"),  # a low-order point
     ],
 )
-def test_bad_transport_keys(api, claimed, body, message):
+def test_bad_transport_keys(
+    api: httpx.Client, claimed: ProvisionedDevice, body: dict[str, Any], message: str
+) -> None:
     token = token_of(api, claimed)
     response = api.post("/pos/keys", headers=token_headers(claimed.device_id, token), json=body)
     problem_body = problem(response, 400, "invalid_request")
@@ -526,14 +583,23 @@ def test_bad_transport_keys(api, claimed, body, message):
         (b"{", "application/json", 400, "invalid_request"),
     ],
 )
-def test_keys_body_must_be_a_json_object(api, claimed, content, content_type, status, code):
+def test_keys_body_must_be_a_json_object(
+    api: httpx.Client,
+    claimed: ProvisionedDevice,
+    content: bytes,
+    content_type: str | None,
+    status: int,
+    code: str,
+) -> None:
     headers = token_headers(claimed.device_id, token_of(api, claimed))
     if content_type:
         headers["Content-Type"] = content_type
     problem(api.post("/pos/keys", headers=headers, content=content), status, code)
 
 
-def test_keys_checks_the_token_before_the_body(api, claimed):
+def test_keys_checks_the_token_before_the_body(
+    api: httpx.Client, claimed: ProvisionedDevice
+) -> None:
     response = api.post("/pos/keys", headers={"X-Device-Id": claimed.device_id}, content=b"x")
     problem(response, 401, "invalid_token")
 
@@ -547,7 +613,9 @@ def test_keys_checks_the_token_before_the_body(api, claimed):
     ("offset", "status"),
     [(-300, 200), (-300.000001, 401), (-301, 401), (60, 200), (60.000001, 401), (61, 401)],
 )
-async def test_window_edges_with_a_fixed_server_clock(runtime, claimed, offset, status):
+async def test_window_edges_with_a_fixed_server_clock(
+    runtime: Runtime, claimed: ProvisionedDevice, offset: float | int, status: int
+) -> None:
     """An in-process app on the backend's database and master key, its clock fixed."""
     from viopay.app import create_app
     from viopay.deps import get_now

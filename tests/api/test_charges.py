@@ -4,14 +4,20 @@ the charge object and its body rules, refunds, cancel, reverse and get."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-import charge_kit as kit
+from support import charge_kit as kit
+from support.helpers import Admin, MakeMerchant, Server
+from viopay.runtime import Runtime
 
 
 @pytest.fixture
-async def terminal(server, admin, make_merchant, runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
@@ -40,7 +46,9 @@ CHARGE_MEMBERS = {
 }
 
 
-def test_an_approved_charge_is_created_and_sealed_for_this_request(terminal):
+def test_an_approved_charge_is_created_and_sealed_for_this_request(
+    terminal: kit.PosTerminal,
+) -> None:
     answer = terminal.charge(
         1250,
         tip_amount=100,
@@ -87,7 +95,9 @@ def test_an_approved_charge_is_created_and_sealed_for_this_request(terminal):
         ("4000000000000127", "declined", "55", "incorrect_pin"),
     ],
 )
-def test_sandbox_answers(terminal, pan, status, code, reason):
+def test_sandbox_answers(
+    terminal: kit.PosTerminal, pan: str, status: str, code: str, reason: str | None
+) -> None:
     answer = terminal.charge(500, card={"pan": pan, "expiry": "3012"})
     assert answer.status == 201  # a decline is a created charge
     charge = answer.json()
@@ -100,7 +110,7 @@ def test_sandbox_answers(terminal, pan, status, code, reason):
     assert charge["emv_response"] is None  # no emv sent
 
 
-def test_an_expired_card_is_declined_54_whatever_its_number(terminal):
+def test_an_expired_card_is_declined_54_whatever_its_number(terminal: kit.PosTerminal) -> None:
     charge = terminal.charge(500, card={"pan": "4000000000000259", "expiry": "2001"}).json()
     assert (charge["status"], charge["response_code"], charge["decline_reason"]) == (
         "declined",
@@ -109,7 +119,7 @@ def test_an_expired_card_is_declined_54_whatever_its_number(terminal):
     )
 
 
-def test_a_pin_block_that_does_not_decipher_is_declined_55(terminal):
+def test_a_pin_block_that_does_not_decipher_is_declined_55(terminal: kit.PosTerminal) -> None:
     wrong = terminal.charge_plaintext(500)
     wrong["pin_block"] = "0" * 32
     charge = terminal.send("POST", "/pos/charge", wrong).json()
@@ -118,7 +128,7 @@ def test_a_pin_block_that_does_not_decipher_is_declined_55(terminal):
     assert good["status"] == "approved"
 
 
-def test_a_pin_block_that_is_not_32_hex_digits_is_400(terminal):
+def test_a_pin_block_that_is_not_32_hex_digits_is_400(terminal: kit.PosTerminal) -> None:
     plaintext = terminal.charge_plaintext(500)
     plaintext["pin_block"] = "1234"
     answer = terminal.send("POST", "/pos/charge", plaintext)
@@ -126,14 +136,14 @@ def test_a_pin_block_that_is_not_32_hex_digits_is_400(terminal):
     assert answer.problem()["errors"][0]["field"] == "pin_block"
 
 
-def test_processor_error_makes_no_charge(terminal):
+def test_processor_error_makes_no_charge(terminal: kit.PosTerminal) -> None:
     answer = terminal.charge(500, card={"pan": "4000000000000119", "expiry": "3012"})
     assert (answer.status, answer.code) == (502, "processor_error")
     listed = terminal.merchant.http.get("/merchant/charges").json()
     assert listed["data"] == []
 
 
-def test_processor_timeout_reverses_and_stores_the_charge(terminal):
+def test_processor_timeout_reverses_and_stores_the_charge(terminal: kit.PosTerminal) -> None:
     answer = terminal.charge(500, card={"pan": "4000000000000259", "expiry": "3012"})
     assert (answer.status, answer.code) == (504, "processor_timeout")
     charge_id = answer.problem()["charge_id"]
@@ -146,8 +156,8 @@ def test_processor_timeout_reverses_and_stores_the_charge(terminal):
     assert charge["authorization_code"] is None
 
 
-def test_tip_tax_and_surcharge_rules(terminal):
-    def problem(amount=1000, **members):
+def test_tip_tax_and_surcharge_rules(terminal: kit.PosTerminal) -> None:
+    def problem(amount: Any = 1000, **members: Any) -> set[str]:
         answer = terminal.charge(amount, **members)
         assert (answer.status, answer.code) == (400, "invalid_request"), answer.response.text
         return {e["field"] for e in answer.problem()["errors"]}
@@ -187,13 +197,13 @@ def test_tip_tax_and_surcharge_rules(terminal):
         {"pan": "4242424242424242", "expiry": "12/30"},
     ],
 )
-def test_an_invalid_card_is_422(terminal, card):
+def test_an_invalid_card_is_422(terminal: kit.PosTerminal, card: dict[str, str]) -> None:
     answer = terminal.charge(500, card=card)
     assert (answer.status, answer.code) == (422, "invalid_card")
     assert card["pan"] not in answer.response.text
 
 
-def test_body_member_errors_come_before_invalid_card(terminal):
+def test_body_member_errors_come_before_invalid_card(terminal: kit.PosTerminal) -> None:
     answer = terminal.charge(0, card={"pan": "4242424242424241", "expiry": "3012"})
     assert (answer.status, answer.code) == (400, "invalid_request")
     plaintext = terminal.charge_plaintext(500)
@@ -203,7 +213,7 @@ def test_body_member_errors_come_before_invalid_card(terminal):
     assert answer.problem()["errors"] == [{"field": "card", "message": "is required"}]
 
 
-def test_refunds_partial_then_full_then_refused(terminal):
+def test_refunds_partial_then_full_then_refused(terminal: kit.PosTerminal) -> None:
     charge = terminal.charge(1000).json()
     first = terminal.refund(charge["id"], {"amount": 300, "reason": "requested_by_customer"})
     assert first.status == 201
@@ -240,7 +250,7 @@ def test_refunds_partial_then_full_then_refused(terminal):
     assert (again.status, again.code) == (409, "charge_not_refundable")
 
 
-def test_refund_order_404_409_400_422(terminal):
+def test_refund_order_404_409_400_422(terminal: kit.PosTerminal) -> None:
     assert terminal.refund("ch_nope", {"amount": "x"}).code == "not_found"
     declined = terminal.charge(500, card={"pan": "4000000000000002", "expiry": "3012"}).json()
     assert terminal.refund(declined["id"], {"amount": "x"}).code == "charge_not_refundable"
@@ -255,7 +265,7 @@ def test_refund_order_404_409_400_422(terminal):
     assert terminal.refund(canceled["id"], {"amount": 1}).code == "charge_not_refundable"
 
 
-def test_cancel_and_reverse_repeat_and_refuse(terminal):
+def test_cancel_and_reverse_repeat_and_refuse(terminal: kit.PosTerminal) -> None:
     charge = terminal.charge(800).json()
     canceled = terminal.cancel(charge["id"])
     assert canceled.status == 200 and canceled.json()["status"] == "canceled"
@@ -277,7 +287,7 @@ def test_cancel_and_reverse_repeat_and_refuse(terminal):
     assert terminal.cancel("ch_missing").code == "not_found"
 
 
-def test_get_answers_the_charge_as_it_stands(terminal):
+def test_get_answers_the_charge_as_it_stands(terminal: kit.PosTerminal) -> None:
     charge = terminal.charge(900).json()
     terminal.refund(charge["id"], {"amount": 100})
     now = terminal.get(charge["id"])
@@ -286,8 +296,12 @@ def test_get_answers_the_charge_as_it_stands(terminal):
 
 
 async def test_charges_are_the_merchants_not_the_terminals(
-    terminal, server, admin, make_merchant, runtime
-):
+    terminal: kit.PosTerminal,
+    server: Server,
+    admin: Admin,
+    make_merchant: MakeMerchant,
+    runtime: Runtime,
+) -> None:
     charge = terminal.charge(500).json()
     sibling = await kit.activated_terminal(
         server, admin, make_merchant, runtime, merchant=terminal.merchant

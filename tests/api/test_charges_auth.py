@@ -4,34 +4,40 @@ signature, nonce, the key set's envelope limit, and the body's envelopes (PROTOC
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
 from sqlalchemy import update
 
-import charge_kit as kit
+from support import charge_kit as kit
+from support.helpers import Admin, MakeMerchant, Server, present
 from viopay.keysets.models import KeySet
+from viopay.runtime import Runtime
 from viopay_device.protocol.envelope import card_aad, seal
 
 
 @pytest.fixture
-async def terminal(server, admin, make_merchant, runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
 
 
-async def set_envelope_count(runtime, key_set_id: str, count: int) -> None:
+async def set_envelope_count(runtime: Runtime, key_set_id: str, count: int) -> None:
     async with runtime.sessions() as db, db.begin():
         await db.execute(
             update(KeySet).where(KeySet.key_set_id == key_set_id).values(envelope_count=count)
         )
 
 
-async def envelope_count(runtime, key_set_id: str) -> int:
+async def envelope_count(runtime: Runtime, key_set_id: str) -> int:
     async with runtime.sessions() as db:
-        key_set = await db.get(KeySet, key_set_id)
+        key_set = present(await db.get(KeySet, key_set_id))
         return key_set.envelope_count
 
 
@@ -50,7 +56,7 @@ async def envelope_count(runtime, key_set_id: str) -> int:
         "X-Signature",
     ],
 )
-def test_a_missing_header_is_400_naming_it(terminal, name):
+def test_a_missing_header_is_400_naming_it(terminal: kit.PosTerminal, name: str) -> None:
     answer = terminal.charge(500, edit={name: None}) if name != "User-Agent" else None
     if answer is None:  # httpx always sends a User-Agent: send an empty one instead of none
         answer = terminal.charge(500, edit={"User-Agent": ""})
@@ -75,28 +81,32 @@ def test_a_missing_header_is_400_naming_it(terminal, name):
         ("Idempotency-Key", "has space"),
     ],
 )
-def test_a_malformed_header_is_400_naming_it(terminal, name, value):
+def test_a_malformed_header_is_400_naming_it(
+    terminal: kit.PosTerminal, name: str, value: Any
+) -> None:
     answer = terminal.charge(500, edit={name: value})
     assert (answer.status, answer.code) == (400, "invalid_header")
     assert name in answer.problem()["detail"]
 
 
-def test_a_255_character_idempotency_key_is_fine(terminal):
+def test_a_255_character_idempotency_key_is_fine(terminal: kit.PosTerminal) -> None:
     assert terminal.charge(500, idempotency_key="k" * 255).status == 201
 
 
-def test_an_old_app_version_is_426(terminal):
+def test_an_old_app_version_is_426(terminal: kit.PosTerminal) -> None:
     answer = terminal.charge(500, edit={"User-Agent": "Viopay-POS/0.9.9 (Android 12; PAX-A920)"})
     assert (answer.status, answer.code) == (426, "app_version_unsupported")
     assert answer.problem()["min_supported_version"] == "1.0.0"
 
 
-def test_an_unknown_terminal_is_401_before_anything_about_keys(terminal):
+def test_an_unknown_terminal_is_401_before_anything_about_keys(terminal: kit.PosTerminal) -> None:
     answer = terminal.charge(500, terminal_id="TID-999999", key_id="nonsense")
     assert (answer.status, answer.code) == (401, "unknown_terminal")
 
 
-def test_a_disabled_device_is_403_and_enabling_restores_it(terminal, admin):
+def test_a_disabled_device_is_403_and_enabling_restores_it(
+    terminal: kit.PosTerminal, admin: Admin
+) -> None:
     assert admin.http.post(f"/admin/devices/{terminal.device.device_id}/disable").status_code == 200
     answer = terminal.charge(500, key_id="nonsense")
     assert (answer.status, answer.code) == (403, "device_disabled")
@@ -104,15 +114,19 @@ def test_a_disabled_device_is_403_and_enabling_restores_it(terminal, admin):
     assert terminal.charge(500).status == 201
 
 
-def test_a_released_device_s_terminal_is_unknown(terminal, admin):
+def test_a_released_device_s_terminal_is_unknown(terminal: kit.PosTerminal, admin: Admin) -> None:
     charge = terminal.charge(500).json()
     assert admin.http.post(f"/admin/devices/{terminal.device.device_id}/release").status_code == 200
     assert terminal.get(charge["id"]).code == "unknown_terminal"
 
 
 async def test_wrong_mac_key_ids_are_401_unknown_key(
-    terminal, server, admin, make_merchant, runtime
-):
+    terminal: kit.PosTerminal,
+    server: Server,
+    admin: Admin,
+    make_merchant: MakeMerchant,
+    runtime: Runtime,
+) -> None:
     keys = terminal.keys
     assert terminal.charge(500, key_id=keys.key_ids["MSK"]).code == "unknown_key"  # not the MAC key
     assert terminal.charge(500, key_id="mac_doesnotexist").code == "unknown_key"
@@ -124,7 +138,7 @@ async def test_wrong_mac_key_ids_are_401_unknown_key(
         other.close()
 
 
-def test_the_timestamp_window(terminal):
+def test_the_timestamp_window(terminal: kit.PosTerminal) -> None:
     now = datetime.now(UTC)
     late = terminal.charge(500, timestamp=kit.stamp(now - timedelta(seconds=330)))
     assert (late.status, late.code) == (401, "timestamp_out_of_window")
@@ -136,7 +150,7 @@ def test_the_timestamp_window(terminal):
     assert terminal.charge(500, timestamp=offset).status == 201
 
 
-def test_a_signature_over_a_changed_body_is_401(terminal):
+def test_a_signature_over_a_changed_body_is_401(terminal: kit.PosTerminal) -> None:
     signed = terminal.seal_body("POST", "/pos/charge", terminal.charge_plaintext(500))
     sent = terminal.seal_body("POST", "/pos/charge", terminal.charge_plaintext(50_000))
     answer = terminal.send("POST", "/pos/charge", body=sent, sign_body=signed)
@@ -144,7 +158,7 @@ def test_a_signature_over_a_changed_body_is_401(terminal):
     assert "50000" not in answer.response.text
 
 
-def test_the_signature_covers_the_query_and_the_mac_key(terminal):
+def test_the_signature_covers_the_query_and_the_mac_key(terminal: kit.PosTerminal) -> None:
     charge = terminal.charge(500).json()
     assert terminal.get(charge["id"], query="expand=refunds").status == 200  # signed with its query
     answer = terminal.get(charge["id"], query="a=1", edit={})
@@ -153,7 +167,7 @@ def test_the_signature_covers_the_query_and_the_mac_key(terminal):
     assert (wrong_key.status, wrong_key.code) == (401, "invalid_signature")
 
 
-def test_a_reused_nonce_is_401_and_a_forged_request_spends_none(terminal):
+def test_a_reused_nonce_is_401_and_a_forged_request_spends_none(terminal: kit.PosTerminal) -> None:
     nonce = kit.new_nonce()
     forged = terminal.charge(500, nonce=nonce, mac=b"\x01" * 32)
     assert forged.code == "invalid_signature"
@@ -162,13 +176,13 @@ def test_a_reused_nonce_is_401_and_a_forged_request_spends_none(terminal):
     assert (replay.status, replay.code) == (401, "nonce_reused")
 
 
-def test_a_nonce_is_per_terminal_across_endpoints(terminal):
+def test_a_nonce_is_per_terminal_across_endpoints(terminal: kit.PosTerminal) -> None:
     nonce = kit.new_nonce()
     charge = terminal.charge(500, nonce=nonce).json()
     assert terminal.get(charge["id"], nonce=nonce).code == "nonce_reused"
 
 
-def test_get_ignores_the_idempotency_key_header(terminal):
+def test_get_ignores_the_idempotency_key_header(terminal: kit.PosTerminal) -> None:
     charge = terminal.charge(500).json()
     answer = terminal.get(charge["id"], edit={"Idempotency-Key": "has space"})
     assert answer.status == 200 and not answer.replayed
@@ -177,7 +191,7 @@ def test_get_ignores_the_idempotency_key_header(terminal):
 # --- envelopes ----------------------------------------------------------------------------------
 
 
-def test_a_body_that_is_not_json_is_415(terminal):
+def test_a_body_that_is_not_json_is_415(terminal: kit.PosTerminal) -> None:
     answer = terminal.charge(500, edit={"Content-Type": "text/plain"})
     assert (answer.status, answer.code) == (415, "unsupported_media_type")
     empty = terminal.refund("ch_x", body=b"")  # a refund always has a body
@@ -194,17 +208,19 @@ def test_a_body_that_is_not_json_is_415(terminal):
         b'{"amount": 500}',
     ],
 )
-def test_a_body_that_is_not_an_envelope_is_400_invalid_request(terminal, body):
+def test_a_body_that_is_not_an_envelope_is_400_invalid_request(
+    terminal: kit.PosTerminal, body: bytes
+) -> None:
     answer = terminal.send("POST", "/pos/charge", body=body)
     assert (answer.status, answer.code) == (400, "invalid_request")
 
 
-def test_envelopes_that_do_not_open_are_400_decryption_failed(terminal):
+def test_envelopes_that_do_not_open_are_400_decryption_failed(terminal: kit.PosTerminal) -> None:
     keys = terminal.keys
     plaintext = terminal.charge_plaintext(500)
     envelope = orjson.loads(terminal.seal_body("POST", "/pos/charge", plaintext))
 
-    def send(obj):
+    def send(obj: object) -> kit.Answer:
         return terminal.send("POST", "/pos/charge", body=orjson.dumps(obj))
 
     assert send({**envelope, "kid": "msk_unknown"}).code == "decryption_failed"
@@ -219,7 +235,7 @@ def test_envelopes_that_do_not_open_are_400_decryption_failed(terminal):
     assert terminal.send("POST", "/pos/charge", body=other_subject).code == "decryption_failed"
 
 
-def test_a_card_envelope_that_does_not_open_is_400(terminal):
+def test_a_card_envelope_that_does_not_open_is_400(terminal: kit.PosTerminal) -> None:
     keys = terminal.keys
     for card in (
         terminal.card(terminal_id="TID-000001"),  # AAD of another terminal
@@ -242,7 +258,9 @@ def test_a_card_envelope_that_does_not_open_is_400(terminal):
     assert "4242424242424242" not in answer.response.text
 
 
-async def test_the_previous_key_set_works_during_its_grace_and_may_be_mixed(terminal, runtime):
+async def test_the_previous_key_set_works_during_its_grace_and_may_be_mixed(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
     old = terminal.keys
     charge = terminal.charge(500).json()
     new = await kit.rotate(terminal, runtime)
@@ -269,7 +287,7 @@ async def test_the_previous_key_set_works_during_its_grace_and_may_be_mixed(term
 # --- the key set's envelope budget (§3.10) ----------------------------------------------------------
 
 
-async def test_envelopes_are_counted_both_ways(terminal, runtime):
+async def test_envelopes_are_counted_both_ways(terminal: kit.PosTerminal, runtime: Runtime) -> None:
     key_set_id = terminal.keys.key_set_id
     before = await envelope_count(runtime, key_set_id)
     charge = terminal.charge(500).json()
@@ -278,7 +296,7 @@ async def test_envelopes_are_counted_both_ways(terminal, runtime):
     assert await envelope_count(runtime, key_set_id) == before + 3
 
 
-async def test_rotate_keys_from_90_percent(terminal, runtime):
+async def test_rotate_keys_from_90_percent(terminal: kit.PosTerminal, runtime: Runtime) -> None:
     limit = runtime.settings.keyset_max_envelopes
     await set_envelope_count(runtime, terminal.keys.key_set_id, (limit * 9 + 9) // 10)
     charge = terminal.charge(500).json()
@@ -288,7 +306,9 @@ async def test_rotate_keys_from_90_percent(terminal, runtime):
     assert "rotate_keys" not in listed
 
 
-async def test_past_the_limit_charge_and_refund_are_409_and_the_rest_works(terminal, runtime):
+async def test_past_the_limit_charge_and_refund_are_409_and_the_rest_works(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
     charge = terminal.charge(900, idempotency_key="before-limit").json()
     limit = runtime.settings.keyset_max_envelopes
     await set_envelope_count(runtime, terminal.keys.key_set_id, limit)
@@ -310,7 +330,9 @@ async def test_past_the_limit_charge_and_refund_are_409_and_the_rest_works(termi
     assert again.status == 201 and not again.replayed
 
 
-async def test_a_key_set_past_30_days_is_refused(terminal, runtime):
+async def test_a_key_set_past_30_days_is_refused(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
     async with runtime.sessions() as db, db.begin():
         await db.execute(
             update(KeySet)

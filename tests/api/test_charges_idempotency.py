@@ -3,6 +3,7 @@ two server processes on one database and cache (PostgreSQL + Redis)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -11,21 +12,25 @@ import orjson
 import pytest
 from sqlalchemy import func, select, update
 
-import charge_kit as kit
+from support import charge_kit as kit
+from support.helpers import Admin, MakeMerchant, Server, present
 from viopay.payments import idempotency
 from viopay.payments.models import Charge, IdempotencyRecord
+from viopay.runtime import Runtime
 
 
 @pytest.fixture
-async def terminal(server, admin, make_merchant, runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
 
 
-async def charges_with_key(runtime, terminal_id: str, key: str) -> int:
+async def charges_with_key(runtime: Runtime, terminal_id: str, key: str) -> int:
     async with runtime.sessions() as db:
-        return int(
+        return present(
             await db.scalar(
                 select(func.count())
                 .select_from(Charge)
@@ -34,7 +39,7 @@ async def charges_with_key(runtime, terminal_id: str, key: str) -> int:
         )
 
 
-def test_a_retry_sealed_afresh_answers_the_stored_charge(terminal):
+def test_a_retry_sealed_afresh_answers_the_stored_charge(terminal: kit.PosTerminal) -> None:
     first = terminal.charge(1250, pin=kit.PIN, idempotency_key="order-1")
     assert first.status == 201 and not first.replayed
     retry = terminal.charge(
@@ -44,7 +49,7 @@ def test_a_retry_sealed_afresh_answers_the_stored_charge(terminal):
     assert retry.json() == first.json()  # opened with the retry's own nonce
 
 
-def test_another_request_with_the_key_is_422(terminal):
+def test_another_request_with_the_key_is_422(terminal: kit.PosTerminal) -> None:
     charge = terminal.charge(1250, idempotency_key="order-2").json()
     other = terminal.charge(1251, idempotency_key="order-2")
     assert (other.status, other.code) == (422, "idempotency_key_reused")
@@ -56,7 +61,7 @@ def test_another_request_with_the_key_is_422(terminal):
     assert elsewhere.code == "idempotency_key_reused"
 
 
-def test_4xx_results_replay_too(terminal):
+def test_4xx_results_replay_too(terminal: kit.PosTerminal) -> None:
     bad = {"pan": "4242424242424241", "expiry": "3012"}
     first = terminal.charge(500, card=bad, idempotency_key="bad-card")
     assert (first.status, first.code, first.replayed) == (422, "invalid_card", False)
@@ -67,7 +72,7 @@ def test_4xx_results_replay_too(terminal):
     assert fixed.code == "idempotency_key_reused"
 
 
-def test_401s_and_processor_errors_are_not_stored(terminal):
+def test_401s_and_processor_errors_are_not_stored(terminal: kit.PosTerminal) -> None:
     forged = terminal.charge(500, idempotency_key="k-401", mac=b"\x02" * 32)
     assert forged.code == "invalid_signature"
     assert terminal.charge(500, idempotency_key="k-401").status == 201
@@ -81,7 +86,7 @@ def test_401s_and_processor_errors_are_not_stored(terminal):
     assert different.status == 201  # the key was free again
 
 
-def test_a_timeout_is_stored_as_the_reversed_charge(terminal):
+def test_a_timeout_is_stored_as_the_reversed_charge(terminal: kit.PosTerminal) -> None:
     card = {"pan": "4000000000000259", "expiry": "3012"}
     first = terminal.charge(500, card=card, idempotency_key="k-504")
     assert (first.status, first.code) == (504, "processor_timeout")
@@ -96,7 +101,7 @@ def test_a_timeout_is_stored_as_the_reversed_charge(terminal):
     )
 
 
-def test_bodyless_posts_and_refunds_replay(terminal):
+def test_bodyless_posts_and_refunds_replay(terminal: kit.PosTerminal) -> None:
     charge = terminal.charge(1000).json()
     refund = terminal.refund(charge["id"], {"amount": 400}, idempotency_key="r-1")
     again = terminal.refund(charge["id"], {"amount": 400}, idempotency_key="r-1")
@@ -112,7 +117,13 @@ def test_bodyless_posts_and_refunds_replay(terminal):
     assert terminal.cancel(charge["id"], idempotency_key="c-1").code == "idempotency_key_reused"
 
 
-async def test_keys_belong_to_their_terminal(terminal, server, admin, make_merchant, runtime):
+async def test_keys_belong_to_their_terminal(
+    terminal: kit.PosTerminal,
+    server: Server,
+    admin: Admin,
+    make_merchant: MakeMerchant,
+    runtime: Runtime,
+) -> None:
     mine = terminal.charge(500, idempotency_key="shared").json()
     other = await kit.activated_terminal(
         server, admin, make_merchant, runtime, merchant=terminal.merchant
@@ -124,7 +135,9 @@ async def test_keys_belong_to_their_terminal(terminal, server, admin, make_merch
         other.close()
 
 
-async def test_stored_results_hold_no_card_number(terminal, runtime):
+async def test_stored_results_hold_no_card_number(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
     terminal.charge(500, pin=kit.PIN, idempotency_key="stored")
     async with runtime.sessions() as db:
         record = await db.scalar(
@@ -135,14 +148,16 @@ async def test_stored_results_hold_no_card_number(terminal, runtime):
     assert (
         kit.CARD["pan"] not in text
         and "pin" not in text
-        and record.result["card"]["last4"] == "4242"
+        and present(record.result)["card"]["last4"] == "4242"
     )
 
 
 # --- running and spent keys ----------------------------------------------------------------------
 
 
-async def test_a_running_key_is_409_and_comes_before_the_body(terminal, runtime):
+async def test_a_running_key_is_409_and_comes_before_the_body(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
     now = datetime.now(UTC)
     async with runtime.sessions() as db, db.begin():
         claimed = await idempotency.claim(
@@ -170,7 +185,9 @@ async def test_a_running_key_is_409_and_comes_before_the_body(terminal, runtime)
     assert terminal.charge(500, idempotency_key="busy").code == "invalid_state"
 
 
-async def test_reverse_by_key_before_the_charge_spends_the_key(terminal, runtime):
+async def test_reverse_by_key_before_the_charge_spends_the_key(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
     answer = terminal.reverse_by_key("late-key")
     assert answer.status == 200 and answer.json() == {"object": "reversal", "charge": None}
     assert terminal.reverse_by_key("late-key").json() == {"object": "reversal", "charge": None}
@@ -181,7 +198,9 @@ async def test_reverse_by_key_before_the_charge_spends_the_key(terminal, runtime
     assert await charges_with_key(runtime, terminal.terminal_id, "late-key") == 0
 
 
-def test_reverse_by_key_answers_what_cannot_be_reversed_as_it_stands(terminal):
+def test_reverse_by_key_answers_what_cannot_be_reversed_as_it_stands(
+    terminal: kit.PosTerminal,
+) -> None:
     declined = terminal.charge(
         500, card={"pan": "4000000000000002", "expiry": "3012"}, idempotency_key="d-1"
     )
@@ -201,7 +220,7 @@ def test_reverse_by_key_answers_what_cannot_be_reversed_as_it_stands(terminal):
     assert terminal.reverse_by_key("i-1").json() == {"object": "reversal", "charge": None}
 
 
-def test_reverse_by_key_body_rules(terminal):
+def test_reverse_by_key_body_rules(terminal: kit.PosTerminal) -> None:
     assert terminal.send("POST", "/pos/charge/reverse", {}).code == "invalid_request"
     own = terminal.send(
         "POST", "/pos/charge/reverse", {"idempotency_key": "same"}, idempotency_key="same"
@@ -213,8 +232,8 @@ def test_reverse_by_key_body_rules(terminal):
 
 
 async def test_twenty_concurrent_requests_with_one_key_make_one_charge(
-    terminal, server, server_b, runtime
-):
+    terminal: kit.PosTerminal, server: Server, server_b: Server, runtime: Runtime
+) -> None:
     prepared = []
     for i in range(20):
         body = terminal.seal_body(
@@ -223,7 +242,7 @@ async def test_twenty_concurrent_requests_with_one_key_make_one_charge(
         headers = terminal.headers("POST", "/pos/charge", body, idempotency_key="race-1")
         prepared.append(((server if i % 2 else server_b).url + "/pos/charge", body, headers))
 
-    def send(item):
+    def send(item: tuple[str, bytes, dict[str, str]]) -> httpx.Response:
         url, body, headers = item
         return httpx.post(url, content=body, headers=headers, timeout=60)
 
@@ -243,7 +262,9 @@ async def test_twenty_concurrent_requests_with_one_key_make_one_charge(
     assert settled.status == 200 and settled.replayed
 
 
-async def test_concurrent_partial_refunds_never_pass_the_amount(terminal, server, server_b):
+async def test_concurrent_partial_refunds_never_pass_the_amount(
+    terminal: kit.PosTerminal, server: Server, server_b: Server
+) -> None:
     charge = terminal.charge(1000).json()
     path = f"/pos/charge/{charge['id']}/refund"
     prepared = []
@@ -253,7 +274,7 @@ async def test_concurrent_partial_refunds_never_pass_the_amount(terminal, server
             ((server if i % 2 else server_b).url + path, body, terminal.headers("POST", path, body))
         )
 
-    def send(item):
+    def send(item: tuple[str, bytes, dict[str, str]]) -> httpx.Response:
         url, body, headers = item
         return httpx.post(url, content=body, headers=headers, timeout=60)
 

@@ -3,19 +3,25 @@ with its refunds."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
-import charge_kit as kit
+from support import charge_kit as kit
+from support.helpers import Admin, MakeMerchant, Server
+from viopay.runtime import Runtime
 
 
 @pytest.fixture
-async def terminal(server, admin, make_merchant, runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
 
 
-def test_merchant_charge_views(terminal):
+def test_merchant_charge_views(terminal: kit.PosTerminal) -> None:
     http = terminal.merchant.http
     first = terminal.charge(1000, reference="a").json()
     second = terminal.charge(500, card={"pan": "4000000000000002", "expiry": "3012"}).json()
@@ -60,7 +66,9 @@ def test_merchant_charge_views(terminal):
     assert http.get("/merchant/charges/ch_nope").json()["code"] == "not_found"
 
 
-def test_staff_may_read_and_other_merchants_see_nothing(terminal, make_merchant):
+def test_staff_may_read_and_other_merchants_see_nothing(
+    terminal: kit.PosTerminal, make_merchant: MakeMerchant
+) -> None:
     charge = terminal.charge(500).json()
     outsider = make_merchant("staff")
     assert outsider.http.get("/merchant/charges").json()["data"] == []

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from helpers import SEEN_SECRETS, problem, signed_pos_headers
+import httpx
+
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    MakeMerchant,
+    MerchantCtx,
+    ProvisionedDevice,
+    problem,
+    signed_pos_headers,
+)
 
 
-def claimed(api, admin, owner, label=None):
+def claimed(
+    api: httpx.Client, admin: Admin, owner: MerchantCtx, label: str | None = None
+) -> ProvisionedDevice:
     device = admin.provision()
     code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     SEEN_SECRETS.add(code)
@@ -16,7 +28,9 @@ def claimed(api, admin, owner, label=None):
     return device
 
 
-def test_rename_and_clear_a_label(api, admin, make_merchant):
+def test_rename_and_clear_a_label(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     owner = make_merchant()
     device = claimed(api, admin, owner, "Till 1")
     renamed = owner.http.patch(
@@ -40,7 +54,7 @@ def test_rename_and_clear_a_label(api, admin, make_merchant):
     assert renames[-1]["subject"] == {"type": "device", "id": device.device_id}
 
 
-def test_rename_rules(api, admin, make_merchant):
+def test_rename_rules(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> None:
     owner = make_merchant()
     device = claimed(api, admin, owner)
     path = f"/merchant/devices/{device.device_id}"

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from helpers import (
+from support.helpers import (
     SEEN_SECRETS,
     ProvisionedDevice,
     Server,
@@ -21,7 +23,8 @@ from helpers import (
     problem,
     signed_pos_headers,
 )
-from tcp_proxy import TcpProxy
+from support.tcp_proxy import TcpProxy
+from viopay_device import PairingCode, StepReport
 
 
 @dataclass
@@ -35,23 +38,24 @@ class Proxied:
         created = self.backend.cli("device", "provision", f"POS-{secrets.token_hex(4).upper()}")
         SEEN_SECRETS.add(created["identity_secret"])
         self.identity = created
-        return created["device_id"]
+        device_id: str = created["device_id"]
+        return device_id
 
 
 @pytest.fixture
-def proxied(tmp_path):
+def proxied(tmp_path: Path) -> Iterator[Proxied]:
     """Its own PostgreSQL database and Redis prefix (only PostgreSQL + Redis can go down)."""
-    from helpers import (
+    from support.helpers import (
         Backend,
-        _create_pg_database,
-        _drop_pg_database,
-        _flush_redis_prefix,
-        _require_services,
+        create_pg_database,
+        drop_pg_database,
+        flush_redis_prefix,
+        require_services,
     )
 
-    _require_services()
+    require_services()
     tag = secrets.token_hex(4)
-    _create_pg_database(f"viopay_test_{tag}")
+    create_pg_database(f"viopay_test_{tag}")
     pg, redis = TcpProxy("127.0.0.1", 5432), TcpProxy("127.0.0.1", 6379)
     env = {
         "VIOPAY_DATA_DIR": str(tmp_path),
@@ -66,11 +70,11 @@ def proxied(tmp_path):
     srv.stop()
     pg.close()
     redis.close()
-    _flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
-    _drop_pg_database(f"viopay_test_{tag}")
+    flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
+    drop_pg_database(f"viopay_test_{tag}")
 
 
-def test_redis_down_fails_closed(proxied):
+def test_redis_down_fails_closed(proxied: Proxied) -> None:
     srv, redis = proxied.server, proxied.redis
     device_id = proxied.provision()
     device = ProvisionedDevice(
@@ -90,7 +94,7 @@ def test_redis_down_fails_closed(proxied):
     )
     problem(http.get("/pos/status", headers=signed_pos_headers(device)), 503, "service_unavailable")
     # A correctly signed attest cannot spend its nonce: 503, not an answer without replay protection.
-    from test_attest_keys import attest
+    from support.attest_kit import attest
 
     problem(attest(http, device), 503, "service_unavailable")
     redis.up()
@@ -104,7 +108,7 @@ def test_redis_down_fails_closed(proxied):
     http.close()
 
 
-def test_database_down_fails_closed(proxied):
+def test_database_down_fails_closed(proxied: Proxied) -> None:
     srv, pg = proxied.server, proxied.pg
     device_id = proxied.provision()
     http = httpx.Client(base_url=srv.url, timeout=30)
@@ -126,9 +130,9 @@ def test_database_down_fails_closed(proxied):
     http.close()
 
 
-def test_no_charge_without_replay_protection(proxied):
+def test_no_charge_without_replay_protection(proxied: Proxied) -> None:
     """Redis down: a correctly signed charge is refused (503) and no charge exists afterwards."""
-    from helpers import ProvisionedDevice, sdk_client
+    from support.helpers import ProvisionedDevice, sdk_client
     from viopay_device import ServiceUnavailable, activate_device
 
     srv, redis = proxied.server, proxied.redis
@@ -154,8 +158,9 @@ def test_no_charge_without_replay_protection(proxied):
     )
     with sdk_client(srv.url, device, max_retries=0) as pos:
 
-        def claim(step):
+        def claim(step: StepReport) -> None:
             if step.name == "pairing_code":
+                assert isinstance(step.result, PairingCode)
                 assert (
                     web.post(
                         "/pos/claim", json={"pairing_code": step.result.pairing_code}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
+import httpx
 import pytest
 
-from helpers import problem
+from support.helpers import MakeMerchant, problem
 
 
 def b64url(data: bytes) -> str:
@@ -15,7 +17,9 @@ def b64url(data: bytes) -> str:
 
 
 @pytest.mark.parametrize("alg", ["RS256", "HS256", "none"])
-def test_a_token_naming_another_algorithm_for_our_kid_is_401(api, make_merchant, alg):
+def test_a_token_naming_another_algorithm_for_our_kid_is_401(
+    api: httpx.Client, make_merchant: MakeMerchant, alg: str
+) -> None:
     merchant = make_merchant()
     kid = api.get("/.well-known/jwks.json").json()["keys"][0]["kid"]
     header = b64url(json.dumps({"alg": alg, "kid": kid, "typ": "JWT"}).encode())
@@ -44,7 +48,7 @@ def cursor(*members: object) -> str:
     ],
 )
 @pytest.mark.parametrize("path", ["/merchant/charges", "/merchant/devices", "/merchant/events"])
-def test_a_malformed_list_cursor_is_400(make_merchant, path, bad):
+def test_a_malformed_list_cursor_is_400(make_merchant: MakeMerchant, path: str, bad: Any) -> None:
     merchant = make_merchant()
     body = problem(merchant.http.get(path, params={"cursor": bad}), 400, "invalid_request")
     assert body["errors"] == [{"field": "cursor", "message": "not a cursor"}]

@@ -14,14 +14,15 @@ import httpx
 import orjson
 import pytest
 
-import charge_kit as kit
-from helpers import UA, MerchantCtx, Server, pos_headers, problem
+from support import charge_kit as kit
+from support.helpers import UA, Admin, MakeMerchant, MerchantCtx, Server, pos_headers, problem
+from viopay.runtime import Runtime
 from viopay_device.protocol.envelope import request_aad, seal
 
 
 @pytest.fixture
 async def terminal(
-    server: Server, admin: Any, make_merchant: Any, runtime: Any
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
 ) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
@@ -106,7 +107,7 @@ def test_a_nul_in_a_client_id_is_400(api: httpx.Client) -> None:
     problem(answer, 400, "invalid_request")
 
 
-def test_a_nul_in_a_merchant_id_or_name_is_400(admin: Any, make_merchant: Any) -> None:
+def test_a_nul_in_a_merchant_id_or_name_is_400(admin: Admin, make_merchant: MakeMerchant) -> None:
     merchant = make_merchant()
     answer = merchant.http.post("/session/initiate", json={"merchant_id": "mer_\u0000"})
     problem(answer, 400, "invalid_request")
@@ -146,7 +147,7 @@ def test_a_nul_in_a_charge_reference_is_refused_before_the_processor(
         "/merchant/events?cursor=%00",
     ],
 )
-def test_a_nul_in_a_path_or_query_is_400(make_merchant: Any, path: str) -> None:
+def test_a_nul_in_a_path_or_query_is_400(make_merchant: MakeMerchant, path: str) -> None:
     merchant = make_merchant()
     method = "POST" if path.endswith("/disable") else "GET"
     problem(merchant.http.request(method, path), 400, "invalid_request")
@@ -157,7 +158,7 @@ def test_a_nul_in_a_pos_charge_path_is_400(terminal: kit.PosTerminal) -> None:
     assert (answer.status, answer.problem()["code"]) == (400, "invalid_request")
 
 
-def test_a_nul_in_an_admin_path_is_400(admin: Any) -> None:
+def test_a_nul_in_an_admin_path_is_400(admin: Admin) -> None:
     problem(admin.http.post("/admin/devices/POS-%00/disable"), 400, "invalid_request")
     problem(
         admin.http.post("/admin/merchants/mer_%00/members", json={"subject": "u", "role": "staff"}),
@@ -169,7 +170,7 @@ def test_a_nul_in_an_admin_path_is_400(admin: Any) -> None:
 # --- lengths --------------------------------------------------------------------------------
 
 
-def test_a_user_agent_version_over_64_characters_is_400_on_bootstrap(admin: Any) -> None:
+def test_a_user_agent_version_over_64_characters_is_400_on_bootstrap(admin: Admin) -> None:
     device = admin.provision()
     version = "1.0.0-" + "a" * 64
     ua = f"Viopay-POS/{version} (Android 12; PAX-A920)"
@@ -200,7 +201,7 @@ def test_a_refund_path_over_512_characters_is_404(terminal: kit.PosTerminal) -> 
     assert terminal.get(long_id).status == 404
 
 
-def test_an_id_in_a_path_longer_than_128_is_404(admin: Any, make_merchant: Any) -> None:
+def test_an_id_in_a_path_longer_than_128_is_404(admin: Admin, make_merchant: MakeMerchant) -> None:
     merchant = make_merchant()
     long_id = "x" * 129
     problem(merchant.http.get(f"/merchant/devices/{long_id}"), 404, "not_found")
@@ -213,7 +214,7 @@ def test_a_client_id_longer_than_128_is_400(api: httpx.Client) -> None:
     problem(api.post("/client/session", json=body), 400, "invalid_request")
 
 
-def test_a_label_over_64_characters_is_400(make_merchant: Any) -> None:
+def test_a_label_over_64_characters_is_400(make_merchant: MakeMerchant) -> None:
     merchant = make_merchant()
     answer = merchant.http.post("/pos/claim", json={"pairing_code": "ABCDEF", "label": "x" * 65})
     problem(answer, 400, "invalid_request")

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import problem
+from support.helpers import MakeMerchant, problem
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ def test_a_405_carries_allow(api: httpx.Client, method: str, path: str, allow: s
     assert answer.headers["allow"] == allow
 
 
-def test_head_works_wherever_get_does(api: httpx.Client, make_merchant: Any) -> None:
+def test_head_works_wherever_get_does(api: httpx.Client, make_merchant: MakeMerchant) -> None:
     for path in ("/healthz", "/readyz", "/.well-known/jwks.json", "/openapi.json"):
         got, head = api.get(path), api.head(path)
         assert (head.status_code, head.content) == (200, b"")

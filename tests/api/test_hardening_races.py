@@ -8,13 +8,21 @@ import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from helpers import SEEN_SECRETS, ProvisionedDevice, Server, claim_with, problem, sdk_client
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    MakeMerchant,
+    ProvisionedDevice,
+    Server,
+    claim_with,
+    problem,
+    sdk_client,
+)
 from viopay_device import KeySet
 from viopay_device.protocol.envelope import request_aad, seal
 
@@ -49,13 +57,13 @@ def statuses(answers: list[httpx.Response]) -> Counter[int]:
 
 
 @pytest.fixture
-def device(admin: Any) -> ProvisionedDevice:
+def device(admin: Admin) -> ProvisionedDevice:
     provisioned: ProvisionedDevice = admin.provision()
     return provisioned
 
 
 def test_concurrent_activations_of_two_key_sets_of_one_device_do_not_deadlock(
-    server: Server, device: ProvisionedDevice, make_merchant: Any
+    server: Server, device: ProvisionedDevice, make_merchant: MakeMerchant
 ) -> None:
     client = sdk_client(server.url, device)
     try:
@@ -106,7 +114,7 @@ def wrong_code() -> str:
 
 
 def test_sixty_parallel_wrong_claims_of_one_user_get_exactly_five_404s(
-    make_merchant: Any,
+    make_merchant: MakeMerchant,
 ) -> None:
     owner = make_merchant()
     codes = [wrong_code() for _ in range(60)]
@@ -117,7 +125,9 @@ def test_sixty_parallel_wrong_claims_of_one_user_get_exactly_five_404s(
         assert code == ("pairing_code_invalid" if answer.status_code == 404 else "rate_limited")
 
 
-def test_a_malformed_code_is_400_and_does_not_count(admin: Any, make_merchant: Any) -> None:
+def test_a_malformed_code_is_400_and_does_not_count(
+    admin: Admin, make_merchant: MakeMerchant
+) -> None:
     owner = make_merchant()
     for malformed in ("AB3", "ABCDEFG", "ABCDE0", "ABC-DE1", "ÄBCDEF"):
         answer = owner.http.post("/pos/claim", json={"pairing_code": malformed})
@@ -130,7 +140,7 @@ def test_a_malformed_code_is_400_and_does_not_count(admin: Any, make_merchant: A
 
 
 def test_a_right_claim_is_not_counted_as_a_failure(
-    server: Server, admin: Any, make_merchant: Any
+    server: Server, admin: Admin, make_merchant: MakeMerchant
 ) -> None:
     owner = make_merchant()
     for _ in range(4):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
 import pytest
 
-from helpers import UA, ProvisionedDevice, pos_headers, problem, signed_pos_headers
+from support.helpers import UA, Admin, ProvisionedDevice, pos_headers, problem, signed_pos_headers
 
 ENDPOINTS = [("POST", "/pos/bootstrap"), ("POST", "/pos/pairing-code"), ("GET", "/pos/status")]
 # A device that was never provisioned (its key and secret are made up).
@@ -19,13 +22,15 @@ def headers_for(path: str, device: ProvisionedDevice, *, ua: str = UA) -> dict[s
 
 
 @pytest.fixture
-def device(admin):
+def device(admin: Admin) -> ProvisionedDevice:
     return admin.provision()
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
 @pytest.mark.parametrize("missing", ["X-Device-Id", "User-Agent", "X-Client-Type"])
-def test_missing_header_is_named(api, device, method, path, missing):
+def test_missing_header_is_named(
+    api: httpx.Client, device: ProvisionedDevice, method: Any, path: Any, missing: str
+) -> None:
     headers = {k: v for k, v in headers_for(path, device).items() if k != missing}
     # httpx adds its own User-Agent unless we send an empty header set explicitly.
     request = api.build_request(method, path, headers=headers)
@@ -49,13 +54,15 @@ def test_missing_header_is_named(api, device, method, path, missing):
         ("X-Client-Type", "web"),
     ],
 )
-def test_malformed_header_is_named(api, device, method, path, header, value):
+def test_malformed_header_is_named(
+    api: httpx.Client, device: ProvisionedDevice, method: Any, path: Any, header: str, value: str
+) -> None:
     headers = headers_for(path, device) | {header: value}
     body = problem(api.request(method, path, headers=headers), 400, "invalid_header")
     assert header in body["detail"]
 
 
-def test_semver_prerelease_and_build_accepted(api, device):
+def test_semver_prerelease_and_build_accepted(api: httpx.Client, device: ProvisionedDevice) -> None:
     for version in ("1.4.2-rc.1+build.7", "2.0.0+sha.abc"):
         ua = f"Viopay-POS/{version} (Android 12; PAX-A920)"
         assert (
@@ -65,7 +72,9 @@ def test_semver_prerelease_and_build_accepted(api, device):
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS[1:])
-def test_old_version_gets_426(api, device, method, path):
+def test_old_version_gets_426(
+    api: httpx.Client, device: ProvisionedDevice, method: Any, path: Any
+) -> None:
     ua = "Viopay-POS/0.9.9 (Android 12; PAX-A920)"
     body = problem(
         api.request(method, path, headers=headers_for(path, device, ua=ua)),
@@ -75,7 +84,7 @@ def test_old_version_gets_426(api, device, method, path):
     assert body["min_supported_version"] == "1.0.0"
 
 
-def test_prerelease_of_minimum_is_below_it(api, device):
+def test_prerelease_of_minimum_is_below_it(api: httpx.Client, device: ProvisionedDevice) -> None:
     ua = "Viopay-POS/1.0.0-beta (Android 12; PAX-A920)"
     problem(
         api.get("/pos/status", headers=signed_pos_headers(device, ua=ua)),
@@ -84,7 +93,9 @@ def test_prerelease_of_minimum_is_below_it(api, device):
     )
 
 
-def test_bootstrap_never_426_but_says_upgrade_required(api, device):
+def test_bootstrap_never_426_but_says_upgrade_required(
+    api: httpx.Client, device: ProvisionedDevice
+) -> None:
     ua = "Viopay-POS/0.9.9 (Android 12; PAX-A920)"
     response = api.post("/pos/bootstrap", headers=pos_headers(device.device_id, ua=ua))
     assert response.status_code == 200
@@ -96,7 +107,7 @@ def test_bootstrap_never_426_but_says_upgrade_required(api, device):
     assert body["server_time"].endswith("Z") and len(body["server_time"]) == 20
 
 
-def test_version_checked_before_device(api):
+def test_version_checked_before_device(api: httpx.Client) -> None:
     ua = "Viopay-POS/0.1.0 (Android 12; PAX-A920)"
     problem(
         api.get("/pos/status", headers=signed_pos_headers(GHOST, ua=ua)),
@@ -106,11 +117,11 @@ def test_version_checked_before_device(api):
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
-def test_unknown_device(api, method, path):
+def test_unknown_device(api: httpx.Client, method: Any, path: Any) -> None:
     problem(api.request(method, path, headers=headers_for(path, GHOST)), 404, "device_not_found")
 
 
-def test_disabled_device_is_403(api, admin, device):
+def test_disabled_device_is_403(api: httpx.Client, admin: Admin, device: ProvisionedDevice) -> None:
     assert admin.http.post(f"/admin/devices/{device.device_id}/disable").status_code == 200
     problem(
         api.post("/pos/bootstrap", headers=pos_headers(device.device_id)), 403, "device_disabled"
@@ -119,7 +130,7 @@ def test_disabled_device_is_403(api, admin, device):
     assert api.post("/pos/bootstrap", headers=pos_headers(device.device_id)).status_code == 200
 
 
-def test_body_over_64k_is_413_before_headers(api):
+def test_body_over_64k_is_413_before_headers(api: httpx.Client) -> None:
     response = api.post(
         "/pos/bootstrap",
         content=b"{" + b" " * 70_000 + b"}",
@@ -128,7 +139,7 @@ def test_body_over_64k_is_413_before_headers(api):
     problem(response, 413, "payload_too_large")
 
 
-def test_request_id_echoed_or_made(api, device):
+def test_request_id_echoed_or_made(api: httpx.Client, device: ProvisionedDevice) -> None:
     mine = api.post(
         "/pos/bootstrap", headers=pos_headers(device.device_id) | {"X-Request-Id": "abc.DEF-123_x"}
     )
@@ -139,22 +150,22 @@ def test_request_id_echoed_or_made(api, device):
     assert bad.headers["x-request-id"] != "has space" and len(bad.headers["x-request-id"]) >= 16
 
 
-def test_unknown_path_and_wrong_method(api):
+def test_unknown_path_and_wrong_method(api: httpx.Client) -> None:
     problem(api.get("/pos/nothing-here"), 404, "not_found")
     problem(api.delete("/pos/bootstrap"), 405, "method_not_allowed")
 
 
-def test_body_on_bodyless_endpoint_is_ignored(api, device):
+def test_body_on_bodyless_endpoint_is_ignored(api: httpx.Client, device: ProvisionedDevice) -> None:
     response = api.post("/pos/bootstrap", headers=pos_headers(device.device_id), content=b"garbage")
     assert response.status_code == 200
 
 
-def test_healthz_and_readyz(api):
+def test_healthz_and_readyz(api: httpx.Client) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/readyz").json() == {"status": "ok", "database": "ok", "cache": "ok"}
 
 
-def test_openapi_documents_every_endpoint_with_errors(api):
+def test_openapi_documents_every_endpoint_with_errors(api: httpx.Client) -> None:
     spec = api.get("/openapi.json").json()
     for path in (
         "/pos/bootstrap",
@@ -175,5 +186,5 @@ def test_openapi_documents_every_endpoint_with_errors(api):
     assert "Problem" in spec["components"]["schemas"]
 
 
-def test_ua_constant_is_valid():
+def test_ua_constant_is_valid() -> None:
     assert UA.startswith("Viopay-POS/")

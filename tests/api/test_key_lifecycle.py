@@ -10,7 +10,15 @@ from typing import Any
 import orjson
 import pytest
 
-from helpers import SEEN_SECRETS, Backend, MerchantCtx, Server, claim_with, problem, sdk_client
+from support.helpers import (
+    SEEN_SECRETS,
+    Backend,
+    MerchantCtx,
+    Server,
+    claim_with,
+    problem,
+    sdk_client,
+)
 from viopay_device import activate_device
 from viopay_device.protocol.kcv import hmac_kcv
 

@@ -22,8 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-import charge_kit as kit
-from helpers import UA, ProvisionedDevice, Server
+from support import charge_kit as kit
+from support.helpers import UA, Admin, Backend, MakeMerchant, ProvisionedDevice, Server
+from viopay.runtime import Runtime
 
 REQUESTS = 10_000
 SEED = 20261202
@@ -237,7 +238,7 @@ def _sendable(value: str) -> bool:
 # --- the database, table by table ------------------------------------------------------------
 
 
-async def snapshot(runtime: Any) -> dict[str, list[str]]:
+async def snapshot(runtime: Runtime) -> dict[str, list[str]]:
     """Every row of every table, as text, sorted: equal snapshots are equal databases."""
     from sqlalchemy import select
 
@@ -256,7 +257,7 @@ async def snapshot(runtime: Any) -> dict[str, list[str]]:
 
 @pytest.fixture
 async def target(
-    server: Server, admin: Any, make_merchant: Any, runtime: Any
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
 ) -> AsyncIterator[Target]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     charge = pos.charge(1250).json()
@@ -265,7 +266,7 @@ async def target(
     pos.close()
 
 
-def _in_process_app(runtime: Any) -> Any:
+def _in_process_app(runtime: Runtime) -> Any:
     from viopay.app import create_app
 
     return create_app(runtime.settings)
@@ -274,7 +275,7 @@ def _in_process_app(runtime: Any) -> Any:
 # app.py's default ORJSONResponse warns in-process (the servers run with default filters).
 @pytest.mark.filterwarnings("ignore::fastapi.exceptions.FastAPIDeprecationWarning")
 async def test_ten_thousand_bad_requests_answer_4xx_and_change_nothing(
-    runtime: Any, target: Target, backend: Any
+    runtime: Runtime, target: Target, backend: Backend
 ) -> None:
     rng = random.Random(SEED)
     app = _in_process_app(runtime)

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-import charge_kit as kit
-from helpers import MerchantCtx, Server, client_token
+from support import charge_kit as kit
+from support.helpers import MerchantCtx, Server, client_token
 
 DECLINED = {"pan": "4000000000000002", "expiry": "3012"}
 MASTERCARD = {"pan": "5555555555554444", "expiry": "3012"}

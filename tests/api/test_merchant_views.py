@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from helpers import problem, signed_pos_headers
+import httpx
+
+from support.helpers import (
+    Admin,
+    MakeMerchant,
+    MerchantCtx,
+    ProvisionedDevice,
+    problem,
+    signed_pos_headers,
+)
 
 
-def claim(api, admin, owner, label=None):
+def claim(
+    api: httpx.Client, admin: Admin, owner: MerchantCtx, label: str | None = None
+) -> ProvisionedDevice:
     device = admin.provision()
     code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     response = owner.http.post("/pos/claim", json={"pairing_code": code, "label": label})
@@ -13,7 +24,9 @@ def claim(api, admin, owner, label=None):
     return device
 
 
-def test_device_list_pages_newest_first(api, admin, make_merchant):
+def test_device_list_pages_newest_first(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     owner = make_merchant()
     ids = [claim(api, admin, owner, f"till {i}").device_id for i in range(3)]
     first = owner.http.get("/merchant/devices", params={"limit": 2}).json()
@@ -47,7 +60,9 @@ def test_device_list_pages_newest_first(api, admin, make_merchant):
     problem(owner.http.get("/merchant/devices", params={"cursor": "%%%"}), 400, "invalid_request")
 
 
-def test_other_merchants_device_is_not_found(api, admin, make_merchant):
+def test_other_merchants_device_is_not_found(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     owner, stranger = make_merchant(), make_merchant()
     device = claim(api, admin, owner)
     problem(stranger.http.get(f"/merchant/devices/{device.device_id}"), 404, "not_found")
@@ -58,13 +73,15 @@ def test_other_merchants_device_is_not_found(api, admin, make_merchant):
     )
 
 
-def test_staff_reads_but_cannot_change(api, admin, make_merchant):
+def test_staff_reads_but_cannot_change(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     owner = make_merchant()
     device = claim(api, admin, owner)
     staff_client = admin.client(merchant_id=owner.merchant_id, role="staff")
     import httpx
 
-    from helpers import client_token
+    from support.helpers import client_token
 
     token = client_token(
         str(owner.http.base_url).rstrip("/"),
@@ -83,7 +100,9 @@ def test_staff_reads_but_cannot_change(api, admin, make_merchant):
         assert staff.get("/merchant/events").status_code == 200
 
 
-def test_disable_enable_release(api, admin, make_merchant):
+def test_disable_enable_release(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     owner = make_merchant()
     device = claim(api, admin, owner)
     disabled = owner.http.post(f"/merchant/devices/{device.device_id}/disable").json()
@@ -105,7 +124,9 @@ def test_disable_enable_release(api, admin, make_merchant):
     assert api.post("/pos/pairing-code", headers=signed_pos_headers(device)).status_code == 201
 
 
-def test_events_record_who_did_what(api, admin, make_merchant):
+def test_events_record_who_did_what(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     owner = make_merchant()
     device = claim(api, admin, owner, "Front")
     owner.http.post(f"/merchant/devices/{device.device_id}/disable")

@@ -9,16 +9,16 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import charge_kit as kit
-from helpers import SERVER_LOGS, Server, _free_port
+from support import charge_kit as kit
+from support.helpers import SERVER_LOGS, Admin, Backend, MakeMerchant, Server, free_port
+from viopay.runtime import Runtime
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 DECLINED = {"pan": "4000000000000002", "expiry": "3012"}
@@ -40,8 +40,8 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 @pytest.fixture
 async def terminal(
-    server: Server, admin: Any, make_merchant: Any, runtime: Any
-) -> Iterator[kit.PosTerminal]:
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
@@ -85,10 +85,10 @@ def test_metrics_show_requests_charges_replays_and_refusals(
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
-def test_workers_share_one_exposition(backend: Any, tmp_path: Path) -> None:
+def test_workers_share_one_exposition(backend: Backend, tmp_path: Path) -> None:
     """With --workers 2 every worker writes under PROMETHEUS_MULTIPROC_DIR and /metrics sums
     them: the count of requests is exact whichever worker answered which request."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "workers.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(

@@ -5,22 +5,34 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
 
-from helpers import problem, signed_pos_headers
+from support.helpers import (
+    Admin,
+    Backend,
+    MakeMerchant,
+    ProvisionedDevice,
+    Server,
+    present,
+    problem,
+    signed_pos_headers,
+)
+from viopay.runtime import Runtime
 
 ALPHABET = set("ABCDEFGHJKMNPQRSTUVWXYZ23456789")
 
 
-def new_code(api, device) -> str:
+def new_code(api: httpx.Client, device: ProvisionedDevice) -> str:
     response = api.post("/pos/pairing-code", headers=signed_pos_headers(device))
     assert response.status_code == 201, response.text
-    return response.json()["pairing_code"]
+    code: str = response.json()["pairing_code"]
+    return code
 
 
-def test_pairing_code_shape(api, admin):
+def test_pairing_code_shape(api: httpx.Client, admin: Admin) -> None:
     device = admin.provision()
     response = api.post("/pos/pairing-code", headers=signed_pos_headers(device))
     assert response.status_code == 201
@@ -40,14 +52,14 @@ def test_pairing_code_shape(api, admin):
     }
 
 
-def test_codes_use_only_the_alphabet(api, admin):
+def test_codes_use_only_the_alphabet(api: httpx.Client, admin: Admin) -> None:
     device = admin.provision()
     seen = "".join(new_code(api, device) for _ in range(10))
     assert set(seen) <= ALPHABET
     assert not set(seen) & set("ILO01")
 
 
-def test_pairing_code_rate_limit(api, admin):
+def test_pairing_code_rate_limit(api: httpx.Client, admin: Admin) -> None:
     device = admin.provision()
     for _ in range(10):
         new_code(api, device)
@@ -56,7 +68,9 @@ def test_pairing_code_rate_limit(api, admin):
     assert int(response.headers["retry-after"]) > 0
 
 
-def test_new_code_replaces_old(api, admin, make_merchant):
+def test_new_code_replaces_old(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     device = admin.provision()
     old = new_code(api, device)
     new = new_code(api, device)
@@ -65,7 +79,7 @@ def test_new_code_replaces_old(api, admin, make_merchant):
     assert owner.http.post("/pos/claim", json={"pairing_code": new}).status_code == 200
 
 
-def test_claim_happy_path(api, admin, make_merchant):
+def test_claim_happy_path(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> None:
     device = admin.provision()
     code = new_code(api, device)
     owner = make_merchant(currency="EUR", country="DE")
@@ -83,7 +97,9 @@ def test_claim_happy_path(api, admin, make_merchant):
     problem(api.post("/pos/pairing-code", headers=signed_pos_headers(device)), 409, "invalid_state")
 
 
-def test_label_defaults_to_null(api, admin, make_merchant):
+def test_label_defaults_to_null(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     device = admin.provision()
     body = (
         make_merchant().http.post("/pos/claim", json={"pairing_code": new_code(api, device)}).json()
@@ -91,7 +107,9 @@ def test_label_defaults_to_null(api, admin, make_merchant):
     assert body["label"] is None
 
 
-def test_used_unknown_and_expired_codes_answer_alike(api, admin, make_merchant, backend):
+def test_used_unknown_and_expired_codes_answer_alike(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant, backend: Backend
+) -> None:
     owner = make_merchant()
     device = admin.provision()
     code = new_code(api, device)
@@ -107,12 +125,14 @@ def test_used_unknown_and_expired_codes_answer_alike(api, admin, make_merchant, 
 @pytest.mark.parametrize(
     "body", [{}, {"pairing_code": None}, {"pairing_code": 123456}, {"pairing_code": " - "}]
 )
-def test_missing_or_non_string_code_is_400(make_merchant, body):
+def test_missing_or_non_string_code_is_400(
+    make_merchant: MakeMerchant, body: dict[str, Any]
+) -> None:
     owner = make_merchant()
     problem(owner.http.post("/pos/claim", json=body), 400, "invalid_request")
 
 
-def test_claim_body_must_be_json(make_merchant):
+def test_claim_body_must_be_json(make_merchant: MakeMerchant) -> None:
     owner = make_merchant()
     problem(
         owner.http.post(
@@ -130,7 +150,7 @@ def test_claim_body_must_be_json(make_merchant):
     )
 
 
-def test_staff_cannot_claim(api, admin, make_merchant):
+def test_staff_cannot_claim(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> None:
     device = admin.provision()
     staff = make_merchant("staff")
     problem(
@@ -140,8 +160,10 @@ def test_staff_cannot_claim(api, admin, make_merchant):
     )
 
 
-def test_claim_without_session_or_token(api, admin, member_client, server):
-    from helpers import client_token
+def test_claim_without_session_or_token(
+    api: httpx.Client, admin: Admin, member_client: dict[str, Any], server: Server
+) -> None:
+    from support.helpers import client_token
 
     token = client_token(server.url, member_client["client_id"], member_client["client_secret"])
     no_session = api.post(
@@ -161,7 +183,9 @@ def test_claim_without_session_or_token(api, admin, member_client, server):
     problem(wrong_scheme, 401, "unauthorized")
 
 
-def test_brute_force_limit_blocks_even_the_right_code(api, admin, make_merchant):
+def test_brute_force_limit_blocks_even_the_right_code(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant
+) -> None:
     device = admin.provision()
     code = new_code(api, device)
     owner = make_merchant()
@@ -177,7 +201,9 @@ def test_brute_force_limit_blocks_even_the_right_code(api, admin, make_merchant)
     assert api.get("/pos/status", headers=signed_pos_headers(device)).json()["status"] == "inactive"
 
 
-def test_one_code_two_claimers_exactly_one_wins(api, admin, make_merchant, server, server_b):
+def test_one_code_two_claimers_exactly_one_wins(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant, server: Server, server_b: Server
+) -> None:
     for _ in range(3):
         device = admin.provision()
         code = new_code(api, device)
@@ -197,7 +223,7 @@ def test_one_code_two_claimers_exactly_one_wins(api, admin, make_merchant, serve
         assert status["merchant"]["id"] == winner["merchant_id"]
 
 
-def test_status_rate_limit_across_processes(admin, server, server_b):
+def test_status_rate_limit_across_processes(admin: Admin, server: Server, server_b: Server) -> None:
     device = admin.provision()
     urls = [server.url, server_b.url]
     for i in range(30):
@@ -215,7 +241,9 @@ def test_status_rate_limit_across_processes(admin, server, server_b):
     )
 
 
-def test_device_provisioned_on_one_process_works_on_the_other(admin, server_b, make_merchant):
+def test_device_provisioned_on_one_process_works_on_the_other(
+    admin: Admin, server_b: Server, make_merchant: MakeMerchant
+) -> None:
     device = admin.provision()
     with httpx.Client(base_url=server_b.url) as b:
         code = new_code(b, device)
@@ -223,7 +251,9 @@ def test_device_provisioned_on_one_process_works_on_the_other(admin, server_b, m
     assert owner.http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
 
 
-async def test_expired_code_is_refused(api, admin, make_merchant, runtime):
+async def test_expired_code_is_refused(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> None:
     """A code issued 301 s ago (by the service with an injected clock) is dead."""
     from viopay.devices import service
     from viopay.devices.models import Device
@@ -231,7 +261,7 @@ async def test_expired_code_is_refused(api, admin, make_merchant, runtime):
 
     device = admin.provision()
     async with runtime.sessions() as db, db.begin():
-        row = await db.get(Device, device.device_id)
+        row = present(await db.get(Device, device.device_id))
         code, expires_at = await service.issue_pairing_code(
             db,
             runtime.cache,
@@ -245,14 +275,16 @@ async def test_expired_code_is_refused(api, admin, make_merchant, runtime):
     assert status["pairing_code_expires_at"] is None and status["status"] == "inactive"
 
 
-async def test_live_code_just_before_expiry_is_claimable(admin, make_merchant, runtime):
+async def test_live_code_just_before_expiry_is_claimable(
+    admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> None:
     from viopay.devices import service
     from viopay.devices.models import Device
     from viopay.ids import utcnow
 
     device = admin.provision()
     async with runtime.sessions() as db, db.begin():
-        row = await db.get(Device, device.device_id)
+        row = present(await db.get(Device, device.device_id))
         code, _ = await service.issue_pairing_code(
             db,
             runtime.cache,

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -22,18 +23,18 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
-from helpers import Server
+from support.helpers import Admin, Backend, Server
 
 EXAMPLES_PER_OPERATION = 8
 CASES: Counter[str] = Counter()
 
 
 @pytest.fixture(scope="session")
-def tokens(admin: Any, member_client: dict[str, Any], server: Server) -> dict[str, str]:
+def tokens(admin: Admin, member_client: dict[str, Any], server: Server) -> dict[str, str]:
     """Bearer tokens: the operator's, and a merchant owner's with an initiated session."""
     import httpx
 
-    from helpers import client_token
+    from support.helpers import client_token
 
     merchant = admin.merchant(name="Fuzzed Cafe")
     client = admin.client(merchant_id=merchant["merchant_id"], role="owner")
@@ -48,7 +49,7 @@ def tokens(admin: Any, member_client: dict[str, Any], server: Server) -> dict[st
 
 
 @pytest.fixture(scope="module", autouse=True)
-def report(backend: Any) -> Iterator[None]:
+def report(backend: Backend) -> Iterator[None]:
     yield
     print(f"\nschema fuzzing ({backend.name}): {CASES[backend.name]} generated requests, no 5xx")
 
@@ -86,7 +87,7 @@ def _document() -> dict[str, Any]:
 schema = schemathesis.openapi.from_dict(_document())
 
 
-def test_the_fuzzed_document_is_the_served_one(api: Any) -> None:
+def test_the_fuzzed_document_is_the_served_one(api: httpx.Client) -> None:
     assert api.get("/openapi.json").json() == _document()
 
 
@@ -98,7 +99,7 @@ def test_the_fuzzed_document_is_the_served_one(api: Any) -> None:
     suppress_health_check=list(HealthCheck),
 )
 def test_every_operation_answers_within_its_document(
-    case: Any, tokens: dict[str, str], backend: Any, server: Server
+    case: Any, tokens: dict[str, str], backend: Backend, server: Server
 ) -> None:
     headers: dict[str, str] = {}
     if case.operation.definition.raw.get("security") == [{"bearer": []}]:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
-from helpers import SEEN_SECRETS
+from support.helpers import SEEN_SECRETS, Backend, MakeMerchant, Server
 from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
 
-def sdk_client(server, device_id: str, key_id: str, secret_hex: str, **kwargs) -> DeviceClient:
+def sdk_client(
+    server: Server, device_id: str, key_id: str, secret_hex: str, **kwargs: Any
+) -> DeviceClient:
     store = MemoryKeyStore(identity=IdentityKey(key_id=key_id, secret=bytes.fromhex(secret_hex)))
     return DeviceClient(server.url, device_id=device_id, key_store=store, **kwargs)
 
 
-def test_cli_provisioned_device_is_claimed_through_the_sdk(backend, server, make_merchant):
+def test_cli_provisioned_device_is_claimed_through_the_sdk(
+    backend: Backend, server: Server, make_merchant: MakeMerchant
+) -> None:
     provisioned = backend.cli(
         "device", "provision", "POS-" + __import__("secrets").token_hex(4).upper()
     )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
 import jwt
 import pytest
 
-from helpers import client_token, problem
+from support.helpers import Admin, MakeMerchant, Server, client_token, problem
+from viopay.runtime import Runtime
 
 
-def test_wrong_client_credentials(api, member_client):
+def test_wrong_client_credentials(api: httpx.Client, member_client: dict[str, Any]) -> None:
     for creds in (
         {"client_id": member_client["client_id"], "client_secret": "vsk_wrong"},
         {"client_id": "cli_doesnotexist", "client_secret": member_client["client_secret"]},
@@ -17,7 +21,9 @@ def test_wrong_client_credentials(api, member_client):
     problem(api.post("/client/session", json={"client_id": "x"}), 400, "invalid_request")
 
 
-def test_token_is_an_es256_jwt_verifiable_with_the_jwks(api, server, member_client):
+def test_token_is_an_es256_jwt_verifiable_with_the_jwks(
+    api: httpx.Client, server: Server, member_client: dict[str, Any]
+) -> None:
     token = client_token(server.url, member_client["client_id"], member_client["client_secret"])
     jwks = api.get("/.well-known/jwks.json").json()
     key = jwt.PyJWKSet.from_dict(jwks).keys[0]
@@ -26,7 +32,9 @@ def test_token_is_an_es256_jwt_verifiable_with_the_jwks(api, server, member_clie
     assert claims["sid"] and claims["exp"] > claims["iat"]
 
 
-def test_session_initiate_shapes(make_merchant, admin, server, member_client):
+def test_session_initiate_shapes(
+    make_merchant: MakeMerchant, admin: Admin, server: Server, member_client: dict[str, Any]
+) -> None:
     owner = make_merchant()
     again = owner.http.post("/session/initiate", json={"merchant_id": owner.merchant_id})
     assert again.status_code == 201
@@ -35,7 +43,9 @@ def test_session_initiate_shapes(make_merchant, admin, server, member_client):
     assert body["session_id"].startswith("ses_") and body["expires_at"].endswith("Z")
 
 
-def test_initiate_for_foreign_or_unknown_merchant_is_forbidden_alike(make_merchant, admin):
+def test_initiate_for_foreign_or_unknown_merchant_is_forbidden_alike(
+    make_merchant: MakeMerchant, admin: Admin
+) -> None:
     owner = make_merchant()
     other = admin.merchant(name="Other")
     foreign = owner.http.post("/session/initiate", json={"merchant_id": other["merchant_id"]})
@@ -44,7 +54,9 @@ def test_initiate_for_foreign_or_unknown_merchant_is_forbidden_alike(make_mercha
     assert a["detail"] == b["detail"]
 
 
-def test_second_initiate_replaces_the_first(make_merchant, admin, api):
+def test_second_initiate_replaces_the_first(
+    make_merchant: MakeMerchant, admin: Admin, api: httpx.Client
+) -> None:
     owner = make_merchant()
     second = admin.merchant(name="Second shop")
     admin.add_member(second["merchant_id"], owner.subject, "staff")
@@ -58,7 +70,9 @@ def test_second_initiate_replaces_the_first(make_merchant, admin, api):
     problem(owner.http.post("/pos/claim", json={"pairing_code": "ABCDEF"}), 403, "forbidden")
 
 
-def test_session_is_bound_to_the_token(api, make_merchant, admin, server):
+def test_session_is_bound_to_the_token(
+    api: httpx.Client, make_merchant: MakeMerchant, admin: Admin, server: Server
+) -> None:
     owner = make_merchant()
     second = admin.client(merchant_id=owner.merchant_id, role="owner")
     token = client_token(server.url, second["client_id"], second["client_secret"])
@@ -69,12 +83,12 @@ def test_session_is_bound_to_the_token(api, make_merchant, admin, server):
 
 
 @pytest.mark.parametrize("path", ["/admin/devices", "/admin/merchants", "/admin/clients"])
-def test_admin_api_needs_the_admin_role(make_merchant, path):
+def test_admin_api_needs_the_admin_role(make_merchant: MakeMerchant, path: str) -> None:
     owner = make_merchant()
     problem(owner.http.post(path, json={}), 403, "forbidden")
 
 
-def test_admin_provision_shapes_and_conflict(admin):
+def test_admin_provision_shapes_and_conflict(admin: Admin) -> None:
     import secrets
 
     created = admin.http.post(
@@ -99,7 +113,7 @@ def test_admin_provision_shapes_and_conflict(admin):
     )
 
 
-def test_identity_keys_add_and_revoke(admin):
+def test_identity_keys_add_and_revoke(admin: Admin) -> None:
     device = admin.provision(key_id="first-key")
     added = admin.http.post(
         f"/admin/devices/{device.device_id}/identity-keys", json={"key_id": "second-key"}
@@ -119,7 +133,7 @@ def test_identity_keys_add_and_revoke(admin):
     )
 
 
-def test_admin_merchant_defaults_and_validation(admin):
+def test_admin_merchant_defaults_and_validation(admin: Admin) -> None:
     merchant = admin.merchant(name="Defaults")
     assert (merchant["currency"], merchant["country"], merchant["timezone"]) == ("USD", "US", "UTC")
     bad = admin.http.post(
@@ -129,7 +143,7 @@ def test_admin_merchant_defaults_and_validation(admin):
     assert {e["field"] for e in body["errors"]} == {"currency", "timezone"}
 
 
-def test_admin_clients_validation(admin):
+def test_admin_clients_validation(admin: Admin) -> None:
     problem(
         admin.http.post(
             "/admin/clients", json={"admin": True, "merchant_id": "mer_x", "role": "owner"}
@@ -144,7 +158,7 @@ def test_admin_clients_validation(admin):
     )
 
 
-async def test_session_follows_a_refreshed_token(runtime):
+async def test_session_follows_a_refreshed_token(runtime: Runtime) -> None:
     """Same sid, later exp: the session lasts with the new token (never past 12 h from its start)."""
     from datetime import timedelta
 

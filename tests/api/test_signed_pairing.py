@@ -5,18 +5,26 @@ the device belongs to. ``VIOPAY_PAIRING_SIGNATURE=off`` keeps the original flow.
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 import httpx
 import pytest
 
-from helpers import SEEN_SECRETS, ProvisionedDevice, pos_headers, problem, signed_pos_headers
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    ProvisionedDevice,
+    Server,
+    pos_headers,
+    problem,
+    signed_pos_headers,
+)
+from viopay.runtime import Runtime
 
 ENDPOINTS = [("POST", "/pos/pairing-code"), ("GET", "/pos/status")]
 
 
 @pytest.fixture
-def device(admin: Any) -> ProvisionedDevice:
+def device(admin: Admin) -> ProvisionedDevice:
     provisioned: ProvisionedDevice = admin.provision()
     return provisioned
 
@@ -33,7 +41,7 @@ def test_knowing_the_device_id_is_not_enough(
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
 def test_a_wrong_secret_or_key_is_401(
-    api: httpx.Client, admin: Any, device: ProvisionedDevice, method: str, path: str
+    api: httpx.Client, admin: Admin, device: ProvisionedDevice, method: str, path: str
 ) -> None:
     forged = signed_pos_headers(device, secret=secrets.token_bytes(32))
     problem(api.request(method, path, headers=forged), 401, "invalid_signature")
@@ -69,15 +77,15 @@ def test_the_nonce_is_shared_with_attest_and_spent_once(
 
 
 def test_a_revoked_key_cannot_pair(
-    api: httpx.Client, admin: Any, device: ProvisionedDevice
+    api: httpx.Client, admin: Admin, device: ProvisionedDevice
 ) -> None:
     revoked = admin.http.delete(f"/admin/devices/{device.device_id}/identity-keys/{device.key_id}")
     assert revoked.status_code == 200, revoked.text
     problem(api.post("/pos/pairing-code", headers=signed_pos_headers(device)), 401, "key_revoked")
 
 
-def test_the_sdk_signs_pairing_and_status(server: Any, device: ProvisionedDevice) -> None:
-    from helpers import sdk_client
+def test_the_sdk_signs_pairing_and_status(server: Server, device: ProvisionedDevice) -> None:
+    from support.helpers import sdk_client
 
     client = sdk_client(server.url, device)
     try:
@@ -90,7 +98,7 @@ def test_the_sdk_signs_pairing_and_status(server: Any, device: ProvisionedDevice
 
 # app.py's default ORJSONResponse warns in-process (the servers run with default filters).
 @pytest.mark.filterwarnings("ignore::fastapi.exceptions.FastAPIDeprecationWarning")
-async def test_off_keeps_the_original_flow(runtime: Any, device: ProvisionedDevice) -> None:
+async def test_off_keeps_the_original_flow(runtime: Runtime, device: ProvisionedDevice) -> None:
     from viopay.app import create_app
 
     settings = runtime.settings.model_copy(update={"pairing_signature": "off"})

@@ -7,6 +7,7 @@ client-credentials grant over httpx's transport.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -84,12 +85,12 @@ class FakeRealm:
 
 
 @pytest.fixture
-def realm():
+def realm() -> FakeRealm:
     return FakeRealm()
 
 
 @pytest.fixture
-async def verifier(realm):
+async def verifier(realm: FakeRealm) -> AsyncIterator[OidcVerifier]:
     v = OidcVerifier(
         provider=OidcProvider(
             issuer=ISSUER, client=httpx.AsyncClient(transport=httpx.MockTransport(realm.handler))
@@ -100,7 +101,7 @@ async def verifier(realm):
     await v.close()
 
 
-async def test_valid_token(verifier, realm):
+async def test_valid_token(verifier: OidcVerifier, realm: FakeRealm) -> None:
     principal = await verifier.verify(realm.token())
     assert (
         principal.subject == "user-1" and principal.is_admin and principal.session_key == "sess-abc"
@@ -108,7 +109,9 @@ async def test_valid_token(verifier, realm):
     assert principal.kind == "user"
 
 
-async def test_session_key_falls_back_to_token_hash(verifier, realm):
+async def test_session_key_falls_back_to_token_hash(
+    verifier: OidcVerifier, realm: FakeRealm
+) -> None:
     token = realm.token(sid=None)
     principal = await verifier.verify(token)
     import hashlib
@@ -116,7 +119,7 @@ async def test_session_key_falls_back_to_token_hash(verifier, realm):
     assert principal.session_key == hashlib.sha256(token.encode()).hexdigest()
 
 
-async def test_unknown_kid_refetches_jwks_once(verifier, realm):
+async def test_unknown_kid_refetches_jwks_once(verifier: OidcVerifier, realm: FakeRealm) -> None:
     await verifier.verify(realm.token())
     realm.keys["k2"] = ec.generate_private_key(ec.SECP256R1())  # the realm rotates its keys
     verifier.provider.jwks_refresh_seconds = 0.0  # the last fetch is past the refetch interval
@@ -126,7 +129,9 @@ async def test_unknown_kid_refetches_jwks_once(verifier, realm):
         await verifier.verify(realm.token(kid="k2").replace(".", ".x", 1))
 
 
-async def test_unknown_kid_within_interval_is_not_refetched(verifier, realm):
+async def test_unknown_kid_within_interval_is_not_refetched(
+    verifier: OidcVerifier, realm: FakeRealm
+) -> None:
     await verifier.verify(realm.token())
     realm.keys["k3"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with pytest.raises(Unauthorized):
@@ -143,19 +148,21 @@ async def test_unknown_kid_within_interval_is_not_refetched(verifier, realm):
         {"nbf": 600},
     ],
 )
-async def test_claim_checks(verifier, realm, claims):
+async def test_claim_checks(
+    verifier: OidcVerifier, realm: FakeRealm, claims: dict[str, Any]
+) -> None:
     # Time-relative claims are offsets from now, resolved when the test runs (never at collection).
     resolved = {k: int(time.time()) + v if k in ("exp", "nbf") else v for k, v in claims.items()}
     with pytest.raises(Unauthorized):
         await verifier.verify(realm.token(**resolved))
 
 
-async def test_azp_stands_for_audience(verifier, realm):
+async def test_azp_stands_for_audience(verifier: OidcVerifier, realm: FakeRealm) -> None:
     principal = await verifier.verify(realm.token(aud="account", azp="viopay"))
     assert principal.subject == "user-1"
 
 
-async def test_token_signed_by_another_key(verifier, realm):
+async def test_token_signed_by_another_key(verifier: OidcVerifier, realm: FakeRealm) -> None:
     forged = jwt.encode(
         {"iss": ISSUER, "aud": "viopay", "sub": "x", "exp": int(time.time()) + 60},
         rsa.generate_private_key(public_exponent=65537, key_size=2048),
@@ -166,14 +173,14 @@ async def test_token_signed_by_another_key(verifier, realm):
         await verifier.verify(forged)
 
 
-async def test_client_credentials(verifier, realm):
+async def test_client_credentials(verifier: OidcVerifier, realm: FakeRealm) -> None:
     token = await verifier.client_credentials("svc", "right")
     assert (await verifier.verify(token["access_token"])).kind == "client"
     with pytest.raises(Unauthorized):
         await verifier.client_credentials("svc", "wrong")
 
 
-async def test_unreachable_provider_fails_closed(verifier, realm):
+async def test_unreachable_provider_fails_closed(verifier: OidcVerifier, realm: FakeRealm) -> None:
     realm.down = True
     with pytest.raises(ServiceUnavailable):
         await verifier.verify(realm.token())

@@ -1,5 +1,5 @@
 """Bearer tokens from a real OpenID provider (oidc-provider shaped like a Keycloak realm, see
-tests/oidc_kit.py), on both backends: the server finds it from VIOPAY_OIDC_ISSUER alone, takes
+tests/support/oidc_kit.py), on both backends: the server finds it from VIOPAY_OIDC_ISSUER alone, takes
 its client-credentials tokens with the roles of ``realm_access.roles``, refuses tokens for another
 audience, expired ones and ones signed by a key it never published, and follows a signing-key
 rotation without a restart.
@@ -15,8 +15,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from helpers import SEEN_SECRETS, Backend, _json
-from oidc_kit import OPS, REPORTS, STALE, OidcStack, oidc_stack
+from support.helpers import SEEN_SECRETS, Backend, expect_json
+from support.oidc_kit import OPS, REPORTS, STALE, OidcStack, oidc_stack
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def stack(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def _session_token(stack: OidcStack, client_id: str) -> str:
     """``POST /client/session``: the server runs the client-credentials grant at the provider."""
-    body = _json(
+    body = expect_json(
         httpx.post(
             f"{stack.server.url}/client/session",
             json={"client_id": client_id, "client_secret": stack.provider.secrets[client_id]},
@@ -60,7 +60,7 @@ def test_client_credentials_token_is_accepted_with_realm_roles(stack: OidcStack)
     assert claims["iss"] == stack.provider.issuer and claims["azp"] == OPS
     assert claims["realm_access"] == {"roles": ["viopay-admin"]}
     assert jwt.get_unverified_header(token)["kid"] in stack.provider.kids()
-    merchant = _json(_create_merchant(stack, token), 201)
+    merchant = expect_json(_create_merchant(stack, token), 201)
 
     # A service account without the realm role is no operator, but may be a merchant's member.
     reports = _session_token(stack, REPORTS)
@@ -69,7 +69,7 @@ def test_client_credentials_token_is_accepted_with_realm_roles(stack: OidcStack)
     assert denied.status_code == 403, denied.text
     subject = jwt.decode(reports, options={"verify_signature": False})["sub"]
     ops = httpx.Client(base_url=stack.server.url, headers={"Authorization": f"Bearer {token}"})
-    _json(
+    expect_json(
         ops.post(
             f"/admin/merchants/{merchant['merchant_id']}/members",
             json={"subject": subject, "role": "staff"},
@@ -78,11 +78,11 @@ def test_client_credentials_token_is_accepted_with_realm_roles(stack: OidcStack)
     )
     ops.close()
     staff = httpx.Client(base_url=stack.server.url, headers={"Authorization": f"Bearer {reports}"})
-    session = _json(
+    session = expect_json(
         staff.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}), 201
     )
     assert session["role"] == "staff"
-    assert _json(staff.get("/merchant/devices"), 200)["data"] == []
+    assert expect_json(staff.get("/merchant/devices"), 200)["data"] == []
     staff.close()
 
 
@@ -97,12 +97,14 @@ def test_wrong_client_secret_is_refused(stack: OidcStack) -> None:
 def test_a_token_for_another_audience_is_refused(stack: OidcStack) -> None:
     # Same provider, same key, same admin role: only the audience (the resource asked for) differs.
     grant = stack.provider.token(OPS, resource="urn:another-api")
-    token = _json(grant, 200)["access_token"]
+    token = expect_json(grant, 200)["access_token"]
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["aud"] == "urn:another-api" and claims["azp"] == OPS
     _refused(_create_merchant(stack, token))
     # The same grant for this server's audience is accepted.
-    _json(_create_merchant(stack, _json(stack.provider.token(OPS), 200)["access_token"]), 201)
+    expect_json(
+        _create_merchant(stack, expect_json(stack.provider.token(OPS), 200)["access_token"]), 201
+    )
 
 
 def test_an_expired_token_is_refused(stack: OidcStack) -> None:
@@ -124,7 +126,7 @@ def test_a_key_the_provider_never_published_is_refused(stack: OidcStack) -> None
 def test_a_signing_key_rotation_is_followed_without_a_restart(stack: OidcStack) -> None:
     before = _session_token(stack, OPS)
     old_kid = jwt.get_unverified_header(before)["kid"]
-    _json(_create_merchant(stack, before), 201)
+    expect_json(_create_merchant(stack, before), 201)
 
     new_kid = stack.provider.rotate_keys()
     assert new_kid != old_kid and stack.provider.kids() == [new_kid, old_kid]
@@ -136,7 +138,7 @@ def test_a_signing_key_rotation_is_followed_without_a_restart(stack: OidcStack) 
     while (answer := _create_merchant(stack, after)).status_code == 401:
         assert time.monotonic() < deadline, f"the new key was never taken: {answer.text}"
         time.sleep(0.25)
-    _json(answer, 201)
+    expect_json(answer, 201)
     assert stack.server.process.poll() is None  # no restart
     # A token of the old key, still published, is still good until it expires.
-    _json(_create_merchant(stack, before), 201)
+    expect_json(_create_merchant(stack, before), 201)

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -23,20 +24,20 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def env(tmp_path):
+def env(tmp_path: Path) -> dict[str, str]:
     """A data folder with a database (commands other than serve and migrate never make one)."""
     env = {"VIOPAY_DATA_DIR": str(tmp_path / "var")}
     assert run(env, "migrate").returncode == 0
     return env
 
 
-def test_migrate_prints_revision(env):
+def test_migrate_prints_revision(env: dict[str, str]) -> None:
     done = run(env, "migrate", "--json")
     assert done.returncode == 0, done.stderr
     assert re.fullmatch(r"\d{8}_\d{4}", orjson.loads(done.stdout)["revision"])
 
 
-def test_provision_shows_secret_once_as_lower_hex(env, tmp_path):
+def test_provision_shows_secret_once_as_lower_hex(env: dict[str, str], tmp_path: Path) -> None:
     done = run(
         env, "device", "provision", "POS-8F3A2C91", "--key-id", "device-id-key-2025-01", "--json"
     )
@@ -58,7 +59,7 @@ def test_provision_shows_secret_once_as_lower_hex(env, tmp_path):
     assert orjson.loads(again.stdout)["code"] == "invalid_state"  # --json: one problem on stdout
 
 
-def test_add_and_revoke_key(env):
+def test_add_and_revoke_key(env: dict[str, str]) -> None:
     assert run(env, "device", "provision", "POS-00000001", "--json").returncode == 0
     added = orjson.loads(
         run(env, "device", "add-key", "POS-00000001", "--key-id", "k2", "--json").stdout
@@ -68,12 +69,12 @@ def test_add_and_revoke_key(env):
     assert revoked["device_id"] == "POS-00000001" and revoked["revoked_at"].endswith("Z")
 
 
-def test_bad_device_id_is_refused(env):
+def test_bad_device_id_is_refused(env: dict[str, str]) -> None:
     done = run(env, "device", "provision", "POS-abc", "--json")
     assert done.returncode == 2 and "upper-case hex" in done.stderr
 
 
-def test_merchant_and_clients(env):
+def test_merchant_and_clients(env: dict[str, str]) -> None:
     merchant = orjson.loads(
         run(
             env,
@@ -119,7 +120,7 @@ def test_merchant_and_clients(env):
     assert bad.returncode == 2 and "currency" in bad.stderr
 
 
-def test_human_output_warns_the_secret_is_shown_once(env):
+def test_human_output_warns_the_secret_is_shown_once(env: dict[str, str]) -> None:
     done = run(env, "device", "provision", "POS-00000002")
     assert done.returncode == 0 and "shown once" in done.stderr
 
@@ -133,7 +134,9 @@ def test_human_output_warns_the_secret_is_shown_once(env):
         ("VIOPAY_ROTATION_GRACE_SECONDS", "-1", "VIOPAY_ROTATION_GRACE_SECONDS"),
     ],
 )
-def test_bad_setting_gets_a_clear_message(env, name, value, message):
+def test_bad_setting_gets_a_clear_message(
+    env: dict[str, str], name: str, value: str, message: str
+) -> None:
     done = run(env | {name: value}, "migrate", "--json")
     assert done.returncode == 2
     assert message in done.stderr
@@ -141,11 +144,11 @@ def test_bad_setting_gets_a_clear_message(env, name, value, message):
     assert problem["code"] == "invalid_configuration" and message in problem["detail"]
 
 
-def test_postgres_without_master_key_is_refused(env):
+def test_postgres_without_master_key_is_refused(env: dict[str, str]) -> None:
     done = run(env | {"VIOPAY_DATABASE_URL": "postgresql://postgres@127.0.0.1/none"}, "migrate")
     assert done.returncode == 2 and "VIOPAY_MASTER_KEY" in done.stderr
 
 
-def test_workers_without_redis_is_refused(env):
+def test_workers_without_redis_is_refused(env: dict[str, str]) -> None:
     done = run(env, "serve", "--workers", "2")
     assert done.returncode == 2 and "VIOPAY_REDIS_URL" in done.stderr

@@ -7,11 +7,12 @@ import re
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
-from helpers import SEEN_SECRETS
+from support.helpers import SEEN_SECRETS, Backend, MakeMerchant, Server
 
 
-def test_demo_runs_green_on_its_own_embedded_server(tmp_path):
+def test_demo_runs_green_on_its_own_embedded_server(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIOPAY_")} | {"COLUMNS": "200"}
     done = subprocess.run(
         [sys.executable, "-m", "viopay_tools", "demo"],
@@ -47,7 +48,9 @@ def test_demo_runs_green_on_its_own_embedded_server(tmp_path):
     assert not (tmp_path / "var").exists()  # it kept its data in a scratch folder
 
 
-def test_demo_pair_only_waits_for_a_person(backend, server, make_merchant, tmp_path):
+def test_demo_pair_only_waits_for_a_person(
+    backend: Backend, server: Server, make_merchant: MakeMerchant, tmp_path: Path
+) -> None:
     """Its output goes to a file (``> file``), as an operator would send it: the code is there
     while the demo still waits (the output is not held back until it exits)."""
     env = {**os.environ, **backend.env, "COLUMNS": "200"}
@@ -86,8 +89,8 @@ def test_demo_pair_only_waits_for_a_person(backend, server, make_merchant, tmp_p
 
 
 def test_demo_with_an_existing_merchant_shows_its_payments_there(
-    backend, server, make_merchant, tmp_path
-):
+    backend: Backend, server: Server, make_merchant: MakeMerchant, tmp_path: Path
+) -> None:
     """``--merchant``: the merchant's own API (and so its portal) lists the demo's payments,
     and the demo's webhook endpoint is the merchant's."""
     owner = make_merchant()

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import typer
 
-from helpers import (
+from support.helpers import (
     PG_ADMIN_URL,
-    _create_pg_database,
-    _drop_pg_database,
-    _free_port,
-    _require_services,
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    require_services,
 )
 
 
@@ -61,12 +61,12 @@ def new_key() -> str:
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {"VIOPAY_DATA_DIR": str(tmp_path / "var")}
     if request.param == "postgres":
-        _require_services()
+        require_services()
         name = f"viopay_test_op_{secrets.token_hex(4)}"
-        _create_pg_database(name)
+        create_pg_database(name)
         base = PG_ADMIN_URL.rsplit("/", 1)[0]
         yield env | {"VIOPAY_DATABASE_URL": f"{base}/{name}"}
-        _drop_pg_database(name)
+        drop_pg_database(name)
     else:
         yield env
 
@@ -76,7 +76,7 @@ def test_another_master_key_is_refused_by_every_command(database: dict[str, str]
     made = run(database | {"VIOPAY_MASTER_KEY": first}, "migrate", "--json")
     assert made.returncode == 0, made.stderr
     wrong = database | {"VIOPAY_MASTER_KEY": other}
-    serve = ("serve", "--port", str(_free_port()))
+    serve = ("serve", "--port", str(free_port()))
     for args in (("migrate",), ("merchant", "create", "--name", "X"), serve):
         refused(run(wrong, *args), "VIOPAY_MASTER_KEY is not the master key this database")
     again = run(database | {"VIOPAY_MASTER_KEY": first}, "merchant", "create", "--name", "Y")

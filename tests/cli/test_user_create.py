@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -24,7 +25,7 @@ def run(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.Complete
 
 
 @pytest.fixture
-def merchant(tmp_path):
+def merchant(tmp_path: Path) -> tuple[dict[str, str], str]:
     env = {"VIOPAY_DATA_DIR": str(tmp_path / "var")}
     assert run(env, "migrate").returncode == 0
     done = run(env, "merchant", "create", "--name", "Corner Coffee", "--json")
@@ -32,7 +33,9 @@ def merchant(tmp_path):
     return env, orjson.loads(done.stdout)["merchant_id"]
 
 
-def test_create_prints_one_document_and_keeps_only_a_hash(merchant, tmp_path):
+def test_create_prints_one_document_and_keeps_only_a_hash(
+    merchant: tuple[dict[str, str], str], tmp_path: Path
+) -> None:
     env, merchant_id = merchant
     password = "correct horse battery staple"
     done = run(
@@ -65,7 +68,7 @@ def test_create_prints_one_document_and_keeps_only_a_hash(merchant, tmp_path):
     assert password.encode() not in database and b"$argon2id$" in database
 
 
-def test_emails_are_unique_whatever_their_case(merchant):
+def test_emails_are_unique_whatever_their_case(merchant: tuple[dict[str, str], str]) -> None:
     env, merchant_id = merchant
     args = (
         "user",
@@ -84,7 +87,7 @@ def test_emails_are_unique_whatever_their_case(merchant):
     assert again.returncode == 1 and "already exists" in again.stderr and again.stdout == ""
 
 
-def test_bad_input_is_refused(merchant):
+def test_bad_input_is_refused(merchant: tuple[dict[str, str], str]) -> None:
     env, merchant_id = merchant
     args = ("user", "create", "--merchant", merchant_id, "--role", "owner", "--password-stdin")
     short = run(env, *args, "--email", "cy@example.com", stdin="short")
@@ -117,7 +120,9 @@ def test_bad_input_is_refused(merchant):
     assert role.returncode == 2
 
 
-def test_the_password_is_prompted_for_twice_without_password_stdin(merchant):
+def test_the_password_is_prompted_for_twice_without_password_stdin(
+    merchant: tuple[dict[str, str], str],
+) -> None:
     env, merchant_id = merchant
     done = run(
         env,

@@ -12,21 +12,31 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select, update
 
-import charge_kit as kit
-from helpers import SEEN_SECRETS, MerchantCtx, Server, _json, problem
+from support import charge_kit as kit
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    MakeMerchant,
+    MerchantCtx,
+    Server,
+    expect_json,
+    present,
+    problem,
+)
+from support.webhook_receiver import Receiver, running_receiver
 from viopay.fleet.models import TimerLease
 from viopay.fleet.service import take_lease
 from viopay.ids import utcnow
 from viopay.keysets.models import KeySet
+from viopay.runtime import Runtime
 from viopay_device import HeartbeatSchedule
-from webhook_receiver import Receiver, running_receiver
 
 HEARTBEAT = "/pos/heartbeat"
 
 
 @pytest.fixture
 async def terminal(
-    server: Server, admin: Any, make_merchant: Any, runtime: Any
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
 ) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
@@ -40,7 +50,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def device_view(pos: kit.PosTerminal) -> dict[str, Any]:
-    return _json(pos.merchant.http.get(f"/merchant/devices/{pos.device.device_id}"), 200)
+    return expect_json(pos.merchant.http.get(f"/merchant/devices/{pos.device.device_id}"), 200)
 
 
 def beat(pos: kit.PosTerminal, **report: Any) -> dict[str, Any]:
@@ -48,18 +58,18 @@ def beat(pos: kit.PosTerminal, **report: Any) -> dict[str, Any]:
 
 
 def event_types(merchant: MerchantCtx, device_id: str) -> list[str]:
-    events = _json(merchant.http.get("/merchant/events", params={"limit": 100}), 200)["data"]
+    events = expect_json(merchant.http.get("/merchant/events", params={"limit": 100}), 200)["data"]
     return [e["type"] for e in events if e["subject"]["id"] == device_id]
 
 
 def listed(merchant: MerchantCtx, online: str) -> set[str]:
-    page = _json(merchant.http.get("/merchant/devices", params={"online": online}), 200)
+    page = expect_json(merchant.http.get("/merchant/devices", params={"online": online}), 200)
     return {d["device_id"] for d in page["data"]}
 
 
 @pytest.mark.backend
 async def test_heartbeat_answers_and_records_health(
-    terminal: kit.PosTerminal, runtime: Any
+    terminal: kit.PosTerminal, runtime: Runtime
 ) -> None:
     before = device_view(terminal)["health"]
     assert before == {
@@ -72,8 +82,10 @@ async def test_heartbeat_answers_and_records_health(
         "printer": None,
     }
     async with runtime.sessions() as db:
-        count = await db.scalar(
-            select(KeySet.envelope_count).where(KeySet.hmac_key_id == terminal.keys.hmac_key_id)
+        count = present(
+            await db.scalar(
+                select(KeySet.envelope_count).where(KeySet.hmac_key_id == terminal.keys.hmac_key_id)
+            )
         )
 
     answer = beat(
@@ -87,7 +99,7 @@ async def test_heartbeat_answers_and_records_health(
         uptime_s=3600,
         firmware="ignored",
     )
-    config = _json(terminal.merchant.http.get("/merchant/config"), 200)
+    config = expect_json(terminal.merchant.http.get("/merchant/config"), 200)
     assert answer["config_version"] == config["config_version"]
     assert len(answer["parameters_sha256"]) == 64 and answer["next_heartbeat_s"] == 2
     assert answer["server_time"].endswith("Z") and "rotate_keys" not in answer
@@ -135,7 +147,7 @@ async def test_bad_heartbeats_change_nothing(terminal: kit.PosTerminal) -> None:
 
 @pytest.mark.backend
 async def test_heartbeat_past_the_envelope_limit_learns_rotate_keys(
-    terminal: kit.PosTerminal, runtime: Any
+    terminal: kit.PosTerminal, runtime: Runtime
 ) -> None:
     async with runtime.sessions() as db, db.begin():
         await db.execute(
@@ -153,7 +165,7 @@ async def test_offline_and_online_events_reach_webhooks(
     terminal: kit.PosTerminal, receiver: Receiver
 ) -> None:
     merchant, device_id = terminal.merchant, terminal.device.device_id
-    created = _json(
+    created = expect_json(
         merchant.http.post(
             "/merchant/webhook-endpoints",
             json={"url": receiver.url, "event_types": ["device.online", "device.offline"]},
@@ -206,7 +218,7 @@ async def test_sdk_schedule_refetches_what_changed(terminal: kit.PosTerminal) ->
     assert device_view(terminal)["health"]["battery_pct"] == 77
 
     tax = {"enabled": True, "rate_bps": 825, "inclusive": False}
-    _json(terminal.merchant.http.put("/merchant/config", json={"tax": tax}), 200)
+    expect_json(terminal.merchant.http.put("/merchant/config", json={"tax": tax}), 200)
     second = schedule.beat()
     assert second.config_version == first.config_version + 1
     assert refreshed == [(True, False)]
@@ -215,7 +227,7 @@ async def test_sdk_schedule_refetches_what_changed(terminal: kit.PosTerminal) ->
 
 
 @pytest.mark.backend
-async def test_timer_lease_one_holder_at_a_time(runtime: Any) -> None:
+async def test_timer_lease_one_holder_at_a_time(runtime: Runtime) -> None:
     name = f"test-{secrets.token_hex(4)}"
     now, ttl = utcnow(), timedelta(seconds=30)
     async with runtime.sessions() as db, db.begin():

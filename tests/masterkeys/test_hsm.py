@@ -27,19 +27,19 @@ import httpx
 import orjson
 import pytest
 
-from helpers import (
+from support.helpers import (
     IN_CI,
     REDIS_URL,
     SEEN_SECRETS,
     Backend,
     ProvisionedDevice,
     Server,
-    _create_pg_database,
-    _drop_pg_database,
-    _flush_redis_prefix,
-    _json,
-    _require_services,
     client_token,
+    create_pg_database,
+    drop_pg_database,
+    expect_json,
+    flush_redis_prefix,
+    require_services,
     sdk_client,
 )
 from viopay.crypto.hsm import HsmMasterKey, SessionPool, find_master_key
@@ -205,10 +205,10 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(softhsm: SoftHsm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    _require_services()
+    require_services()
     tag = secrets.token_hex(4)
     db_name = f"viopay_test_hsm_{tag}"
-    _create_pg_database(db_name)
+    create_pg_database(db_name)
     env = {
         "VIOPAY_DATA_DIR": str(tmp_path_factory.mktemp("viopay-hsm")),
         "VIOPAY_LOG_LEVEL": "debug",
@@ -237,20 +237,20 @@ def stack(softhsm: SoftHsm, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     finally:
         for server in servers:
             server.stop()
-        _flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
-        _drop_pg_database(db_name)
+        flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
+        drop_pg_database(db_name)
 
 
 def _provision(stack: Stack) -> ProvisionedDevice:
     device_id = f"POS-{secrets.token_hex(4).upper()}"
-    created = _json(stack.admin.post("/admin/devices", json={"device_id": device_id}), 201)
+    created = expect_json(stack.admin.post("/admin/devices", json={"device_id": device_id}), 201)
     SEEN_SECRETS.add(created["identity_secret"])
     return ProvisionedDevice(created["device_id"], created["key_id"], created["identity_secret"])
 
 
 def _merchant(stack: Stack) -> httpx.Client:
-    merchant = _json(stack.admin.post("/admin/merchants", json={"name": "HSM Coffee"}), 201)
-    client = _json(
+    merchant = expect_json(stack.admin.post("/admin/merchants", json={"name": "HSM Coffee"}), 201)
+    client = expect_json(
         stack.admin.post(
             "/admin/clients", json={"merchant_id": merchant["merchant_id"], "role": "owner"}
         ),
@@ -260,7 +260,7 @@ def _merchant(stack: Stack) -> httpx.Client:
     url = stack.servers[0].url
     token = client_token(url, client["client_id"], client["client_secret"])
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    _json(http.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}), 201)
+    expect_json(http.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}), 201)
     return http
 
 
@@ -271,7 +271,7 @@ def _activated(stack: Stack, owner: httpx.Client, server: Server) -> Any:
     def on_step(report: Any) -> None:
         if report.name == "pairing_code":
             code = report.result.pairing_code
-            _json(owner.post("/pos/claim", json={"pairing_code": code}), 200)
+            expect_json(owner.post("/pos/claim", json={"pairing_code": code}), 200)
 
     result = activate_device(client, on_step=on_step, sleep=lambda _: None)
     assert result.activation.status == "activated"
@@ -301,7 +301,7 @@ def test_protocol_flow_with_the_master_key_in_the_hsm(stack: Stack) -> None:
         assert first.amount == 1250
         refund = device.refund(first.id, amount=250)
         assert refund.charge_id == first.id and refund.amount == 250
-        listed = _json(owner.get("/merchant/charges"), 200)["data"]
+        listed = expect_json(owner.get("/merchant/charges"), 200)["data"]
         assert first.id in {c["id"] for c in listed}
     # The second server process (same HSM token) serves a device activated on it too.
     with _activated(stack, owner, b) as device_b:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from helpers import SEEN_SECRETS
+from support.helpers import SEEN_SECRETS
 from viopay_device.protocol.kcv import hmac_kcv
 
 
@@ -28,7 +28,7 @@ def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _json(env: dict[str, str], *args: str) -> Any:
+def expect_json(env: dict[str, str], *args: str) -> Any:
     done = _run(env, *args, "--json")
     assert done.returncode == 0, done.stderr
     return orjson.loads(done.stdout)
@@ -36,8 +36,8 @@ def _json(env: dict[str, str], *args: str) -> Any:
 
 def test_another_master_key_is_refused_and_says_which_setting(tmp_path: Path) -> None:
     env = {"VIOPAY_DATA_DIR": str(tmp_path / "var")}
-    _json(env, "migrate")
-    made = _json(env, "device", "provision", "POS-0000000A")
+    expect_json(env, "migrate")
+    made = expect_json(env, "device", "provision", "POS-0000000A")
     SEEN_SECRETS.add(made["identity_secret"])
     other = base64.b64encode(os.urandom(32)).decode()
     SEEN_SECRETS.add(other)
@@ -46,24 +46,24 @@ def test_another_master_key_is_refused_and_says_which_setting(tmp_path: Path) ->
     message = " ".join(refused.stderr.split())
     assert "VIOPAY_MASTER_KEY is not the master key this database" in message
     assert "fix VIOPAY_MASTER_KEY" in message and other not in refused.stderr
-    (active,) = _json(env, "keys", "status")["master_keys"]
+    (active,) = expect_json(env, "keys", "status")["master_keys"]
     assert active["kcv"] in message and active["state"] == "active"
     # Nothing was written under the wrong key.
-    assert _json(env, "keys", "status")["master_keys"][0]["blobs"] == active["blobs"]
+    assert expect_json(env, "keys", "status")["master_keys"][0]["blobs"] == active["blobs"]
 
 
 def test_rotation_between_key_files_keeps_every_key(tmp_path: Path) -> None:
     env = {"VIOPAY_DATA_DIR": str(tmp_path / "var")}
-    _json(env, "migrate")
-    made = _json(env, "device", "provision", "POS-0000000C")
+    expect_json(env, "migrate")
+    made = expect_json(env, "device", "provision", "POS-0000000C")
     SEEN_SECRETS.add(made["identity_secret"])
-    client = _json(env, "client", "create", "--admin")
+    client = expect_json(env, "client", "create", "--admin")
     SEEN_SECRETS.add(client["client_secret"])
-    (old,) = _json(env, "keys", "status")["master_keys"]
+    (old,) = expect_json(env, "keys", "status")["master_keys"]
     old_file = tmp_path / "var" / "master.key"
     assert old["kind"] == "file" and old["location"] == str(old_file.resolve())
     new_file = tmp_path / "keys" / "master-2.key"
-    rotated = _json(
+    rotated = expect_json(
         env, "keys", "rotate-master", "--to-file", str(new_file), "--settle", "0",
         "--batch-size", "2",
     )  # fmt: skip
@@ -72,13 +72,13 @@ def test_rotation_between_key_files_keeps_every_key(tmp_path: Path) -> None:
     # The old configuration (the default key file, gone) is refused; the new one works.
     assert _run(env, "keys", "status", "--json").returncode == 2
     new_env = env | {"VIOPAY_MASTER_KEY_FILE": str(new_file)}
-    states = {k["key_id"]: k for k in _json(new_env, "keys", "status")["master_keys"]}
+    states = {k["key_id"]: k for k in expect_json(new_env, "keys", "status")["master_keys"]}
     assert states[old["key_id"]]["state"] == "destroyed" and states[old["key_id"]]["blobs"] == 0
     assert states[rotated["key_id"]]["blobs"] == old["blobs"]
     # The identity secret survived (its KCV), and new keys are made under the new master key.
-    keys = _json(new_env, "keys", "identity-keys", "POS-0000000C")["data"]
+    keys = expect_json(new_env, "keys", "identity-keys", "POS-0000000C")["data"]
     assert keys[0]["kcv"] == hmac_kcv(bytes.fromhex(made["identity_secret"]))
-    added = _json(new_env, "device", "add-key", "POS-0000000C")
+    added = expect_json(new_env, "device", "add-key", "POS-0000000C")
     SEEN_SECRETS.add(added["identity_secret"])
-    states = {k["key_id"]: k for k in _json(new_env, "keys", "status")["master_keys"]}
+    states = {k["key_id"]: k for k in expect_json(new_env, "keys", "status")["master_keys"]}
     assert states[rotated["key_id"]]["blobs"] == old["blobs"] + 1

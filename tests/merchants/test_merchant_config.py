@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from sqlalchemy import select
 
+from support.helpers import Admin, Backend, MakeMerchant
 from viopay.audit import Actor, AuditEvent
 from viopay.deps import validate
 from viopay.errors import InvalidRequest
 from viopay.merchants import config, service
 from viopay.merchants.config import MerchantConfigIn
 from viopay.merchants.models import Merchant, MerchantConfig
+from viopay.runtime import Runtime
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "tip": {"enabled": True, "percentages": [15, 18, 20], "allow_custom": True},
     "tax": {"enabled": False, "rate_bps": 0, "inclusive": False},
     "surcharge": {"enabled": False, "rate_bps": 0, "max_amount": 0},
@@ -49,14 +53,14 @@ def _fields(data: Any) -> dict[str, str]:
 # --- the models, without a database ---------------------------------------------------------
 
 
-def test_defaults_of_a_new_merchant():
+def test_defaults_of_a_new_merchant() -> None:
     merchant = Merchant(merchant_id="mer_x", name="Corner Coffee", currency="USD", country="US")
     made = config.new_config(merchant, now=NOW)
     assert config.config_view(made) == {"config_version": 1, **DEFAULTS, "branding": BRANDING}
     assert made.emv_overrides == {}
 
 
-def test_the_default_display_name_is_one_line_of_the_merchant_name():
+def test_the_default_display_name_is_one_line_of_the_merchant_name() -> None:
     for name, shown in (
         ("  Corner\n Coffee\t", "Corner Coffee"),
         ("\x00 ", "Merchant"),
@@ -112,11 +116,11 @@ def test_the_default_display_name_is_one_line_of_the_merchant_name():
         ({"branding": BRANDING | {"receipt_header": "bell\x07"}}, "branding.receipt_header"),
     ],
 )
-def test_invalid_values_name_their_field(body, field):
+def test_invalid_values_name_their_field(body: dict[str, Any], field: str) -> None:
     assert field in _fields(body)
 
 
-def test_valid_values_are_kept_and_unknown_members_ignored():
+def test_valid_values_are_kept_and_unknown_members_ignored() -> None:
     body = validate(
         MerchantConfigIn,
         {
@@ -133,7 +137,7 @@ def test_valid_values_are_kept_and_unknown_members_ignored():
     assert given["branding"]["receipt_footer"] == "Thank you"
 
 
-def test_multi_line_receipt_text_is_allowed():
+def test_multi_line_receipt_text_is_allowed() -> None:
     body = validate(
         MerchantConfigIn, {"branding": BRANDING | {"receipt_header": "12 Main St\nSpringfield"}}
     )
@@ -164,14 +168,14 @@ async def _events(runtime: Any, merchant_id: str) -> list[AuditEvent]:
         return list((await db.scalars(query.order_by(AuditEvent.created_at))).all())
 
 
-async def test_a_new_merchant_starts_at_version_one(runtime):
+async def test_a_new_merchant_starts_at_version_one(runtime: Runtime) -> None:
     merchant = await _merchant(runtime)
     async with runtime.sessions() as db, db.begin():
         made = await config.get_config(db, merchant=merchant, now=NOW)
     assert config.config_view(made) == {"config_version": 1, **DEFAULTS, "branding": BRANDING}
 
 
-async def test_changes_bump_the_version_and_record_an_event(runtime):
+async def test_changes_bump_the_version_and_record_an_event(runtime: Runtime) -> None:
     merchant = await _merchant(runtime)
     tax = {"enabled": True, "rate_bps": 825, "inclusive": False}
     later = NOW + timedelta(minutes=1)
@@ -192,7 +196,7 @@ async def test_changes_bump_the_version_and_record_an_event(runtime):
     assert event.data["changes"] == {"tax": tax}
 
 
-async def test_a_write_that_changes_nothing_changes_nothing(runtime):
+async def test_a_write_that_changes_nothing_changes_nothing(runtime: Runtime) -> None:
     merchant = await _merchant(runtime)
     async with runtime.sessions() as db, db.begin():
         same = await config.update_config(
@@ -213,7 +217,7 @@ async def test_a_write_that_changes_nothing_changes_nothing(runtime):
     assert await _events(runtime, merchant.merchant_id) == []
 
 
-async def test_a_merchant_without_a_config_row_gets_the_defaults_once(runtime):
+async def test_a_merchant_without_a_config_row_gets_the_defaults_once(runtime: Runtime) -> None:
     """Merchants made before the config table existed: made on first read, concurrently safe."""
     merchant = await _merchant(runtime, name="Old shop")
     async with runtime.sessions() as db, db.begin():
@@ -223,7 +227,7 @@ async def test_a_merchant_without_a_config_row_gets_the_defaults_once(runtime):
         async with runtime.sessions() as db, db.begin():
             return (await config.get_config(db, merchant=merchant, now=NOW)).config_version
 
-    assert await asyncio.gather(read(), read(), read()) == [1, 1, 1]
+    assert list(await asyncio.gather(read(), read(), read())) == [1, 1, 1]
     async with runtime.sessions() as db:
         made = await db.get(MerchantConfig, merchant.merchant_id)
         assert made is not None and made.branding["display_name"] == "Old shop"
@@ -232,14 +236,14 @@ async def test_a_merchant_without_a_config_row_gets_the_defaults_once(runtime):
 # --- HTTP: GET|PUT /merchant/config ---------------------------------------------------------
 
 
-def test_get_config_answers_the_defaults(make_merchant):
+def test_get_config_answers_the_defaults(make_merchant: MakeMerchant) -> None:
     owner = make_merchant()
     response = owner.http.get("/merchant/config")
     assert response.status_code == 200, response.text
     assert response.json() == {"config_version": 1, **DEFAULTS, "branding": BRANDING}
 
 
-def test_staff_may_read_but_not_change(make_merchant):
+def test_staff_may_read_but_not_change(make_merchant: MakeMerchant) -> None:
     staff = make_merchant(role="staff")
     assert staff.http.get("/merchant/config").status_code == 200
     put = staff.http.put("/merchant/config", json={"tax": DEFAULTS["tax"] | {"enabled": True}})
@@ -250,7 +254,7 @@ def test_staff_may_read_but_not_change(make_merchant):
 
 
 @pytest.mark.parametrize("role", ["owner", "admin"])
-def test_owner_and_admin_change_sections(make_merchant, role):
+def test_owner_and_admin_change_sections(make_merchant: MakeMerchant, role: str) -> None:
     ctx = make_merchant(role=role)
     surcharge = {"enabled": True, "rate_bps": 300, "max_amount": 500}
     branding = BRANDING | {
@@ -272,7 +276,7 @@ def test_owner_and_admin_change_sections(make_merchant, role):
     assert again.json()["config_version"] == 2
 
 
-def test_invalid_put_is_400_with_field_errors(make_merchant):
+def test_invalid_put_is_400_with_field_errors(make_merchant: MakeMerchant) -> None:
     owner = make_merchant()
     response = owner.http.put(
         "/merchant/config",
@@ -300,7 +304,7 @@ def test_invalid_put_is_400_with_field_errors(make_merchant):
     )
 
 
-def test_changes_appear_in_the_event_list(make_merchant):
+def test_changes_appear_in_the_event_list(make_merchant: MakeMerchant) -> None:
     owner = make_merchant()
     tip = {"enabled": True, "percentages": [10, 15, 20, 25], "allow_custom": False}
     assert owner.http.put("/merchant/config", json={"tip": tip}).status_code == 200
@@ -311,14 +315,14 @@ def test_changes_appear_in_the_event_list(make_merchant):
     assert event["data"]["sections"] == ["tip"] and event["data"]["config_version"] == 2
 
 
-def test_merchant_config_needs_a_bearer_token(api):
+def test_merchant_config_needs_a_bearer_token(api: httpx.Client) -> None:
     _problem(api.get("/merchant/config"), 401, "unauthorized")
 
 
 # --- the operator CLI -----------------------------------------------------------------------
 
 
-def test_cli_show_and_set(backend, admin, tmp_path):
+def test_cli_show_and_set(backend: Backend, admin: Admin, tmp_path: Path) -> None:
     merchant = admin.merchant(name="CLI shop")
     shown = backend.cli("merchant", "config", "show", merchant["merchant_id"])
     assert shown == {

@@ -7,25 +7,29 @@ happens on its side)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import charge_kit as kit
-from helpers import Backend, Server
+from support import charge_kit as kit
+from support.helpers import Admin, Backend, MakeMerchant, Server
+from viopay.runtime import Runtime
 
 
 @pytest.fixture
-async def terminal(server, admin, make_merchant, runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
 
 
 @pytest.fixture
-def quiet_server(backend: Backend, tmp_path: Path):
+def quiet_server(backend: Backend, tmp_path: Path) -> Iterator[Server]:
     """A server of its own, so no other test's request is counted."""
     server = Server(backend, tmp_path, "cost")
     yield server
@@ -48,8 +52,8 @@ def spent(before: dict[str, float], after: dict[str, float], name: str) -> float
 
 @pytest.mark.parametrize("kind", ["approved", "declined"])
 def test_a_keyed_charge_is_two_transactions_and_one_redis_round_trip(
-    terminal, quiet_server, backend, kind
-):
+    terminal: kit.PosTerminal, quiet_server: Server, backend: Backend, kind: str
+) -> None:
     card = {
         "pan": "4242424242424242" if kind == "approved" else "4000000000000002",
         "expiry": "3012",
@@ -64,7 +68,9 @@ def test_a_keyed_charge_is_two_transactions_and_one_redis_round_trip(
     assert spent(before, after, "viopay_cache_roundtrips_total") == redis
 
 
-def test_a_replay_and_a_get_are_one_transaction(terminal, quiet_server):
+def test_a_replay_and_a_get_are_one_transaction(
+    terminal: kit.PosTerminal, quiet_server: Server
+) -> None:
     made = terminal.charge(500, idempotency_key="cost-replay", url=quiet_server.url).json()
     before = counters(quiet_server.url)
     assert terminal.charge(500, idempotency_key="cost-replay", url=quiet_server.url).status == 200

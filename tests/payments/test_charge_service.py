@@ -4,47 +4,55 @@ then run in-process on the same database (``runtime``)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-import charge_kit as kit
+from support import charge_kit as kit
+from support.helpers import Admin, MakeMerchant, Server, present
 from viopay.audit import AuditEvent
 from viopay.errors import ChargeNotCancelable, NotFound
 from viopay.payments import flow, reversals
 from viopay.payments.models import Charge, ChargeStatus, IntentKind, PaymentIntent
 from viopay.payments.processors import ProcessorFailure, SandboxProcessor
 from viopay.payments.service import TerminalScope
+from viopay.runtime import Runtime
 
 
 @pytest.fixture
-async def terminal(server, admin, make_merchant, runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
 
 
-def scope_of(terminal) -> TerminalScope:
+def scope_of(terminal: kit.PosTerminal) -> TerminalScope:
     return TerminalScope(
         terminal.terminal_id, terminal.device.device_id, terminal.merchant.merchant_id, "USD"
     )
 
 
-async def created_at(runtime, charge_id):
+async def created_at(runtime: Runtime, charge_id: str) -> datetime:
     async with runtime.sessions() as db:
-        return (await db.get(Charge, charge_id)).created_at
+        return present(await db.get(Charge, charge_id)).created_at
 
 
 @pytest.mark.parametrize("target", [ChargeStatus.canceled, ChargeStatus.reversed])
-async def test_cancel_and_reverse_close_after_24_hours(terminal, runtime, target):
+async def test_cancel_and_reverse_close_after_24_hours(
+    terminal: kit.PosTerminal, runtime: Runtime, target: Any
+) -> None:
     charge = terminal.charge(500).json()
     created = await created_at(runtime, charge["id"])
     async with runtime.sessions() as db, db.begin():
         with pytest.raises(ChargeNotCancelable) as caught:
             await reversals.plan_undo(
                 db,
-                scope=scope_of(terminal),
+                merchant_id=scope_of(terminal).merchant_id,
                 charge_id=charge["id"],
                 target=target,
                 now=created + timedelta(hours=24),
@@ -53,7 +61,7 @@ async def test_cancel_and_reverse_close_after_24_hours(terminal, runtime, target
     async with runtime.sessions() as db, db.begin():
         plan = await reversals.plan_undo(
             db,
-            scope=scope_of(terminal),
+            merchant_id=scope_of(terminal).merchant_id,
             charge_id=charge["id"],
             target=target,
             now=created + timedelta(hours=23, minutes=59),
@@ -61,7 +69,9 @@ async def test_cancel_and_reverse_close_after_24_hours(terminal, runtime, target
         assert plan.act and plan.charge.status is ChargeStatus.approved
 
 
-async def test_reverse_by_key_after_24_hours_answers_the_charge_unchanged(terminal, runtime):
+async def test_reverse_by_key_after_24_hours_answers_the_charge_unchanged(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
     charge = terminal.charge(500, idempotency_key="old-one").json()
     created = await created_at(runtime, charge["id"])
     async with (
@@ -87,21 +97,24 @@ async def test_reverse_by_key_after_24_hours_answers_the_charge_unchanged(termin
         assert found is not None and found.act and found.charge.charge_id == charge["id"]
 
 
-async def test_cancel_of_another_merchants_charge_is_not_found(terminal, runtime):
+async def test_cancel_of_another_merchants_charge_is_not_found(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
     charge = terminal.charge(500).json()
-    stranger = TerminalScope("TID-000000", "POS-00000000", "mer_other", "USD")
     async with runtime.sessions() as db, db.begin():
         with pytest.raises(NotFound):
             await reversals.plan_undo(
                 db,
-                scope=stranger,
+                merchant_id="mer_other",
                 charge_id=charge["id"],
                 target=ChargeStatus.canceled,
                 now=await created_at(runtime, charge["id"]),
             )
 
 
-async def test_every_state_change_is_an_audit_event(terminal, runtime):
+async def test_every_state_change_is_an_audit_event(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
     first = terminal.charge(1000).json()
     terminal.refund(first["id"], {"amount": 100})
     second = terminal.charge(1000).json()
@@ -140,7 +153,7 @@ class FlakyReversals(SandboxProcessor):
         super().__init__()
         self.failures, self.calls = failures, 0
 
-    async def reverse(self, charge, *, reference):
+    async def reverse(self, charge: Any, *, reference: str) -> Any:
         self.calls += 1
         if self.calls <= self.failures:
             raise ProcessorFailure("down")
@@ -159,7 +172,7 @@ def _charge_intent() -> PaymentIntent:
     )
 
 
-async def test_a_timeout_is_reversed_with_retries():
+async def test_a_timeout_is_reversed_with_retries() -> None:
     flaky = FlakyReversals(failures=2)
     assert await flow.reverse_authorization(flaky, _charge_intent()) is True
     assert flaky.calls == 3

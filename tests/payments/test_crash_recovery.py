@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,8 @@ import orjson
 import pytest
 from sqlalchemy import func, select, update
 
-import charge_kit as kit
-from helpers import Backend, Server
+from support import charge_kit as kit
+from support.helpers import Admin, Backend, MakeMerchant, Server, present
 from viopay.payments.models import (
     Charge,
     ChargeStatus,
@@ -40,6 +40,7 @@ from viopay.payments.models import (
     Refund,
     SandboxLedgerEntry,
 )
+from viopay.runtime import Runtime
 
 # A request spends at most half the recovery delay with the processor; the slowed sandbox
 # records a call halfway through its latency.
@@ -63,7 +64,9 @@ def start(backend: Backend, tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-async def terminal(server, admin, make_merchant, runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
@@ -214,7 +217,9 @@ CHARGE_PHASES = ["before_processor", "during_unheard", "during_heard", "after_pr
 
 
 @pytest.mark.parametrize("phase", CHARGE_PHASES)
-async def test_a_charge_killed_at_each_phase_completes_once(terminal, runtime, start, phase):
+async def test_a_charge_killed_at_each_phase_completes_once(
+    terminal: kit.PosTerminal, runtime: Runtime, start: Callable[..., Server], phase: Any
+) -> None:
     key = f"crash-{phase}"
     crash = {"before_processor": "charge:intent", "after_processor": "charge:answered"}.get(phase)
     victim = start("victim", **({"VIOPAY_TEST_CRASH_AT": crash} if crash else SLOW))
@@ -245,13 +250,15 @@ REFUND_PHASES = ["before_processor", "during_unheard", "during_heard", "after_pr
 
 
 @pytest.mark.parametrize("phase", REFUND_PHASES)
-async def test_a_refund_killed_at_each_phase_completes_once(terminal, runtime, start, phase):
+async def test_a_refund_killed_at_each_phase_completes_once(
+    terminal: kit.PosTerminal, runtime: Runtime, start: Callable[..., Server], phase: Any
+) -> None:
     charge = terminal.charge(2000).json()
     key = f"refund-crash-{phase}"
     crash = {"before_processor": "refund:intent", "after_processor": "refund:answered"}.get(phase)
     victim = start("victim", **({"VIOPAY_TEST_CRASH_AT": crash} if crash else SLOW))
 
-    def refund():
+    def refund() -> kit.Answer:
         return terminal.refund(charge["id"], {"amount": 700}, idempotency_key=key, url=victim.url)  # noqa: E731
 
     if crash:
@@ -274,7 +281,9 @@ async def test_a_refund_killed_at_each_phase_completes_once(terminal, runtime, s
     await assert_recovered(runtime, terminal.terminal_id)
 
 
-async def test_a_key_is_in_progress_only_until_recovery(terminal, runtime, start):
+async def test_a_key_is_in_progress_only_until_recovery(
+    terminal: kit.PosTerminal, runtime: Runtime, start: Callable[..., Server]
+) -> None:
     victim = start("victim", VIOPAY_TEST_CRASH_AT="charge:answered")
     send_until_killed(victim, lambda: terminal.charge(900, idempotency_key="stuck", url=victim.url))
     # Straight after the kill the key is still running (the intent is not yet due) ...
@@ -285,7 +294,9 @@ async def test_a_key_is_in_progress_only_until_recovery(terminal, runtime, start
     assert terminal.charge(900, idempotency_key="stuck").status == 200
 
 
-async def test_an_approval_whose_key_was_spent_by_reverse_is_reversed(terminal, runtime, start):
+async def test_an_approval_whose_key_was_spent_by_reverse_is_reversed(
+    terminal: kit.PosTerminal, runtime: Runtime, start: Callable[..., Server]
+) -> None:
     victim = start("victim", VIOPAY_TEST_CRASH_AT="charge:answered")
     send_until_killed(victim, lambda: terminal.charge(800, idempotency_key="spent", url=victim.url))
     # The key's request is presumed dead once its claim is older than the recovery delay (the
@@ -304,13 +315,15 @@ async def test_an_approval_whose_key_was_spent_by_reverse_is_reversed(terminal, 
     start("recovering")
     await assert_recovered(runtime, terminal.terminal_id)
     async with runtime.sessions() as db:
-        charge = await db.scalar(
-            select(Charge).where(
-                Charge.idempotency_key == "spent", Charge.terminal_id == terminal.terminal_id
+        charge = present(
+            await db.scalar(
+                select(Charge).where(
+                    Charge.idempotency_key == "spent", Charge.terminal_id == terminal.terminal_id
+                )
             )
         )
         reference = charge.processor_reference
-        held = await db.get(SandboxLedgerEntry, reference)
+        held = present(await db.get(SandboxLedgerEntry, reference))
     assert charge.status is ChargeStatus.reversed and held.approved and held.undone_by is not None
     assert terminal.charge(800, idempotency_key="spent").code == "invalid_state"
 
@@ -329,8 +342,8 @@ def recover_cli(backend: Backend) -> subprocess.Popen[str]:
 
 
 async def test_a_burst_killed_mid_flight_is_recovered_once_by_two_processes(
-    terminal, runtime, start, backend
-):
+    terminal: kit.PosTerminal, runtime: Runtime, start: Callable[..., Server], backend: Backend
+) -> None:
     victim = start("victim", **SLOW)
     keys = [f"burst-{i}" for i in range(20)]
     threads = [
@@ -360,7 +373,9 @@ async def test_a_burst_killed_mid_flight_is_recovered_once_by_two_processes(
     await assert_recovered(runtime, terminal.terminal_id)
 
 
-async def test_a_processor_slower_than_the_deadline_never_races_recovery(terminal, runtime, start):
+async def test_a_processor_slower_than_the_deadline_never_races_recovery(
+    terminal: kit.PosTerminal, runtime: Runtime, start: Callable[..., Server]
+) -> None:
     """A request gives up on the processor at half the recovery delay (here 1 s of a 2 s
     sandbox): it answers 502, its intent waits for recovery, which then finds nothing at the
     processor and releases the key; the retry charges afresh. Recovery never decided while
@@ -370,8 +385,10 @@ async def test_a_processor_slower_than_the_deadline_never_races_recovery(termina
     assert (first.status, first.code) == (502, "processor_error")
     await assert_recovered(runtime, terminal.terminal_id)
     async with runtime.sessions() as db:
-        intent = await db.scalar(
-            select(PaymentIntent).where(PaymentIntent.terminal_id == terminal.terminal_id)
+        intent = present(
+            await db.scalar(
+                select(PaymentIntent).where(PaymentIntent.terminal_id == terminal.terminal_id)
+            )
         )
     assert intent.state is IntentState.abandoned and intent.outcome == {"reason": "never_received"}
     retry = terminal.charge(600, idempotency_key="too-slow")

@@ -4,6 +4,7 @@ without a database."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from viopay.crypto.wrapping import MasterKeyWrapper
 from viopay.errors import InvalidCard, InvalidRequest
 from viopay.payments.channel import key_set_usage
 from viopay.payments.idempotency import FINGERPRINT_PURPOSE, fingerprint
-from viopay.payments.service import TerminalScope, build_draft, surcharge_cap
+from viopay.payments.service import ChargeDraft, TerminalScope, build_draft, surcharge_cap
 from viopay.payments.terminal_auth import AuthenticatedTerminal
 
 KEY = MasterKeyWrapper(b"\x11" * 32).derive(FINGERPRINT_PURPOSE)
@@ -20,11 +21,17 @@ SCOPE = TerminalScope("TID-000001", "POS-00000001", "mer_1", "USD")
 SURCHARGE_ON = {"enabled": True, "rate_bps": 300, "max_amount": 0}
 
 
-def fp(plaintext, card=None, method="POST", path="/pos/charge", key=KEY):
+def fp(
+    plaintext: dict[str, Any],
+    card: dict[str, Any] | None = None,
+    method: str = "POST",
+    path: str = "/pos/charge",
+    key: bytes = KEY,
+) -> str:
     return fingerprint(key, method=method, path=path, plaintext=plaintext, card=card)
 
 
-def test_the_fingerprint_sees_the_card_not_its_envelope_nor_the_pin_block():
+def test_the_fingerprint_sees_the_card_not_its_envelope_nor_the_pin_block() -> None:
     a = fp({"amount": 1, "card": {"iv": "one"}, "pin_block": "AA" * 16}, CARD)
     b = fp(
         {"pin_block": "BB" * 16, "card": {"iv": "two"}, "amount": 1}, dict(reversed(CARD.items()))
@@ -41,12 +48,16 @@ def test_the_fingerprint_sees_the_card_not_its_envelope_nor_the_pin_block():
     assert CARD["pan"] not in a
 
 
-def test_an_unrepresentable_plaintext_is_400():
+def test_an_unrepresentable_plaintext_is_400() -> None:
     with pytest.raises(InvalidRequest):
         fp({"amount": 2**60})
 
 
-def draft(plaintext, card=CARD, rule=None):
+def draft(
+    plaintext: dict[str, Any],
+    card: dict[str, Any] | None = CARD,
+    rule: dict[str, Any] | None = None,
+) -> ChargeDraft:
     return build_draft(
         scope=SCOPE,
         plaintext=plaintext,
@@ -58,7 +69,7 @@ def draft(plaintext, card=CARD, rule=None):
     )
 
 
-def fields(plaintext, **kwargs):
+def fields(plaintext: dict[str, Any], **kwargs: Any) -> set[str]:
     with pytest.raises(InvalidRequest) as caught:
         draft(plaintext, **kwargs)
     return {e["field"] for e in caught.value.extra["errors"]}
@@ -67,7 +78,7 @@ def fields(plaintext, **kwargs):
 BASE = {"amount": 1000, "currency": "USD", "entry_mode": "chip"}
 
 
-def test_members_are_strict():
+def test_members_are_strict() -> None:
     assert draft(BASE).body.tip_amount == 0 and draft(BASE).body.reference is None
     assert fields(BASE | {"amount": True}) == {"amount"}
     assert fields(BASE | {"amount": 10.0}) == {"amount"}
@@ -80,7 +91,7 @@ def test_members_are_strict():
     assert draft(BASE | {"unknown": 1, "metadata": {"table": 4}}).body.metadata == {"table": 4}
 
 
-def test_the_parts_fit_in_the_amount():
+def test_the_parts_fit_in_the_amount() -> None:
     assert (
         draft(BASE | {"tip_amount": 400, "tax_amount": 300, "surcharge_amount": 0}).body.amount
         == 1000
@@ -99,11 +110,13 @@ def test_the_parts_fit_in_the_amount():
         (99_999_999, 0, 0, 10_000, 99_999_999),
     ],
 )
-def test_surcharge_cap_rounds_half_up(amount, surcharge, tip, rate, cap):
+def test_surcharge_cap_rounds_half_up(
+    amount: int, surcharge: int, tip: int, rate: int, cap: int
+) -> None:
     assert surcharge_cap(amount=amount, surcharge=surcharge, tip=tip, rate_bps=rate) == cap
 
 
-def test_surcharge_rules():
+def test_surcharge_rules() -> None:
     assert fields(
         BASE | {"surcharge_amount": 1}, rule={"enabled": False, "rate_bps": 300, "max_amount": 0}
     ) == {"surcharge_amount"}
@@ -115,7 +128,7 @@ def test_surcharge_rules():
     }
 
 
-def test_card_errors_are_422_after_the_400s():
+def test_card_errors_are_422_after_the_400s() -> None:
     with pytest.raises(InvalidCard):
         draft(BASE, card={"pan": "4242424242424241", "expiry": "3012"})
     assert fields(
@@ -158,6 +171,6 @@ def terminal(count: int, activated_days_ago: float) -> AuthenticatedTerminal:
         (0, 30.01, True, True),
     ],
 )
-def test_the_key_set_budget(count, days, rotate, exhausted):
+def test_the_key_set_budget(count: int, days: float | int, rotate: bool, exhausted: bool) -> None:
     usage = key_set_usage(terminal(count, days), max_envelopes=1000, now=datetime.now(UTC))
     assert (usage.rotate, usage.exhausted) == (rotate, exhausted)

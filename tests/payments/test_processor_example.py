@@ -6,21 +6,23 @@ from __future__ import annotations
 
 import re
 import types
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-import charge_kit as kit
-from helpers import ROOT, Backend, Server
+from support import charge_kit as kit
+from support.helpers import ROOT, Admin, Backend, MakeMerchant, Server, present
 from viopay.payments.cards import check_card
 from viopay.payments.processors import AuthorizationRequest, ChargeRef, Processor
+from viopay.runtime import Runtime
 
 
 def example_source() -> str:
     page = (ROOT / "docs" / "processors.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
-    source = next(b for b in blocks if "def make_processor" in b)
+    source: str = next(b for b in blocks if "def make_processor" in b)
     return source
 
 
@@ -47,19 +49,19 @@ def request(amount: int, reference: str) -> AuthorizationRequest:
     )
 
 
-async def test_the_example_is_a_processor_that_acts_once_per_reference():
+async def test_the_example_is_a_processor_that_acts_once_per_reference() -> None:
     acquirer = load_example().make_processor(None)
     assert isinstance(acquirer, Processor)
     first = await acquirer.authorize(request(500, "vpr_a"))
     assert first.approved and await acquirer.authorize(request(500, "vpr_a")) is first
     assert not (await acquirer.authorize(request(200_000, "vpr_b"))).approved
     await acquirer.reverse(ChargeRef("ch_1", "TID-1", 500, "USD", "vpr_a"), reference="vpr_c")
-    assert (await acquirer.lookup("vpr_a")).undone
+    assert present(await acquirer.lookup("vpr_a")).undone
     assert await acquirer.lookup("vpr_never") is None
 
 
 @pytest.fixture
-def example_server(backend: Backend, tmp_path: Path):
+def example_server(backend: Backend, tmp_path: Path) -> Iterator[Server]:
     (tmp_path / "example_acquirer.py").write_text(example_source())
     env = {
         **backend.env,
@@ -72,13 +74,17 @@ def example_server(backend: Backend, tmp_path: Path):
 
 
 @pytest.fixture
-async def terminal(server, admin, make_merchant, runtime):
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[kit.PosTerminal]:
     pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
     yield pos
     pos.close()
 
 
-def test_a_server_charges_through_the_example(terminal, example_server):
+def test_a_server_charges_through_the_example(
+    terminal: kit.PosTerminal, example_server: Server
+) -> None:
     approved = terminal.charge(500, url=example_server.url).json()
     assert (approved["status"], approved["authorization_code"]) == ("approved", "A1B2C3")
     declined = terminal.charge(150_000, url=example_server.url).json()

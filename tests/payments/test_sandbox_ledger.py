@@ -8,8 +8,10 @@ import asyncio
 import secrets
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import func, select
 
+from support.helpers import present
 from viopay.payments.cards import check_card
 from viopay.payments.intents import new_reference
 from viopay.payments.models import SandboxLedgerEntry
@@ -20,6 +22,7 @@ from viopay.payments.processors import (
     ProcessorTimedOut,
     SandboxProcessor,
 )
+from viopay.runtime import Runtime
 
 
 def request(pan: str, reference: str) -> AuthorizationRequest:
@@ -39,9 +42,9 @@ def request(pan: str, reference: str) -> AuthorizationRequest:
     )
 
 
-async def entries(runtime, reference: str) -> int:
+async def entries(runtime: Runtime, reference: str) -> int:
     async with runtime.sessions() as db:
-        return int(
+        return present(
             await db.scalar(
                 select(func.count())
                 .select_from(SandboxLedgerEntry)
@@ -50,7 +53,9 @@ async def entries(runtime, reference: str) -> int:
         )
 
 
-async def test_an_authorisation_is_recorded_and_answered_again_for_its_reference(runtime):
+async def test_an_authorisation_is_recorded_and_answered_again_for_its_reference(
+    runtime: Runtime,
+) -> None:
     sandbox, ref = SandboxProcessor(runtime.sessions), new_reference()
     first = await sandbox.authorize(request("4242424242424242", ref))
     again = await sandbox.authorize(request("4242424242424242", ref))
@@ -60,17 +65,17 @@ async def test_an_authorisation_is_recorded_and_answered_again_for_its_reference
     assert found is not None and found.authorization == first and not found.undone
 
 
-async def test_declines_timeouts_and_errors_in_the_ledger(runtime):
+async def test_declines_timeouts_and_errors_in_the_ledger(runtime: Runtime) -> None:
     sandbox = SandboxProcessor(runtime.sessions)
     declined, timed_out, failed = new_reference(), new_reference(), new_reference()
     assert not (await sandbox.authorize(request("4000000000000002", declined))).approved
-    assert (await sandbox.lookup(declined)).authorization.response_code == "05"
+    assert present(present(await sandbox.lookup(declined)).authorization).response_code == "05"
     try:
         await sandbox.authorize(request("4000000000000259", timed_out))
     except ProcessorTimedOut:
         pass
     held = await sandbox.lookup(timed_out)  # authorised; only the answer was lost
-    assert held is not None and held.authorization.approved
+    assert held is not None and present(held.authorization).approved
     try:
         await sandbox.authorize(request("4000000000000119", failed))
     except ProcessorFailure:
@@ -78,21 +83,23 @@ async def test_declines_timeouts_and_errors_in_the_ledger(runtime):
     assert await sandbox.lookup(failed) is None  # a processor error: nothing happened
 
 
-async def test_a_reversal_undoes_its_authorisation_once(runtime):
+async def test_a_reversal_undoes_its_authorisation_once(runtime: Runtime) -> None:
     sandbox, auth = SandboxProcessor(runtime.sessions), new_reference()
     await sandbox.authorize(request("4242424242424242", auth))
     charge = ChargeRef("ch_1", "TID-1", 1250, "USD", auth)
     await sandbox.reverse(charge, reference=auth + "-r")
     await sandbox.reverse(charge, reference=auth + "-r")
-    assert (await sandbox.lookup(auth)).undone
-    assert (await sandbox.lookup(auth + "-r")).operation == "reverse"
+    assert present(await sandbox.lookup(auth)).undone
+    assert present(await sandbox.lookup(auth + "-r")).operation == "reverse"
     assert await entries(runtime, auth + "-r") == 1
     refund = new_reference()
     await sandbox.refund(charge, reference=refund, refund_id="re_1", amount=100)
-    assert (await sandbox.lookup(refund)).operation == "refund"
+    assert present(await sandbox.lookup(refund)).operation == "refund"
 
 
-async def test_latency_is_spent_on_every_call_as_an_asyncio_wait(runtime, monkeypatch):
+async def test_latency_is_spent_on_every_call_as_an_asyncio_wait(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # No wall-clock assertion: the waits are recorded (half before the ledger write, half after)
     # and are asyncio sleeps, so a slow processor blocks no worker.
     waits: list[float] = []

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
-from portal_kit import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
 
-from helpers import IN_CI
+from support.helpers import IN_CI
+from support.portal_kit import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page
 
 
 def _unavailable(why: str) -> None:
@@ -25,7 +28,7 @@ def _unavailable(why: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser() -> Iterator[Browser]:
     if not os.access(CHROMIUM, os.X_OK):
         _unavailable(f"{CHROMIUM} not found (apt-get install chromium)")
     try:
@@ -41,7 +44,7 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def context(browser: Any) -> Iterator[Any]:
+def context(browser: Browser) -> Iterator[BrowserContext]:
     context = browser.new_context(viewport=VIEWPORT, locale="en-US")
     context.set_default_timeout(15_000)
     yield context
@@ -49,7 +52,7 @@ def context(browser: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(context: Any) -> Any:
+def page(context: BrowserContext) -> Iterator[Page]:
     page = context.new_page()
     # A page must never break its own Content-Security-Policy or fail a script.
     problems: list[str] = []

@@ -2,81 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import pytest
-from playwright.sync_api import expect
-from portal_kit import create_user, shot, sign_in
+from playwright.sync_api import Page, expect
 
-import charge_kit as kit
-from helpers import SEEN_SECRETS
-from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
-from viopay_device import NotFound as SdkNotFound
+from support.helpers import Admin, Backend, MakeMerchant, Server
+from support.portal_kit import DECLINED, activated_terminal, create_user, shot, sign_in
 
-DECLINED = {"pan": "4000000000000002", "expiry": "3012"}
-
-
-def activated_terminal(backend, server, admin, merchant) -> kit.PosTerminal:
-    """charge_kit.activated_terminal without an event loop in this thread: Playwright's sync API
-    keeps one running here, so the in-process fallback runs in a thread of its own."""
-    device = admin.provision()
-    client = DeviceClient(
-        server.url,
-        device_id=device.device_id,
-        key_store=MemoryKeyStore(IdentityKey(device.key_id, device.secret)),
-        retry_backoff=0.05,
-    )
-    code = client.request_pairing_code().pairing_code
-    SEEN_SECRETS.add(code)
-    assert merchant.http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
-    client.attest()
-    key_set = client.download_keys()
-    kit.register_keys(key_set)
-    try:
-        client.fetch_config(key_set_id=key_set.key_set_id)
-        client.activate()
-    except SdkNotFound:
-        _in_thread(backend.env, lambda runtime: kit._activate_in_process(runtime, client, key_set))
-    terminal_id = client.terminal_id or client.status().terminal_id
-    assert terminal_id is not None
-    return kit.PosTerminal(server, device, merchant, client, terminal_id, httpx.Client(timeout=30))
-
-
-def _in_thread(env, work) -> None:
-    from viopay.runtime import build_runtime
-    from viopay.settings import Settings
-
-    settings = Settings(
-        **{key.removeprefix("VIOPAY_").lower(): value for key, value in env.items()}
-    )
-
-    async def go() -> None:
-        runtime = build_runtime(settings)
-        try:
-            await work(runtime)
-        finally:
-            await runtime.close()
-
-    failures: list[BaseException] = []
-    thread = threading.Thread(target=lambda: _capture(failures, lambda: asyncio.run(go())))
-    thread.start()
-    thread.join(timeout=60)
-    assert not failures, failures
-
-
-def _capture(failures, call) -> None:
-    try:
-        call()
-    except BaseException as exc:  # reported in the test's own thread
-        failures.append(exc)
+if TYPE_CHECKING:
+    pass
 
 
 @pytest.fixture
-def shop(backend, server, admin, make_merchant):
+def shop(
+    backend: Backend, server: Server, admin: Admin, make_merchant: MakeMerchant
+) -> Iterator[dict[str, Any]]:
     """An activated terminal with 23 charges: 21 approved (one of them refunded in part), 2 declined."""
     merchant = make_merchant(name="Charge Street Deli")
     pos = activated_terminal(backend, server, admin, merchant)
@@ -97,7 +41,9 @@ def shop(backend, server, admin, make_merchant):
     pos.close()
 
 
-def test_charges_list_filters_pages_and_details(backend, server, shop, page):
+def test_charges_list_filters_pages_and_details(
+    backend: Backend, server: Server, shop: dict[str, Any], page: Page
+) -> None:
     merchant, pos = shop["merchant"], shop["pos"]
     user = create_user(backend.env, merchant.merchant_id, "staff")
     sign_in(page, server.url, user)
@@ -168,7 +114,9 @@ def test_charges_list_filters_pages_and_details(backend, server, shop, page):
     expect(page.get_by_test_id("error-page")).to_contain_text("does not exist")
 
 
-def test_a_new_merchants_charges_page_is_an_empty_state(backend, server, make_merchant, page):
+def test_a_new_merchants_charges_page_is_an_empty_state(
+    backend: Backend, server: Server, make_merchant: MakeMerchant, page: Page
+) -> None:
     merchant = make_merchant(name="Quiet Corner")
     sign_in(page, server.url, create_user(backend.env, merchant.merchant_id, "owner"))
     page.goto(f"{server.url}/portal/charges")

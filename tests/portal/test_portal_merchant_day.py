@@ -14,11 +14,18 @@ from typing import Any
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
-from portal_kit import PortalUser, create_user, csrf_of, shot, sign_in
-from test_portal_charges import DECLINED, activated_terminal
 
-import charge_kit as kit
-from helpers import MerchantCtx, Server
+from support import charge_kit as kit
+from support.helpers import MerchantCtx, Server
+from support.portal_kit import (
+    DECLINED,
+    PortalUser,
+    activated_terminal,
+    create_user,
+    csrf_of,
+    shot,
+    sign_in,
+)
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}

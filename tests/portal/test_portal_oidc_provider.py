@@ -1,5 +1,5 @@
 """A merchant signs into the portal at a real OpenID provider (oidc-provider shaped like a
-Keycloak realm, tests/oidc_kit.py) in Chromium: the authorization-code flow with PKCE, short
+Keycloak realm, tests/support/oidc_kit.py) in Chromium: the authorization-code flow with PKCE, short
 access tokens refreshed at the provider, then out again at the provider. On both backends (the
 portal's sessions live in the cache).
 """
@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import expect
-from portal_kit import shot
+from playwright.sync_api import Page, expect
 
-from helpers import Backend, _json
-from oidc_kit import OPS, OidcStack, oidc_stack
+from support.helpers import Backend, expect_json
+from support.oidc_kit import OPS, OidcStack, oidc_stack
+from support.portal_kit import shot
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +32,10 @@ def stack(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def _member_of_a_merchant(stack: OidcStack, name: str) -> None:
     """An operator (a service account with viopay-admin) makes the merchant and its owner."""
-    token = _json(stack.provider.token(OPS), 200)["access_token"]
+    token = expect_json(stack.provider.token(OPS), 200)["access_token"]
     operator = httpx.Client(base_url=stack.server.url, headers={"Authorization": f"Bearer {token}"})
-    merchant = _json(operator.post("/admin/merchants", json={"name": name}), 201)
-    _json(
+    merchant = expect_json(operator.post("/admin/merchants", json={"name": name}), 201)
+    expect_json(
         operator.post(
             f"/admin/merchants/{merchant['merchant_id']}/members",
             json={"subject": stack.user.sub, "role": "owner"},
@@ -46,13 +45,13 @@ def _member_of_a_merchant(stack: OidcStack, name: str) -> None:
     operator.close()
 
 
-def _sign_in_at_the_provider(page: Any, stack: OidcStack, password: str) -> None:
+def _sign_in_at_the_provider(page: Page, stack: OidcStack, password: str) -> None:
     page.fill("#username", stack.user.username)
     page.fill("#password", password)
     page.click("#kc-login")
 
 
-def _sign_in(page: Any, stack: OidcStack) -> None:
+def _sign_in(page: Page, stack: OidcStack) -> None:
     page.goto(f"{stack.server.url}/portal/signin")
     page.get_by_role("link", name="Sign in with single sign-on").click()
     _sign_in_at_the_provider(page, stack, stack.user.password)
@@ -60,7 +59,7 @@ def _sign_in(page: Any, stack: OidcStack) -> None:
 
 
 def test_a_merchant_signs_in_with_pkce_and_out_at_the_provider(
-    stack: OidcStack, backend: Backend, page: Any
+    stack: OidcStack, backend: Backend, page: Page
 ) -> None:
     server, provider = stack.server.url, stack.provider
     authorizations: list[str] = []
@@ -119,7 +118,7 @@ def test_a_merchant_signs_in_with_pkce_and_out_at_the_provider(
 
 
 def test_a_session_ended_at_the_provider_ends_the_portal_session(
-    stack: OidcStack, page: Any
+    stack: OidcStack, page: Page
 ) -> None:
     _sign_in(page, stack)
     page.get_by_role("link", name="Settings").click()
@@ -136,7 +135,7 @@ def test_a_session_ended_at_the_provider_ends_the_portal_session(
     expect(page.locator(".flash-info")).to_contain_text("Your session has expired")
 
 
-def test_a_callback_this_browser_did_not_start_is_refused(stack: OidcStack, page: Any) -> None:
+def test_a_callback_this_browser_did_not_start_is_refused(stack: OidcStack, page: Page) -> None:
     # A code fed to the browser by someone else (login CSRF) is never exchanged.
     page.goto(f"{stack.server.url}/portal/auth/callback?code=stolen&state=forged")
     page.wait_for_url(re.compile(r"/portal/signin$"))

@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import re
 
-from playwright.sync_api import expect
-from portal_kit import create_user, shot, sign_in
+import httpx
+from playwright.sync_api import Dialog, Page, expect
 
-from helpers import SEEN_SECRETS, signed_pos_headers
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    Backend,
+    MakeMerchant,
+    MerchantCtx,
+    ProvisionedDevice,
+    Server,
+    signed_pos_headers,
+)
+from support.portal_kit import create_user, shot, sign_in
 
 
-def claim_by_api(api, admin, owner, label=None):
+def claim_by_api(
+    api: httpx.Client, admin: Admin, owner: MerchantCtx, label: str | None = None
+) -> ProvisionedDevice:
     device = admin.provision()
     code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     SEEN_SECRETS.add(code)
@@ -23,8 +35,13 @@ def claim_by_api(api, admin, owner, label=None):
 
 
 def test_device_page_renames_disables_enables_and_releases(
-    backend, server, api, admin, make_merchant, page
-):
+    backend: Backend,
+    server: Server,
+    api: httpx.Client,
+    admin: Admin,
+    make_merchant: MakeMerchant,
+    page: Page,
+) -> None:
     owner = make_merchant(name="Blue Door Bakery")
     device = claim_by_api(api, admin, owner, "Till 1")
     claim_by_api(api, admin, owner, None)
@@ -62,7 +79,12 @@ def test_device_page_renames_disables_enables_and_releases(
     expect(page.get_by_role("heading", level=1)).to_have_text(device.device_id)
 
     dialogs: list[str] = []
-    page.once("dialog", lambda d: (dialogs.append(d.message), d.accept()))
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", on_dialog)
     page.get_by_role("button", name="Release").click()
     page.wait_for_url(re.compile(r"/portal/devices$"))
     assert dialogs and "Release" in dialogs[0]
@@ -75,7 +97,9 @@ def test_device_page_renames_disables_enables_and_releases(
     shot(page, backend.name, "not-found")
 
 
-def test_claim_messages_invalid_missing_and_rate_limited(backend, server, make_merchant, page):
+def test_claim_messages_invalid_missing_and_rate_limited(
+    backend: Backend, server: Server, make_merchant: MakeMerchant, page: Page
+) -> None:
     owner = make_merchant(name="Slow Lane Diner")
     user = create_user(backend.env, owner.merchant_id, "admin")
     sign_in(page, server.url, user)
@@ -105,8 +129,8 @@ def test_claim_messages_invalid_missing_and_rate_limited(backend, server, make_m
 
 
 def test_config_saves_and_shows_the_schemas_messages_next_to_the_fields(
-    backend, server, make_merchant, page
-):
+    backend: Backend, server: Server, make_merchant: MakeMerchant, page: Page
+) -> None:
     owner = make_merchant(name="Tip Top Tacos")
     user = create_user(backend.env, owner.merchant_id, "owner")
     sign_in(page, server.url, user)
@@ -175,8 +199,13 @@ def test_config_saves_and_shows_the_schemas_messages_next_to_the_fields(
 
 
 def test_activity_lists_the_merchants_events_newest_first(
-    backend, server, api, admin, make_merchant, page
-):
+    backend: Backend,
+    server: Server,
+    api: httpx.Client,
+    admin: Admin,
+    make_merchant: MakeMerchant,
+    page: Page,
+) -> None:
     owner = make_merchant(name="Event Horizon Cafe")
     device = claim_by_api(api, admin, owner, "Till 9")
     user = create_user(backend.env, owner.merchant_id, "staff")

@@ -7,16 +7,24 @@ import secrets
 import threading
 import time
 
-from playwright.sync_api import expect
-from portal_kit import create_user, shot, sign_in
+from playwright.sync_api import Page, expect
 
-from helpers import SEEN_SECRETS, ProvisionedDevice, signed_pos_headers
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    Backend,
+    MakeMerchant,
+    ProvisionedDevice,
+    Server,
+    signed_pos_headers,
+)
+from support.portal_kit import create_user, shot, sign_in
 from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
 
 def test_a_terminal_in_pairing_mode_is_claimed_by_typing_its_code(
-    backend, server, make_merchant, page
-):
+    backend: Backend, server: Server, make_merchant: MakeMerchant, page: Page
+) -> None:
     provisioned = backend.cli("device", "provision", "POS-" + secrets.token_hex(4).upper())
     SEEN_SECRETS.add(provisioned["identity_secret"])
     merchant = make_merchant(name="Corner Coffee")
@@ -71,8 +79,8 @@ def test_a_terminal_in_pairing_mode_is_claimed_by_typing_its_code(
 
 
 def test_the_device_list_shows_a_terminal_claimed_elsewhere_without_a_reload(
-    backend, server, admin, make_merchant, page
-):
+    backend: Backend, server: Server, admin: Admin, make_merchant: MakeMerchant, page: Page
+) -> None:
     owner = make_merchant(name="Harbour Books")
     user = create_user(backend.env, owner.merchant_id, "admin")
     sign_in(page, server.url, user)

@@ -6,10 +6,20 @@ from __future__ import annotations
 import re
 
 import httpx
-from playwright.sync_api import expect
-from portal_kit import create_user, csrf_of, shot, sign_in
+from playwright.sync_api import Page, expect
 
-from helpers import SEEN_SECRETS, signed_pos_headers
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    Backend,
+    MakeMerchant,
+    MerchantCtx,
+    ProvisionedDevice,
+    Server,
+    present,
+    signed_pos_headers,
+)
+from support.portal_kit import PortalUser, create_user, csrf_of, shot, sign_in
 
 SUBMIT_FORM = """([action, fields]) => {
   const form = document.createElement("form");
@@ -25,7 +35,9 @@ SUBMIT_FORM = """([action, fields]) => {
 }"""
 
 
-def claimed_device(api, admin, owner, label=None):
+def claimed_device(
+    api: httpx.Client, admin: Admin, owner: MerchantCtx, label: str | None = None
+) -> ProvisionedDevice:
     device = admin.provision()
     code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     SEEN_SECRETS.add(code)
@@ -36,7 +48,14 @@ def claimed_device(api, admin, owner, label=None):
     return device
 
 
-def test_staff_see_everything_and_change_nothing(backend, server, api, admin, make_merchant, page):
+def test_staff_see_everything_and_change_nothing(
+    backend: Backend,
+    server: Server,
+    api: httpx.Client,
+    admin: Admin,
+    make_merchant: MakeMerchant,
+    page: Page,
+) -> None:
     owner = make_merchant(name="Staff Room Coffee")
     device = claimed_device(api, admin, owner, "Till 1")
     staff = create_user(backend.env, owner.merchant_id, "staff")
@@ -88,8 +107,13 @@ def test_staff_see_everything_and_change_nothing(backend, server, api, admin, ma
 
 
 def test_forms_without_this_sessions_csrf_token_are_refused(
-    backend, server, api, admin, make_merchant, page
-):
+    backend: Backend,
+    server: Server,
+    api: httpx.Client,
+    admin: Admin,
+    make_merchant: MakeMerchant,
+    page: Page,
+) -> None:
     owner = make_merchant(name="Token Tavern")
     device = claimed_device(api, admin, owner)
     sign_in(page, server.url, create_user(backend.env, owner.merchant_id, "owner"))
@@ -105,7 +129,7 @@ def test_forms_without_this_sessions_csrf_token_are_refused(
         ({"csrf_token": token}, {"Origin": "null"}),  # an opaque origin (a sandboxed frame, …)
         ({"csrf_token": token}, {"Sec-Fetch-Site": "cross-site"}),
     ):
-        response = page.request.post(disable, form=form, headers=headers)
+        response = page.request.post(disable, form={**form}, headers=headers)
         assert response.status == 403, (form, headers)
         assert "This form was not sent from this portal" in response.text()
     assert owner.http.get(f"/merchant/devices/{device.device_id}").json()["disabled"] is False
@@ -126,8 +150,8 @@ def test_forms_without_this_sessions_csrf_token_are_refused(
 
 
 def test_sign_in_errors_say_what_to_do_and_nothing_more(
-    backend, server, admin, make_merchant, page
-):
+    backend: Backend, server: Server, admin: Admin, make_merchant: MakeMerchant, page: Page
+) -> None:
     owner = make_merchant(name="Wrong Turn Pizza")
     user = create_user(backend.env, owner.merchant_id, "owner")
     page.goto(f"{server.url}/portal/signin")
@@ -177,8 +201,8 @@ def test_sign_in_errors_say_what_to_do_and_nothing_more(
 
 
 def test_api_clients_sign_in_and_members_of_several_merchants_pick_one(
-    backend, server, admin, make_merchant, page
-):
+    backend: Backend, server: Server, admin: Admin, make_merchant: MakeMerchant, page: Page
+) -> None:
     first = make_merchant(name="Alpha Atelier")
     second = make_merchant(name="Beta Bistro")
     client = admin.client(merchant_id=first.merchant_id, role="admin")
@@ -214,10 +238,10 @@ def test_api_clients_sign_in_and_members_of_several_merchants_pick_one(
     assert picked.ok and "You are not a member of that merchant." in picked.text()
 
 
-def _signed_in_client(server, user) -> httpx.Client:
+def _signed_in_client(server: Server, user: PortalUser) -> httpx.Client:
     http = httpx.Client(base_url=server.url, follow_redirects=False, timeout=30)
     page = http.get("/portal/signin")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    token = present(re.search(r'name="csrf_token" value="([^"]+)"', page.text)).group(1)
     answer = http.post(
         "/portal/signin",
         data={
@@ -233,7 +257,9 @@ def _signed_in_client(server, user) -> httpx.Client:
     return http
 
 
-def test_headers_cookie_sign_out_and_error_formats(backend, server, make_merchant):
+def test_headers_cookie_sign_out_and_error_formats(
+    backend: Backend, server: Server, make_merchant: MakeMerchant
+) -> None:
     owner = make_merchant(name="Header House")
     user = create_user(backend.env, owner.merchant_id, "owner")
     page = httpx.get(f"{server.url}/portal/signin")
@@ -291,9 +317,9 @@ def test_headers_cookie_sign_out_and_error_formats(backend, server, make_merchan
     forged = httpx.get(f"{server.url}/portal/devices", cookies={"viopay_portal": tampered})
     assert forged.status_code == 303 and forged.headers["location"].startswith("/portal/signin")
 
-    token = re.search(r'name="csrf_token" value="([^"]+)"', http.get("/portal/devices").text).group(
-        1
-    )
+    token = present(
+        re.search(r'name="csrf_token" value="([^"]+)"', http.get("/portal/devices").text)
+    ).group(1)
     assert http.post("/portal/signout", data={"csrf_token": token}).status_code == 303
     replayed = httpx.get(f"{server.url}/portal/devices", cookies=stolen)
     assert replayed.status_code == 303  # signing out ended the session on the server too

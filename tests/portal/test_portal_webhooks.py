@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import orjson
 import pytest
-from playwright.sync_api import expect
-from portal_kit import create_user, shot, sign_in
+from playwright.sync_api import Page, expect
 from standardwebhooks import Webhook
 
-from helpers import SEEN_SECRETS, Backend, Server
-from webhook_receiver import Receiver, running_receiver
+from support.helpers import SEEN_SECRETS, Backend, MakeMerchant, Server
+from support.portal_kit import create_user, shot, sign_in
+from support.webhook_receiver import Receiver, running_receiver
 
 
 @pytest.fixture
@@ -25,7 +24,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def test_webhooks_page(
-    backend: Backend, server: Server, make_merchant: Any, page: Any, receiver: Receiver
+    backend: Backend, server: Server, make_merchant: MakeMerchant, page: Page, receiver: Receiver
 ) -> None:
     owner = make_merchant(name="Hook & Ladder")
     user = create_user(backend.env, owner.merchant_id, "owner")

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from viopay.audit import SYSTEM, Actor, AuditEvent, record_event
 from viopay.merchants.service import create_merchant
+from viopay.runtime import Runtime
 from viopay.webhooks import outbox
 from viopay.webhooks.models import DeliveryStatus, EndpointStatus, WebhookDelivery, WebhookEndpoint
 from viopay.webhooks.service import create_endpoint
@@ -34,7 +35,7 @@ def test_schedule_with_jitter() -> None:
     assert next_delay(schedule, 4, rng=rng) is None
 
 
-async def _endpoint(runtime: Any) -> tuple[str, str]:
+async def _endpoint(runtime: Runtime) -> tuple[str, str]:
     outbox.install()
     async with runtime.sessions() as db, db.begin():
         merchant = await create_merchant(
@@ -72,7 +73,7 @@ def _event(db: Any, merchant_id: str, now: datetime) -> AuditEvent:
 
 
 @pytest.mark.backend
-async def test_outbox_commits_and_rolls_back_with_the_event(runtime: Any) -> None:
+async def test_outbox_commits_and_rolls_back_with_the_event(runtime: Runtime) -> None:
     merchant_id, endpoint_id = await _endpoint(runtime)
     count = (
         select(func.count())
@@ -100,7 +101,7 @@ async def test_outbox_commits_and_rolls_back_with_the_event(runtime: Any) -> Non
 
 
 @pytest.mark.backend
-async def test_lease_schedule_and_three_day_disable(runtime: Any) -> None:
+async def test_lease_schedule_and_three_day_disable(runtime: Runtime) -> None:
     merchant_id, endpoint_id = await _endpoint(runtime)
     async with runtime.sessions() as db, db.begin():
         event = _event(db, merchant_id, T0)

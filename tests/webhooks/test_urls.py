@@ -90,8 +90,9 @@ async def test_insecure_setting_allows_http_and_any_address() -> None:
 async def test_delivery_connects_to_the_checked_address_not_a_new_lookup() -> None:
     """The name below never resolves: the POST reaches the receiver only through the address
     that was checked, with the name kept in Host (and, over TLS, for SNI and the certificate)."""
-    from viopay.webhooks.worker import Target, build_client, post
-    from webhook_receiver import running_receiver
+    from support.webhook_receiver import running_receiver
+    from viopay.webhooks.urls import Target
+    from viopay.webhooks.worker import build_client, post
 
     with running_receiver() as receiver:
         port = int(receiver.url.split(":")[2].split("/")[0])

@@ -11,9 +11,10 @@ import orjson
 import pytest
 from standardwebhooks import Webhook
 
-from helpers import SEEN_SECRETS, MerchantCtx, Server, _json, problem
+from support.helpers import SEEN_SECRETS, MerchantCtx, Server, expect_json, problem
+from support.webhook_receiver import Receiver, running_receiver
+from viopay.runtime import Runtime
 from viopay_device import verify_webhook
-from webhook_receiver import Receiver, running_receiver
 
 MakeMerchant = Any
 
@@ -25,7 +26,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def create_endpoint(merchant: MerchantCtx, url: str, **fields: Any) -> dict[str, Any]:
-    created = _json(
+    created = expect_json(
         merchant.http.post("/merchant/webhook-endpoints", json={"url": url} | fields), 201
     )
     SEEN_SECRETS.add(created["secret"])
@@ -33,7 +34,7 @@ def create_endpoint(merchant: MerchantCtx, url: str, **fields: Any) -> dict[str,
 
 
 def change_config(merchant: MerchantCtx, percent: int) -> None:
-    _json(
+    expect_json(
         merchant.http.put(
             "/merchant/config",
             json={"tax": {"enabled": True, "rate_bps": percent, "inclusive": False}},
@@ -43,7 +44,7 @@ def change_config(merchant: MerchantCtx, percent: int) -> None:
 
 
 def latest_event(merchant: MerchantCtx, type_: str) -> dict[str, Any]:
-    events = _json(merchant.http.get("/merchant/events", params={"limit": 100}), 200)["data"]
+    events = expect_json(merchant.http.get("/merchant/events", params={"limit": 100}), 200)["data"]
     found: dict[str, Any] = next(e for e in events if e["type"] == type_)
     return found
 
@@ -54,7 +55,9 @@ def verify(received: Any, secret: str) -> dict[str, Any]:
 
 
 def deliveries(merchant: MerchantCtx, endpoint_id: str) -> list[dict[str, Any]]:
-    page = _json(merchant.http.get(f"/merchant/webhook-endpoints/{endpoint_id}/deliveries"), 200)
+    page = expect_json(
+        merchant.http.get(f"/merchant/webhook-endpoints/{endpoint_id}/deliveries"), 200
+    )
     data: list[dict[str, Any]] = page["data"]
     return data
 
@@ -85,27 +88,27 @@ def test_endpoint_lifecycle(make_merchant: MakeMerchant, receiver: Receiver) -> 
     assert created["secret"].startswith("whsec_") and created["event_types"] == ["charge.created"]
     endpoint_id = created["id"]
 
-    listed = _json(owner.http.get("/merchant/webhook-endpoints"), 200)
+    listed = expect_json(owner.http.get("/merchant/webhook-endpoints"), 200)
     assert [e["id"] for e in listed["data"]] == [endpoint_id]
     assert "secret" not in listed["data"][0] and listed["next_cursor"] is None
-    one = _json(owner.http.get(f"/merchant/webhook-endpoints/{endpoint_id}"), 200)
+    one = expect_json(owner.http.get(f"/merchant/webhook-endpoints/{endpoint_id}"), 200)
     assert "secret" not in one and one["url"] == receiver.url
 
-    rotated = _json(
+    rotated = expect_json(
         owner.http.post(f"/merchant/webhook-endpoints/{endpoint_id}/rotate-secret"), 200
     )
     SEEN_SECRETS.add(rotated["secret"])
     assert rotated["secret"].startswith("whsec_") and rotated["secret"] != created["secret"]
-    enabled = _json(owner.http.post(f"/merchant/webhook-endpoints/{endpoint_id}/enable"), 200)
+    enabled = expect_json(owner.http.post(f"/merchant/webhook-endpoints/{endpoint_id}/enable"), 200)
     assert enabled["status"] == "enabled"
 
-    types = [e["type"] for e in _json(owner.http.get("/merchant/events"), 200)["data"]]
+    types = [e["type"] for e in expect_json(owner.http.get("/merchant/events"), 200)["data"]]
     assert "webhook_endpoint.created" in types and "webhook_endpoint.secret_rotated" in types
 
     assert owner.http.delete(f"/merchant/webhook-endpoints/{endpoint_id}").status_code == 204
     problem(owner.http.get(f"/merchant/webhook-endpoints/{endpoint_id}"), 404, "not_found")
     problem(owner.http.delete(f"/merchant/webhook-endpoints/{endpoint_id}"), 404, "not_found")
-    assert _json(owner.http.get("/merchant/webhook-endpoints"), 200)["data"] == []
+    assert expect_json(owner.http.get("/merchant/webhook-endpoints"), 200)["data"] == []
 
 
 @pytest.mark.backend
@@ -120,7 +123,7 @@ def test_bad_input_and_roles(make_merchant: MakeMerchant, receiver: Receiver) ->
         {},
     ):
         problem(owner.http.post("/merchant/webhook-endpoints", json=body), 400, "invalid_request")
-    assert _json(owner.http.get("/merchant/webhook-endpoints"), 200)["data"] == []
+    assert expect_json(owner.http.get("/merchant/webhook-endpoints"), 200)["data"] == []
 
     other = make_merchant()
     endpoint_id = create_endpoint(owner, receiver.url)["id"]
@@ -133,7 +136,7 @@ def test_bad_input_and_roles(make_merchant: MakeMerchant, receiver: Receiver) ->
     problem(
         staff.http.post("/merchant/webhook-endpoints", json={"url": receiver.url}), 403, "forbidden"
     )
-    assert _json(staff.http.get("/merchant/webhook-endpoints"), 200)["data"] == []
+    assert expect_json(staff.http.get("/merchant/webhook-endpoints"), 200)["data"] == []
     problem(staff.http.post("/merchant/webhook-deliveries/whd_nope/retry"), 403, "forbidden")
 
 
@@ -205,7 +208,9 @@ def test_exhausted_delivery_fails_then_manual_retry(
     problem(owner.http.post("/merchant/webhook-deliveries/whd_nope/retry"), 404, "not_found")
 
     receiver.answer = lambda _id, _before: 200
-    retried = _json(owner.http.post(f"/merchant/webhook-deliveries/{failed['id']}/retry"), 202)
+    retried = expect_json(
+        owner.http.post(f"/merchant/webhook-deliveries/{failed['id']}/retry"), 202
+    )
     assert retried["id"] == failed["id"]
     done = wait_delivery(owner, endpoint["id"], event["id"], receiver, "succeeded")
     assert done["attempts"] == 6 and done["last_status_code"] == 200
@@ -238,7 +243,7 @@ def test_refused_connection_is_retried(make_merchant: MakeMerchant) -> None:
 def test_rotation_signs_with_both_secrets(make_merchant: MakeMerchant, receiver: Receiver) -> None:
     owner = make_merchant()
     endpoint = create_endpoint(owner, receiver.url, event_types=["merchant_config.updated"])
-    rotated = _json(
+    rotated = expect_json(
         owner.http.post(f"/merchant/webhook-endpoints/{endpoint['id']}/rotate-secret"), 200
     )
     SEEN_SECRETS.add(rotated["secret"])
@@ -251,7 +256,7 @@ def test_rotation_signs_with_both_secrets(make_merchant: MakeMerchant, receiver:
     assert verify(got, rotated["secret"]) == event  # the new secret
     assert verify(got, endpoint["secret"]) == event  # and, for 24 h, the previous one
 
-    again = _json(
+    again = expect_json(
         owner.http.post(f"/merchant/webhook-endpoints/{endpoint['id']}/rotate-secret"), 200
     )
     SEEN_SECRETS.add(again["secret"])
@@ -275,7 +280,7 @@ def test_two_processes_never_double_deliver(
     with httpx.Client(base_url=server_b.url, headers=owner.http.headers, timeout=30) as other:
         for n in range(20):
             client = owner.http if n % 2 else other
-            _json(
+            expect_json(
                 client.put(
                     "/merchant/config",
                     json={"tax": {"enabled": True, "rate_bps": n, "inclusive": False}},
@@ -284,7 +289,7 @@ def test_two_processes_never_double_deliver(
             )
     events = [
         e["id"]
-        for e in _json(owner.http.get("/merchant/events", params={"limit": 100}), 200)["data"]
+        for e in expect_json(owner.http.get("/merchant/events", params={"limit": 100}), 200)["data"]
         if e["type"] == "merchant_config.updated"
     ]
     assert len(events) == 20
@@ -294,7 +299,7 @@ def test_two_processes_never_double_deliver(
 
 @pytest.mark.backend
 async def test_delete_stops_pending_retries(
-    make_merchant: MakeMerchant, receiver: Receiver, runtime: Any
+    make_merchant: MakeMerchant, receiver: Receiver, runtime: Runtime
 ) -> None:
     from sqlalchemy import select
 

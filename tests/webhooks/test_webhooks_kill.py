@@ -14,18 +14,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import (
+from support.helpers import (
     REDIS_URL,
     SEEN_SECRETS,
     Backend,
     Server,
-    _create_pg_database,
-    _drop_pg_database,
-    _flush_redis_prefix,
-    _json,
     client_token,
+    create_pg_database,
+    drop_pg_database,
+    expect_json,
+    flush_redis_prefix,
 )
-from webhook_receiver import Receiver, running_receiver
+from support.webhook_receiver import Receiver, running_receiver
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def fresh(backend: Backend, tmp_path: Path) -> Iterator[Backend]:
     env = backend.env | {"VIOPAY_DATA_DIR": str(tmp_path / "data")}
     db_name = f"viopay_test_kill_{secrets.token_hex(4)}"
     if backend.name == "postgres":
-        _create_pg_database(db_name)
+        create_pg_database(db_name)
         env |= {
             "VIOPAY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db_name}",
             "VIOPAY_REDIS_URL": REDIS_URL,
@@ -41,8 +41,8 @@ def fresh(backend: Backend, tmp_path: Path) -> Iterator[Backend]:
         }
     yield Backend(backend.name, env)
     if backend.name == "postgres":
-        _flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
-        _drop_pg_database(db_name)
+        flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
+        drop_pg_database(db_name)
 
 
 def owner_http(env: Backend, url: str) -> httpx.Client:
@@ -50,8 +50,8 @@ def owner_http(env: Backend, url: str) -> httpx.Client:
     SEEN_SECRETS.add(operator["client_secret"])
     token = client_token(url, operator["client_id"], operator["client_secret"])
     admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    merchant = _json(admin.post("/admin/merchants", json={"name": "Night owl"}), 201)
-    client = _json(
+    merchant = expect_json(admin.post("/admin/merchants", json={"name": "Night owl"}), 201)
+    client = expect_json(
         admin.post(
             "/admin/clients", json={"merchant_id": merchant["merchant_id"], "role": "owner"}
         ),
@@ -61,7 +61,7 @@ def owner_http(env: Backend, url: str) -> httpx.Client:
     SEEN_SECRETS.add(client["client_secret"])
     token = client_token(url, client["client_id"], client["client_secret"])
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    _json(http.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}), 201)
+    expect_json(http.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}), 201)
     return http
 
 
@@ -94,7 +94,7 @@ def test_killed_server_delivers_every_event_after_restart(fresh: Backend, tmp_pa
 def make_events(env: Backend, server: Server, receiver: Receiver) -> list[str]:
     http = owner_http(env, server.url)
     try:
-        created = _json(
+        created = expect_json(
             http.post(
                 "/merchant/webhook-endpoints",
                 json={"url": receiver.url, "event_types": ["merchant_config.updated"]},
@@ -104,8 +104,8 @@ def make_events(env: Backend, server: Server, receiver: Receiver) -> list[str]:
         SEEN_SECRETS.add(created["secret"])
         for n in range(12):
             tax = {"enabled": True, "rate_bps": n, "inclusive": False}
-            _json(http.put("/merchant/config", json={"tax": tax}), 200)
-        listed = _json(http.get("/merchant/events", params={"limit": 100}), 200)["data"]
+            expect_json(http.put("/merchant/config", json={"tax": tax}), 200)
+        listed = expect_json(http.get("/merchant/events", params={"limit": 100}), 200)["data"]
     finally:
         http.close()
     events = [e["id"] for e in listed if e["type"] == "merchant_config.updated"]

@@ -3,7 +3,7 @@
 Keys the payment schemes publish for terminal certification and testing (Visa VSDC test keys
 92/94/95, Mastercard test keys F1/EF/F3, American Express C9/CA, Discover 5B/5C, JCB 11) and
 the published UnionPay (03/04) and Interac (03/07) keys. Each row holds the checksum as
-published; ``tests/activation/test_emv_defaults.py`` recomputes every one. Schemes publish
+published; ``tests/configuration/test_emv_defaults.py`` recomputes every one. Schemes publish
 test keys without an end date, so each carries :data:`TEST_KEY_EXPIRY`. A production
 deployment loads its acquirer's live key set per merchant (``viopay merchant emv set``).
 """

@@ -121,7 +121,7 @@ class Backend:
 
 
 def _pg(sql: str, *args: Any, database: str = "postgres") -> list[Any]:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     async def go() -> list[Any]:
         conn = await asyncpg.connect(f"{PG_HOST_URL}/{database}")

@@ -1,7 +1,7 @@
 """The log scan: no server process of the run wrote a secret the tests saw into its log.
 
 The tests register every secret they meet (identity and client secrets, tokens, keys, PANs, track
-data, PIN blocks) in ``helpers.SEEN_SECRETS`` and every server log in ``helpers.SERVER_LOGS``.
+data, PIN blocks) in ``support.helpers.SEEN_SECRETS`` and every server log in ``support.helpers.SERVER_LOGS``.
 Under pytest-xdist each worker process has its own copies, so no test can see them all. Instead
 every process of the run writes what it saw to a run folder when its session ends, and the
 controller (the process that started the run, the only one without xdist) scans every log for

@@ -12,11 +12,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from helpers import IN_CI
+from support.helpers import IN_CI
 from viopay_tools.bench import fleet, loadgen, profile
 
 SUMMARY_KEYS = {"charge_rps", "ceiling_rps", "ratio", "p99_ms_at_70pct", "activation_ms", "errors"}
@@ -38,7 +39,7 @@ def _up(port: int) -> bool:
         return False
 
 
-def _bench(tmp_path: Path, *args: str) -> tuple[dict, dict]:
+def _bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIOPAY_")} | {"COLUMNS": "200"}
     out = tmp_path / "results"  # given relative to the working folder, as a user would
     done = subprocess.run(
@@ -58,7 +59,7 @@ def _bench(tmp_path: Path, *args: str) -> tuple[dict, dict]:
     return summary, orjson.loads(results[0].read_bytes())
 
 
-def _samples(doc: dict) -> list:
+def _samples(doc: dict[str, Any]) -> list[Any]:
     """Error samples of every phase, for the assertion messages."""
     phases = [
         p
@@ -69,7 +70,7 @@ def _samples(doc: dict) -> list:
     return [s for p in phases for s in p.get("error_samples", [])][:5]
 
 
-def _check_run(summary: dict, doc: dict, *, backend: str, configs: int) -> None:
+def _check_run(summary: dict[str, Any], doc: dict[str, Any], *, backend: str, configs: int) -> None:
     assert SUMMARY_KEYS | MEASURED_KEYS <= set(summary)
     assert _number(summary["activation_ms"]) and _number(summary["cpu_ms_per_charge"])
     assert summary["cpu_ms_per_charge"] > 0
@@ -101,7 +102,7 @@ def _check_run(summary: dict, doc: dict, *, backend: str, configs: int) -> None:
     assert Path(doc["files"]["json"]).exists()
 
 
-def test_smoke_on_the_embedded_default_with_a_slowed_sandbox(tmp_path):
+def test_smoke_on_the_embedded_default_with_a_slowed_sandbox(tmp_path: Path) -> None:
     summary, doc = _bench(tmp_path, "--backend", "embedded", "--sandbox-latency-ms", "20")
     _check_run(summary, doc, backend="embedded", configs=1)
     skipped = [c for c in doc["configs"] if "skipped" in c]
@@ -117,7 +118,7 @@ def test_smoke_on_the_embedded_default_with_a_slowed_sandbox(tmp_path):
     assert _number(slowed["single_connection_p50_ms"])
 
 
-def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path):
+def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path: Path) -> None:
     if not (_up(5432) and _up(6379)):
         if IN_CI:
             pytest.fail("PostgreSQL and Redis are needed (.ci/run starts them)")
@@ -142,7 +143,7 @@ def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path):
 # --- pieces -------------------------------------------------------------------------------------
 
 
-def test_plan_files_round_trip(tmp_path):
+def test_plan_files_round_trip(tmp_path: Path) -> None:
     requests = [
         loadgen.build_request("GET", "/healthz", host="h:1"),
         loadgen.build_request("POST", "/x", host="h:1", headers={"A": "b"}, body=b"{}"),
@@ -152,14 +153,14 @@ def test_plan_files_round_trip(tmp_path):
     assert requests[1].endswith(b"Content-Length: 2\r\n\r\n{}")
 
 
-def test_percentiles():
+def test_percentiles() -> None:
     values = [i / 1000 for i in range(1, 101)]  # 1..100 ms
     p = loadgen.percentiles(values)
     assert (p["p50"], p["p95"], p["p99"], p["max"]) == (50.0, 95.0, 99.0, 100.0)
     assert loadgen.percentiles([])["p99"] is None
 
 
-def test_activation_server_time_sums_steps_per_device():
+def test_activation_server_time_sums_steps_per_device() -> None:
     lines = [
         {"path": "/pos/bootstrap", "ms": 2.0, "status": 200},
         {"path": "/pos/bootstrap", "ms": 4.0, "status": 200},
@@ -173,7 +174,7 @@ def test_activation_server_time_sums_steps_per_device():
     assert steps["/pos/terminal-parameters"]["calls_per_device"] == 1.0
 
 
-def test_profile_summary_by_category(tmp_path):
+def test_profile_summary_by_category(tmp_path: Path) -> None:
     collapsed = tmp_path / "p.txt"
     collapsed.write_text(
         "main (viopay/x.py:1);execute (sqlalchemy/orm/session.py:2) 6\n"

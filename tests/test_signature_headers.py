@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -28,7 +29,7 @@ NOW = datetime(2025, 12, 13, 14, 25, 30, tzinfo=UTC)
         ("2016-12-31T23:59:60Z", datetime(2017, 1, 1, tzinfo=UTC)),
     ],
 )
-def test_rfc3339_forms(text, expected):
+def test_rfc3339_forms(text: str, expected: Any) -> None:
     assert parse_rfc3339(text) == expected
 
 
@@ -50,7 +51,7 @@ def test_rfc3339_forms(text, expected):
         "1765635930",
     ],
 )
-def test_rfc3339_rejects(text):
+def test_rfc3339_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_rfc3339(text)
 
@@ -60,7 +61,7 @@ def test_rfc3339_rejects(text):
         min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
     )
 )
-def test_rfc3339_round_trip(moment):
+def test_rfc3339_round_trip(moment: datetime) -> None:
     assert parse_rfc3339(moment.isoformat().replace("+00:00", "Z")) == moment
 
 
@@ -76,7 +77,7 @@ def test_rfc3339_round_trip(moment):
         (timedelta(seconds=61), False),
     ],
 )
-def test_window_edges(offset, ok):
+def test_window_edges(offset: Any, ok: bool) -> None:
     if ok:
         check_timestamp(NOW + offset, now=NOW)
         return
@@ -85,14 +86,14 @@ def test_window_edges(offset, ok):
     assert caught.value.extra == {"server_time": "2025-12-13T14:25:30Z"}
 
 
-def test_nonce_retention_follows_the_request_timestamp():
+def test_nonce_retention_follows_the_request_timestamp() -> None:
     assert nonce_ttl(NOW, now=NOW) == 300
     assert nonce_ttl(NOW + timedelta(seconds=60), now=NOW) == 360  # stamped 60 s ahead
     assert nonce_ttl(NOW - timedelta(seconds=299.5), now=NOW) == 1
     assert nonce_ttl(NOW - timedelta(seconds=300), now=NOW) == 1  # at least 1 s
 
 
-async def test_nonce_is_spent_once_per_scope():
+async def test_nonce_is_spent_once_per_scope() -> None:
     cache = MemoryCache()
     await spend_nonce(cache, scope="device:POS-00000001", nonce="n0nce-abc", moment=NOW, now=NOW)
     with pytest.raises(NonceReused):
@@ -103,7 +104,7 @@ async def test_nonce_is_spent_once_per_scope():
     await spend_nonce(cache, scope="device:POS-00000002", nonce="n0nce-abc", moment=NOW, now=NOW)
 
 
-async def test_nonce_expires_with_its_retention():
+async def test_nonce_expires_with_its_retention() -> None:
     clock = [1000.0]
     cache = MemoryCache(clock=lambda: clock[0])
     stamped = NOW - timedelta(seconds=200)  # retained 100 s more

@@ -10,12 +10,19 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 
-from helpers import SEEN_SECRETS, MerchantCtx, ProvisionedDevice, Server
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    MakeMerchant,
+    MerchantCtx,
+    ProvisionedDevice,
+    Server,
+)
 from viopay_device import (
     DeviceClient,
     IdentityKey,
@@ -35,6 +42,9 @@ from viopay_device.protocol.envelope import (
 )
 from viopay_device.protocol.pinblock import encipher_pin_block
 from viopay_device.protocol.signing import charge_string_to_sign, sign
+
+if TYPE_CHECKING:
+    from viopay.runtime import Runtime
 
 UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
 CARD = {"pan": "4242424242424242", "expiry": "3012"}
@@ -92,7 +102,7 @@ class Answer:
 
     @property
     def replayed(self) -> bool:
-        return self.response.headers.get("idempotent-replayed") == "true"
+        return bool(self.response.headers.get("idempotent-replayed") == "true")
 
     def problem(self) -> dict[str, Any]:
         assert self.response.headers["content-type"].startswith("application/problem+json"), (
@@ -332,7 +342,7 @@ class PosTerminal:
 # --- activation -------------------------------------------------------------------------------
 
 
-async def rotate(terminal: PosTerminal, runtime: Any) -> KeySet:
+async def rotate(terminal: PosTerminal, runtime: Runtime) -> KeySet:
     """A new active key set through the API (the old one becomes the previous set)."""
     terminal.client.rotate_keys()
     register_keys(terminal.keys)
@@ -341,9 +351,9 @@ async def rotate(terminal: PosTerminal, runtime: Any) -> KeySet:
 
 async def activated_terminal(
     server: Server,
-    admin: Any,
-    make_merchant: Any,
-    runtime: Any,
+    admin: Admin,
+    make_merchant: MakeMerchant,
+    runtime: Runtime,
     *,
     merchant: MerchantCtx | None = None,
 ) -> PosTerminal:

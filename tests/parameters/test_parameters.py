@@ -6,12 +6,14 @@ import gzip
 import hashlib
 import secrets
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from sqlalchemy import select
 
+from support.helpers import Admin, Backend, MakeMerchant, present
 from viopay.audit import Actor, AuditEvent
 from viopay.devices.models import Device, DeviceStatus, Terminal
 from viopay.errors import InvalidRequest, NotFound
@@ -20,6 +22,7 @@ from viopay.parameters import service as parameters
 from viopay.parameters.defaults import builtin_document
 from viopay.parameters.models import DEFAULT_KEY, TerminalParameters
 from viopay.parameters.service import CHUNK_SIZE, ParametersBlob, chunk, chunk_count, pack
+from viopay.runtime import Runtime
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -28,7 +31,7 @@ def _reassemble(blob: ParametersBlob) -> bytes:
     return b"".join(chunk(blob, index) for index in range(chunk_count(blob)))
 
 
-def test_the_builtin_default_spans_several_chunks():
+def test_the_builtin_default_spans_several_chunks() -> None:
     blob = parameters.builtin_parameters()
     assert chunk_count(blob) >= 3
     assert blob.size == len(blob.gzip_bytes) > 2 * CHUNK_SIZE
@@ -39,7 +42,7 @@ def test_the_builtin_default_spans_several_chunks():
     assert hashlib.sha256(stream).hexdigest() == blob.sha256
 
 
-def test_the_builtin_default_is_a_realistic_document():
+def test_the_builtin_default_is_a_realistic_document() -> None:
     document = orjson.loads(gzip.decompress(parameters.builtin_parameters().gzip_bytes))
     assert document == builtin_document()
     raw_size = len(orjson.dumps(document))
@@ -60,7 +63,7 @@ def test_the_builtin_default_is_a_realistic_document():
     } <= document.keys()
 
 
-def test_gzip_is_deterministic():
+def test_gzip_is_deterministic() -> None:
     document = {"b": [1, 2, 3], "a": {"z": "ü", "y": None}}
     first, second = pack(document), pack({"a": {"y": None, "z": "ü"}, "b": [1, 2, 3]})
     assert first == second  # same document, key order aside: same bytes
@@ -70,7 +73,7 @@ def test_gzip_is_deterministic():
     assert orjson.loads(gzip.decompress(first.gzip_bytes)) == document
 
 
-def test_chunk_index_out_of_range():
+def test_chunk_index_out_of_range() -> None:
     blob = pack({"small": True})
     assert chunk_count(blob) == 1 and chunk(blob, 0) == blob.gzip_bytes
     for index in (-1, 1, 10**6):
@@ -78,7 +81,7 @@ def test_chunk_index_out_of_range():
             chunk(blob, index)
 
 
-def test_only_json_objects_are_documents():
+def test_only_json_objects_are_documents() -> None:
     for document in ([1, 2], "text", 3):
         with pytest.raises(InvalidRequest):
             pack(document)  # type: ignore[arg-type]
@@ -123,7 +126,7 @@ async def _terminal(runtime: Any) -> Terminal:
     return terminal
 
 
-async def test_own_document_wins_and_default_falls_back(runtime):
+async def test_own_document_wins_and_default_falls_back(runtime: Runtime) -> None:
     terminal = await _terminal(runtime)
     async with runtime.sessions() as db:
         default_row = await db.get(TerminalParameters, DEFAULT_KEY)
@@ -179,14 +182,14 @@ async def test_own_document_wins_and_default_falls_back(runtime):
         assert len(events) == 2
 
 
-async def test_unknown_or_released_terminals_are_not_found(runtime):
+async def test_unknown_or_released_terminals_are_not_found(runtime: Runtime) -> None:
     terminal = await _terminal(runtime)
     async with runtime.sessions() as db, db.begin():
         with pytest.raises(NotFound):
             await parameters.set_parameters(
                 db, terminal_id="TID-NOPE", document={}, actor=Actor.operator(), now=NOW
             )
-        row = await db.get(Terminal, terminal.terminal_id)
+        row = present(await db.get(Terminal, terminal.terminal_id))
         row.retired_at = NOW
     async with runtime.sessions() as db, db.begin():
         with pytest.raises(NotFound):
@@ -198,7 +201,7 @@ async def test_unknown_or_released_terminals_are_not_found(runtime):
 # --- HTTP and CLI ---------------------------------------------------------------------------
 
 
-async def test_admin_upload(runtime, admin, make_merchant):
+async def test_admin_upload(runtime: Runtime, admin: Admin, make_merchant: MakeMerchant) -> None:
     terminal = await _terminal(runtime)
     path = f"/admin/terminals/{terminal.terminal_id}/parameters"
     # Over the 64 KiB limit of other endpoints, well under the 8 MiB of this one.
@@ -232,7 +235,7 @@ async def test_admin_upload(runtime, admin, make_merchant):
     assert forbidden.status_code == 403 and forbidden.json()["code"] == "forbidden"
 
 
-async def test_cli_set_and_set_default(runtime, backend, tmp_path):
+async def test_cli_set_and_set_default(runtime: Runtime, backend: Backend, tmp_path: Path) -> None:
     terminal = await _terminal(runtime)
     file = tmp_path / "params.json"
     file.write_bytes(orjson.dumps({"acquirer": {"name": "CLI acquirer"}}))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Coroutine
+from typing import Any
 
 
 class TcpProxy:
@@ -20,7 +22,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.up()
 
-    def _run(self, coro) -> None:
+    def _run(self, coro: Coroutine[Any, Any, object]) -> None:
         asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from support.helpers import Admin, Backend, MakeMerchant
 from viopay.configuration.emv import DEFAULT_AIDS, DEFAULT_CA_PUBLIC_KEYS
 from viopay.configuration.emv_capks import PUBLISHED_CAPKS
 from viopay.configuration.schemas import CaPublicKey, EmvOverrides, capk_checksum
@@ -16,7 +18,7 @@ from viopay.errors import InvalidRequest
 
 
 @pytest.mark.parametrize("key", PUBLISHED_CAPKS, ids=lambda k: f"{k.scheme}-{k.index}")
-def test_published_checksums_verify(key):
+def test_published_checksums_verify(key: Any) -> None:
     """EMV Book 2: SHA-1 over RID || index || modulus || exponent equals the published value."""
     data = bytes.fromhex(key.rid + key.index + key.modulus + key.exponent)
     digest = hashlib.sha1(data, usedforsecurity=False).hexdigest()
@@ -27,7 +29,7 @@ def test_published_checksums_verify(key):
     )
 
 
-def test_default_keys_are_realistic():
+def test_default_keys_are_realistic() -> None:
     assert len(DEFAULT_CA_PUBLIC_KEYS) == len(PUBLISHED_CAPKS)
     sizes = {len(key.modulus) * 4 for key in DEFAULT_CA_PUBLIC_KEYS}
     assert sizes == {1152, 1408, 1984}
@@ -46,7 +48,7 @@ def _key(**changes: Any) -> dict[str, Any]:
     return key | changes
 
 
-def test_a_wrong_checksum_is_refused():
+def test_a_wrong_checksum_is_refused() -> None:
     good = _key()
     wrong = good["checksum"][:-1] + ("0" if good["checksum"][-1] != "0" else "1")
     with pytest.raises(ValidationError) as caught:
@@ -77,13 +79,13 @@ def test_a_wrong_checksum_is_refused():
         ({"ca_public_keys": [_key(), _key()]}, "ca_public_keys"),
     ],
 )
-def test_invalid_overrides_name_their_field(overrides, field):
+def test_invalid_overrides_name_their_field(overrides: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         validate(EmvOverrides, overrides)
     assert field in {error["field"] for error in caught.value.extra["errors"]}
 
 
-def test_overrides_keep_only_what_was_given():
+def test_overrides_keep_only_what_was_given() -> None:
     assert validate(EmvOverrides, {}).stored() == {}
     stored = validate(EmvOverrides, {"terminal_type": "21", "ignored": True}).stored()
     assert stored == {"terminal_type": "21"}
@@ -92,7 +94,7 @@ def test_overrides_keep_only_what_was_given():
 # --- HTTP: the operator's PUT /admin/merchants/{id}/emv -------------------------------------
 
 
-def test_admin_sets_and_resets_emv_overrides(admin, make_merchant):
+def test_admin_sets_and_resets_emv_overrides(admin: Admin, make_merchant: MakeMerchant) -> None:
     owner = make_merchant()
     path = f"/admin/merchants/{owner.merchant_id}/emv"
     default = admin.http.get(path).json()
@@ -107,7 +109,7 @@ def test_admin_sets_and_resets_emv_overrides(admin, make_merchant):
     assert owner.http.get("/merchant/config").json()["config_version"] == 3
 
 
-def test_admin_emv_errors(admin, make_merchant):
+def test_admin_emv_errors(admin: Admin, make_merchant: MakeMerchant) -> None:
     owner = make_merchant()
     path = f"/admin/merchants/{owner.merchant_id}/emv"
     bad = admin.http.put(path, json={"ca_public_keys": [_key(checksum="00" * 20)]})
@@ -119,7 +121,7 @@ def test_admin_emv_errors(admin, make_merchant):
     assert owner.http.get("/merchant/config").json()["config_version"] == 1
 
 
-def test_cli_emv_set_and_show(backend, admin, tmp_path):
+def test_cli_emv_set_and_show(backend: Backend, admin: Admin, tmp_path: Path) -> None:
     merchant = admin.merchant(name="EMV shop", currency="EUR", country="FR")
     shown = backend.cli("merchant", "emv", "show", merchant["merchant_id"])
     assert (shown["country_code"], shown["currency_code"]) == ("0250", "0978")

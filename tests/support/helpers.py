@@ -1,4 +1,4 @@
-"""Shared test helpers (imported as ``helpers``; fixtures live in conftest.py)."""
+"""Shared test helpers (``from support.helpers import ...``; fixtures live in conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,38 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+if TYPE_CHECKING:
+    from viopay_device import DeviceClient
+
+ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("VIOPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("VIOPAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
-# Every secret a test sees is registered here, every server log there; the log scan (log_scan.py)
+# Every secret a test sees is registered here, every server log there; the log scan (support/log_scan.py)
 # looks for each secret in each log at the end of the run, across all xdist workers.
 SEEN_SECRETS: set[str] = set()
 SERVER_LOGS: list[Path] = []
 PORT_ATTEMPTS = 3
+T = TypeVar("T")
 
 
-def _free_port() -> int:
+def present(value: T | None) -> T:
+    """``value``, asserted not None: a row, a key set, a match the test knows is there."""
+    assert value is not None
+    return value
+
+
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -49,7 +60,7 @@ class Server:
         # The free port is released before the server binds it, so another process of the run
         # (an xdist worker, a client socket) can take it in between: then start again elsewhere.
         for _ in range(PORT_ATTEMPTS):
-            self.port = _free_port()
+            self.port = free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "viopay", "serve", "--port", str(self.port)],
@@ -97,14 +108,14 @@ class Server:
         self._log.close()
 
 
-def _json(response: httpx.Response, status: int) -> dict[str, Any]:
+def expect_json(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, f"{response.status_code}: {response.text}"
     body: dict[str, Any] = response.json()
     return body
 
 
 def client_token(url: str, client_id: str, client_secret: str) -> str:
-    body = _json(
+    body = expect_json(
         httpx.post(
             f"{url}/client/session", json={"client_id": client_id, "client_secret": client_secret}
         ),
@@ -182,7 +193,7 @@ def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     return body
 
 
-def sdk_client(url: str, device: ProvisionedDevice, **options: Any) -> Any:
+def sdk_client(url: str, device: ProvisionedDevice, **options: Any) -> DeviceClient:
     """The device SDK for a provisioned device (identity key in a memory key store)."""
     from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
 
@@ -190,10 +201,12 @@ def sdk_client(url: str, device: ProvisionedDevice, **options: Any) -> Any:
     return DeviceClient(url, device_id=device.device_id, key_store=store, **options)
 
 
-def claim_with(client: Any, merchant: MerchantCtx, *, label: str | None = None) -> str:
+def claim_with(client: DeviceClient, merchant: MerchantCtx, *, label: str | None = None) -> str:
     """Put the SDK device in pairing mode and claim it as ``merchant``; returns the terminal id."""
     code = client.request_pairing_code().pairing_code
-    body = _json(merchant.http.post("/pos/claim", json={"pairing_code": code, "label": label}), 200)
+    body = expect_json(
+        merchant.http.post("/pos/claim", json={"pairing_code": code, "label": label}), 200
+    )
     terminal_id: str = body["terminal_id"]
     return terminal_id
 
@@ -248,15 +261,15 @@ def _pg_admin(statement: str) -> None:
         pool.submit(asyncio.run, go()).result()
 
 
-def _create_pg_database(name: str) -> None:
+def create_pg_database(name: str) -> None:
     _pg_admin(f'CREATE DATABASE "{name}"')
 
 
-def _drop_pg_database(name: str) -> None:
+def drop_pg_database(name: str) -> None:
     _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _flush_redis_prefix(prefix: str) -> None:
+def flush_redis_prefix(prefix: str) -> None:
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
@@ -266,7 +279,7 @@ def _flush_redis_prefix(prefix: str) -> None:
     client.close()
 
 
-def _require_services() -> None:
+def require_services() -> None:
     missing = [
         name
         for name, port in (("PostgreSQL", 5432), ("Redis", 6379))
@@ -277,3 +290,52 @@ def _require_services() -> None:
         if IN_CI:
             pytest.fail(f"{message}: CI needs both (.ci/run starts them)")
         pytest.skip(message)
+
+
+class Admin:
+    """An operator: an admin API client of this backend."""
+
+    def __init__(self, server: Server, client: dict[str, Any]) -> None:
+        self.server = server
+        self.credentials = client
+        self.http = httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {self.token()}"}, timeout=30
+        )
+
+    def token(self) -> str:
+        return client_token(
+            self.server.url, self.credentials["client_id"], self.credentials["client_secret"]
+        )
+
+    def provision(
+        self, device_id: str | None = None, key_id: str | None = None
+    ) -> ProvisionedDevice:
+        device_id = device_id or f"POS-{secrets.token_hex(4).upper()}"
+        body = {"device_id": device_id} | ({"key_id": key_id} if key_id else {})
+        created = expect_json(self.http.post("/admin/devices", json=body), 201)
+        SEEN_SECRETS.add(created["identity_secret"])
+        return ProvisionedDevice(
+            created["device_id"], created["key_id"], created["identity_secret"]
+        )
+
+    def merchant(self, **fields: Any) -> dict[str, Any]:
+        return expect_json(
+            self.http.post("/admin/merchants", json={"name": "Corner Coffee"} | fields), 201
+        )
+
+    def client(self, **fields: Any) -> dict[str, Any]:
+        created = expect_json(self.http.post("/admin/clients", json=fields), 201)
+        SEEN_SECRETS.add(created["client_secret"])
+        return created
+
+    def add_member(self, merchant_id: str, subject: str, role: str) -> None:
+        expect_json(
+            self.http.post(
+                f"/admin/merchants/{merchant_id}/members", json={"subject": subject, "role": role}
+            ),
+            201,
+        )
+
+
+# What the ``make_merchant`` fixture gives: make(role="owner", *, url=None, **fields) -> MerchantCtx.
+MakeMerchant = Callable[..., MerchantCtx]

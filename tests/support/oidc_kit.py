@@ -23,7 +23,7 @@ import httpx
 import orjson
 import pytest
 
-from helpers import IN_CI, ROOT, SEEN_SECRETS, Backend, Server, _free_port
+from support.helpers import IN_CI, ROOT, SEEN_SECRETS, Backend, Server, free_port
 
 PROVIDER_DIR = ROOT / "tests" / "oidc_provider"
 REALM = "viopay"
@@ -176,7 +176,7 @@ def oidc_stack(
 ) -> Iterator[OidcStack]:
     """``viopay serve`` on ``backend`` with VIOPAY_OIDC_ISSUER, then the provider it points at."""
     node_executable()  # before starting anything
-    port = _free_port()
+    port = free_port()
     env = backend.env | {
         "VIOPAY_OIDC_ISSUER": f"http://127.0.0.1:{port}/realms/{REALM}",
         "VIOPAY_OIDC_AUDIENCE": AUDIENCE,

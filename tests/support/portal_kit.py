@@ -10,11 +10,17 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import orjson
 
-from helpers import ROOT, SEEN_SECRETS
+from support import charge_kit
+from support.helpers import ROOT, SEEN_SECRETS, Admin, Backend, MerchantCtx, Server
+from viopay_device import DeviceClient, IdentityKey, MemoryKeyStore
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page, ViewportSize
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -28,7 +34,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-VIEWPORT = {"width": 1360, "height": 900}
+VIEWPORT: ViewportSize = {"width": 1360, "height": 900}
 
 
 @dataclass
@@ -77,7 +83,7 @@ def create_user(
     return PortalUser(document["user_id"], document["email"], password, merchant_id, role)
 
 
-def shot(page: Any, backend: str, name: str) -> Path:
+def shot(page: Page, backend: str, name: str) -> Path:
     """Save a full-page screenshot: test-artifacts/screenshots/<backend>-<name>.png."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{backend}-{name}.png"
@@ -85,7 +91,9 @@ def shot(page: Any, backend: str, name: str) -> Path:
     return path
 
 
-def sign_in(page: Any, base_url: str, user: PortalUser, *, expect: str = "/portal/devices") -> None:
+def sign_in(
+    page: Page, base_url: str, user: PortalUser, *, expect: str = "/portal/devices"
+) -> None:
     page.goto(f"{base_url}/portal/signin")
     page.fill("#email", user.email)
     page.fill("#password", user.password)
@@ -96,3 +104,33 @@ def sign_in(page: Any, base_url: str, user: PortalUser, *, expect: str = "/porta
 def csrf_of(page: Any) -> str:
     token: str = page.locator("input[name=csrf_token]").first.get_attribute("value")
     return token
+
+
+DECLINED = {"pan": "4000000000000002", "expiry": "3012"}
+
+
+def activated_terminal(
+    backend: Backend, server: Server, admin: Admin, merchant: MerchantCtx
+) -> charge_kit.PosTerminal:
+    """charge_kit.activated_terminal without an event loop in this thread (Playwright's sync
+    API keeps one running here): the SDK alone, over HTTP."""
+    device = admin.provision()
+    client = DeviceClient(
+        server.url,
+        device_id=device.device_id,
+        key_store=MemoryKeyStore(IdentityKey(device.key_id, device.secret)),
+        retry_backoff=0.05,
+    )
+    code = client.request_pairing_code().pairing_code
+    SEEN_SECRETS.add(code)
+    assert merchant.http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
+    client.attest()
+    key_set = client.download_keys()
+    charge_kit.register_keys(key_set)
+    client.fetch_config(key_set_id=key_set.key_set_id)
+    client.activate()
+    terminal_id = client.terminal_id or client.status().terminal_id
+    assert terminal_id is not None
+    return charge_kit.PosTerminal(
+        server, device, merchant, client, terminal_id, httpx.Client(timeout=30)
+    )

@@ -6,18 +6,29 @@ the same database, cache and master key (``runtime``).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
+import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
-from helpers import SEEN_SECRETS, signed_pos_headers
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    MakeMerchant,
+    ProvisionedDevice,
+    present,
+    signed_pos_headers,
+)
 from viopay.audit import Actor
 from viopay.devices.models import Device
 from viopay.errors import InvalidRequest, InvalidState
 from viopay.ids import utcnow
 from viopay.keysets import service as keysets
 from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
+from viopay.keysets.service import DeliveredKeySet
+from viopay.runtime import Runtime
 from viopay_device.protocol.kcv import kcv_for
 from viopay_device.protocol.keyblocks import KEY_TYPES, WRAPPED_BY, unwrap_key
 from viopay_device.protocol.transport import derive_ktk, generate_x25519, x25519_shared
@@ -26,7 +37,7 @@ GRACE = timedelta(seconds=600)
 
 
 @pytest.fixture
-def claimed(api, admin, make_merchant):
+def claimed(api: httpx.Client, admin: Admin, make_merchant: MakeMerchant) -> ProvisionedDevice:
     device = admin.provision()
     code = api.post("/pos/pairing-code", headers=signed_pos_headers(device)).json()["pairing_code"]
     response = make_merchant().http.post("/pos/claim", json={"pairing_code": code})
@@ -34,9 +45,11 @@ def claimed(api, admin, make_merchant):
     return device
 
 
-async def _create(runtime, device, now, transport_key=None):
+async def _create(
+    runtime: Runtime, device: ProvisionedDevice, now: datetime, transport_key: bytes | None = None
+) -> DeliveredKeySet:
     async with runtime.sessions() as db, db.begin():
-        row = await db.get(Device, device.device_id)
+        row = present(await db.get(Device, device.device_id))
         return await keysets.create_key_set(
             db,
             wrapper=runtime.wrapper,
@@ -48,29 +61,33 @@ async def _create(runtime, device, now, transport_key=None):
         )
 
 
-async def _activate(runtime, key_set_id, now, grace=GRACE):
+async def _activate(
+    runtime: Runtime, key_set_id: str, now: datetime, grace: timedelta = GRACE
+) -> KeySetStatus:
     async with runtime.sessions() as db, db.begin():
-        key_set = await db.get(KeySet, key_set_id)
+        key_set = present(await db.get(KeySet, key_set_id))
         return (await keysets.activate_key_set(db, key_set=key_set, now=now, grace=grace)).status
 
 
-async def _statuses(runtime, device_id):
+async def _statuses(runtime: Runtime, device_id: str) -> dict[str, KeySetStatus]:
     async with runtime.sessions() as db:
         rows = await db.scalars(select_sets(device_id))
         return {row.key_set_id: row.status for row in rows}
 
 
-def select_sets(device_id):
+def select_sets(device_id: str) -> Select[KeySet]:
     return select(KeySet).where(KeySet.device_id == device_id)
 
 
-async def _usable(runtime, device_id, now):
+async def _usable(runtime: Runtime, device_id: str, now: datetime) -> list[str]:
     async with runtime.sessions() as db:
-        device = await db.get(Device, device_id)
+        device = present(await db.get(Device, device_id))
         return [ks.key_set_id for ks in await keysets.usable_key_sets(db, device=device, now=now)]
 
 
-async def test_delivered_blocks_unwrap_and_keys_are_stored_wrapped(runtime, claimed):
+async def test_delivered_blocks_unwrap_and_keys_are_stored_wrapped(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     now = utcnow()
     private, public = generate_x25519()
     delivered = await _create(runtime, claimed, now, transport_key=public)
@@ -110,11 +127,11 @@ async def test_delivered_blocks_unwrap_and_keys_are_stored_wrapped(runtime, clai
         )
 
 
-def select_keys(key_set_id):
+def select_keys(key_set_id: str) -> Select[KeySetKey]:
     return select(KeySetKey).where(KeySetKey.key_set_id == key_set_id)
 
 
-async def test_key_ids_are_unique_and_typed(runtime, claimed):
+async def test_key_ids_are_unique_and_typed(runtime: Runtime, claimed: ProvisionedDevice) -> None:
     now = utcnow()
     first, second = await _create(runtime, claimed, now), await _create(runtime, claimed, now)
     ids = [k.key_id for k in first.keys + second.keys]
@@ -130,13 +147,17 @@ async def test_key_ids_are_unique_and_typed(runtime, claimed):
 
 
 @pytest.mark.parametrize("bad", [bytes(32), (1).to_bytes(32, "little")])
-async def test_low_order_transport_key_is_refused(runtime, claimed, bad):
+async def test_low_order_transport_key_is_refused(
+    runtime: Runtime, claimed: ProvisionedDevice, bad: Any
+) -> None:
     with pytest.raises(InvalidRequest) as caught:
         await _create(runtime, claimed, utcnow(), transport_key=bad)
     assert caught.value.extra["errors"][0]["field"] == "transport_key"
 
 
-async def test_pending_set_expires_after_15_minutes(runtime, claimed):
+async def test_pending_set_expires_after_15_minutes(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     now = utcnow()
     ks = (await _create(runtime, claimed, now)).key_set.key_set_id
     assert await _usable(runtime, claimed.device_id, now + timedelta(minutes=15, seconds=-1)) == [
@@ -147,7 +168,7 @@ async def test_pending_set_expires_after_15_minutes(runtime, claimed):
         await _activate(runtime, ks, now + timedelta(minutes=15))
 
 
-async def test_activation_and_rotation(runtime, claimed):
+async def test_activation_and_rotation(runtime: Runtime, claimed: ProvisionedDevice) -> None:
     t0 = utcnow()
     a, b, c = [
         (await _create(runtime, claimed, t0 + timedelta(seconds=i))).key_set.key_set_id
@@ -178,7 +199,7 @@ async def test_activation_and_rotation(runtime, claimed):
     assert await _usable(runtime, claimed.device_id, t1 + GRACE - timedelta(seconds=1)) == [c, b]
     assert await _usable(runtime, claimed.device_id, t1 + GRACE) == [c]
     async with runtime.sessions() as db:
-        previous, active = await db.get(KeySet, b), await db.get(KeySet, c)
+        previous, active = present(await db.get(KeySet, b)), present(await db.get(KeySet, c))
         assert keysets.serves_charges(previous, now=t1) and keysets.serves_charges(active, now=t1)
         assert not keysets.serves_charges(previous, now=t1 + GRACE)
         assert previous.retires_at == t1 + GRACE and active.activated_at == t1
@@ -194,7 +215,9 @@ async def test_activation_and_rotation(runtime, claimed):
     }
 
 
-async def test_zero_grace_retires_the_old_set_at_once(runtime, claimed):
+async def test_zero_grace_retires_the_old_set_at_once(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     now = utcnow()
     a = (await _create(runtime, claimed, now)).key_set.key_set_id
     await _activate(runtime, a, now)
@@ -203,18 +226,22 @@ async def test_zero_grace_retires_the_old_set_at_once(runtime, claimed):
     assert (await _statuses(runtime, claimed.device_id))[a] is KeySetStatus.retired
 
 
-async def test_pending_sets_do_not_serve_charges(runtime, claimed):
+async def test_pending_sets_do_not_serve_charges(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
     now = utcnow()
     delivered = await _create(runtime, claimed, now)
     assert not keysets.serves_charges(delivered.key_set, now=now)
     async with runtime.sessions() as db:
         by_mac = await keysets.key_set_by_hmac_key_id(db, delivered.key_set.hmac_key_id)
         by_msk = await keysets.key_set_by_msk_key_id(db, delivered.key_set.msk_key_id)
-        assert by_mac.key_set_id == by_msk.key_set_id == delivered.key_set.key_set_id
+        assert (
+            present(by_mac).key_set_id == present(by_msk).key_set_id == delivered.key_set.key_set_id
+        )
         assert await keysets.key_set_by_hmac_key_id(db, "mac_nope") is None
 
 
-async def test_envelope_count_is_atomic(runtime, claimed):
+async def test_envelope_count_is_atomic(runtime: Runtime, claimed: ProvisionedDevice) -> None:
     ks = (await _create(runtime, claimed, utcnow())).key_set.key_set_id
     async with runtime.sessions() as db, db.begin():
         assert await keysets.count_envelopes(db, key_set_id=ks) == 1
@@ -224,13 +251,13 @@ async def test_envelope_count_is_atomic(runtime, claimed):
             await keysets.count_envelopes(db, key_set_id="ks_missing")
 
 
-async def test_release_retires_every_set(runtime, claimed):
+async def test_release_retires_every_set(runtime: Runtime, claimed: ProvisionedDevice) -> None:
     now = utcnow()
     a = (await _create(runtime, claimed, now)).key_set.key_set_id
     await _activate(runtime, a, now)
     b = (await _create(runtime, claimed, now + timedelta(seconds=1))).key_set.key_set_id
     async with runtime.sessions() as db, db.begin():
-        device = await db.get(Device, claimed.device_id)
+        device = present(await db.get(Device, claimed.device_id))
         generation = device.token_generation
         await keysets.release_device(db, device=device, actor=Actor.operator("test"), now=now)
         assert device.token_generation == generation + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from viopay.configuration.document import build_config_document, config_etag
@@ -85,7 +86,7 @@ def _document(
     )
 
 
-def test_the_document_has_exactly_the_members_of_the_protocol():
+def test_the_document_has_exactly_the_members_of_the_protocol() -> None:
     document = _document()
     assert set(document) == TOP_LEVEL
     assert set(document["terminal"]) == TERMINAL
@@ -113,7 +114,7 @@ def test_the_document_has_exactly_the_members_of_the_protocol():
     assert document["config_version"] == 1
 
 
-def test_terminal_and_emv_values():
+def test_terminal_and_emv_values() -> None:
     document = _document()
     assert document["terminal"] == {
         "terminal_id": "TID-004812",
@@ -173,12 +174,14 @@ def test_terminal_and_emv_values():
         ("CAD", "CA", ("0124", "0124", 2)),
     ],
 )
-def test_numeric_codes_follow_the_merchant(currency, country, codes):
+def test_numeric_codes_follow_the_merchant(
+    currency: str, country: str, codes: tuple[str, str, int]
+) -> None:
     emv = _document(_merchant(currency=currency, country=country))["emv"]
     assert (emv["country_code"], emv["currency_code"], emv["currency_exponent"]) == codes
 
 
-def test_an_unknown_currency_needs_an_operator_override():
+def test_an_unknown_currency_needs_an_operator_override() -> None:
     merchant = _merchant(currency="XAF", country="CM")
     with pytest.raises(InvalidState, match="currency_code"):
         _document(merchant)
@@ -191,7 +194,7 @@ def test_an_unknown_currency_needs_an_operator_override():
     )
 
 
-def test_overrides_replace_members_whole():
+def test_overrides_replace_members_whole() -> None:
     merchant = _merchant()
     config = new_config(merchant, now=NOW)
     only_visa = [
@@ -213,7 +216,7 @@ def test_overrides_replace_members_whole():
     assert emv["terminal_capabilities"] == "E0F8C8" and emv["ca_public_keys"]  # untouched
 
 
-def test_the_document_validates_against_the_published_schema():
+def test_the_document_validates_against_the_published_schema() -> None:
     jsonschema = pytest.importorskip("jsonschema")  # a dev dependency
     schema = config_document_schema()
     validator = jsonschema.Draft202012Validator(schema)
@@ -229,12 +232,12 @@ def test_the_document_validates_against_the_published_schema():
     assert not validator.is_valid(broken)
 
 
-def test_the_published_schema_and_the_models_agree_on_a_round_trip():
+def test_the_published_schema_and_the_models_agree_on_a_round_trip() -> None:
     document = _document()
     assert ConfigDocument.model_validate(document).model_dump(mode="json") == document
 
 
-def test_etag_is_stable_and_follows_the_document():
+def test_etag_is_stable_and_follows_the_document() -> None:
     merchant = _merchant()
     config = new_config(merchant, now=NOW)
     first = config_etag(_document(merchant, merchant_config=config))
@@ -250,7 +253,7 @@ def test_etag_is_stable_and_follows_the_document():
 # --- HTTP -----------------------------------------------------------------------------------
 
 
-def test_schema_endpoint_needs_no_auth(api):
+def test_schema_endpoint_needs_no_auth(api: httpx.Client) -> None:
     jsonschema = pytest.importorskip("jsonschema")
     response = api.get("/pos/config/schema")
     assert response.status_code == 200, response.text
