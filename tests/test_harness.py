@@ -81,7 +81,7 @@ markers = xdist_group: a pytest-xdist group (unknown with -p no:xdist)
 RUN_CONFTEST = """
 from pathlib import Path
 
-from support.log_scan import LogScan
+from log_scan import LogScan  # the copy made beside this conftest
 
 SECRETS, LOGS = set(), []
 
@@ -147,6 +147,11 @@ def test_server_log_records_requests_and_no_secret(
     ]
     SEEN_SECRETS.add(code)
     assert make_merchant().http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
+    # The access line is written once the answer is sent: give the server a moment to write it.
+    for _ in range(100):
+        if '"path": "/pos/claim"' in server.log_path.read_text(errors="replace"):
+            break
+        threading.Event().wait(0.05)
     assert '"path": "/pos/claim"' in server.log_path.read_text(errors="replace")
     assert find_leaks(SEEN_SECRETS, [server.log_path]) == []
 

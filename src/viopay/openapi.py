@@ -122,7 +122,7 @@ def _needs(path: str, method: str, *, pairing_signed: bool) -> tuple[list[Any], 
         return _ACTIVATION + _SIGNATURE, None
     if path in _TOKEN_PATHS:
         return [_DEVICE_ID], "attestation"
-    if path.startswith("/pos/charge"):
+    if path.startswith("/pos/charge") or path == "/pos/heartbeat":
         return _CHARGE + ([_IDEMPOTENCY_KEY] if method == "post" else []), None
     if path.startswith(_BEARER_PREFIXES):
         return [], "bearer"

@@ -143,9 +143,7 @@ def list_(
 
 
 @app.command("show")
-def show(
-    device_id: str = typer.Argument(..., callback=_device_id), as_json: bool = JsonOption
-) -> None:
+def show(device_id: str = DeviceIdArgument, as_json: bool = JsonOption) -> None:
     """One device (the §6 device object)."""
     device = run_in_transaction(lambda db, rt: service.get_device(db, device_id))
     emit(_device(device), as_json=as_json, title="Device")
