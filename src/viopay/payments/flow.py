@@ -50,7 +50,15 @@ from viopay.errors import (
 )
 from viopay.merchants.models import MerchantConfig
 from viopay.metrics import PROCESSOR_CALLS
-from viopay.payments import idempotency, intents, outcomes, refunds, reversals, service
+from viopay.payments import (
+    idempotency,
+    intents,
+    native,
+    outcomes,
+    refunds,
+    reversals,
+    service,
+)
 from viopay.payments.channel import (
     KeySetUsage,
     OpenedRequest,
@@ -202,6 +210,10 @@ async def _claim_and_record_intent(
         if existing is not None:
             idempotency.refuse_busy(existing)
         raise
+    if endpoint is CHARGE and native.on_postgres(db):
+        intent = await _claim_charge_natively(db, call, key, fingerprint)
+        if intent is not None:
+            return intent
     record_id: int | None = None
     if key is not None:
         claimed = await idempotency.claim(
@@ -323,10 +335,18 @@ async def _store_outcome(
     """Transaction 2 (see the module's docstring)."""
     async with call.runtime.sessions() as db, db.begin():
         if intent.kind is IntentKind.charge:
-            stored = await outcomes.store_charge(
-                db, intent, authorization, undone=undone, now=call.now
+            opened = call.opened
+            assert opened is not None
+            return await outcomes.store_charge_tallied(
+                db,
+                intent,
+                authorization,
+                undone=undone,
+                now=call.now,
+                key_set_id=opened.key_set_id,
+                envelopes=opened.envelopes_opened + 1,
             )
-        elif intent.kind is IntentKind.refund:
+        if intent.kind is IntentKind.refund:
             stored = await outcomes.store_refund(db, intent, now=call.now)
         else:
             stored = await outcomes.store_undo(db, intent, now=call.now)
@@ -495,6 +515,48 @@ async def decide_charge(
     db: AsyncSession, call: Call, record_id: int | None
 ) -> Answer | PaymentIntent:
     """§4.1 body rules (400, 422), then the charge intent."""
+    draft = await _draft_charge(db, call)
+    return await _intent(
+        db, call, record_id, IntentKind.charge, draft.charge_id, **service.draft_request(draft)
+    )
+
+
+async def _claim_charge_natively(
+    db: AsyncSession, call: Call, key: str | None, fingerprint: str
+) -> PaymentIntent | None:
+    """PostgreSQL (:mod:`viopay.payments.native`): the charge's draft first (no I/O unless
+    it asks for a surcharge), then the key's claim and the intent in one statement. None,
+    having written nothing, when the draft is refused (the portable path then claims the key
+    and stores the refusal) or the key is another request's (the portable path answers it)."""
+    try:
+        draft = await _draft_charge(db, call)
+    except ViopayError:
+        call.draft = None
+        return None
+    scope, auth = call.scope, call.terminal
+    intent = intents.build(
+        kind=IntentKind.charge,
+        terminal_id=scope.terminal_id,
+        device_id=scope.device_id,
+        merchant_id=scope.merchant_id,
+        charge_id=draft.charge_id,
+        now=call.now,
+        request=service.draft_request(draft),
+        idempotency_record_id=None,
+    )
+    claimed = await native.claim_and_record(
+        db,
+        intent,
+        key=key,
+        method=auth.method,
+        path=auth.path,
+        fingerprint=fingerprint,
+        expires_at=call.now + idempotency.RETENTION,
+    )
+    return intent if claimed else None
+
+
+async def _draft_charge(db: AsyncSession, call: Call) -> service.ChargeDraft:
     opened = call.opened
     assert opened is not None
     draft = call.draft = service.build_draft(
@@ -508,9 +570,7 @@ async def decide_charge(
         nonce=call.terminal.nonce,
         idempotency_key=call.terminal.idempotency_key,
     )
-    return await _intent(
-        db, call, record_id, IntentKind.charge, draft.charge_id, **service.draft_request(draft)
-    )
+    return draft
 
 
 def decide_refund(charge_id: str) -> Decide:

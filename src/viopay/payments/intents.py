@@ -29,8 +29,14 @@ def new_reference() -> str:
     return "vpr_" + secrets.token_hex(12)
 
 
-async def record(
-    db: AsyncSession,
+async def record(db: AsyncSession, **fields: Any) -> PaymentIntent:
+    """Build (:func:`build`) and insert a pending intent."""
+    intent = build(**fields)
+    await insert_row(db, intent)
+    return intent
+
+
+def build(
     *,
     kind: IntentKind,
     terminal_id: str,
@@ -43,7 +49,8 @@ async def record(
     refund_id: str | None = None,
     amount: int | None = None,
 ) -> PaymentIntent:
-    intent = PaymentIntent(
+    """A new pending intent under a fresh reference (not yet written)."""
+    return PaymentIntent(
         intent_id=new_id("pi_"),
         kind=kind,
         state=IntentState.pending,
@@ -62,8 +69,6 @@ async def record(
         created_at=now,
         finished_at=None,
     )
-    await insert_row(db, intent)
-    return intent
 
 
 _INSERTS: dict[str, Any] = {}

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import SYSTEM, Actor, record_event
 from viopay.metrics import count_charge
-from viopay.payments import idempotency, intents
+from viopay.payments import idempotency, intents, native
+from viopay.payments.channel import meter
 from viopay.payments.models import (
     Charge,
     ChargeStatus,
@@ -32,6 +33,7 @@ from viopay.payments.models import (
 from viopay.payments.processors import Authorization
 from viopay.payments.schemas import charge_view, refund_view
 from viopay.payments.service import charge_event, get_charge
+from viopay.webhooks import outbox
 
 TIMEOUT_RESPONSE_CODE = "68"
 TIMEOUT_REASON = "processor_timeout"
@@ -81,6 +83,65 @@ async def _finish_key(
     )
 
 
+@dataclass(frozen=True)
+class _ChargeOutcome:
+    """What storing a charge intent's outcome writes (either path)."""
+
+    charge: Charge
+    outcome: dict[str, Any]
+    events: list[native.ChargeEvent]
+    actor: Actor
+    view: dict[str, Any]
+    stored_status: int
+    timed_out: bool
+
+
+def _charge_outcome(
+    intent: PaymentIntent,
+    authorization: Authorization | None,
+    *,
+    undone: bool,
+    now: datetime,
+    recovered: bool,
+) -> _ChargeOutcome:
+    timed_out = authorization is None
+    if authorization is None:
+        authorization = Authorization(
+            approved=False, response_code=TIMEOUT_RESPONSE_CODE, decline_reason=TIMEOUT_REASON
+        )
+    if timed_out or (authorization.approved and undone):
+        status = ChargeStatus.reversed
+    elif authorization.approved:
+        status = ChargeStatus.approved
+    else:
+        status = ChargeStatus.declined
+    charge = _charge(intent, authorization, status, now)
+    created = {
+        "terminal_id": charge.terminal_id,
+        "status": status.value,
+        "amount": charge.amount,
+        "response_code": authorization.response_code,
+        **({"recovered": True} if recovered else {}),
+    }
+    events = [native.ChargeEvent("charge.created", created)]
+    if status is ChargeStatus.reversed:
+        reason = TIMEOUT_REASON if timed_out else "recovery"
+        events.append(
+            native.ChargeEvent(
+                "charge.reversed", {"terminal_id": charge.terminal_id, "reason": reason}
+            )
+        )
+    return _ChargeOutcome(
+        charge=charge,
+        outcome={"status": status.value, "response_code": authorization.response_code},
+        events=events,
+        actor=_actor(intent, recovered),
+        view=charge_view(charge),
+        stored_status=200 if status is ChargeStatus.reversed else 201,
+        timed_out=timed_out,
+    )
+
+
 async def store_charge(
     db: AsyncSession,
     intent: PaymentIntent,
@@ -94,53 +155,76 @@ async def store_charge(
     """The charge of a charge intent. ``authorization`` None: the processor timed out and the
     authorisation was reversed (§4.6). ``undone``: approved, then reversed at the processor.
     Raises KeySpent for an approval whose key a reverse-by-key spent meanwhile."""
-    timed_out = authorization is None
-    if authorization is None:
-        authorization = Authorization(
-            approved=False, response_code=TIMEOUT_RESPONSE_CODE, decline_reason=TIMEOUT_REASON
-        )
-    if timed_out or (authorization.approved and undone):
-        status = ChargeStatus.reversed
-    elif authorization.approved:
-        status = ChargeStatus.approved
-    else:
-        status = ChargeStatus.declined
+    made = _charge_outcome(intent, authorization, undone=undone, now=now, recovered=recovered)
+    charge = made.charge
     if not await intents.close(
         db,
         intent.intent_id,
         state=IntentState.done,
-        outcome={"status": status.value, "response_code": authorization.response_code},
+        outcome=made.outcome,
         now=now,
         lease_owner=lease_owner,
     ):
         return None
-    charge = _charge(intent, authorization, status, now)
     await intents.insert_row(db, charge)
-    actor = _actor(intent, recovered)
-    charge_event(
-        db,
-        "charge.created",
-        charge,
-        actor,
-        now,
-        status=status.value,
-        amount=charge.amount,
-        response_code=authorization.response_code,
-        **({"recovered": True} if recovered else {}),
-    )
-    if status is ChargeStatus.reversed:
-        reason = TIMEOUT_REASON if timed_out else "recovery"
-        charge_event(db, "charge.reversed", charge, actor, now, reason=reason)
-    view = charge_view(charge)
-    stored_status = 200 if status is ChargeStatus.reversed else 201
+    for event in made.events:
+        charge_event(db, event.type, charge, made.actor, now, **_without_terminal(event.data))
     if not await _finish_key(
-        db, intent, status=stored_status, result=view, charge_id=charge.charge_id
+        db, intent, status=made.stored_status, result=made.view, charge_id=charge.charge_id
     ):
-        if status is ChargeStatus.approved:
+        if charge.status is ChargeStatus.approved:
             raise KeySpent(intent.intent_id)
     await db.flush()
-    count_charge(status.value, charge.card_brand)
-    return Stored(stored_status, view, charge.charge_id, timed_out=timed_out)
+    count_charge(charge.status.value, charge.card_brand)
+    return Stored(made.stored_status, made.view, charge.charge_id, timed_out=made.timed_out)
+
+
+def _without_terminal(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k != "terminal_id"}  # charge_event adds it
+
+
+async def store_charge_tallied(
+    db: AsyncSession,
+    intent: PaymentIntent,
+    authorization: Authorization | None,
+    *,
+    undone: bool,
+    now: datetime,
+    key_set_id: str,
+    envelopes: int,
+) -> Stored | None:
+    """:func:`store_charge` for the live request, with the key set's envelope tally (the
+    request's envelopes, and the answer's unless it times out): on PostgreSQL one statement
+    (:func:`viopay.payments.native.store_charge`), elsewhere the portable path."""
+    if not native.on_postgres(db):
+        stored = await store_charge(db, intent, authorization, undone=undone, now=now)
+        if stored is not None:
+            await meter(db, key_set_id=key_set_id, envelopes=envelopes - int(stored.timed_out))
+        return stored
+    made = _charge_outcome(intent, authorization, undone=undone, now=now, recovered=False)
+    charge = made.charge
+    written = await native.store_charge(
+        db,
+        intent,
+        charge,
+        outcome=made.outcome,
+        events=made.events,
+        actor=made.actor,
+        stored_status=made.stored_status,
+        view=made.view,
+        key_set_id=key_set_id,
+        envelopes=envelopes - int(made.timed_out),
+        now=now,
+    )
+    if not written.closed:
+        return None
+    keyed = intent.idempotency_record_id is not None
+    if keyed and not written.key_finished and charge.status is ChargeStatus.approved:
+        raise KeySpent(intent.intent_id)  # the caller's transaction rolls the statement back
+    if written.deliveries:
+        outbox.note_deliveries(db)
+    count_charge(charge.status.value, charge.card_brand)
+    return Stored(made.stored_status, made.view, charge.charge_id, timed_out=made.timed_out)
 
 
 def _charge(

@@ -35,6 +35,7 @@ from viopay.errors import (
 )
 from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
 from viopay.keysets.service import serves_charges, unwrap_stored_key
+from viopay.payments import native
 from viopay.runtime import Runtime
 from viopay.signatures import check_timestamp, header, parse_signed_headers, spend_nonce
 from viopay_device.protocol.errors import SignatureMismatch
@@ -187,6 +188,9 @@ _LOOKUP = (
 )
 
 
+_LOOKUP_PG = native.Compiled.of(_LOOKUP)
+
+
 @dataclass(frozen=True)
 class ServingSet:
     """The columns of a key set that decide whether it serves charges (§2.4, §3.10)."""
@@ -215,7 +219,11 @@ async def authenticate(
     the signature verified). Runs in the caller's transaction: one SELECT, and an UPDATE of the
     device's ``last_seen_at`` at most once a minute."""
     terminal_id = signed.terminal_id
-    row = (await db.execute(_LOOKUP, {"terminal_id": terminal_id, "key_id": signed.key_id})).first()
+    params = {"terminal_id": terminal_id, "key_id": signed.key_id}
+    if native.on_postgres(db):
+        row = await native.fetch_row(db, _LOOKUP_PG, params)
+    else:
+        row = (await db.execute(_LOOKUP, params)).first()
     if row is None or row.terminal_retired_at is not None or row.device_terminal_id != terminal_id:
         raise UnknownTerminal()
     if row.disabled:
@@ -225,7 +233,7 @@ async def authenticate(
         key_set = ServingSet(
             row.key_set_id,
             row.key_set_terminal_id,
-            row.status,
+            KeySetStatus(row.status),
             row.expires_at,
             row.retires_at,
             row.activated_at,
