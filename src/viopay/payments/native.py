@@ -44,9 +44,18 @@ def on_postgres(db: AsyncSession) -> bool:
 
 
 async def driver(db: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection under the session, in the session's transaction."""
+    """The asyncpg connection under the session, in the session's transaction.
+
+    SQLAlchemy's asyncpg adapter sends BEGIN only before its own first statement; a statement
+    sent straight to asyncpg before that would run in a transaction of its own (and survive
+    the session's rollback). So the adapter's transaction is started here when it has not
+    been (``tests/payments/test_native_transaction.py`` holds this to the adapter's version).
+    """
     connection = await db.connection()
     raw = await connection.get_raw_connection()
+    adapter: Any = raw.dbapi_connection
+    if adapter._transaction is None:
+        await adapter._start_transaction()
     return raw.driver_connection  # type: ignore[return-value]
 
 
