@@ -32,6 +32,8 @@ from viopay.webhooks.router import router as webhooks_router
 
 # (name, the dependency that authenticates the level, its routers); None: public.
 LEVELS: tuple[tuple[str, Callable[..., Any] | None, tuple[APIRouter, ...]], ...] = (
+    # First: the charge routes are the hottest, and a level's routes are matched in turn.
+    ("HMAC charge headers (§2.4)", signed_request, (payments.pos_router, heartbeat_router)),
     ("public", None, (health_router, token_endpoints, config_schema_router)),
     (
         "bootstrap: activation headers, any version (§2.1)",
@@ -41,7 +43,6 @@ LEVELS: tuple[tuple[str, Callable[..., Any] | None, tuple[APIRouter, ...]], ...]
     ("activation headers + signature (§2.1 v1.1)", pairing_device, (devices.pos_router,)),
     ("attestation signature (§2.2)", signed_attestation, (attest_router,)),
     ("attestation token (§2.3)", attested_device, (token_router,)),
-    ("HMAC charge headers (§2.4)", signed_request, (payments.pos_router, heartbeat_router)),
     ("Bearer, any role (§2.5)", bearer_principal, (bearer_router,)),
     (
         "Bearer, merchant session (§2.5)",

@@ -15,8 +15,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from viopay.audit import Actor
 from viopay.auth.deps import CurrentSession, ManagingSession
-from viopay.deps import DbSession, Now, PathId, RuntimeDep, body_schema, read_raw_json
+from viopay.deps import (
+    DbSession,
+    Now,
+    PathId,
+    RuntimeDep,
+    body_schema,
+    read_raw_json,
+    runtime_of,
+)
 from viopay.errors import InvalidRequest
+from viopay.ids import utcnow
 from viopay.middleware import request_id_of
 from viopay.openapi import errors_for
 from viopay.pagination import PageParams, page_params
@@ -51,14 +60,16 @@ async def get_processor(request: Request, runtime: RuntimeDep) -> Processor:
 ProcessorDep = Annotated[Processor, Depends(get_processor)]
 
 
-async def _call(
-    request: Request, signed: CurrentRequest, runtime: RuntimeDep, processor: ProcessorDep, now: Now
-) -> flow.Call:
+async def _call(request: Request, signed: CurrentRequest) -> flow.Call:
+    """A charge request's flow.Call. Its runtime, processor and clock are read here rather
+    than as dependencies of their own: FastAPI spends ~0.1 ms resolving each, on the hottest
+    route (issue 10); the clock is the same ``utcnow`` as ``Now``'s."""
+    runtime = runtime_of(request)
     return flow.Call(
         signed=signed,
         runtime=runtime,
-        processor=processor,
-        now=now,
+        processor=app_processor(request.app.state, runtime.settings, runtime.sessions),
+        now=utcnow(),
         request_id=request_id_of(request.scope),
     )
 

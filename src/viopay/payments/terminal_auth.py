@@ -22,7 +22,7 @@ from fastapi import Depends, Request
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.deps import RuntimeDep
+from viopay.deps import runtime_of
 from viopay.devices.authn import FREE_FORM_RE, parse_user_agent, seen_changes, version_below
 from viopay.devices.models import Device, Terminal
 from viopay.errors import (
@@ -120,14 +120,14 @@ class SignedRequest:
     body: bytes = field(repr=False)
 
 
-async def signed_request(request: Request, runtime: RuntimeDep) -> SignedRequest:
+async def signed_request(request: Request) -> SignedRequest:
     """The first step of the §1 order for charge endpoints, with no I/O: headers present and
     well formed, the version (426). The rest (:func:`authenticate`) runs inside the payment
     flow's first transaction."""
     terminal_id, version = _charge_headers(request)
     signed = parse_signed_headers(request)
     idempotency_key = idempotency_key_of(request)
-    minimum = runtime.settings.min_pos_version
+    minimum = runtime_of(request).settings.min_pos_version
     if version_below(version, minimum):
         raise AppVersionUnsupported(minimum)
     body = await request.body()
