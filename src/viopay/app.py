@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -180,11 +181,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InterfaceError)
     @app.exception_handler(OSError)
     @app.exception_handler(TimeoutError)
+    # asyncpg's own, from the statements viopay.payments.native sends it directly
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.exceptions.OperatorInterventionError)
     async def unavailable(request: Request, exc: Exception) -> Response:
         log.warning(
             "backing service unavailable", error=type(exc).__name__, request_id=rid(request)
         )
         return problem_response(ServiceUnavailable(), rid(request))
+
+    @app.exception_handler(asyncpg.PostgresError)
+    async def native_db_error(request: Request, exc: asyncpg.PostgresError) -> Response:
+        log.error("database error", error=type(exc).__name__, request_id=rid(request))
+        return problem_response(InternalError(), rid(request))
 
     @app.exception_handler(DBAPIError)
     async def db_error(request: Request, exc: DBAPIError) -> Response:

@@ -7,11 +7,13 @@ asyncpg with a pool.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
@@ -23,6 +25,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
+from viopay.errors import ServiceUnavailable
 from viopay.metrics import count_transaction
 from viopay.settings import Settings
 
@@ -97,3 +100,64 @@ async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterato
     """One unit of work: commits when the block ends normally, rolls back otherwise."""
     async with factory() as session, session.begin():
         yield session
+
+
+class NativePool:
+    """asyncpg's own pool, beside SQLAlchemy's, for the statements of
+    :mod:`viopay.payments.native` that stand alone (each autocommitted: no Session, no BEGIN
+    and COMMIT round trips). Made on first use, in the server's event loop; PostgreSQL only.
+
+    A connection that cannot be had or is lost raises :class:`ServiceUnavailable` (503), as
+    SQLAlchemy's errors do through the application's handlers."""
+
+    def __init__(self, engine: AsyncEngine, *, size: int) -> None:
+        url = engine.url.set(drivername="postgresql")
+        self._dsn = url.render_as_string(hide_password=False)
+        self._size = size
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn,
+                        min_size=1,
+                        max_size=self._size,
+                        timeout=5,
+                        command_timeout=10,
+                    )
+        return self._pool
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        try:
+            pool = await self._get()
+            async with pool.acquire(timeout=10) as conn:
+                yield conn
+        except NATIVE_UNAVAILABLE as exc:
+            raise ServiceUnavailable() from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+# What asyncpg raises when PostgreSQL cannot be reached or went away mid-statement.
+NATIVE_UNAVAILABLE = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    OSError,
+    TimeoutError,
+)
+
+
+def native_pool(engine: AsyncEngine, settings: Settings) -> NativePool | None:
+    return (
+        None
+        if engine.dialect.name != "postgresql"
+        else NativePool(engine, size=settings.db_pool_size)
+    )

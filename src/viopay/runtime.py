@@ -13,7 +13,7 @@ from viopay.cache import Cache, MemoryCache, RedisCache
 from viopay.crypto.hsm import HsmError
 from viopay.crypto.keyring import Keyring
 from viopay.crypto.wrapping import KeyWrapper
-from viopay.db import create_engine, session_factory
+from viopay.db import NativePool, create_engine, native_pool, session_factory
 from viopay.masterkeys.service import (
     KeySource,
     MasterKeyRefused,
@@ -38,6 +38,8 @@ class Runtime:
     oidc: OidcVerifier | None = field(default=None)
     #: The master keys behind ``wrapper`` (a Keyring): what the online rotation refreshes.
     key_source: KeySource | None = field(default=None)
+    #: PostgreSQL only: asyncpg's own pool for the charge's standalone statements.
+    native: NativePool | None = field(default=None)
 
     @property
     def keyring(self) -> Keyring | None:
@@ -47,6 +49,8 @@ class Runtime:
         if self.oidc is not None:
             await self.oidc.close()
         await self.cache.close()
+        if self.native is not None:
+            await self.native.close()
         await self.engine.dispose()
         if self.key_source is not None:
             self.key_source.close()
@@ -159,6 +163,7 @@ def build_runtime(settings: Settings) -> Runtime:
         cache=build_cache(settings),
         wrapper=keyring,
         key_source=source,
+        native=native_pool(engine, settings),
     )
 
 

@@ -333,19 +333,20 @@ async def _store_outcome(
     call: Call, intent: PaymentIntent, authorization: Authorization | None, *, undone: bool
 ) -> outcomes.Stored | None:
     """Transaction 2 (see the module's docstring)."""
+    if intent.kind is IntentKind.charge:
+        opened = call.opened
+        assert opened is not None
+        return await outcomes.store_live_charge(
+            call.runtime.sessions,
+            call.runtime.native,
+            intent,
+            authorization,
+            undone=undone,
+            now=call.now,
+            key_set_id=opened.key_set_id,
+            envelopes=opened.envelopes_opened + 1,
+        )
     async with call.runtime.sessions() as db, db.begin():
-        if intent.kind is IntentKind.charge:
-            opened = call.opened
-            assert opened is not None
-            return await outcomes.store_charge_tallied(
-                db,
-                intent,
-                authorization,
-                undone=undone,
-                now=call.now,
-                key_set_id=opened.key_set_id,
-                envelopes=opened.envelopes_opened + 1,
-            )
         if intent.kind is IntentKind.refund:
             stored = await outcomes.store_refund(db, intent, now=call.now)
         else:

@@ -33,8 +33,10 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from viopay.audit import Actor
+from viopay.db import NativePool
 from viopay.ids import new_id
-from viopay.payments.models import Charge, PaymentIntent
+from viopay.metrics import count_transaction
+from viopay.payments.models import Charge, ChargeStatus, PaymentIntent
 
 _DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 
@@ -221,7 +223,8 @@ _CASTS = {
     "updated_at": "::timestamptz",
 }
 _FIRST = 11  # the charge's columns are $11 onwards
-_RECORD, _ENVELOPES, _KEY_SET = (_FIRST + len(_CHARGE_COLUMNS) + i for i in range(3))
+_RECORD, _ENVELOPES, _KEY_SET, _APPROVED = (_FIRST + len(_CHARGE_COLUMNS) + i for i in range(4))
+KEY_SPENT = "the key was spent by a reverse-by-key"
 _CHARGE_VALUES = ", ".join(
     f"${_FIRST + i}{_CASTS.get(c, '::varchar')}" for i, c in enumerate(_CHARGE_COLUMNS)
 )
@@ -264,8 +267,10 @@ WITH closed AS (
         AND EXISTS (SELECT FROM closed)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM closed) AS closed, (SELECT count(*) FROM finished) AS finished,
-    (SELECT count(*) FROM deliveries) AS deliveries
+SELECT (SELECT count(*) FROM closed) AS closed, (SELECT count(*) FROM deliveries) AS deliveries,
+    CASE WHEN ${_APPROVED}::boolean AND ${_RECORD}::integer IS NOT NULL
+            AND EXISTS (SELECT FROM closed) AND NOT EXISTS (SELECT FROM finished)
+        THEN viopay_raise('{KEY_SPENT}') END AS refused
 """  # noqa: S608 (built from this module's constants only)
 
 
@@ -277,13 +282,13 @@ class ChargeEvent:
 
 @dataclass(frozen=True)
 class StoredCharge:
-    closed: bool  # False: the intent was no longer pending, nothing changed
-    key_finished: bool
+    closed: bool  # False: the intent was no longer pending; nothing changed
+    key_spent: bool  # True: an approval whose key was spent meanwhile; nothing changed
     deliveries: int
 
 
 async def store_charge(
-    db: AsyncSession,
+    pool: NativePool,
     intent: PaymentIntent,
     charge: Charge,
     *,
@@ -296,10 +301,10 @@ async def store_charge(
     envelopes: int,
     now: datetime,
 ) -> StoredCharge:
-    """The outcome statement (see the module's docstring), in the session's transaction."""
-    conn = await driver(db)
-    row = await conn.fetchrow(
-        STORE_CHARGE,
+    """The outcome statement (see the module's docstring), autocommitted: it is the whole
+    transaction. An approval whose key a reverse-by-key spent meanwhile is undone whole
+    (``viopay_raise``, migration 0012) and reported as ``key_spent``."""
+    args = [
         _json(outcome),
         now,
         intent.intent_id,
@@ -314,12 +319,19 @@ async def store_charge(
         intent.idempotency_record_id,
         envelopes,
         key_set_id,
-    )
+        charge.status is ChargeStatus.approved,
+    ]
+    async with pool.connection() as conn:
+        count_transaction()
+        try:
+            row = await conn.fetchrow(STORE_CHARGE, *args)
+        except asyncpg.RaiseError as exc:
+            if exc.sqlstate != "VP001":
+                raise
+            return StoredCharge(closed=True, key_spent=True, deliveries=0)
     assert row is not None
     return StoredCharge(
-        closed=bool(row["closed"]),
-        key_finished=bool(row["finished"]),
-        deliveries=int(row["deliveries"]),
+        closed=bool(row["closed"]), key_spent=False, deliveries=int(row["deliveries"])
     )
 
 

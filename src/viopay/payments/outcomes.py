@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from viopay.audit import SYSTEM, Actor, record_event
+from viopay.db import NativePool
 from viopay.metrics import count_charge
 from viopay.payments import idempotency, intents, native
 from viopay.payments.channel import meter
@@ -183,8 +184,9 @@ def _without_terminal(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k != "terminal_id"}  # charge_event adds it
 
 
-async def store_charge_tallied(
-    db: AsyncSession,
+async def store_live_charge(
+    sessions: async_sessionmaker[AsyncSession],
+    pool: NativePool | None,
     intent: PaymentIntent,
     authorization: Authorization | None,
     *,
@@ -194,17 +196,19 @@ async def store_charge_tallied(
     envelopes: int,
 ) -> Stored | None:
     """:func:`store_charge` for the live request, with the key set's envelope tally (the
-    request's envelopes, and the answer's unless it times out): on PostgreSQL one statement
-    (:func:`viopay.payments.native.store_charge`), elsewhere the portable path."""
-    if not native.on_postgres(db):
-        stored = await store_charge(db, intent, authorization, undone=undone, now=now)
-        if stored is not None:
-            await meter(db, key_set_id=key_set_id, envelopes=envelopes - int(stored.timed_out))
-        return stored
+    request's envelopes, and the answer's unless it times out), as one transaction: on
+    PostgreSQL one autocommitted statement (:func:`viopay.payments.native.store_charge`),
+    elsewhere the portable path in a session."""
+    if pool is None:
+        async with sessions() as db, db.begin():
+            stored = await store_charge(db, intent, authorization, undone=undone, now=now)
+            if stored is not None:
+                await meter(db, key_set_id=key_set_id, envelopes=envelopes - int(stored.timed_out))
+            return stored
     made = _charge_outcome(intent, authorization, undone=undone, now=now, recovered=False)
     charge = made.charge
     written = await native.store_charge(
-        db,
+        pool,
         intent,
         charge,
         outcome=made.outcome,
@@ -216,13 +220,12 @@ async def store_charge_tallied(
         envelopes=envelopes - int(made.timed_out),
         now=now,
     )
+    if written.key_spent:
+        raise KeySpent(intent.intent_id)
     if not written.closed:
         return None
-    keyed = intent.idempotency_record_id is not None
-    if keyed and not written.key_finished and charge.status is ChargeStatus.approved:
-        raise KeySpent(intent.intent_id)  # the caller's transaction rolls the statement back
     if written.deliveries:
-        outbox.note_deliveries(db)
+        outbox.wake()
     count_charge(charge.status.value, charge.card_brand)
     return Stored(made.stored_status, made.view, charge.charge_id, timed_out=made.timed_out)
 

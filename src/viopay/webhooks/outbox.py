@@ -14,7 +14,6 @@ import asyncio
 from typing import Any
 
 from sqlalchemy import event, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from viopay.audit import AuditEvent
@@ -65,11 +64,12 @@ def _fan_out(session: Session, _flush_context: Any) -> None:
         session.info[_PENDING_KEY] = True
 
 
-def note_deliveries(session: AsyncSession) -> None:
-    """Deliveries were inserted by a statement of their own (the charge's outcome on
-    PostgreSQL, :mod:`viopay.payments.native`): wake the workers once this transaction
-    commits, as :func:`_fan_out` does."""
-    session.sync_session.info[_PENDING_KEY] = True
+def wake() -> None:
+    """Deliveries were committed by a statement of their own (the charge's outcome on
+    PostgreSQL, :mod:`viopay.payments.native`): wake this process's workers, as a commit of
+    :func:`_fan_out`'s does."""
+    for waker in _wakers:
+        waker.set()
 
 
 def _after_commit(session: Session) -> None:
