@@ -65,7 +65,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
                 rt.sessions, rt.wrapper, issuer=settings.public_url, ttl=settings.token_ttl_seconds
             )
         app.state.runtime = rt
-        app.state.processor = build_processor(settings, rt.sessions)
+        app.state.processor = build_processor(settings, rt.sessions, rt.native)
         recovery = RecoveryWorker(
             rt, app.state.processor, interval=recovery_interval(settings.recovery_delay_seconds)
         )

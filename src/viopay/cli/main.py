@@ -180,7 +180,7 @@ def recover(as_json: bool = JsonOption) -> None:
     async def run() -> dict[str, object]:
         runtime = build_runtime(settings)
         try:
-            processor = build_processor(settings, runtime.sessions)
+            processor = build_processor(settings, runtime.sessions, runtime.native)
             report = await recover_due(runtime, processor, owner=owner_id())
         finally:
             await runtime.close()

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from viopay.db import NativePool
 from viopay.payments.processors.base import (
     Authorization,
     AuthorizationRequest,
@@ -39,13 +40,15 @@ __all__ = [
 
 
 def build_processor(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession] | None = None
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession] | None = None,
+    native: NativePool | None = None,
 ) -> Processor:
-    """The sandbox keeps its ledger through ``sessions``; a connector's factory gets the
-    settings only."""
+    """The sandbox keeps its ledger through ``sessions`` (and, on PostgreSQL, ``native``); a
+    connector's factory gets the settings only."""
     name = settings.processor
     if name == "sandbox":
-        return SandboxProcessor(sessions, latency_ms=settings.sandbox_latency_ms)
+        return SandboxProcessor(sessions, latency_ms=settings.sandbox_latency_ms, native=native)
     processor = load_factory(name)(settings)
     if not isinstance(processor, Processor):
         raise ValueError(f"{name} did not return a Processor")

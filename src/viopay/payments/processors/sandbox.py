@@ -13,9 +13,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from viopay.metrics import ORIGIN
+from viopay.db import NativePool
+from viopay.metrics import ORIGIN, count_transaction
 from viopay.payments.cards import is_expired
 from viopay.payments.models import SandboxLedgerEntry
+from viopay.payments.native import Compiled
 from viopay.payments.processors.base import (
     Authorization,
     AuthorizationRequest,
@@ -69,6 +71,9 @@ def _ledger_insert(dialect: str) -> Any:
     return statement
 
 
+_LEDGER_PG = Compiled.of(_ledger_insert("postgresql"))
+
+
 class SandboxProcessor:
     """Order (§4.6): expired card → 54; PAN ...0127 → 55; a PIN block that does not decipher
     under the TPK → 55; then the table; any other valid card is approved.
@@ -82,9 +87,14 @@ class SandboxProcessor:
     """
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession] | None = None, *, latency_ms: int = 0
+        self,
+        sessions: async_sessionmaker[AsyncSession] | None = None,
+        *,
+        latency_ms: int = 0,
+        native: NativePool | None = None,
     ) -> None:
         self._sessions = sessions
+        self._native = native  # PostgreSQL: the common insert through asyncpg's own pool
         self._half_latency = latency_ms / 2000
 
     def __repr__(self) -> str:
@@ -136,6 +146,11 @@ class SandboxProcessor:
         """The common case, an entry that changes no other: one autocommitted statement (no
         BEGIN and COMMIT round trips); False when the reference is already known."""
         assert self._sessions is not None
+        if self._native is not None:
+            async with self._native.connection() as conn:
+                count_transaction()
+                known = await conn.fetchval(_LEDGER_PG.sql, *_LEDGER_PG.args(values))
+            return known is not None
         engine = self._sessions.kw["bind"]
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
