@@ -127,6 +127,7 @@ class NativePool:
                         max_size=self._size,
                         timeout=5,
                         command_timeout=10,
+                        reset=_end_transaction,
                     )
         return self._pool
 
@@ -143,6 +144,15 @@ class NativePool:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+async def _end_transaction(conn: asyncpg.Connection) -> None:
+    """What a connection of :class:`NativePool` needs before it is reused: its statements are
+    autocommitted and set no session state (no SET, LISTEN or advisory lock), so only a
+    transaction left open by a cancelled statement is ended. asyncpg's default reset sends a
+    query on every release: a round trip and a transaction of its own per statement."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 # What asyncpg raises when PostgreSQL cannot be reached or went away mid-statement.
