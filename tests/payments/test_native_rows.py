@@ -4,9 +4,10 @@ same rows, column by column — the charge, the intent closed, the key's stored 
 events, their webhook deliveries (the outbox's subscription rules) and the key set's envelope
 tally; and once the intent is no longer pending the statement writes nothing.
 
-The intents, their claims and both outcomes run in one transaction that is read back and rolled
-back: the servers' webhook workers never see the deliveries, so every column read is the one
-the path wrote. PostgreSQL only: on SQLite there is one path.
+Everything is committed (the native statement runs alone on asyncpg's own pool) and dated a
+day ahead, so the servers' webhook workers and recovery never take the deliveries or intents
+as due: every column read is the one the path wrote. PostgreSQL only: on SQLite there is one
+path.
 """
 
 from __future__ import annotations
@@ -360,49 +361,57 @@ CASES = {
 }
 
 
+def _tomorrow() -> datetime:
+    """The writes are committed (the native statement runs on a connection of its own), so
+    they are dated a day ahead: no webhook worker or recovery of the running servers takes
+    their deliveries or intents as due while the test reads them."""
+    return datetime.now(UTC) + timedelta(days=1)
+
+
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 async def test_native_outcome_writes_the_portable_rows(
     shop: Shop, runtime: Runtime, case: Case
 ) -> None:
-    now = datetime.now(UTC)
+    now = _tomorrow()
     stored_at = now + timedelta(seconds=2, microseconds=123_457)
     envelopes = ENVELOPES - int(case.authorization is None)  # no answer sealed on a timeout
     portable_request, native_request = new_request(case.keyed), new_request(case.keyed)
+    async with runtime.sessions() as db, db.begin():
+        portable = await record_portably(db, shop, portable_request, now)
+        natively = await record_natively(db, shop, native_request, now)
     async with runtime.sessions() as db:
-        await db.begin()
-        try:
-            portable = await record_portably(db, shop, portable_request, now)
-            natively = await record_natively(db, shop, native_request, now)
-            claimed = await written(db, portable, portable_request)
-            assert claimed == await written(db, natively, native_request), "claims differ"
-            assert exact(claimed) == exact(await written(db, natively, native_request))
-
-            before = await envelope_count(db, shop)
-            stored = present(
-                await outcomes.store_charge(
-                    db, portable, case.authorization, undone=case.undone, now=stored_at
-                )
+        claimed = await written(db, portable, portable_request)
+        assert claimed == await written(db, natively, native_request), "claims differ"
+        assert exact(claimed) == exact(await written(db, natively, native_request))
+        before = await envelope_count(db, shop)
+    async with runtime.sessions() as db, db.begin():
+        stored = present(
+            await outcomes.store_charge(
+                db, portable, case.authorization, undone=case.undone, now=stored_at
             )
-            await channel.meter(
-                db, key_set_id=shop.key_set_id, envelopes=ENVELOPES - int(stored.timed_out)
-            )
-            between = await envelope_count(db, shop)
-            tallied = present(
-                await outcomes.store_charge_tallied(
-                    db,
-                    natively,
-                    case.authorization,
-                    undone=case.undone,
-                    now=stored_at,
-                    key_set_id=shop.key_set_id,
-                    envelopes=ENVELOPES,
-                )
-            )
-            after = await envelope_count(db, shop)
-            by_portable = await written(db, portable, portable_request)
-            by_native = await written(db, natively, native_request)
-        finally:
-            await db.rollback()
+        )
+        await channel.meter(
+            db, key_set_id=shop.key_set_id, envelopes=ENVELOPES - int(stored.timed_out)
+        )
+    async with runtime.sessions() as db:
+        between = await envelope_count(db, shop)
+    assert runtime.native is not None
+    tallied = present(
+        await outcomes.store_live_charge(
+            runtime.sessions,
+            runtime.native,
+            natively,
+            case.authorization,
+            undone=case.undone,
+            now=stored_at,
+            key_set_id=shop.key_set_id,
+            envelopes=ENVELOPES,
+        )
+    )
+    async with runtime.sessions() as db:
+        after = await envelope_count(db, shop)
+        by_portable = await written(db, portable, portable_request)
+        by_native = await written(db, natively, native_request)
 
     # What each path answered.
     assert (tallied.status, tallied.timed_out) == (stored.status, stored.timed_out)
@@ -481,51 +490,50 @@ async def test_native_outcome_writes_the_portable_rows(
 async def test_native_outcome_of_a_closed_intent_writes_nothing(
     shop: Shop, runtime: Runtime, case: Case
 ) -> None:
-    now = datetime.now(UTC)
+    now = _tomorrow()
     closed_at, stored_at = now + timedelta(seconds=1), now + timedelta(seconds=2)
     request = new_request(keyed=True)
     merchant_id = shop.terminal.merchant.merchant_id
+    async with runtime.sessions() as db, db.begin():
+        intent = await record_natively(db, shop, request, now)
+        assert await intents.close(
+            db,
+            intent.intent_id,
+            state=IntentState.abandoned,
+            outcome={"reason": "processor_error"},
+            now=closed_at,
+        )
     async with runtime.sessions() as db:
-        await db.begin()
-        try:
-            intent = await record_natively(db, shop, request, now)
-            assert await intents.close(
-                db,
-                intent.intent_id,
-                state=IntentState.abandoned,
-                outcome={"reason": "processor_error"},
-                now=closed_at,
+        before = await written(db, intent, request)
+        count = await envelope_count(db, shop)
+        merchant_events = await table_rows(db, EVENTS, EVENTS.c.merchant_id == merchant_id)
+        merchant_deliveries = await table_rows(
+            db, DELIVERIES, DELIVERIES.c.merchant_id == merchant_id
+        )
+    assert runtime.native is not None
+    stored = await outcomes.store_live_charge(
+        runtime.sessions,
+        runtime.native,
+        intent,
+        case.authorization,
+        undone=case.undone,
+        now=stored_at,
+        key_set_id=shop.key_set_id,
+        envelopes=ENVELOPES,
+    )
+    async with runtime.sessions() as db:
+        after = await written(db, intent, request)
+        count_after = await envelope_count(db, shop)
+        events_after = await table_rows(db, EVENTS, EVENTS.c.merchant_id == merchant_id)
+        deliveries_after = await table_rows(db, DELIVERIES, DELIVERIES.c.merchant_id == merchant_id)
+    async with runtime.sessions() as db, db.begin():
+        # the portable path agrees: nothing to store either
+        assert (
+            await outcomes.store_charge(
+                db, intent, case.authorization, undone=case.undone, now=stored_at
             )
-            before = await written(db, intent, request)
-            count = await envelope_count(db, shop)
-            merchant_events = await table_rows(db, EVENTS, EVENTS.c.merchant_id == merchant_id)
-            merchant_deliveries = await table_rows(
-                db, DELIVERIES, DELIVERIES.c.merchant_id == merchant_id
-            )
-            stored = await outcomes.store_charge_tallied(
-                db,
-                intent,
-                case.authorization,
-                undone=case.undone,
-                now=stored_at,
-                key_set_id=shop.key_set_id,
-                envelopes=ENVELOPES,
-            )
-            after = await written(db, intent, request)
-            count_after = await envelope_count(db, shop)
-            events_after = await table_rows(db, EVENTS, EVENTS.c.merchant_id == merchant_id)
-            deliveries_after = await table_rows(
-                db, DELIVERIES, DELIVERIES.c.merchant_id == merchant_id
-            )
-            # the portable path agrees: nothing to store either
-            assert (
-                await outcomes.store_charge(
-                    db, intent, case.authorization, undone=case.undone, now=stored_at
-                )
-                is None
-            )
-        finally:
-            await db.rollback()
+            is None
+        )
 
     assert stored is None
     assert after == before and after.charge == [] and after.events == {}
