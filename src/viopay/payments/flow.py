@@ -16,6 +16,12 @@ between them, never inside one:
 A request answered without the processor (GET, an idempotent replay, a 4xx stored for its key,
 a cancel of a canceled charge, reverse-by-key of a key that made no charge) makes only the
 first. Errors that are not stored (401, 409 in progress, 5xx) roll the first back whole.
+
+On PostgreSQL a charge's transactions are fewer statements (:mod:`viopay.payments.native`):
+the first is BEGIN, the terminal lookup, one statement that claims the key and records the
+intent (:func:`_claim_charge_natively`), COMMIT; the second is one autocommitted statement
+(:func:`viopay.payments.outcomes.store_live_charge`). ``tests/payments/test_charge_cost.py``
+counts them on both backends.
 """
 
 from __future__ import annotations
