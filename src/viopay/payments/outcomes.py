@@ -168,8 +168,17 @@ async def store_charge(
     ):
         return None
     await intents.insert_row(db, charge)
-    for event in made.events:
-        charge_event(db, event.type, charge, made.actor, now, **_without_terminal(event.data))
+    for event in made.events:  # the data already names the terminal (as charge_event's does)
+        record_event(
+            db,
+            type=event.type,
+            actor=made.actor,
+            subject_type="charge",
+            subject_id=charge.charge_id,
+            merchant_id=charge.merchant_id,
+            now=now,
+            data=event.data,
+        )
     if not await _finish_key(
         db, intent, status=made.stored_status, result=made.view, charge_id=charge.charge_id
     ):
@@ -178,10 +187,6 @@ async def store_charge(
     await db.flush()
     count_charge(charge.status.value, charge.card_brand)
     return Stored(made.stored_status, made.view, charge.charge_id, timed_out=made.timed_out)
-
-
-def _without_terminal(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k != "terminal_id"}  # charge_event adds it
 
 
 async def store_live_charge(

@@ -74,8 +74,7 @@ def wake() -> None:
 
 def _after_commit(session: Session) -> None:
     if session.info.pop(_PENDING_KEY, False):
-        for waker in _wakers:
-            waker.set()
+        wake()
 
 
 def _after_rollback(session: Session, _previous: Any) -> None:
