@@ -20,7 +20,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from viopay import __version__
-from viopay.api import api_router
+from viopay.api import mount_api
 from viopay.auth.issuer import OidcVerifier, load_embedded_issuer
 from viopay.auth.oidc import OidcProvider
 from viopay.errors import (
@@ -112,7 +112,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
-    app.include_router(api_router())  # one router per auth level (viopay.api)
+    mount_api(app)  # each router under its auth level's dependency (viopay.api)
     app.include_router(portal_router)  # cookie sessions of its own (docs/portal.md)
 
     @app.get("/metrics", include_in_schema=False)

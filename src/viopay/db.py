@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -93,6 +93,25 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def bookkeeping_only(db: AsyncSession) -> None:
+    """Mark the session's transaction as writing only bookkeeping (a key set's envelope tally,
+    a device's ``last_seen_at``, a row of defaults that the next read would make again): on
+    PostgreSQL its COMMIT then returns without waiting for the
+    WAL to reach the disk (``synchronous_commit = off`` for this transaction alone).
+
+    Nothing is lost when a server process dies: PostgreSQL has the commit and writes it within
+    ~0.6 s (3 × ``wal_writer_delay``). Only a crash of PostgreSQL itself inside that window can
+    lose those last writes: a tally short by the envelopes of that moment, which the key set
+    limit of §3.10 tolerates (it is far below the AES-GCM bound it guards). Never call it in a
+    transaction that writes anything else (money, keys, claims, audit events).
+    """
+    if db.get_bind().dialect.name == "postgresql":
+        await db.execute(_NO_FLUSH_WAIT)
+
+
+_NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit = off")
 
 
 @asynccontextmanager

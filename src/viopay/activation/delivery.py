@@ -18,6 +18,7 @@ from viopay.audit import Actor, record_event
 from viopay.bodies import check_json
 from viopay.configuration.document import config_document_for, config_etag
 from viopay.crypto.wrapping import KeyWrapper
+from viopay.db import bookkeeping_only
 from viopay.deps import field_errors
 from viopay.devices.models import Device, DeviceStatus
 from viopay.errors import DecryptionFailed, InvalidRequest, InvalidState, KeyCheckFailed, NotFound
@@ -104,6 +105,7 @@ async def config_response(
     now: datetime,
 ) -> Sealed:
     require_claimed(device)
+    await bookkeeping_only(db)  # the envelope tally, last_seen, the default config (7a)
     key_set = await resolve_key_set(db, device=device, key_set_id=body.key_set_id, now=now)
     document = await config_document_for(
         db, device=device, hmac_key_id=key_set.hmac_key_id, now=now
@@ -130,6 +132,7 @@ async def parameters_response(
     now: datetime,
 ) -> Sealed:
     require_claimed(device)
+    await bookkeeping_only(db)  # the envelope tally and last_seen: a chunk writes nothing else
     key_set = await resolve_key_set(db, device=device, key_set_id=body.key_set_id, now=now)
     assert device.terminal_id is not None
     blob = await parameters_for(db, device.terminal_id)

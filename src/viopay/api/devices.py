@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from viopay.audit import Actor
 from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession
 from viopay.auth.sessions import MerchantSession
+from viopay.db import bookkeeping_only
 from viopay.deps import CacheDep, DbSession, Now, PathId, RuntimeDep, body_schema, read_json
 from viopay.devices import service
 from viopay.devices.authn import BootstrapDevice, PairingDevice
@@ -51,7 +52,10 @@ _ACTIVATION_ERRORS = errors_for(400, 403, 404, 426, 503)
 @bootstrap_router.post(
     "/bootstrap", response_model=BootstrapOut, responses=errors_for(400, 403, 404, 503)
 )
-async def bootstrap(auth: BootstrapDevice, runtime: RuntimeDep, now: Now) -> BootstrapOut:
+async def bootstrap(
+    auth: BootstrapDevice, runtime: RuntimeDep, db: DbSession, now: Now
+) -> BootstrapOut:
+    await bookkeeping_only(db)  # its only write: the device's last_seen_at and app_version
     settings = runtime.settings
     return BootstrapOut(
         server_time=rfc3339(now),
@@ -88,6 +92,7 @@ async def pairing_code(
 )
 async def status(auth: PairingDevice, cache: CacheDep, db: DbSession, now: Now) -> StatusOut:
     device = auth.device
+    await bookkeeping_only(db)  # its only write: the device's last_seen_at and app_version
     await service.check_status_rate(cache, device=device, now=now)
     expiry = await service.live_code_expiry(db, device=device, now=now)
     merchant = await db.get(Merchant, device.merchant_id) if device.merchant_id else None
