@@ -98,8 +98,8 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 async def bookkeeping_only(db: AsyncSession) -> None:
     """Mark the session's transaction as writing only bookkeeping (a key set's envelope tally,
     a device's ``last_seen_at``, a row of defaults that the next read would make again): on
-    PostgreSQL its COMMIT then returns without waiting for the
-    WAL to reach the disk (``synchronous_commit = off`` for this transaction alone).
+    PostgreSQL its COMMIT then returns without waiting for the WAL to reach the disk
+    (``synchronous_commit = off`` for this transaction alone).
 
     Nothing is lost when a server process dies: PostgreSQL has the commit and writes it within
     ~0.6 s (3 × ``wal_writer_delay``). Only a crash of PostgreSQL itself inside that window can

@@ -75,8 +75,9 @@ def mount_api(app: FastAPI) -> None:
 
     Directly, not through a router per level: FastAPI matches an included router by walking
     its routes, and again to dispatch, at every depth, so each level of nesting multiplied the
-    cost of reaching the routes mounted last (measured: a request to an activation endpoint
-    spent ~1.5 ms of CPU in routing with three levels, against ~0.1 ms for ``/healthz``).
+    cost of reaching the routes mounted last (cProfile of 25 activations, per request: ~89
+    calls of FastAPI's ``_get_routes_version`` and ~27 of ``_match`` with three levels, ~8 of
+    each with one).
     """
     for _name, authenticate, routers in LEVELS:
         dependencies = [Depends(authenticate)] if authenticate else None

@@ -55,7 +55,8 @@ _ACTIVATION_ERRORS = errors_for(400, 403, 404, 426, 503)
 async def bootstrap(
     auth: BootstrapDevice, runtime: RuntimeDep, db: DbSession, now: Now
 ) -> BootstrapOut:
-    await bookkeeping_only(db)  # its only write: the device's last_seen_at and app_version
+    if auth.device in db.dirty:  # its only write: the device's last_seen_at and app_version
+        await bookkeeping_only(db)
     settings = runtime.settings
     return BootstrapOut(
         server_time=rfc3339(now),
@@ -92,7 +93,8 @@ async def pairing_code(
 )
 async def status(auth: PairingDevice, cache: CacheDep, db: DbSession, now: Now) -> StatusOut:
     device = auth.device
-    await bookkeeping_only(db)  # its only write: the device's last_seen_at and app_version
+    if device in db.dirty:  # its only write: last_seen_at (once a minute) and app_version
+        await bookkeeping_only(db)
     await service.check_status_rate(cache, device=device, now=now)
     expiry = await service.live_code_expiry(db, device=device, now=now)
     merchant = await db.get(Merchant, device.merchant_id) if device.merchant_id else None
