@@ -5,6 +5,7 @@ a repeated reference answered from the ledger without acting twice, lookups for 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from datetime import UTC, datetime
 
@@ -22,6 +23,7 @@ from viopay.payments.processors import (
     ProcessorTimedOut,
     SandboxProcessor,
 )
+from viopay.payments.processors.sandbox import LedgerEntry, authorization_code
 from viopay.runtime import Runtime
 
 
@@ -119,3 +121,16 @@ async def test_latency_is_spent_on_every_call_as_an_asyncio_wait(
     waits.clear()
     await SandboxProcessor(runtime.sessions).authorize(request("4242424242424242", new_reference()))
     assert waits == []
+
+
+def test_a_ledger_entry_holds_exactly_the_ledger_tables_columns() -> None:
+    """The sandbox writes a LedgerEntry's fields as the row's values (no ORM instance)."""
+    fields = {f.name for f in dataclasses.fields(LedgerEntry)}
+    assert fields == {c.key for c in SandboxLedgerEntry.__table__.columns}
+
+
+def test_authorisation_codes_are_six_letters_and_digits_and_vary() -> None:
+    codes = {authorization_code() for _ in range(200)}
+    assert all(len(c) == 6 and c.isalnum() and c == c.upper() for c in codes)
+    assert len(codes) == 200  # 36⁶ codes: a repeat in 200 would be a broken source
+    assert len({c[0] for c in codes}) > 20 and len({c[5] for c in codes}) > 20

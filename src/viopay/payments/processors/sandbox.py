@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import string
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -45,8 +47,35 @@ _AUTH_CODE_ALPHABET = string.ascii_uppercase + string.digits
 
 
 def authorization_code() -> str:
-    """6 upper-case letters and digits."""
-    return "".join(secrets.choice(_AUTH_CODE_ALPHABET) for _ in range(6))
+    """6 upper-case letters and digits, from one read of the system's random source (the
+    digits of a 64-bit number in base 36: 36⁶ is far below 2⁶⁴, so every code is as likely)."""
+    n, code = int.from_bytes(secrets.token_bytes(8)), []
+    for _ in range(6):
+        n, digit = divmod(n, 36)
+        code.append(_AUTH_CODE_ALPHABET[digit])
+    return "".join(code)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """A row of ``sandbox_ledger`` (:class:`SandboxLedgerEntry`) as a plain value: what the
+    sandbox writes and answers from, without an ORM instance per call."""
+
+    reference: str
+    operation: str
+    target: str | None
+    amount: int | None
+    approved: bool
+    created_at: datetime
+    response_code: str | None = None
+    authorization_code: str | None = None
+    decline_reason: str | None = None
+    emv_response: str | None = None
+    undone_by: str | None = None
+
+    @classmethod
+    def of(cls, row: SandboxLedgerEntry) -> LedgerEntry:
+        return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})
 
 
 def emv_response(response_code: str, auth_code: str | None) -> str:
@@ -104,9 +133,7 @@ class SandboxProcessor:
         if self._half_latency:
             await asyncio.sleep(self._half_latency)
 
-    async def _record(
-        self, entry: SandboxLedgerEntry, *, undo: str | None = None
-    ) -> SandboxLedgerEntry:
+    async def _record(self, entry: LedgerEntry, *, undo: str | None = None) -> LedgerEntry:
         """Insert ``entry`` unless its reference is known (then answer the known one); an undo
         marks the authorisation ``undo`` names."""
         if self._sessions is None:
@@ -117,10 +144,10 @@ class SandboxProcessor:
         finally:
             ORIGIN.reset(token)
 
-    async def _insert(self, entry: SandboxLedgerEntry, undo: str | None) -> SandboxLedgerEntry:
+    async def _insert(self, entry: LedgerEntry, undo: str | None) -> LedgerEntry:
         """One INSERT … ON CONFLICT DO NOTHING; the known entry is read only on a repeat."""
         assert self._sessions is not None
-        values = {c.key: getattr(entry, c.key) for c in SandboxLedgerEntry.__table__.columns}
+        values = dict(vars(entry))  # its fields are the table's columns (a test holds this)
         if undo is None:
             inserted = await self._insert_alone(values)
             if inserted:
@@ -130,8 +157,7 @@ class SandboxProcessor:
             if inserted is None:
                 known = await db.get(SandboxLedgerEntry, entry.reference)
                 assert known is not None
-                db.expunge(known)
-                return known
+                return LedgerEntry.of(known)
             if undo is not None:
                 await db.execute(
                     update(SandboxLedgerEntry)
@@ -185,7 +211,7 @@ class SandboxProcessor:
         self, operation: str, charge: ChargeRef, reference: str, amount: int | None
     ) -> None:
         await self._wait()
-        entry = SandboxLedgerEntry(
+        entry = LedgerEntry(
             reference=reference,
             operation=operation,
             target=charge.processor_reference,
@@ -229,10 +255,10 @@ class SandboxProcessor:
 
 def _authorization_entry(
     request: AuthorizationRequest, decline: tuple[str, str] | None, *, now: datetime
-) -> SandboxLedgerEntry:
+) -> LedgerEntry:
     code, reason = decline if decline is not None else (APPROVED, None)
     auth_code = authorization_code() if decline is None else None
-    return SandboxLedgerEntry(
+    return LedgerEntry(
         reference=request.reference,
         operation="authorize",
         target=None,
@@ -246,7 +272,7 @@ def _authorization_entry(
     )
 
 
-def _authorization(entry: SandboxLedgerEntry) -> Authorization:
+def _authorization(entry: LedgerEntry | SandboxLedgerEntry) -> Authorization:
     return Authorization(
         approved=entry.approved,
         response_code=entry.response_code or APPROVED,
