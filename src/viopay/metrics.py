@@ -47,6 +47,13 @@ PROCESSOR_CALLS = Histogram(
     ["operation", "result"],
     buckets=LATENCY_BUCKETS,
 )
+TERMINAL_LOOKUPS = Counter(
+    "viopay_terminal_lookups",
+    "How keyed charges on PostgreSQL authenticated their terminal: on the lookup row the process "
+    "remembered (remembered) or on a fresh read (read); changed: a remembered row found changed "
+    "(those are then read).",
+    ["source"],
+)
 RECOVERED = Counter(
     "viopay_intents_recovered", "Payment intents finished by recovery (§4.7).", ["outcome"]
 )

@@ -38,7 +38,7 @@ from support.webhook_receiver import Receiver, running_receiver
 from viopay.audit import AuditEvent
 from viopay.ids import new_id
 from viopay.keysets.models import KeySet, KeySetStatus
-from viopay.payments import channel, idempotency, intents, native, outcomes
+from viopay.payments import channel, idempotency, intents, native, outcomes, terminal_auth
 from viopay.payments.models import (
     Charge,
     ChargeStatus,
@@ -546,3 +546,62 @@ async def test_native_outcome_of_a_closed_intent_writes_nothing(
     record = present(after.record)
     assert record["state"] is IdempotencyState.in_progress
     assert (record["status_code"], record["result"], record["charge_id"]) == (None, None, None)
+
+
+async def test_the_remembered_claim_writes_the_portable_rows(shop: Shop, runtime: Runtime) -> None:
+    """``native.claim_remembered`` (``flow._claim_remembered``) claims and records as the
+    portable path does, and writes nothing once the lookup row it was given has changed."""
+    now = _tomorrow()
+    pos = shop.terminal
+    portable_request, remembered_request = new_request(True), new_request(True)
+    params = {"terminal_id": pos.terminal_id, "key_id": pos.keys.hmac_key_id}
+    async with runtime.sessions() as db, db.begin():
+        portable = await record_portably(db, shop, portable_request, now)
+        lookup = present(await native.fetch_record(db, terminal_auth.LOOKUP_PG, params))
+    assert runtime.native is not None
+    sql = native.claim_remembered_sql(terminal_auth.LOOKUP_PG)
+
+    async def claim(request: Request, lookup: Any) -> tuple[PaymentIntent, native.RememberedClaim]:
+        assert runtime.native is not None and request.key is not None
+        intent = build_intent(shop, request, now)
+        return intent, await native.claim_remembered(
+            runtime.native,
+            sql,
+            lookup=lookup,
+            intent=intent,
+            max_envelopes=runtime.settings.keyset_max_envelopes,
+            key=request.key,
+            method=METHOD,
+            path=PATH,
+            fingerprint=FINGERPRINT,
+            expires_at=now + idempotency.RETENTION,
+            envelopes=1,
+            seen_at=None,
+            version=lookup["app_version"],
+            touch=False,
+        )
+
+    remembered, claimed = await claim(remembered_request, lookup)
+    assert claimed.fresh and claimed.record_id == remembered.idempotency_record_id is not None
+    async with runtime.sessions() as db:
+        by_portable = await written(db, portable, portable_request)
+        by_remembered = await written(db, remembered, remembered_request)
+    assert by_remembered == by_portable and exact(by_remembered) == exact(by_portable)
+    assert by_remembered.intent["state"] is IntentState.pending
+
+    again, held = await claim(remembered_request, lookup)  # the same key: its record answers
+    assert held.fresh and held.record_id is None and held.existing is not None
+    assert native.key_state(held.existing).state is IdempotencyState.in_progress
+    async with runtime.sessions() as db:
+        assert not await table_rows(db, INTENTS, INTENTS.c.intent_id == again.intent_id)
+
+    async with runtime.sessions() as db, db.begin():
+        await db.execute(
+            update(KEY_SETS)
+            .where(KEY_SETS.c.key_set_id == shop.key_set_id)
+            .values(rotate_requested_at=now)
+        )
+    changed, stale = await claim(new_request(True), lookup)
+    assert not stale.fresh and stale.record_id is None and stale.existing is None
+    async with runtime.sessions() as db:
+        assert not await table_rows(db, INTENTS, INTENTS.c.intent_id == changed.intent_id)

@@ -17,11 +17,15 @@ A request answered without the processor (GET, an idempotent replay, a 4xx store
 a cancel of a canceled charge, reverse-by-key of a key that made no charge) makes only the
 first. Errors that are not stored (401, 409 in progress, 5xx) roll the first back whole.
 
-On PostgreSQL a charge's transactions are fewer statements (:mod:`viopay.payments.native`):
-the first is BEGIN, the terminal lookup, one statement that claims the key and records the
-intent (:func:`_claim_charge_natively`), COMMIT; the second is one autocommitted statement
-(:func:`viopay.payments.outcomes.store_live_charge`). ``tests/payments/test_charge_cost.py``
-counts them on both backends.
+On PostgreSQL a charge's transactions are fewer statements (:mod:`viopay.payments.native`).
+A keyed charge whose terminal lookup this process remembers makes each of them one
+autocommitted statement: :func:`_claim_remembered` authenticates on the remembered row and
+claims the key and records the intent only if that row still reads the same, and
+:func:`viopay.payments.outcomes.store_live_charge` stores the outcome. Otherwise the first is
+BEGIN, the terminal lookup, one statement that claims the key and records the intent
+(:func:`_claim_charge_natively`), COMMIT. ``tests/payments/test_charge_cost.py`` counts them on
+both backends, ``tests/payments/test_remembered_lookup.py`` holds the remembered row to what a
+fresh read would decide.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
+from viopay.db import NativePool
 from viopay.deps import validate
+from viopay.devices.authn import seen_changes
 from viopay.errors import (
     PROBLEM_MEDIA_TYPE,
     IdempotencyInProgress,
@@ -55,7 +61,7 @@ from viopay.errors import (
     problem_response,
 )
 from viopay.merchants.models import MerchantConfig
-from viopay.metrics import PROCESSOR_CALLS
+from viopay.metrics import PROCESSOR_CALLS, TERMINAL_LOOKUPS
 from viopay.payments import (
     idempotency,
     intents,
@@ -82,7 +88,14 @@ from viopay.payments.processors import (
 )
 from viopay.payments.schemas import ReverseByKeyIn, charge_view, reversal_view
 from viopay.payments.service import TerminalScope
-from viopay.payments.terminal_auth import AuthenticatedTerminal, SignedRequest, authenticate
+from viopay.payments.terminal_auth import (
+    LOOKUP_PG,
+    AuthenticatedTerminal,
+    SignedRequest,
+    authenticate,
+    authenticate_remembered,
+    forget,
+)
 from viopay.runtime import Runtime
 
 log = structlog.get_logger("viopay.payments")
@@ -120,6 +133,7 @@ class Call:
     opened: OpenedRequest | None = field(default=None, repr=False)
     usage: KeySetUsage | None = None
     draft: service.ChargeDraft | None = field(default=None, repr=False)  # a charge's, in memory
+    nonce_spent: bool = False  # by :func:`_claim_remembered`, which then fell back
 
     @property
     def terminal(self) -> AuthenticatedTerminal:
@@ -176,8 +190,14 @@ def problem_record(error: ViopayError) -> dict[str, Any]:
 
 
 async def run(call: Call, endpoint: Endpoint, decide: Decide) -> Response:
-    async with call.runtime.sessions() as db, db.begin():
-        decided = await _claim_and_record_intent(db, call, endpoint, decide)
+    decided: Answer | PaymentIntent | None = None
+    if endpoint is CHARGE and call.runtime.native is not None and call.signed.idempotency_key:
+        decided = await _claim_remembered(call, call.runtime.native, call.signed.idempotency_key)
+        if decided is None:
+            TERMINAL_LOOKUPS.labels("read").inc()
+    if decided is None:
+        async with call.runtime.sessions() as db, db.begin():
+            decided = await _claim_and_record_intent(db, call, endpoint, decide)
     if isinstance(decided, Answer):
         return _respond(call, decided)
     return await _ask_processor_and_store(call, decided)
@@ -188,7 +208,9 @@ async def _claim_and_record_intent(
 ) -> Answer | PaymentIntent:
     """Transaction 1 (see the module's docstring)."""
     runtime, now = call.runtime, call.now
-    auth = call.auth = await authenticate(db, runtime=runtime, signed=call.signed, now=now)
+    auth = call.auth = await authenticate(
+        db, runtime=runtime, signed=call.signed, now=now, nonce_spent=call.nonce_spent
+    )
     usage = call.usage = key_set_usage(
         auth, max_envelopes=runtime.settings.keyset_max_envelopes, now=now
     )
@@ -255,6 +277,90 @@ async def _claim_and_record_intent(
             )
         await _tally(db, call, answered=True)
     return decided
+
+
+async def _claim_remembered(
+    call: Call, pool: NativePool, key: str
+) -> Answer | PaymentIntent | None:
+    """Transaction 1 of a keyed charge on PostgreSQL as one statement, with no lookup: the
+    terminal authenticated on the row this process last read
+    (:func:`viopay.payments.terminal_auth.authenticate_remembered`), then the key claimed and
+    the intent recorded only if that row still reads the same
+    (:func:`viopay.payments.native.claim_remembered`); a key that holds a result answers it.
+
+    None, having written nothing but the nonce, whenever anything is off the common path (no
+    row remembered, the row changed, any refusal, the envelope of another key set):
+    :func:`_claim_and_record_intent` then decides afresh."""
+    runtime, now, signed = call.runtime, call.now, call.signed
+    found = await authenticate_remembered(runtime, signed, now=now)
+    if found is None:
+        return None
+    call.nonce_spent = True
+    auth, remembered = found
+    call.auth = auth
+    max_envelopes = runtime.settings.keyset_max_envelopes
+    usage = call.usage = key_set_usage(auth, max_envelopes=max_envelopes, now=now)
+    if usage.exhausted:
+        return None
+    try:
+        # Read only on a miss (keys not cached yet, a card of another set, a surcharge rule).
+        async with runtime.sessions() as db:
+            opened = call.opened = await open_request(
+                db,
+                wrapper=runtime.wrapper,
+                auth=auth,
+                content_type=signed.content_type,
+                with_body=True,
+                with_card=True,
+                now=now,
+            )
+            fingerprint = _fingerprint(call)
+            draft = await _draft_charge(db, call)
+    except ViopayError:
+        return None
+    if opened.key_set_id != auth.key_set_id:
+        return None
+    intent = _charge_intent(call, draft)
+    changes = seen_changes(
+        last_seen_at=remembered.last_seen_at,
+        app_version=remembered.app_version,
+        version=signed.version,
+        now=now,
+    )
+    claimed = await native.claim_remembered(
+        pool,
+        _CLAIM_REMEMBERED,
+        lookup=remembered.record,
+        intent=intent,
+        max_envelopes=max_envelopes,
+        key=key,
+        method=auth.method,
+        path=auth.path,
+        fingerprint=fingerprint,
+        expires_at=now + idempotency.RETENTION,
+        envelopes=opened.envelopes_opened,
+        seen_at=now if "last_seen_at" in changes else None,
+        version=signed.version,
+        touch=bool(changes),
+    )
+    if not claimed.fresh:
+        TERMINAL_LOOKUPS.labels("changed").inc()
+        forget(signed)
+        return None
+    TERMINAL_LOOKUPS.labels("remembered").inc()
+    if changes:
+        remembered.last_seen_at = now if "last_seen_at" in changes else remembered.last_seen_at
+        remembered.app_version = signed.version
+    if claimed.record_id is not None:
+        return intent
+    if claimed.existing is None:
+        return None  # the holder committed after this statement began: decided afresh
+    state = native.key_state(claimed.existing)
+    idempotency.refuse_busy(state)
+    return _replay(state, fingerprint)
+
+
+_CLAIM_REMEMBERED = native.claim_remembered_sql(LOOKUP_PG)
 
 
 def _fingerprint(call: Call) -> str:
@@ -540,17 +646,8 @@ async def _claim_charge_natively(
     except ViopayError:
         call.draft = None
         return None
-    scope, auth = call.scope, call.terminal
-    intent = intents.build(
-        kind=IntentKind.charge,
-        terminal_id=scope.terminal_id,
-        device_id=scope.device_id,
-        merchant_id=scope.merchant_id,
-        charge_id=draft.charge_id,
-        now=call.now,
-        request=service.draft_request(draft),
-        idempotency_record_id=None,
-    )
+    auth = call.terminal
+    intent = _charge_intent(call, draft)
     claimed = await native.claim_and_record(
         db,
         intent,
@@ -561,6 +658,20 @@ async def _claim_charge_natively(
         expires_at=call.now + idempotency.RETENTION,
     )
     return intent if claimed else None
+
+
+def _charge_intent(call: Call, draft: service.ChargeDraft) -> PaymentIntent:
+    scope = call.scope
+    return intents.build(
+        kind=IntentKind.charge,
+        terminal_id=scope.terminal_id,
+        device_id=scope.device_id,
+        merchant_id=scope.merchant_id,
+        charge_id=draft.charge_id,
+        now=call.now,
+        request=service.draft_request(draft),
+        idempotency_record_id=None,
+    )
 
 
 async def _draft_charge(db: AsyncSession, call: Call) -> service.ChargeDraft:

@@ -6,6 +6,13 @@ on the session's own asyncpg connection, inside the session's transaction, as:
 
 - the terminal lookup of :mod:`viopay.payments.terminal_auth` (compiled once from its Core
   ``SELECT``);
+- **claim + intent on a remembered lookup** (:data:`CLAIM_REMEMBERED`): the terminal lookup
+  again, inside the statement, compared column by column with the row the process
+  authenticated on (every column that decides authentication, and the key set's tally on the
+  same side of its limit and of 90 %); only if it reads the same, the claim and the intent as
+  below, the device's ``last_seen_at`` when due, and for a key that holds a result, that
+  record and a replay's envelope tally. A change made by any process acts on the next request;
+  nothing to invalidate, no second round trip;
 - **claim + intent**: one statement that claims the Idempotency-Key (the same ``INSERT … ON
   CONFLICT … DO UPDATE … WHERE expired`` as :func:`viopay.payments.idempotency.claim`) and
   records the charge intent with the claim's id; a key held by another request inserts nothing,
@@ -36,7 +43,8 @@ from viopay.audit import Actor
 from viopay.db import NativePool
 from viopay.ids import new_id
 from viopay.metrics import count_transaction
-from viopay.payments.models import Charge, ChargeStatus, PaymentIntent
+from viopay.payments.idempotency import KeyState
+from viopay.payments.models import Charge, ChargeStatus, IdempotencyState, PaymentIntent
 
 _DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 
@@ -82,13 +90,20 @@ class Compiled:
         return [params[name] for name in self.names]
 
 
+async def fetch_record(
+    db: AsyncSession, statement: Compiled, params: dict[str, Any]
+) -> asyncpg.Record | None:
+    """One row (or None) of ``statement``."""
+    return await (await driver(db)).fetchrow(statement.sql, *statement.args(params))
+
+
 async def fetch_row(db: AsyncSession, statement: Compiled, params: dict[str, Any]) -> Any:
     """One row (or None) of ``statement``, as a record whose columns are read by name."""
-    record = await (await driver(db)).fetchrow(statement.sql, *statement.args(params))
-    return None if record is None else _Row(record)
+    record = await fetch_record(db, statement, params)
+    return None if record is None else Row(record)
 
 
-class _Row:
+class Row:
     """An asyncpg record read by attribute, as a SQLAlchemy row is."""
 
     __slots__ = ("_record",)
@@ -181,6 +196,206 @@ async def claim_and_record(
         return False
     intent.idempotency_record_id = record_id
     return True
+
+
+# --- claim + intent on a remembered lookup ----------------------------------------------------
+
+# The lookup columns that decide authentication (:mod:`viopay.payments.terminal_auth`); the
+# others (``envelope_count``, ``last_seen_at``, ``app_version``) change as terminals work.
+STABLE_COLUMNS = (
+    "terminal_retired_at",
+    "merchant_id",
+    "currency",
+    "device_id",
+    "device_terminal_id",
+    "disabled",
+    "key_set_id",
+    "key_set_terminal_id",
+    "status",
+    "expires_at",
+    "retires_at",
+    "activated_at",
+    "msk_key_id",
+    "rotate_requested_at",
+    "key_id",
+    "key_type",
+    "key_wrapped",
+)
+_REMEMBERED_NAMES = (
+    "key_id",  # the lookup's own two parameters come first ($1, $2)
+    "terminal_id",
+    *(f"was_{c}" for c in STABLE_COLUMNS),
+    "max_envelopes",
+    "was_exhausted",
+    "was_rotating",
+    "intent_id",
+    "kind",
+    "state",
+    "reference",
+    "device_id",
+    "merchant_id",
+    "charge_id",
+    "request",
+    "now",
+    "key",
+    "method",
+    "path",
+    "fingerprint",
+    "expires_at",
+    "envelopes",
+    "touch",
+    "seen_at",
+    "version",
+)
+_P = {name: f"${i}" for i, name in enumerate(_REMEMBERED_NAMES, start=1)}
+_SAME = "\n        AND ".join(
+    f"l.{c} IS NOT DISTINCT FROM {_P['was_' + c]}" for c in STABLE_COLUMNS
+)
+CLAIM_REMEMBERED = """
+WITH l AS ({lookup}),
+ok AS (
+    SELECT FROM l
+    WHERE {same}
+        AND (l.envelope_count >= {max_envelopes}::integer) = {was_exhausted}::boolean
+        AND (l.envelope_count * 10 >= {max_envelopes}::integer * 9) = {was_rotating}::boolean
+), claim AS (
+    INSERT INTO idempotency_records AS r (terminal_id, merchant_id, idempotency_key, method,
+        path, fingerprint, state, status_code, result, charge_id, created_at, expires_at)
+    SELECT {terminal_id}, NULL, {key}, {method}, {path}, {fingerprint}, 'in_progress', NULL,
+        'null'::json, NULL, {now}::timestamptz, {expires_at}::timestamptz
+    FROM ok
+    ON CONFLICT (terminal_id, idempotency_key) DO UPDATE SET {record_set}
+    WHERE r.expires_at <= {now}::timestamptz
+    RETURNING r.id
+), intent AS (
+    INSERT INTO payment_intents ({intent_columns})
+    SELECT {intent_id}, {kind}, {state}, {reference}, {terminal_id}, {device_id}, {merchant_id},
+        {charge_id}, NULL, NULL, claim.id, {request}::json, 'null'::json, NULL, NULL,
+        {now}::timestamptz, NULL
+    FROM claim
+    RETURNING 1
+), existing AS (
+    SELECT r.id, r.state, r.fingerprint, r.status_code, r.result, r.charge_id, r.created_at
+    FROM idempotency_records r
+    WHERE EXISTS (SELECT FROM ok) AND NOT EXISTS (SELECT FROM claim)
+        AND r.terminal_id = {terminal_id} AND r.idempotency_key = {key}
+        AND r.expires_at > {now}::timestamptz
+), replayed AS (
+    UPDATE key_sets SET envelope_count = envelope_count + {envelopes}::integer
+        + CASE WHEN e.status_code < 400 THEN 1 ELSE 0 END
+    FROM existing e
+    WHERE key_sets.key_set_id = {was_key_set_id} AND e.state = 'done'
+        AND e.fingerprint = {fingerprint}
+    RETURNING 1
+), touched AS (
+    UPDATE devices SET last_seen_at = coalesce({seen_at}::timestamptz, last_seen_at),
+        app_version = {version}::varchar
+    WHERE device_id = {device_id} AND {touch}::boolean AND EXISTS (SELECT FROM ok)
+    RETURNING 1
+)
+SELECT EXISTS (SELECT FROM ok) AS fresh, (SELECT id FROM claim) AS record_id,
+    e.id, e.state, e.fingerprint, e.status_code, e.result, e.charge_id, e.created_at
+FROM (SELECT) AS one LEFT JOIN existing e ON true
+"""
+
+
+def claim_remembered_sql(lookup: Compiled) -> str:
+    """:data:`CLAIM_REMEMBERED` around ``lookup`` (the terminal lookup, whose parameters are
+    ``key_id`` and ``terminal_id``, in that order)."""
+    assert lookup.names == ("key_id", "terminal_id"), lookup.names
+    return CLAIM_REMEMBERED.format(
+        lookup=lookup.sql,
+        same=_SAME,
+        record_set=_RECORD_SET,
+        intent_columns=_INTENT_COLUMNS,
+        **_P,
+    )
+
+
+@dataclass(frozen=True)
+class RememberedClaim:
+    """What :func:`claim_remembered` found: ``fresh`` False, nothing written (the lookup row
+    changed); else the claim's record id, or the live record that holds the key."""
+
+    fresh: bool
+    record_id: int | None
+    existing: asyncpg.Record | None
+
+
+async def claim_remembered(
+    pool: NativePool,
+    sql: str,
+    *,
+    lookup: asyncpg.Record,
+    intent: PaymentIntent,
+    max_envelopes: int,
+    key: str,
+    method: str,
+    path: str,
+    fingerprint: str,
+    expires_at: datetime,
+    envelopes: int,
+    seen_at: datetime | None,
+    version: str,
+    touch: bool,
+) -> RememberedClaim:
+    """One autocommitted statement: if the terminal lookup still reads as ``lookup`` (every
+    column that decides authentication, and the key set's tally on the same side of its
+    limit and of 90 %), claim ``key`` and insert ``intent``, or, when the key is held, return
+    its record and add a replay's envelopes to the tally; and touch the device. Nothing is
+    written when the lookup changed."""
+    count = lookup["envelope_count"]
+    params: dict[str, Any] = {f"was_{c}": lookup[c] for c in STABLE_COLUMNS}
+    params.update(
+        key_id=lookup["key_id"],
+        terminal_id=intent.terminal_id,
+        max_envelopes=max_envelopes,
+        was_exhausted=count >= max_envelopes,
+        was_rotating=count * 10 >= max_envelopes * 9,
+        intent_id=intent.intent_id,
+        kind=intent.kind.value,
+        state=intent.state.value,
+        reference=intent.reference,
+        device_id=intent.device_id,
+        merchant_id=intent.merchant_id,
+        charge_id=intent.charge_id,
+        request=_json(intent.request),
+        now=intent.created_at,
+        key=key,
+        method=method,
+        path=path,
+        fingerprint=fingerprint,
+        expires_at=expires_at,
+        envelopes=envelopes,
+        touch=touch,
+        seen_at=seen_at,
+        version=version,
+    )
+    async with pool.connection() as conn:
+        count_transaction()
+        row = await conn.fetchrow(sql, *[params[name] for name in _REMEMBERED_NAMES])
+    assert row is not None
+    if row["record_id"] is not None:
+        intent.idempotency_record_id = row["record_id"]
+    return RememberedClaim(
+        fresh=bool(row["fresh"]),
+        record_id=row["record_id"],
+        existing=row if row["id"] is not None else None,
+    )
+
+
+def key_state(row: asyncpg.Record) -> KeyState:
+    """The live record :func:`claim_remembered` returned, as the idempotency module's state."""
+    result = row["result"]
+    return KeyState(
+        record_id=row["id"],
+        state=IdempotencyState(row["state"]),
+        fingerprint=row["fingerprint"],
+        status_code=row["status_code"],
+        result=None if result is None else orjson.loads(result),
+        charge_id=row["charge_id"],
+        created_at=row["created_at"],
+    )
 
 
 # --- the outcome ------------------------------------------------------------------------------

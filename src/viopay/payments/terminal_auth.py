@@ -8,16 +8,20 @@ active set, or of the previous set within its rotation grace (401 unknown_key) �
 signature over the exact bytes received → nonce, spent only once the signature verified.
 What follows (envelope limit, idempotency, body) is the payments package's.
 
-Authentication shares the flow's first transaction, so a keyed charge costs two in all.
+Authentication shares the flow's first transaction, so a keyed charge costs two in all. On
+PostgreSQL the lookup row is remembered per process (:func:`authenticate_remembered`); the flow
+writes on it only in a statement that finds the row unchanged.
 """
 
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +36,7 @@ from viopay.errors import (
     InvalidSignature,
     UnknownKey,
     UnknownTerminal,
+    ViopayError,
 )
 from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
 from viopay.keysets.service import serves_charges, unwrap_stored_key
@@ -188,7 +193,7 @@ _LOOKUP = (
 )
 
 
-_LOOKUP_PG = native.Compiled.of(_LOOKUP)
+LOOKUP_PG = native.Compiled.of(_LOOKUP)
 
 
 @dataclass(frozen=True)
@@ -212,18 +217,42 @@ class _MacKey:
 
 
 async def authenticate(
-    db: AsyncSession, *, runtime: Runtime, signed: SignedRequest, now: datetime
+    db: AsyncSession,
+    *,
+    runtime: Runtime,
+    signed: SignedRequest,
+    now: datetime,
+    nonce_spent: bool = False,
 ) -> AuthenticatedTerminal:
     """Terminal known and not retired (401) and its device enabled (403) → ``X-Key-Id`` a MAC
     key of the terminal's serving sets (401) → timestamp → signature → nonce (spent only once
-    the signature verified). Runs in the caller's transaction: one SELECT, and an UPDATE of the
-    device's ``last_seen_at`` at most once a minute."""
-    terminal_id = signed.terminal_id
-    params = {"terminal_id": terminal_id, "key_id": signed.key_id}
+    the signature verified; ``nonce_spent``: :func:`authenticate_remembered` spent it for this
+    request). Runs in the caller's transaction: one SELECT, and an UPDATE of the device's
+    ``last_seen_at`` at most once a minute. On PostgreSQL the row read is remembered for
+    :func:`authenticate_remembered`."""
+    params = {"terminal_id": signed.terminal_id, "key_id": signed.key_id}
+    record = None
     if native.on_postgres(db):
-        row = await native.fetch_row(db, _LOOKUP_PG, params)
+        record = await native.fetch_record(db, LOOKUP_PG, params)
+        row: Any = None if record is None else native.Row(record)
     else:
         row = (await db.execute(_LOOKUP, params)).first()
+    key_set = _check(row, runtime=runtime, signed=signed, now=now)
+    if not nonce_spent:
+        await _spend_nonce(runtime, signed, now=now)
+    changes = seen_changes(
+        last_seen_at=row.last_seen_at, app_version=row.app_version, version=signed.version, now=now
+    )
+    if changes:
+        await db.execute(update(Device).where(Device.device_id == row.device_id).values(**changes))
+    if record is not None:
+        _remember(signed, record, changes)
+    return _authenticated(row, key_set, signed)
+
+
+def _check(row: Any, *, runtime: Runtime, signed: SignedRequest, now: datetime) -> ServingSet:
+    """The checks of :func:`authenticate` up to the signature, on a lookup row."""
+    terminal_id = signed.terminal_id
     if row is None or row.terminal_retired_at is not None or row.device_terminal_id != terminal_id:
         raise UnknownTerminal()
     if row.disabled:
@@ -263,16 +292,22 @@ async def authenticate(
         verify_signature(mac, message, signed.signature)
     except SignatureMismatch:
         raise InvalidSignature() from None
+    return key_set
+
+
+async def _spend_nonce(runtime: Runtime, signed: SignedRequest, *, now: datetime) -> None:
     await spend_nonce(
         runtime.cache,
-        scope=f"terminal:{terminal_id}",
+        scope=f"terminal:{signed.terminal_id}",
         nonce=signed.nonce,
         moment=signed.moment,
         now=now,
     )
-    await _touch(db, row, version=signed.version, now=now)
+
+
+def _authenticated(row: Any, key_set: ServingSet, signed: SignedRequest) -> AuthenticatedTerminal:
     return AuthenticatedTerminal(
-        terminal_id=terminal_id,
+        terminal_id=signed.terminal_id,
         device_id=row.device_id,
         merchant_id=row.merchant_id,
         currency=row.currency,
@@ -292,10 +327,54 @@ async def authenticate(
     )
 
 
-async def _touch(db: AsyncSession, row: Any, *, version: str, now: datetime) -> None:
-    """The device's :func:`seen_changes`, as one UPDATE when there are any."""
-    changes = seen_changes(
-        last_seen_at=row.last_seen_at, app_version=row.app_version, version=version, now=now
+# --- the lookup as this process last read it (PostgreSQL) -------------------------------------
+
+
+@dataclass
+class Remembered:
+    """A lookup row this process read, and what it since wrote of the device's ``last_seen_at``
+    and ``app_version`` (the row's own copies of those go stale by design)."""
+
+    record: asyncpg.Record = field(repr=False)
+    last_seen_at: datetime | None
+    app_version: str | None
+
+
+REMEMBERED_MAX = 4096  # (terminal, X-Key-Id) pairs per process; the least recently used go first
+_REMEMBERED: OrderedDict[tuple[str, str], Remembered] = OrderedDict()
+
+
+def _remember(signed: SignedRequest, record: asyncpg.Record, changes: dict[str, Any]) -> None:
+    _REMEMBERED[(signed.terminal_id, signed.key_id)] = Remembered(
+        record,
+        changes.get("last_seen_at", record["last_seen_at"]),
+        changes.get("app_version", record["app_version"]),
     )
-    if changes:
-        await db.execute(update(Device).where(Device.device_id == row.device_id).values(**changes))
+    while len(_REMEMBERED) > REMEMBERED_MAX:
+        _REMEMBERED.popitem(last=False)
+
+
+def forget(signed: SignedRequest) -> None:
+    _REMEMBERED.pop((signed.terminal_id, signed.key_id), None)
+
+
+async def authenticate_remembered(
+    runtime: Runtime, signed: SignedRequest, *, now: datetime
+) -> tuple[AuthenticatedTerminal, Remembered] | None:
+    """:func:`authenticate` on the row this process last read for the terminal and
+    ``X-Key-Id``, without reading it again: the caller's one statement then writes only if the
+    row still reads the same (:data:`viopay.payments.native.CLAIM_REMEMBERED`). None, the row
+    forgotten, when there is none or any check refuses on it: the caller then authenticates
+    afresh, so every refusal is decided on a fresh read, in the §1 order."""
+    entry = _REMEMBERED.get((signed.terminal_id, signed.key_id))
+    if entry is None:
+        return None
+    row = native.Row(entry.record)
+    try:
+        key_set = _check(row, runtime=runtime, signed=signed, now=now)
+        await _spend_nonce(runtime, signed, now=now)
+    except ViopayError:
+        forget(signed)
+        return None
+    _REMEMBERED.move_to_end((signed.terminal_id, signed.key_id))
+    return _authenticated(row, key_set, signed), entry
