@@ -166,3 +166,20 @@ async def test_a_replay_answers_the_stored_charge_and_counts_its_envelopes(
         ).json()["id"]
         == declined.json()["id"]
     )
+
+
+def test_a_reused_nonce_after_a_disable_made_elsewhere_is_403_then_401(
+    terminal: kit.PosTerminal, other: Server, admin: Admin
+) -> None:
+    """The remembered row still says enabled and the nonce is spent: the §1 order (device
+    before nonce) is decided on a fresh read."""
+    nonce = kit.new_nonce()
+    assert terminal.charge(500, idempotency_key="non-1", nonce=nonce, url=other.url).status == 201
+    device = terminal.device.device_id
+    assert admin.http.post(f"/admin/devices/{device}/disable").status_code == 200
+    disabled = terminal.charge(500, idempotency_key="non-2", nonce=nonce, url=other.url)
+    assert (disabled.status, disabled.code) == (403, "device_disabled")
+    assert admin.http.post(f"/admin/devices/{device}/enable").status_code == 200
+    assert terminal.charge(500, idempotency_key="non-3", url=other.url).status == 201
+    again = terminal.charge(500, idempotency_key="non-2", nonce=nonce, url=other.url)
+    assert (again.status, again.code) == (401, "nonce_reused")

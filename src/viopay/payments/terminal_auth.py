@@ -34,9 +34,9 @@ from viopay.errors import (
     DeviceDisabled,
     InvalidHeader,
     InvalidSignature,
+    NonceReused,
     UnknownKey,
     UnknownTerminal,
-    ViopayError,
 )
 from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
 from viopay.keysets.service import serves_charges, unwrap_stored_key
@@ -366,15 +366,20 @@ async def authenticate_remembered(
     row still reads the same (:data:`viopay.payments.native.CLAIM_REMEMBERED`). None, the row
     forgotten, when there is none or any check refuses on it: the caller then authenticates
     afresh, so every refusal is decided on a fresh read, in the §1 order."""
-    entry = _REMEMBERED.get((signed.terminal_id, signed.key_id))
+    remembered = (signed.terminal_id, signed.key_id)
+    entry = _REMEMBERED.get(remembered)
     if entry is None:
         return None
+    _REMEMBERED.move_to_end(remembered)
     row = native.Row(entry.record)
     try:
         key_set = _check(row, runtime=runtime, signed=signed, now=now)
-        await _spend_nonce(runtime, signed, now=now)
-    except ViopayError:
+    except Exception:  # noqa: BLE001 - any refusal (or failure) is decided again on a fresh read
         forget(signed)
         return None
-    _REMEMBERED.move_to_end((signed.terminal_id, signed.key_id))
+    try:
+        await _spend_nonce(runtime, signed, now=now)
+    except NonceReused:
+        forget(signed)  # a fresh read decides whether a 403 or another 401 comes first (§1)
+        return None
     return _authenticated(row, key_set, signed), entry
