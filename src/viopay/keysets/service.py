@@ -266,6 +266,14 @@ class SetKeys:
 _SETS: OrderedDict[str, SetKeys] = OrderedDict()
 
 
+def cached_keys(key_set_id: str) -> SetKeys | None:
+    """A set's keys if this process has them unwrapped already (see :func:`load_keys`)."""
+    cached = _SETS.get(key_set_id)
+    if cached is not None:
+        _SETS.move_to_end(key_set_id)
+    return cached
+
+
 async def load_keys(db: AsyncSession, *, wrapper: KeyWrapper, key_set_id: str) -> SetKeys:
     """Unwrap the keys of a set (cached per set and per key_id). Status is the caller's to
     check, on a fresh read of the set."""

@@ -23,6 +23,7 @@ from viopay.keysets.models import KeySet, KeySetKey
 from viopay.keysets.service import (
     SetKeys,
     SetState,
+    cached_keys,
     key_set_by_msk_key_id,
     load_keys,
     serves_charges,
@@ -127,8 +128,27 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
+class ReadNeeded(Exception):  # noqa: N818 - a signal to the caller, not an error
+    """:func:`open_request` without a session (``db=None``) met a read it cannot make (keys not
+    cached in this process yet, an envelope of another set): call it again with one."""
+
+
+def reader(db: AsyncSession | None) -> AsyncSession:
+    """``db``, or :class:`ReadNeeded` when there is none."""
+    if db is None:
+        raise ReadNeeded
+    return db
+
+
+async def _keys(db: AsyncSession | None, wrapper: KeyWrapper, key_set_id: str) -> SetKeys:
+    cached = cached_keys(key_set_id)
+    if cached is not None:
+        return cached
+    return await load_keys(reader(db), wrapper=wrapper, key_set_id=key_set_id)
+
+
 async def open_request(
-    db: AsyncSession,
+    db: AsyncSession | None,
     *,
     wrapper: KeyWrapper,
     auth: AuthenticatedTerminal,
@@ -137,9 +157,10 @@ async def open_request(
     with_card: bool,
     now: datetime,
 ) -> OpenedRequest:
-    """415 unless JSON → 400 invalid_request (not an envelope) → 400 decryption_failed."""
+    """415 unless JSON → 400 invalid_request (not an envelope) → 400 decryption_failed.
+    ``db`` None: no reads (:class:`ReadNeeded` when one is needed)."""
     if not with_body:
-        keys = await load_keys(db, wrapper=wrapper, key_set_id=auth.key_set_id)
+        keys = await _keys(db, wrapper, auth.key_set_id)
         return OpenedRequest({}, auth.key_set_id, auth.msk_key_id, keys.msk, envelopes_opened=0)
     if (content_type or "").split(";", 1)[0].strip().lower() != "application/json":
         raise UnsupportedMediaType()
@@ -147,9 +168,9 @@ async def open_request(
     # Usually the MSK of X-Key-Id's own set, already in this session (no statement).
     found: _Set | None = auth.key_set
     if envelope.kid != auth.msk_key_id or found is None:
-        found = await key_set_by_msk_key_id(db, envelope.kid)
+        found = await key_set_by_msk_key_id(reader(db), envelope.kid)
     key_set = _usable(found, auth, now)
-    keys = await load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
+    keys = await _keys(db, wrapper, key_set.key_set_id)
     aad = env.request_aad(method=auth.method, path=auth.path, subject=auth.terminal_id)
     plaintext = _json_object(_open(keys.msk, envelope, aad), "plaintext")
     card, tpk = None, None
@@ -161,7 +182,7 @@ async def open_request(
 
 
 async def _open_card(
-    db: AsyncSession,
+    db: AsyncSession | None,
     *,
     wrapper: KeyWrapper,
     auth: AuthenticatedTerminal,
@@ -177,11 +198,12 @@ async def _open_card(
     if sealing_keys is not None and envelope.kid == sealing_keys.key_ids.get("TDK"):
         keys = sealing_keys
     else:
-        row = await db.scalar(select(KeySetKey).where(KeySetKey.key_id == envelope.kid))
+        session = reader(db)
+        row = await session.scalar(select(KeySetKey).where(KeySetKey.key_id == envelope.kid))
         if row is None or row.type != "TDK":
             raise DecryptionFailed()
-        key_set = _usable(await db.get(KeySet, row.key_set_id), auth, now)
-        keys = await load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
+        key_set = _usable(await session.get(KeySet, row.key_set_id), auth, now)
+        keys = await _keys(db, wrapper, key_set.key_set_id)
     card = _json_object(_open(keys.key("TDK"), envelope, env.card_aad(auth.terminal_id)), "card")
     return card, keys.key("TPK")
 

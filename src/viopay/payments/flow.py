@@ -74,9 +74,11 @@ from viopay.payments import (
 from viopay.payments.channel import (
     KeySetUsage,
     OpenedRequest,
+    ReadNeeded,
     key_set_usage,
     meter,
     open_request,
+    reader,
     seal_answer,
 )
 from viopay.payments.models import ChargeStatus, IntentKind, PaymentIntent
@@ -303,21 +305,15 @@ async def _claim_remembered(
     if usage.exhausted:
         return None
     try:
-        # Read only on a miss (keys not cached yet, a card of another set, a surcharge rule).
-        async with runtime.sessions() as db:
-            opened = call.opened = await open_request(
-                db,
-                wrapper=runtime.wrapper,
-                auth=auth,
-                content_type=signed.content_type,
-                with_body=True,
-                with_card=True,
-                now=now,
-            )
-            fingerprint = _fingerprint(call)
-            draft = await _draft_charge(db, call)
+        try:
+            fingerprint, draft = await _open_and_draft(call, None)
+        except ReadNeeded:  # keys not cached yet, another set's envelope, a surcharge rule
+            async with runtime.sessions() as db:
+                fingerprint, draft = await _open_and_draft(call, db)
     except ViopayError:
         return None
+    opened = call.opened
+    assert opened is not None
     if opened.key_set_id != auth.key_set_id:
         return None
     intent = _charge_intent(call, draft)
@@ -358,6 +354,21 @@ async def _claim_remembered(
     state = native.key_state(claimed.existing)
     idempotency.refuse_busy(state)
     return _replay(state, fingerprint)
+
+
+async def _open_and_draft(call: Call, db: AsyncSession | None) -> tuple[str, service.ChargeDraft]:
+    """The charge's envelopes opened and its draft (§4.1 rules), reading with ``db`` only."""
+    runtime = call.runtime
+    call.opened = await open_request(
+        db,
+        wrapper=runtime.wrapper,
+        auth=call.terminal,
+        content_type=call.signed.content_type,
+        with_body=True,
+        with_card=True,
+        now=call.now,
+    )
+    return _fingerprint(call), await _draft_charge(db, call)
 
 
 _CLAIM_REMEMBERED = native.claim_remembered_sql(LOOKUP_PG)
@@ -674,7 +685,7 @@ def _charge_intent(call: Call, draft: service.ChargeDraft) -> PaymentIntent:
     )
 
 
-async def _draft_charge(db: AsyncSession, call: Call) -> service.ChargeDraft:
+async def _draft_charge(db: AsyncSession | None, call: Call) -> service.ChargeDraft:
     opened = call.opened
     assert opened is not None
     draft = call.draft = service.build_draft(
@@ -682,7 +693,7 @@ async def _draft_charge(db: AsyncSession, call: Call) -> service.ChargeDraft:
         plaintext=call.plaintext,
         card=opened.card,
         tpk=opened.tpk,
-        surcharge_rule=await _surcharge_rule(db, call.terminal.merchant_id)
+        surcharge_rule=await _surcharge_rule(reader(db), call.terminal.merchant_id)
         if call.plaintext.get("surcharge_amount")
         else NO_SURCHARGE,
         nonce=call.terminal.nonce,
