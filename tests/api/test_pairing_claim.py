@@ -293,3 +293,28 @@ async def test_live_code_just_before_expiry_is_claimable(
             now=utcnow() - timedelta(seconds=280),
         )
     assert make_merchant().http.post("/pos/claim", json={"pairing_code": code}).status_code == 200
+
+
+async def test_a_status_read_across_a_claim_never_sees_inactive_without_a_code(
+    api: httpx.Client, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> None:
+    """The device read before a claim committed, its code after (each statement reads what is
+    committed when it runs, on PostgreSQL): the status answers the claim, not "inactive, no
+    code", which the SDK takes for an expired code."""
+    from viopay.devices import service
+    from viopay.devices.models import Device, DeviceStatus
+    from viopay.ids import utcnow
+
+    device = admin.provision()
+    code = new_code(api, device)
+    owner = make_merchant()
+    async with runtime.sessions() as db:
+        seen = present(await db.get(Device, device.device_id))
+        assert seen.status.value == "inactive"
+        if runtime.settings.async_database_url.startswith("sqlite"):
+            await db.commit()  # SQLite: a read transaction keeps its snapshot; end it
+        claimed = owner.http.post("/pos/claim", json={"pairing_code": code})
+        assert claimed.status_code == 200, claimed.text
+        assert await service.live_code_expiry(db, device=seen, now=utcnow()) is None
+        assert seen.status is DeviceStatus.claimed
+        assert seen.merchant_id == owner.merchant_id and seen.terminal_id is not None

@@ -271,10 +271,19 @@ async def issue_pairing_code(
 
 
 async def live_code_expiry(db: AsyncSession, *, device: Device, now: datetime) -> datetime | None:
+    """When the pairing code of an inactive ``device`` expires; None without a live one.
+
+    A code found spent was spent by a claim, which may have committed after ``device`` was read
+    (each statement reads what is committed when it runs): the device's state is read again
+    then, so a status poll never answers "inactive, no code" for a device being claimed (the
+    SDK takes that for an expired code)."""
     if device.status is not DeviceStatus.inactive:
         return None
     row = await db.get(PairingCode, device.device_id)
-    if row is None or row.code_digest is None or row.used_at is not None or row.expires_at <= now:
+    if row is not None and row.used_at is not None:
+        await db.refresh(device, ["status", "merchant_id", "terminal_id", "label"])
+        return None
+    if row is None or row.code_digest is None or row.expires_at <= now:
         return None
     return row.expires_at
 
