@@ -42,6 +42,7 @@ from support.helpers import (
 from support.log_scan import LogScan
 
 if TYPE_CHECKING:
+    from support.charge_kit import PosTerminal
     from viopay.runtime import Runtime
 
 # Webhooks to the tests' own http://127.0.0.1 receivers, retried within seconds; heartbeats
@@ -180,3 +181,16 @@ async def runtime(backend: Backend, server: Server) -> AsyncIterator[Runtime]:
     mp.undo()
     yield rt
     await rt.close()
+
+
+@pytest.fixture
+async def terminal(
+    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
+) -> AsyncIterator[PosTerminal]:
+    """A terminal activated on ``server`` by the device SDK, for the charge tests (its own
+    merchant)."""
+    from support.charge_kit import activated_terminal
+
+    pos = await activated_terminal(server, admin, make_merchant, runtime)
+    yield pos
+    pos.close()

@@ -4,7 +4,6 @@ the charge object and its body rules, refunds, cancel, reverse and get."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,16 +11,6 @@ import pytest
 from support import charge_kit as kit
 from support.helpers import Admin, MakeMerchant, Server
 from viopay.runtime import Runtime
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
-
 
 CHARGE_MEMBERS = {
     "id",

@@ -4,7 +4,6 @@ signature, nonce, the key set's envelope limit, and the body's envelopes (PROTOC
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,15 +16,6 @@ from support.helpers import Admin, MakeMerchant, Server, present
 from viopay.keysets.models import KeySet
 from viopay.runtime import Runtime
 from viopay_device.protocol.envelope import card_aad, seal
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
 
 
 async def set_envelope_count(runtime: Runtime, key_set_id: str, count: int) -> None:

@@ -3,13 +3,11 @@ two server processes on one database and cache (PostgreSQL + Redis)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
-import pytest
 from sqlalchemy import func, select, update
 
 from support import charge_kit as kit
@@ -17,15 +15,6 @@ from support.helpers import Admin, MakeMerchant, Server, present
 from viopay.payments import idempotency
 from viopay.payments.models import Charge, IdempotencyRecord
 from viopay.runtime import Runtime
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
 
 
 async def charges_with_key(runtime: Runtime, terminal_id: str, key: str) -> int:

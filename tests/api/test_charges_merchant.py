@@ -3,22 +3,8 @@ with its refunds."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from support import charge_kit as kit
-from support.helpers import Admin, MakeMerchant, Server
-from viopay.runtime import Runtime
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
+from support.helpers import MakeMerchant
 
 
 def test_merchant_charge_views(terminal: kit.PosTerminal) -> None:

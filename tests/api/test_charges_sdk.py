@@ -3,14 +3,11 @@ replays after lost answers, and reverse-by-key of unknown outcomes (PROTOCOL §4
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
 from support import charge_kit as kit
-from support.helpers import Admin, MakeMerchant, Server, present
-from viopay.runtime import Runtime
+from support.helpers import present
 from viopay_device import (
     ChargeNotCancelable,
     DeviceClient,
@@ -22,15 +19,6 @@ from viopay_device import (
     ProcessorTimeout,
     RefundExceedsCharge,
 )
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
 
 
 def test_the_sdk_charges_refunds_cancels_reverses_and_reads(terminal: kit.PosTerminal) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,17 +15,7 @@ import pytest
 
 from support import charge_kit as kit
 from support.helpers import UA, Admin, MakeMerchant, MerchantCtx, Server, pos_headers, problem
-from viopay.runtime import Runtime
 from viopay_device.protocol.envelope import request_aad, seal
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
 
 
 def charges_of(merchant: MerchantCtx) -> list[dict[str, Any]]:

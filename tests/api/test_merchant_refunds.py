@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import pytest
 
 from support import charge_kit as kit
 from support.helpers import MerchantCtx, Server, client_token
 
 DECLINED = {"pan": "4000000000000002", "expiry": "3012"}
 MASTERCARD = {"pan": "5555555555554444", "expiry": "3012"}
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Any, make_merchant: Any, runtime: Any
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
 
 
 def _member(server: Server, admin: Any, merchant_id: str, role: str) -> httpx.Client:

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -17,8 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support import charge_kit as kit
-from support.helpers import SERVER_LOGS, Admin, Backend, MakeMerchant, Server, free_port
-from viopay.runtime import Runtime
+from support.helpers import SERVER_LOGS, Backend, Server, free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 DECLINED = {"pan": "4000000000000002", "expiry": "3012"}
@@ -36,15 +34,6 @@ def samples(url: str) -> Samples:
 def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
     key = (name, frozenset(labels.items()))
     return after.get(key, 0.0) - before.get(key, 0.0)
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
 
 
 def test_metrics_show_requests_charges_replays_and_refusals(

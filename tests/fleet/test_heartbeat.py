@@ -5,7 +5,7 @@ filter, device.online/device.offline events delivered as webhooks, and the SDK's
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,10 +15,7 @@ from sqlalchemy import insert, select, update
 from support import charge_kit as kit
 from support.helpers import (
     SEEN_SECRETS,
-    Admin,
-    MakeMerchant,
     MerchantCtx,
-    Server,
     expect_json,
     present,
     problem,
@@ -32,15 +29,6 @@ from viopay.runtime import Runtime
 from viopay_device import HeartbeatSchedule
 
 HEARTBEAT = "/pos/heartbeat"
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ happens on its side)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,17 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support import charge_kit as kit
-from support.helpers import Admin, Backend, MakeMerchant, Server
-from viopay.runtime import Runtime
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
+from support.helpers import Backend, Server
 
 
 @pytest.fixture

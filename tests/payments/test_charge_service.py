@@ -4,7 +4,6 @@ then run in-process on the same database (``runtime``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from support import charge_kit as kit
-from support.helpers import Admin, MakeMerchant, Server, present
+from support.helpers import present
 from viopay.audit import AuditEvent
 from viopay.errors import ChargeNotCancelable, NotFound
 from viopay.payments import flow, reversals
@@ -20,15 +19,6 @@ from viopay.payments.models import Charge, ChargeStatus, IntentKind, PaymentInte
 from viopay.payments.processors import ProcessorFailure, SandboxProcessor
 from viopay.payments.service import TerminalScope
 from viopay.runtime import Runtime
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
 
 
 def scope_of(terminal: kit.PosTerminal) -> TerminalScope:

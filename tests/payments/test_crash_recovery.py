@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from support import charge_kit as kit
-from support.helpers import Admin, Backend, MakeMerchant, Server, present
+from support.helpers import Backend, Server, present
 from viopay.payments.models import (
     Charge,
     ChargeStatus,
@@ -61,15 +61,6 @@ def start(backend: Backend, tmp_path: Path) -> Iterator[Any]:
     yield start_server
     for server in started:
         server.stop()  # also closes the log of a server that was killed
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
 
 
 def in_background(work: Any) -> threading.Thread:

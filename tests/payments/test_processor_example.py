@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import re
 import types
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from support import charge_kit as kit
-from support.helpers import ROOT, Admin, Backend, MakeMerchant, Server, present
+from support.helpers import ROOT, Backend, Server, present
 from viopay.payments.cards import check_card
 from viopay.payments.processors import AuthorizationRequest, ChargeRef, Processor
-from viopay.runtime import Runtime
 
 
 def example_source() -> str:
@@ -71,15 +70,6 @@ def example_server(backend: Backend, tmp_path: Path) -> Iterator[Server]:
     server = Server(Backend(backend.name, env), tmp_path, "example")
     yield server
     server.stop()
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
 
 
 def test_a_server_charges_through_the_example(

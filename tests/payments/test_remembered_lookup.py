@@ -8,7 +8,7 @@ answers come from a fresh read."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,19 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
 from support import charge_kit as kit
-from support.helpers import Admin, Backend, MakeMerchant, Server, present
+from support.helpers import Admin, Backend, Server, present
 from viopay.keysets.models import KeySet, KeySetStatus
 from viopay.payments.models import IdempotencyRecord
 from viopay.runtime import Runtime
-
-
-@pytest.fixture
-async def terminal(
-    server: Server, admin: Admin, make_merchant: MakeMerchant, runtime: Runtime
-) -> AsyncIterator[kit.PosTerminal]:
-    pos = await kit.activated_terminal(server, admin, make_merchant, runtime)
-    yield pos
-    pos.close()
 
 
 @pytest.fixture
