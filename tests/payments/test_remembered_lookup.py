@@ -9,7 +9,6 @@ answers come from a fresh read."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -23,10 +22,10 @@ from viopay.payments.models import IdempotencyRecord
 from viopay.runtime import Runtime
 
 
-@pytest.fixture
-def other(backend: Backend, tmp_path: Path) -> Iterator[Server]:
+@pytest.fixture(scope="module")
+def other(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A second server process: the terminal charges here, the admin works through the first."""
-    server = Server(backend, tmp_path, "remembering")
+    server = Server(backend, tmp_path_factory.mktemp(f"remembering-{backend.name}"), "remembering")
     yield server
     server.stop()
 
