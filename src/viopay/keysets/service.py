@@ -277,9 +277,8 @@ def cached_keys(key_set_id: str) -> SetKeys | None:
 async def load_keys(db: AsyncSession, *, wrapper: KeyWrapper, key_set_id: str) -> SetKeys:
     """Unwrap the keys of a set (cached per set and per key_id). Status is the caller's to
     check, on a fresh read of the set."""
-    cached = _SETS.get(key_set_id)
+    cached = cached_keys(key_set_id)
     if cached is not None:
-        _SETS.move_to_end(key_set_id)
         return cached
     rows = (await db.scalars(select(KeySetKey).where(KeySetKey.key_set_id == key_set_id))).all()
     if len(rows) != len(KEY_TYPES):

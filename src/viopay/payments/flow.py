@@ -47,7 +47,6 @@ from starlette.responses import Response
 
 from viopay.db import NativePool
 from viopay.deps import validate
-from viopay.devices.authn import seen_changes
 from viopay.errors import (
     PROBLEM_MEDIA_TYPE,
     IdempotencyInProgress,
@@ -196,7 +195,7 @@ async def run(call: Call, endpoint: Endpoint, decide: Decide) -> Response:
     if endpoint is CHARGE and call.runtime.native is not None and call.signed.idempotency_key:
         decided = await _claim_remembered(call, call.runtime.native, call.signed.idempotency_key)
         if decided is None:
-            TERMINAL_LOOKUPS.labels("read").inc()
+            _LOOKUP_READ.inc()
     if decided is None:
         async with call.runtime.sessions() as db, db.begin():
             decided = await _claim_and_record_intent(db, call, endpoint, decide)
@@ -317,12 +316,7 @@ async def _claim_remembered(
     if opened.key_set_id != auth.key_set_id:
         return None
     intent = _charge_intent(call, draft)
-    changes = seen_changes(
-        last_seen_at=remembered.last_seen_at,
-        app_version=remembered.app_version,
-        version=signed.version,
-        now=now,
-    )
+    changes = remembered.changes(version=signed.version, now=now)
     claimed = await native.claim_remembered(
         pool,
         _CLAIM_REMEMBERED,
@@ -340,13 +334,11 @@ async def _claim_remembered(
         touch=bool(changes),
     )
     if not claimed.fresh:
-        TERMINAL_LOOKUPS.labels("changed").inc()
+        _LOOKUP_CHANGED.inc()
         forget(signed)
         return None
-    TERMINAL_LOOKUPS.labels("remembered").inc()
-    if changes:
-        remembered.last_seen_at = now if "last_seen_at" in changes else remembered.last_seen_at
-        remembered.app_version = signed.version
+    _LOOKUP_REMEMBERED.inc()
+    remembered.written(changes)
     if claimed.record_id is not None:
         return intent
     if claimed.existing is None:
@@ -372,6 +364,9 @@ async def _open_and_draft(call: Call, db: AsyncSession | None) -> tuple[str, ser
 
 
 _CLAIM_REMEMBERED = native.claim_remembered_sql(LOOKUP_PG)
+_LOOKUP_REMEMBERED, _LOOKUP_READ, _LOOKUP_CHANGED = (
+    TERMINAL_LOOKUPS.labels(source) for source in ("remembered", "read", "changed")
+)
 
 
 def _fingerprint(call: Call) -> str:

@@ -161,6 +161,22 @@ VALUES ({_INTENT_VALUES.format(record="NULL")})
 """  # noqa: S608 (built from this module's constants only)
 
 
+def _intent_values(intent: PaymentIntent) -> dict[str, Any]:
+    """A new intent's values, by parameter name, in the order of ``_INTENT_VALUES`` ($1–$10)."""
+    return {
+        "intent_id": intent.intent_id,
+        "kind": intent.kind.value,
+        "state": intent.state.value,
+        "reference": intent.reference,
+        "terminal_id": intent.terminal_id,
+        "device_id": intent.device_id,
+        "merchant_id": intent.merchant_id,
+        "charge_id": intent.charge_id,
+        "request": _json(intent.request),
+        "now": intent.created_at,
+    }
+
+
 async def claim_and_record(
     db: AsyncSession,
     intent: PaymentIntent,
@@ -174,18 +190,7 @@ async def claim_and_record(
     """Claim ``key`` and insert ``intent`` (its ``idempotency_record_id`` set from the claim)
     in one statement; False, having changed nothing, when the key is another request's."""
     conn = await driver(db)
-    args = [
-        intent.intent_id,
-        intent.kind.value,
-        intent.state.value,
-        intent.reference,
-        intent.terminal_id,
-        intent.device_id,
-        intent.merchant_id,
-        intent.charge_id,
-        _json(intent.request),
-        intent.created_at,
-    ]
+    args = list(_intent_values(intent).values())
     if key is None:
         await conn.execute(RECORD_UNKEYED, *args)
         return True
@@ -346,21 +351,12 @@ async def claim_remembered(
     written when the lookup changed."""
     count = lookup["envelope_count"]
     params: dict[str, Any] = {f"was_{c}": lookup[c] for c in STABLE_COLUMNS}
+    params.update(_intent_values(intent))
     params.update(
         key_id=lookup["key_id"],
-        terminal_id=intent.terminal_id,
         max_envelopes=max_envelopes,
         was_exhausted=count >= max_envelopes,
         was_rotating=count * 10 >= max_envelopes * 9,
-        intent_id=intent.intent_id,
-        kind=intent.kind.value,
-        state=intent.state.value,
-        reference=intent.reference,
-        device_id=intent.device_id,
-        merchant_id=intent.merchant_id,
-        charge_id=intent.charge_id,
-        request=_json(intent.request),
-        now=intent.created_at,
         key=key,
         method=method,
         path=path,

@@ -339,17 +339,26 @@ class Remembered:
     last_seen_at: datetime | None
     app_version: str | None
 
+    def changes(self, *, version: str, now: datetime) -> dict[str, object]:
+        """What a request now writes of the device (:func:`seen_changes`), as this process knows it."""
+        return seen_changes(
+            last_seen_at=self.last_seen_at, app_version=self.app_version, version=version, now=now
+        )
+
+    def written(self, changes: dict[str, Any]) -> None:
+        """``changes`` (of :meth:`changes`) reached the database."""
+        self.last_seen_at = changes.get("last_seen_at", self.last_seen_at)
+        self.app_version = changes.get("app_version", self.app_version)
+
 
 REMEMBERED_MAX = 4096  # (terminal, X-Key-Id) pairs per process; the least recently used go first
 _REMEMBERED: OrderedDict[tuple[str, str], Remembered] = OrderedDict()
 
 
 def _remember(signed: SignedRequest, record: asyncpg.Record, changes: dict[str, Any]) -> None:
-    _REMEMBERED[(signed.terminal_id, signed.key_id)] = Remembered(
-        record,
-        changes.get("last_seen_at", record["last_seen_at"]),
-        changes.get("app_version", record["app_version"]),
-    )
+    entry = Remembered(record, record["last_seen_at"], record["app_version"])
+    entry.written(changes)
+    _REMEMBERED[(signed.terminal_id, signed.key_id)] = entry
     while len(_REMEMBERED) > REMEMBERED_MAX:
         _REMEMBERED.popitem(last=False)
 
