@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
 from support import charge_kit as kit
@@ -92,6 +93,17 @@ async def wait_for(runtime: Any, query: Any, *, until: Any, timeout: float = 45)
             return value
         assert time.monotonic() < deadline, f"gave up waiting; last value {value!r}"
         await asyncio.sleep(0.1)
+
+
+def remembered_lookups(server: Server) -> float:
+    """Keyed charges ``server`` authenticated on a remembered lookup (its /metrics)."""
+    for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "viopay_terminal_lookups_total" and sample.labels["source"] == (
+                "remembered"
+            ):
+                return sample.value
+    return 0.0
 
 
 def pending_intents(terminal_id: str) -> Any:
@@ -211,15 +223,52 @@ CHARGE_PHASES = ["before_processor", "during_unheard", "during_heard", "after_pr
 async def test_a_charge_killed_at_each_phase_completes_once(
     terminal: kit.PosTerminal, runtime: Runtime, start: Callable[..., Server], phase: Any
 ) -> None:
+    """The victim's first request: its terminal lookup is read afresh."""
+    await kill_a_charge_and_retry(terminal, runtime, start, phase, remembered=False)
+
+
+@pytest.mark.parametrize("phase", CHARGE_PHASES)
+async def test_a_charge_on_a_remembered_lookup_killed_at_each_phase_completes_once(
+    terminal: kit.PosTerminal,
+    runtime: Runtime,
+    start: Callable[..., Server],
+    backend: Backend,
+    phase: Any,
+) -> None:
+    """The victim authenticated the terminal before (a GET): on PostgreSQL the killed charge's
+    first transaction is the one statement on the remembered lookup (issue 10)."""
+    await kill_a_charge_and_retry(
+        terminal, runtime, start, phase, remembered=backend.name == "postgres"
+    )
+
+
+async def kill_a_charge_and_retry(
+    terminal: kit.PosTerminal,
+    runtime: Runtime,
+    start: Callable[..., Server],
+    phase: str,
+    *,
+    remembered: bool,
+) -> None:
     key = f"crash-{phase}"
     crash = {"before_processor": "charge:intent", "after_processor": "charge:answered"}.get(phase)
     victim = start("victim", **({"VIOPAY_TEST_CRASH_AT": crash} if crash else SLOW))
+    if remembered:
+        # Authenticates the terminal (the lookup is remembered), then 404: no such charge.
+        assert terminal.get("ch_none", url=victim.url).code == "not_found"
     if crash:
         send_until_killed(
             victim, lambda: terminal.charge(1500, idempotency_key=key, url=victim.url)
         )
     else:
         in_background(lambda: terminal.charge(1500, idempotency_key=key, url=victim.url))
+        if remembered:
+            await wait_for(
+                runtime,
+                latest_intent_reference(terminal.terminal_id, "charge"),
+                until=lambda r: r is not None,
+            )
+            assert remembered_lookups(victim) == 1  # the charge took the remembered path
         await kill_during_the_call(
             runtime, victim, terminal.terminal_id, "charge", heard=phase == "during_heard"
         )
