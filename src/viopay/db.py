@@ -129,10 +129,13 @@ class NativePool:
     A connection that cannot be had or is lost raises :class:`ServiceUnavailable` (503), as
     SQLAlchemy's errors do through the application's handlers."""
 
-    def __init__(self, engine: AsyncEngine, *, size: int) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, size: int, server_settings: dict[str, str] | None = None
+    ) -> None:
         url = engine.url.set(drivername="postgresql")
         self._dsn = url.render_as_string(hide_password=False)
         self._size = size
+        self._server_settings = server_settings
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
 
@@ -147,6 +150,7 @@ class NativePool:
                         timeout=5,
                         command_timeout=10,
                         reset=_end_transaction,
+                        server_settings=self._server_settings,
                     )
         return self._pool
 
@@ -189,4 +193,18 @@ def native_pool(engine: AsyncEngine, settings: Settings) -> NativePool | None:
         None
         if engine.dialect.name != "postgresql"
         else NativePool(engine, size=settings.db_pool_size)
+    )
+
+
+BOOKKEEPING_POOL_SIZE = 4
+
+
+def bookkeeping_pool(engine: AsyncEngine) -> NativePool | None:
+    """PostgreSQL only: a small pool of its own for autocommitted statements that write only
+    bookkeeping (see :func:`bookkeeping_only`), so their COMMIT does not wait for the WAL
+    flush: its connections run with ``synchronous_commit = off``. Nothing else may use it."""
+    if engine.dialect.name != "postgresql":
+        return None
+    return NativePool(
+        engine, size=BOOKKEEPING_POOL_SIZE, server_settings={"synchronous_commit": "off"}
     )

@@ -54,6 +54,13 @@ TERMINAL_LOOKUPS = Counter(
     "(those are then read).",
     ["source"],
 )
+TOKEN_LOOKUPS = Counter(
+    "viopay_token_lookups",
+    "How terminal-parameters chunks on PostgreSQL authenticated their attestation token: on the "
+    "context the process remembered (remembered) or on a fresh read (read); changed: a "
+    "remembered context found changed or not applicable (those are then read).",
+    ["source"],
+)
 RECOVERED = Counter(
     "viopay_intents_recovered", "Payment intents finished by recovery (§4.7).", ["outcome"]
 )

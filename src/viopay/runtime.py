@@ -13,7 +13,13 @@ from viopay.cache import Cache, MemoryCache, RedisCache
 from viopay.crypto.hsm import HsmError
 from viopay.crypto.keyring import Keyring
 from viopay.crypto.wrapping import KeyWrapper
-from viopay.db import NativePool, create_engine, native_pool, session_factory
+from viopay.db import (
+    NativePool,
+    bookkeeping_pool,
+    create_engine,
+    native_pool,
+    session_factory,
+)
 from viopay.masterkeys.service import (
     KeySource,
     MasterKeyRefused,
@@ -40,6 +46,8 @@ class Runtime:
     key_source: KeySource | None = field(default=None)
     #: PostgreSQL only: asyncpg's own pool for the charge's standalone statements.
     native: NativePool | None = field(default=None)
+    #: PostgreSQL only: asyncpg's pool for bookkeeping-only statements (no WAL flush wait).
+    bookkeeping: NativePool | None = field(default=None)
 
     @property
     def keyring(self) -> Keyring | None:
@@ -49,8 +57,9 @@ class Runtime:
         if self.oidc is not None:
             await self.oidc.close()
         await self.cache.close()
-        if self.native is not None:
-            await self.native.close()
+        for pool in (self.native, self.bookkeeping):
+            if pool is not None:
+                await pool.close()
         await self.engine.dispose()
         if self.key_source is not None:
             self.key_source.close()
@@ -164,6 +173,7 @@ def build_runtime(settings: Settings) -> Runtime:
         wrapper=keyring,
         key_source=source,
         native=native_pool(engine, settings),
+        bookkeeping=bookkeeping_pool(engine),
     )
 
 

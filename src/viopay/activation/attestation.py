@@ -38,6 +38,7 @@ from viopay.errors import (
     AppVersionUnsupported,
     InvalidToken,
 )
+from viopay.runtime import Runtime
 from viopay.signatures import parse_signed_headers
 
 TOKEN_PREFIX = "att_"
@@ -129,6 +130,14 @@ async def verify_token(
 
     Every failure answers the same 401 invalid_token, with no hint of which check failed.
     """
+    key, _record = await verified_token(db, cache, token=token, device=device, now=now)
+    return key
+
+
+async def verified_token(
+    db: AsyncSession, cache: Cache, *, token: str, device: Device, now: datetime
+) -> tuple[MerchantDeviceIdentityKey, bytes]:
+    """:func:`verify_token`, with the token's record as the cache holds it."""
     raw = await cache.get(_cache_key(token))
     if raw is None:
         raise InvalidToken()
@@ -143,7 +152,12 @@ async def verify_token(
     key = await identity_key_of(db, device_id=device.device_id, key_id=str(record.get("key_id")))
     if key is None or key.revoked_at is not None:
         raise InvalidToken()
-    return key
+    return key, raw
+
+
+async def token_record(cache: Cache, token: str) -> bytes | None:
+    """The token's record as the cache holds it (None: unknown or expired)."""
+    return await cache.get(_cache_key(token))
 
 
 @dataclass
@@ -154,6 +168,9 @@ class Attested:
     identity_key: MerchantDeviceIdentityKey
     wrapper: KeyWrapper = field(repr=False)
     _secret: bytes | None = field(default=None, repr=False)
+    #: The token as presented, and its record as the cache held it.
+    token: str = field(default="", repr=False)
+    token_record: bytes = field(default=b"", repr=False)
 
     def identity_secret(self) -> bytes:
         """The identity key's 32-byte secret, unwrapped on first use."""
@@ -162,16 +179,46 @@ class Attested:
         return self._secret
 
 
+@dataclass(frozen=True)
+class TokenHeaders:
+    """``Authorization`` and ``X-Device-Id``, well formed: the steps of the §1 order that read
+    nothing."""
+
+    token: str = field(repr=False)
+    device_id: str
+
+
+def token_headers(request: Request) -> TokenHeaders:
+    """§1 order, no I/O: Authorization (401) → X-Device-Id (400)."""
+    return TokenHeaders(token=parse_authorization(request), device_id=parse_device_id(request))
+
+
+async def attest_token(
+    db: AsyncSession, runtime: Runtime, headers: TokenHeaders, *, now: datetime
+) -> Attested:
+    """The rest of the §1 order for token endpoints: device (404, 403) → token valid and bound
+    to this device and a live identity key (401)."""
+    device = await load_device(db, headers.device_id)
+    key, record = await verified_token(
+        db, runtime.cache, token=headers.token, device=device, now=now
+    )
+    touch(device, version=None, now=now)
+    return Attested(
+        device=device,
+        identity_key=key,
+        wrapper=runtime.wrapper,
+        token=headers.token,
+        token_record=record,
+    )
+
+
 async def attested_device(
     request: Request, runtime: RuntimeDep, db: DbSession, now: Now
 ) -> Attested:
     """§1 order for token endpoints: Authorization (401) → X-Device-Id (400) → device (404,
     403) → token valid and bound to this device and a live identity key (401)."""
-    token = parse_authorization(request)
-    device = await load_device(db, parse_device_id(request))
-    key = await verify_token(db, runtime.cache, token=token, device=device, now=now)
-    touch(device, version=None, now=now)
-    return Attested(device=device, identity_key=key, wrapper=runtime.wrapper)
+    return await attest_token(db, runtime, token_headers(request), now=now)
 
 
 AttestedDevice = Annotated[Attested, Depends(attested_device)]
+TokenHeadersDep = Annotated[TokenHeaders, Depends(token_headers)]

@@ -6,7 +6,7 @@ resolved after the body is parsed and before its members are checked (§1 order)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +25,7 @@ from viopay.errors import DecryptionFailed, InvalidRequest, InvalidState, KeyChe
 from viopay.ids import rfc3339
 from viopay.keysets import service as keysets
 from viopay.keysets.models import KeySet, KeySetStatus
-from viopay.parameters.service import chunk, chunk_count, parameters_for
+from viopay.parameters.service import ParametersBlob, chunk, chunk_count, parameters_for
 from viopay_device.protocol import envelope as env
 from viopay_device.protocol.errors import EnvelopeMalformed
 from viopay_device.protocol.errors import EnvelopeNotOpened as CryptoDecryptionFailed
@@ -50,10 +50,16 @@ class ActivationRequest(BaseModel):
 
 @dataclass(frozen=True)
 class Sealed:
-    """An envelope answer, with the tag the client may send back as If-None-Match."""
+    """An envelope answer, with the tag the client may send back as If-None-Match, and what
+    it was made from (the key set, and for a chunk its document)."""
 
     body: dict[str, Any] | None  # None: 304 Not Modified
     etag: str
+    key_set: KeySet | None = field(default=None, repr=False)
+    blob: ParametersBlob | None = field(default=None, repr=False)
+
+
+PARAMETERS_PATH = "/pos/terminal-parameters"
 
 
 def require_claimed(device: Device) -> None:
@@ -84,13 +90,9 @@ async def _seal(
     path: str,
     device: Device,
     plaintext: bytes,
-    aad_suffix: tuple[int, int, str] | None = None,
 ) -> dict[str, Any]:
     keys = await keysets.load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
     aad = env.response_aad(method="POST", path=path, subject=device.device_id, nonce="")
-    if aad_suffix is not None:
-        index, count, sha = aad_suffix
-        aad = env.chunk_aad(aad, index=index, count=count, sha256_hex=sha)
     await keysets.count_envelopes(db, key_set_id=key_set.key_set_id)
     return env.seal(keys.msk, key_set.msk_key_id, plaintext, aad)
 
@@ -112,13 +114,14 @@ async def config_response(
     )
     etag = config_etag(document)
     if if_none_match is not None and etag in _tags(if_none_match):
-        return Sealed(None, etag)
+        return Sealed(None, etag, key_set)
     plaintext = orjson.dumps(document)
     return Sealed(
         await _seal(
             db, wrapper, key_set=key_set, path="/pos/config", device=device, plaintext=plaintext
         ),
         etag,
+        key_set,
     )
 
 
@@ -138,25 +141,27 @@ async def parameters_response(
     blob = await parameters_for(db, device.terminal_id)
     etag = f'"{blob.sha256}"'
     if if_none_match is not None and etag in _tags(if_none_match):
-        return Sealed(None, etag)  # decided before the chunk index (§3.9)
-    count = chunk_count(blob)
-    data = chunk(blob, body.chunk)
-    sealed = await _seal(
-        db,
-        wrapper,
-        key_set=key_set,
-        path="/pos/terminal-parameters",
-        device=device,
-        plaintext=data,
-        aad_suffix=(body.chunk, count, blob.sha256),
+        return Sealed(None, etag, key_set, blob)  # decided before the chunk index (§3.9)
+    chunk(blob, body.chunk)  # the index is checked before anything is counted
+    keys = await keysets.load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
+    await keysets.count_envelopes(db, key_set_id=key_set.key_set_id)
+    sealed = seal_chunk(
+        keys.msk, key_set.msk_key_id, device_id=device.device_id, blob=blob, index=body.chunk
     )
-    sealed["chunk"] = {
-        "index": body.chunk,
-        "count": count,
-        "size": blob.size,
-        "sha256": blob.sha256,
-    }
-    return Sealed(sealed, etag)
+    return Sealed(sealed, etag, key_set, blob)
+
+
+def seal_chunk(
+    msk: bytes, msk_key_id: str, *, device_id: str, blob: ParametersBlob, index: int
+) -> dict[str, Any]:
+    """Chunk ``index`` of ``blob`` in its MSK envelope, with its ``chunk`` member (§3.9)."""
+    data = chunk(blob, index)
+    count = chunk_count(blob)
+    aad = env.response_aad(method="POST", path=PARAMETERS_PATH, subject=device_id, nonce="")
+    aad = env.chunk_aad(aad, index=index, count=count, sha256_hex=blob.sha256)
+    sealed = env.seal(msk, msk_key_id, data, aad)
+    sealed["chunk"] = {"index": index, "count": count, "size": blob.size, "sha256": blob.sha256}
+    return sealed
 
 
 def _tags(header: str) -> set[str]:

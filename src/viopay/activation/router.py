@@ -14,16 +14,35 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from viopay.activation import delivery, service
-from viopay.activation.attestation import TOKEN_TTL, AttestedDevice, AttestSigned
+from viopay.activation import chunks, delivery, service
+from viopay.activation.attestation import (
+    TOKEN_TTL,
+    AttestedDevice,
+    AttestSigned,
+    TokenHeadersDep,
+    attest_token,
+)
 from viopay.activation.schemas import AttestIn, AttestOut, KeyOut, KeysIn, KeysOut
-from viopay.deps import DbSession, Now, RuntimeDep, body_schema, read_json, read_raw_json
+from viopay.deps import (
+    DbSession,
+    Now,
+    RuntimeDep,
+    body_schema,
+    read_json,
+    read_raw_json,
+    runtime_of,
+)
+from viopay.errors import ViopayError
 from viopay.ids import rfc3339
+from viopay.metrics import TOKEN_LOOKUPS
 from viopay.openapi import errors_for
 
 # Authenticated at mount (viopay.api): the attestation signature (§2.2), the token (§2.3).
 attest_router = APIRouter(prefix="/pos", tags=["pos activation"])
 token_router = APIRouter(prefix="/pos", tags=["pos activation"])
+# The token's headers only (§2.3): the chunk endpoint authenticates on a remembered context or
+# afresh itself (viopay.activation.chunks).
+chunk_router = APIRouter(prefix="/pos", tags=["pos activation"])
 
 
 @attest_router.post(
@@ -114,30 +133,44 @@ async def config(
         if_none_match=request.headers.get("if-none-match"),
         now=now,
     )
+    chunks.remember(auth, sealed, key_set_id=body.key_set_id, runtime=runtime)
     return _sealed(sealed)
 
 
-@token_router.post(
+@chunk_router.post(
     "/terminal-parameters",
     response_class=Response,
     openapi_extra=body_schema(delivery.ChunkRequest),
     responses=_ok("MSK envelope of one gzip chunk plus its chunk member (§3.9)")
     | errors_for(304, 400, 401, 403, 404, 409, 415, 503),
 )
-async def terminal_parameters(
-    request: Request, auth: AttestedDevice, runtime: RuntimeDep, db: DbSession, now: Now
-) -> Response:
+async def terminal_parameters(request: Request, headers: TokenHeadersDep, now: Now) -> Response:
     """7b: one 32 768-byte chunk of the gzip-compressed terminal_parameters document."""
-    body = await read_json(request, delivery.ChunkRequest)
-    sealed = await delivery.parameters_response(
-        db,
-        runtime.wrapper,
-        device=auth.device,
-        body=body,
-        if_none_match=request.headers.get("if-none-match"),
-        now=now,
-    )
+    runtime = runtime_of(request)
+    if_none_match = request.headers.get("if-none-match")
+    if runtime.bookkeeping is not None and if_none_match is None:
+        body = await _chunk_request(request)
+        if body is not None:
+            remembered = await chunks.remembered_chunk(runtime, headers, body, now=now)
+            if remembered is not None:
+                return _sealed(remembered)
+        TOKEN_LOOKUPS.labels("read").inc()
+    async with runtime.sessions() as db, db.begin():
+        auth = await attest_token(db, runtime, headers, now=now)
+        body = await read_json(request, delivery.ChunkRequest)
+        sealed = await delivery.parameters_response(
+            db, runtime.wrapper, device=auth.device, body=body, if_none_match=if_none_match, now=now
+        )
+    chunks.remember(auth, sealed, key_set_id=body.key_set_id, runtime=runtime)
     return _sealed(sealed)
+
+
+async def _chunk_request(request: Request) -> delivery.ChunkRequest | None:
+    """The body, if it is a valid one; a bad body is answered after authentication (§1)."""
+    try:
+        return await read_json(request, delivery.ChunkRequest)
+    except ViopayError:
+        return None
 
 
 @token_router.post(

@@ -14,8 +14,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 
-from viopay.activation.attestation import attested_device, signed_attestation
-from viopay.activation.router import attest_router, token_router
+from viopay.activation.attestation import attested_device, signed_attestation, token_headers
+from viopay.activation.router import attest_router, chunk_router, token_router
 from viopay.api import devices, events, merchants
 from viopay.auth.deps import admin_principal, bearer_principal, merchant_session
 from viopay.auth.router import admin_router as client_admin_router
@@ -43,6 +43,9 @@ LEVELS: tuple[tuple[str, Callable[..., Any] | None, tuple[APIRouter, ...]], ...]
     ("activation headers + signature (§2.1 v1.1)", pairing_device, (devices.pos_router,)),
     ("attestation signature (§2.2)", signed_attestation, (attest_router,)),
     ("attestation token (§2.3)", attested_device, (token_router,)),
+    # The chunks: the token's headers at mount, the token itself checked by the endpoint, on a
+    # context this process remembered or afresh (viopay.activation.chunks).
+    ("attestation token, chunk downloads (§2.3)", token_headers, (chunk_router,)),
     ("Bearer, any role (§2.5)", bearer_principal, (bearer_router,)),
     (
         "Bearer, merchant session (§2.5)",
