@@ -372,7 +372,7 @@ async def test_activate_service_refuses_an_unclaimed_device(
     async with runtime.sessions() as db, db.begin():
         device = present(await db.get(Device, client.device_id))
         device.status, device.terminal_id = DeviceStatus.inactive, None
-        key_set, document = await delivery.open_activation(
+        opened = await delivery.open_activation(
             db, runtime.wrapper, device=device, raw=activation_envelope(client)
         )
         with pytest.raises(Exception) as refused:
@@ -380,8 +380,7 @@ async def test_activate_service_refuses_an_unclaimed_device(
                 db,
                 runtime.wrapper,
                 device=device,
-                key_set=key_set,
-                document=document,
+                opened=opened,
                 grace=timedelta(0),
                 now=__import__("viopay.ids").ids.utcnow(),
             )

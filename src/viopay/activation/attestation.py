@@ -24,12 +24,12 @@ from viopay.cache import Cache
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.deps import DbSession, Now, RuntimeDep
 from viopay.devices.authn import (
+    check_device_signature,
     identity_key_of,
-    load_device,
+    load_device_with_key,
     parse_device_id,
     parse_pos_headers,
     touch,
-    verify_device_signature,
     version_below,
 )
 from viopay.devices.models import Device, MerchantDeviceIdentityKey
@@ -69,9 +69,9 @@ async def signed_attestation(
     minimum = runtime.settings.min_pos_version
     if version_below(headers.version, minimum):
         raise AppVersionUnsupported(minimum)
-    device = await load_device(db, headers.device_id)
-    key = await verify_device_signature(
-        db, runtime.cache, wrapper=runtime.wrapper, device=device, signed=signed, now=now
+    device, key = await load_device_with_key(db, headers.device_id, signed.key_id)
+    key = await check_device_signature(
+        runtime.cache, wrapper=runtime.wrapper, device=device, key=key, signed=signed, now=now
     )
     touch(device, version=headers.version, now=now)
     return SignedAttestation(device=device, identity_key=key, version=headers.version)
@@ -130,15 +130,40 @@ async def verify_token(
 
     Every failure answers the same 401 invalid_token, with no hint of which check failed.
     """
-    key, _record = await verified_token(db, cache, token=token, device=device, now=now)
-    return key
+    raw = await token_record(cache, token)
+    key_id = _key_id(raw)
+    key = None
+    if key_id is not None:
+        key = await identity_key_of(db, device_id=device.device_id, key_id=key_id)
+    return _checked_token(raw, device=device, key=key, now=now)
 
 
-async def verified_token(
-    db: AsyncSession, cache: Cache, *, token: str, device: Device, now: datetime
-) -> tuple[MerchantDeviceIdentityKey, bytes]:
-    """:func:`verify_token`, with the token's record as the cache holds it."""
-    raw = await cache.get(_cache_key(token))
+def _key_id(raw: bytes | None) -> str | None:
+    """The identity key a token record names (None: no record, or not one of ours)."""
+    if raw is None:
+        return None
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    key_id = record.get("key_id") if isinstance(record, dict) else None
+    return key_id if isinstance(key_id, str) else None
+
+
+def _present(raw: bytes | None) -> bytes:
+    if raw is None:
+        raise InvalidToken()
+    return raw
+
+
+def _checked_token(
+    raw: bytes | None,
+    *,
+    device: Device,
+    key: MerchantDeviceIdentityKey | None,
+    now: datetime,
+) -> MerchantDeviceIdentityKey:
+    """The checks of :func:`verify_token` on the record and the key it names, both read."""
     if raw is None:
         raise InvalidToken()
     record = orjson.loads(raw)
@@ -149,10 +174,9 @@ async def verified_token(
         or now.timestamp() >= record["expires_at"]
     ):
         raise InvalidToken()
-    key = await identity_key_of(db, device_id=device.device_id, key_id=str(record.get("key_id")))
     if key is None or key.revoked_at is not None:
         raise InvalidToken()
-    return key, raw
+    return key
 
 
 async def token_record(cache: Cache, token: str) -> bytes | None:
@@ -198,17 +222,16 @@ async def attest_token(
 ) -> Attested:
     """The rest of the §1 order for token endpoints: device (404, 403) → token valid and bound
     to this device and a live identity key (401)."""
-    device = await load_device(db, headers.device_id)
-    key, record = await verified_token(
-        db, runtime.cache, token=headers.token, device=device, now=now
-    )
+    record = await token_record(runtime.cache, headers.token)  # read first, decided below
+    device, key = await load_device_with_key(db, headers.device_id, _key_id(record))
+    key = _checked_token(record, device=device, key=key, now=now)
     touch(device, version=None, now=now)
     return Attested(
         device=device,
         identity_key=key,
         wrapper=runtime.wrapper,
         token=headers.token,
-        token_record=record,
+        token_record=_present(record),
     )
 
 

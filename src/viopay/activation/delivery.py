@@ -90,10 +90,13 @@ async def _seal(
     path: str,
     device: Device,
     plaintext: bytes,
+    opened: int = 0,
 ) -> dict[str, Any]:
+    """``plaintext`` sealed under the set's MSK, counted with the ``opened`` envelopes the
+    request brought."""
     keys = await keysets.load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
     aad = env.response_aad(method="POST", path=path, subject=device.device_id, nonce="")
-    await keysets.count_envelopes(db, key_set_id=key_set.key_set_id)
+    await keysets.count_envelopes(db, key_set_id=key_set.key_set_id, count=1 + opened)
     return env.seal(keys.msk, key_set.msk_key_id, plaintext, aad)
 
 
@@ -171,21 +174,32 @@ def _tags(header: str) -> set[str]:
 # --- activation ---------------------------------------------------------------------------------
 
 
+@dataclass
+class OpenedActivation:
+    """The activation envelope opened: its key set, the device's sets and the device row as
+    locked in this transaction, and the plaintext."""
+
+    key_set: KeySet
+    locked: tuple[Device, list[KeySet]]
+    document: dict[str, Any]
+
+
 async def open_activation(
     db: AsyncSession, wrapper: KeyWrapper, *, device: Device, raw: Any
-) -> tuple[KeySet, dict[str, Any]]:
-    """Parse and decrypt the activation envelope (400); its kid must name a set of this device."""
+) -> OpenedActivation:
+    """Parse and decrypt the activation envelope (400); its kid must name a set of this device.
+    The envelope is counted with the answer's (:func:`activate`): a refusal rolls both back."""
     try:
         envelope = env.parse_envelope(raw)
     except EnvelopeMalformed:
         raise InvalidRequest("the body is not a valid envelope") from None
     except CryptoDecryptionFailed:
         raise DecryptionFailed() from None
-    # The device first: this transaction writes a key set (its tally, then the activation),
-    # and every writer of a device's sets locks the device before them.
-    await keysets.lock_device(db, device.device_id)
-    key_set = await keysets.key_set_by_msk_key_id(db, envelope.kid)
-    if key_set is None or key_set.device_id != device.device_id:
+    # The device first, then its sets: this transaction writes a set (the activation, the
+    # tally), and every writer of a device's sets locks them in that order.
+    locked = await keysets.lock_device_sets(db, device.device_id)
+    key_set = next((s for s in locked[1] if s.msk_key_id == envelope.kid), None)
+    if key_set is None:
         raise DecryptionFailed()
     keys = await keysets.load_keys(db, wrapper=wrapper, key_set_id=key_set.key_set_id)
     aad = env.request_aad(method="POST", path="/pos/activate", subject=device.device_id)
@@ -194,11 +208,10 @@ async def open_activation(
         document = orjson.loads(plaintext)
     except (CryptoDecryptionFailed, orjson.JSONDecodeError):
         raise DecryptionFailed() from None
-    await keysets.count_envelopes(db, key_set_id=key_set.key_set_id)
     if not isinstance(document, dict):
         raise InvalidRequest("the activation plaintext must be a JSON object")
     check_json(document)
-    return key_set, document
+    return OpenedActivation(key_set, locked, document)
 
 
 def _members(document: dict[str, Any], key_set: KeySet) -> ActivationRequest:
@@ -227,12 +240,12 @@ async def activate(
     wrapper: KeyWrapper,
     *,
     device: Device,
-    key_set: KeySet,
-    document: dict[str, Any],
+    opened: OpenedActivation,
     grace: timedelta,
     now: datetime,
 ) -> dict[str, Any]:
     """Check the KCVs and switch the device to this key set (§3.10); a repeat answers the same."""
+    key_set, document = opened.key_set, opened.document
     require_claimed(device)
     if key_set.status is not KeySetStatus.active and (
         key_set.status is not KeySetStatus.pending or not keysets.is_usable(key_set, now=now)
@@ -244,7 +257,9 @@ async def activate(
     if any(request.kcv[t].upper() != keys.kcvs[t] for t in KCV_TYPES):
         raise KeyCheckFailed()
     if key_set.status is not KeySetStatus.active:
-        await keysets.activate_key_set(db, key_set=key_set, now=now, grace=grace)
+        await keysets.activate_key_set(
+            db, key_set=key_set, now=now, grace=grace, locked=opened.locked
+        )
         first = device.status is not DeviceStatus.activated
         device.status = DeviceStatus.activated
         if first:
@@ -281,4 +296,5 @@ async def activate(
         path="/pos/activate",
         device=device,
         plaintext=orjson.dumps(answer),
+        opened=1,  # the activation envelope, counted with the answer
     )

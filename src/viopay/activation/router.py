@@ -197,15 +197,12 @@ async def activate(
 ) -> Response:
     """8: check the KCVs and make the key set active (the first time: the device is activated)."""
     raw = await read_raw_json(request)
-    key_set, document = await delivery.open_activation(
-        db, runtime.wrapper, device=auth.device, raw=raw
-    )
+    opened = await delivery.open_activation(db, runtime.wrapper, device=auth.device, raw=raw)
     sealed = await delivery.activate(
         db,
         runtime.wrapper,
         device=auth.device,
-        key_set=key_set,
-        document=document,
+        opened=opened,
         grace=timedelta(seconds=runtime.settings.rotation_grace_seconds),
         now=now,
     )

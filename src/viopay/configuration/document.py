@@ -14,9 +14,8 @@ from viopay.configuration.schemas import ConfigDocument
 from viopay.crypto.canonical import canonical_json
 from viopay.devices.models import Device
 from viopay.errors import InvalidState
-from viopay.merchants.config import get_config
+from viopay.merchants.config import merchant_and_config
 from viopay.merchants.models import Merchant, MerchantConfig
-from viopay.merchants.service import get_merchant
 
 CLOCK_SKEW_SECONDS = 300  # the X-Timestamp window (§2.2)
 PIN_TIMEOUT_SECONDS = 30
@@ -73,8 +72,7 @@ async def config_document_for(
     """The document for a claimed device: loads its merchant and config, then builds it."""
     if device.merchant_id is None or device.terminal_id is None:
         raise InvalidState(f"the device is {device.status.value}, not claimed")
-    merchant = await get_merchant(db, device.merchant_id)
-    config = await get_config(db, merchant=merchant, now=now)
+    merchant, config = await merchant_and_config(db, device.merchant_id, now=now)
     return build_config_document(
         merchant=merchant,
         merchant_config=config,

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import semver
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.cache import Cache
@@ -103,6 +103,29 @@ async def load_device(db: AsyncSession, device_id: str) -> Device:
     return device
 
 
+async def load_device_with_key(
+    db: AsyncSession, device_id: str, key_id: str | None
+) -> tuple[Device, MerchantDeviceIdentityKey | None]:
+    """:func:`load_device`, and the device's identity key ``key_id`` (None when it has none of
+    that id) read in the same statement."""
+    if key_id is None:
+        return await load_device(db, device_id), None
+    key = MerchantDeviceIdentityKey
+    row = (
+        await db.execute(
+            select(Device, key)
+            .outerjoin(key, and_(key.device_id == Device.device_id, key.key_id == key_id))
+            .where(Device.device_id == device_id)
+        )
+    ).first()
+    if row is None:
+        raise DeviceNotFound()
+    device, found = row
+    if device.disabled:
+        raise DeviceDisabled()
+    return device, found
+
+
 def seen_changes(
     *, last_seen_at: datetime | None, app_version: str | None, version: str | None, now: datetime
 ) -> dict[str, object]:
@@ -137,19 +160,19 @@ async def identity_key_of(
     return key
 
 
-async def verify_device_signature(
-    db: AsyncSession,
+async def check_device_signature(
     cache: Cache,
     *,
     wrapper: KeyWrapper,
     device: Device,
+    key: MerchantDeviceIdentityKey | None,
     signed: SignedHeaders,
     now: datetime,
 ) -> MerchantDeviceIdentityKey:
-    """The §2.2 signature (attest; pairing-code and status, §2.1): key known (401
-    unknown_key) and live (401 key_revoked) → timestamp → signature → nonce, spent only once
-    the signature verified (scope: the device)."""
-    key = await identity_key_of(db, device_id=device.device_id, key_id=signed.key_id)
+    """The §2.2 signature (attest; pairing-code and status, §2.1) with ``key``, the device's
+    identity key that ``X-Key-Id`` names (None: it has none): key known (401 unknown_key) and
+    live (401 key_revoked) → timestamp → signature → nonce, spent only once the signature
+    verified (scope: the device)."""
     if key is None:
         raise UnknownKey()
     if key.revoked_at is not None:
@@ -195,10 +218,16 @@ async def _activation_device(
     old = version_below(headers.version, minimum)
     if old and not allow_old:
         raise AppVersionUnsupported(minimum)
-    device = await load_device(db, headers.device_id)
+    key_id = signature.key_id if signature is not None else None
+    device, key = await load_device_with_key(db, headers.device_id, key_id)
     if signature is not None:
-        await verify_device_signature(
-            db, runtime.cache, wrapper=runtime.wrapper, device=device, signed=signature, now=now
+        await check_device_signature(
+            runtime.cache,
+            wrapper=runtime.wrapper,
+            device=device,
+            key=key,
+            signed=signature,
+            now=now,
         )
     touch(device, version=headers.version, now=now)
     return AuthenticatedDevice(device=device, version=headers.version, upgrade_required=old)

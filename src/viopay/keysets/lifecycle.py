@@ -22,7 +22,7 @@ from viopay.devices.models import MerchantDeviceIdentityKey, Terminal
 from viopay.devices.service import get_device, revoke_identity_key, unwrap_identity_secret
 from viopay.errors import InvalidState, NotFound
 from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
-from viopay.keysets.service import _lock_device_sets, _retire, is_usable
+from viopay.keysets.service import _retire, is_usable, lock_device_sets
 from viopay_device.protocol.kcv import hmac_kcv
 from viopay_device.protocol.keyblocks import KEY_TYPES
 
@@ -131,7 +131,7 @@ async def force_rotation(
     terminal = await _terminal(db, terminal_id)
     if terminal.retired_at is not None:
         raise InvalidState("the terminal is retired")
-    _, sets = await _lock_device_sets(db, terminal.device_id)
+    _, sets = await lock_device_sets(db, terminal.device_id)
     active = next(
         (s for s in sets if s.terminal_id == terminal_id and s.status is KeySetStatus.active),
         None,
@@ -173,7 +173,7 @@ async def revoke_and_report(
     db: AsyncSession, *, device_id: str, key_id: str, actor: Actor, now: datetime
 ) -> Revocation:
     key = await revoke_identity_key(db, device_id=device_id, key_id=key_id, actor=actor, now=now)
-    device, sets = await _lock_device_sets(db, device_id)
+    device, sets = await lock_device_sets(db, device_id)
     retired: list[str] = []
     serving: list[str] = []
     for key_set in sets:

@@ -364,7 +364,7 @@ async def lock_device(db: AsyncSession, device_id: str) -> Device:
     return device
 
 
-async def _lock_device_sets(db: AsyncSession, device_id: str) -> tuple[Device, list[KeySet]]:
+async def lock_device_sets(db: AsyncSession, device_id: str) -> tuple[Device, list[KeySet]]:
     """The device row, then every set of the device in key_set_id order, row-locked and
     re-read (one fixed lock order: device first, as every device update takes it)."""
     device = await lock_device(db, device_id)
@@ -408,16 +408,19 @@ async def activate_key_set(
     now: datetime,
     grace: timedelta,
     actor: Actor | None = None,
+    locked: tuple[Device, list[KeySet]] | None = None,
 ) -> KeySet:
-    """Make ``key_set`` the device's active set (§3.10).
+    """Make ``key_set`` the device's active set (§3.10). ``locked``: what
+    :func:`lock_device_sets` gave the caller in this transaction (else it is called here).
 
     The set active before becomes ``previous`` until ``now + grace`` (retired at once when the
     grace is zero); every other older set, and every previous set, retires at once. Newer
     pending sets stay pending. Activating the active set again changes nothing. An expired,
-    superseded or retired set is 409 invalid_state. The device row is the caller's to update.
+    superseded or retired set is 409 invalid_state. The device row is the caller's to update,
+    and the changes are flushed with the caller's (one flush, one fan-out of the events).
     """
     actor = actor or Actor("device", key_set.device_id)
-    device, sets = await _lock_device_sets(db, key_set.device_id)
+    device, sets = locked or await lock_device_sets(db, key_set.device_id)
     merchant_id = device.merchant_id
     target = next((s for s in sets if s.key_set_id == key_set.key_set_id), None)
     if target is None:
@@ -459,7 +462,6 @@ async def activate_key_set(
         now=now,
         data={"device_id": target.device_id},
     )
-    await db.flush()
     return target
 
 
@@ -474,7 +476,7 @@ async def retire_device_key_sets(
 ) -> list[str]:
     """Retire every set of the device that is not retired yet; returns their ids."""
     retired = []
-    _, sets = await _lock_device_sets(db, device_id)
+    _, sets = await lock_device_sets(db, device_id)
     for key_set in sets:
         if key_set.status is not KeySetStatus.retired:
             _retire(db, key_set, actor=actor, merchant_id=merchant_id, now=now, reason=reason)

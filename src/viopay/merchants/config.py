@@ -20,6 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import Actor, record_event
+from viopay.errors import NotFound
 from viopay.merchants.models import Merchant, MerchantConfig
 
 SECTIONS = ("tip", "tax", "surcharge", "branding")
@@ -215,6 +216,24 @@ async def get_config(
     config = await _load(db, merchant.merchant_id, for_update=for_update)
     assert config is not None
     return config
+
+
+async def merchant_and_config(
+    db: AsyncSession, merchant_id: str, *, now: datetime
+) -> tuple[Merchant, MerchantConfig]:
+    """The merchant (404 if none) and its config (:func:`get_config`), read in one statement
+    when the config exists."""
+    row = (
+        await db.execute(
+            select(Merchant, MerchantConfig)
+            .outerjoin(MerchantConfig, MerchantConfig.merchant_id == Merchant.merchant_id)
+            .where(Merchant.merchant_id == merchant_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound("no such merchant")
+    merchant, config = row
+    return merchant, config or await get_config(db, merchant=merchant, now=now)
 
 
 async def _load(db: AsyncSession, merchant_id: str, *, for_update: bool) -> MerchantConfig | None:
