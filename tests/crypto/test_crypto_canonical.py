@@ -62,3 +62,63 @@ def test_outside_domain(value: object) -> None:
         canonical_json({"secret-pan-4242": value})
     assert "4242" not in str(exc.value)
     assert exc.value.__cause__ is None
+
+
+# Any JSON value, floats, big integers and non-ASCII keys included: whichever writer serves it,
+# the bytes are rfc8785's.
+ANY_KEY = st.text(st.characters(exclude_categories=["Cs"]), max_size=6)
+ANY_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(ASCII_KEY, children, max_size=4)
+        | st.dictionaries(ANY_KEY, children, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@given(ANY_JSON)
+def test_the_fast_writer_and_rfc8785_agree_byte_for_byte(value: Any) -> None:
+    import rfc8785
+
+    try:
+        expected = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError:
+        with pytest.raises(ValueError):
+            canonical_json(value)
+        return
+    assert canonical_json(value) == expected
+
+
+def test_every_ascii_character_is_escaped_as_jcs_escapes_it() -> None:
+    import rfc8785
+
+    text = "".join(chr(code) for code in range(128))
+    assert canonical_json({"k": text, "\x00": 1}) == rfc8785.dumps({"k": text, "\x00": 1})
+
+
+def test_a_charge_plaintext_is_written_without_rfc8785(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hot path (a charge's fingerprint, a config's ETag) takes the fast writer."""
+    import rfc8785
+
+    def refuse(_value: object) -> bytes:
+        raise AssertionError("rfc8785 was called")
+
+    monkeypatch.setattr(rfc8785, "dumps", refuse)
+    plaintext = {
+        "amount": 1250,
+        "currency": "USD",
+        "tip_amount": 0,
+        "entry_mode": "chip",
+        "card": {"pan": "4242424242424242", "expiry": "3012"},
+        "reference": "Table 12 — café",
+        "metadata": {"lines": [1, 2, None, True]},
+    }
+    assert canonical_json(plaintext).startswith(b'{"amount":1250,"card":{"expiry":"3012"')
+    with pytest.raises(AssertionError):
+        canonical_json({"amount": 1.5})  # a float: the library's
