@@ -9,6 +9,7 @@ default nothing is remembered and the same answers come from a fresh read."""
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -229,7 +230,8 @@ async def test_bad_requests_on_a_remembered_token_are_decided_afresh_and_count_n
     problem(fetch(other.url, headers, {"chunk": count}), 400, "invalid_request")
     problem(fetch(other.url, headers, {"chunk": -1}), 400, "invalid_request")
     problem(fetch(other.url, headers, {"chunk": 1, "key_set_id": "ks_unknown"}), 404, "not_found")
-    wrong_device = headers | {"X-Device-Id": "POS-00000000"}
+    # A device id no test provisions (a fixed one may be: the schema fuzzing provisions ids).
+    wrong_device = headers | {"X-Device-Id": f"POS-{secrets.token_hex(4).upper()}"}
     problem(fetch(other.url, wrong_device, {"chunk": 1}), 404, "device_not_found")
     cached = httpx.post(
         f"{other.url}{PATH}",
