@@ -148,10 +148,6 @@ def remember(auth: Attested, sealed: Sealed, *, key_set_id: str | None, runtime:
         _CONTEXTS.popitem(last=False)
 
 
-def forget(token: str, key_set_id: str | None) -> None:
-    _CONTEXTS.pop(_key(token, key_set_id), None)
-
-
 async def remembered_chunk(
     runtime: Runtime, headers: TokenHeaders, body: ChunkRequest, *, now: datetime
 ) -> Sealed | None:

@@ -23,6 +23,7 @@ from viopay.activation.attestation import (
     attest_token,
 )
 from viopay.activation.schemas import AttestIn, AttestOut, KeyOut, KeysIn, KeysOut
+from viopay.db import transaction
 from viopay.deps import (
     DbSession,
     Now,
@@ -155,7 +156,7 @@ async def terminal_parameters(request: Request, headers: TokenHeadersDep, now: N
             if remembered is not None:
                 return _sealed(remembered)
         TOKEN_LOOKUPS.labels("read").inc()
-    async with runtime.sessions() as db, db.begin():
+    async with transaction(runtime.sessions) as db:
         auth = await attest_token(db, runtime, headers, now=now)
         body = await read_json(request, delivery.ChunkRequest)
         sealed = await delivery.parameters_response(
