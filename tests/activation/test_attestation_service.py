@@ -21,6 +21,8 @@ from support.helpers import (
 from viopay.activation.attestation import (
     Attested,
     IssuedToken,
+    TokenHeaders,
+    attest_token,
     issue_token,
     verify_token,
 )
@@ -154,3 +156,20 @@ async def test_attested_unwraps_the_secret_lazily(
     assert attested._secret is None
     assert attested.identity_secret() == claimed.secret
     assert claimed.identity_secret not in repr(attested) and "_secret" not in repr(attested)
+
+
+@pytest.mark.parametrize("stored", [b"not json", b"[1, 2]", b"42", b'"att"', b"null", b"{"])
+async def test_a_record_that_is_not_a_token_record_is_invalid_token(
+    runtime: Runtime, claimed: ProvisionedDevice, stored: bytes
+) -> None:
+    """Only our own writes put token records in the cache; one that is not a JSON object is
+    refused as a missing one (401), on both ways a token is checked, never a 500."""
+    issued = await _issue(runtime, claimed, utcnow())
+    cache_key = "att:" + hashlib.sha256(issued.token.encode()).hexdigest()
+    await runtime.cache.set(cache_key, stored, ttl=60)
+    with pytest.raises(InvalidToken):
+        await _verify(runtime, issued.token, claimed.device_id, utcnow())
+    headers = TokenHeaders(token=issued.token, device_id=claimed.device_id)
+    async with runtime.sessions() as db:
+        with pytest.raises(InvalidToken):
+            await attest_token(db, runtime, headers, now=utcnow())

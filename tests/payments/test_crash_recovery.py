@@ -47,6 +47,18 @@ from viopay.runtime import Runtime
 # records a call halfway through its latency.
 RECOVERY = {"VIOPAY_RECOVERY_DELAY_SECONDS": "3"}
 SLOW = {"VIOPAY_SANDBOX_LATENCY_MS": "1000"}
+# "During the call, unheard": the kill must land before the sandbox writes its ledger. The
+# victim's sandbox waits 4 s before it does (its own recovery delay is long enough that the
+# request would wait for it), so a loaded machine still kills it in time; the server restarted
+# after it recovers with the usual 3 s delay. (At 1 s, a busy CI machine once let the sandbox
+# hear the call before the kill: right outcome, wrong phase for the test's expectation.)
+SLOW_UNHEARD = {"VIOPAY_SANDBOX_LATENCY_MS": "8000", "VIOPAY_RECOVERY_DELAY_SECONDS": "20"}
+
+
+def victim_settings(phase: str, crash: str | None) -> dict[str, str]:
+    if crash:
+        return {"VIOPAY_TEST_CRASH_AT": crash}
+    return SLOW_UNHEARD if phase == "during_unheard" else SLOW
 
 
 @pytest.fixture
@@ -131,16 +143,18 @@ async def kill_during_the_call(
     reference = await wait_for(
         runtime, latest_intent_reference(terminal_id, kind), until=lambda r: r is not None
     )
+    in_ledger = (
+        select(func.count())
+        .select_from(SandboxLedgerEntry)
+        .where(SandboxLedgerEntry.reference == reference)
+    )
     if heard:
-        await wait_for(
-            runtime,
-            select(func.count())
-            .select_from(SandboxLedgerEntry)
-            .where(SandboxLedgerEntry.reference == reference),
-            until=lambda n: n == 1,
-        )
+        await wait_for(runtime, in_ledger, until=lambda n: n == 1)
     victim.process.kill()
     victim.process.wait(timeout=30)
+    if not heard:
+        async with runtime.sessions() as db:
+            assert await db.scalar(in_ledger) == 0, "the sandbox heard the call before the kill"
 
 
 async def assert_recovered(runtime: Any, terminal_id: str) -> None:
@@ -252,7 +266,7 @@ async def kill_a_charge_and_retry(
 ) -> None:
     key = f"crash-{phase}"
     crash = {"before_processor": "charge:intent", "after_processor": "charge:answered"}.get(phase)
-    victim = start("victim", **({"VIOPAY_TEST_CRASH_AT": crash} if crash else SLOW))
+    victim = start("victim", **victim_settings(phase, crash))
     if remembered:
         # Authenticates the terminal (the lookup is remembered), then 404: no such charge.
         assert terminal.get("ch_none", url=victim.url).code == "not_found"
@@ -296,7 +310,7 @@ async def test_a_refund_killed_at_each_phase_completes_once(
     charge = terminal.charge(2000).json()
     key = f"refund-crash-{phase}"
     crash = {"before_processor": "refund:intent", "after_processor": "refund:answered"}.get(phase)
-    victim = start("victim", **({"VIOPAY_TEST_CRASH_AT": crash} if crash else SLOW))
+    victim = start("victim", **victim_settings(phase, crash))
 
     def refund() -> kit.Answer:
         return terminal.refund(charge["id"], {"amount": 700}, idempotency_key=key, url=victim.url)  # noqa: E731

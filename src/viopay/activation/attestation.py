@@ -14,7 +14,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
@@ -138,15 +138,23 @@ async def verify_token(
     return _checked_token(raw, device=device, key=key, now=now)
 
 
-def _key_id(raw: bytes | None) -> str | None:
-    """The identity key a token record names (None: no record, or not one of ours)."""
+def _record(raw: bytes | None) -> dict[str, Any] | None:
+    """A token record as the cache holds it, parsed (None: no record, or not one of ours: only
+    our own writes put records there, but a record that is not a JSON object is refused as a
+    missing one, never a 500)."""
     if raw is None:
         return None
     try:
         record = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    key_id = record.get("key_id") if isinstance(record, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+def _key_id(raw: bytes | None) -> str | None:
+    """The identity key a token record names (None: no record, or not one of ours)."""
+    record = _record(raw)
+    key_id = record.get("key_id") if record is not None else None
     return key_id if isinstance(key_id, str) else None
 
 
@@ -164,11 +172,10 @@ def _checked_token(
     now: datetime,
 ) -> MerchantDeviceIdentityKey:
     """The checks of :func:`verify_token` on the record and the key it names, both read."""
-    if raw is None:
-        raise InvalidToken()
-    record = orjson.loads(raw)
+    record = _record(raw)
     if (
-        record.get("device_id") != device.device_id
+        record is None
+        or record.get("device_id") != device.device_id
         or record.get("token_generation") != device.token_generation
         or not isinstance(record.get("expires_at"), int | float)
         or now.timestamp() >= record["expires_at"]
