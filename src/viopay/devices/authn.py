@@ -10,7 +10,7 @@ from typing import Annotated
 
 import semver
 from fastapi import Depends, Request
-from sqlalchemy import and_, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.cache import Cache
@@ -103,6 +103,18 @@ async def load_device(db: AsyncSession, device_id: str) -> Device:
     return device
 
 
+# Built once (issue 10): building a statement costs more CPU than running it on these routes.
+_KEY = MerchantDeviceIdentityKey
+_DEVICE_WITH_KEY = (
+    select(Device, _KEY)
+    .outerjoin(_KEY, and_(_KEY.device_id == Device.device_id, _KEY.key_id == bindparam("key_id")))
+    .where(Device.device_id == bindparam("device_id"))
+)
+_IDENTITY_KEY = select(_KEY).where(
+    _KEY.device_id == bindparam("device_id"), _KEY.key_id == bindparam("key_id")
+)
+
+
 async def load_device_with_key(
     db: AsyncSession, device_id: str, key_id: str | None
 ) -> tuple[Device, MerchantDeviceIdentityKey | None]:
@@ -110,14 +122,7 @@ async def load_device_with_key(
     that id) read in the same statement."""
     if key_id is None:
         return await load_device(db, device_id), None
-    key = MerchantDeviceIdentityKey
-    row = (
-        await db.execute(
-            select(Device, key)
-            .outerjoin(key, and_(key.device_id == Device.device_id, key.key_id == key_id))
-            .where(Device.device_id == device_id)
-        )
-    ).first()
+    row = (await db.execute(_DEVICE_WITH_KEY, {"device_id": device_id, "key_id": key_id})).first()
     if row is None:
         raise DeviceNotFound()
     device, found = row
@@ -152,10 +157,7 @@ async def identity_key_of(
     db: AsyncSession, *, device_id: str, key_id: str
 ) -> MerchantDeviceIdentityKey | None:
     key: MerchantDeviceIdentityKey | None = await db.scalar(
-        select(MerchantDeviceIdentityKey).where(
-            MerchantDeviceIdentityKey.device_id == device_id,
-            MerchantDeviceIdentityKey.key_id == key_id,
-        )
+        _IDENTITY_KEY, {"device_id": device_id, "key_id": key_id}
     )
     return key
 

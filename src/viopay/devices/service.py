@@ -9,7 +9,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import Actor, record_event
@@ -221,6 +221,10 @@ def code_digest(wrapper: KeyWrapper, code: str) -> str:
     return hmac.new(wrapper.derive("pairing-code"), code.encode(), hashlib.sha256).hexdigest()
 
 
+# Built once (issue 10): the holder of a new code's value, if any.
+_CODE_HOLDER = select(PairingCode).where(PairingCode.code_digest == bindparam("digest"))
+
+
 async def issue_pairing_code(
     db: AsyncSession, cache: Cache, *, wrapper: KeyWrapper, device: Device, now: datetime
 ) -> tuple[str, datetime]:
@@ -240,7 +244,7 @@ async def issue_pairing_code(
     while True:
         code = new_pairing_code()
         digest = code_digest(wrapper, code)
-        holder = await db.scalar(select(PairingCode).where(PairingCode.code_digest == digest))
+        holder = await db.scalar(_CODE_HOLDER, {"digest": digest})
         if holder is None:
             break
         if holder.expires_at <= now or holder.used_at is not None:
@@ -316,19 +320,23 @@ def is_pairing_code(code: str) -> bool:
     return len(code) == PAIRING_CODE_LENGTH and set(code) <= set(PAIRING_ALPHABET)
 
 
+# Built once (issue 10).
+_SPEND_CODE = (
+    update(PairingCode)
+    .where(
+        PairingCode.code_digest == bindparam("digest"),
+        PairingCode.expires_at > bindparam("at"),
+        PairingCode.used_at.is_(None),
+    )
+    .values(code_digest=None, used_at=bindparam("at"))
+    .returning(PairingCode.device_id)
+)
+
+
 async def _spend_code(db: AsyncSession, *, wrapper: KeyWrapper, code: str, now: datetime) -> Device:
     """The device of a live code, locked; the code is spent. PairingCodeInvalid otherwise."""
     # Spend the code atomically: of two concurrent claims exactly one gets the row.
-    device_id = await db.scalar(
-        update(PairingCode)
-        .where(
-            PairingCode.code_digest == code_digest(wrapper, code),
-            PairingCode.expires_at > now,
-            PairingCode.used_at.is_(None),
-        )
-        .values(code_digest=None, used_at=now)
-        .returning(PairingCode.device_id)
-    )
+    device_id = await db.scalar(_SPEND_CODE, {"digest": code_digest(wrapper, code), "at": now})
     device = await db.get(Device, device_id, with_for_update=True) if device_id else None
     if device is None or device.status is not DeviceStatus.inactive or device.disabled:
         raise PairingCodeInvalid()

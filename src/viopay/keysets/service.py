@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import Actor, record_event
@@ -274,13 +274,39 @@ def cached_keys(key_set_id: str) -> SetKeys | None:
     return cached
 
 
+# Built once (issue 10): the activation and key routes run these on every request.
+_SET_KEYS = select(KeySetKey).where(KeySetKey.key_set_id == bindparam("key_set_id"))
+_BY_MSK = select(KeySet).where(KeySet.msk_key_id == bindparam("kid"))
+_BY_HMAC = select(KeySet).where(KeySet.hmac_key_id == bindparam("kid"))
+_UNRETIRED = (
+    select(KeySet)
+    .where(KeySet.device_id == bindparam("device_id"), KeySet.status != KeySetStatus.retired)
+    .order_by(KeySet.created_at.desc(), KeySet.key_set_id.desc())
+)
+_COUNT_ENVELOPES = (
+    update(KeySet)
+    .where(
+        KeySet.key_set_id == bindparam("set_id")
+    )  # not a column's name: an UPDATE's SET may use those
+    .values(envelope_count=KeySet.envelope_count + bindparam("count"))
+    .returning(KeySet.envelope_count)
+)
+_LOCK_SETS = (
+    select(KeySet)
+    .where(KeySet.device_id == bindparam("device_id"))
+    .order_by(KeySet.key_set_id)
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+
+
 async def load_keys(db: AsyncSession, *, wrapper: KeyWrapper, key_set_id: str) -> SetKeys:
     """Unwrap the keys of a set (cached per set and per key_id). Status is the caller's to
     check, on a fresh read of the set."""
     cached = cached_keys(key_set_id)
     if cached is not None:
         return cached
-    rows = (await db.scalars(select(KeySetKey).where(KeySetKey.key_set_id == key_set_id))).all()
+    rows = (await db.scalars(_SET_KEYS, {"key_set_id": key_set_id})).all()
     if len(rows) != len(KEY_TYPES):
         raise LookupError("key set has no keys")
     made = _set_keys(wrapper, key_set_id, rows)
@@ -320,34 +346,25 @@ def serves_charges(key_set: SetState, *, now: datetime) -> bool:
 
 async def key_set_by_msk_key_id(db: AsyncSession, kid: str) -> KeySet | None:
     """The set an envelope's ``kid`` names (any status: the caller decides what is usable)."""
-    key_set: KeySet | None = await db.scalar(select(KeySet).where(KeySet.msk_key_id == kid))
+    key_set: KeySet | None = await db.scalar(_BY_MSK, {"kid": kid})
     return key_set
 
 
 async def key_set_by_hmac_key_id(db: AsyncSession, key_id: str) -> KeySet | None:
     """The set a charge's ``X-Key-Id`` names (any status)."""
-    key_set: KeySet | None = await db.scalar(select(KeySet).where(KeySet.hmac_key_id == key_id))
+    key_set: KeySet | None = await db.scalar(_BY_HMAC, {"kid": key_id})
     return key_set
 
 
 async def usable_key_sets(db: AsyncSession, *, device: Device, now: datetime) -> list[KeySet]:
     """The device's usable sets, newest first (``[0]`` is the default of §3.8)."""
-    rows = await db.scalars(
-        select(KeySet)
-        .where(KeySet.device_id == device.device_id, KeySet.status != KeySetStatus.retired)
-        .order_by(KeySet.created_at.desc(), KeySet.key_set_id.desc())
-    )
+    rows = await db.scalars(_UNRETIRED, {"device_id": device.device_id})
     return [key_set for key_set in rows if is_usable(key_set, now=now)]
 
 
 async def count_envelopes(db: AsyncSession, *, key_set_id: str, count: int = 1) -> int:
     """Add ``count`` envelopes to a set's MSK tally atomically; returns the new total."""
-    total = await db.scalar(
-        update(KeySet)
-        .where(KeySet.key_set_id == key_set_id)
-        .values(envelope_count=KeySet.envelope_count + count)
-        .returning(KeySet.envelope_count)
-    )
+    total = await db.scalar(_COUNT_ENVELOPES, {"set_id": key_set_id, "count": count})
     if total is None:
         raise LookupError("no such key set")
     return int(total)
@@ -368,13 +385,7 @@ async def lock_device_sets(db: AsyncSession, device_id: str) -> tuple[Device, li
     """The device row, then every set of the device in key_set_id order, row-locked and
     re-read (one fixed lock order: device first, as every device update takes it)."""
     device = await lock_device(db, device_id)
-    rows = await db.scalars(
-        select(KeySet)
-        .where(KeySet.device_id == device_id)
-        .order_by(KeySet.key_set_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    rows = await db.scalars(_LOCK_SETS, {"device_id": device_id})
     return device, list(rows)
 
 

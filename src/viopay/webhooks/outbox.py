@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import event, insert, select
+from sqlalchemy import bindparam, event, insert, select
 from sqlalchemy.orm import Session
 
 from viopay.audit import AuditEvent
@@ -28,20 +28,23 @@ def subscribes(event_types: list[str] | None, type_: str) -> bool:
     return event_types is None or type_ in event_types
 
 
+# Built once (issue 10): every flush that writes an event runs it.
+_ENDPOINTS = select(
+    WebhookEndpoint.endpoint_id, WebhookEndpoint.merchant_id, WebhookEndpoint.event_types
+).where(
+    WebhookEndpoint.merchant_id.in_(bindparam("merchants", expanding=True)),
+    WebhookEndpoint.status == EndpointStatus.enabled,
+)
+_INSERT_DELIVERIES = insert(WebhookDelivery)
+
+
 def _fan_out(session: Session, _flush_context: Any) -> None:
     events = [o for o in session.new if isinstance(o, AuditEvent) and o.merchant_id]
     if not events:
         return
     merchants = {e.merchant_id for e in events}
     connection = session.connection()
-    endpoints = connection.execute(
-        select(
-            WebhookEndpoint.endpoint_id, WebhookEndpoint.merchant_id, WebhookEndpoint.event_types
-        ).where(
-            WebhookEndpoint.merchant_id.in_(merchants),
-            WebhookEndpoint.status == EndpointStatus.enabled,
-        )
-    ).all()
+    endpoints = connection.execute(_ENDPOINTS, {"merchants": list(merchants)}).all()
     rows = [
         {
             "delivery_id": new_id("whd_"),
@@ -60,7 +63,7 @@ def _fan_out(session: Session, _flush_context: Any) -> None:
         if merchant_id == e.merchant_id and subscribes(event_types, e.type)
     ]
     if rows:
-        connection.execute(insert(WebhookDelivery), rows)
+        connection.execute(_INSERT_DELIVERIES, rows)
         session.info[_PENDING_KEY] = True
 
 
