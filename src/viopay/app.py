@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
@@ -205,6 +206,15 @@ def _install_error_handlers(app: FastAPI) -> None:
             "backing service unavailable", error=type(exc).__name__, request_id=rid(request)
         )
         return problem_response(ServiceUnavailable(), rid(request))
+
+    @app.exception_handler(PoolTimeout)
+    async def busy(request: Request, exc: PoolTimeout) -> Response:
+        """No pooled database connection came free in time (a burst past what the process can
+        serve): 503 with Retry-After, never a 500. A payment it interrupted after its intent was
+        recorded is finished by recovery (§4.7), as after a crash."""
+        log.warning("database pool busy", request_id=rid(request))
+        detail = "the server is busy (no database connection came free in time); try again"
+        return problem_response(ServiceUnavailable(detail), rid(request))
 
     @app.exception_handler(asyncpg.PostgresError)
     async def native_db_error(request: Request, exc: asyncpg.PostgresError) -> Response:

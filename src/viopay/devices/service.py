@@ -223,6 +223,9 @@ def code_digest(wrapper: KeyWrapper, code: str) -> str:
 
 # Built once (issue 10): the holder of a new code's value, if any.
 _CODE_HOLDER = select(PairingCode).where(PairingCode.code_digest == bindparam("digest"))
+_LOCK_DEVICE = (
+    select(Device.device_id).where(Device.device_id == bindparam("device_id")).with_for_update()
+)
 
 
 async def issue_pairing_code(
@@ -251,6 +254,9 @@ async def issue_pairing_code(
             holder.code_digest = None  # a dead code of another device: free its value
             await db.flush()
             break
+    # The device's row locked first: two requests of one device that has no code row yet
+    # would otherwise both insert one (a unique violation, answered 500 under a burst).
+    await db.execute(_LOCK_DEVICE, {"device_id": device.device_id})
     row = await db.get(PairingCode, device.device_id, with_for_update=True)
     if row is None:
         db.add(

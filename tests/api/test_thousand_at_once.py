@@ -1,0 +1,166 @@
+"""Every limit holds when a thousand requests arrive at once, spread over two server processes
+sharing PostgreSQL + Redis (on the embedded default, one process).
+
+A thousand requests are opened together (one connection each, no client-side queue): one
+Idempotency-Key makes one charge; one signed request replayed a thousand times is accepted
+once; a thousand partial refunds of one charge never refund more than it; a thousand signed
+pairing-code requests of one device get exactly the hourly ten codes. Besides the limit's own
+refusal, an answer may be 503 (the server busy: a database connection not free in time),
+which must have changed nothing; no answer is a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import func, select
+
+from support import charge_kit as kit
+from support.helpers import Admin, Server, signed_pos_headers
+from viopay.devices.service import PAIRING_CODES_PER_HOUR
+from viopay.payments.models import Charge, Refund
+from viopay.runtime import Runtime
+
+AT_ONCE = 1000
+
+Prepared = tuple[str, bytes | None, dict[str, str]]
+
+
+async def send_at_once(prepared: list[Prepared]) -> list[httpx.Response]:
+    """Open every request together: each on its own connection, all sent before any answer."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+    async with httpx.AsyncClient(limits=limits, timeout=300) as http:
+        return list(
+            await asyncio.gather(
+                *(http.post(url, content=body, headers=headers) for url, body, headers in prepared)
+            )
+        )
+
+
+def codes(responses: list[httpx.Response]) -> Counter[tuple[int, str | None]]:
+    """(status, problem code) of each answer; no answer is a 5xx other than 503."""
+    seen: Counter[tuple[int, str | None]] = Counter()
+    for response in responses:
+        code = None
+        if response.status_code >= 400:
+            assert response.headers["content-type"].startswith("application/problem+json")
+            code = response.json()["code"]
+        seen[(response.status_code, code)] += 1
+    print(
+        f"\n{AT_ONCE} at once: " + ", ".join(f"{n} x {s} {c or ''}" for (s, c), n in seen.items())
+    )
+    assert not [key for key in seen if key[0] >= 500 and key[0] != 503], seen
+    return seen
+
+
+def busy(seen: Counter[tuple[int, str | None]]) -> int:
+    return seen.get((503, "service_unavailable"), 0)
+
+
+def spread(server: Server, server_b: Server, path: str, i: int) -> str:
+    return (server if i % 2 else server_b).url + path
+
+
+async def count(runtime: Runtime, query: Any) -> int:
+    async with runtime.sessions() as db:
+        return int(await db.scalar(query))
+
+
+async def test_a_thousand_charges_with_one_key_make_one_charge(
+    terminal: kit.PosTerminal, server: Server, server_b: Server, runtime: Runtime
+) -> None:
+    prepared: list[Prepared] = []
+    for i in range(AT_ONCE):
+        body = terminal.seal_body("POST", "/pos/charge", terminal.charge_plaintext(700))
+        headers = terminal.headers("POST", "/pos/charge", body, idempotency_key="thousand")
+        prepared.append((spread(server, server_b, "/pos/charge", i), body, headers))
+    responses = await send_at_once(prepared)
+    seen = codes(responses)
+    assert seen[(201, None)] == 1, seen
+    assert set(seen) <= {
+        (201, None),
+        (200, None),
+        (409, "idempotency_in_progress"),
+        (503, "service_unavailable"),
+    }, seen
+    answers = [
+        kit.Answer(r, "POST", "/pos/charge", headers["X-Nonce"], terminal)
+        for r, (_, _, headers) in zip(responses, prepared, strict=True)
+        if r.status_code in (200, 201)
+    ]
+    assert all(a.replayed == (a.status == 200) for a in answers)
+    assert len({orjson.dumps(a.json()) for a in answers}) == 1  # every replay is the one answer
+    charges = select(func.count()).select_from(Charge)
+    mine = charges.where(
+        Charge.terminal_id == terminal.terminal_id, Charge.idempotency_key == "thousand"
+    )
+    assert await count(runtime, mine) == 1
+    settled = terminal.charge(700, idempotency_key="thousand", url=server_b.url)
+    assert (settled.status, settled.replayed) == (200, True)
+
+
+async def test_one_signed_request_sent_a_thousand_times_is_accepted_once(
+    terminal: kit.PosTerminal, server: Server, server_b: Server, runtime: Runtime
+) -> None:
+    """The same bytes and headers (one nonce) to both processes: replay protection is the
+    shared Redis, so exactly one is charged and every other copy is 401 nonce_reused."""
+    body = terminal.seal_body("POST", "/pos/charge", terminal.charge_plaintext(800))
+    headers = terminal.headers("POST", "/pos/charge", body, idempotency_key="one-nonce")
+    prepared: list[Prepared] = [
+        (spread(server, server_b, "/pos/charge", i), body, headers) for i in range(AT_ONCE)
+    ]
+    seen = codes(await send_at_once(prepared))
+    assert seen[(201, None)] == 1, seen
+    assert set(seen) <= {(201, None), (401, "nonce_reused"), (503, "service_unavailable")}, seen
+    assert seen[(401, "nonce_reused")] == AT_ONCE - 1 - busy(seen)
+    mine = (
+        select(func.count())
+        .select_from(Charge)
+        .where(Charge.terminal_id == terminal.terminal_id, Charge.idempotency_key == "one-nonce")
+    )
+    assert await count(runtime, mine) == 1
+
+
+async def test_a_thousand_partial_refunds_never_pass_the_amount(
+    terminal: kit.PosTerminal, server: Server, server_b: Server, runtime: Runtime
+) -> None:
+    charge = terminal.charge(15_000).json()
+    path = f"/pos/charge/{charge['id']}/refund"
+    prepared: list[Prepared] = []
+    for i in range(AT_ONCE):
+        body = terminal.seal_body("POST", path, {"amount": 100})
+        prepared.append(
+            (spread(server, server_b, path, i), body, terminal.headers("POST", path, body))
+        )
+    seen = codes(await send_at_once(prepared))
+    assert set(seen) <= {
+        (201, None),
+        (422, "refund_exceeds_charge"),
+        (503, "service_unavailable"),
+    }, seen
+    # Every refund the amount allowed was made, unless the server was busy for some.
+    assert 150 - busy(seen) <= seen[(201, None)] <= 150, seen
+    made = seen[(201, None)]
+    now = terminal.get(charge["id"]).json()
+    assert now["amount_refunded"] == 100 * made
+    refunds = select(func.count()).select_from(Refund).where(Refund.charge_id == charge["id"])
+    assert await count(runtime, refunds) == made
+    if made == 150:
+        assert now["status"] == "refunded"
+
+
+async def test_a_thousand_pairing_code_requests_get_the_hourly_ten(
+    admin: Admin, server: Server, server_b: Server
+) -> None:
+    device = admin.provision()
+    prepared: list[Prepared] = [
+        (spread(server, server_b, "/pos/pairing-code", i), None, signed_pos_headers(device))
+        for i in range(AT_ONCE)
+    ]
+    seen = codes(await send_at_once(prepared))
+    assert set(seen) <= {(201, None), (429, "rate_limited"), (503, "service_unavailable")}, seen
+    assert seen[(201, None)] == PAIRING_CODES_PER_HOUR, seen
