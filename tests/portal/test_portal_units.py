@@ -156,3 +156,42 @@ def test_a_signed_in_session_lasts_as_long_as_the_provider_says() -> None:
     assert session_end(
         principal, started_at=start, now=later, refreshable=True
     ) == start + timedelta(seconds=MAX_SIGNED_IN)
+
+
+@pytest.mark.parametrize(
+    ("name", "typed"),
+    [
+        ("tax.rate", "sNaN"),
+        ("tax.rate", "NaN"),
+        ("surcharge.rate", "1e999999999"),
+        ("surcharge.rate", "-1e-999999999"),
+        ("tip.percentages", "\u00b2"),
+        ("tip.percentages", "15, \u0663"),  # an Arabic-Indic three: a digit to str.isdigit
+        ("tip.percentages", "1" * 5000),
+    ],
+)
+def test_numbers_no_form_can_hold_are_field_errors(name: str, typed: str) -> None:
+    """Found by fuzzing: each of these raised (a 500) instead of asking for a number."""
+    parsed = parse_config_form(_form(**{name: typed}), currency="USD")
+    assert parsed.changes is None and set(parsed.errors) == {name}
+
+
+@pytest.mark.parametrize(
+    ("query", "timezone"),
+    [
+        ("to=9999-12-31", "UTC"),  # the day after it does not exist
+        ("from=0001-01-01", "Asia/Tokyo"),  # its midnight there is before year 1 in UTC
+        ("from=1969-12-31", "UTC"),
+    ],
+)
+def test_days_a_filter_cannot_name_are_field_errors(query: str, timezone: str) -> None:
+    filters, spec = charge_filters(QueryParams(query), merchant_id="m", timezone=timezone)
+    field_name = query.split("=")[0]
+    assert filters.errors == {
+        field_name: "Enter a date as YYYY-MM-DD, from 1970-01-01 to 9998-12-31."
+    }
+    assert spec.created_from is None and spec.created_to is None
+    _, last = charge_filters(
+        QueryParams("from=1970-01-01&to=9998-12-31"), merchant_id="m", timezone="Asia/Tokyo"
+    )
+    assert last.created_from is not None and last.created_to is not None

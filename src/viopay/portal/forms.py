@@ -6,6 +6,7 @@ JSON shapes, and their validation errors go back next to the fields that caused 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
@@ -106,8 +107,11 @@ def _bps(text: str) -> int | None:
         value = Decimal(cleaned)
     except InvalidOperation:
         return None
+    # Range first: sNaN or 1e999999999 must not reach the arithmetic (it raises, not a 500).
+    if not value.is_finite() or not 0 <= value <= 100:
+        return None
     scaled = value * 100
-    if not value.is_finite() or scaled != scaled.to_integral_value() or not 0 <= value <= 100:
+    if scaled != scaled.to_integral_value():
         return None
     return int(scaled)
 
@@ -167,11 +171,12 @@ def _plain_error(path: str, message: str) -> tuple[str, str]:
     return name, _PLAIN.get(name, "Check this value.")
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,9}")  # ASCII digits: str.isdigit also takes "²", int() not
+
+
 def _integer(text: str) -> int | None:
     text = text.replace(" ", "").replace("_", "")
-    if not text or not text.lstrip("-").isdigit():
-        return None
-    return int(text)
+    return int(text) if _INTEGER.fullmatch(text) else None
 
 
 # --- charge filters ---------------------------------------------------------------------------
@@ -206,11 +211,18 @@ class ChargeFilters:
         }
 
 
+# Days a filter may name: any zone's midnight of them, and of the day after, is a UTC instant
+# (0001-01-01 in Tokyo is before year 1 in UTC; the day after 9999-12-31 does not exist).
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9998, 12, 31)
+_DAY_ERROR = f"Enter a date as YYYY-MM-DD, from {FIRST_DAY} to {LAST_DAY}."
+
+
 def _day(text: str) -> date | None:
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         return None
+    return day if FIRST_DAY <= day <= LAST_DAY else None
 
 
 def charge_filters(
@@ -237,9 +249,9 @@ def charge_filters(
     tz = zone(timezone)
     start, end = _day(filters.start), _day(filters.end)
     if filters.start and start is None:
-        filters.errors["from"] = "Enter a date as YYYY-MM-DD."
+        filters.errors["from"] = _DAY_ERROR
     if filters.end and end is None:
-        filters.errors["to"] = "Enter a date as YYYY-MM-DD."
+        filters.errors["to"] = _DAY_ERROR
     if start and end and start > end:
         filters.errors["to"] = "The end date must be on or after the start date."
     spec = ChargeFilter(

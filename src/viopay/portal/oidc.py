@@ -127,7 +127,7 @@ class OidcClient:
             )
         except (jwt.PyJWTError, ValueError, TypeError):
             raise Unauthorized("the ID token is invalid") from None
-        if not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
+        if not secrets.compare_digest(str(claims.get("nonce", "")).encode(), nonce.encode()):
             raise Unauthorized("the ID token is not for this sign-in")
         return claims
 

@@ -251,7 +251,9 @@ async def oidc_callback(request: Request, runtime: RuntimeDep, state: State) -> 
         oidc is None
         or runtime.oidc is None
         or pending is None
-        or not secrets.compare_digest(params.get("state", ""), pending["state"])
+        or not secrets.compare_digest(
+            params.get("state", "").encode(), str(pending["state"]).encode()
+        )
         or now.timestamp() - int(pending["at"]) > OIDC_PENDING.total_seconds()
     ):
         raise SignInRequired(

@@ -368,7 +368,10 @@ def _same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    theirs = urlsplit(origin).netloc  # "null" (an opaque origin) has none
+    try:
+        theirs = urlsplit(origin).netloc  # "null" (an opaque origin) has none
+    except ValueError:  # not a URL at all (e.g. "http://[::1"): not from here
+        return False
     ours = {
         request.headers.get("host", ""),
         urlsplit(runtime_of(request).settings.public_url).netloc,
