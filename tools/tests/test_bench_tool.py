@@ -96,6 +96,7 @@ def _check_run(summary: dict[str, Any], doc: dict[str, Any], *, backend: str, co
     act = doc["activation"][backend]
     assert [s["path"] for s in act["steps"]][0] == "/pos/bootstrap"
     assert all(s.startswith("2") for s in act["statuses"])
+    assert act["first_devices_ms"] > 0  # the warm-up devices, measured apart
     dup = doc["duplicates"][backend]
     assert dup["charges"] == dup["distinct_keys"] == dup["created_201"] == dup["keys_sent"], dup
     assert {t["target"].split(" (")[0] for t in doc["targets"]} >= {"errors", "duplicate charges"}

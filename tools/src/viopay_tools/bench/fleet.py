@@ -24,6 +24,10 @@ from viopay_tools.bench.loadgen import build_request
 UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
 CHARGE_PATH = "/pos/charge"
 CARD = {"pan": "4242424242424242", "expiry": "3012"}
+#: Devices activated on a fresh server before the measured ones (its first requests compile
+#: statements and fill caches), as the charge phases have their warm-up.
+ACTIVATION_WARMUP = 3
+
 #: The server-side steps of one activation, in order, as the access log names their paths.
 ACTIVATION_STEPS: tuple[tuple[str, str], ...] = (
     ("bootstrap", "/pos/bootstrap"),

@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from viopay_tools.bench.fleet import ACTIVATION_WARMUP
+
 TARGETS = {
     "ratio": 0.08,  # charge throughput ≥ 0.08 × GET /healthz (PostgreSQL + Redis), stretch 0.12
     "ratio_stretch": 0.12,
@@ -291,7 +293,8 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
         t = Table(
             title=f"Activation of {act['devices']} terminals ({backend}, {act['workers']} worker): "
             f"server time per device {act['server_ms_per_device']} ms "
-            f"(wall {act['wall_s']} s for all, SDK client included)"
+            f"(wall {act['wall_s']} s for all, SDK client included; the server's first "
+            f"{ACTIVATION_WARMUP} devices before them: {act.get('first_devices_ms', '-')} ms each)"
         )
         for col in ("step", "path", "calls/device", "mean ms/call", "ms/device"):
             t.add_column(col, justify="left" if col in ("step", "path") else "right")
