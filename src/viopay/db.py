@@ -15,6 +15,8 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import DateTime, MetaData, event, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -119,6 +121,13 @@ async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterato
     """One unit of work: commits when the block ends normally, rolls back otherwise."""
     async with factory() as session, session.begin():
         yield session
+
+
+def insert_for(dialect: str) -> Any:
+    """The ``insert`` of ``dialect`` (PostgreSQL's, else SQLite's): both have
+    ``on_conflict_do_nothing``/``_do_update`` with the same arguments, which the portable
+    ``sqlalchemy.insert`` has not."""
+    return pg_insert if dialect == "postgresql" else sqlite_insert
 
 
 class NativePool:

@@ -318,3 +318,36 @@ async def test_a_status_read_across_a_claim_never_sees_inactive_without_a_code(
         assert await service.live_code_expiry(db, device=seen, now=utcnow()) is None
         assert seen.status is DeviceStatus.claimed
         assert seen.merchant_id == owner.merchant_id and seen.terminal_id is not None
+
+
+async def test_a_terminal_id_already_taken_is_drawn_again(
+    terminal: Any, admin: Admin, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim draws a random TID-nnnnnn and inserts it only if free (ON CONFLICT DO NOTHING):
+    an id another terminal holds, even one taken by a concurrent claim, is drawn again."""
+    from sqlalchemy import select
+
+    from viopay.devices import service as devices_service
+    from viopay.devices.models import Device, Terminal
+    from viopay.ids import utcnow
+    from viopay.merchants.models import Merchant
+
+    taken = int(terminal.terminal_id.removeprefix("TID-"))
+    device_id = admin.provision().device_id
+    async with runtime.sessions() as db, db.begin():
+        used = set((await db.scalars(select(Terminal.terminal_id))).all())
+        free = next(n for n in range(10**6) if f"TID-{n:06d}" not in used)
+        draws = iter([taken, taken, free])
+        monkeypatch.setattr("viopay.devices.service.secrets.randbelow", lambda _n: next(draws))
+        device = await db.get(Device, device_id)
+        merchant = await db.get(Merchant, terminal.merchant.merchant_id)
+        assert device is not None and merchant is not None
+        made = await devices_service._new_terminal(
+            db, device=device, merchant=merchant, now=utcnow()
+        )
+        assert made == f"TID-{free:06d}"
+        row = await db.get(Terminal, made)
+        assert row is not None and row.device_id == device_id
+        untouched = await db.get(Terminal, terminal.terminal_id)
+        assert untouched is not None and untouched.device_id == terminal.device.device_id
+        await db.rollback()

@@ -335,6 +335,49 @@ async def test_a_refund_killed_at_each_phase_completes_once(
     await assert_recovered(runtime, terminal.terminal_id)
 
 
+@pytest.mark.parametrize("kind", ["cancel", "reverse"])
+@pytest.mark.parametrize("phase", ["intent", "answered"])
+async def test_a_terminals_cancel_or_reverse_killed_is_finished_once(
+    terminal: kit.PosTerminal,
+    runtime: Runtime,
+    start: Callable[..., Server],
+    kind: str,
+    phase: str,
+) -> None:
+    """The other money paths of a terminal (§4.3, §4.4): killed before the processor call or
+    after its answer, recovery finishes the undo once; the retry with the same key answers it
+    (a replay when the processor had done it), and the charge is undone exactly once."""
+    charge = terminal.charge(1800).json()
+    key = f"{kind}-crash-{phase}"
+    victim = start("victim", VIOPAY_TEST_CRASH_AT=f"{kind}:{phase}")
+
+    def undo(url: str) -> kit.Answer:
+        send = terminal.cancel if kind == "cancel" else terminal.reverse
+        return send(charge["id"], idempotency_key=key, url=url)
+
+    send_until_killed(victim, lambda: undo(victim.url))
+    restarted = start("restarted")
+    await assert_recovered(runtime, terminal.terminal_id)
+    retry = undo(restarted.url)
+    assert (retry.status, retry.replayed) == (200, phase == "answered"), retry.response.text
+    undone = "canceled" if kind == "cancel" else "reversed"
+    assert retry.json()["status"] == undone
+    assert terminal.get(charge["id"], url=restarted.url).json()["status"] == undone
+    again = undo(restarted.url)
+    assert (again.status, again.replayed) == (200, True)
+    await assert_recovered(runtime, terminal.terminal_id)
+    async with runtime.sessions() as db:
+        reference = await db.scalar(
+            select(Charge.processor_reference).where(Charge.charge_id == charge["id"])
+        )
+        undos = (
+            await db.scalars(
+                select(SandboxLedgerEntry.operation).where(SandboxLedgerEntry.target == reference)
+            )
+        ).all()
+    assert undos == ["void" if kind == "cancel" else "reverse"]  # the processor undid it once
+
+
 async def test_a_key_is_in_progress_only_until_recovery(
     terminal: kit.PosTerminal, runtime: Runtime, start: Callable[..., Server]
 ) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from viopay.audit import Actor, record_event
 from viopay.cache import Cache, Window
 from viopay.crypto.wrapping import KeyWrapper
+from viopay.db import insert_for
 from viopay.devices.models import (
     Device,
     DeviceStatus,
@@ -395,11 +396,11 @@ async def claim_device(
     await cache.window_release(reservation)
     merchant = await db.get(Merchant, merchant_id)
     assert merchant is not None
-    terminal = await _new_terminal(db, device=device, merchant=merchant, now=now)
+    terminal_id = await _new_terminal(db, device=device, merchant=merchant, now=now)
     device.status, device.merchant_id, device.terminal_id = (
         DeviceStatus.claimed,
         merchant_id,
-        terminal.terminal_id,
+        terminal_id,
     )
     device.label, device.claimed_at = label, now
     record_event(
@@ -410,7 +411,7 @@ async def claim_device(
         subject_id=device.device_id,
         merchant_id=merchant_id,
         now=now,
-        data={"terminal_id": terminal.terminal_id, "label": label},
+        data={"terminal_id": terminal_id, "label": label},
     )
     await db.flush()
     return device
@@ -418,22 +419,26 @@ async def claim_device(
 
 async def _new_terminal(
     db: AsyncSession, *, device: Device, merchant: Merchant, now: datetime
-) -> Terminal:
+) -> str:
+    """A terminal with a random free ``TID-nnnnnn``: one INSERT … ON CONFLICT DO NOTHING per
+    draw (an id another claim took, even concurrently, is drawn again, never a 500; only the
+    id's own conflict is skipped, so the loop cannot spin on another one)."""
+    statement = (
+        insert_for(db.get_bind().dialect.name)(Terminal)
+        .on_conflict_do_nothing(index_elements=["terminal_id"])  # any other conflict raises
+        .returning(Terminal.terminal_id)
+    )
+    values = {
+        "device_id": device.device_id,
+        "merchant_id": merchant.merchant_id,
+        "currency": merchant.currency,
+        "created_at": now,
+        "retired_at": None,
+    }
     while True:
         terminal_id = f"TID-{secrets.randbelow(10**6):06d}"
-        if await db.get(Terminal, terminal_id) is None:
-            break
-    terminal = Terminal(
-        terminal_id=terminal_id,
-        device_id=device.device_id,
-        merchant_id=merchant.merchant_id,
-        currency=merchant.currency,
-        created_at=now,
-        retired_at=None,
-    )
-    db.add(terminal)
-    await db.flush()
-    return terminal
+        if await db.scalar(statement, {"terminal_id": terminal_id, **values}) is not None:
+            return terminal_id
 
 
 # --- lifecycle ------------------------------------------------------------------------------

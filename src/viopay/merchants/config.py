@@ -15,11 +15,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import Actor, record_event
+from viopay.db import insert_for
 from viopay.errors import NotFound
 from viopay.merchants.models import Merchant, MerchantConfig
 
@@ -209,10 +208,8 @@ async def get_config(
         "emv_overrides": {},
         "updated_at": now,
     }
-    if db.get_bind().dialect.name == "postgresql":
-        await db.execute(pg_insert(MerchantConfig).values(**row).on_conflict_do_nothing())
-    else:
-        await db.execute(sqlite_insert(MerchantConfig).values(**row).on_conflict_do_nothing())
+    insert = insert_for(db.get_bind().dialect.name)
+    await db.execute(insert(MerchantConfig).values(**row).on_conflict_do_nothing())
     config = await _load(db, merchant.merchant_id, for_update=for_update)
     assert config is not None
     return config

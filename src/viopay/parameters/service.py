@@ -18,11 +18,10 @@ from typing import Any
 
 import orjson
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import Actor, record_event
+from viopay.db import insert_for
 from viopay.devices.models import Terminal
 from viopay.errors import InvalidRequest, NotFound
 from viopay.parameters.defaults import builtin_document
@@ -144,18 +143,11 @@ async def set_parameters(
         "updated_at": now,
     }
     changes = {name: values[name] for name in ("gzip", "size", "sha256", "updated_at")}
-    if db.get_bind().dialect.name == "postgresql":
-        await db.execute(
-            pg_insert(TerminalParameters)
-            .values(**values)
-            .on_conflict_do_update(index_elements=["terminal_id"], set_=changes)
-        )
-    else:
-        await db.execute(
-            sqlite_insert(TerminalParameters)
-            .values(**values)
-            .on_conflict_do_update(index_elements=["terminal_id"], set_=changes)
-        )
+    await db.execute(
+        insert_for(db.get_bind().dialect.name)(TerminalParameters)
+        .values(**values)
+        .on_conflict_do_update(index_elements=["terminal_id"], set_=changes)
+    )
     record_event(
         db,
         type="terminal_parameters.updated",

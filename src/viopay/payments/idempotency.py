@@ -16,11 +16,10 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.crypto.canonical import canonical_json
+from viopay.db import insert_for
 from viopay.errors import IdempotencyInProgress, InvalidRequest, InvalidState
 from viopay.payments.models import IdempotencyRecord, IdempotencyState
 
@@ -130,8 +129,7 @@ def _upsert(dialect: str, scope: str) -> Any:
     hot path)."""
     statement = _UPSERTS.get(f"{dialect}:{scope}")
     if statement is None:
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        base = insert(_RECORDS)
+        base = insert_for(dialect)(_RECORDS)
         statement = base.on_conflict_do_update(
             index_elements=[scope, "idempotency_key"],
             set_={

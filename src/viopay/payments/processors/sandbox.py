@@ -11,11 +11,9 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from viopay.db import NativePool
+from viopay.db import NativePool, insert_for
 from viopay.metrics import ORIGIN, count_transaction
 from viopay.payments.cards import is_expired
 from viopay.payments.models import SandboxLedgerEntry
@@ -93,9 +91,8 @@ def _ledger_insert(dialect: str) -> Any:
     """INSERT … ON CONFLICT DO NOTHING RETURNING reference, built once per dialect."""
     statement = _LEDGER_INSERTS.get(dialect)
     if statement is None:
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
         table = cast(Table, SandboxLedgerEntry.__table__)
-        statement = insert(table).on_conflict_do_nothing().returning(table.c.reference)
+        statement = insert_for(dialect)(table).on_conflict_do_nothing().returning(table.c.reference)
         _LEDGER_INSERTS[dialect] = statement
     return statement
 
