@@ -69,6 +69,17 @@ RECOVERY_BACKLOG = Gauge(
     "Payment intents due for recovery (older than VIOPAY_RECOVERY_DELAY_SECONDS) at the last pass.",
     multiprocess_mode="max",
 )
+WEBHOOK_BACKLOG = Gauge(
+    "viopay_webhook_backlog",
+    "Webhook deliveries due now (pending, their time come, on an enabled endpoint) at the last "
+    "measure (every 15 s per process).",
+    multiprocess_mode="max",
+)
+WEBHOOK_OLDEST_DUE = Gauge(
+    "viopay_webhook_oldest_due_seconds",
+    "How long the oldest due webhook delivery has been due (0: none) at the last measure.",
+    multiprocess_mode="max",
+)
 REQUESTS = Counter(
     "viopay_http_requests",
     "HTTP requests by method, route template and status.",

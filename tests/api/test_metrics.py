@@ -71,6 +71,8 @@ def test_metrics_show_requests_charges_replays_and_refusals(
     processor = "viopay_processor_call_seconds_count"
     assert delta(before, after, processor, operation="charge", result="ok") == 2
     assert ("viopay_recovery_backlog", frozenset()) in after
+    assert ("viopay_webhook_backlog", frozenset()) in after  # measured at start, then every 15 s
+    assert ("viopay_webhook_oldest_due_seconds", frozenset()) in after
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)

@@ -11,15 +11,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from viopay.audit import SYSTEM, Actor, AuditEvent, record_event
 from viopay.merchants.service import create_merchant
+from viopay.metrics import WEBHOOK_BACKLOG
 from viopay.runtime import Runtime
 from viopay.webhooks import outbox
 from viopay.webhooks.models import DeliveryStatus, EndpointStatus, WebhookDelivery, WebhookEndpoint
 from viopay.webhooks.service import create_endpoint
-from viopay.webhooks.worker import Outcome, claim_due, next_delay, record_outcome
+from viopay.webhooks.worker import (
+    Outcome,
+    claim_due,
+    measure_backlog,
+    next_delay,
+    record_outcome,
+)
 
 T0 = datetime(2100, 1, 1, tzinfo=UTC)
 OPERATOR = Actor.operator("test")
@@ -168,3 +175,36 @@ async def test_lease_schedule_and_three_day_disable(runtime: Runtime) -> None:
     assert disabled.actor_type == "system"
     # A disabled endpoint's pending deliveries wait.
     assert mine(await claim_due(runtime, owner="c", limit=100, now=end + timedelta(days=1))) == []
+
+
+@pytest.mark.backend
+async def test_the_backlog_counts_due_deliveries_and_the_oldest_wait(runtime: Runtime) -> None:
+    """``viopay_webhook_backlog`` and ``viopay_webhook_oldest_due_seconds``: deliveries due at a
+    moment (pending, their time come, endpoint enabled) and how long the oldest has waited.
+
+    Measured as of 2000, with deliveries of 1990 leased until 2200 in the transaction that makes
+    them, so the servers' own workers (real time, same database) never attempt them and no other
+    test's delivery is due then."""
+    now = datetime(2000, 1, 1, tzinfo=UTC)
+    long_ago = datetime(1990, 1, 1, tzinfo=UTC)
+    before = await measure_backlog(runtime, now=now)
+    merchant_id, endpoint_id = await _endpoint(runtime)
+    async with runtime.sessions() as db, db.begin():
+        _event(db, merchant_id, long_ago)
+        _event(db, merchant_id, long_ago + timedelta(days=1))
+        _event(db, merchant_id, now + timedelta(seconds=1))  # not due yet
+        await db.flush()
+        await db.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.endpoint_id == endpoint_id)
+            .values(lease_owner="test", lease_until=datetime(2200, 1, 1, tzinfo=UTC))
+        )
+    after = await measure_backlog(runtime, now=now)
+    assert after.due == before.due + 2
+    assert after.oldest_due_seconds == (now - long_ago).total_seconds()
+    assert WEBHOOK_BACKLOG._value.get() == after.due  # what /metrics shows
+    async with runtime.sessions() as db, db.begin():
+        endpoint = await db.get(WebhookEndpoint, endpoint_id)
+        assert endpoint is not None
+        endpoint.status = EndpointStatus.disabled  # a disabled endpoint's deliveries wait
+    assert await measure_backlog(runtime, now=now) == before

@@ -21,12 +21,12 @@ from datetime import datetime, timedelta
 
 import httpx
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from viopay.audit import AuditEvent
 from viopay.crypto.webhooks import webhook_signature
 from viopay.ids import utcnow
-from viopay.metrics import ORIGIN
+from viopay.metrics import ORIGIN, WEBHOOK_BACKLOG, WEBHOOK_OLDEST_DUE
 from viopay.runtime import Runtime
 from viopay.webhooks import outbox
 from viopay.webhooks.models import (
@@ -46,6 +46,7 @@ LEASE = timedelta(seconds=3 * TIMEOUT)
 DISABLE_AFTER = timedelta(days=3)
 JITTER = 0.1
 USER_AGENT = "Viopay-Webhooks/1"
+BACKLOG_EVERY = 15.0  # seconds between two measures of the backlog by one process
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,38 @@ async def post(
         return Outcome(None, "connection_error")
 
 
+@dataclass(frozen=True)
+class Backlog:
+    due: int
+    oldest_due_seconds: float
+
+
+async def measure_backlog(runtime: Runtime, *, now: datetime) -> Backlog:
+    """Deliveries due at ``now`` (pending, time come, endpoint enabled) and how long the oldest
+    has waited; sets the two gauges of ``/metrics`` (an operator alerts on a backlog that does
+    not drain: a receiver down, or too few workers)."""
+    d, e = WebhookDelivery, WebhookEndpoint
+    async with runtime.sessions() as db:
+        due, oldest = (
+            await db.execute(
+                select(func.count(), func.min(d.next_attempt_at))
+                .select_from(d)
+                .join(e, e.endpoint_id == d.endpoint_id)
+                .where(
+                    d.status == DeliveryStatus.pending,
+                    d.next_attempt_at <= now,
+                    e.status == EndpointStatus.enabled,
+                )
+            )
+        ).one()
+    backlog = Backlog(
+        due=int(due), oldest_due_seconds=(now - oldest).total_seconds() if oldest else 0.0
+    )
+    WEBHOOK_BACKLOG.set(backlog.due)
+    WEBHOOK_OLDEST_DUE.set(backlog.oldest_due_seconds)
+    return backlog
+
+
 class DeliveryWorker:
     """Claims and attempts due deliveries in one server process until stopped."""
 
@@ -174,9 +207,13 @@ class DeliveryWorker:
 
     async def _loop(self) -> None:
         ORIGIN.set("background")  # counted apart from requests in /metrics
+        measured = -BACKLOG_EVERY
         while True:
             claimed = 0
             try:
+                if time.monotonic() - measured >= BACKLOG_EVERY:
+                    measured = time.monotonic()
+                    await measure_backlog(self._runtime, now=utcnow())
                 free = self._concurrency - len(self._running)
                 if free > 0:
                     claims = await claim_due(
