@@ -224,9 +224,6 @@ def code_digest(wrapper: KeyWrapper, code: str) -> str:
 
 # Built once (issue 10): the holder of a new code's value, if any.
 _CODE_HOLDER = select(PairingCode).where(PairingCode.code_digest == bindparam("digest"))
-_LOCK_DEVICE = (
-    select(Device.device_id).where(Device.device_id == bindparam("device_id")).with_for_update()
-)
 
 
 async def issue_pairing_code(
@@ -255,18 +252,14 @@ async def issue_pairing_code(
             holder.code_digest = None  # a dead code of another device: free its value
             await db.flush()
             break
-    # The device's row locked first: two requests of one device that has no code row yet
-    # would otherwise both insert one (a unique violation, answered 500 under a burst).
-    await db.execute(_LOCK_DEVICE, {"device_id": device.device_id})
-    row = await db.get(PairingCode, device.device_id, with_for_update=True)
-    if row is None:
-        db.add(
-            PairingCode(
-                device_id=device.device_id, code_digest=digest, issued_at=now, expires_at=expires_at
-            )
-        )
-    else:  # a new code kills the previous one
-        row.code_digest, row.issued_at, row.expires_at, row.used_at = digest, now, expires_at, None
+    # One upsert on the device's row: a new code kills the previous one, and two requests of a
+    # device that has no row yet never both insert one (a unique violation, 500 under a burst).
+    values = {"code_digest": digest, "issued_at": now, "expires_at": expires_at, "used_at": None}
+    await db.execute(
+        insert_for(db.get_bind().dialect.name)(PairingCode)
+        .values(device_id=device.device_id, **values)
+        .on_conflict_do_update(index_elements=["device_id"], set_=values)
+    )
     record_event(
         db,
         type="device.pairing_code_issued",

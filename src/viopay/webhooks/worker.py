@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 import httpx
 import structlog
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 
 from viopay.audit import AuditEvent
 from viopay.crypto.webhooks import webhook_signature
@@ -82,14 +82,19 @@ def build_client(concurrency: int) -> httpx.AsyncClient:
     )
 
 
+def _scheduled(now: datetime) -> ColumnElement[bool]:
+    """A delivery whose scheduled attempt is due at ``now`` (with its endpoint joined)."""
+    return and_(
+        WebhookDelivery.status == DeliveryStatus.pending,
+        WebhookDelivery.next_attempt_at <= now,
+        WebhookEndpoint.status == EndpointStatus.enabled,
+    )
+
+
 async def claim_due(runtime: Runtime, *, owner: str, limit: int, now: datetime) -> list[Claim]:
     """Take up to ``limit`` due deliveries under a lease (one short transaction)."""
     d, e = WebhookDelivery, WebhookEndpoint
-    scheduled = and_(
-        d.status == DeliveryStatus.pending,
-        d.next_attempt_at <= now,
-        e.status == EndpointStatus.enabled,
-    )
+    scheduled = _scheduled(now)
     async with runtime.sessions() as db, db.begin():
         rows = (
             await db.execute(
@@ -155,11 +160,7 @@ async def measure_backlog(runtime: Runtime, *, now: datetime) -> Backlog:
                 select(func.count(), func.min(d.next_attempt_at))
                 .select_from(d)
                 .join(e, e.endpoint_id == d.endpoint_id)
-                .where(
-                    d.status == DeliveryStatus.pending,
-                    d.next_attempt_at <= now,
-                    e.status == EndpointStatus.enabled,
-                )
+                .where(_scheduled(now))
             )
         ).one()
     backlog = Backlog(
