@@ -283,11 +283,10 @@ _UNRETIRED = (
     .where(KeySet.device_id == bindparam("device_id"), KeySet.status != KeySetStatus.retired)
     .order_by(KeySet.created_at.desc(), KeySet.key_set_id.desc())
 )
+# Its parameter is "set_id", not a column's name: those are reserved for an UPDATE's SET.
 _COUNT_ENVELOPES = (
     update(KeySet)
-    .where(
-        KeySet.key_set_id == bindparam("set_id")
-    )  # not a column's name: an UPDATE's SET may use those
+    .where(KeySet.key_set_id == bindparam("set_id"))
     .values(envelope_count=KeySet.envelope_count + bindparam("count"))
     .returning(KeySet.envelope_count)
 )
