@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from viopay.errors import ServiceUnavailable
@@ -198,13 +199,29 @@ return '0'
 """
 
 
-class RedisCache:
-    """Redis-backed cache shared by every server process."""
+#: How long a command waits for a free connection of the process's pool before 503 (as long as
+#: a request waits for a database connection).
+POOL_WAIT_SECONDS = 10.0
 
-    def __init__(self, url: str, *, prefix: str) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
+
+class RedisCache:
+    """Redis-backed cache shared by every server process.
+
+    Its connections are a bounded pool that commands wait for (``pool_size`` per process, up to
+    :data:`POOL_WAIT_SECONDS`): a burst queues for a connection instead of opening one per
+    request, and redis-py's default pool, which refuses a command past 100 connections at once
+    (``MaxConnectionsError``), turned a burst into 503s with Redis idle."""
+
+    def __init__(self, url: str, *, prefix: str, pool_size: int = 50) -> None:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=pool_size,
+            timeout=POOL_WAIT_SECONDS,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            health_check_interval=30,
         )
+        self._redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         self._prefix = prefix
         self._window_script = self._redis.register_script(_WINDOW_HIT)
         self._reserve_script = self._redis.register_script(_WINDOW_RESERVE)
@@ -213,6 +230,12 @@ class RedisCache:
         count_roundtrip()
         try:
             return await op
+        except RedisConnectionError as exc:
+            if isinstance(exc.__cause__, TimeoutError):  # the pool's wait for a connection
+                raise ServiceUnavailable(
+                    "the server is busy (no cache connection came free in time); try again"
+                ) from exc
+            raise ServiceUnavailable("the cache is unreachable") from exc
         except (RedisError, OSError) as exc:
             raise ServiceUnavailable("the cache is unreachable") from exc
 

@@ -158,7 +158,9 @@ def prepare_database(settings: Settings, *, create: bool) -> str:
 
 def build_cache(settings: Settings) -> Cache:
     if settings.redis_url:
-        return RedisCache(settings.redis_url, prefix=settings.redis_prefix)
+        return RedisCache(
+            settings.redis_url, prefix=settings.redis_prefix, pool_size=settings.redis_pool_size
+        )
     return MemoryCache()
 
 

@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     )
     public_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of this server.")
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    redis_pool_size: int = Field(
+        default=50,
+        ge=1,
+        le=1000,
+        description="Redis connections per process; a command waits up to 10 s for one (then 503).",
+    )
 
     @field_validator("min_pos_version", "latest_pos_version")
     @classmethod

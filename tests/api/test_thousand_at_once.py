@@ -4,9 +4,11 @@ sharing PostgreSQL + Redis (on the embedded default, one process).
 A thousand requests are opened together (one connection each, no client-side queue): one
 Idempotency-Key makes one charge; one signed request replayed a thousand times is accepted
 once; a thousand partial refunds of one charge never refund more than it; a thousand signed
-pairing-code requests of one device get exactly the hourly ten codes. Besides the limit's own
-refusal, an answer may be 503 (the server busy: a database connection not free in time),
-which must have changed nothing; no answer is a 500.
+pairing-code requests of one device get exactly the hourly ten codes; a thousand status polls
+get the thirty a minute; a thousand wrong claims of one user are five tries. Besides the
+limit's own refusal, an answer may be 503 "the server is busy" (a database or cache connection
+not free in time), which must have changed nothing; with both services up, none says a
+service is unreachable, and no answer is a 500.
 """
 
 from __future__ import annotations
@@ -20,8 +22,13 @@ import orjson
 from sqlalchemy import func, select
 
 from support import charge_kit as kit
-from support.helpers import Admin, Server, signed_pos_headers
-from viopay.devices.service import PAIRING_CODES_PER_HOUR
+from support.helpers import Admin, MakeMerchant, Server, signed_pos_headers
+from viopay.devices.service import (
+    CLAIM_LIMITS,
+    PAIRING_ALPHABET,
+    PAIRING_CODES_PER_HOUR,
+    STATUS_POLLS_PER_MINUTE,
+)
 from viopay.payments.models import Charge, Refund
 from viopay.runtime import Runtime
 
@@ -30,13 +37,16 @@ AT_ONCE = 1000
 Prepared = tuple[str, bytes | None, dict[str, str]]
 
 
-async def send_at_once(prepared: list[Prepared]) -> list[httpx.Response]:
+async def send_at_once(prepared: list[Prepared], *, method: str = "POST") -> list[httpx.Response]:
     """Open every request together: each on its own connection, all sent before any answer."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     async with httpx.AsyncClient(limits=limits, timeout=300) as http:
         return list(
             await asyncio.gather(
-                *(http.post(url, content=body, headers=headers) for url, body, headers in prepared)
+                *(
+                    http.request(method, url, content=body, headers=headers)
+                    for url, body, headers in prepared
+                )
             )
         )
 
@@ -49,6 +59,8 @@ def codes(responses: list[httpx.Response]) -> Counter[tuple[int, str | None]]:
         if response.status_code >= 400:
             assert response.headers["content-type"].startswith("application/problem+json")
             code = response.json()["code"]
+            if response.status_code == 503:  # a wait for a connection, never "unreachable"
+                assert response.json()["detail"].startswith("the server is busy"), response.text
         seen[(response.status_code, code)] += 1
     print(
         f"\n{AT_ONCE} at once: " + ", ".join(f"{n} x {s} {c or ''}" for (s, c), n in seen.items())
@@ -164,3 +176,40 @@ async def test_a_thousand_pairing_code_requests_get_the_hourly_ten(
     seen = codes(await send_at_once(prepared))
     assert set(seen) <= {(201, None), (429, "rate_limited"), (503, "service_unavailable")}, seen
     assert seen[(201, None)] == PAIRING_CODES_PER_HOUR, seen
+
+
+async def test_a_thousand_status_polls_get_the_thirty_a_minute(
+    admin: Admin, server: Server, server_b: Server
+) -> None:
+    device = admin.provision()
+    prepared: list[Prepared] = [
+        (spread(server, server_b, "/pos/status", i), None, signed_pos_headers(device))
+        for i in range(AT_ONCE)
+    ]
+    seen = codes(await send_at_once(prepared, method="GET"))
+    assert set(seen) <= {(200, None), (429, "rate_limited"), (503, "service_unavailable")}, seen
+    assert seen[(200, None)] == STATUS_POLLS_PER_MINUTE, seen
+
+
+async def test_a_thousand_wrong_claims_of_one_user_get_the_five_failures(
+    make_merchant: MakeMerchant, server: Server, server_b: Server
+) -> None:
+    """Failed claims are limited per user (5 in 15 min, §3.4): of a thousand wrong codes sent
+    at once by one merchant user to both processes, exactly five are tried (404), and a right
+    code of theirs is still refused until the window passes (a guesser gains nothing)."""
+    owner = make_merchant()
+    auth = dict(owner.http.headers)
+    prepared: list[Prepared] = []
+    for i in range(AT_ONCE):
+        code = "".join(PAIRING_ALPHABET[(i * 7 + k * 13) % len(PAIRING_ALPHABET)] for k in range(6))
+        body = orjson.dumps({"pairing_code": code})
+        headers = {**auth, "content-type": "application/json"}
+        prepared.append((spread(server, server_b, "/pos/claim", i), body, headers))
+    seen = codes(await send_at_once(prepared))
+    assert set(seen) <= {
+        (404, "pairing_code_invalid"),
+        (429, "rate_limited"),
+        (503, "service_unavailable"),
+    }, seen
+    per_user = next(limit for scope, limit, _ in CLAIM_LIMITS if scope == "user")
+    assert seen[(404, "pairing_code_invalid")] == per_user, seen
