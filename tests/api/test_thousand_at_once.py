@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from support import charge_kit as kit
 from support.helpers import Admin, MakeMerchant, Server, signed_pos_headers
@@ -29,6 +29,7 @@ from viopay.devices.service import (
     PAIRING_CODES_PER_HOUR,
     STATUS_POLLS_PER_MINUTE,
 )
+from viopay.keysets.models import KeySet
 from viopay.payments.models import Charge, Refund
 from viopay.runtime import Runtime
 
@@ -152,6 +153,8 @@ async def test_a_thousand_partial_refunds_never_pass_the_amount(
     assert set(seen) <= {
         (201, None),
         (422, "refund_exceeds_charge"),
+        # a refund decided once the 150th had been stored finds the charge refunded (§4.2)
+        (409, "charge_not_refundable"),
         (503, "service_unavailable"),
     }, seen
     # Every refund the amount allowed was made, unless the server was busy for some.
@@ -213,3 +216,33 @@ async def test_a_thousand_wrong_claims_of_one_user_get_the_five_failures(
     }, seen
     per_user = next(limit for scope, limit, _ in CLAIM_LIMITS if scope == "user")
     assert seen[(404, "pairing_code_invalid")] == per_user, seen
+
+
+async def test_a_thousand_charges_on_a_key_set_at_its_limit(
+    terminal: kit.PosTerminal, server: Server, server_b: Server, runtime: Runtime
+) -> None:
+    """The key set with room for one charge under its envelope limit (§3.10): of a thousand
+    charges at once (each its own key), exactly one is charged and the rest refused 409
+    invalid_state; the tally ends at the limit, and the next charge is refused too. (When the
+    tally grew with each outcome, 88 to all 1 000 were charged: each was admitted on a tally no
+    outcome had reached yet.)"""
+    limit = runtime.settings.keyset_max_envelopes
+    key_set_id = terminal.keys.key_set_id
+    async with runtime.sessions() as db, db.begin():
+        await db.execute(
+            update(KeySet).where(KeySet.key_set_id == key_set_id).values(envelope_count=limit - 2)
+        )
+    prepared: list[Prepared] = []
+    for i in range(AT_ONCE):
+        body = terminal.seal_body("POST", "/pos/charge", terminal.charge_plaintext(600))
+        headers = terminal.headers("POST", "/pos/charge", body, idempotency_key=f"limit-{i}")
+        prepared.append((spread(server, server_b, "/pos/charge", i), body, headers))
+    seen = codes(await send_at_once(prepared))
+    assert set(seen) <= {(201, None), (409, "invalid_state"), (503, "service_unavailable")}, seen
+    assert seen[(201, None)] == 1 or (seen[(201, None)] == 0 and busy(seen)), seen
+    async with runtime.sessions() as db:
+        key_set = await db.get(KeySet, key_set_id)
+        assert key_set is not None
+        assert key_set.envelope_count == limit - 2 + 2 * seen[(201, None)]
+    refused = terminal.charge(600, idempotency_key="after-the-burst")
+    assert (refused.status, refused.code) == (409, "invalid_state")

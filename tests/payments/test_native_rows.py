@@ -1,8 +1,9 @@
 """PostgreSQL's one-statement charge outcome (``payments/native.py``) against the portable path
-(``outcomes.store_charge`` + ``channel.meter``): one charge request stored both ways writes the
-same rows, column by column — the charge, the intent closed, the key's stored result, the audit
-events, their webhook deliveries (the outbox's subscription rules) and the key set's envelope
-tally; and once the intent is no longer pending the statement writes nothing.
+(``outcomes.store_charge``): one charge request stored both ways writes the same rows, column
+by column — the charge, the intent closed, the key's stored result, the audit events and their
+webhook deliveries (the outbox's subscription rules) — and neither touches the key set's
+envelope tally (counted with the claim); once the intent is no longer pending the statement
+writes nothing.
 
 Everything is committed (the native statement runs alone on asyncpg's own pool) and dated a
 day ahead, so the servers' webhook workers and recovery never take the deliveries or intents
@@ -38,7 +39,7 @@ from support.webhook_receiver import Receiver, running_receiver
 from viopay.audit import AuditEvent
 from viopay.ids import new_id
 from viopay.keysets.models import KeySet, KeySetStatus
-from viopay.payments import channel, idempotency, intents, native, outcomes, terminal_auth
+from viopay.payments import idempotency, intents, native, outcomes, terminal_auth
 from viopay.payments.models import (
     Charge,
     ChargeStatus,
@@ -67,7 +68,6 @@ DELIVERY_ID = re.compile(r"whd_[0-9a-z]{20}")
 EVENT_ID = re.compile(r"evt_[0-9a-z]{20}")
 METHOD, PATH = "POST", "/pos/charge"
 FINGERPRINT = hashlib.sha256(b"one request, stored twice").hexdigest()
-ENVELOPES = 2  # the request's envelope and the answer's (the flow's opened + 1)
 
 
 # --- the merchant: a terminal and webhook endpoints ------------------------------------------
@@ -374,7 +374,6 @@ async def test_native_outcome_writes_the_portable_rows(
 ) -> None:
     now = _tomorrow()
     stored_at = now + timedelta(seconds=2, microseconds=123_457)
-    envelopes = ENVELOPES - int(case.authorization is None)  # no answer sealed on a timeout
     portable_request, native_request = new_request(case.keyed), new_request(case.keyed)
     async with runtime.sessions() as db, db.begin():
         portable = await record_portably(db, shop, portable_request, now)
@@ -390,9 +389,6 @@ async def test_native_outcome_writes_the_portable_rows(
                 db, portable, case.authorization, undone=case.undone, now=stored_at
             )
         )
-        await channel.meter(
-            db, key_set_id=shop.key_set_id, envelopes=ENVELOPES - int(stored.timed_out)
-        )
     async with runtime.sessions() as db:
         between = await envelope_count(db, shop)
     assert runtime.native is not None
@@ -404,8 +400,6 @@ async def test_native_outcome_writes_the_portable_rows(
             case.authorization,
             undone=case.undone,
             now=stored_at,
-            key_set_id=shop.key_set_id,
-            envelopes=ENVELOPES,
         )
     )
     async with runtime.sessions() as db:
@@ -418,8 +412,8 @@ async def test_native_outcome_writes_the_portable_rows(
     assert tallied.status == case.stored_status and tallied.charge_id == natively.charge_id
     assert tallied.plaintext == stored.plaintext | {"id": natively.charge_id}
 
-    # The key set's tally: the same increment, the request's envelopes (and the answer's).
-    assert after - between == between - before == envelopes
+    # The key set's tally: untouched by an outcome (counted with the claim, flow._count_up_front).
+    assert after == between == before
 
     # The rows, column by column.
     assert by_native.charge == by_portable.charge
@@ -518,8 +512,6 @@ async def test_native_outcome_of_a_closed_intent_writes_nothing(
         case.authorization,
         undone=case.undone,
         now=stored_at,
-        key_set_id=shop.key_set_id,
-        envelopes=ENVELOPES,
     )
     async with runtime.sessions() as db:
         after = await written(db, intent, request)
@@ -581,8 +573,12 @@ async def test_the_remembered_claim_writes_the_portable_rows(shop: Shop, runtime
             touch=False,
         )
 
+    async with runtime.sessions() as db:
+        tally = await envelope_count(db, shop)
     remembered, claimed = await claim(remembered_request, lookup)
     assert claimed.fresh and claimed.record_id == remembered.idempotency_record_id is not None
+    async with runtime.sessions() as db:  # the request's envelope and the answer's, counted
+        assert await envelope_count(db, shop) == tally + 2
     async with runtime.sessions() as db:
         by_portable = await written(db, portable, portable_request)
         by_remembered = await written(db, remembered, remembered_request)
@@ -594,6 +590,29 @@ async def test_the_remembered_claim_writes_the_portable_rows(shop: Shop, runtime
     assert native.key_state(held.existing).state is IdempotencyState.in_progress
     async with runtime.sessions() as db:
         assert not await table_rows(db, INTENTS, INTENTS.c.intent_id == again.intent_id)
+        assert await envelope_count(db, shop) == tally + 2  # a key in progress counts nothing
+
+    # No room for the request's envelope and the answer's: nothing claimed, nothing counted
+    # (the flow then refuses afresh, 409); the lookup itself still reads the same.
+    limit = runtime.settings.keyset_max_envelopes
+    async with runtime.sessions() as db, db.begin():
+        await db.execute(
+            update(KEY_SETS)
+            .where(KEY_SETS.c.key_set_id == shop.key_set_id)
+            .values(envelope_count=limit - 1)
+        )
+    full_lookup = dict(lookup) | {"envelope_count": limit - 1}
+    refused, full = await claim(new_request(True), full_lookup)
+    assert full.fresh and full.record_id is None and full.existing is None
+    async with runtime.sessions() as db:
+        assert not await table_rows(db, INTENTS, INTENTS.c.intent_id == refused.intent_id)
+        assert await envelope_count(db, shop) == limit - 1
+    async with runtime.sessions() as db, db.begin():
+        await db.execute(
+            update(KEY_SETS)
+            .where(KEY_SETS.c.key_set_id == shop.key_set_id)
+            .values(envelope_count=tally + 2)
+        )
 
     async with runtime.sessions() as db, db.begin():
         await db.execute(

@@ -59,9 +59,26 @@ def key_set_usage(auth: AuthenticatedTerminal, *, max_envelopes: int, now: datet
 
 
 async def meter(db: AsyncSession, *, key_set_id: str, envelopes: int) -> None:
-    """Add to the set's MSK tally (one Core UPDATE, kept for the end of the transaction)."""
-    if envelopes > 0:
+    """Add to the set's MSK tally (one Core UPDATE); a negative count gives back envelopes
+    counted up front (:func:`count_up_front`) that were not sealed."""
+    if envelopes:
         await db.execute(_METER, {"key_set": key_set_id, "count": envelopes})
+
+
+async def count_up_front(
+    db: AsyncSession, *, key_set_id: str, envelopes: int, limit: int | None
+) -> bool:
+    """Count a request's envelopes and its answer's on the set's tally before anything else
+    of its first transaction, only if they fit under ``limit`` (None: always). False, counting
+    nothing, when they do not: the request is refused, so a burst of charges on a set near
+    its limit is admitted exactly (§3.10). The set's row stays locked to the end of the
+    transaction: every charge-endpoint transaction takes it first (one lock order)."""
+    params = {"key_set": key_set_id, "count": envelopes}
+    if limit is None:
+        await db.execute(_METER, params)
+        return True
+    counted = await db.execute(_METER_WITHIN, {**params, "limit": limit})
+    return bool(getattr(counted, "rowcount", 0))
 
 
 _SETS = cast(Table, KeySet.__table__)
@@ -70,6 +87,7 @@ _METER = (
     .where(_SETS.c.key_set_id == bindparam("key_set"))
     .values(envelope_count=_SETS.c.envelope_count + bindparam("count"))
 )
+_METER_WITHIN = _METER.where(_SETS.c.envelope_count + bindparam("count") <= bindparam("limit"))
 
 
 # --- opening requests -----------------------------------------------------------------------

@@ -10,8 +10,12 @@ between them, never inside one:
    **intent**: what the processor is about to be asked, under a fresh reference. Committed
    before any processor call, so a server killed after it leaves an intent recovery finishes.
 2. the processor call, outside any transaction (no connection held while it runs);
-3. :func:`_store_outcome` — the charge, refund or new status, the key's stored result, the
-   intent closed and the envelope tally, in one transaction.
+3. :func:`_store_outcome` — the charge, refund or new status, the key's stored result and the
+   intent closed, in one transaction.
+
+The key set's envelope tally is taken first in transaction 1, the answer's envelope included
+(:func:`_count_up_front`; a charge or refund only if it fits under the limit), so the limit of
+§3.10 admits a burst exactly and transaction 2 never touches the set.
 
 A request answered without the processor (GET, an idempotent replay, a 4xx stored for its key,
 a cancel of a canceled charge, reverse-by-key of a key that made no charge) makes only the
@@ -20,10 +24,10 @@ first. Errors that are not stored (401, 409 in progress, 5xx) roll the first bac
 On PostgreSQL a charge's transactions are fewer statements (:mod:`viopay.payments.native`).
 A keyed charge whose terminal lookup this process remembers makes each of them one
 autocommitted statement: :func:`_claim_remembered` authenticates on the remembered row and
-claims the key and records the intent only if that row still reads the same, and
-:func:`viopay.payments.outcomes.store_live_charge` stores the outcome. Otherwise the first is
-BEGIN, the terminal lookup, one statement that claims the key and records the intent
-(:func:`_claim_charge_natively`), COMMIT. ``tests/payments/test_charge_cost.py`` counts them on
+claims the key, records the intent and counts its envelopes only if that row still reads the
+same and the key set has room, and :func:`viopay.payments.outcomes.store_live_charge` stores
+the outcome. Otherwise the first is BEGIN, the terminal lookup, the envelopes counted, one
+statement that claims the key and records the intent (:func:`_claim_charge_natively`), COMMIT. ``tests/payments/test_charge_cost.py`` counts them on
 both backends, ``tests/payments/test_remembered_lookup.py`` holds the remembered row to what a
 fresh read would decide.
 """
@@ -74,6 +78,7 @@ from viopay.payments.channel import (
     KeySetUsage,
     OpenedRequest,
     ReadNeeded,
+    count_up_front,
     key_set_usage,
     meter,
     open_request,
@@ -109,7 +114,7 @@ REVERSAL_ATTEMPTS = 3
 class Endpoint:
     name: str
     body: bool  # the request carries an MSK envelope
-    limited: bool  # refused past the key set's envelope limit (charge, refund)
+    limited: bool  # refused past the key set's envelope limit (charge, refund), counted within it
     card: bool = False  # the plaintext carries a TDK card envelope
 
 
@@ -239,6 +244,7 @@ async def _claim_and_record_intent(
         if existing is not None:
             idempotency.refuse_busy(existing)
         raise
+    await _count_up_front(db, call, endpoint)
     if endpoint is CHARGE and native.on_postgres(db):
         intent = await _claim_charge_natively(db, call, key, fingerprint)
         if intent is not None:
@@ -276,7 +282,6 @@ async def _claim_and_record_intent(
             await idempotency.finish(
                 db, record_id=record_id, status_code=decided.status, result=decided.plaintext
             )
-        await _tally(db, call, answered=True)
     return decided
 
 
@@ -381,11 +386,29 @@ def _fingerprint(call: Call) -> str:
     )
 
 
-async def _tally(db: AsyncSession, call: Call, *, answered: bool) -> None:
-    """The key set's MSK envelope count: the request's envelopes and a sealed answer."""
+async def _count_up_front(db: AsyncSession, call: Call, endpoint: Endpoint) -> None:
+    """The key set's MSK tally, first in transaction 1: the request's envelopes and its
+    answer's, counted before the key is claimed; for a charge or refund only if they fit under
+    the limit (else 409, nothing changed: a burst near the limit is admitted exactly, §3.10).
+    Transaction 2 never touches the set; an answer that is not sealed after all (a stored
+    problem, a processor error or timeout) leaves its envelope counted, except in transaction
+    1, where :func:`_tally` gives it back."""
     opened = call.opened
     assert opened is not None
-    await meter(db, key_set_id=opened.key_set_id, envelopes=opened.envelopes_opened + int(answered))
+    limit = call.runtime.settings.keyset_max_envelopes if endpoint.limited else None
+    if not await count_up_front(
+        db, key_set_id=opened.key_set_id, envelopes=opened.envelopes_opened + 1, limit=limit
+    ):
+        raise InvalidState("the key set is past its envelope limit or lifetime: rotate keys")
+
+
+async def _tally(db: AsyncSession, call: Call, *, answered: bool) -> None:
+    """An answer of transaction 1 not sealed after all: its envelope, counted up front, given
+    back (the set's row is this transaction's since :func:`_count_up_front`)."""
+    opened = call.opened
+    assert opened is not None
+    if not answered:
+        await meter(db, key_set_id=opened.key_set_id, envelopes=-1)
 
 
 def _replay(state: idempotency.KeyState, fingerprint: str) -> Answer:
@@ -425,14 +448,11 @@ async def _ask_processor_and_store(call: Call, intent: PaymentIntent) -> Respons
     except ProcessorFailure:
         async with call.runtime.sessions() as db, db.begin():
             await outcomes.abandon(db, intent, now=call.now, reason="processor_error")
-            await _tally(db, call, answered=False)
         raise ProcessorError() from None
     except (ProcessorTimedOut, TimeoutError):
         # The outcome is unknown and could not be settled now: the intent stays pending and
         # recovery asks the processor later; the key answers 409 in progress until then.
         log.warning("processor outcome unknown; left to recovery", intent_id=intent.intent_id)
-        async with call.runtime.sessions() as db, db.begin():
-            await _tally(db, call, answered=False)
         raise ProcessorError("the processor did not answer; the outcome will be settled") from None
     try:
         stored = await _store_outcome(call, intent, authorization, undone=undone)
@@ -452,8 +472,6 @@ async def _store_outcome(
 ) -> outcomes.Stored | None:
     """Transaction 2 (see the module's docstring)."""
     if intent.kind is IntentKind.charge:
-        opened = call.opened
-        assert opened is not None
         return await outcomes.store_live_charge(
             call.runtime.sessions,
             call.runtime.native,
@@ -461,17 +479,11 @@ async def _store_outcome(
             authorization,
             undone=undone,
             now=call.now,
-            key_set_id=opened.key_set_id,
-            envelopes=opened.envelopes_opened + 1,
         )
     async with call.runtime.sessions() as db, db.begin():
         if intent.kind is IntentKind.refund:
-            stored = await outcomes.store_refund(db, intent, now=call.now)
-        else:
-            stored = await outcomes.store_undo(db, intent, now=call.now)
-        if stored is not None:
-            await _tally(db, call, answered=not stored.timed_out)
-        return stored
+            return await outcomes.store_refund(db, intent, now=call.now)
+        return await outcomes.store_undo(db, intent, now=call.now)
 
 
 @contextmanager

@@ -9,18 +9,21 @@ on the session's own asyncpg connection, inside the session's transaction, as:
 - **claim + intent on a remembered lookup** (:data:`CLAIM_REMEMBERED`): the terminal lookup
   again, inside the statement, compared column by column with the row the process
   authenticated on (every column that decides authentication, and the key set's tally on the
-  same side of its limit and of 90 %); only if it reads the same, the claim and the intent as
-  below, the device's ``last_seen_at`` when due, and for a key that holds a result, that
-  record and a replay's envelope tally. A change made by any process acts on the next request;
-  nothing to invalidate, no second round trip;
+  same side of its limit and of 90 %); only if it reads the same and the key set's row, locked
+  first, has room for the request's envelope and the answer's, the claim and the intent as
+  below with those envelopes counted, the device's ``last_seen_at`` when due, and for a key
+  that holds a result, that record and a replay's envelope tally. A change made by any process
+  acts on the next request; nothing to invalidate, no second round trip;
 - **claim + intent**: one statement that claims the Idempotency-Key (the same ``INSERT … ON
   CONFLICT … DO UPDATE … WHERE expired`` as :func:`viopay.payments.idempotency.claim`) and
   records the charge intent with the claim's id; a key held by another request inserts nothing,
   and the caller goes on with the portable path (which finds that request's record);
 - **the outcome**: one statement that closes the intent (``WHERE state = 'pending'``), inserts
   the charge, its audit events and their webhook deliveries (the outbox of
-  :mod:`viopay.webhooks.outbox`), stores the key's result and adds to the key set's envelope
-  tally — every part conditional on the intent having been closed by this statement.
+  :mod:`viopay.webhooks.outbox`) and stores the key's result — every part conditional on the
+  intent having been closed by this statement. It never touches the key set (its envelopes
+  were counted with the claim), so every charge statement locks the set's row before the
+  key's, never after.
 
 The rows are exactly the portable path's (one test compares them column by column); SQLite,
 refunds, cancels, reversals and recovery use the portable path.
@@ -248,6 +251,7 @@ _REMEMBERED_NAMES = (
     "fingerprint",
     "expires_at",
     "envelopes",
+    "counted",
     "touch",
     "seen_at",
     "version",
@@ -263,12 +267,25 @@ ok AS (
     WHERE {same}
         AND (l.envelope_count >= {max_envelopes}::integer) = {was_exhausted}::boolean
         AND (l.envelope_count * 10 >= {max_envelopes}::integer * 9) = {was_rotating}::boolean
+), touched AS (
+    UPDATE devices SET last_seen_at = coalesce({seen_at}::timestamptz, last_seen_at),
+        app_version = {version}::varchar
+    WHERE device_id = {device_id} AND {touch}::boolean AND EXISTS (SELECT FROM ok)
+    RETURNING 1
+), room AS (
+    -- after the device's row (touched, read here first): the order of every transaction that
+    -- takes both (authentication's touch, a heartbeat, an activation), so none deadlocks
+    SELECT 1 FROM key_sets
+    WHERE key_set_id = {was_key_set_id} AND EXISTS (SELECT FROM ok)
+        AND (SELECT count(*) FROM touched) >= 0
+        AND envelope_count + {counted}::integer <= {max_envelopes}::integer
+    FOR UPDATE
 ), claim AS (
     INSERT INTO idempotency_records AS r (terminal_id, merchant_id, idempotency_key, method,
         path, fingerprint, state, status_code, result, charge_id, created_at, expires_at)
     SELECT {terminal_id}, NULL, {key}, {method}, {path}, {fingerprint}, 'in_progress', NULL,
         'null'::json, NULL, {now}::timestamptz, {expires_at}::timestamptz
-    FROM ok
+    FROM room
     ON CONFLICT (terminal_id, idempotency_key) DO UPDATE SET {record_set}
     WHERE r.expires_at <= {now}::timestamptz
     RETURNING r.id
@@ -279,10 +296,14 @@ ok AS (
         {now}::timestamptz, NULL
     FROM claim
     RETURNING 1
+), tallied AS (
+    UPDATE key_sets SET envelope_count = envelope_count + {counted}::integer
+    WHERE key_set_id = {was_key_set_id} AND EXISTS (SELECT FROM claim)
+    RETURNING 1
 ), existing AS (
     SELECT r.id, r.state, r.fingerprint, r.status_code, r.result, r.charge_id, r.created_at
     FROM idempotency_records r
-    WHERE EXISTS (SELECT FROM ok) AND NOT EXISTS (SELECT FROM claim)
+    WHERE EXISTS (SELECT FROM room) AND NOT EXISTS (SELECT FROM claim)
         AND r.terminal_id = {terminal_id} AND r.idempotency_key = {key}
         AND r.expires_at > {now}::timestamptz
 ), replayed AS (
@@ -291,11 +312,6 @@ ok AS (
     FROM existing e
     WHERE key_sets.key_set_id = {was_key_set_id} AND e.state = 'done'
         AND e.fingerprint = {fingerprint}
-    RETURNING 1
-), touched AS (
-    UPDATE devices SET last_seen_at = coalesce({seen_at}::timestamptz, last_seen_at),
-        app_version = {version}::varchar
-    WHERE device_id = {device_id} AND {touch}::boolean AND EXISTS (SELECT FROM ok)
     RETURNING 1
 )
 SELECT EXISTS (SELECT FROM ok) AS fresh, (SELECT id FROM claim) AS record_id,
@@ -346,9 +362,11 @@ async def claim_remembered(
 ) -> RememberedClaim:
     """One autocommitted statement: if the terminal lookup still reads as ``lookup`` (every
     column that decides authentication, and the key set's tally on the same side of its
-    limit and of 90 %), claim ``key`` and insert ``intent``, or, when the key is held, return
-    its record and add a replay's envelopes to the tally; and touch the device. Nothing is
-    written when the lookup changed."""
+    limit and of 90 %) and the key set has room for ``envelopes`` and the answer's (its row
+    locked first), claim ``key``, insert ``intent`` and count them, or, when the key is held,
+    return its record and add a replay's envelopes to the tally; and touch the device. Nothing
+    is written when the lookup changed; without room, nothing but the device's touch (the
+    caller decides afresh, and refuses)."""
     count = lookup["envelope_count"]
     params: dict[str, Any] = {f"was_{c}": lookup[c] for c in STABLE_COLUMNS}
     params.update(_intent_values(intent))
@@ -363,6 +381,7 @@ async def claim_remembered(
         fingerprint=fingerprint,
         expires_at=expires_at,
         envelopes=envelopes,
+        counted=envelopes + 1,
         touch=touch,
         seen_at=seen_at,
         version=version,
@@ -434,7 +453,7 @@ _CASTS = {
     "updated_at": "::timestamptz",
 }
 _FIRST = 11  # the charge's columns are $11 onwards
-_RECORD, _ENVELOPES, _KEY_SET, _APPROVED = (_FIRST + len(_CHARGE_COLUMNS) + i for i in range(4))
+_RECORD, _APPROVED = (_FIRST + len(_CHARGE_COLUMNS) + i for i in range(2))
 KEY_SPENT = "the key was spent by a reverse-by-key"
 _CHARGE_VALUES = ", ".join(
     f"${_FIRST + i}{_CASTS.get(c, '::varchar')}" for i, c in enumerate(_CHARGE_COLUMNS)
@@ -472,11 +491,6 @@ WITH closed AS (
     WHERE id = ${_RECORD}::integer AND state = 'in_progress'
         AND EXISTS (SELECT FROM closed)
     RETURNING id
-), metered AS (
-    UPDATE key_sets SET envelope_count = envelope_count + ${_ENVELOPES}::integer
-    WHERE key_set_id = ${_KEY_SET}::varchar
-        AND EXISTS (SELECT FROM closed)
-    RETURNING 1
 )
 SELECT (SELECT count(*) FROM closed) AS closed, (SELECT count(*) FROM deliveries) AS deliveries,
     CASE WHEN ${_APPROVED}::boolean AND ${_RECORD}::integer IS NOT NULL
@@ -508,8 +522,6 @@ async def store_charge(
     actor: Actor,
     stored_status: int,
     view: dict[str, Any],
-    key_set_id: str,
-    envelopes: int,
     now: datetime,
 ) -> StoredCharge:
     """The outcome statement (see the module's docstring), autocommitted: it is the whole
@@ -528,8 +540,6 @@ async def store_charge(
         _json(view),
         *[_column(charge, c) for c in _CHARGE_COLUMNS],
         intent.idempotency_record_id,
-        envelopes,
-        key_set_id,
         charge.status is ChargeStatus.approved,
     ]
     async with pool.connection() as conn:

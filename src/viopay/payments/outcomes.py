@@ -21,7 +21,6 @@ from viopay.audit import SYSTEM, Actor, record_event
 from viopay.db import NativePool
 from viopay.metrics import count_charge
 from viopay.payments import idempotency, intents, native
-from viopay.payments.channel import meter
 from viopay.payments.models import (
     Charge,
     ChargeStatus,
@@ -197,19 +196,14 @@ async def store_live_charge(
     *,
     undone: bool,
     now: datetime,
-    key_set_id: str,
-    envelopes: int,
 ) -> Stored | None:
-    """:func:`store_charge` for the live request, with the key set's envelope tally (the
-    request's envelopes, and the answer's unless it times out), as one transaction: on
-    PostgreSQL one autocommitted statement (:func:`viopay.payments.native.store_charge`),
-    elsewhere the portable path in a session."""
+    """:func:`store_charge` for the live request as one transaction (the key set's envelopes
+    were counted in the first, :func:`viopay.payments.flow._count_up_front`): on PostgreSQL one
+    autocommitted statement (:func:`viopay.payments.native.store_charge`), elsewhere the
+    portable path in a session."""
     if pool is None:
         async with sessions() as db, db.begin():
-            stored = await store_charge(db, intent, authorization, undone=undone, now=now)
-            if stored is not None:
-                await meter(db, key_set_id=key_set_id, envelopes=envelopes - int(stored.timed_out))
-            return stored
+            return await store_charge(db, intent, authorization, undone=undone, now=now)
     made = _charge_outcome(intent, authorization, undone=undone, now=now, recovered=False)
     charge = made.charge
     written = await native.store_charge(
@@ -221,8 +215,6 @@ async def store_live_charge(
         actor=made.actor,
         stored_status=made.stored_status,
         view=made.view,
-        key_set_id=key_set_id,
-        envelopes=envelopes - int(made.timed_out),
         now=now,
     )
     if written.key_spent:
