@@ -216,8 +216,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         detail = "the server is busy (no database connection came free in time); try again"
         return problem_response(ServiceUnavailable(detail), rid(request))
 
+    async def rolled_back(request: Request, sqlstate: str) -> Response:
+        """PostgreSQL rolled the transaction back to end a conflict with another one (class 40:
+        a deadlock, a serialization failure): nothing of it was applied, and the same request
+        again is safe (a payment whose intent was committed before is finished by recovery,
+        §4.7). 503 with Retry-After, never a 500."""
+        log.warning("transaction rolled back", sqlstate=sqlstate, request_id=rid(request))
+        detail = "the server is busy (a conflicting request; nothing was changed); try again"
+        return problem_response(ServiceUnavailable(detail), rid(request))
+
     @app.exception_handler(asyncpg.PostgresError)
     async def native_db_error(request: Request, exc: asyncpg.PostgresError) -> Response:
+        if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
+            return await rolled_back(request, exc.sqlstate)
         log.error("database error", error=type(exc).__name__, request_id=rid(request))
         return problem_response(InternalError(), rid(request))
 
@@ -225,6 +236,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def db_error(request: Request, exc: DBAPIError) -> Response:
         if exc.connection_invalidated:
             return await unavailable(request, exc)
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+        if sqlstate.startswith("40"):
+            return await rolled_back(request, sqlstate)
         log.error("database error", error=type(exc.orig).__name__, request_id=rid(request))
         return problem_response(InternalError(), rid(request))
 
