@@ -81,7 +81,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=40, help="charges (or devices/8) a batch")
     parser.add_argument("--activation", action="store_true", help="activate devices instead")
     args = parser.parse_args()
-    work = Path("bench-results") / f"ab-{time.strftime('%Y%m%dT%H%M%S')}"
+    # absolute: each server runs in its backend's data folder, where a relative path would
+    # name another database than the one provisioned here (the embedded default's file)
+    work = (Path("bench-results") / f"ab-{time.strftime('%Y%m%dT%H%M%S')}").resolve()
     devices_per_batch = max(1, args.batch // 8)
     with contextlib.ExitStack() as stack_:
         servers: dict[str, tuple[stack.ServerProcess, stack.Backend]] = {}

@@ -27,9 +27,10 @@ autocommitted statement: :func:`_claim_remembered` authenticates on the remember
 claims the key, records the intent and counts its envelopes only if that row still reads the
 same and the key set has room, and :func:`viopay.payments.outcomes.store_live_charge` stores
 the outcome. Otherwise the first is BEGIN, the terminal lookup, the envelopes counted, one
-statement that claims the key and records the intent (:func:`_claim_charge_natively`), COMMIT. ``tests/payments/test_charge_cost.py`` counts them on
-both backends, ``tests/payments/test_remembered_lookup.py`` holds the remembered row to what a
-fresh read would decide.
+statement that claims the key and records the intent (:func:`_claim_charge_natively`),
+COMMIT. ``tests/payments/test_charge_cost.py`` counts them on both backends,
+``tests/payments/test_remembered_lookup.py`` holds the remembered row to what a fresh read
+would decide.
 """
 
 from __future__ import annotations
