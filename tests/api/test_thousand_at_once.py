@@ -5,7 +5,8 @@ A thousand requests are opened together (one connection each, no client-side que
 Idempotency-Key makes one charge; one signed request replayed a thousand times is accepted
 once; a thousand partial refunds of one charge never refund more than it; a thousand signed
 pairing-code requests of one device get exactly the hourly ten codes; a thousand status polls
-get the thirty a minute; a thousand wrong claims of one user are five tries. Besides the
+get the thirty a minute; a thousand wrong claims of one user are five tries, a thousand wrong
+portal sign-ins of one account ten; a key set with room for one charge makes one. Besides the
 limit's own refusal, an answer may be 503 "the server is busy" (a database or cache connection
 not free in time), which must have changed nothing; with both services up, none says a
 service is unreachable, and no answer is a 500.
@@ -14,8 +15,11 @@ service is unreachable, and no answer is a 500.
 from __future__ import annotations
 
 import asyncio
+import re
+import secrets
 from collections import Counter
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -246,3 +250,31 @@ async def test_a_thousand_charges_on_a_key_set_at_its_limit(
         assert key_set.envelope_count == limit - 2 + 2 * seen[(201, None)]
     refused = terminal.charge(600, idempotency_key="after-the-burst")
     assert (refused.status, refused.code) == (409, "invalid_state")
+
+
+async def test_a_thousand_wrong_portal_sign_ins_get_the_ten_failures(
+    server: Server, server_b: Server
+) -> None:
+    """Ten failed sign-ins per account per 15 minutes (the portal's limit): a thousand wrong
+    secrets for one API client at once, to both processes, are ten tries (401); the rest 429."""
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        page = http.get("/portal/signin")
+        found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert found is not None
+        cookies = "; ".join(f"{name}={value}" for name, value in http.cookies.items())
+    form = urlencode(
+        {
+            "csrf_token": found.group(1),
+            "mode": "client",
+            "client_id": f"cli_{secrets.token_hex(8)}",
+            "client_secret": "vsk_wrong",
+        }
+    ).encode()
+    headers = {"content-type": "application/x-www-form-urlencoded", "cookie": cookies}
+    prepared: list[Prepared] = [
+        (spread(server, server_b, "/portal/signin", i), form, headers) for i in range(AT_ONCE)
+    ]
+    seen = Counter(r.status_code for r in await send_at_once(prepared))
+    print(f"\n{AT_ONCE} wrong sign-ins at once: {dict(seen)}")
+    assert set(seen) <= {401, 429, 503}, seen
+    assert seen[401] == 10, seen
