@@ -31,6 +31,7 @@ from viopay.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    ServerBusy,
     ServiceUnavailable,
     ViopayError,
     problem_response,
@@ -213,8 +214,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         serve): 503 with Retry-After, never a 500. A payment it interrupted after its intent was
         recorded is finished by recovery (§4.7), as after a crash."""
         log.warning("database pool busy", request_id=rid(request))
-        detail = "the server is busy (no database connection came free in time); try again"
-        return problem_response(ServiceUnavailable(detail), rid(request))
+        return problem_response(
+            ServerBusy("no database connection came free in time"), rid(request)
+        )
 
     async def rolled_back(request: Request, sqlstate: str) -> Response:
         """PostgreSQL rolled the transaction back to end a conflict with another one (class 40:
@@ -222,8 +224,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         again is safe (a payment whose intent was committed before is finished by recovery,
         §4.7). 503 with Retry-After, never a 500."""
         log.warning("transaction rolled back", sqlstate=sqlstate, request_id=rid(request))
-        detail = "the server is busy (a conflicting request; nothing was changed); try again"
-        return problem_response(ServiceUnavailable(detail), rid(request))
+        return problem_response(
+            ServerBusy("a conflicting request; nothing was changed"), rid(request)
+        )
 
     @app.exception_handler(asyncpg.PostgresError)
     async def native_db_error(request: Request, exc: asyncpg.PostgresError) -> Response:

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from viopay.errors import ServiceUnavailable
+from viopay.errors import ServerBusy, ServiceUnavailable
 from viopay.metrics import count_roundtrip
 
 T = TypeVar("T")
@@ -232,9 +232,7 @@ class RedisCache:
             return await op
         except RedisConnectionError as exc:
             if isinstance(exc.__cause__, TimeoutError):  # the pool's wait for a connection
-                raise ServiceUnavailable(
-                    "the server is busy (no cache connection came free in time); try again"
-                ) from exc
+                raise ServerBusy("no cache connection came free in time") from exc
             raise ServiceUnavailable("the cache is unreachable") from exc
         except (RedisError, OSError) as exc:
             raise ServiceUnavailable("the cache is unreachable") from exc

@@ -121,6 +121,16 @@ class ServiceUnavailable(ViopayError):
         self.headers["Retry-After"] = "5"
 
 
+class ServerBusy(ServiceUnavailable):
+    """503 ``service_unavailable`` on the wire, like an outage, but a capacity limit: no pooled
+    database or Redis connection came free in time, or PostgreSQL rolled a transaction back to
+    end a conflict. Counted apart (``viopay_server_busy_total``), so an operator's outage alert
+    does not fire on a burst."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the server is busy ({detail}); try again")
+
+
 class DecryptionFailed(ViopayError):
     code, status, title = "decryption_failed", 400, "Decryption failed"
     default_detail = "the envelope could not be decrypted"
@@ -276,7 +286,7 @@ def problem_body(
 
 
 def problem_response(error: ViopayError, request_id: str) -> Response:
-    count_problem(error.code)
+    count_problem(error.code, busy=isinstance(error, ServerBusy))
     body = problem_body(
         code=error.code,
         status=error.status,

@@ -109,6 +109,11 @@ AUTH_FAILURES = Counter(
 STORE_UNAVAILABLE = Counter(
     "viopay_store_unavailable", "Answers 503: the database or Redis did not answer (fail closed)."
 )
+SERVER_BUSY = Counter(
+    "viopay_server_busy",
+    "Answers 503 'the server is busy': no pooled connection came free in time, or PostgreSQL "
+    "rolled back a conflict (capacity, not an outage).",
+)
 
 _AUTH_CODES = {
     "invalid_signature": "signature",
@@ -150,11 +155,14 @@ def observe_request(
         _child(IDEMPOTENT_REPLAYS, route).inc()
 
 
-def count_problem(code: str) -> None:
-    """Every problem+json answer, and the named series an operator alerts on."""
+def count_problem(code: str, *, busy: bool = False) -> None:
+    """Every problem+json answer, and the named series an operator alerts on (``busy``: a 503
+    for capacity, :class:`viopay.errors.ServerBusy`, not for a store that did not answer)."""
     _child(PROBLEMS, code).inc()
     if code == "rate_limited":
         RATE_LIMITED.inc()
+    elif busy:
+        SERVER_BUSY.inc()
     elif code == "service_unavailable":
         STORE_UNAVAILABLE.inc()
     else:

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
@@ -51,9 +52,15 @@ def request() -> Request:
     return Request(scope)
 
 
+def counted(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
 async def answered(error: BaseException, runtime: Runtime) -> tuple[int, dict[str, Any]]:
-    """The app's own handler's answer to ``error`` (as its exception middleware picks it)."""
+    """The app's own handler's answer to ``error`` (as its exception middleware picks it); a
+    503 is counted as the server busy, not as a store that did not answer."""
     app = create_app(runtime.settings)
+    busy, down = counted("viopay_server_busy_total"), counted("viopay_store_unavailable_total")
     kind = DBAPIError if isinstance(error, DBAPIError) else asyncpg.PostgresError
     response = app.exception_handlers[kind](request(), error)
     if inspect.isawaitable(response):
@@ -61,6 +68,8 @@ async def answered(error: BaseException, runtime: Runtime) -> tuple[int, dict[st
     body = orjson.loads(response.body)
     if response.status_code == 503:
         assert response.headers["retry-after"] == "5"
+        assert counted("viopay_server_busy_total") == busy + 1
+        assert counted("viopay_store_unavailable_total") == down
     return response.status_code, body
 
 
