@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -351,3 +352,29 @@ async def test_a_terminal_id_already_taken_is_drawn_again(
         untouched = await db.get(Terminal, terminal.terminal_id)
         assert untouched is not None and untouched.device_id == terminal.device.device_id
         await db.rollback()
+
+
+async def test_a_pairing_code_not_issued_does_not_count(
+    api: httpx.Client, admin: Admin, runtime: Runtime
+) -> None:
+    """The hourly ten count codes issued: a request whose code could not be written (here a
+    database error: the code row names a device not yet provisioned) leaves the device's ten
+    as they were. Twelve such tries, then the device provisioned: it still gets all ten."""
+    from sqlalchemy.exc import IntegrityError
+
+    from viopay.devices import service
+    from viopay.devices.models import Device, DeviceStatus
+    from viopay.ids import utcnow
+
+    device_id = f"POS-{secrets.token_hex(4).upper()}"
+    unsaved = Device(device_id=device_id, status=DeviceStatus.inactive)
+    for _ in range(service.PAIRING_CODES_PER_HOUR + 2):
+        with pytest.raises(IntegrityError):
+            async with runtime.sessions() as db, db.begin():
+                await service.issue_pairing_code(
+                    db, runtime.cache, wrapper=runtime.wrapper, device=unsaved, now=utcnow()
+                )
+    device = admin.provision(device_id)
+    for _ in range(service.PAIRING_CODES_PER_HOUR):
+        assert api.post("/pos/pairing-code", headers=signed_pos_headers(device)).status_code == 201
+    problem(api.post("/pos/pairing-code", headers=signed_pos_headers(device)), 429, "rate_limited")

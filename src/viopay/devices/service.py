@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
@@ -29,6 +30,7 @@ from viopay.errors import (
     NotFound,
     PairingCodeInvalid,
     RateLimited,
+    ServiceUnavailable,
 )
 from viopay.merchants.models import Merchant
 from viopay.pagination import Page, PageParams, make_page, paginate
@@ -233,14 +235,28 @@ async def issue_pairing_code(
         raise InvalidState(
             f"device is {device.status.value}; pairing codes are for inactive devices"
         )
-    wait = await cache.window_hit(
-        f"rl:pairing:{device.device_id}",
-        limit=PAIRING_CODES_PER_HOUR,
-        window=3600,
+    reservation = await cache.window_reserve(
+        [Window(f"rl:pairing:{device.device_id}", PAIRING_CODES_PER_HOUR, 3600)],
         now=now.timestamp(),
     )
-    if wait:
-        raise RateLimited("at most 10 pairing codes per device per hour", retry_after=int(wait) + 1)
+    if reservation.wait:
+        raise RateLimited(
+            "at most 10 pairing codes per device per hour",
+            retry_after=int(reservation.wait) + 1,
+        )
+    try:
+        return await _write_pairing_code(db, wrapper=wrapper, device=device, now=now)
+    except BaseException:
+        # No code was issued (a database error, a cancelled request): the try does not use
+        # one of the device's ten. (A commit that fails after this returns still does.)
+        with contextlib.suppress(ServiceUnavailable):
+            await cache.window_release(reservation)
+        raise
+
+
+async def _write_pairing_code(
+    db: AsyncSession, *, wrapper: KeyWrapper, device: Device, now: datetime
+) -> tuple[str, datetime]:
     expires_at = now + PAIRING_CODE_TTL
     while True:
         code = new_pairing_code()
