@@ -26,7 +26,7 @@ from support.helpers import (
     Server,
     signed_pos_headers,
 )
-from support.log_scan import find_leaks, load_seen, save_seen
+from support.log_scan import find_leaks, load_seen, save_seen, scannable
 
 SECRET = "5f0c1e9a7d3b2c4e8f6a"
 
@@ -38,6 +38,12 @@ def test_find_leaks_reports_a_planted_secret_by_its_prefix(tmp_path: Path) -> No
     assert find_leaks({SECRET, "not-in-any-log"}, [clean]) == []
     assert find_leaks({SECRET, "not-in-any-log"}, [clean, dirty]) == ["5f0c1e…"]
     assert find_leaks({"1234", "200"}, [clean, dirty]) == []  # too short to mean anything
+    stamped = tmp_path / "stamped.log"
+    stamped.write_text('{"event": "request", "timestamp": "2026-12-04T23:14:16.742746Z"}\n')
+    # an all-digit pairing code reads like a timestamp's microseconds: not a leak; a PAN is
+    assert find_leaks({"742746", "4242424242424242"}, [stamped]) == []
+    stamped.write_text('{"event": "oops", "card": "4242424242424242"}\n')
+    assert find_leaks({"742746", "4242424242424242"}, [stamped]) == ["424242…"]
     assert find_leaks({SECRET}, [tmp_path / "never-written.log"]) == []
 
 
@@ -62,7 +68,7 @@ def test_find_leaks_finds_what_a_plain_search_finds(
 ) -> None:
     log = tmp_path / "server.log"
     log.write_text(text)
-    plain = sorted(s[:6] + "…" for s in secrets if len(s) >= 6 and s in text)
+    plain = sorted(s[:6] + "…" for s in secrets if scannable(s) and s in text)
     assert find_leaks(secrets, [log]) == plain
 
 

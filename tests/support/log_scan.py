@@ -34,10 +34,19 @@ TOKEN = re.compile(f"[{TOKEN_CHARS}]+")
 TOKEN_RUN = re.compile(f"[{TOKEN_CHARS}]{{{MIN_LENGTH},}}")
 
 
+def scannable(secret: str) -> bool:
+    """A secret the scan can tell from ordinary log text: at least 6 characters, and not a
+    short run of digits. A pairing code drawn from the digits 2–9 alone (about one code in
+    3 400) reads like part of a hex request id or a timestamp's microseconds: a CI run reported
+    ``742746`` found in ``"request_id": "fc2d…5a742746"``. PANs (12–19 digits) are still
+    scanned; a code with a letter (upper case) never matches lower-case hex."""
+    return len(secret) >= MIN_LENGTH and not (secret.isdigit() and len(secret) < 12)
+
+
 def find_leaks(secrets: Iterable[str], logs: Iterable[Path]) -> list[str]:
     """The secrets (their first 6 characters, never the whole) found in any of ``logs``."""
     text = "\n".join(path.read_text(errors="replace") for path in logs if path.exists())
-    wanted = {secret for secret in secrets if len(secret) >= MIN_LENGTH}
+    wanted = {secret for secret in secrets if scannable(secret)}
     tokens = {secret for secret in wanted if TOKEN.fullmatch(secret)}
     found = _tokens_in(tokens, text) | {secret for secret in wanted - tokens if secret in text}
     return sorted(secret[:6] + "…" for secret in found)
