@@ -230,11 +230,10 @@ class RedisCache:
         count_roundtrip()
         try:
             return await op
-        except RedisConnectionError as exc:
-            if isinstance(exc.__cause__, TimeoutError):  # the pool's wait for a connection
-                raise ServerBusy("no cache connection came free in time") from exc
-            raise ServiceUnavailable("the cache is unreachable") from exc
         except (RedisError, OSError) as exc:
+            if isinstance(exc, RedisConnectionError) and isinstance(exc.__cause__, TimeoutError):
+                # the pool's wait for a free connection, not Redis failing to answer
+                raise ServerBusy("no cache connection came free in time") from exc
             raise ServiceUnavailable("the cache is unreachable") from exc
 
     def _k(self, key: str) -> str:

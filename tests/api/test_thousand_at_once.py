@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 
 import httpx
 import orjson
+import pytest
 from sqlalchemy import func, select, update
 
 from support import charge_kit as kit
@@ -172,30 +173,25 @@ async def test_a_thousand_partial_refunds_never_pass_the_amount(
         assert now["status"] == "refunded"
 
 
-async def test_a_thousand_pairing_code_requests_get_the_hourly_ten(
-    admin: Admin, server: Server, server_b: Server
+@pytest.mark.parametrize(
+    ("method", "path", "ok", "limit"),
+    [
+        ("POST", "/pos/pairing-code", 201, PAIRING_CODES_PER_HOUR),
+        ("GET", "/pos/status", 200, STATUS_POLLS_PER_MINUTE),
+    ],
+    ids=["pairing codes: the hourly ten", "status polls: the thirty a minute"],
+)
+async def test_a_thousand_signed_requests_of_one_device_get_its_limit(
+    admin: Admin, server: Server, server_b: Server, method: str, path: str, ok: int, limit: int
 ) -> None:
     device = admin.provision()
     prepared: list[Prepared] = [
-        (spread(server, server_b, "/pos/pairing-code", i), None, signed_pos_headers(device))
+        (spread(server, server_b, path, i), None, signed_pos_headers(device))
         for i in range(AT_ONCE)
     ]
-    seen = codes(await send_at_once(prepared))
-    assert set(seen) <= {(201, None), (429, "rate_limited"), (503, "service_unavailable")}, seen
-    assert seen[(201, None)] == PAIRING_CODES_PER_HOUR, seen
-
-
-async def test_a_thousand_status_polls_get_the_thirty_a_minute(
-    admin: Admin, server: Server, server_b: Server
-) -> None:
-    device = admin.provision()
-    prepared: list[Prepared] = [
-        (spread(server, server_b, "/pos/status", i), None, signed_pos_headers(device))
-        for i in range(AT_ONCE)
-    ]
-    seen = codes(await send_at_once(prepared, method="GET"))
-    assert set(seen) <= {(200, None), (429, "rate_limited"), (503, "service_unavailable")}, seen
-    assert seen[(200, None)] == STATUS_POLLS_PER_MINUTE, seen
+    seen = codes(await send_at_once(prepared, method=method))
+    assert set(seen) <= {(ok, None), (429, "rate_limited"), (503, "service_unavailable")}, seen
+    assert seen[(ok, None)] == limit, seen
 
 
 async def test_a_thousand_wrong_claims_of_one_user_get_the_five_failures(
