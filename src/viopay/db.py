@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
-from viopay.errors import ServiceUnavailable
+from viopay.errors import ServerBusy, ServiceUnavailable
 from viopay.metrics import count_transaction
 from viopay.settings import Settings
 
@@ -147,6 +147,7 @@ class NativePool:
         self._server_settings = server_settings
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
+        self.acquire_timeout: float = 10
 
     async def _get(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -167,10 +168,27 @@ class NativePool:
     async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
         try:
             pool = await self._get()
-            async with pool.acquire(timeout=10) as conn:
-                yield conn
+            conn = await self._acquire(pool)
         except NATIVE_UNAVAILABLE as exc:
             raise ServiceUnavailable() from exc
+        try:
+            yield conn
+        except NATIVE_UNAVAILABLE as exc:
+            raise ServiceUnavailable() from exc
+        finally:
+            await pool.release(conn)
+
+    async def _acquire(self, pool: asyncpg.Pool) -> asyncpg.pool.PoolConnectionProxy:
+        """asyncpg's timed acquire covers both waiting for a free connection and connecting: a
+        timeout while every connection was open and in use is a wait for capacity (503 busy),
+        any other an unreachable database."""
+        full = pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size()
+        try:
+            return await pool.acquire(timeout=self.acquire_timeout)
+        except TimeoutError as exc:
+            if full:
+                raise ServerBusy("no database connection came free in time") from exc
+            raise
 
     async def close(self) -> None:
         if self._pool is not None:

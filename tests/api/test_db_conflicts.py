@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import asyncpg
 import orjson
@@ -19,9 +21,12 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
 from viopay.app import create_app
+from viopay.db import NativePool
+from viopay.errors import ServerBusy, ServiceUnavailable
 from viopay.runtime import Runtime
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
@@ -115,3 +120,38 @@ async def test_other_database_errors_are_still_500(runtime: Runtime) -> None:
             await db.execute(text("SELECT no_such_column FROM merchants"))
     status, body = await answered(caught.value, runtime)
     assert (status, body["code"]) == (500, "internal_error")
+
+
+async def test_a_full_native_pool_is_busy_an_unreachable_database_is_not(
+    runtime: Runtime,
+) -> None:
+    """asyncpg's own pool (the charge's statements): a wait for a connection that times out
+    while every connection is in use is 503 "busy"; one that times out connecting is the
+    database unreachable (plain 503), never the other way round."""
+    pool = NativePool(runtime.engine, size=2)
+    pool.acquire_timeout = 0.3
+    try:
+        async with pool.connection() as first, pool.connection() as second:
+            assert await first.fetchval("SELECT 1") == await second.fetchval("SELECT 1") == 1
+            with pytest.raises(ServerBusy, match="no database connection came free"):
+                async with pool.connection():
+                    pass
+        async with pool.connection() as again:  # released: the pool serves again
+            assert await again.fetchval("SELECT 2") == 2
+    finally:
+        await pool.close()
+
+    # No database on the port: unreachable, not busy.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nowhere = NativePool(
+        cast(AsyncEngine, SimpleNamespace(url=runtime.engine.url.set(port=port))), size=1
+    )
+    try:
+        with pytest.raises(ServiceUnavailable) as caught:
+            async with nowhere.connection():
+                pass
+        assert not isinstance(caught.value, ServerBusy)
+    finally:
+        await nowhere.close()
