@@ -39,19 +39,25 @@ def _up(port: int) -> bool:
         return False
 
 
-def _bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _python(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """This Python with ``args`` in ``cwd``, without the caller's VIOPAY_ settings; must exit 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIOPAY_")} | {"COLUMNS": "200"}
-    out = tmp_path / "results"  # given relative to the working folder, as a user would
     done = subprocess.run(
-        [sys.executable, "-m", "viopay_tools", "bench", "--smoke", "--out", "results", *args],
+        [sys.executable, *args],
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
-        cwd=tmp_path,
+        timeout=timeout,
+        cwd=cwd,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    out = tmp_path / "results"  # given relative to the working folder, as a user would
+    done = _python(tmp_path, "-m", "viopay_tools", "bench", "--smoke", "--out", "results", *args)
     last = done.stdout.strip().splitlines()[-1]
     summary = orjson.loads(last)
     results = list(out.glob("*-smoke/result.json"))
@@ -139,6 +145,25 @@ def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path: Path) ->
         assert measured["pg_transactions_per_charge"] >= 1, measured
         assert measured["redis_commands_per_charge"] >= 1, measured
         assert config["pg_per_charge"]["tup_inserted"] >= 1, config["pg_per_charge"]
+
+
+def test_orm_cost_script_measures_both_ways(tmp_path: Path) -> None:
+    """``scripts/orm_cost.py`` (the activation figure of docs/benchmarks.md) runs on a scratch
+    database it drops, and prints each way's four figures (no timing asserted)."""
+    if not _up(5432):
+        if IN_CI:
+            pytest.fail("PostgreSQL is needed (.ci/run starts it)")
+        pytest.skip("PostgreSQL not reachable")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "orm_cost.py"
+    done = _python(tmp_path, str(script), "--rounds", "2", "--per-round", "5", timeout=120)
+    lines = done.stdout.splitlines()
+    for way in ("session", "asyncpg"):
+        for count in ("1 statement", "3 statements"):
+            row = next(line for line in lines if f"{way}, {count}" in line)
+            assert float(row.split()[-1]) > 0, row
+        summary = next(line for line in lines if line.startswith(f"{way} ") and "one more" in line)
+        assert "the transaction itself" in summary
+    assert any(line.startswith("session / asyncpg, 3 statements: ") for line in lines)
 
 
 # --- pieces -------------------------------------------------------------------------------------
