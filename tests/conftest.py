@@ -86,6 +86,11 @@ def backend(
             "VIOPAY_REDIS_URL": REDIS_URL,
             "VIOPAY_REDIS_PREFIX": f"viopay_test_{tag}:",
             "VIOPAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+            # PostgreSQL's 100 connections are shared by both xdist workers' servers (each
+            # process keeps up to twice its pool after a burst: SQLAlchemy's and asyncpg's, plus
+            # 4 for bookkeeping) and the benchmark's own servers: at the default 10 a CI run
+            # once ran out ("too many clients"). 5 still queues a thousand requests at once.
+            "VIOPAY_DB_POOL_SIZE": "5",
         }
     backend = Backend(request.param, env)
     yield backend
