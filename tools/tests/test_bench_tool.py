@@ -133,6 +133,8 @@ def test_smoke_on_postgres_and_redis_with_one_and_two_workers(tmp_path: Path) ->
     summary, doc = _bench(tmp_path, "--backend", "postgres")
     _check_run(summary, doc, backend="postgres", configs=2)
     assert summary["workers"] == 1
+    # Its servers keep small pools: they share PostgreSQL's connections with the suite's.
+    assert all(c["server_env"] == {"VIOPAY_DB_POOL_SIZE": "3"} for c in doc["configs"])
     two = next(c for c in doc["configs"] if c["workers"] == 2)
     assert "supervisor_vmhwm_mib" in two["memory"]
     assert two["pg_per_charge"]["xact_commit"] > 0

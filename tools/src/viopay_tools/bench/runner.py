@@ -54,6 +54,9 @@ class Preset:
     generator_s: float
     wrk_s: float  # 0: no wrk cross-check
     profile_s: float
+    #: Settings of the servers it starts: a smoke run measures nothing, and its servers share
+    #: PostgreSQL's connections with the test suite's (tools/tests), so it keeps their pools small.
+    server_env: dict[str, str] = field(default_factory=dict)
 
 
 PRESETS = {
@@ -89,6 +92,7 @@ PRESETS = {
         generator_s=0.3,
         wrk_s=0,
         profile_s=2,
+        server_env={"VIOPAY_DB_POOL_SIZE": "3"},
     ),
 }
 
@@ -357,8 +361,11 @@ def run_config(
         "server_cpus": sorted(server_cpus) if server_cpus else "all",
         "generator_cpu": phases.cpu,
         "load_before": _loadavg(),
+        "server_env": p.server_env,
     }
-    with stack.server(be, workers=workers, log_path=log_path, cpus=server_cpus) as srv:
+    with stack.server(
+        be, workers=workers, log_path=log_path, cpus=server_cpus, extra_env=p.server_env
+    ) as srv:
         doc["server_start_s"] = round(srv.started_in, 2)
         say(
             f"{be.name}, {workers} worker(s): serving on {srv.url} (started in {srv.started_in:.1f} s)"
@@ -545,7 +552,7 @@ def _with_latency(
     in_flight = math.ceil(2 * peak_rps * seconds) + options.connections
     connections = min(1000, max(options.connections, in_flight))
     log_path = work_dir / f"server-{be.name}-{workers}w-latency{latency_ms}.log"
-    env = {"VIOPAY_SANDBOX_LATENCY_MS": str(latency_ms)}
+    env = p.server_env | {"VIOPAY_SANDBOX_LATENCY_MS": str(latency_ms)}
     with stack.server(
         be, workers=workers, log_path=log_path, cpus=server_cpus, extra_env=env
     ) as srv:
