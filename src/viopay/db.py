@@ -136,7 +136,8 @@ class NativePool:
     and COMMIT round trips). Made on first use, in the server's event loop; PostgreSQL only.
 
     A connection that cannot be had or is lost raises :class:`ServiceUnavailable` (503), as
-    SQLAlchemy's errors do through the application's handlers."""
+    SQLAlchemy's errors do through the application's handlers; a wait for a free one that runs
+    out (``acquire_timeout`` seconds, every connection in use) raises :class:`ServerBusy`."""
 
     def __init__(
         self, engine: AsyncEngine, *, size: int, server_settings: dict[str, str] | None = None
