@@ -17,7 +17,7 @@ import asyncpg
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -140,15 +140,19 @@ class NativePool:
     out (``acquire_timeout`` seconds, every connection in use) raises :class:`ServerBusy`."""
 
     def __init__(
-        self, engine: AsyncEngine, *, size: int, server_settings: dict[str, str] | None = None
+        self,
+        url: URL,
+        *,
+        size: int,
+        server_settings: dict[str, str] | None = None,
+        acquire_timeout: float = 10,
     ) -> None:
-        url = engine.url.set(drivername="postgresql")
-        self._dsn = url.render_as_string(hide_password=False)
+        self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._size = size
         self._server_settings = server_settings
+        self._acquire_timeout = acquire_timeout
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
-        self.acquire_timeout: float = 10
 
     async def _get(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -170,14 +174,12 @@ class NativePool:
         try:
             pool = await self._get()
             conn = await self._acquire(pool)
+            try:
+                yield conn
+            finally:
+                await pool.release(conn)
         except NATIVE_UNAVAILABLE as exc:
             raise ServiceUnavailable() from exc
-        try:
-            yield conn
-        except NATIVE_UNAVAILABLE as exc:
-            raise ServiceUnavailable() from exc
-        finally:
-            await pool.release(conn)
 
     async def _acquire(self, pool: asyncpg.Pool) -> asyncpg.pool.PoolConnectionProxy:
         """asyncpg's timed acquire covers both waiting for a free connection and connecting: a
@@ -185,7 +187,7 @@ class NativePool:
         any other an unreachable database."""
         full = pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size()
         try:
-            return await pool.acquire(timeout=self.acquire_timeout)
+            return await pool.acquire(timeout=self._acquire_timeout)
         except TimeoutError as exc:
             if full:
                 raise ServerBusy("no database connection came free in time") from exc
@@ -220,7 +222,7 @@ def native_pool(engine: AsyncEngine, settings: Settings) -> NativePool | None:
     return (
         None
         if engine.dialect.name != "postgresql"
-        else NativePool(engine, size=settings.db_pool_size)
+        else NativePool(engine.url, size=settings.db_pool_size)
     )
 
 
@@ -234,5 +236,5 @@ def bookkeeping_pool(engine: AsyncEngine) -> NativePool | None:
     if engine.dialect.name != "postgresql":
         return None
     return NativePool(
-        engine, size=BOOKKEEPING_POOL_SIZE, server_settings={"synchronous_commit": "off"}
+        engine.url, size=BOOKKEEPING_POOL_SIZE, server_settings={"synchronous_commit": "off"}
     )

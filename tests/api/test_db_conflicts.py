@@ -12,8 +12,7 @@ import asyncio
 import inspect
 import socket
 from collections.abc import Awaitable, Callable
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import orjson
@@ -21,7 +20,6 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
 from viopay.app import create_app
@@ -128,8 +126,7 @@ async def test_a_full_native_pool_is_busy_an_unreachable_database_is_not(
     """asyncpg's own pool (the charge's statements): a wait for a connection that times out
     while every connection is in use is 503 "busy"; one that times out connecting is the
     database unreachable (plain 503), never the other way round."""
-    pool = NativePool(runtime.engine, size=2)
-    pool.acquire_timeout = 0.3
+    pool = NativePool(runtime.engine.url, size=2, acquire_timeout=0.3)
     try:
         async with pool.connection() as first, pool.connection() as second:
             assert await first.fetchval("SELECT 1") == await second.fetchval("SELECT 1") == 1
@@ -145,9 +142,7 @@ async def test_a_full_native_pool_is_busy_an_unreachable_database_is_not(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    nowhere = NativePool(
-        cast(AsyncEngine, SimpleNamespace(url=runtime.engine.url.set(port=port))), size=1
-    )
+    nowhere = NativePool(runtime.engine.url.set(port=port), size=1)
     try:
         with pytest.raises(ServiceUnavailable) as caught:
             async with nowhere.connection():
