@@ -4,12 +4,13 @@ explicit list of routes is public."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import iter_route_contexts
+from fastapi.routing import APIRoute, iter_route_contexts
 
 from viopay.activation.attestation import attested_device, signed_attestation, token_headers
 from viopay.api import LEVELS
@@ -84,3 +85,36 @@ def test_each_level_is_declared_once_and_mounts_its_routers() -> None:
     assert len(names) == len(set(names))
     routers = [id(router) for _, _, level_routers in LEVELS for router in level_routers]
     assert len(routers) == len(set(routers)), "a router mounted at two levels"
+
+
+def _sub_dependencies(dependant: Any) -> Iterator[Callable[..., Any]]:
+    for sub in dependant.dependencies:
+        if sub.call is not None:
+            yield sub.call
+        yield from _sub_dependencies(sub)
+
+
+def _runs_on_the_loop(call: Callable[..., Any]) -> bool:
+    """What FastAPI awaits on the event loop; a plain function (or generator) it runs in its
+    thread pool instead: a thread hop per request, for code that does no blocking I/O here."""
+    return any(
+        inspect.iscoroutinefunction(c) or inspect.isasyncgenfunction(c)
+        for c in (call, getattr(call, "__call__", None))  # noqa: B004 - a dependency instance
+    )
+
+
+def test_no_endpoint_or_dependency_runs_in_the_thread_pool(app: FastAPI) -> None:
+    checked, threaded = 0, []
+    for context in iter_route_contexts(app.routes):
+        if not isinstance(context.route, APIRoute):
+            continue  # FastAPI's own /openapi.json and /docs pages
+        checked += 1
+        # the effective route's: the mount's dependencies (viopay.api) included
+        calls = [context.endpoint, *_sub_dependencies(context.dependant)]
+        threaded += [
+            f"{context.path}: {getattr(c, '__qualname__', c)}"
+            for c in calls
+            if c is not None and not _runs_on_the_loop(c)
+        ]
+    assert checked >= 80  # the API's routes and the portal's
+    assert threaded == []

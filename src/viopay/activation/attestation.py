@@ -219,8 +219,9 @@ class TokenHeaders:
     device_id: str
 
 
-def token_headers(request: Request) -> TokenHeaders:
-    """§1 order, no I/O: Authorization (401) → X-Device-Id (400)."""
+async def token_headers(request: Request) -> TokenHeaders:
+    """§1 order, no I/O: Authorization (401) → X-Device-Id (400). A coroutine although it
+    awaits nothing: FastAPI runs a plain function dependency in its thread pool."""
     return TokenHeaders(token=parse_authorization(request), device_id=parse_device_id(request))
 
 
@@ -247,7 +248,7 @@ async def attested_device(
 ) -> Attested:
     """§1 order for token endpoints: Authorization (401) → X-Device-Id (400) → device (404,
     403) → token valid and bound to this device and a live identity key (401)."""
-    return await attest_token(db, runtime, token_headers(request), now=now)
+    return await attest_token(db, runtime, await token_headers(request), now=now)
 
 
 AttestedDevice = Annotated[Attested, Depends(attested_device)]

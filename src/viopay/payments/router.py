@@ -167,7 +167,7 @@ def _time_filter(name: str, value: str | None) -> datetime | None:
         ) from None
 
 
-def charge_filter(
+async def charge_filter(
     session: CurrentSession,
     status: Annotated[
         ChargeStatus | None, Query(description="Only charges in this status.")

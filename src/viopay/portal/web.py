@@ -221,7 +221,7 @@ def oidc_client(request: Request) -> OidcClient | None:
     return client
 
 
-def browser_state(request: Request, runtime: RuntimeDep) -> BrowserState:
+async def browser_state(request: Request, runtime: RuntimeDep) -> BrowserState:
     state: BrowserState | None = getattr(request.state, "portal_state", None)
     if state is None:
         state = read_state(request, codec_for(runtime.wrapper))
@@ -275,7 +275,7 @@ async def _refreshed(
             await store_signed_in(runtime.cache, runtime.wrapper, sid=sid, signed_in=fresh, now=now)
             return fresh
     await forget_signed_in(runtime.cache, sid)
-    browser_state(request, runtime).rotate(None)
+    (await browser_state(request, runtime)).rotate(None)
     raise SignInRequired("Your session has expired. Sign in again.")
 
 
