@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from support.helpers import IN_CI
-from viopay_tools.bench import fleet, loadgen, profile
+from viopay_tools.bench import fleet, loadgen, profile, runner
 
 SUMMARY_KEYS = {"charge_rps", "ceiling_rps", "ratio", "p99_ms_at_70pct", "activation_ms", "errors"}
 # Measured per charge of the peak phase (issue 10): worker CPU, PostgreSQL transactions, Redis
@@ -97,6 +97,8 @@ def _check_run(summary: dict[str, Any], doc: dict[str, Any], *, backend: str, co
         for load in config["loads"]:
             assert load["errors"] == 0 and set(load["statuses"]) <= {"201"}, load
             assert set(load["latency_ms"]) == {"p50", "p95", "p99", "max", "mean"}
+            server = load["server_ms"]  # the same charges, as the access log timed them
+            assert server["p50"] is not None and 0 < server["p50"] <= server["p99"], load
         assert all(m > 0 for m in config["memory"]["worker_vmhwm_mib"])
         assert len(config["memory"]["worker_vmhwm_mib"]) == config["workers"]
     act = doc["activation"][backend]
@@ -186,6 +188,14 @@ def test_percentiles() -> None:
     p = loadgen.percentiles(values)
     assert (p["p50"], p["p95"], p["p99"], p["max"]) == (50.0, 95.0, 99.0, 100.0)
     assert loadgen.percentiles([])["p99"] is None
+
+
+def test_server_latency_is_the_charges_of_the_access_log() -> None:
+    lines = [{"path": "/pos/charge", "ms": float(ms), "status": 201} for ms in range(1, 101)]
+    lines.append({"path": "/healthz", "ms": 900.0, "status": 200})  # not a charge
+    p = runner.server_latency(lines)
+    assert (p["p50"], p["p99"], p["max"]) == (50.0, 99.0, 100.0)
+    assert runner.server_latency([])["p99"] is None
 
 
 def test_activation_server_time_sums_steps_per_device() -> None:

@@ -38,7 +38,7 @@ import orjson
 from viopay import __version__
 from viopay_tools.bench import fleet, stack
 from viopay_tools.bench import profile as profiling
-from viopay_tools.bench.loadgen import build_request, write_plan
+from viopay_tools.bench.loadgen import build_request, percentiles, write_plan
 
 LOADS = (0.25, 0.50, 0.70, 1.00)
 
@@ -287,7 +287,9 @@ def _charge_phase(
     requests = factory.build(count)
     pids = srv.worker_pids()
     before = [stack.cpu_seconds(pid) or 0.0 for pid in pids]
+    offset = srv.log_offset()
     result = phases.run(srv.port, requests, expect=201, **kw)
+    result["server_ms"] = server_latency(srv.access_lines(offset))
     # CPU seconds of each worker over the phase: shows how evenly the connections were spread.
     after = [stack.cpu_seconds(pid) or 0.0 for pid in pids]
     result["worker_cpu_s"] = [round(b - a, 2) for a, b in zip(before, after, strict=True)]
@@ -296,6 +298,14 @@ def _charge_phase(
     ledger.created += int(result["statuses"].get("201", 0))
     ledger.errors += int(result["errors"])
     return result
+
+
+def server_latency(lines: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The phase's charges as the server timed them (the access log's ``ms``, from the request
+    middleware to the last byte, warm-up included): beside the generator's figures, it tells a
+    tail spent in the server from one spent queued before it or in the generator."""
+    ms = [float(line["ms"]) / 1000 for line in lines if line.get("path") == fleet.CHARGE_PATH]
+    return percentiles(ms)
 
 
 def _cpu_per(seconds: float, result: dict[str, Any]) -> float | None:
@@ -488,7 +498,9 @@ def run_config(
             lat = result["latency_ms"]
             say(
                 f"  {int(fraction * 100):>3} % ({rate:.0f} req/s offered): {result['rps']:.0f} req/s,"
-                f" p50 {lat['p50']} / p95 {lat['p95']} / p99 {lat['p99']} ms, errors {result['errors']}"
+                f" p50 {lat['p50']} / p95 {lat['p95']} / p99 {lat['p99']} ms"
+                f" (in the server: p50 {result['server_ms']['p50']} / p99 {result['server_ms']['p99']}),"
+                f" errors {result['errors']}"
             )
         doc["loads"] = loads
 
