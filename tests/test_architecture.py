@@ -47,7 +47,7 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def _imports(tree: ast.AST) -> list[str]:
+def _imports(tree: ast.AST, root: Path = SRC) -> list[str]:
     found: list[str] = []
 
     def visit(node: ast.AST) -> None:
@@ -56,8 +56,13 @@ def _imports(tree: ast.AST) -> list[str]:
                 visit(branch)
             return
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "viopay":
-                found.extend(f"viopay.{alias.name}" for alias in node.names)
+            if node.module == "viopay":  # a module of the package, or a name of its root
+                found.extend(
+                    f"viopay.{a.name}"
+                    if (root / f"{a.name}.py").exists() or (root / a.name).is_dir()
+                    else "viopay.__init__"
+                    for a in node.names
+                )
             elif node.module.startswith("viopay."):
                 found.append(node.module)
         elif isinstance(node, ast.Import):
@@ -74,7 +79,7 @@ def package_graph(root: Path = SRC) -> dict[str, dict[str, set[str]]]:
     graph: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for path in root.rglob("*.py"):
         source = path.relative_to(root).parts[0].removesuffix(".py")
-        for module in _imports(ast.parse(path.read_text())):
+        for module in _imports(ast.parse(path.read_text()), root):
             target = module.split(".")[1]
             if target != source:
                 graph[source][target].add(str(path.relative_to(root)))
@@ -256,3 +261,14 @@ def test_the_route_rule_sees_every_form_of_a_route_import() -> None:
         "viopay.payments.router",
         "viopay.auth.router",
     ]
+
+
+def test_a_name_of_the_package_root_is_an_import_of_the_root(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.py").write_text("from viopay import __version__, b\n")
+    (tmp_path / "b.py").write_text("")
+    graph = package_graph(tmp_path)
+    assert {dep: sorted(files) for dep, files in graph["a"].items()} == {
+        "__init__": ["a/x.py"],
+        "b": ["a/x.py"],
+    }

@@ -16,10 +16,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
+import redis
 import redis.asyncio as aioredis
+from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from viopay import __version__
 from viopay.errors import ServerBusy, ServiceUnavailable
 from viopay.metrics import count_roundtrip
 
@@ -203,6 +206,13 @@ return '0'
 #: a request waits for a database connection).
 POOL_WAIT_SECONDS = 10.0
 
+#: What our connections tell Redis they are (``CLIENT SETINFO``; ``CLIENT LIST`` shows
+#: ``lib-name=redis-py(viopay_v…)``), built once. Left to redis-py, every new connection of the
+#: pool looks up the package's version in the installed distributions (``importlib.metadata``,
+#: a scan of ``sys.path`` on the event loop): a burst that grew the pool stalled every request
+#: of the process, 35 ms at a time on a busy machine (docs/benchmarks.md, 2026-12-05 evening).
+DRIVER_INFO = DriverInfo(lib_version=redis.__version__).add_upstream_driver("viopay", __version__)
+
 
 class RedisCache:
     """Redis-backed cache shared by every server process.
@@ -220,6 +230,7 @@ class RedisCache:
             socket_timeout=2,
             socket_connect_timeout=2,
             health_check_interval=30,
+            driver_info=DRIVER_INFO,
         )
         self._redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         self._prefix = prefix
