@@ -36,6 +36,7 @@ BASE = {
     "audit",
     "bodies",
     "money",
+    "stalls",
     "__init__",
 }
 

@@ -47,6 +47,7 @@ from viopay.payments.recovery import interval_for as recovery_interval
 from viopay.portal import router as portal_router
 from viopay.runtime import Runtime, build_runtime
 from viopay.settings import Settings
+from viopay.stalls import StallWatch
 from viopay.webhooks import outbox
 from viopay.webhooks.worker import DeliveryWorker
 
@@ -95,9 +96,18 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             "started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory"
         )
         freeze_startup_objects()
+        stalls = (
+            StallWatch(asyncio.get_running_loop(), threshold_ms=settings.loop_stall_ms)
+            if settings.loop_stall_ms
+            else None
+        )
+        if stalls is not None:
+            stalls.start()
         try:
             yield
         finally:
+            if stalls is not None:
+                stalls.stop()
             await fleet.stop()
             await deliveries.stop()
             if refresher is not None:

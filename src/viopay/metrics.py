@@ -61,6 +61,11 @@ TOKEN_LOOKUPS = Counter(
     "remembered context found changed or not applicable (those are then read).",
     ["source"],
 )
+LOOP_STALLS = Counter(
+    "viopay_event_loop_stalls",
+    "Times a process's event loop was held longer than VIOPAY_LOOP_STALL_MS (each is logged as "
+    "event_loop_stalled, with the stack that held it).",
+)
 RECOVERED = Counter(
     "viopay_intents_recovered", "Payment intents finished by recovery (§4.7).", ["outcome"]
 )

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         le=60_000,
         description="Time the sandbox processor takes for every call (§4.6).",
     )
+    loop_stall_ms: int = Field(
+        default=0,
+        ge=0,
+        le=60_000,
+        description="Log event_loop_stalled, with the stack that held it, when a process's event loop is held longer than this (0: off).",
+    )
     recovery_delay_seconds: int = Field(
         default=60,
         ge=1,
