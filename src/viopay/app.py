@@ -96,12 +96,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             "started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory"
         )
         freeze_startup_objects()
-        stalls = (
-            StallWatch(asyncio.get_running_loop(), threshold_ms=settings.loop_stall_ms)
-            if settings.loop_stall_ms
-            else None
-        )
-        if stalls is not None:
+        stalls = None
+        if settings.loop_stall_ms:
+            stalls = StallWatch(asyncio.get_running_loop(), threshold_ms=settings.loop_stall_ms)
             stalls.start()
         try:
             yield

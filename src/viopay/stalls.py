@@ -74,18 +74,24 @@ class StallWatch:
         self._period = min(self._threshold / 2, 0.05)
         self._loop_thread = threading.get_ident()
         self._stopping = threading.Event()
+        self._answered = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="viopay-stall-watch", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
+        """Called on the loop's thread, whose no-op cannot run meanwhile: wakes the watch
+        instead, so the process stops at once (not after a threshold) and reports nothing."""
         self._stopping.set()
+        self._answered.set()
         self._thread.join(timeout=5)
 
     def _watch(self) -> None:
         while not self._stopping.is_set():
-            answered = threading.Event()
+            answered = self._answered = threading.Event()
+            if self._stopping.is_set():  # stop() may have woken the previous one
+                return
             asked = time.perf_counter()
             try:
                 self._loop.call_soon_threadsafe(answered.set)
@@ -93,9 +99,9 @@ class StallWatch:
                 return
             if not answered.wait(self._threshold):
                 stack = stack_of(self._loop_thread)  # what holds the loop, at the threshold
-                while not answered.wait(0.1):
-                    if self._stopping.is_set():
-                        return
+                answered.wait()
+                if self._stopping.is_set():
+                    return
                 held = time.perf_counter() - asked
                 self._on_stall(Stall(ms=round(held * 1000, 1), stack=stack))
             self._stopping.wait(self._period)
