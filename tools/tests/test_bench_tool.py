@@ -112,8 +112,20 @@ def _check_run(summary: dict[str, Any], doc: dict[str, Any], *, backend: str, co
 
 
 def test_smoke_on_the_embedded_default_with_a_slowed_sandbox(tmp_path: Path) -> None:
-    summary, doc = _bench(tmp_path, "--backend", "embedded", "--sandbox-latency-ms", "20")
+    summary, doc = _bench(
+        tmp_path,
+        "--backend",
+        "embedded",
+        "--sandbox-latency-ms",
+        "20",
+        "--server-env",
+        "VIOPAY_LOOP_STALL_MS=1",
+    )
     _check_run(summary, doc, backend="embedded", configs=1)
+    # --server-env reached the server: a 1 ms stall threshold logs stalls under load
+    assert doc["configs"][0]["server_env"]["VIOPAY_LOOP_STALL_MS"] == "1"
+    logs = list((tmp_path / "results").glob("*-smoke/work/server-embedded-1w.log"))
+    assert len(logs) == 1 and "event_loop_stalled" in logs[0].read_text()
     skipped = [c for c in doc["configs"] if "skipped" in c]
     assert [(c["backend"], c["workers"]) for c in skipped] == [("embedded", 2)]
     assert summary["pg_transactions_per_charge"] is None
@@ -171,6 +183,20 @@ def test_orm_cost_script_measures_both_ways(tmp_path: Path) -> None:
 
 
 # --- pieces -------------------------------------------------------------------------------------
+
+
+def test_server_env_takes_viopay_settings_only(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "viopay_tools", "bench", "--smoke", "--server-env", "PATH=/x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "VIOPAY_NAME=VALUE" in done.stderr
+    assert not (tmp_path / "bench-results").exists()  # nothing started
 
 
 def test_plan_files_round_trip(tmp_path: Path) -> None:

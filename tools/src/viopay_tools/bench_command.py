@@ -61,6 +61,12 @@ def bench(
         max=10_000,
         help="Also run the charge peak on servers started with VIOPAY_SANDBOX_LATENCY_MS=N.",
     ),
+    server_env: list[str] = typer.Option(
+        [],
+        "--server-env",
+        metavar="VIOPAY_NAME=VALUE",
+        help="A setting for every server the run starts, e.g. VIOPAY_LOOP_STALL_MS=20 (repeatable).",
+    ),
 ) -> None:
     """Benchmark the server: GET /healthz ceiling, charge throughput and latency, activation."""
     from viopay_tools.bench import report
@@ -78,6 +84,12 @@ def bench(
         worker_counts = sorted({int(w) for w in workers.split(",") if w.strip()})
     except ValueError:
         raise typer.BadParameter("--workers takes numbers, e.g. 1,2") from None
+    extra: dict[str, str] = {}
+    for item in server_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("VIOPAY_"):
+            raise typer.BadParameter(f"--server-env takes VIOPAY_NAME=VALUE, not {item!r}")
+        extra[name] = value
     options = Options(
         backends=backends,
         mode="smoke" if smoke else "quick" if quick else "full",
@@ -89,6 +101,7 @@ def bench(
         out_dir=out,
         sandbox_latency_ms=sandbox_latency_ms,
         keystore=keystore,
+        server_env=extra,
     )
     try:
         doc = run(options, lambda message: progress.print(f"[dim]·[/dim] {message}"))

@@ -110,6 +110,11 @@ class Options:
     out_dir: Path = Path("bench-results")
     sandbox_latency_ms: int | None = None  # also run the charge phase with a slowed sandbox
     keystore: str = "file"  # or "hsm": the master key on a fresh SoftHSM2 token
+    server_env: dict[str, str] = field(default_factory=dict)  # VIOPAY_* settings for every server
+
+    def env(self) -> dict[str, str]:
+        """The servers' extra environment: the preset's, then the operator's ``--server-env``."""
+        return self.preset.server_env | self.server_env
 
     @property
     def preset(self) -> Preset:
@@ -371,10 +376,10 @@ def run_config(
         "server_cpus": sorted(server_cpus) if server_cpus else "all",
         "generator_cpu": phases.cpu,
         "load_before": _loadavg(),
-        "server_env": p.server_env,
+        "server_env": options.env(),
     }
     with stack.server(
-        be, workers=workers, log_path=log_path, cpus=server_cpus, extra_env=p.server_env
+        be, workers=workers, log_path=log_path, cpus=server_cpus, extra_env=options.env()
     ) as srv:
         doc["server_start_s"] = round(srv.started_in, 2)
         say(
@@ -564,7 +569,7 @@ def _with_latency(
     in_flight = math.ceil(2 * peak_rps * seconds) + options.connections
     connections = min(1000, max(options.connections, in_flight))
     log_path = work_dir / f"server-{be.name}-{workers}w-latency{latency_ms}.log"
-    env = p.server_env | {"VIOPAY_SANDBOX_LATENCY_MS": str(latency_ms)}
+    env = options.env() | {"VIOPAY_SANDBOX_LATENCY_MS": str(latency_ms)}
     with stack.server(
         be, workers=workers, log_path=log_path, cpus=server_cpus, extra_env=env
     ) as srv:

@@ -1,0 +1,153 @@
+"""A server imports at start-up everything its requests need: a module first imported while a
+request is served is imported on the event loop, and every request in flight waits for it (a
+41.9 ms stall on the first request with a generator dependency, which loaded anyio's asyncio
+backend, seen by ``VIOPAY_LOOP_STALL_MS`` in a benchmark run; docs/benchmarks.md).
+
+A real ``viopay serve`` on each backend records, through an audit hook loaded with
+``sitecustomize``, every module its main thread imports; after start-up a whole activation, a
+charge, a refund, the merchant's reads and a portal page must import none."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    Backend,
+    MerchantCtx,
+    Server,
+    client_token,
+    create_pg_database,
+    drop_pg_database,
+    expect_json,
+    flush_redis_prefix,
+    require_services,
+    sdk_client,
+)
+from support.webhook_receiver import running_receiver
+from viopay_device import activate_device
+
+CARD = {"pan": "4111111111111111", "expiry": "3012"}
+
+SITECUSTOMIZE = """
+import json, os, sys, threading, time, traceback
+
+_out = open(os.environ["IMPORT_LOG_PATH"], "a", buffering=1)
+
+def _hook(event, args):
+    if event == "import" and threading.current_thread() is threading.main_thread():
+        frames = [f"{f.filename.rsplit('site-packages/', 1)[-1]}:{f.lineno} {f.name}"
+                  for f in traceback.extract_stack()[:-1] if "importlib" not in f.filename]
+        _out.write(json.dumps({"pid": os.getpid(), "t": time.time(), "module": args[0], "stack": frames[-8:]}) + "\\n")
+
+sys.addaudithook(_hook)
+"""
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def watched(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Server, Backend, Path]]:
+    """A server of its own with the import hook (the embedded default is one process per data
+    folder, so each backend gets a fresh one)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    imports = tmp_path / "imports.jsonl"
+    env = {
+        "VIOPAY_DATA_DIR": str(tmp_path),
+        "VIOPAY_LOG_JSON": "true",
+        "PYTHONPATH": str(site),
+        "IMPORT_LOG_PATH": str(imports),
+        "VIOPAY_WEBHOOK_ALLOW_INSECURE": "true",
+        "VIOPAY_WEBHOOK_POLL_SECONDS": "0.2",
+    }
+    tag = secrets.token_hex(4)
+    if request.param == "postgres":
+        require_services()
+        create_pg_database(f"viopay_test_{tag}")
+        env |= {
+            "VIOPAY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/viopay_test_{tag}",
+            "VIOPAY_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "VIOPAY_REDIS_PREFIX": f"viopay_test_{tag}:",
+            "VIOPAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+            "VIOPAY_DB_POOL_SIZE": "3",
+        }
+    backend = Backend(request.param, env)
+    srv = Server(backend, tmp_path, f"imports-{request.param}")
+    yield srv, backend, imports
+    srv.stop()
+    if request.param == "postgres":
+        flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
+        drop_pg_database(f"viopay_test_{tag}")
+
+
+def _started_at(log: Path) -> float:
+    for line in log.read_text().splitlines():
+        if "Application startup complete" in line:
+            stamp = json.loads(line)["timestamp"].replace("Z", "+00:00")
+            return datetime.fromisoformat(stamp).timestamp()
+    raise AssertionError("no start-up line in the server's log")
+
+
+def _merchant(srv: Server, admin: Admin) -> MerchantCtx:
+    merchant = admin.merchant(name="Lazy Imports Ltd")
+    client = admin.client(merchant_id=merchant["merchant_id"], role="owner")
+    token = client_token(srv.url, client["client_id"], client["client_secret"])
+    http = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    expect_json(http.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}), 201)
+    return MerchantCtx(merchant["merchant_id"], merchant, "owner", token, http, client["client_id"])
+
+
+def _serve_a_day(srv: Server, backend: Backend) -> None:
+    """What a server's first minutes hold: an operator, a merchant with a webhook endpoint, a
+    device's activation and payments, the merchant's reads, a portal page, webhooks sent."""
+    operator = backend.cli("client", "create", "--admin")
+    SEEN_SECRETS.add(operator["client_secret"])
+    admin = Admin(srv, operator)
+    merchant = _merchant(srv, admin)
+    with running_receiver() as receiver:
+        created = merchant.http.post("/merchant/webhook-endpoints", json={"url": receiver.url})
+        SEEN_SECRETS.add(expect_json(created, 201)["secret"])
+        _pay(srv, admin, merchant)
+        receiver.wait(lambda: len(receiver.received) > 0)
+    merchant.http.close()
+    admin.http.close()
+
+
+def _pay(srv: Server, admin: Admin, merchant: MerchantCtx) -> None:
+    client = sdk_client(srv.url, admin.provision())
+
+    def claim(report: Any) -> None:
+        if report.name == "pairing_code":
+            code = report.result.pairing_code
+            expect_json(merchant.http.post("/pos/claim", json={"pairing_code": code}), 200)
+
+    activate_device(client, on_step=claim, sleep=lambda _: None)
+    charge = client.charge(amount=1250, currency="USD", entry_mode="chip", card=CARD)
+    client.refund(charge.id, amount=250)
+    expect_json(merchant.http.get("/merchant/charges"), 200)
+    assert httpx.get(f"{srv.url}/portal/signin").status_code == 200
+    client.close()
+
+
+def test_requests_import_nothing_after_start_up(watched: tuple[Server, Backend, Path]) -> None:
+    srv, backend, imports = watched
+    _serve_a_day(srv, backend)
+    started = _started_at(srv.log_path)
+    lines = (json.loads(line) for line in imports.read_text().splitlines())
+    seen = [i for i in lines if i["pid"] == srv.process.pid]  # not the CLI's
+    assert "viopay.app" in {i["module"] for i in seen if i["t"] < started}  # the hook works
+    late = [i for i in seen if i["t"] > started]
+    where = "\n".join(f"{i['module']}: {' < '.join(reversed(i['stack']))}" for i in late)
+    assert [i["module"] for i in late] == [], where
