@@ -86,6 +86,7 @@ def _check_run(summary: dict[str, Any], doc: dict[str, Any], *, backend: str, co
     # Tiny phases: a busy machine may answer none inside a window, so counts, not rates.
     assert summary["charge_rps"] >= 0 and summary["ceiling_rps"] >= 0
     assert summary["activation_ms"] > 0
+    assert _number(summary["activation_cpu_ms"]) and summary["activation_cpu_ms"] > 0  # /proc
     ran = [c for c in doc["configs"] if "skipped" not in c]
     assert len(ran) == configs
     for config in ran:

@@ -120,6 +120,7 @@ def bench(
                 "ratio",
                 "p99_ms_at_70pct",
                 "activation_ms",
+                "activation_cpu_ms",
                 "cpu_ms_per_charge",
                 "pg_transactions_per_charge",
                 "redis_commands_per_charge",

@@ -76,6 +76,7 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
         "ratio": round(charge / ceiling, 3) if ceiling else None,
         "p99_ms_at_70pct": at70["latency_ms"]["p99"] if at70 else None,
         "activation_ms": activation.get("server_ms_per_device"),
+        "activation_cpu_ms": activation.get("cpu_ms_per_device"),
         "cpu_ms_per_charge": measured.get("cpu_ms_per_charge"),
         "pg_transactions_per_charge": measured.get("pg_transactions_per_charge"),
         "redis_commands_per_charge": measured.get("redis_commands_per_charge"),
@@ -292,7 +293,8 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
     for backend, act in doc.get("activation", {}).items():
         t = Table(
             title=f"Activation of {act['devices']} terminals ({backend}, {act['workers']} worker): "
-            f"server time per device {act['server_ms_per_device']} ms "
+            f"server time per device {act['server_ms_per_device']} ms, "
+            f"{act.get('cpu_ms_per_device', '-')} ms of it worker CPU "
             f"(wall {act['wall_s']} s for all, SDK client included; the server's first "
             f"{ACTIVATION_WARMUP} devices before them: {act.get('first_devices_ms', '-')} ms each)"
         )

@@ -397,21 +397,28 @@ def run_config(
             fleet.activate(srv.url, warm, threads=1)
             time.sleep(0.3)
             first = fleet.activation_server_time(srv.access_lines(offset), fleet.ACTIVATION_WARMUP)
-            offset = srv.log_offset()
+            offset, cpu0 = srv.log_offset(), srv.cpu()
             activation = fleet.activate(srv.url, made, threads=options.activation_threads)
+            cpu_s = srv.cpu() - cpu0  # the workers' CPU over the activations (/proc)
             time.sleep(0.3)  # the last log lines
             lines = srv.access_lines(offset)
             shared["terminals"] = activation.terminals
             shared["activation"] = {
                 **fleet.activation_server_time(lines, len(activation.terminals)),
                 "first_devices_ms": first["server_ms_per_device"],
+                # of the server time, how much was the workers' CPU (the rest: waiting on
+                # PostgreSQL and Redis)
+                "cpu_ms_per_device": round(cpu_s * 1000 / len(activation.terminals), 2)
+                if activation.terminals
+                else None,
                 "workers": workers,
                 "wall_s": round(activation.wall_s, 2),
                 "client_ms_per_device": activation.client_ms,
             }
             say(
                 f"  activated {n} terminals in {activation.wall_s:.1f} s: "
-                f"{shared['activation']['server_ms_per_device']} ms of server time each"
+                f"{shared['activation']['server_ms_per_device']} ms of server time each, "
+                f"{shared['activation']['cpu_ms_per_device']} ms of it worker CPU"
             )
         factory = fleet.ChargeFactory(shared["terminals"], host)
         shared.setdefault("factories", []).append(factory)
