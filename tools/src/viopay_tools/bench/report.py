@@ -294,7 +294,7 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
         t = Table(
             title=f"Activation of {act['devices']} terminals ({backend}, {act['workers']} worker): "
             f"server time per device {act['server_ms_per_device']} ms, "
-            f"{act.get('cpu_ms_per_device', '-')} ms of it worker CPU "
+            f"worker CPU {act.get('cpu_ms_per_device', '-')} ms per device "
             f"(wall {act['wall_s']} s for all, SDK client included; the server's first "
             f"{ACTIVATION_WARMUP} devices before them: {act.get('first_devices_ms', '-')} ms each)"
         )

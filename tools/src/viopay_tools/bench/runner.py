@@ -406,8 +406,9 @@ def run_config(
             shared["activation"] = {
                 **fleet.activation_server_time(lines, len(activation.terminals)),
                 "first_devices_ms": first["server_ms_per_device"],
-                # of the server time, how much was the workers' CPU (the rest: waiting on
-                # PostgreSQL and Redis)
+                # all the workers' CPU meanwhile (the requests' own, inside and outside the
+                # access log's timing, and background tasks'): near the server time, the
+                # activation is CPU-bound; well below it, it waits on PostgreSQL or Redis
                 "cpu_ms_per_device": round(cpu_s * 1000 / len(activation.terminals), 2)
                 if activation.terminals
                 else None,
@@ -417,8 +418,8 @@ def run_config(
             }
             say(
                 f"  activated {n} terminals in {activation.wall_s:.1f} s: "
-                f"{shared['activation']['server_ms_per_device']} ms of server time each, "
-                f"{shared['activation']['cpu_ms_per_device']} ms of it worker CPU"
+                f"{shared['activation']['server_ms_per_device']} ms of server time each; "
+                f"worker CPU {shared['activation']['cpu_ms_per_device']} ms per device"
             )
         factory = fleet.ChargeFactory(shared["terminals"], host)
         shared.setdefault("factories", []).append(factory)
