@@ -111,7 +111,8 @@ def _merchant(srv: Server, admin: Admin) -> MerchantCtx:
 
 def _serve_a_day(srv: Server, backend: Backend) -> None:
     """What a server's first minutes hold: an operator, a merchant with a webhook endpoint, a
-    device's activation and payments, the merchant's reads, a portal page, webhooks sent."""
+    device's activation, heartbeat and payments (charges, refunds, a cancel, a reversal), the
+    merchant's reads and export, a portal page, webhooks sent."""
     operator = backend.cli("client", "create", "--admin")
     SEEN_SECRETS.add(operator["client_secret"])
     admin = Admin(srv, operator)
@@ -136,7 +137,22 @@ def _pay(srv: Server, admin: Admin, merchant: MerchantCtx) -> None:
     activate_device(client, on_step=claim, sleep=lambda _: None)
     charge = client.charge(amount=1250, currency="USD", entry_mode="chip", card=CARD)
     client.refund(charge.id, amount=250)
+    client.get_charge(charge.id)
+    client.cancel(client.charge(amount=300, currency="USD", entry_mode="chip", card=CARD).id)
+    client.reverse(client.charge(amount=400, currency="USD", entry_mode="chip", card=CARD).id)
+    client.heartbeat()
+    other = client.charge(amount=500, currency="USD", entry_mode="chip", card=CARD)
+    refund = merchant.http.post(
+        f"/merchant/charges/{other.id}/refunds",
+        json={"amount": 100},
+        headers={"Idempotency-Key": "lazy-imports-1"},
+    )
+    assert refund.status_code == 201, refund.text
     expect_json(merchant.http.get("/merchant/charges"), 200)
+    expect_json(merchant.http.get(f"/merchant/charges/{charge.id}"), 200)
+    assert merchant.http.get("/merchant/charges/export").status_code == 200
+    expect_json(merchant.http.get("/merchant/events"), 200)
+    expect_json(merchant.http.get("/merchant/devices"), 200)
     assert httpx.get(f"{srv.url}/portal/signin").status_code == 200
     client.close()
 
