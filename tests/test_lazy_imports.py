@@ -4,13 +4,15 @@ request is served is imported on the event loop, and every request in flight wai
 backend, seen by ``VIOPAY_LOOP_STALL_MS`` in a benchmark run; docs/benchmarks.md).
 
 A real ``viopay serve`` on each backend records, through an audit hook loaded with
-``sitecustomize``, every module its main thread imports; after start-up a whole activation, a
-charge, a refund, the merchant's reads and a portal page must import none."""
+``sitecustomize``, every module its main thread imports; after start-up a day's requests (an
+activation, payments of every kind, the merchant's reads and export, a portal page, a webhook
+delivery) must import none."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 from collections.abc import Iterator
 from datetime import datetime
@@ -39,16 +41,26 @@ from viopay_device import activate_device
 
 CARD = {"pan": "4111111111111111", "expiry": "3012"}
 
+# Loaded by the server's interpreter at start (PYTHONPATH): one JSON line per import of its main
+# thread (the frames are walked by hand: traceback's source lookup would itself import and open).
 SITECUSTOMIZE = """
-import json, os, sys, threading, time, traceback
+import json, os, sys, threading, time
 
 _out = open(os.environ["IMPORT_LOG_PATH"], "a", buffering=1)
 
+def _frames():
+    frame, found = sys._getframe(1).f_back, []
+    while frame is not None and len(found) < 8:
+        name = frame.f_code.co_filename
+        if "importlib" not in name:
+            found.append(f"{name.rsplit('site-packages/', 1)[-1]}:{frame.f_lineno} {frame.f_code.co_name}")
+        frame = frame.f_back
+    return found
+
 def _hook(event, args):
     if event == "import" and threading.current_thread() is threading.main_thread():
-        frames = [f"{f.filename.rsplit('site-packages/', 1)[-1]}:{f.lineno} {f.name}"
-                  for f in traceback.extract_stack()[:-1] if "importlib" not in f.filename]
-        _out.write(json.dumps({"pid": os.getpid(), "t": time.time(), "module": args[0], "stack": frames[-8:]}) + "\\n")
+        line = {"pid": os.getpid(), "t": time.time(), "module": args[0], "stack": _frames()}
+        _out.write(json.dumps(line) + "\\n")
 
 sys.addaudithook(_hook)
 """
@@ -67,7 +79,7 @@ def watched(
     env = {
         "VIOPAY_DATA_DIR": str(tmp_path),
         "VIOPAY_LOG_JSON": "true",
-        "PYTHONPATH": str(site),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
         "IMPORT_LOG_PATH": str(imports),
         "VIOPAY_WEBHOOK_ALLOW_INSECURE": "true",
         "VIOPAY_WEBHOOK_POLL_SECONDS": "0.2",
@@ -165,5 +177,5 @@ def test_requests_import_nothing_after_start_up(watched: tuple[Server, Backend, 
     seen = [i for i in lines if i["pid"] == srv.process.pid]  # not the CLI's
     assert "viopay.app" in {i["module"] for i in seen if i["t"] < started}  # the hook works
     late = [i for i in seen if i["t"] > started]
-    where = "\n".join(f"{i['module']}: {' < '.join(reversed(i['stack']))}" for i in late)
+    where = "\n".join(f"{i['module']}: {' < '.join(i['stack'])}" for i in late)
     assert [i["module"] for i in late] == [], where
