@@ -98,7 +98,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         log.info(
             "started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory"
         )
-        load_what_requests_need()
+        load_what_requests_need(app)
         freeze_startup_objects()
         stalls = None
         if settings.loop_stall_ms:
@@ -147,16 +147,18 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
 _METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
 
 
-def load_what_requests_need() -> None:
-    """Import and compile at start-up what the first requests would otherwise load on the event
+def load_what_requests_need(app: FastAPI) -> None:
+    """Import and build at start-up what the first requests would otherwise make on the event
     loop, where every request in flight waits for it: anyio's asyncio backend (the first request
     with a dependency that yields; a 41.9 ms stall in a benchmark run), cryptography's OpenSSL
-    backend (the first token signed) and the portal's templates (each page's first view). Runs
-    on the loop (anyio asks it which backend to load). ``tests/test_lazy_imports.py`` serves a
-    server's first day and finds no import after start-up."""
+    backend (the first token signed), the portal's templates (each page's first view) and the
+    OpenAPI document (the first ``/openapi.json`` or ``/docs``: ~190 ms). Runs on the loop
+    (anyio asks it which backend to load). ``tests/test_lazy_imports.py`` serves a server's
+    first day and finds no import after start-up."""
     anyio.get_cancelled_exc_class()
     default_backend()
     compile_templates()
+    app.openapi()
 
 
 @functools.cache
