@@ -5,8 +5,8 @@ backend, seen by ``VIOPAY_LOOP_STALL_MS`` in a benchmark run; docs/benchmarks.md
 
 A real ``viopay serve`` on each backend records, through an audit hook loaded with
 ``sitecustomize``, every module its main thread imports; after start-up a day's requests (an
-activation, payments of every kind, the merchant's reads and export, a portal page, a webhook
-delivery) must import none."""
+activation, payments of every kind, the merchant's reads and export, a portal page, the API's
+documents and metrics, refusals, a webhook delivery) must import none."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -97,20 +98,24 @@ def watched(
             "VIOPAY_DB_POOL_SIZE": "3",
         }
     backend = Backend(request.param, env)
-    srv = Server(backend, tmp_path, f"imports-{request.param}")
-    yield srv, backend, imports
-    srv.stop()
-    if request.param == "postgres":
-        flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
-        drop_pg_database(f"viopay_test_{tag}")
+    try:
+        srv = Server(backend, tmp_path, f"imports-{request.param}")
+        yield srv, backend, imports
+        srv.stop()
+    finally:
+        if request.param == "postgres":
+            flush_redis_prefix(env["VIOPAY_REDIS_PREFIX"])
+            drop_pg_database(f"viopay_test_{tag}")
 
 
 def _started_at(log: Path) -> float:
-    for line in log.read_text().splitlines():
-        if "Application startup complete" in line:
-            stamp = json.loads(line)["timestamp"].replace("Z", "+00:00")
-            return datetime.fromisoformat(stamp).timestamp()
-    raise AssertionError("no start-up line in the server's log")
+    """The last start-up line: a process that found its port taken left one before it."""
+    lines = [
+        line for line in log.read_text().splitlines() if "Application startup complete" in line
+    ]
+    assert lines, "no start-up line in the server's log"
+    stamp = json.loads(lines[-1])["timestamp"].replace("Z", "+00:00")
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 def _merchant(srv: Server, admin: Admin) -> MerchantCtx:
@@ -167,6 +172,16 @@ def _pay(srv: Server, admin: Admin, merchant: MerchantCtx) -> None:
     expect_json(merchant.http.get("/merchant/events"), 200)
     expect_json(merchant.http.get("/merchant/devices"), 200)
     assert httpx.get(f"{srv.url}/portal/signin").status_code == 200
+    for path, status in (("/openapi.json", 200), ("/docs", 200), ("/metrics", 200)):
+        assert httpx.get(f"{srv.url}{path}").status_code == status, path
+    # refusals too: a bad body, an unknown path, a wrong method, no credentials
+    bad = merchant.http.post(
+        "/pos/claim", content=b"{", headers={"Content-Type": "application/json"}
+    )
+    assert bad.status_code == 400, bad.text
+    assert httpx.get(f"{srv.url}/no/such/path").status_code == 404
+    assert httpx.delete(f"{srv.url}/healthz").status_code == 405
+    assert httpx.get(f"{srv.url}/merchant/charges").status_code == 401
     client.close()
 
 
@@ -177,6 +192,7 @@ def test_requests_import_nothing_after_start_up(watched: tuple[Server, Backend, 
     lines = (json.loads(line) for line in imports.read_text().splitlines())
     seen = [i for i in lines if i["pid"] == srv.process.pid]  # not the CLI's
     assert "viopay.app" in {i["module"] for i in seen if i["t"] < started}  # the hook works
+    assert started < time.time()  # and the start-up line was read right
     late = [i for i in seen if i["t"] > started]
     where = "\n".join(f"{i['module']}: {' < '.join(i['stack'])}" for i in late)
     assert [i["module"] for i in late] == [], where

@@ -62,6 +62,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        load_what_requests_need(app)  # first: if it fails, nothing is started yet
         rt = runtime or build_runtime(settings)
         if settings.oidc_issuer:
             provider = OidcProvider(
@@ -98,7 +99,6 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         log.info(
             "started", embedded=settings.embedded, cache="redis" if settings.redis_url else "memory"
         )
-        load_what_requests_need(app)
         freeze_startup_objects()
         stalls = None
         if settings.loop_stall_ms:

@@ -125,6 +125,7 @@ def test_smoke_on_the_embedded_default_with_a_slowed_sandbox(tmp_path: Path) -> 
     _check_run(summary, doc, backend="embedded", configs=1)
     # --server-env reached the server: a 1 ms stall threshold logs stalls under load
     assert doc["configs"][0]["server_env"]["VIOPAY_LOOP_STALL_MS"] == "1"
+    assert summary["server_env"] == {"VIOPAY_LOOP_STALL_MS": "1"}  # the JSON line says so too
     logs = list((tmp_path / "results").glob("*-smoke/work/server-embedded-1w.log"))
     assert len(logs) == 1 and "event_loop_stalled" in logs[0].read_text()
     skipped = [c for c in doc["configs"] if "skipped" in c]
@@ -186,9 +187,21 @@ def test_orm_cost_script_measures_both_ways(tmp_path: Path) -> None:
 # --- pieces -------------------------------------------------------------------------------------
 
 
-def test_server_env_takes_viopay_settings_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("item", "says"),
+    [
+        ("PATH=/x", "VIOPAY_NAME=VALUE"),  # not a setting
+        ("VIOPAY_LOOP_STALL", "VIOPAY_NAME=VALUE"),  # no value
+        ("VIOPAY_LOOP_STAL_MS=20", "VIOPAY_NAME=VALUE"),  # misspelt: the server would ignore it
+        ("VIOPAY_DATABASE_URL=postgresql://elsewhere/db", "the run sets it"),
+        ("VIOPAY_SANDBOX_LATENCY_MS=300", "the run sets it"),  # --sandbox-latency-ms does
+    ],
+)
+def test_server_env_takes_the_servers_own_settings_only(
+    tmp_path: Path, item: str, says: str
+) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "viopay_tools", "bench", "--smoke", "--server-env", "PATH=/x"],
+        [sys.executable, "-m", "viopay_tools", "bench", "--smoke", "--server-env", item],
         capture_output=True,
         text=True,
         timeout=120,
@@ -196,7 +209,7 @@ def test_server_env_takes_viopay_settings_only(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert "VIOPAY_NAME=VALUE" in done.stderr
+    assert says in " ".join(done.stderr.replace("│", " ").split()), done.stderr  # Rich's box
     assert not (tmp_path / "bench-results").exists()  # nothing started
 
 

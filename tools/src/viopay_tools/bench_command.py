@@ -17,6 +17,45 @@ class BackendChoice(StrEnum):
     both = "both"
 
 
+# Settings the run sets itself (the scratch backend, the key store, the access log, the URL) or
+# has an option for: --server-env may not change them under the run's feet.
+RUN_OWNED = {
+    "data_dir",
+    "database_url",
+    "redis_url",
+    "redis_prefix",
+    "master_key",
+    "master_key_file",
+    "hsm_module",
+    "hsm_token",
+    "hsm_pin",
+    "hsm_key_label",
+    "log_level",
+    "log_json",
+    "public_url",
+    "sandbox_latency_ms",
+}
+
+
+def _server_env(items: list[str]) -> dict[str, str]:
+    """``VIOPAY_NAME=VALUE`` pairs for the servers: known settings only (a misspelt name would be
+    ignored by the server, silently), none of those the run owns."""
+    from viopay.settings import Settings
+
+    extra: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        field = name.removeprefix("VIOPAY_").lower()
+        if not sep or not name.startswith("VIOPAY_") or field not in Settings.model_fields:
+            raise typer.BadParameter(
+                f"--server-env takes VIOPAY_NAME=VALUE for a setting of the server, not {item!r}"
+            )
+        if field in RUN_OWNED:
+            raise typer.BadParameter(f"--server-env cannot set {name}: the run sets it")
+        extra[name] = value
+    return extra
+
+
 def bench(
     backend: BackendChoice = typer.Option(
         BackendChoice.both,
@@ -84,12 +123,7 @@ def bench(
         worker_counts = sorted({int(w) for w in workers.split(",") if w.strip()})
     except ValueError:
         raise typer.BadParameter("--workers takes numbers, e.g. 1,2") from None
-    extra: dict[str, str] = {}
-    for item in server_env:
-        name, sep, value = item.partition("=")
-        if not sep or not name.startswith("VIOPAY_"):
-            raise typer.BadParameter(f"--server-env takes VIOPAY_NAME=VALUE, not {item!r}")
-        extra[name] = value
+    extra = _server_env(server_env)
     options = Options(
         backends=backends,
         mode="smoke" if smoke else "quick" if quick else "full",
@@ -128,6 +162,8 @@ def bench(
             )
         }
         line |= {k: s.get(k) for k in ("duplicates", "scaling_2w", "backend", "workers")}
+        if extra:
+            line["server_env"] = extra  # a run with other settings says so
         if sandbox_latency_ms is not None:
             line |= {
                 k: s.get(k)

@@ -399,8 +399,8 @@ def run_config(
             first = fleet.activation_server_time(srv.access_lines(offset), fleet.ACTIVATION_WARMUP)
             offset, cpu0 = srv.log_offset(), srv.cpu()
             activation = fleet.activate(srv.url, made, threads=options.activation_threads)
-            cpu_s = srv.cpu() - cpu0  # the workers' CPU over the activations (/proc)
             time.sleep(0.3)  # the last log lines
+            cpu_s = srv.cpu() - cpu0  # the workers' CPU over the activations (/proc)
             lines = srv.access_lines(offset)
             shared["terminals"] = activation.terminals
             shared["activation"] = {
