@@ -15,7 +15,6 @@ workers.
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,6 @@ import httpx
 import pytest
 
 from support.helpers import (
-    REDIS_URL,
     SEEN_SECRETS,
     SERVER_LOGS,
     Admin,
@@ -32,11 +30,11 @@ from support.helpers import (
     MakeMerchant,
     MerchantCtx,
     Server,
-    client_token,
     create_pg_database,
     drop_pg_database,
-    expect_json,
     flush_redis_prefix,
+    open_merchant,
+    postgres_env,
     require_services,
 )
 from support.log_scan import LogScan
@@ -81,17 +79,7 @@ def backend(
         require_services()
         db_name = f"viopay_test_{tag}"
         create_pg_database(db_name)
-        env |= {
-            "VIOPAY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db_name}",
-            "VIOPAY_REDIS_URL": REDIS_URL,
-            "VIOPAY_REDIS_PREFIX": f"viopay_test_{tag}:",
-            "VIOPAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-            # PostgreSQL's 100 connections are shared by both xdist workers' servers (each
-            # process keeps up to twice its pool after a burst: SQLAlchemy's and asyncpg's, plus
-            # 4 for bookkeeping) and the benchmark's own servers: at the default 10 a CI run
-            # once ran out ("too many clients"). 5 still queues a thousand requests at once.
-            "VIOPAY_DB_POOL_SIZE": "5",
-        }
+        env |= postgres_env(db_name, f"viopay_test_{tag}:")
     backend = Backend(request.param, env)
     yield backend
     if request.param == "postgres":
@@ -146,18 +134,9 @@ def make_merchant(
     opened: list[httpx.Client] = []
 
     def make(role: str = "owner", *, url: str | None = None, **fields: Any) -> MerchantCtx:
-        merchant = admin.merchant(**fields)
-        client = admin.client(merchant_id=merchant["merchant_id"], role=role)
-        base = url or server.url
-        token = client_token(base, client["client_id"], client["client_secret"])
-        http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        opened.append(http)
-        expect_json(
-            http.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}), 201
-        )
-        return MerchantCtx(
-            merchant["merchant_id"], merchant, role, token, http, client["client_id"]
-        )
+        ctx = open_merchant(admin, url or server.url, role, **fields)
+        opened.append(ctx.http)
+        return ctx
 
     yield make
     for http in opened:

@@ -10,7 +10,6 @@ documents and metrics, refusals, a webhook delivery) must import none."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -29,11 +28,12 @@ from support.helpers import (
     Backend,
     MerchantCtx,
     Server,
-    client_token,
     create_pg_database,
     drop_pg_database,
     expect_json,
     flush_redis_prefix,
+    open_merchant,
+    postgres_env,
     require_services,
     sdk_client,
 )
@@ -90,13 +90,7 @@ def watched(
     if request.param == "postgres":
         require_services()
         create_pg_database(f"viopay_test_{tag}")
-        env |= {
-            "VIOPAY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/viopay_test_{tag}",
-            "VIOPAY_REDIS_URL": "redis://127.0.0.1:6379/0",
-            "VIOPAY_REDIS_PREFIX": f"viopay_test_{tag}:",
-            "VIOPAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-            "VIOPAY_DB_POOL_SIZE": "3",
-        }
+        env |= postgres_env(f"viopay_test_{tag}", f"viopay_test_{tag}:")
     backend = Backend(request.param, env)
     try:
         srv = Server(backend, tmp_path, f"imports-{request.param}")
@@ -118,15 +112,6 @@ def _started_at(log: Path) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
-def _merchant(srv: Server, admin: Admin) -> MerchantCtx:
-    merchant = admin.merchant(name="Lazy Imports Ltd")
-    client = admin.client(merchant_id=merchant["merchant_id"], role="owner")
-    token = client_token(srv.url, client["client_id"], client["client_secret"])
-    http = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    expect_json(http.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}), 201)
-    return MerchantCtx(merchant["merchant_id"], merchant, "owner", token, http, client["client_id"])
-
-
 def _serve_a_day(srv: Server, backend: Backend) -> None:
     """What a server's first minutes hold: an operator, a merchant with a webhook endpoint, a
     device's activation, heartbeat and payments (charges, refunds, a cancel, a reversal), the
@@ -134,7 +119,7 @@ def _serve_a_day(srv: Server, backend: Backend) -> None:
     operator = backend.cli("client", "create", "--admin")
     SEEN_SECRETS.add(operator["client_secret"])
     admin = Admin(srv, operator)
-    merchant = _merchant(srv, admin)
+    merchant = open_merchant(admin, srv.url, name="Lazy Imports Ltd")
     with running_receiver() as receiver:
         created = merchant.http.post("/merchant/webhook-endpoints", json={"url": receiver.url})
         SEEN_SECRETS.add(expect_json(created, 201)["secret"])

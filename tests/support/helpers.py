@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import socket
@@ -269,6 +270,22 @@ def drop_pg_database(name: str) -> None:
     _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def postgres_env(db_name: str, redis_prefix: str) -> dict[str, str]:
+    """A server's settings for PostgreSQL database ``db_name`` (made by the caller) and Redis
+    under ``redis_prefix``, with a master key of its own."""
+    return {
+        "VIOPAY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db_name}",
+        "VIOPAY_REDIS_URL": REDIS_URL,
+        "VIOPAY_REDIS_PREFIX": redis_prefix,
+        "VIOPAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        # PostgreSQL's 100 connections are shared by both xdist workers' servers (each
+        # process keeps up to twice its pool after a burst: SQLAlchemy's and asyncpg's, plus
+        # 4 for bookkeeping) and the benchmark's own servers: at the default 10 a CI run
+        # once ran out ("too many clients"). 5 still queues a thousand requests at once.
+        "VIOPAY_DB_POOL_SIZE": "5",
+    }
+
+
 def flush_redis_prefix(prefix: str) -> None:
     import redis
 
@@ -335,6 +352,17 @@ class Admin:
             ),
             201,
         )
+
+
+def open_merchant(admin: Admin, url: str, role: str = "owner", **fields: Any) -> MerchantCtx:
+    """A new merchant (``fields``), an API client of it with ``role``, signed in at ``url``
+    with a session on that merchant; the caller closes ``.http``."""
+    merchant = admin.merchant(**fields)
+    client = admin.client(merchant_id=merchant["merchant_id"], role=role)
+    token = client_token(url, client["client_id"], client["client_secret"])
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    expect_json(http.post("/session/initiate", json={"merchant_id": merchant["merchant_id"]}), 201)
+    return MerchantCtx(merchant["merchant_id"], merchant, role, token, http, client["client_id"])
 
 
 # What the ``make_merchant`` fixture gives: make(role="owner", *, url=None, **fields) -> MerchantCtx.
