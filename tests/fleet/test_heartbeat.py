@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, event, insert, select, update
 
 from support import charge_kit as kit
 from support.helpers import (
@@ -21,10 +21,15 @@ from support.helpers import (
     problem,
 )
 from support.webhook_receiver import Receiver, running_receiver
+from viopay.fleet import service
 from viopay.fleet.models import TimerLease
+from viopay.fleet.schemas import HeartbeatIn
 from viopay.fleet.service import take_lease
 from viopay.ids import utcnow
 from viopay.keysets.models import KeySet
+from viopay.merchants.models import MerchantConfig
+from viopay.parameters.models import DEFAULT_KEY, TerminalParameters
+from viopay.parameters.service import builtin_parameters, pack
 from viopay.runtime import Runtime
 from viopay_device import HeartbeatSchedule
 
@@ -106,6 +111,71 @@ async def test_heartbeat_answers_and_records_health(
             select(KeySet.envelope_count).where(KeySet.hmac_key_id == terminal.keys.hmac_key_id)
         )
     assert after == count + 4  # two envelopes each way
+
+
+@pytest.mark.backend
+async def test_heartbeat_names_the_parameters_the_terminal_should_hold(
+    terminal: kit.PosTerminal, admin: Any, runtime: Runtime
+) -> None:
+    async with runtime.sessions() as db:
+        default = await db.get(TerminalParameters, DEFAULT_KEY)
+    # The operator default (another test may set one: the built-in document), else built-in.
+    fallback = default.sha256 if default is not None else builtin_parameters().sha256
+    assert beat(terminal)["parameters_sha256"] == fallback
+    own = {"hosts": [{"address": f"{secrets.token_hex(4)}.example", "port": 443}]}
+    stored = admin.http.put(f"/admin/terminals/{terminal.terminal_id}/parameters", json=own)
+    assert stored.status_code == 200, stored.text
+    assert beat(terminal)["parameters_sha256"] == pack(own).sha256 == stored.json()["sha256"]
+
+
+@pytest.mark.backend
+async def test_heartbeat_makes_a_missing_config_with_the_defaults(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
+    merchant_id = terminal.merchant.merchant_id
+    beat(terminal)
+    async with runtime.sessions() as db, db.begin():
+        await db.execute(delete(MerchantConfig).where(MerchantConfig.merchant_id == merchant_id))
+    assert beat(terminal, battery_pct=12)["config_version"] == 1
+    async with runtime.sessions() as db:
+        made = await db.get(MerchantConfig, merchant_id)
+    assert made is not None and made.config_version == 1
+    assert device_view(terminal)["health"]["battery_pct"] == 12
+
+
+@pytest.mark.backend
+async def test_heartbeat_of_an_online_terminal_is_two_statements(
+    terminal: kit.PosTerminal, runtime: Runtime
+) -> None:
+    """A fleet beats every minute: once online, the report is one UPDATE and the answer one
+    SELECT, which reads the parameters' digests, never their ~100 KiB streams."""
+    beat(terminal, battery_pct=30)  # online
+    statements: list[str] = []
+
+    def seen(*args: Any) -> None:
+        statements.append(args[2])
+
+    engine = runtime.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        async with runtime.sessions() as db, db.begin():
+            answer = await service.record_heartbeat(
+                db,
+                device_id=terminal.device.device_id,
+                terminal_id=terminal.terminal_id,
+                merchant_id=terminal.merchant.merchant_id,
+                report=HeartbeatIn(battery_pct=31, printer="ok"),
+                interval_seconds=60,
+                now=utcnow(),
+            )
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert len(statements) == 2, statements
+    assert statements[0].lstrip().upper().startswith("UPDATE DEVICES")
+    assert "gzip" not in " ".join(statements).lower()
+    assert answer["config_version"] >= 1 and len(answer["parameters_sha256"]) == 64
+    health = device_view(terminal)["health"]
+    assert (health["battery_pct"], health["printer"], health["online"]) == (31, "ok", True)
 
 
 @pytest.mark.backend
