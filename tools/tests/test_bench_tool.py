@@ -80,6 +80,8 @@ def _check_run(summary: dict[str, Any], doc: dict[str, Any], *, backend: str, co
     assert SUMMARY_KEYS | MEASURED_KEYS <= set(summary)
     assert _number(summary["activation_ms"]) and _number(summary["cpu_ms_per_charge"])
     assert summary["cpu_ms_per_charge"] > 0
+    assert _number(summary["cpu_ms_per_heartbeat"]) and summary["cpu_ms_per_heartbeat"] > 0
+    assert _number(summary["heartbeat_rps"])
     assert summary["errors"] == 0, _samples(doc)
     assert summary["duplicates"] == 0, doc["duplicates"]
     assert summary["backend"] == backend
@@ -93,6 +95,9 @@ def _check_run(summary: dict[str, Any], doc: dict[str, Any], *, backend: str, co
         assert config["healthz"]["statuses"].keys() == {"200"}
         assert config["charge_peak"]["completed"] > 0
         assert set(config["charge_peak"]["statuses"]) == {"201"}
+        beats = config["heartbeat_peak"]
+        assert beats["completed"] > 0 and set(beats["statuses"]) == {"200"}, beats
+        assert beats["server_cpu_ms_per_request"] > 0
         assert len(config["charge_peak"]["worker_cpu_s"]) == config["workers"]
         assert [x["fraction"] for x in config["loads"]] == [0.25, 0.5, 0.7, 1.0]
         for load in config["loads"]:

@@ -158,6 +158,8 @@ def bench(
                 "cpu_ms_per_charge",
                 "pg_transactions_per_charge",
                 "redis_commands_per_charge",
+                "cpu_ms_per_heartbeat",
+                "heartbeat_rps",
                 "errors",
             )
         }

@@ -23,6 +23,15 @@ from viopay_tools.bench.loadgen import build_request
 
 UA = "Viopay-POS/1.4.2 (Android 12; PAX-A920)"
 CHARGE_PATH = "/pos/charge"
+HEARTBEAT_PATH = "/pos/heartbeat"
+# What a terminal reports every minute (PROTOCOL §8).
+HEALTH = {
+    "battery_pct": 80,
+    "charging": False,
+    "network": "wifi",
+    "signal_dbm": -60,
+    "printer": "ok",
+}
 CARD = {"pan": "4242424242424242", "expiry": "3012"}
 #: Devices activated on a fresh server before the measured ones (its first requests compile
 #: statements and fill caches), as the charge phases have their warm-up.
@@ -261,31 +270,64 @@ class ChargeFactory:
             "card": card,
             "reference": key[-64:],
         }
-        aad = request_aad(method="POST", path=CHARGE_PATH, subject=t.terminal_id)
-        body = orjson.dumps(seal(t.msk, t.msk_kid, orjson.dumps(plaintext), aad))
-        nonce = secrets.token_urlsafe(18)
-        message = charge_string_to_sign(
-            method="POST",
-            path=CHARGE_PATH,
-            query="",
-            body=body,
-            terminal_id=t.terminal_id,
-            timestamp=timestamp,
-            nonce=nonce,
-        )
         self.keys.add((t.terminal_id, key))
-        headers = {
-            "X-Terminal-Id": t.terminal_id,
-            "X-Key-Id": t.hmac_key_id,
-            "X-Timestamp": timestamp,
-            "X-Nonce": nonce,
-            "X-Signature": sign(t.mac_key, message),
-            "X-Client-Type": "pos",
-            "User-Agent": UA,
-            "Idempotency-Key": key,
-            "Content-Type": "application/json",
-        }
-        return build_request("POST", CHARGE_PATH, host=self.host, headers=headers, body=body)
+        return signed_request(t, self.host, CHARGE_PATH, plaintext, timestamp, key=key)
+
+
+def signed_request(
+    t: Terminal,
+    host: str,
+    path: str,
+    plaintext: dict[str, Any],
+    timestamp: str,
+    *,
+    key: str | None = None,
+) -> bytes:
+    """A POST of ``plaintext`` sealed under the terminal's MSK with the §2.4 headers (and
+    ``key`` as its Idempotency-Key), as raw HTTP/1.1 bytes for the load generator."""
+    aad = request_aad(method="POST", path=path, subject=t.terminal_id)
+    body = orjson.dumps(seal(t.msk, t.msk_kid, orjson.dumps(plaintext), aad))
+    nonce = secrets.token_urlsafe(18)
+    message = charge_string_to_sign(
+        method="POST",
+        path=path,
+        query="",
+        body=body,
+        terminal_id=t.terminal_id,
+        timestamp=timestamp,
+        nonce=nonce,
+    )
+    headers = {
+        "X-Terminal-Id": t.terminal_id,
+        "X-Key-Id": t.hmac_key_id,
+        "X-Timestamp": timestamp,
+        "X-Nonce": nonce,
+        "X-Signature": sign(t.mac_key, message),
+        "X-Client-Type": "pos",
+        "User-Agent": UA,
+        "Content-Type": "application/json",
+    }
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return build_request("POST", path, host=host, headers=headers, body=body)
+
+
+@dataclass
+class HeartbeatFactory:
+    """Builds signed, sealed heartbeats (PROTOCOL §8), round-robin over the terminals."""
+
+    terminals: list[Terminal]
+    host: str
+    made: int = 0
+
+    def build(self, count: int) -> list[bytes]:
+        timestamp = stamp()
+        out = []
+        for _ in range(count):
+            terminal = self.terminals[self.made % len(self.terminals)]
+            self.made += 1
+            out.append(signed_request(terminal, self.host, HEARTBEAT_PATH, HEALTH, timestamp))
+        return out
 
 
 def count_charges(settings: Settings) -> dict[str, int]:

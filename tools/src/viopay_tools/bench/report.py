@@ -41,6 +41,7 @@ def _load(config: dict[str, Any], fraction: float) -> dict[str, Any] | None:
 def config_errors(config: dict[str, Any]) -> int:
     total = int(config.get("healthz", {}).get("errors", 0))
     total += int(config.get("charge_peak", {}).get("errors", 0))
+    total += int(config.get("heartbeat_peak", {}).get("errors", 0))
     total += sum(int(x.get("errors", 0)) for x in config.get("loads", []))
     total += int(config.get("with_latency", {}).get("errors", 0))
     return total
@@ -70,6 +71,7 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
         else None
     )
     measured = head.get("per_charge", {})
+    beats = head.get("heartbeat_peak")
     doc_summary = {
         "charge_rps": round(charge, 1),
         "ceiling_rps": round(ceiling, 1),
@@ -80,6 +82,8 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
         "cpu_ms_per_charge": measured.get("cpu_ms_per_charge"),
         "pg_transactions_per_charge": measured.get("pg_transactions_per_charge"),
         "redis_commands_per_charge": measured.get("redis_commands_per_charge"),
+        "heartbeat_rps": round(float(beats["rps"]), 1) if beats else None,
+        "cpu_ms_per_heartbeat": beats.get("server_cpu_ms_per_request") if beats else None,
         "errors": errors,
         "duplicates": dups,
         "scaling_2w": scaling,
@@ -248,6 +252,31 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
                 str(x["errors"]),
             )
     console.print(t)
+
+    beating = [c for c in _configs(doc) if c.get("heartbeat_peak")]
+    if beating:
+        t = Table(title="POST /pos/heartbeat (closed loop): every terminal, once a minute (§8)")
+        for col in (
+            "backend",
+            "workers",
+            "heartbeats/s",
+            "p99 ms",
+            "server CPU ms/req (heartbeat / charge)",
+            "errors",
+        ):
+            t.add_column(col, justify="left" if col == "backend" else "right")
+        for c in beating:
+            hb = c["heartbeat_peak"]
+            charge_cpu = c.get("per_charge", {}).get("cpu_ms_per_charge")
+            t.add_row(
+                c["backend"],
+                str(c["workers"]),
+                f"{hb['rps']:.0f}",
+                _ms(hb["latency_ms"]["p99"]),
+                f"{_ms2(hb.get('server_cpu_ms_per_request'))} / {_ms2(charge_cpu)}",
+                str(hb["errors"]),
+            )
+        console.print(t)
 
     slowed = [(c, c["with_latency"]) for c in _configs(doc) if c.get("with_latency")]
     if slowed:

@@ -516,6 +516,14 @@ def run_config(
                 f" errors {result['errors']}"
             )
         doc["loads"] = loads
+        doc["heartbeat_peak"] = _heartbeat_phase(
+            srv, phases, fleet.HeartbeatFactory(shared["terminals"], host), p, peak["rps"]
+        )
+        hb = doc["heartbeat_peak"]
+        say(
+            f"  POST /pos/heartbeat peak: {hb['rps']:.0f} req/s, errors {hb['errors']};"
+            f" {hb['server_cpu_ms_per_request']} ms of worker CPU per heartbeat"
+        )
 
         if (
             options.profile
@@ -543,6 +551,27 @@ def run_config(
         )
     doc["load_after"] = _loadavg()
     return doc
+
+
+def _heartbeat_phase(
+    srv: stack.ServerProcess,
+    phases: Phases,
+    factory: fleet.HeartbeatFactory,
+    p: Preset,
+    charge_rps: float,
+) -> dict[str, Any]:
+    """Heartbeats in a closed loop as long as the charge peak: every terminal sends one a
+    minute (PROTOCOL §8), so a fleet sends far more of them than charges, and their CPU sizes a
+    deployment as much as the charges' do. The batch is sized on the charge peak (a batch that
+    runs out still measures its rate up to its last answer)."""
+    count = int(max(charge_rps, 20.0) * 2 * (p.warmup + p.peak_s)) + 4 * phases.connections
+    requests = factory.build(count)
+    cpu0 = srv.cpu()
+    result = phases.run(
+        srv.port, requests, mode="closed", duration=p.peak_s, warmup=p.warmup, expect=200
+    )
+    result["server_cpu_ms_per_request"] = _cpu_per(srv.cpu() - cpu0, result)
+    return result
 
 
 def _busy_connections(be: stack.Backend) -> AbstractContextManager[dict[str, Any]]:
