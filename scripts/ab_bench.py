@@ -9,6 +9,7 @@ prints each server's CPU per charge (or per activated device) and the ratio.
     git worktree add /tmp/base <revision>
     .venv/bin/python scripts/ab_bench.py --base /tmp/base                 # charges, PostgreSQL
     .venv/bin/python scripts/ab_bench.py --base /tmp/base --activation    # whole activations
+    .venv/bin/python scripts/ab_bench.py --base /tmp/base --heartbeats    # POST /pos/heartbeat
     .venv/bin/python scripts/ab_bench.py --base /tmp/base --backend embedded
 
 The base server imports the other revision's ``src`` first (PYTHONPATH); everything else (the
@@ -22,6 +23,7 @@ import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -64,13 +66,27 @@ def _terminals(srv: stack.ServerProcess, be: stack.Backend) -> list[DeviceClient
     return clients
 
 
-def _charges(clients: list[DeviceClient], count: int) -> None:
+def _each(clients: list[DeviceClient], count: int, one: Callable[[DeviceClient], Any]) -> None:
+    """``count`` requests, ``one`` at a time from each client, the clients side by side."""
+
     def run(client: DeviceClient) -> None:
         for _ in range(count // len(clients)):
-            client.charge(amount=1000, currency="USD", entry_mode="chip", card=CARD)
+            one(client)
 
     with ThreadPoolExecutor(len(clients)) as pool:
         list(pool.map(run, clients))
+
+
+def _charges(clients: list[DeviceClient], count: int) -> None:
+    _each(
+        clients,
+        count,
+        lambda c: c.charge(amount=1000, currency="USD", entry_mode="chip", card=CARD),
+    )
+
+
+def _heartbeats(clients: list[DeviceClient], count: int) -> None:
+    _each(clients, count, lambda c: c.heartbeat(**fleet.HEALTH))
 
 
 def main() -> None:
@@ -80,6 +96,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--batch", type=int, default=40, help="charges (or devices/8) a batch")
     parser.add_argument("--activation", action="store_true", help="activate devices instead")
+    parser.add_argument("--heartbeats", action="store_true", help="send heartbeats instead")
     args = parser.parse_args()
     # absolute: each server runs in its backend's data folder, where a relative path would
     # name another database than the one provisioned here (the embedded default's file)
@@ -117,16 +134,17 @@ def main() -> None:
                     cpu[n] += srv.cpu() - before
             done, unit = args.rounds * per, "activated device"
         else:
+            send, unit = (_heartbeats, "heartbeat") if args.heartbeats else (_charges, "charge")
             clients = {n: _terminals(srv, be) for n, (srv, be) in servers.items()}
             for n in order:
-                _charges(clients[n], 2 * args.batch)  # warm-up
+                send(clients[n], 2 * args.batch)  # warm-up
             for r in range(args.rounds):
                 for n in order if r % 2 == 0 else order[::-1]:
                     srv = servers[n][0]
                     before = srv.cpu()
-                    _charges(clients[n], args.batch)
+                    send(clients[n], args.batch)
                     cpu[n] += srv.cpu() - before
-            done, unit = args.rounds * args.batch, "charge"
+            done = args.rounds * args.batch
         for n in order:
             print(
                 f"{args.backend} {n}: {cpu[n] * 1000 / done:.2f} ms of server CPU per {unit} ({done})"

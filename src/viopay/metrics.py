@@ -54,6 +54,13 @@ TERMINAL_LOOKUPS = Counter(
     "(those are then read).",
     ["source"],
 )
+HEARTBEAT_LOOKUPS = Counter(
+    "viopay_heartbeat_lookups",
+    "How heartbeats on PostgreSQL authenticated their terminal: on the lookup row the process "
+    "remembered, in one statement (remembered), or on a fresh read (read); changed: a "
+    "remembered row found changed, or the device not online (those are then read).",
+    ["source"],
+)
 TOKEN_LOOKUPS = Counter(
     "viopay_token_lookups",
     "How terminal-parameters chunks on PostgreSQL authenticated their attestation token: on the "

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
 from support import charge_kit as kit
-from support.helpers import Admin, Backend, Server, present
+from support.helpers import Admin, Backend, Server, counter_by_label, present
 from viopay.keysets.models import KeySet, KeySetStatus
 from viopay.payments.models import IdempotencyRecord
 from viopay.runtime import Runtime
@@ -31,12 +29,7 @@ def other(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def lookups(url: str) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for sample in family.samples:
-            if sample.name == "viopay_terminal_lookups_total":
-                found[sample.labels["source"]] = sample.value
-    return found
+    return counter_by_label(url, "viopay_terminal_lookups", "source")
 
 
 async def envelope_count(runtime: Runtime, key_set_id: str) -> int:

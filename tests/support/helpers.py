@@ -182,6 +182,18 @@ def signed_pos_headers(
     }
 
 
+def counter_by_label(url: str, name: str, label: str) -> dict[str, float]:
+    """A server's Prometheus counter ``name`` (its ``_total`` sample), by the value of ``label``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == f"{name}_total":
+                found[sample.labels[label]] = sample.value
+    return found
+
+
 def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """Assert a problem+json error of PROTOCOL §1 and return its body."""
     assert response.status_code == status, response.text

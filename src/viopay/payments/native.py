@@ -31,6 +31,7 @@ refunds, cancels, reversals and recovery use the portable path.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -229,13 +230,18 @@ STABLE_COLUMNS = (
     "key_type",
     "key_wrapped",
 )
-_REMEMBERED_NAMES = (
-    "key_id",  # the lookup's own two parameters come first ($1, $2)
+# The first parameters of every statement on a remembered lookup: the lookup's own two ($1,
+# $2), then those of :func:`unchanged`.
+REMEMBERED_PARAMS = (
+    "key_id",
     "terminal_id",
     *(f"was_{c}" for c in STABLE_COLUMNS),
     "max_envelopes",
     "was_exhausted",
     "was_rotating",
+)
+_REMEMBERED_NAMES = (
+    *REMEMBERED_PARAMS,
     "intent_id",
     "kind",
     "state",
@@ -257,16 +263,38 @@ _REMEMBERED_NAMES = (
     "version",
 )
 _P = {name: f"${i}" for i, name in enumerate(_REMEMBERED_NAMES, start=1)}
-_SAME = "\n        AND ".join(
-    f"l.{c} IS NOT DISTINCT FROM {_P['was_' + c]}" for c in STABLE_COLUMNS
-)
+
+
+def unchanged(p: Mapping[str, str]) -> str:
+    """The condition, on the terminal lookup ``l`` read inside a statement, that it reads as a
+    remembered row: every column that decides authentication, and the key set's tally on the
+    same side of its limit and of 90 %. ``p``: the placeholders of ``was_<column>``,
+    ``max_envelopes``, ``was_exhausted`` and ``was_rotating`` (:func:`remembered_values`)."""
+    same = "".join(
+        f"l.{c} IS NOT DISTINCT FROM {p['was_' + c]}\n        AND " for c in STABLE_COLUMNS
+    )
+    return (
+        f"{same}(l.envelope_count >= {p['max_envelopes']}::integer) = {p['was_exhausted']}::boolean"
+        f"\n        AND (l.envelope_count * 10 >= {p['max_envelopes']}::integer * 9)"
+        f" = {p['was_rotating']}::boolean"
+    )
+
+
+def remembered_values(lookup: asyncpg.Record, max_envelopes: int) -> dict[str, Any]:
+    """The values of :func:`unchanged`'s placeholders for ``lookup``."""
+    count = lookup["envelope_count"]
+    return {f"was_{c}": lookup[c] for c in STABLE_COLUMNS} | {
+        "max_envelopes": max_envelopes,
+        "was_exhausted": count >= max_envelopes,
+        "was_rotating": count * 10 >= max_envelopes * 9,
+    }
+
+
 CLAIM_REMEMBERED = """
 WITH l AS ({lookup}),
 ok AS (
     SELECT FROM l
-    WHERE {same}
-        AND (l.envelope_count >= {max_envelopes}::integer) = {was_exhausted}::boolean
-        AND (l.envelope_count * 10 >= {max_envelopes}::integer * 9) = {was_rotating}::boolean
+    WHERE {unchanged}
 ), touched AS (
     UPDATE devices SET last_seen_at = coalesce({seen_at}::timestamptz, last_seen_at),
         app_version = {version}::varchar
@@ -326,7 +354,7 @@ def claim_remembered_sql(lookup: Compiled) -> str:
     assert lookup.names == ("key_id", "terminal_id"), lookup.names
     return CLAIM_REMEMBERED.format(
         lookup=lookup.sql,
-        same=_SAME,
+        unchanged=unchanged(_P),
         record_set=_RECORD_SET,
         intent_columns=_INTENT_COLUMNS,
         **_P,
@@ -367,14 +395,10 @@ async def claim_remembered(
     return its record and add a replay's envelopes to the tally; and touch the device. Nothing
     is written when the lookup changed; without room, nothing but the device's touch (the
     caller decides afresh, and refuses)."""
-    count = lookup["envelope_count"]
-    params: dict[str, Any] = {f"was_{c}": lookup[c] for c in STABLE_COLUMNS}
+    params = remembered_values(lookup, max_envelopes)
     params.update(_intent_values(intent))
     params.update(
         key_id=lookup["key_id"],
-        max_envelopes=max_envelopes,
-        was_exhausted=count >= max_envelopes,
-        was_rotating=count * 10 >= max_envelopes * 9,
         key=key,
         method=method,
         path=path,
