@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import Actor, record_event
@@ -90,17 +90,18 @@ def chunk(blob: ParametersBlob, index: int) -> bytes:
     return blob.gzip_bytes[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]
 
 
+# The terminal's own row, else the operator's default: one row, so one stream (~100 KiB) read.
+_OWN_ELSE_DEFAULT = (
+    select(TerminalParameters)
+    .where(TerminalParameters.terminal_id.in_([bindparam("terminal_id"), bindparam("default")]))
+    .order_by((TerminalParameters.terminal_id == bindparam("default")).asc())
+    .limit(1)
+)
+
+
 async def parameters_for(db: AsyncSession, terminal_id: str) -> ParametersBlob:
     """The terminal's own document, else the operator's default, else the built-in one."""
-    rows = (
-        await db.scalars(
-            select(TerminalParameters).where(
-                TerminalParameters.terminal_id.in_((terminal_id, DEFAULT_KEY))
-            )
-        )
-    ).all()
-    by_key = {row.terminal_id: row for row in rows}
-    row = by_key.get(terminal_id) or by_key.get(DEFAULT_KEY)
+    row = await db.scalar(_OWN_ELSE_DEFAULT, {"terminal_id": terminal_id, "default": DEFAULT_KEY})
     if row is None:
         return await builtin_blob()
     return ParametersBlob(gzip_bytes=row.gzip, size=row.size, sha256=row.sha256)
