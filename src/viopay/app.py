@@ -39,6 +39,7 @@ from viopay.errors import (
     problem_response,
 )
 from viopay.fleet.timer import FleetTimer
+from viopay.keysets.service import configure_key_cache
 from viopay.masterkeys.service import refresh_forever
 from viopay.metrics import exposition, process_exited
 from viopay.middleware import HeadAsGetMiddleware, RequestContextMiddleware, request_id_of
@@ -46,6 +47,7 @@ from viopay.openapi import Problem, declare_headers
 from viopay.payments.processors import build_processor
 from viopay.payments.recovery import RecoveryWorker, owner_id
 from viopay.payments.recovery import interval_for as recovery_interval
+from viopay.payments.terminal_auth import configure_memory
 from viopay.portal import router as portal_router
 from viopay.portal.rendering import compile_templates
 from viopay.runtime import Runtime, build_runtime
@@ -63,6 +65,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         load_what_requests_need(app)  # first: if it fails, nothing is started yet
+        size_terminal_caches(settings.terminal_cache_size)
         rt = runtime or build_runtime(settings)
         if settings.oidc_issuer:
             provider = OidcProvider(
@@ -159,6 +162,14 @@ def load_what_requests_need(app: FastAPI) -> None:
     default_backend()
     compile_templates()
     app.openapi()
+
+
+def size_terminal_caches(terminals: int) -> None:
+    """What a process keeps per terminal between requests (``VIOPAY_TERMINAL_CACHE_SIZE``): the
+    authentication row of the remembered charge and heartbeat paths and the unwrapped keys.
+    Past it, the least recently seen terminal's next request reads them again."""
+    configure_memory(terminals)
+    configure_key_cache(terminals)
 
 
 @functools.cache

@@ -126,6 +126,12 @@ class Settings(BaseSettings):
         le=60,
         description="How often a server process looks for due webhook deliveries.",
     )
+    terminal_cache_size: int = Field(
+        default=4096,
+        ge=16,
+        le=1_000_000,
+        description="Terminals whose authentication row and unwrapped keys a server process keeps (past it, the least recently seen are read again: correct, one read more). Size it for the terminals one process serves: each beats every minute.",
+    )
     heartbeat_interval_seconds: int = Field(
         default=60, ge=1, le=3600, description="next_heartbeat_s told to terminals (§8)."
     )

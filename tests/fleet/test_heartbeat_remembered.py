@@ -9,12 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from support import charge_kit as kit
-from support.helpers import Admin, Backend, Server, counter_by_label, present
+from support.helpers import UA, Admin, Backend, Server, counter_by_label, present
+from viopay.app import create_app
+from viopay.audit import Actor
 from viopay.devices.models import Device
+from viopay.fleet import native
+from viopay.fleet.schemas import HeartbeatIn
+from viopay.ids import utcnow
+from viopay.keysets import service as keysets
 from viopay.keysets.models import KeySet
+from viopay.parameters.defaults import builtin_document
+from viopay.parameters.service import pack, set_parameters
 from viopay.runtime import Runtime
 
 HEARTBEAT = "/pos/heartbeat"
@@ -56,6 +66,7 @@ async def test_a_remembered_heartbeat_writes_what_a_fresh_one_writes(
     first = terminal.send("POST", HEARTBEAT, {"printer": "ok", "charging": True}, url=server_b.url)
     assert first.status == 200  # read afresh (it comes online); the row is remembered
     count, before = await tally(runtime, key_set), lookups(server_b.url)
+    on_first = await device_row(runtime, device_id)
 
     remembered = terminal.send("POST", HEARTBEAT, REPORT, url=server_b.url)
     assert remembered.status == 200 and "rotate_keys" not in remembered.json()
@@ -77,6 +88,7 @@ async def test_a_remembered_heartbeat_writes_what_a_fresh_one_writes(
     assert {k: v for k, v in on_fresh.items() if k not in moments} == {
         k: v for k, v in on_remembered.items() if k not in moments
     }
+    assert on_first["last_heartbeat_at"] < on_remembered["last_heartbeat_at"]
     assert on_remembered["last_heartbeat_at"] <= on_fresh["last_heartbeat_at"]
     assert (on_fresh["battery_pct"], on_fresh["network"], on_fresh["signal_dbm"]) == (
         64,
@@ -120,3 +132,71 @@ async def test_the_rotation_hint_follows_the_tally_as_it_is_now(
     past = terminal.send("POST", HEARTBEAT, {"battery_pct": 3}, url=server_b.url)
     assert past.status == 200 and past.json()["rotate_keys"] is True
     assert await tally(runtime, key_set) == limit + 2
+
+
+def test_the_fast_path_knows_every_member_of_a_report() -> None:
+    assert list(native.HEALTH) == list(HeartbeatIn.model_fields)
+
+
+async def test_a_new_app_version_is_written_by_a_remembered_heartbeat(
+    terminal: kit.PosTerminal, server_b: Server, runtime: Runtime, backend: Backend
+) -> None:
+    device_id = terminal.device.device_id
+    assert terminal.send("POST", HEARTBEAT, {}, url=server_b.url).status == 200
+    before = lookups(server_b.url)
+    newer = UA.replace("1.4.2", "1.4.3")
+    assert newer != UA
+    changed = terminal.send("POST", HEARTBEAT, {}, url=server_b.url, edit={"User-Agent": newer})
+    assert changed.status == 200
+    assert (await device_row(runtime, device_id))["app_version"] == "1.4.3"
+    remembered = 1 if backend.name == "postgres" else 0
+    assert spent(server_b.url, before) == {"remembered": remembered, "read": 0, "changed": 0}
+
+
+async def test_the_terminals_own_parameters_win_over_the_operator_default_on_both_paths(
+    terminal: kit.PosTerminal, server: Server, server_b: Server, admin: Admin, runtime: Runtime
+) -> None:
+    # The operator default as the built-in document: the same bytes every other terminal of the
+    # shared test database gets without one.
+    async with runtime.sessions() as db, db.begin():
+        await set_parameters(
+            db, terminal_id=None, document=builtin_document(), actor=Actor.operator(), now=utcnow()
+        )
+    own = {"acquirer": {"name": f"own of {terminal.terminal_id}"}}
+    path = f"/admin/terminals/{terminal.terminal_id}/parameters"
+    assert admin.http.put(path, json=own).status_code == 200
+    assert terminal.send("POST", HEARTBEAT, {}, url=server_b.url).status == 200
+    for url in (server_b.url, server.url):  # remembered (PostgreSQL), then afresh
+        answer = terminal.send("POST", HEARTBEAT, {}, url=url)
+        assert answer.json()["parameters_sha256"] == pack(own).sha256, url
+
+
+async def test_a_remembered_heartbeat_reads_keys_this_process_no_longer_holds(
+    terminal: kit.PosTerminal, runtime: Runtime, backend: Backend
+) -> None:
+    """Past VIOPAY_TERMINAL_CACHE_SIZE a set's keys leave the process before its lookup row
+    may: the heartbeat then reads them and still beats in one statement (in process, to evict)."""
+
+    def remembered() -> float:
+        labels = {"source": "remembered"}
+        return REGISTRY.get_sample_value("viopay_heartbeat_lookups_total", labels) or 0.0
+
+    app = create_app(runtime.settings)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://viopay.test") as http,
+    ):
+
+        async def beat(battery: int) -> int:
+            body = terminal.seal_body("POST", HEARTBEAT, {"battery_pct": battery})
+            headers = terminal.headers("POST", HEARTBEAT, body)
+            return (await http.post(HEARTBEAT, content=body, headers=headers)).status_code
+
+        assert await beat(20) == 200  # afresh: the lookup row and the keys now held
+        assert await beat(21) == 200
+        before = remembered()
+        keysets._SETS.clear()  # the set's keys evicted, as past the cache's size
+        assert await beat(22) == 200
+        assert remembered() == before + (1 if backend.name == "postgres" else 0)
+    assert (await device_row(runtime, terminal.device.device_id))["battery_pct"] == 22

@@ -120,8 +120,12 @@ async def _beat_remembered(
     auth, remembered = found
     settings = runtime.settings
     try:
-        opened, report = await _open(None, runtime, auth, signed, now)
-    except (ViopayError, ReadNeeded):  # a refusal, or the keys not cached yet
+        try:
+            opened, report = await _open(None, runtime, auth, signed, now)
+        except ReadNeeded:  # the set's keys not (or no longer) cached in this process
+            async with runtime.sessions() as db:
+                opened, report = await _open(db, runtime, auth, signed, now)
+    except ViopayError:
         return None, True
     if opened.key_set_id != auth.key_set_id:
         return None, True

@@ -34,7 +34,8 @@ from viopay_device.protocol.transport import derive_ktk, generate_x25519, x25519
 
 PENDING_TTL = timedelta(minutes=15)
 KEY_ID_PREFIX = {key_type: key_type.lower() + "_" for key_type in KEY_TYPES}
-_KEY_CACHE_SIZE = 1024
+# Key sets whose unwrapped keys a process keeps; configure_key_cache() sets it at start-up.
+_SET_CAPACITY = 2 * 4096
 
 
 # --- delivery ---------------------------------------------------------------------------------
@@ -200,6 +201,11 @@ class _KeyCache:
             self._keys.move_to_end(key_id)
         return key
 
+    def resize(self, size: int) -> None:
+        self._size = size
+        while len(self._keys) > self._size:
+            self._keys.popitem(last=False)
+
     def put(self, key_id: str, key: bytes) -> None:
         self._keys[key_id] = key
         self._keys.move_to_end(key_id)
@@ -211,7 +217,17 @@ class _KeyCache:
             self._keys.pop(key_id, None)
 
 
-_KEYS = _KeyCache(_KEY_CACHE_SIZE)
+_KEYS = _KeyCache(_SET_CAPACITY * len(KEY_TYPES))
+
+
+def configure_key_cache(terminals: int) -> None:
+    """Room for the keys of ``terminals`` terminals (``VIOPAY_TERMINAL_CACHE_SIZE``), two sets
+    each (a rotation's grace). A set beyond it is read and unwrapped again on its next use."""
+    global _SET_CAPACITY  # noqa: PLW0603 - the process's cache, sized once at start-up
+    _SET_CAPACITY = 2 * terminals
+    _KEYS.resize(_SET_CAPACITY * len(KEY_TYPES))
+    while len(_SETS) > _SET_CAPACITY:
+        _SETS.popitem(last=False)
 
 
 class StoredKey(Protocol):
@@ -310,7 +326,7 @@ async def load_keys(db: AsyncSession, *, wrapper: KeyWrapper, key_set_id: str) -
         raise LookupError("key set has no keys")
     made = _set_keys(wrapper, key_set_id, rows)
     _SETS[key_set_id] = made
-    while len(_SETS) > _KEY_CACHE_SIZE // len(KEY_TYPES):
+    while len(_SETS) > _SET_CAPACITY:
         _SETS.popitem(last=False)
     return made
 

@@ -351,15 +351,26 @@ class Remembered:
         self.app_version = changes.get("app_version", self.app_version)
 
 
-REMEMBERED_MAX = 4096  # (terminal, X-Key-Id) pairs per process; the least recently used go first
+# (terminal, X-Key-Id) pairs per process, the least recently used first to go: a fleet's
+# terminals come round in turn (every heartbeat a minute), so it is sized for all of a process's
+# terminals (VIOPAY_TERMINAL_CACHE_SIZE, set by configure_memory() at start-up).
+_capacity = 4096
 _REMEMBERED: OrderedDict[tuple[str, str], Remembered] = OrderedDict()
+
+
+def configure_memory(terminals: int) -> None:
+    """Room for ``terminals`` lookup rows (one per terminal and ``X-Key-Id``)."""
+    global _capacity  # noqa: PLW0603 - the process's memory, sized once at start-up
+    _capacity = terminals
+    while len(_REMEMBERED) > _capacity:
+        _REMEMBERED.popitem(last=False)
 
 
 def _remember(signed: SignedRequest, record: asyncpg.Record, changes: dict[str, Any]) -> None:
     entry = Remembered(record, record["last_seen_at"], record["app_version"])
     entry.written(changes)
     _REMEMBERED[(signed.terminal_id, signed.key_id)] = entry
-    while len(_REMEMBERED) > REMEMBERED_MAX:
+    while len(_REMEMBERED) > _capacity:
         _REMEMBERED.popitem(last=False)
 
 

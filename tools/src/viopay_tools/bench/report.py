@@ -255,7 +255,10 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
 
     beating = [c for c in _configs(doc) if c.get("heartbeat_peak")]
     if beating:
-        t = Table(title="POST /pos/heartbeat (closed loop): every terminal, once a minute (§8)")
+        t = Table(
+            title="POST /pos/heartbeat (closed loop, no more connections than terminals; "
+            "in a fleet every terminal sends one a minute, §8)"
+        )
         for col in (
             "backend",
             "workers",

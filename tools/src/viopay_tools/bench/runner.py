@@ -563,13 +563,23 @@ def _heartbeat_phase(
     """Heartbeats in a closed loop as long as the charge peak: every terminal sends one a
     minute (PROTOCOL §8), so a fleet sends far more of them than charges, and their CPU sizes a
     deployment as much as the charges' do. The batch is sized on the charge peak (a batch that
-    runs out still measures its rate up to its last answer)."""
-    count = int(max(charge_rps, 20.0) * 2 * (p.warmup + p.peak_s)) + 4 * phases.connections
+    runs out still measures its rate up to its last answer). No more connections than
+    terminals, the requests round robin over them: a terminal's heartbeats seldom overlap and
+    wait on their own rows' locks, as in a fleet, where each beats once a minute."""
+    connections = min(phases.connections, len(factory.terminals))
+    count = int(max(charge_rps, 20.0) * 2 * (p.warmup + p.peak_s)) + 4 * connections
     requests = factory.build(count)
     cpu0 = srv.cpu()
     result = phases.run(
-        srv.port, requests, mode="closed", duration=p.peak_s, warmup=p.warmup, expect=200
+        srv.port,
+        requests,
+        mode="closed",
+        duration=p.peak_s,
+        warmup=p.warmup,
+        expect=200,
+        connections=connections,
     )
+    result["connections"] = connections
     result["server_cpu_ms_per_request"] = _cpu_per(srv.cpu() - cpu0, result)
     return result
 
