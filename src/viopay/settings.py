@@ -20,6 +20,10 @@ from viopay.crypto.wrapping import decode_master_key
 _SEMVER_FIELD_HELP = "a SemVer 2.0 version such as 1.4.2"
 
 
+# Terminals a server process keeps warm (VIOPAY_TERMINAL_CACHE_SIZE's default).
+TERMINAL_CACHE_SIZE = 4096
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIOPAY_", extra="ignore", frozen=True)
 
@@ -127,7 +131,7 @@ class Settings(BaseSettings):
         description="How often a server process looks for due webhook deliveries.",
     )
     terminal_cache_size: int = Field(
-        default=4096,
+        default=TERMINAL_CACHE_SIZE,
         ge=16,
         le=1_000_000,
         description="Terminals whose authentication row and unwrapped keys a server process keeps (past it, the least recently seen are read again: correct, one read more). Size it for the terminals one process serves: each beats every minute.",

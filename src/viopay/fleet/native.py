@@ -28,21 +28,19 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from sqlalchemy.dialects import postgresql
 
 from viopay.db import NativePool
+from viopay.devices.models import Device
+from viopay.fleet.schemas import HeartbeatIn
 from viopay.metrics import count_transaction
 from viopay.parameters.models import DEFAULT_KEY
 from viopay.payments.native import REMEMBERED_PARAMS, Compiled, remembered_values, unchanged
 
-# The report's members (PROTOCOL §8) and their columns' types.
+# The report's members (PROTOCOL §8) and the PostgreSQL types of their device columns.
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 HEALTH = {
-    "battery_pct": "integer",
-    "charging": "boolean",
-    "network": "varchar",
-    "signal_dbm": "integer",
-    "printer": "varchar",
-    "pending_offline": "integer",
-    "uptime_s": "integer",
+    name: Device.__table__.c[name].type.compile(dialect=_PG) for name in HeartbeatIn.model_fields
 }
 _NAMES = (
     *REMEMBERED_PARAMS,
@@ -101,11 +99,11 @@ def beat_remembered_sql(lookup: Compiled) -> str:
 @dataclass(frozen=True)
 class Beaten:
     """What the terminal should hold (PROTOCOL §8's answer): the config version, and the
-    digest of its own parameters document, else of the operator's default (None: neither,
-    the built-in document's)."""
+    digests of its own parameters document and of the operator's default (None: none)."""
 
     config_version: int
-    parameters_sha256: str | None
+    own_sha256: str | None
+    default_sha256: str | None
 
 
 async def beat_remembered(
@@ -150,4 +148,4 @@ async def beat_remembered(
     if not row["beaten"]:
         return None
     assert row["tallied"] == 1 and row["config_version"] is not None
-    return Beaten(row["config_version"], row["own_sha256"] or row["default_sha256"])
+    return Beaten(row["config_version"], row["own_sha256"], row["default_sha256"])

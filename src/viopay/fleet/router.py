@@ -19,10 +19,8 @@ from viopay.deps import Now, RuntimeDep, body_schema, validate
 from viopay.errors import ViopayError
 from viopay.fleet import native, service
 from viopay.fleet.schemas import HeartbeatIn
-from viopay.ids import rfc3339
 from viopay.metrics import HEARTBEAT_LOOKUPS
 from viopay.openapi import errors_for
-from viopay.parameters.service import builtin_blob
 from viopay.payments.channel import (
     OpenedRequest,
     ReadNeeded,
@@ -151,12 +149,13 @@ async def _beat_remembered(
         return None, True
     _REMEMBERED.inc()
     remembered.written(changes)
-    answer = {
-        "server_time": rfc3339(now),
-        "config_version": beaten.config_version,
-        "parameters_sha256": beaten.parameters_sha256 or (await builtin_blob()).sha256,
-        "next_heartbeat_s": settings.heartbeat_interval_seconds,
-    }
+    answer = await service.heartbeat_answer(
+        config_version=beaten.config_version,
+        own_sha256=beaten.own_sha256,
+        default_sha256=beaten.default_sha256,
+        interval_seconds=settings.heartbeat_interval_seconds,
+        now=now,
+    )
     usage = key_set_usage(auth, max_envelopes=settings.keyset_max_envelopes, now=now)
     body = seal_answer(opened, auth, answer, rotate=usage.rotate)
     return Response(body, media_type="application/json"), True

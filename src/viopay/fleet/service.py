@@ -13,7 +13,7 @@ import functools
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Update, bindparam, or_, select, update
+from sqlalchemy import ScalarSelect, Update, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import SYSTEM, record_event
@@ -72,13 +72,33 @@ async def record_heartbeat(
     )
     if not getattr(written, "rowcount", 0):
         await _come_online(db, device_id=device_id, given=given, now=now)
-    config_version, parameters_sha256 = await _what_to_hold(
+    config_version, own, default = await _what_to_hold(
         db, merchant_id=merchant_id, terminal_id=terminal_id, now=now
     )
+    return await heartbeat_answer(
+        config_version=config_version,
+        own_sha256=own,
+        default_sha256=default,
+        interval_seconds=interval_seconds,
+        now=now,
+    )
+
+
+async def heartbeat_answer(
+    *,
+    config_version: int,
+    own_sha256: str | None,
+    default_sha256: str | None,
+    interval_seconds: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """The §8 answer: the parameters digest is the terminal's own document's, else the
+    operator default's, else the built-in document's."""
+    digest = own_sha256 or default_sha256 or (await builtin_blob()).sha256
     return {
         "server_time": rfc3339(now),
         "config_version": config_version,
-        "parameters_sha256": parameters_sha256,
+        "parameters_sha256": digest,
         "next_heartbeat_s": interval_seconds,
     }
 
@@ -112,36 +132,33 @@ async def _come_online(
     await db.flush()
 
 
-# The merchant's config version beside the terminal's own parameters row and the operator's
-# default row (their digests only: a stream is ~100 KiB); no row when the config is not made.
-_TO_HOLD = (
-    select(MerchantConfig.config_version, TerminalParameters.terminal_id, TerminalParameters.sha256)
-    .select_from(MerchantConfig)
-    .outerjoin(
-        TerminalParameters,
-        or_(
-            TerminalParameters.terminal_id == bindparam("terminal_id"),
-            TerminalParameters.terminal_id == bindparam("default_key"),
-        ),
+def _digest_of(key: str) -> ScalarSelect[str]:
+    return (
+        select(TerminalParameters.sha256)
+        .where(TerminalParameters.terminal_id == bindparam(key))
+        .scalar_subquery()
     )
-    .where(MerchantConfig.merchant_id == bindparam("merchant_id"))
-)
+
+
+# The merchant's config version and the digests of the terminal's own parameters and of the
+# operator's default (never their ~100 KiB streams); no row when the config is not made.
+_TO_HOLD = select(
+    MerchantConfig.config_version, _digest_of("terminal_id"), _digest_of("default_key")
+).where(MerchantConfig.merchant_id == bindparam("merchant_id"))
 
 
 async def _what_to_hold(
     db: AsyncSession, *, merchant_id: str, terminal_id: str, now: datetime
-) -> tuple[int, str]:
-    """The config version and the parameters digest the terminal should hold: its own
-    document's, else the operator's default's, else the built-in one's."""
+) -> tuple[int, str | None, str | None]:
+    """The config version, and the digests of the terminal's own parameters and of the
+    operator's default (None: no such document)."""
     params = {"merchant_id": merchant_id, "terminal_id": terminal_id, "default_key": DEFAULT_KEY}
-    rows = (await db.execute(_TO_HOLD, params)).all()
-    if not rows:  # the config is made with the defaults on its first read
+    row = (await db.execute(_TO_HOLD, params)).first()
+    if row is None:  # the config is made with the defaults on its first read
         await get_config(db, merchant=await get_merchant(db, merchant_id), now=now)
-        rows = (await db.execute(_TO_HOLD, params)).all()
-    version: int = rows[0][0]
-    digests = {key: sha256 for _, key, sha256 in rows if key is not None}
-    digest = digests.get(terminal_id) or digests.get(DEFAULT_KEY)
-    return version, digest or (await builtin_blob()).sha256
+        row = (await db.execute(_TO_HOLD, params)).one()
+    version, own, default = row
+    return version, own, default
 
 
 async def mark_offline(db: AsyncSession, *, interval_seconds: int, now: datetime) -> list[str]:

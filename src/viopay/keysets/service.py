@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,6 +27,7 @@ from viopay.devices.service import unclaim_device
 from viopay.errors import InvalidRequest, InvalidState
 from viopay.ids import new_id
 from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
+from viopay.settings import TERMINAL_CACHE_SIZE
 from viopay_device.protocol.errors import CryptoError
 from viopay_device.protocol.kcv import kcv_for
 from viopay_device.protocol.keyblocks import KEY_LENGTH, KEY_TYPES, WRAPPED_BY, wrap_key
@@ -35,7 +36,7 @@ from viopay_device.protocol.transport import derive_ktk, generate_x25519, x25519
 PENDING_TTL = timedelta(minutes=15)
 KEY_ID_PREFIX = {key_type: key_type.lower() + "_" for key_type in KEY_TYPES}
 # Key sets whose unwrapped keys a process keeps; configure_key_cache() sets it at start-up.
-_SET_CAPACITY = 2 * 4096
+_SET_CAPACITY = 2 * TERMINAL_CACHE_SIZE
 
 
 # --- delivery ---------------------------------------------------------------------------------
@@ -184,6 +185,12 @@ def _wrap_context(key_id: str) -> str:
 key_context = _wrap_context
 
 
+def _drop_oldest(entries: OrderedDict[str, Any], size: int) -> None:
+    """Keep the ``size`` most recently used ``entries``."""
+    while len(entries) > size:
+        entries.popitem(last=False)
+
+
 class _KeyCache:
     """Unwrapped keys by key_id, in this process only. A key never changes once made, so an
     entry never goes stale; the bound keeps memory (and exposure) small."""
@@ -203,14 +210,12 @@ class _KeyCache:
 
     def resize(self, size: int) -> None:
         self._size = size
-        while len(self._keys) > self._size:
-            self._keys.popitem(last=False)
+        _drop_oldest(self._keys, size)
 
     def put(self, key_id: str, key: bytes) -> None:
         self._keys[key_id] = key
         self._keys.move_to_end(key_id)
-        while len(self._keys) > self._size:
-            self._keys.popitem(last=False)
+        _drop_oldest(self._keys, self._size)
 
     def forget(self, key_ids: Sequence[str]) -> None:
         for key_id in key_ids:
@@ -226,8 +231,7 @@ def configure_key_cache(terminals: int) -> None:
     global _SET_CAPACITY  # noqa: PLW0603 - the process's cache, sized once at start-up
     _SET_CAPACITY = 2 * terminals
     _KEYS.resize(_SET_CAPACITY * len(KEY_TYPES))
-    while len(_SETS) > _SET_CAPACITY:
-        _SETS.popitem(last=False)
+    _drop_oldest(_SETS, _SET_CAPACITY)
 
 
 class StoredKey(Protocol):
@@ -326,8 +330,7 @@ async def load_keys(db: AsyncSession, *, wrapper: KeyWrapper, key_set_id: str) -
         raise LookupError("key set has no keys")
     made = _set_keys(wrapper, key_set_id, rows)
     _SETS[key_set_id] = made
-    while len(_SETS) > _SET_CAPACITY:
-        _SETS.popitem(last=False)
+    _drop_oldest(_SETS, _SET_CAPACITY)
     return made
 
 

@@ -42,6 +42,7 @@ from viopay.keysets.models import KeySet, KeySetKey, KeySetStatus
 from viopay.keysets.service import serves_charges, unwrap_stored_key
 from viopay.payments import native
 from viopay.runtime import Runtime
+from viopay.settings import TERMINAL_CACHE_SIZE
 from viopay.signatures import check_timestamp, header, parse_signed_headers, spend_nonce
 from viopay_device.protocol.errors import SignatureMismatch
 from viopay_device.protocol.signing import charge_string_to_sign, verify_signature
@@ -354,7 +355,7 @@ class Remembered:
 # (terminal, X-Key-Id) pairs per process, the least recently used first to go: a fleet's
 # terminals come round in turn (every heartbeat a minute), so it is sized for all of a process's
 # terminals (VIOPAY_TERMINAL_CACHE_SIZE, set by configure_memory() at start-up).
-_capacity = 4096
+_capacity = TERMINAL_CACHE_SIZE
 _REMEMBERED: OrderedDict[tuple[str, str], Remembered] = OrderedDict()
 
 
@@ -362,14 +363,17 @@ def configure_memory(terminals: int) -> None:
     """Room for ``terminals`` lookup rows (one per terminal and ``X-Key-Id``)."""
     global _capacity  # noqa: PLW0603 - the process's memory, sized once at start-up
     _capacity = terminals
-    while len(_REMEMBERED) > _capacity:
-        _REMEMBERED.popitem(last=False)
+    _forget_oldest()
 
 
 def _remember(signed: SignedRequest, record: asyncpg.Record, changes: dict[str, Any]) -> None:
     entry = Remembered(record, record["last_seen_at"], record["app_version"])
     entry.written(changes)
     _REMEMBERED[(signed.terminal_id, signed.key_id)] = entry
+    _forget_oldest()
+
+
+def _forget_oldest() -> None:
     while len(_REMEMBERED) > _capacity:
         _REMEMBERED.popitem(last=False)
 
