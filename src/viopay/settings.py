@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     )
     terminal_cache_size: int = Field(
         default=TERMINAL_CACHE_SIZE,
-        ge=16,
+        ge=1,
         le=1_000_000,
         description="Terminals whose authentication row and unwrapped keys a server process keeps (past it, the least recently seen are read again: correct, one read more). Size it for the terminals one process serves: each beats every minute.",
     )

@@ -15,7 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support import charge_kit as kit
-from support.helpers import Backend, Server
+from support.helpers import Admin, Backend, MakeMerchant, Server, counter_by_label
+from viopay.runtime import Runtime
 
 
 @pytest.fixture
@@ -67,3 +68,49 @@ def test_a_replay_and_a_get_are_one_transaction(
     assert terminal.get(made["id"], url=quiet_server.url).status == 200
     after = counters(quiet_server.url)
     assert spent(before, after, "viopay_db_transactions_total") == 2  # one each
+
+
+@pytest.fixture
+def small_cache_server(backend: Backend, tmp_path: Path) -> Iterator[Server]:
+    """A server whose per-process terminal cache holds two terminals."""
+    small = Backend(backend.name, {**backend.env, "VIOPAY_TERMINAL_CACHE_SIZE": "2"})
+    server = Server(small, tmp_path, "small-cache")
+    yield server
+    server.stop()
+
+
+async def test_a_fleet_as_large_as_the_terminal_cache_keeps_two_transactions_a_charge(
+    terminal: kit.PosTerminal,
+    small_cache_server: Server,
+    backend: Backend,
+    server: Server,
+    admin: Admin,
+    make_merchant: MakeMerchant,
+    runtime: Runtime,
+) -> None:
+    """VIOPAY_TERMINAL_CACHE_SIZE sizes the remembered lookups and the unwrapped keys together:
+    as many terminals as it names, charging in turn, each find their row *and* their keys (a
+    key cache smaller than the lookups' made every such charge read its keys in a transaction
+    of its own: three). One terminal more and nothing is remembered: each charge then
+    authenticates afresh inside its first transaction, still two."""
+    url = small_cache_server.url
+    second = await kit.activated_terminal(server, admin, make_merchant, runtime)
+    third = await kit.activated_terminal(server, admin, make_merchant, runtime)
+    try:
+        for n, pos in enumerate((terminal, second)):  # both remembered
+            assert pos.charge(500, idempotency_key=f"fit-warm-{n}", url=url).status == 201
+        looked_up = counter_by_label(url, "viopay_terminal_lookups", "source")
+        for n, pos in enumerate((terminal, second, terminal, second)):
+            before = counters(url)
+            assert pos.charge(600, idempotency_key=f"fit-{n}", url=url).status == 201
+            assert spent(before, counters(url), "viopay_db_transactions_total") == 2, n
+        if backend.name == "postgres":
+            now = counter_by_label(url, "viopay_terminal_lookups", "source")
+            assert now["remembered"] - looked_up.get("remembered", 0) == 4
+        for n, pos in enumerate((third, terminal, second, third, terminal, second)):
+            before = counters(url)
+            assert pos.charge(700, idempotency_key=f"past-{n}", url=url).status == 201
+            assert spent(before, counters(url), "viopay_db_transactions_total") == 2, n
+    finally:
+        second.close()
+        third.close()

@@ -89,6 +89,7 @@ class Server:
             if self.process.poll() is not None:
                 if b"address already in use" in self.log_path.read_bytes()[-3000:]:
                     return False
+                self._log.close()
                 raise RuntimeError(f"server exited: {self._tail()}")
             try:
                 # A 200 may come from another process on the port: ours says it bound it.
