@@ -9,12 +9,16 @@ answers come from a fresh read."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, update
 
 from support import charge_kit as kit
 from support.helpers import Admin, Backend, Server, counter_by_label, present
+from viopay.devices.models import Device
+from viopay.ids import utcnow
 from viopay.keysets.models import KeySet, KeySetStatus
 from viopay.payments.models import IdempotencyRecord
 from viopay.runtime import Runtime
@@ -166,3 +170,43 @@ def test_a_reused_nonce_after_a_disable_made_elsewhere_is_403_then_401(
     assert terminal.charge(500, idempotency_key="non-3", url=other.url).status == 201
     again = terminal.charge(500, idempotency_key="non-2", nonce=nonce, url=other.url)
     assert (again.status, again.code) == (401, "nonce_reused")
+
+
+@pytest.fixture
+def fresh_process(backend: Backend, tmp_path: Path) -> Iterator[Server]:
+    """A server process that remembers nothing yet."""
+    server = Server(backend, tmp_path, "fresh")
+    yield server
+    server.stop()
+
+
+async def last_seen(runtime: Runtime, device_id: str) -> datetime:
+    async with runtime.sessions() as db:
+        seen = present(await db.get(Device, device_id)).last_seen_at
+    assert seen is not None
+    return seen if seen.tzinfo else seen.replace(tzinfo=UTC)
+
+
+async def test_a_refused_request_leaves_the_last_seen_write_to_the_next(
+    terminal: kit.PosTerminal, fresh_process: Server, backend: Backend, runtime: Runtime
+) -> None:
+    """A process's first charge of a terminal reads the lookup afresh and remembers it, with
+    the device's ``last_seen_at`` write that was due; when the request is then refused with
+    nothing stored (a body that is no envelope) that write rolls back with it, so the next
+    charge, on the remembered row, makes it."""
+    device_id = terminal.device.device_id
+    long_ago = utcnow().replace(microsecond=0) - timedelta(minutes=10)
+    async with runtime.sessions() as db, db.begin():
+        await db.execute(
+            update(Device).where(Device.device_id == device_id).values(last_seen_at=long_ago)
+        )
+    refused = terminal.send(
+        "POST", "/pos/charge", body=b"{}", idempotency_key="seen-1", url=fresh_process.url
+    )
+    assert (refused.status, refused.code) == (400, "invalid_request")
+    assert await last_seen(runtime, device_id) == long_ago  # rolled back with the request
+    before = lookups(fresh_process.url)
+    assert terminal.charge(500, idempotency_key="seen-2", url=fresh_process.url).status == 201
+    if backend.name == "postgres":
+        assert lookups(fresh_process.url)["remembered"] - before.get("remembered", 0) == 1
+    assert await last_seen(runtime, device_id) > long_ago + timedelta(minutes=9)

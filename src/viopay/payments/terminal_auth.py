@@ -23,8 +23,9 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from viopay.deps import runtime_of
 from viopay.devices.authn import FREE_FORM_RE, parse_user_agent, seen_changes, version_below
@@ -247,7 +248,9 @@ async def authenticate(
     if changes:
         await db.execute(update(Device).where(Device.device_id == row.device_id).values(**changes))
     if record is not None:
-        _remember(signed, record, changes)
+        entry = _remember(signed, record)
+        if changes:  # written once the caller's transaction commits (a rollback takes it back)
+            db.info.setdefault(_SEEN_PENDING, []).append((entry, changes))
     return _authenticated(row, key_set, signed)
 
 
@@ -366,11 +369,26 @@ def configure_memory(terminals: int) -> None:
     _forget_oldest()
 
 
-def _remember(signed: SignedRequest, record: asyncpg.Record, changes: dict[str, Any]) -> None:
+def _remember(signed: SignedRequest, record: asyncpg.Record) -> Remembered:
     entry = Remembered(record, record["last_seen_at"], record["app_version"])
-    entry.written(changes)
     _REMEMBERED[(signed.terminal_id, signed.key_id)] = entry
     _forget_oldest()
+    return entry
+
+
+# A session's remembered rows whose last_seen_at/app_version write its transaction holds.
+_SEEN_PENDING = "viopay.seen_pending"
+
+
+@event.listens_for(Session, "after_commit")
+def _seen_committed(session: Session) -> None:
+    for entry, changes in session.info.pop(_SEEN_PENDING, ()):
+        entry.written(changes)
+
+
+@event.listens_for(Session, "after_rollback")
+def _seen_rolled_back(session: Session) -> None:
+    session.info.pop(_SEEN_PENDING, None)
 
 
 def _forget_oldest() -> None:
