@@ -1,13 +1,17 @@
 """Rule 3: with PostgreSQL or Redis unreachable the server answers 503 and accepts nothing.
 
-A server process talks to PostgreSQL and Redis through TCP forwarders the test cuts.
+A server process talks to PostgreSQL and Redis through TCP forwarders the test cuts. The fast
+paths of a terminal the process already knows (the remembered lookup: a charge's claim and a
+heartbeat in one statement on asyncpg's own pool) fail closed as the rest does.
 """
 
 from __future__ import annotations
 
 import base64
 import secrets
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +23,22 @@ from support.helpers import (
     SEEN_SECRETS,
     ProvisionedDevice,
     Server,
+    counter_by_label,
     pos_headers,
     problem,
+    sdk_client,
     signed_pos_headers,
 )
 from support.tcp_proxy import TcpProxy
-from viopay_device import PairingCode, StepReport
+from viopay_device import (
+    DeviceClient,
+    PairingCode,
+    ServiceUnavailable,
+    StepReport,
+    activate_device,
+)
+
+CARD = {"pan": "4242424242424242", "expiry": "3012"}
 
 
 @dataclass
@@ -130,12 +144,10 @@ def test_database_down_fails_closed(proxied: Proxied) -> None:
     http.close()
 
 
-def test_no_charge_without_replay_protection(proxied: Proxied) -> None:
-    """Redis down: a correctly signed charge is refused (503) and no charge exists afterwards."""
-    from support.helpers import ProvisionedDevice, sdk_client
-    from viopay_device import ServiceUnavailable, activate_device
-
-    srv, redis = proxied.server, proxied.redis
+@contextmanager
+def activated_terminal(proxied: Proxied) -> Iterator[tuple[DeviceClient, httpx.Client]]:
+    """A terminal activated through the SDK (no retries) and its merchant's API client."""
+    srv = proxied.server
     merchant = proxied.backend.cli("merchant", "create", "--name", "Fail Closed Cafe")
     owner = proxied.backend.cli(
         "client", "create", "--merchant", merchant["merchant_id"], "--role", "owner"
@@ -169,22 +181,60 @@ def test_no_charge_without_replay_protection(proxied: Proxied) -> None:
                 )
 
         activate_device(pos, on_step=claim, sleep=lambda _: None)
-        redis.down()
+        try:
+            yield pos, web
+        finally:
+            web.close()
+
+
+def until_ready(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url}/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "not ready 30 s after the service came back"
+        time.sleep(0.2)
+
+
+def charge(pos: DeviceClient, amount: int = 1250) -> Any:
+    return pos.charge(amount=amount, currency="USD", entry_mode="chip", card=CARD)
+
+
+def test_no_charge_without_replay_protection(proxied: Proxied) -> None:
+    """Redis down: a correctly signed charge is refused (503) and no charge exists afterwards."""
+    with activated_terminal(proxied) as (pos, web):
+        proxied.redis.down()
         with pytest.raises(ServiceUnavailable):
-            pos.charge(
-                amount=1250,
-                currency="USD",
-                entry_mode="chip",
-                card={"pan": "4242424242424242", "expiry": "3012"},
-            )
-        redis.up()
+            charge(pos)
+        proxied.redis.up()
         assert web.get("/merchant/charges").json()["data"] == []
-        approved = pos.charge(
-            amount=1250,
-            currency="USD",
-            entry_mode="chip",
-            card={"pan": "4242424242424242", "expiry": "3012"},
-        )
+        approved = charge(pos)
         assert approved.status == "approved"
-    assert [c["id"] for c in web.get("/merchant/charges").json()["data"]] == [approved.id]
-    web.close()
+        assert [c["id"] for c in web.get("/merchant/charges").json()["data"]] == [approved.id]
+
+
+def test_the_remembered_paths_fail_closed(proxied: Proxied) -> None:
+    """A terminal this process already knows (a keyed charge and a heartbeat each answered on the
+    remembered lookup, in one statement): with PostgreSQL down, then Redis down, its next charge
+    and heartbeat are 503 and nothing is stored; once both are back, both work again."""
+    with activated_terminal(proxied) as (pos, web):
+        first = charge(pos, 500)
+        pos.heartbeat(battery_pct=80)  # online: the next one is the fast path's
+        second = charge(pos, 600)  # remembered
+        pos.heartbeat(battery_pct=79)
+        url = proxied.server.url
+        assert counter_by_label(url, "viopay_terminal_lookups", "source")["remembered"] == 1
+        assert counter_by_label(url, "viopay_heartbeat_lookups", "source")["remembered"] == 1
+        for cut in (proxied.pg, proxied.redis):
+            cut.down()
+            for _ in range(3):  # pooled connections die first, then new ones are refused
+                with pytest.raises(ServiceUnavailable):
+                    charge(pos, 700)
+                with pytest.raises(ServiceUnavailable):
+                    pos.heartbeat(battery_pct=50)
+            cut.up()
+            until_ready(url)
+        stored = [c["id"] for c in web.get("/merchant/charges").json()["data"]]
+        assert sorted(stored) == sorted([first.id, second.id])
+        device = web.get(f"/merchant/devices/{pos.device_id}").json()
+        assert device["health"]["battery_pct"] == 79
+        assert charge(pos, 800).status == "approved"
+        assert pos.heartbeat(battery_pct=78).next_heartbeat_s > 0
