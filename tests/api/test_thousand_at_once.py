@@ -6,7 +6,8 @@ Idempotency-Key makes one charge; one signed request replayed a thousand times i
 once; a thousand partial refunds of one charge never refund more than it; a thousand signed
 pairing-code requests of one device get exactly the hourly ten codes; a thousand status polls
 get the thirty a minute; a thousand wrong claims of one user are five tries, a thousand wrong
-portal sign-ins of one account ten; a key set with room for one charge makes one. Besides the
+portal sign-ins of one account ten; a key set with room for one charge makes one; a thousand
+heartbeats of one terminal are each counted in its key set's tally exactly once. Besides the
 limit's own refusal, an answer may be 503 "the server is busy" (a database or cache connection
 not free in time), which must have changed nothing; with both services up, none says a
 service is unreachable, and no answer is a 500.
@@ -39,6 +40,7 @@ from viopay.payments.models import Charge, Refund
 from viopay.runtime import Runtime
 
 AT_ONCE = 1000
+HEARTBEAT = "/pos/heartbeat"
 
 Prepared = tuple[str, bytes | None, dict[str, str]]
 
@@ -274,3 +276,27 @@ async def test_a_thousand_wrong_portal_sign_ins_get_the_ten_failures(
     print(f"\n{AT_ONCE} wrong sign-ins at once: {dict(seen)}")
     assert set(seen) <= {401, 429, 503}, seen
     assert seen[401] == 10, seen
+
+
+async def test_a_thousand_heartbeats_at_once_are_each_counted_once(
+    terminal: kit.PosTerminal, server: Server, server_b: Server, runtime: Runtime
+) -> None:
+    """A terminal that both processes already know (on PostgreSQL its heartbeats take the
+    remembered one-statement path, the first of each process the portable one): a thousand
+    heartbeats at once are all answered, and the key set's tally (§3.10) grows by exactly the
+    two envelopes of each answered one: none lost to a concurrent write, none counted twice."""
+    for url in (server.url, server_b.url):
+        for battery in (90, 89):  # online, then remembered
+            assert terminal.send("POST", HEARTBEAT, {"battery_pct": battery}, url=url).status == 200
+    key_set_id = terminal.keys.key_set_id
+    tally = select(KeySet.envelope_count).where(KeySet.key_set_id == key_set_id)
+    before = await count(runtime, tally)
+    prepared: list[Prepared] = []
+    for i in range(AT_ONCE):
+        body = terminal.seal_body("POST", HEARTBEAT, {"battery_pct": i % 100})
+        headers = terminal.headers("POST", HEARTBEAT, body)
+        prepared.append((spread(server, server_b, HEARTBEAT, i), body, headers))
+    seen = codes(await send_at_once(prepared))
+    assert set(seen) <= {(200, None), (503, "service_unavailable")}, seen
+    assert seen[(200, None)] > 0, seen
+    assert await count(runtime, tally) == before + 2 * seen[(200, None)]
