@@ -127,6 +127,22 @@ async def test_delivered_blocks_unwrap_and_keys_are_stored_wrapped(
         )
 
 
+async def test_a_new_set_is_kept_unwrapped_as_a_read_would_unwrap_it(
+    runtime: Runtime, claimed: ProvisionedDevice
+) -> None:
+    """The device asks for its config and activates right after the keys: the process keeps
+    the set it just made, so neither reads and unwraps the six keys again."""
+    key_set_id = (await _create(runtime, claimed, utcnow())).key_set.key_set_id
+    kept = keysets.cached_keys(key_set_id)
+    assert kept is not None
+    keysets._SETS.pop(key_set_id)  # as past the cache's size: read from the table again
+    async with runtime.sessions() as db:
+        read = await keysets.load_keys(db, wrapper=runtime.wrapper, key_set_id=key_set_id)
+    assert read is not kept
+    assert dict(kept.keys) == dict(read.keys)
+    assert (dict(kept.key_ids), dict(kept.kcvs)) == (dict(read.key_ids), dict(read.kcvs))
+
+
 def select_keys(key_set_id: str) -> Select[KeySetKey]:
     return select(KeySetKey).where(KeySetKey.key_set_id == key_set_id)
 

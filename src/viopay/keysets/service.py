@@ -169,6 +169,16 @@ async def create_key_set(
         },
     )
     await db.flush()
+    # The device asks for its config and activates next, with these keys: kept unwrapped now
+    # (a set whose transaction rolls back is never looked up, its id being new).
+    _keep(
+        SetKeys(
+            key_set_id=key_set_id,
+            keys=MappingProxyType(keys),
+            key_ids=MappingProxyType(key_ids),
+            kcvs=MappingProxyType({d.type: d.kcv for d in delivered}),
+        )
+    )
     return DeliveredKeySet(
         key_set=key_set, server_transport_key=server_public, keys=tuple(delivered)
     )
@@ -329,9 +339,13 @@ async def load_keys(db: AsyncSession, *, wrapper: KeyWrapper, key_set_id: str) -
     if len(rows) != len(KEY_TYPES):
         raise LookupError("key set has no keys")
     made = _set_keys(wrapper, key_set_id, rows)
-    _SETS[key_set_id] = made
-    _drop_oldest(_SETS, _SET_CAPACITY)
+    _keep(made)
     return made
+
+
+def _keep(keys: SetKeys) -> None:
+    _SETS[keys.key_set_id] = keys
+    _drop_oldest(_SETS, _SET_CAPACITY)
 
 
 def _set_keys(wrapper: KeyWrapper, key_set_id: str, rows: Sequence[KeySetKey]) -> SetKeys:
