@@ -7,7 +7,9 @@ once; a thousand partial refunds of one charge never refund more than it; a thou
 pairing-code requests of one device get exactly the hourly ten codes; a thousand status polls
 get the thirty a minute; a thousand wrong claims of one user are five tries, a thousand wrong
 portal sign-ins of one account ten; a key set with room for one charge makes one; a thousand
-heartbeats of one terminal are each counted in its key set's tally exactly once. Besides the
+heartbeats of one terminal are each counted in its key set's tally exactly once; a thousand
+refunds of one charge, half from its terminal and half from the merchant's backoffice, never
+refund more than it. Besides the
 limit's own refusal, an answer may be 503 "the server is busy" (a database or cache connection
 not free in time), which must have changed nothing; with both services up, none says a
 service is unreachable, and no answer is a 500.
@@ -300,3 +302,47 @@ async def test_a_thousand_heartbeats_at_once_are_each_counted_once(
     assert set(seen) <= {(200, None), (503, "service_unavailable")}, seen
     assert seen[(200, None)] > 0, seen
     assert await count(runtime, tally) == before + 2 * seen[(200, None)]
+
+
+async def test_a_thousand_refunds_from_terminal_and_backoffice_never_pass_the_amount(
+    terminal: kit.PosTerminal, server: Server, server_b: Server, runtime: Runtime
+) -> None:
+    """Half of them from the terminal (signed and sealed), half from the merchant's backoffice
+    (its session), all at once over two processes: the two ways in take the same lock, so
+    together they refund exactly the charge, never more."""
+    charge = terminal.charge(15_000).json()
+    pos_path = f"/pos/charge/{charge['id']}/refund"
+    web_path = f"/merchant/charges/{charge['id']}/refunds"
+    web_headers = {
+        "Authorization": terminal.merchant.http.headers["Authorization"],
+        "Content-Type": "application/json",
+    }
+    prepared: list[Prepared] = []
+    for i in range(AT_ONCE):
+        if i % 2:
+            body = terminal.seal_body("POST", pos_path, {"amount": 100})
+            headers = terminal.headers("POST", pos_path, body)
+            prepared.append((spread(server, server_b, pos_path, i // 2), body, headers))
+        else:
+            body = orjson.dumps({"amount": 100})
+            prepared.append((spread(server, server_b, web_path, i // 2), body, web_headers))
+    responses = await send_at_once(prepared)
+    seen = codes(responses)
+    assert set(seen) <= {
+        (201, None),
+        (422, "refund_exceeds_charge"),
+        (409, "charge_not_refundable"),
+        (503, "service_unavailable"),
+    }, seen
+    assert 150 - busy(seen) <= seen[(201, None)] <= 150, seen
+    made = seen[(201, None)]
+    by_way = Counter(
+        "terminal" if "/pos/" in str(r.request.url) else "backoffice"
+        for r in responses
+        if r.status_code == 201
+    )
+    print(f"refunds made: {dict(by_way)}")  # which way wins more is the scheduler's
+    now = terminal.get(charge["id"]).json()
+    assert now["amount_refunded"] == 100 * made
+    refunds = select(func.count()).select_from(Refund).where(Refund.charge_id == charge["id"])
+    assert await count(runtime, refunds) == made
