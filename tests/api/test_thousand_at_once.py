@@ -159,6 +159,17 @@ async def test_a_thousand_partial_refunds_never_pass_the_amount(
             (spread(server, server_b, path, i), body, terminal.headers("POST", path, body))
         )
     seen = codes(await send_at_once(prepared))
+    await refunded_exactly_the_charge(seen, terminal, charge["id"], runtime)
+
+
+async def refunded_exactly_the_charge(
+    seen: Counter[tuple[int, str | None]],
+    terminal: kit.PosTerminal,
+    charge_id: str,
+    runtime: Runtime,
+) -> None:
+    """Refunds of 100 on a 15 000 charge: every one the amount allowed was made (unless the
+    server was busy for some), none more, and the charge and its refund rows agree."""
     assert set(seen) <= {
         (201, None),
         (422, "refund_exceeds_charge"),
@@ -166,12 +177,11 @@ async def test_a_thousand_partial_refunds_never_pass_the_amount(
         (409, "charge_not_refundable"),
         (503, "service_unavailable"),
     }, seen
-    # Every refund the amount allowed was made, unless the server was busy for some.
     assert 150 - busy(seen) <= seen[(201, None)] <= 150, seen
     made = seen[(201, None)]
-    now = terminal.get(charge["id"]).json()
+    now = terminal.get(charge_id).json()
     assert now["amount_refunded"] == 100 * made
-    refunds = select(func.count()).select_from(Refund).where(Refund.charge_id == charge["id"])
+    refunds = select(func.count()).select_from(Refund).where(Refund.charge_id == charge_id)
     assert await count(runtime, refunds) == made
     if made == 150:
         assert now["status"] == "refunded"
@@ -327,22 +337,10 @@ async def test_a_thousand_refunds_from_terminal_and_backoffice_never_pass_the_am
             body = orjson.dumps({"amount": 100})
             prepared.append((spread(server, server_b, web_path, i // 2), body, web_headers))
     responses = await send_at_once(prepared)
-    seen = codes(responses)
-    assert set(seen) <= {
-        (201, None),
-        (422, "refund_exceeds_charge"),
-        (409, "charge_not_refundable"),
-        (503, "service_unavailable"),
-    }, seen
-    assert 150 - busy(seen) <= seen[(201, None)] <= 150, seen
-    made = seen[(201, None)]
+    await refunded_exactly_the_charge(codes(responses), terminal, charge["id"], runtime)
     by_way = Counter(
         "terminal" if "/pos/" in str(r.request.url) else "backoffice"
         for r in responses
         if r.status_code == 201
     )
     print(f"refunds made: {dict(by_way)}")  # which way wins more is the scheduler's
-    now = terminal.get(charge["id"]).json()
-    assert now["amount_refunded"] == 100 * made
-    refunds = select(func.count()).select_from(Refund).where(Refund.charge_id == charge["id"])
-    assert await count(runtime, refunds) == made
