@@ -9,7 +9,7 @@ get the thirty a minute; a thousand wrong claims of one user are five tries, a t
 portal sign-ins of one account ten; a key set with room for one charge makes one; a thousand
 heartbeats of one terminal are each counted in its key set's tally exactly once; a thousand
 refunds of one charge, half from its terminal and half from the merchant's backoffice, never
-refund more than it. Besides the
+refund more than it; a thousand refunds and cancels of one charge do one or the other. Besides the
 limit's own refusal, an answer may be 503 "the server is busy" (a database or cache connection
 not free in time), which must have changed nothing; with both services up, none says a
 service is unreachable, and no answer is a 500.
@@ -344,3 +344,70 @@ async def test_a_thousand_refunds_from_terminal_and_backoffice_never_pass_the_am
         if r.status_code == 201
     )
     print(f"refunds made: {dict(by_way)}")  # which way wins more is the scheduler's
+
+
+@pytest.mark.parametrize("refunded_before", [False, True], ids=["fresh", "refunded once"])
+async def test_a_thousand_refunds_and_cancels_of_one_charge_at_once_do_one_or_the_other(
+    terminal: kit.PosTerminal,
+    server: Server,
+    server_b: Server,
+    runtime: Runtime,
+    refunded_before: bool,
+) -> None:
+    """Half refunds from the terminal, half cancels from the backoffice, of one charge, all at
+    once over two processes: the charge ends canceled with nothing refunded, or refunded with
+    every cancel refused (§4.3: a charge with a refund cannot be canceled) — never both. (On a
+    fresh charge the cancel has won in every run; one refund made before the burst makes the
+    other outcome the only one.)"""
+    charge = terminal.charge(15_000).json()
+    if refunded_before:
+        assert terminal.refund(charge["id"], {"amount": 100}).status == 201
+    pos_path = f"/pos/charge/{charge['id']}/refund"
+    cancel_path = f"/merchant/charges/{charge['id']}/cancel"
+    web_headers = {"Authorization": terminal.merchant.http.headers["Authorization"]}
+    prepared: list[Prepared] = []
+    for i in range(AT_ONCE):
+        if i % 2 == 0:
+            body = terminal.seal_body("POST", pos_path, {"amount": 100})
+            headers = terminal.headers("POST", pos_path, body)
+            prepared.append((spread(server, server_b, pos_path, i // 2), body, headers))
+        else:
+            prepared.append((spread(server, server_b, cancel_path, i // 2), None, web_headers))
+    responses = await send_at_once(prepared)
+    seen = codes(responses)
+    refunds = Counter(
+        (r.status_code, r.json().get("code") if r.status_code >= 400 else None)
+        for r in responses
+        if "/pos/" in str(r.request.url)
+    )
+    cancels = Counter(
+        (r.status_code, r.json().get("code") if r.status_code >= 400 else None)
+        for r in responses
+        if "/merchant/" in str(r.request.url)
+    )
+    print(f"refunds: {dict(refunds)}; cancels: {dict(cancels)}")
+    busy_ = (503, "service_unavailable")
+    assert set(refunds) <= {
+        (201, None),
+        (422, "refund_exceeds_charge"),
+        (409, "charge_not_refundable"),
+        busy_,
+    }, refunds
+    assert set(cancels) <= {
+        (200, None),  # the cancel, or a replay of it (one charge's cancels share one key)
+        (409, "idempotency_in_progress"),  # that cancel still running
+        (409, "charge_not_cancelable"),  # a refund came first
+        busy_,
+    }, cancels
+    assert sum(seen.values()) == AT_ONCE
+    now = terminal.get(charge["id"]).json()
+    made = select(func.count()).select_from(Refund).where(Refund.charge_id == charge["id"])
+    if now["status"] == "canceled":
+        assert refunds[(201, None)] == 0 and now["amount_refunded"] == 0, (refunds, now)
+        assert await count(runtime, made) == 0
+    else:
+        assert cancels[(200, None)] == 0, cancels
+        assert now["amount_refunded"] == 100 * (refunds[(201, None)] + refunded_before) > 0
+        assert await count(runtime, made) == refunds[(201, None)] + refunded_before
+    if refunded_before:
+        assert now["status"] != "canceled"
