@@ -120,6 +120,7 @@ async def create_key_set(
     )
     keys = _new_keys()
     key_ids = {key_type: new_id(KEY_ID_PREFIX[key_type], 24) for key_type in KEY_TYPES}
+    kcvs = {key_type: kcv_for(key_type, keys[key_type]) for key_type in KEY_TYPES}
     blocks = _key_blocks(ktk, keys)
     key_set = KeySet(
         key_set_id=key_set_id,
@@ -140,7 +141,7 @@ async def create_key_set(
     await db.flush()  # the set before its keys (foreign key)
     delivered = []
     for key_type in KEY_TYPES:
-        kcv = kcv_for(key_type, keys[key_type])
+        kcv = kcvs[key_type]
         db.add(
             KeySetKey(
                 key_id=key_ids[key_type],
@@ -176,7 +177,7 @@ async def create_key_set(
             key_set_id=key_set_id,
             keys=MappingProxyType(keys),
             key_ids=MappingProxyType(key_ids),
-            kcvs=MappingProxyType({d.type: d.kcv for d in delivered}),
+            kcvs=MappingProxyType(kcvs),
         )
     )
     return DeliveredKeySet(
