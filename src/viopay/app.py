@@ -26,6 +26,7 @@ from starlette.types import Scope
 
 from viopay import __version__
 from viopay.api import mount_api
+from viopay.api.lanes import mount_lanes
 from viopay.auth.issuer import OidcVerifier, load_embedded_issuer
 from viopay.auth.oidc import OidcProvider
 from viopay.errors import (
@@ -132,10 +133,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         # whether one was set since (~1 % of a request's CPU, docs/benchmarks.md)
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.add_middleware(HeadAsGetMiddleware)
-    app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
     mount_api(app)  # each router under its auth level's dependency (viopay.api)
+    # Middleware added later runs earlier: the request context, HEAD as GET, then the lanes
+    mount_lanes(app)  # the charge and the heartbeat ahead of the router (viopay.api.lanes)
+    app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(RequestContextMiddleware)
     app.include_router(portal_router)  # cookie sessions of its own (docs/portal.md)
 
     @app.get("/metrics", include_in_schema=False)

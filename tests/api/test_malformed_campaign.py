@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import ColumnElement, Table, select
 
 from support import charge_kit as kit
 from support.helpers import UA, Admin, Backend, MakeMerchant, ProvisionedDevice, Server
@@ -243,12 +244,20 @@ def _sendable(value: str) -> bool:
 # made an event would show in audit_events (and its deliveries are born with it), which is
 # compared.
 BACKGROUND_TABLES = {"timer_leases", "webhook_deliveries"}
+# And the fleet timer's offline marks (§8): the terminals of tests run before this one go
+# offline while it runs (their `online` flag, a device.offline event by the system); a request
+# cannot make either, and everything else of those rows is compared.
+TIMER_COLUMNS = {"devices": {"online"}}
+
+
+def _by_the_timer(table: Table) -> ColumnElement[bool] | None:
+    if table.name != "audit_events":
+        return None
+    return ~((table.c.type == "device.offline") & (table.c.actor_type == "system"))
 
 
 async def snapshot(runtime: Runtime) -> dict[str, list[str]]:
     """Every row of every table but the background workers', as text, sorted."""
-    from sqlalchemy import select
-
     from viopay.models import metadata
 
     tables: dict[str, list[str]] = {}
@@ -256,7 +265,10 @@ async def snapshot(runtime: Runtime) -> dict[str, list[str]]:
         for table in metadata.sorted_tables:
             if table.name in BACKGROUND_TABLES:
                 continue
-            rows = (await session.execute(select(table))).all()
+            skip = TIMER_COLUMNS.get(table.name, set())
+            query = select(*(c for c in table.columns if c.name not in skip))
+            where = _by_the_timer(table)
+            rows = (await session.execute(query if where is None else query.where(where))).all()
             tables[table.name] = sorted(repr(tuple(row)) for row in rows)
     return tables
 
@@ -310,8 +322,15 @@ async def test_ten_thousand_bad_requests_answer_4xx_and_change_nothing(
             paths[bad.path.split("/")[2] if bad.path.count("/") > 1 else bad.path] += 1
         after = await snapshot(runtime)
     assert sum(statuses.values()) == REQUESTS
-    changed = [name for name in before if before[name] != after[name]]
-    assert not changed, f"tables changed by bad requests: {changed}"
+    changed = {
+        name: (
+            sorted(set(before[name]) - set(after[name]))[:3],
+            sorted(set(after[name]) - set(before[name]))[:3],
+        )
+        for name in before
+        if before[name] != after[name]
+    }
+    assert not changed, f"tables changed by bad requests (rows gone, rows new): {changed}"
     print(
         f"\nmalformed-input campaign ({backend.name}): {REQUESTS} bad requests over "
         f"{len(ENDPOINTS)} POS endpoints, all 4xx {dict(sorted(statuses.items()))}; "
