@@ -80,6 +80,10 @@ def _check_run(summary: dict[str, Any], doc: dict[str, Any], *, backend: str, co
     assert SUMMARY_KEYS | MEASURED_KEYS <= set(summary)
     assert _number(summary["activation_ms"]) and _number(summary["cpu_ms_per_charge"])
     assert summary["cpu_ms_per_charge"] > 0
+    # the charge's CPU in the run's own /healthz: both from /proc, so their quotient is one
+    healthz = summary["cpu_ms_per_healthz"]
+    assert _number(healthz) and healthz > 0
+    assert summary["charge_cpu_in_healthz"] == round(summary["cpu_ms_per_charge"] / healthz, 1)
     assert _number(summary["cpu_ms_per_heartbeat"]) and summary["cpu_ms_per_heartbeat"] > 0
     assert _number(summary["heartbeat_rps"])
     assert summary["errors"] == 0, _samples(doc)

@@ -156,6 +156,8 @@ def bench(
                 "activation_ms",
                 "activation_cpu_ms",
                 "cpu_ms_per_charge",
+                "cpu_ms_per_healthz",
+                "charge_cpu_in_healthz",
                 "pg_transactions_per_charge",
                 "redis_commands_per_charge",
                 "cpu_ms_per_heartbeat",

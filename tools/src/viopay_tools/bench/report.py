@@ -16,6 +16,10 @@ TARGETS = {
     "ratio": 0.08,  # charge throughput ≥ 0.08 × GET /healthz (PostgreSQL + Redis), stretch 0.12
     "ratio_stretch": 0.12,
     "cpu_ms_per_charge": 1.2,
+    # The same goal in the run's own unit: a GET /healthz cost 0.10 ms of worker CPU on the
+    # machine where 1.2 ms was set (7.8 ms a charge then; docs/benchmarks.md, "Latest figures"
+    # of 2026-11-28), so 1.2 ms was 12 /healthz there, whatever the machine's speed.
+    "charge_cpu_in_healthz": 12.0,
     "pg_transactions_per_charge": 2.0,  # ours; the sandbox's ledger write is the acquirer's
     "redis_commands_per_charge": 1.0,
     "p99_ms_at_70pct": 50.0,
@@ -71,6 +75,8 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
         else None
     )
     measured = head.get("per_charge", {})
+    cpu_charge = measured.get("cpu_ms_per_charge")
+    cpu_healthz = head["healthz"].get("server_cpu_ms_per_request")
     beats = head.get("heartbeat_peak")
     doc_summary = {
         "charge_rps": round(charge, 1),
@@ -79,7 +85,11 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
         "p99_ms_at_70pct": at70["latency_ms"]["p99"] if at70 else None,
         "activation_ms": activation.get("server_ms_per_device"),
         "activation_cpu_ms": activation.get("cpu_ms_per_device"),
-        "cpu_ms_per_charge": measured.get("cpu_ms_per_charge"),
+        "cpu_ms_per_charge": cpu_charge,
+        "cpu_ms_per_healthz": cpu_healthz,
+        "charge_cpu_in_healthz": round(cpu_charge / cpu_healthz, 1)
+        if cpu_charge and cpu_healthz
+        else None,
         "pg_transactions_per_charge": measured.get("pg_transactions_per_charge"),
         "redis_commands_per_charge": measured.get("redis_commands_per_charge"),
         "heartbeat_rps": round(float(beats["rps"]), 1) if beats else None,
@@ -142,6 +152,13 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         f"<= {TARGETS['cpu_ms_per_charge']} ms",
         cpu,
         None if cpu is None else cpu <= TARGETS["cpu_ms_per_charge"],
+    )
+    in_healthz = s.get("charge_cpu_in_healthz")
+    add(
+        "  the same, in GET /healthz of the run",
+        f"<= {TARGETS['charge_cpu_in_healthz']:.0f} (1.2 ms where a /healthz cost 0.10)",
+        in_healthz,
+        None if in_healthz is None else in_healthz <= TARGETS["charge_cpu_in_healthz"],
     )
     redis = s.get("redis_commands_per_charge")
     add(
