@@ -16,7 +16,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from viopay.db import Base
+from viopay.db import Base, unsaved
 from viopay.ids import new_id
 from viopay.payments.models import IntentKind, IntentState, PaymentIntent
 from viopay.payments.processors import ChargeRef
@@ -50,7 +50,8 @@ def build(
     amount: int | None = None,
 ) -> PaymentIntent:
     """A new pending intent under a fresh reference (not yet written)."""
-    return PaymentIntent(
+    return unsaved(
+        PaymentIntent,
         intent_id=new_id("pi_"),
         kind=kind,
         state=IntentState.pending,

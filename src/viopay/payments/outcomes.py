@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from viopay.audit import SYSTEM, Actor, record_event
-from viopay.db import NativePool
+from viopay.db import NativePool, unsaved
 from viopay.metrics import count_charge
 from viopay.payments import idempotency, intents, native
 from viopay.payments.models import (
@@ -231,7 +231,8 @@ def _charge(
     intent: PaymentIntent, authorization: Authorization, status: ChargeStatus, now: datetime
 ) -> Charge:
     body, card = intent.request, intent.request["card"]
-    return Charge(
+    return unsaved(
+        Charge,
         charge_id=intent.charge_id,
         terminal_id=intent.terminal_id,
         merchant_id=intent.merchant_id,
