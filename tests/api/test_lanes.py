@@ -160,3 +160,26 @@ def test_a_lane_whose_route_changed_authentication_does_not_start() -> None:
         mount_lanes(app, (Lane(create_charge, pairing_device, LANES[0].serve),))
     with pytest.raises(LaneError, match="not mounted once"):
         mount_lanes(app, (Lane(kit.new_nonce, pairing_device, LANES[0].serve),))
+
+
+async def test_a_lane_leaves_what_no_handler_nearer_than_exception_takes_to_the_server() -> None:
+    """As from a route: a handler registered for ``Exception`` is not the lane's to use (the
+    request context turns a too-large body into 413, anything else into 500)."""
+
+    class TooLarge(Exception):
+        pass
+
+    async def raising(request: Any) -> Any:
+        raise TooLarge
+
+    async def handled(request: Any, exc: Exception) -> Any:
+        raise AssertionError("the Exception handler was used by the lane")
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("a lane's request reached the app")
+
+    lanes: Any = {("POST", CHARGE): (None, raising)}
+    lane = LaneMiddleware(inner, lanes=lanes, handlers={Exception: handled})
+    scope = {"type": "http", "method": "POST", "path": CHARGE, "root_path": "", "headers": []}
+    with pytest.raises(TooLarge):
+        await lane(scope, cast(Any, None), cast(Any, None))

@@ -136,8 +136,13 @@ class LaneMiddleware:
         await response(scope, receive, send)
 
     def _handler_for(self, exc: Exception) -> Handler | None:
-        """The app's handler for the nearest class of ``exc`` (as Starlette looks it up)."""
+        """The app's handler for the nearest class of ``exc``, as Starlette's exception
+        middleware looks it up: a handler for ``Exception`` itself is the server-error
+        middleware's, so an exception no nearer handler takes goes on up (to the request
+        context's 413 or 500), as it does from a route."""
         for cls in type(exc).__mro__:
+            if cls is Exception:
+                break
             if cls in self.handlers:
                 return self.handlers[cls]
         return None
