@@ -136,7 +136,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     _install_error_handlers(app)
     mount_api(app)  # each router under its auth level's dependency (viopay.api)
     # Middleware added later runs earlier: the request context, HEAD as GET, then the lanes
-    mount_lanes(app)  # the charge and the heartbeat ahead of the router (viopay.api.lanes)
+    mount_lanes(
+        app
+    )  # the charge, the heartbeat and the chunks ahead of the router (viopay.api.lanes)
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(portal_router)  # cookie sessions of its own (docs/portal.md)
