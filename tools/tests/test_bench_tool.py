@@ -84,6 +84,8 @@ def _check_run(summary: dict[str, Any], doc: dict[str, Any], *, backend: str, co
     healthz = summary["cpu_ms_per_healthz"]
     assert _number(healthz) and healthz > 0
     assert summary["charge_cpu_in_healthz"] == round(summary["cpu_ms_per_charge"] / healthz, 1)
+    # the activation's server time (access log) in the same unit
+    assert summary["activation_in_healthz"] == round(summary["activation_ms"] / healthz)
     assert _number(summary["cpu_ms_per_heartbeat"]) and summary["cpu_ms_per_heartbeat"] > 0
     assert _number(summary["heartbeat_rps"])
     assert summary["errors"] == 0, _samples(doc)

@@ -155,6 +155,7 @@ def bench(
                 "p99_ms_at_70pct",
                 "activation_ms",
                 "activation_cpu_ms",
+                "activation_in_healthz",
                 "cpu_ms_per_charge",
                 "cpu_ms_per_healthz",
                 "charge_cpu_in_healthz",

@@ -25,6 +25,10 @@ TARGETS = {
     "p99_ms_at_70pct": 50.0,
     "scaling_2w": 1.7,
     "activation_ms": 20.0,
+    # The same goal in the run's own unit: the activation's server time over a /healthz
+    # answer's worker CPU. 20 ms where a /healthz cost 0.10 ms is 200 (43-62 ms, 430-620, when
+    # the goal was set). Server time, not CPU: the activation's waits on PostgreSQL count too.
+    "activation_in_healthz": 200.0,
 }
 
 
@@ -85,6 +89,9 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
         "p99_ms_at_70pct": at70["latency_ms"]["p99"] if at70 else None,
         "activation_ms": activation.get("server_ms_per_device"),
         "activation_cpu_ms": activation.get("cpu_ms_per_device"),
+        "activation_in_healthz": round(activation["server_ms_per_device"] / cpu_healthz)
+        if activation.get("server_ms_per_device") and cpu_healthz
+        else None,
         "cpu_ms_per_charge": cpu_charge,
         "cpu_ms_per_healthz": cpu_healthz,
         "charge_cpu_in_healthz": round(cpu_charge / cpu_healthz, 1)
@@ -145,6 +152,13 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         f"<= {TARGETS['activation_ms']:.0f} ms",
         act,
         None if act is None else act <= TARGETS["activation_ms"],
+    )
+    act_healthz = s.get("activation_in_healthz")
+    add(
+        "  the same, in GET /healthz of the run",
+        f"<= {TARGETS['activation_in_healthz']:.0f} (20 ms where a /healthz cost 0.10)",
+        act_healthz,
+        None if act_healthz is None else act_healthz <= TARGETS["activation_in_healthz"],
     )
     cpu = s.get("cpu_ms_per_charge")
     add(
