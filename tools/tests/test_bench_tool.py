@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from support.helpers import IN_CI
-from viopay_tools.bench import fleet, loadgen, profile, runner
+from viopay_tools.bench import fleet, loadgen, profile, report, runner
 
 SUMMARY_KEYS = {"charge_rps", "ceiling_rps", "ratio", "p99_ms_at_70pct", "activation_ms", "errors"}
 # Measured per charge of the peak phase (issue 10): worker CPU, PostgreSQL transactions, Redis
@@ -275,3 +275,19 @@ def test_profile_summary_by_category(tmp_path: Path) -> None:
     assert doc["samples"] == 10 and doc["idle_samples_dropped"] == 50
     assert doc["self_pct"] == {"database": 60.0, "crypto": 30.0, "application": 10.0}
     assert doc["inclusive_pct"]["application"] == 100.0
+
+
+def test_targets_compare_each_goal_in_its_direction() -> None:
+    met = {"ratio": 0.08, "p99_ms_at_70pct": 50.0, "activation_ms": 20.0}
+    met |= {"activation_in_healthz": 200, "cpu_ms_per_charge": 1.2, "charge_cpu_in_healthz": 12}
+    met |= {"redis_commands_per_charge": 1.04, "errors": 0, "duplicates": 0}
+    rows = {r["goal"]: r for r in report.targets({"summary": met})}
+    assert all(r["met"] for r in rows.values() if r["measured"] is not None), rows
+    assert rows[">= 1.7"]["met"] is None  # no 2-worker run: not judged
+
+    missed = met | {"ratio": 0.079, "p99_ms_at_70pct": 50.1, "activation_ms": 20.01}
+    missed |= {"activation_in_healthz": 201, "cpu_ms_per_charge": 1.21}
+    missed |= {"charge_cpu_in_healthz": 12.1, "redis_commands_per_charge": 1.05}
+    missed |= {"errors": 1, "duplicates": 1}
+    judged = [r for r in report.targets({"summary": missed}) if r["measured"] is not None]
+    assert len(judged) == 9 and not any(r["met"] for r in judged), judged
