@@ -1,5 +1,5 @@
-"""The lanes (viopay.api.lanes): ``POST /pos/charge``, ``/pos/heartbeat`` and
-``/pos/terminal-parameters`` are served
+"""The lanes (viopay.api.lanes): ``POST /pos/charge``, ``/pos/heartbeat``,
+``/pos/terminal-parameters`` and ``GET /pos/status`` are served
 without FastAPI's dependency solving, and answer exactly as their routes do, good requests and
 bad alike; an app whose lane no longer matches its route's authentication does not start.
 (Every other charge and heartbeat test of the suite goes through the lanes too.)"""
@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from support import charge_kit as kit
+from support.helpers import pos_headers, signed_pos_headers
 from viopay.api.lanes import LANES, Lane, LaneError, LaneMiddleware, mount_lanes
 from viopay.app import create_app
 from viopay.devices.authn import pairing_device
@@ -26,6 +27,7 @@ from viopay.runtime import Runtime
 from viopay.settings import Settings
 
 CHARGE, HEARTBEAT, CHUNKS = "/pos/charge", "/pos/heartbeat", "/pos/terminal-parameters"
+STATUS = "/pos/status"
 OLD_UA = "Viopay-POS/0.1.0 (Android 12; PAX-A920)"
 
 
@@ -63,6 +65,15 @@ def requests(pos: kit.PosTerminal) -> list[tuple[str, str, bytes, dict[str, str]
         ("chunk with a bad token", CHUNKS, b'{"chunk": 0}', token),
         ("chunk without a device", CHUNKS, b"{}", {"Authorization": token["Authorization"]}),
         ("chunk not JSON", CHUNKS, b"\xff{", token),
+    ]
+    status = signed_pos_headers(pos.device)  # an activated device: quick on PostgreSQL
+    cases += [
+        ("status", STATUS, b"", status),
+        ("the status's nonce again", STATUS, b"", status),
+        ("status badly signed", STATUS, b"", signed_pos_headers(pos.device, secret=bytes(32))),
+        ("status from an old app", STATUS, b"", signed_pos_headers(pos.device, ua=OLD_UA)),
+        ("status without a signature", STATUS, b"", pos_headers(pos.device.device_id)),
+        ("status of no device", STATUS, b"", {**status, "X-Device-Id": "POS-00000000"}),
     ]
     return cases
 
@@ -123,7 +134,10 @@ async def test_a_lane_answers_as_its_route_without_solving_dependencies(
         async with serving(app) as http:
             answers[name] = {}
             for case, path, body, headers in requests(terminal):
-                response = await http.post(path, content=body, headers=headers)
+                if path == STATUS:
+                    response = await http.get(path, headers=headers)
+                else:
+                    response = await http.post(path, content=body, headers=headers)
                 answers[name][case] = answer_of(response)
             control = await http.get(f"{CHARGE}/ch_nope")  # a route: solved by FastAPI
         assert control.status_code in (400, 401), control.text
@@ -141,17 +155,24 @@ async def test_a_lane_answers_as_its_route_without_solving_dependencies(
         426
     }
     assert statuses["the heartbeat's nonce again"] == 401
-    bad = [s for case, s in statuses.items() if case not in ("charge", "its replay", "heartbeat")]
+    assert statuses["status"] == 200 and statuses["the status's nonce again"] == 401
+    good = ("charge", "its replay", "heartbeat", "status")
+    bad = [s for case, s in statuses.items() if case not in good]
     assert bad and all(400 <= s < 500 for s in bad), statuses
 
 
-def test_the_lanes_are_the_charge_the_heartbeat_and_the_parameter_chunks() -> None:
+def test_the_lanes_are_the_charge_the_heartbeat_the_parameter_chunks_and_the_status() -> None:
     app = create_app(Settings())
     lane_mw = next(m for m in app.user_middleware if getattr(m, "cls", None) is LaneMiddleware)
     lanes = cast(dict[tuple[str, str], Any], lane_mw.kwargs["lanes"])
-    assert set(lanes) == {("POST", CHARGE), ("POST", HEARTBEAT), ("POST", CHUNKS)}
+    assert set(lanes) == {
+        ("POST", CHARGE),
+        ("POST", HEARTBEAT),
+        ("POST", CHUNKS),
+        ("GET", STATUS),
+    }
     assert getattr(app.user_middleware[-1], "cls", None) is LaneMiddleware  # inside the context
-    assert len(LANES) == 3
+    assert len(LANES) == 4
 
 
 def test_a_lane_whose_route_changed_authentication_does_not_start() -> None:

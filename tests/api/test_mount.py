@@ -16,7 +16,7 @@ from viopay.activation.attestation import attested_device, signed_attestation, t
 from viopay.api import LEVELS
 from viopay.app import create_app
 from viopay.auth.deps import admin_principal, bearer_principal, merchant_session
-from viopay.devices.authn import bootstrap_device, pairing_device
+from viopay.devices.authn import bootstrap_device, pairing_device, pairing_headers
 from viopay.payments.terminal_auth import signed_request
 from viopay.settings import Settings
 
@@ -41,8 +41,10 @@ def expected_level(path: str) -> Callable[..., Any] | None:
         return merchant_session
     if path == "/pos/bootstrap":
         return bootstrap_device
-    if path in ("/pos/pairing-code", "/pos/status"):
+    if path == "/pos/pairing-code":
         return pairing_device
+    if path == "/pos/status":
+        return pairing_headers  # the device and signature checked by the endpoint (polls)
     if path == "/pos/attest":
         return signed_attestation
     if path in ("/pos/keys", "/pos/config", "/pos/activate"):

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.audit import Actor
 from viopay.auth.deps import AdminPrincipal, CurrentSession, ManagingSession
 from viopay.auth.sessions import MerchantSession
-from viopay.db import bookkeeping_only
-from viopay.deps import CacheDep, DbSession, Now, PathId, RuntimeDep, body_schema, read_json
-from viopay.devices import service
-from viopay.devices.authn import BootstrapDevice, PairingDevice
+from viopay.cache import Cache
+from viopay.db import bookkeeping_only, transaction
+from viopay.deps import (
+    DbSession,
+    Now,
+    PathId,
+    RuntimeDep,
+    body_schema,
+    read_json,
+    runtime_of,
+)
+from viopay.devices import polls, service
+from viopay.devices.authn import (
+    BootstrapDevice,
+    PairingDevice,
+    PairingHeaders,
+    authenticate_device,
+)
 from viopay.devices.models import Device
 from viopay.devices.schemas import (
     BootstrapOut,
@@ -23,7 +39,6 @@ from viopay.devices.schemas import (
     IdentityKeyIn,
     IdentityKeyOut,
     LabelIn,
-    MerchantRef,
     PairingCodeOut,
     ProvisionIn,
     StatusOut,
@@ -88,23 +103,37 @@ async def pairing_code(
     )
 
 
-@pos_router.get(
+# Status polls: the headers and version at mount (viopay.api), the device and the signature
+# checked by the endpoint, in one statement on PostgreSQL (viopay.devices.polls).
+status_router = APIRouter(prefix="/pos", tags=["pos activation"])
+
+
+@status_router.get(
     "/status", response_model=StatusOut, responses=errors_for(400, 403, 404, 426, 429, 503)
 )
-async def status(auth: PairingDevice, cache: CacheDep, db: DbSession, now: Now) -> StatusOut:
-    device = auth.device
+async def status(request: Request, parsed: PairingHeaders, now: Now) -> Response:
+    """3: the device's state while it waits to be claimed (§3.3)."""
+    runtime = runtime_of(request)
+    answer = await polls.quick_status(runtime, parsed, now=now)
+    if answer is None:
+        async with transaction(runtime.sessions) as db:
+            auth = await authenticate_device(db, runtime, parsed, now=now)
+            answer = await _status_afresh(auth.device, runtime.cache, db, now)
+    return Response(answer, media_type="application/json")
+
+
+async def _status_afresh(device: Device, cache: Cache, db: AsyncSession, now: datetime) -> bytes:
     if device in db.dirty:  # its only write: last_seen_at (once a minute) and app_version
         await bookkeeping_only(db)
-    await service.check_status_rate(cache, device=device, now=now)
+    await service.check_status_rate(cache, device_id=device.device_id, now=now)
     expiry = await service.live_code_expiry(db, device=device, now=now)
     merchant = await db.get(Merchant, device.merchant_id) if device.merchant_id else None
-    return StatusOut(
+    return service.status_answer(
         device_id=device.device_id,
-        status=device.status.value,
-        pairing_code_expires_at=rfc3339(expiry) if expiry else None,
-        merchant=MerchantRef(id=merchant.merchant_id, name=merchant.name) if merchant else None,
+        status=device.status,
         terminal_id=device.terminal_id,
-        poll_interval=service.POLL_INTERVAL,
+        merchant=(merchant.merchant_id, merchant.name) if merchant else None,
+        code_expires_at=expiry,
     )
 
 

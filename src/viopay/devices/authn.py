@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.cache import Cache
 from viopay.crypto.wrapping import KeyWrapper
-from viopay.deps import DbSession, Now, RuntimeDep
+from viopay.deps import DbSession, Now, RuntimeDep, runtime_of
 from viopay.devices.models import Device, MerchantDeviceIdentityKey
 from viopay.devices.service import unwrap_identity_secret
 from viopay.errors import (
@@ -27,6 +27,7 @@ from viopay.errors import (
     KeyRevoked,
     UnknownKey,
 )
+from viopay.runtime import Runtime
 from viopay.signatures import (
     SignedHeaders,
     check_timestamp,
@@ -203,6 +204,51 @@ class AuthenticatedDevice:
     upgrade_required: bool
 
 
+@dataclass(frozen=True)
+class ActivationHeaders:
+    """The activation headers (§2.1) and, when the route is signed, the §2.2 signature headers:
+    the steps of the §1 order that read nothing (400, then 426 unless old apps may call)."""
+
+    pos: PosHeaders
+    signature: SignedHeaders | None
+    upgrade_required: bool
+
+
+def parse_activation_headers(
+    request: Request, runtime: Runtime, *, allow_old: bool, signed: bool
+) -> ActivationHeaders:
+    headers = parse_pos_headers(request)
+    signature = parse_signed_headers(request) if signed else None
+    minimum = runtime.settings.min_pos_version
+    old = version_below(headers.version, minimum)
+    if old and not allow_old:
+        raise AppVersionUnsupported(minimum)
+    return ActivationHeaders(pos=headers, signature=signature, upgrade_required=old)
+
+
+async def authenticate_device(
+    db: AsyncSession, runtime: Runtime, parsed: ActivationHeaders, *, now: datetime
+) -> AuthenticatedDevice:
+    """The rest of the §1 order after :func:`parse_activation_headers`: device (404, 403) →
+    when signed, the §2.2 signature (401) and its nonce; then the device is touched."""
+    signature, version = parsed.signature, parsed.pos.version
+    key_id = signature.key_id if signature is not None else None
+    device, key = await load_device_with_key(db, parsed.pos.device_id, key_id)
+    if signature is not None:
+        await check_device_signature(
+            runtime.cache,
+            wrapper=runtime.wrapper,
+            device=device,
+            key=key,
+            signed=signature,
+            now=now,
+        )
+    touch(device, version=version, now=now)
+    return AuthenticatedDevice(
+        device=device, version=version, upgrade_required=parsed.upgrade_required
+    )
+
+
 async def _activation_device(
     request: Request,
     runtime: RuntimeDep,
@@ -214,33 +260,26 @@ async def _activation_device(
 ) -> AuthenticatedDevice:
     """§1 order: headers (400) and version (426) → device (404, 403) → when ``signed``, the
     §2.2 signature (401). The device status (409), rate limits and body are the route's."""
-    headers = parse_pos_headers(request)
-    signature = parse_signed_headers(request) if signed else None
-    minimum = runtime.settings.min_pos_version
-    old = version_below(headers.version, minimum)
-    if old and not allow_old:
-        raise AppVersionUnsupported(minimum)
-    key_id = signature.key_id if signature is not None else None
-    device, key = await load_device_with_key(db, headers.device_id, key_id)
-    if signature is not None:
-        await check_device_signature(
-            runtime.cache,
-            wrapper=runtime.wrapper,
-            device=device,
-            key=key,
-            signed=signature,
-            now=now,
-        )
-    touch(device, version=headers.version, now=now)
-    return AuthenticatedDevice(device=device, version=headers.version, upgrade_required=old)
+    parsed = parse_activation_headers(request, runtime, allow_old=allow_old, signed=signed)
+    return await authenticate_device(db, runtime, parsed, now=now)
 
 
 async def pairing_device(
     request: Request, runtime: RuntimeDep, db: DbSession, now: Now
 ) -> AuthenticatedDevice:
-    """Pairing-code and status (§2.1): signed (§2.2) unless VIOPAY_PAIRING_SIGNATURE=off."""
+    """Pairing-code (§2.1): signed (§2.2) unless VIOPAY_PAIRING_SIGNATURE=off."""
     signed = runtime.settings.pairing_signature == "required"
     return await _activation_device(request, runtime, db, now, allow_old=False, signed=signed)
+
+
+async def pairing_headers(request: Request) -> ActivationHeaders:
+    """Status polls (§2.1), authenticated at mount as far as nothing is read: the headers and
+    the version, as :func:`pairing_device` checks them; the endpoint checks the device and the
+    signature (:mod:`viopay.devices.polls`). A coroutine although it awaits nothing: FastAPI runs
+    a plain function dependency in its thread pool."""
+    runtime = runtime_of(request)
+    signed = runtime.settings.pairing_signature == "required"
+    return parse_activation_headers(request, runtime, allow_old=False, signed=signed)
 
 
 async def bootstrap_device(
@@ -250,4 +289,5 @@ async def bootstrap_device(
 
 
 PairingDevice = Annotated[AuthenticatedDevice, Depends(pairing_device)]
+PairingHeaders = Annotated[ActivationHeaders, Depends(pairing_headers)]
 BootstrapDevice = Annotated[AuthenticatedDevice, Depends(bootstrap_device)]

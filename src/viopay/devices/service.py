@@ -24,6 +24,7 @@ from viopay.devices.models import (
     PairingCode,
     Terminal,
 )
+from viopay.devices.schemas import MerchantRef, StatusOut
 from viopay.errors import (
     InvalidRequest,
     InvalidState,
@@ -32,6 +33,7 @@ from viopay.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from viopay.ids import rfc3339
 from viopay.merchants.models import Merchant
 from viopay.pagination import Page, PageParams, make_page, paginate
 
@@ -303,20 +305,48 @@ async def live_code_expiry(db: AsyncSession, *, device: Device, now: datetime) -
     if row is not None and row.used_at is not None:
         await db.refresh(device, ["status", "merchant_id", "terminal_id", "label"])
         return None
-    if row is None or row.code_digest is None or row.expires_at <= now:
+    return code_expiry(row, now=now)
+
+
+def code_expiry(code: PairingCode | None, *, now: datetime) -> datetime | None:
+    """When ``code``, an inactive device's pairing code, expires; None when it is not live."""
+    if code is None or code.code_digest is None or code.used_at is not None:
         return None
-    return row.expires_at
+    return code.expires_at if code.expires_at > now else None
 
 
-async def check_status_rate(cache: Cache, *, device: Device, now: datetime) -> None:
+async def check_status_rate(cache: Cache, *, device_id: str, now: datetime) -> None:
     wait = await cache.window_hit(
-        f"rl:status:{device.device_id}",
+        f"rl:status:{device_id}",
         limit=STATUS_POLLS_PER_MINUTE,
         window=60,
         now=now.timestamp(),
     )
     if wait:
         raise RateLimited("at most 30 status calls per minute", retry_after=int(wait) + 1)
+
+
+def status_answer(
+    *,
+    device_id: str,
+    status: DeviceStatus,
+    terminal_id: str | None,
+    merchant: tuple[str, str] | None,
+    code_expires_at: datetime | None,
+) -> bytes:
+    """The §3.3 answer, as JSON: ``merchant`` is (id, name) once claimed."""
+    return (
+        StatusOut(
+            device_id=device_id,
+            status=status.value,
+            pairing_code_expires_at=rfc3339(code_expires_at) if code_expires_at else None,
+            merchant=MerchantRef(id=merchant[0], name=merchant[1]) if merchant else None,
+            terminal_id=terminal_id,
+            poll_interval=POLL_INTERVAL,
+        )
+        .model_dump_json()
+        .encode()
+    )
 
 
 # --- claims ---------------------------------------------------------------------------------

@@ -1,0 +1,236 @@
+"""Status polls (viopay.devices.polls): on PostgreSQL a poll is answered from one statement,
+and answers exactly as the fresh path does, good polls and bad alike; a poll that would write
+(``last_seen_at`` due, a new app version) or that what it read refuses takes the fresh path,
+which still writes and refuses as before. On the embedded default every poll is fresh.
+
+The same poll is sent both ways on a real server: with the app version the device last sent
+(nothing to write: quick on PostgreSQL) and with a new one (a write due: fresh). The server's
+``viopay_status_reads`` counter says which path answered."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from support.helpers import (
+    SEEN_SECRETS,
+    Admin,
+    Backend,
+    MerchantCtx,
+    ProvisionedDevice,
+    Server,
+    counter_by_label,
+    expect_json,
+    open_merchant,
+    signed_pos_headers,
+)
+from viopay.devices.models import Device
+from viopay.ids import utcnow
+from viopay.runtime import Runtime
+
+COUNTER = "viopay_status_reads"
+VERSION = "1.4.2"  # the helpers' User-Agent: what the pairing-code request stored
+
+
+def ua(version: str) -> str:
+    return f"Viopay-POS/{version} (Android 12; PAX-A920)"
+
+
+class Polls:
+    """A device's polls with a given app version, and which path answered them."""
+
+    def __init__(self, api: httpx.Client, server: Server, backend: Backend) -> None:
+        self.api, self.server, self.backend = api, server, backend
+
+    def reads(self) -> dict[str, float]:
+        return counter_by_label(self.server.url, COUNTER, "source")
+
+    def poll(
+        self, device: ProvisionedDevice, version: str, **signing: Any
+    ) -> tuple[httpx.Response, str]:
+        """(the answer, the path: quick, read (fresh after a quick look), or fresh)."""
+        before = self.reads()
+        response = self.api.get(
+            "/pos/status", headers=signed_pos_headers(device, ua=ua(version), **signing)
+        )
+        after = self.reads()
+        moved = [k for k in ("quick", "read") if after.get(k, 0) != before.get(k, 0)]
+        assert len(moved) <= 1, (before, after)
+        return response, moved[0] if moved else "fresh"
+
+
+@pytest.fixture
+def polls(api: httpx.Client, server: Server, backend: Backend) -> Polls:
+    return Polls(api, server, backend)
+
+
+@pytest.fixture
+def merchant(admin: Admin, server: Server) -> Iterator[MerchantCtx]:
+    ctx = open_merchant(admin, server.url)
+    yield ctx
+    ctx.http.close()
+
+
+def answer(response: httpx.Response) -> dict[str, Any]:
+    """What the two paths must agree on: the status, the media type and the body (a problem's
+    members but its request id and instance)."""
+    body = response.json()
+    if response.headers["content-type"] == "application/problem+json":
+        body = {k: v for k, v in body.items() if k not in ("request_id", "instance")}
+    return {**body, "http": response.status_code, "media": response.headers["content-type"]}
+
+
+def both_ways(polls: Polls, device: ProvisionedDevice, version: str, **signing: Any) -> list[Any]:
+    """The same poll with a new app version (fresh), then with it again (quick on PostgreSQL):
+    the two answers, checked to have come the expected ways."""
+    fresh, fresh_path = polls.poll(device, version, **signing)
+    quick, quick_path = polls.poll(device, version, **signing)
+    expected = ("read", "quick") if polls.backend.name == "postgres" else ("fresh", "fresh")
+    assert (fresh_path, quick_path) == expected
+    return [answer(fresh), answer(quick)]
+
+
+def refused_both_ways(polls: Polls, device: ProvisionedDevice, **signing: Any) -> list[Any]:
+    """A refused poll writes nothing: the same poll with a new app version (fresh: a write
+    would be due) and with the version the device last sent (quick on PostgreSQL)."""
+    fresh, fresh_path = polls.poll(device, "9.9.9", **signing)
+    quick, quick_path = polls.poll(device, VERSION, **signing)
+    expected = ("read", "quick") if polls.backend.name == "postgres" else ("fresh", "fresh")
+    assert (fresh_path, quick_path) == expected
+    return [answer(fresh), answer(quick)]
+
+
+def paired(api: httpx.Client, admin: Admin) -> tuple[ProvisionedDevice, dict[str, Any]]:
+    device = admin.provision()
+    code = expect_json(api.post("/pos/pairing-code", headers=signed_pos_headers(device)), 201)
+    SEEN_SECRETS.add(code["pairing_code"])
+    return device, code
+
+
+def test_a_waiting_device_reads_its_code_the_same_both_ways(
+    api: httpx.Client, admin: Admin, polls: Polls
+) -> None:
+    device, code = paired(api, admin)
+    fresh, quick = both_ways(polls, device, "1.4.3")
+    assert fresh == quick
+    assert quick["http"] == 200 and quick["media"] == "application/json"
+    assert quick["status"] == "inactive"
+    assert quick["pairing_code_expires_at"] == code["expires_at"]
+    assert (quick["merchant"], quick["terminal_id"]) == (None, None)
+
+
+def test_a_claimed_device_reads_its_merchant_the_same_both_ways(
+    api: httpx.Client, admin: Admin, merchant: MerchantCtx, polls: Polls
+) -> None:
+    device, code = paired(api, admin)
+    claimed = expect_json(
+        merchant.http.post("/pos/claim", json={"pairing_code": code["pairing_code"]}), 200
+    )
+    fresh, quick = both_ways(polls, device, "1.4.3")
+    assert fresh == quick
+    assert quick["http"] == 200 and quick["status"] == "claimed"
+    assert quick["pairing_code_expires_at"] is None
+    assert quick["merchant"] == {"id": merchant.merchant_id, "name": merchant.merchant["name"]}
+    assert quick["terminal_id"] == claimed["terminal_id"]
+
+
+def test_a_released_device_with_its_spent_code_reads_no_code_both_ways(
+    api: httpx.Client, admin: Admin, merchant: MerchantCtx, polls: Polls
+) -> None:
+    device, code = paired(api, admin)
+    expect_json(merchant.http.post("/pos/claim", json={"pairing_code": code["pairing_code"]}), 200)
+    released = admin.http.post(f"/admin/devices/{device.device_id}/release")
+    assert released.status_code == 200, released.text
+    fresh, quick = both_ways(polls, device, "1.4.3")
+    assert fresh == quick
+    assert (quick["status"], quick["pairing_code_expires_at"], quick["merchant"]) == (
+        "inactive",
+        None,
+        None,
+    )
+
+
+def test_bad_signatures_replays_and_old_clocks_are_refused_the_same_both_ways(
+    api: httpx.Client, admin: Admin, polls: Polls
+) -> None:
+    device, _ = paired(api, admin)
+    fresh, quick = refused_both_ways(polls, device, secret=secrets.token_bytes(32))
+    assert fresh == quick and (quick["http"], quick["code"]) == (401, "invalid_signature")
+
+    old = {"timestamp": (utcnow() - timedelta(minutes=10)).isoformat().replace("+00:00", "Z")}
+    fresh, quick = refused_both_ways(polls, device, **old)
+    assert (quick["http"], quick["code"]) == (401, "timestamp_out_of_window")
+    # the detail names the server's time, which may have moved on by a second
+    assert {k: v for k, v in fresh.items() if k != "detail"} == {
+        k: v for k, v in quick.items() if k != "detail"
+    }
+
+    nonce = secrets.token_urlsafe(12)
+    first, _ = polls.poll(device, VERSION, nonce=nonce)
+    assert first.status_code == 200, first.text
+    fresh, quick = refused_both_ways(polls, device, nonce=nonce)
+    assert fresh == quick and (quick["http"], quick["code"]) == (401, "nonce_reused")
+
+
+def test_the_rate_limit_holds_the_same_both_ways(
+    api: httpx.Client, admin: Admin, polls: Polls
+) -> None:
+    device, _ = paired(api, admin)
+    answered = [polls.poll(device, VERSION)[0].status_code for _ in range(40)]
+    limited = answered.index(429)
+    assert limited <= 30 and set(answered[:limited]) == {200}, answered
+    assert set(answered[limited:]) == {429}, answered
+    fresh, quick = refused_both_ways(polls, device)
+    strip = ("detail", "retry_after")
+    assert {k: v for k, v in fresh.items() if k not in strip} == {
+        k: v for k, v in quick.items() if k not in strip
+    }
+    assert (quick["http"], quick["code"]) == (429, "rate_limited")
+
+
+def test_a_refusal_is_decided_afresh_and_spends_nothing(
+    api: httpx.Client, admin: Admin, polls: Polls
+) -> None:
+    device, _ = paired(api, admin)
+    other = admin.provision()
+    nonce = secrets.token_urlsafe(12)
+    foreign, path = polls.poll(
+        device, "1.4.2", key_id=other.key_id, secret=other.secret, nonce=nonce
+    )
+    assert foreign.status_code == 401 and foreign.json()["code"] == "unknown_key"
+    assert path == ("read" if polls.backend.name == "postgres" else "fresh")
+    # the nonce was not spent by the refusal: the device's own poll with it is answered
+    own, _ = polls.poll(device, VERSION, nonce=nonce)
+    assert own.status_code == 200, own.text
+
+    disabled = admin.http.post(f"/admin/devices/{device.device_id}/disable")
+    assert disabled.status_code == 200, disabled.text
+    refused, path = polls.poll(device, VERSION)
+    assert refused.status_code == 403 and refused.json()["code"] == "device_disabled"
+    assert path == ("read" if polls.backend.name == "postgres" else "fresh")
+
+
+async def test_last_seen_is_still_written_once_a_minute(
+    api: httpx.Client, admin: Admin, polls: Polls, runtime: Runtime
+) -> None:
+    device, _ = paired(api, admin)
+    long_ago = utcnow() - timedelta(minutes=5)
+    async with runtime.sessions() as db, db.begin():
+        await db.execute(
+            update(Device).where(Device.device_id == device.device_id).values(last_seen_at=long_ago)
+        )
+    due, path = polls.poll(device, VERSION)
+    assert due.status_code == 200
+    assert path == ("read" if polls.backend.name == "postgres" else "fresh")
+    async with runtime.sessions() as db:
+        seen = await db.get(Device, device.device_id)
+        assert seen is not None and seen.last_seen_at is not None
+        assert seen.last_seen_at > long_ago + timedelta(minutes=4)
+    _, path = polls.poll(device, VERSION)  # written: the next poll has nothing to write
+    assert path == ("quick" if polls.backend.name == "postgres" else "fresh")
