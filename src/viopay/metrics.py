@@ -61,12 +61,13 @@ HEARTBEAT_LOOKUPS = Counter(
     "remembered row found changed, or the device not online (those are then read).",
     ["source"],
 )
-STATUS_READS = Counter(
-    "viopay_status_reads",
-    "How GET /pos/status read its device on PostgreSQL: in one statement (quick: answered on it, "
-    "a bad signature, a spent nonce or the rate limit included) or through a transaction (read: "
-    "a last_seen_at or app version to write, or a refusal to decide in the §1 order).",
-    ["source"],
+DEVICE_READS = Counter(
+    "viopay_device_reads",
+    "How GET /pos/status and POST /pos/bootstrap read their device on PostgreSQL: in one "
+    "statement (quick: answered on it, with a status poll's bad signature, spent nonce or rate "
+    "limit) or through a transaction (read: a status poll with a write due, or a refusal to "
+    "decide in the §1 order).",
+    ["route", "source"],
 )
 TOKEN_LOOKUPS = Counter(
     "viopay_token_lookups",

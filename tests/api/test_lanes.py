@@ -1,5 +1,5 @@
 """The lanes (viopay.api.lanes): ``POST /pos/charge``, ``/pos/heartbeat``,
-``/pos/terminal-parameters`` and ``GET /pos/status`` are served
+``/pos/terminal-parameters``, ``/pos/bootstrap`` and ``GET /pos/status`` are served
 without FastAPI's dependency solving, and answer exactly as their routes do, good requests and
 bad alike; an app whose lane no longer matches its route's authentication does not start.
 (Every other charge and heartbeat test of the suite goes through the lanes too.)"""
@@ -27,7 +27,7 @@ from viopay.runtime import Runtime
 from viopay.settings import Settings
 
 CHARGE, HEARTBEAT, CHUNKS = "/pos/charge", "/pos/heartbeat", "/pos/terminal-parameters"
-STATUS = "/pos/status"
+STATUS, BOOTSTRAP = "/pos/status", "/pos/bootstrap"
 OLD_UA = "Viopay-POS/0.1.0 (Android 12; PAX-A920)"
 
 
@@ -74,6 +74,10 @@ def requests(pos: kit.PosTerminal) -> list[tuple[str, str, bytes, dict[str, str]
         ("status from an old app", STATUS, b"", signed_pos_headers(pos.device, ua=OLD_UA)),
         ("status without a signature", STATUS, b"", pos_headers(pos.device.device_id)),
         ("status of no device", STATUS, b"", {**status, "X-Device-Id": "POS-00000000"}),
+        ("bootstrap", BOOTSTRAP, b"", pos_headers(pos.device.device_id)),
+        ("bootstrap from an old app", BOOTSTRAP, b"", pos_headers(pos.device.device_id, ua=OLD_UA)),
+        ("bootstrap of no device", BOOTSTRAP, b"", pos_headers("POS-00000000")),
+        ("bootstrap without headers", BOOTSTRAP, b"", {}),
     ]
     return cases
 
@@ -156,12 +160,13 @@ async def test_a_lane_answers_as_its_route_without_solving_dependencies(
     }
     assert statuses["the heartbeat's nonce again"] == 401
     assert statuses["status"] == 200 and statuses["the status's nonce again"] == 401
-    good = ("charge", "its replay", "heartbeat", "status")
+    assert statuses["bootstrap"] == statuses["bootstrap from an old app"] == 200
+    good = ("charge", "its replay", "heartbeat", "status", "bootstrap", "bootstrap from an old app")
     bad = [s for case, s in statuses.items() if case not in good]
     assert bad and all(400 <= s < 500 for s in bad), statuses
 
 
-def test_the_lanes_are_the_charge_the_heartbeat_the_parameter_chunks_and_the_status() -> None:
+def test_the_lanes_are_the_charge_the_heartbeat_the_chunks_the_status_and_the_bootstrap() -> None:
     app = create_app(Settings())
     lane_mw = next(m for m in app.user_middleware if getattr(m, "cls", None) is LaneMiddleware)
     lanes = cast(dict[tuple[str, str], Any], lane_mw.kwargs["lanes"])
@@ -170,9 +175,10 @@ def test_the_lanes_are_the_charge_the_heartbeat_the_parameter_chunks_and_the_sta
         ("POST", HEARTBEAT),
         ("POST", CHUNKS),
         ("GET", STATUS),
+        ("POST", BOOTSTRAP),
     }
     assert getattr(app.user_middleware[-1], "cls", None) is LaneMiddleware  # inside the context
-    assert len(LANES) == 4
+    assert len(LANES) == 5
 
 
 def test_a_lane_whose_route_changed_authentication_does_not_start() -> None:

@@ -16,7 +16,7 @@ from viopay.activation.attestation import attested_device, signed_attestation, t
 from viopay.api import LEVELS
 from viopay.app import create_app
 from viopay.auth.deps import admin_principal, bearer_principal, merchant_session
-from viopay.devices.authn import bootstrap_device, pairing_device, pairing_headers
+from viopay.devices.authn import bootstrap_headers, pairing_device, pairing_headers
 from viopay.payments.terminal_auth import signed_request
 from viopay.settings import Settings
 
@@ -40,11 +40,11 @@ def expected_level(path: str) -> Callable[..., Any] | None:
     if path.startswith("/merchant/") or path == "/pos/claim":
         return merchant_session
     if path == "/pos/bootstrap":
-        return bootstrap_device
+        return bootstrap_headers  # the device read by the endpoint (viopay.devices.quick)
     if path == "/pos/pairing-code":
         return pairing_device
     if path == "/pos/status":
-        return pairing_headers  # the device and signature checked by the endpoint (polls)
+        return pairing_headers  # the device and signature checked by the endpoint (viopay.devices.quick)
     if path == "/pos/attest":
         return signed_attestation
     if path in ("/pos/keys", "/pos/config", "/pos/activate"):

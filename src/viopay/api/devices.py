@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -23,9 +25,10 @@ from viopay.deps import (
     read_json,
     runtime_of,
 )
-from viopay.devices import polls, service
+from viopay.devices import quick, service
 from viopay.devices.authn import (
-    BootstrapDevice,
+    ActivationHeaders,
+    BootstrapHeaders,
     PairingDevice,
     PairingHeaders,
     authenticate_device,
@@ -57,30 +60,48 @@ from viopay.keysets.service import release_device
 from viopay.merchants.models import Merchant
 from viopay.openapi import errors_for
 from viopay.pagination import PageParams, page_params
+from viopay.runtime import Runtime
 
-# Authenticated at mount (viopay.api): the activation headers (§2.1; bootstrap at any version).
+# Authenticated at mount (viopay.api): the activation headers (§2.1; bootstrap at any version,
+# its device read by the endpoint: viopay.devices.quick).
 bootstrap_router = APIRouter(prefix="/pos", tags=["pos activation"])
 pos_router = APIRouter(prefix="/pos", tags=["pos activation"])
 _ACTIVATION_ERRORS = errors_for(400, 403, 404, 426, 503)
 
 
+@asynccontextmanager
+async def _afresh(
+    runtime: Runtime, parsed: ActivationHeaders, now: datetime
+) -> AsyncIterator[tuple[Device, AsyncSession]]:
+    """A bootstrap's or a status poll's fresh path: the device authenticated in a transaction
+    (§1 order), whose only write, its ``last_seen_at`` and ``app_version``, is bookkeeping."""
+    async with transaction(runtime.sessions) as db:
+        auth = await authenticate_device(db, runtime, parsed, now=now)
+        if auth.device in db.dirty:
+            await bookkeeping_only(db)
+        yield auth.device, db
+
+
 @bootstrap_router.post(
     "/bootstrap", response_model=BootstrapOut, responses=errors_for(400, 403, 404, 503)
 )
-async def bootstrap(
-    auth: BootstrapDevice, runtime: RuntimeDep, db: DbSession, now: Now
-) -> BootstrapOut:
-    if auth.device in db.dirty:  # its only write: the device's last_seen_at and app_version
-        await bookkeeping_only(db)
+async def bootstrap(request: Request, parsed: BootstrapHeaders, now: Now) -> Response:
+    """1: the server's time and versions, and the device's state (§3.1)."""
+    runtime = runtime_of(request)
+    device_status = await quick.quick_bootstrap(runtime, parsed, now=now)
+    if device_status is None:
+        async with _afresh(runtime, parsed, now) as (device, _):
+            device_status = device.status
     settings = runtime.settings
-    return BootstrapOut(
+    answer = BootstrapOut(
         server_time=rfc3339(now),
         min_supported_version=settings.min_pos_version,
         latest_version=settings.latest_version,
-        upgrade_required=auth.upgrade_required,
-        device_status=auth.device.status.value,
+        upgrade_required=parsed.upgrade_required,
+        device_status=device_status.value,
         poll_interval=service.POLL_INTERVAL,
     )
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 @pos_router.post(
@@ -104,7 +125,7 @@ async def pairing_code(
 
 
 # Status polls: the headers and version at mount (viopay.api), the device and the signature
-# checked by the endpoint, in one statement on PostgreSQL (viopay.devices.polls).
+# checked by the endpoint, in one statement on PostgreSQL (viopay.devices.quick).
 status_router = APIRouter(prefix="/pos", tags=["pos activation"])
 
 
@@ -114,17 +135,14 @@ status_router = APIRouter(prefix="/pos", tags=["pos activation"])
 async def status(request: Request, parsed: PairingHeaders, now: Now) -> Response:
     """3: the device's state while it waits to be claimed (§3.3)."""
     runtime = runtime_of(request)
-    answer = await polls.quick_status(runtime, parsed, now=now)
+    answer = await quick.quick_status(runtime, parsed, now=now)
     if answer is None:
-        async with transaction(runtime.sessions) as db:
-            auth = await authenticate_device(db, runtime, parsed, now=now)
-            answer = await _status_afresh(auth.device, runtime.cache, db, now)
+        async with _afresh(runtime, parsed, now) as (device, db):
+            answer = await _status_afresh(device, runtime.cache, db, now)
     return Response(answer, media_type="application/json")
 
 
 async def _status_afresh(device: Device, cache: Cache, db: AsyncSession, now: datetime) -> bytes:
-    if device in db.dirty:  # its only write: last_seen_at (once a minute) and app_version
-        await bookkeeping_only(db)
     await service.check_status_rate(cache, device_id=device.device_id, now=now)
     expiry = await service.live_code_expiry(db, device=device, now=now)
     merchant = await db.get(Merchant, device.merchant_id) if device.merchant_id else None

@@ -2,8 +2,8 @@
 
 A fleet's requests are mostly charges and heartbeats (every terminal beats once a minute, busy
 or idle), every terminal downloads the terminal-parameter chunks whenever its parameters
-change (four of an activation's twelve requests), and every terminal waiting to be claimed
-polls its status every five seconds. FastAPI spent 4-11 % of a charge's worker
+change (four of an activation's twelve requests), every terminal bootstraps when it starts,
+and every terminal waiting to be claimed polls its status every five seconds. FastAPI spent 4-11 % of a charge's worker
 CPU and 15-17 % of a heartbeat's before the endpoint ran: matching the path through the
 included routers, then solving the route's dependencies (the mount's, the runtime, the clock)
 for every request (issue 10; side-by-side figures in docs/benchmarks.md). A lane answers
@@ -34,9 +34,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from viopay.activation.attestation import token_headers
 from viopay.activation.router import terminal_parameters
-from viopay.api.devices import status
+from viopay.api.devices import bootstrap, status
 from viopay.deps import runtime_of
-from viopay.devices.authn import pairing_headers
+from viopay.devices.authn import bootstrap_headers, pairing_headers
 from viopay.fleet.router import heartbeat
 from viopay.ids import utcnow
 from viopay.payments.router import create_charge
@@ -63,6 +63,10 @@ async def _status(request: Request) -> Response:
     return await status(request, await pairing_headers(request), utcnow())
 
 
+async def _bootstrap(request: Request) -> Response:
+    return await bootstrap(request, await bootstrap_headers(request), utcnow())
+
+
 @dataclass(frozen=True)
 class Lane:
     """A route's endpoint, the mount dependency its lane calls first, and the lane."""
@@ -77,6 +81,7 @@ LANES = (
     Lane(heartbeat, signed_request, _heartbeat),
     Lane(terminal_parameters, token_headers, _parameters_chunk),
     Lane(status, pairing_headers, _status),
+    Lane(bootstrap, bootstrap_headers, _bootstrap),
 )
 
 

@@ -275,19 +275,19 @@ async def pairing_device(
 async def pairing_headers(request: Request) -> ActivationHeaders:
     """Status polls (§2.1), authenticated at mount as far as nothing is read: the headers and
     the version, as :func:`pairing_device` checks them; the endpoint checks the device and the
-    signature (:mod:`viopay.devices.polls`). A coroutine although it awaits nothing: FastAPI runs
+    signature (:mod:`viopay.devices.quick`). A coroutine although it awaits nothing: FastAPI runs
     a plain function dependency in its thread pool."""
     runtime = runtime_of(request)
     signed = runtime.settings.pairing_signature == "required"
     return parse_activation_headers(request, runtime, allow_old=False, signed=signed)
 
 
-async def bootstrap_device(
-    request: Request, runtime: RuntimeDep, db: DbSession, now: Now
-) -> AuthenticatedDevice:
-    return await _activation_device(request, runtime, db, now, allow_old=True)
+async def bootstrap_headers(request: Request) -> ActivationHeaders:
+    """Bootstrap (§3.1), authenticated at mount as far as nothing is read: the activation
+    headers, at any version; the endpoint reads the device (:mod:`viopay.devices.quick`)."""
+    return parse_activation_headers(request, runtime_of(request), allow_old=True, signed=False)
 
 
 PairingDevice = Annotated[AuthenticatedDevice, Depends(pairing_device)]
 PairingHeaders = Annotated[ActivationHeaders, Depends(pairing_headers)]
-BootstrapDevice = Annotated[AuthenticatedDevice, Depends(bootstrap_device)]
+BootstrapHeaders = Annotated[ActivationHeaders, Depends(bootstrap_headers)]

@@ -1,11 +1,16 @@
-"""Status polls (viopay.devices.polls): on PostgreSQL a poll is answered from one statement,
-and answers exactly as the fresh path does, good polls and bad alike; a poll that would write
-(``last_seen_at`` due, a new app version) or that what it read refuses takes the fresh path,
-which still writes and refuses as before. On the embedded default every poll is fresh.
+"""Status polls and bootstraps from one statement (viopay.devices.quick).
 
+On PostgreSQL a status poll is answered from one statement, exactly as the fresh path answers
+it, good polls and bad alike; a poll that would write (``last_seen_at`` due, a new app version)
+or that what it read refuses takes the fresh path, which still writes and refuses as before.
 The same poll is sent both ways on a real server: with the app version the device last sent
-(nothing to write: quick on PostgreSQL) and with a new one (a write due: fresh). The server's
-``viopay_status_reads`` counter says which path answered."""
+(nothing to write: quick on PostgreSQL) and with a new one (a write due: fresh).
+
+A bootstrap writes the app version and a due ``last_seen_at`` in its one statement, nothing
+when nothing is due, and nothing to a device it refuses (afresh: 403, 404).
+
+On the embedded default every request is fresh. The server's ``viopay_device_reads`` counter
+says which path answered."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from support.helpers import (
@@ -25,21 +31,31 @@ from support.helpers import (
     MerchantCtx,
     ProvisionedDevice,
     Server,
-    counter_by_label,
     expect_json,
     open_merchant,
+    pos_headers,
     signed_pos_headers,
 )
 from viopay.devices.models import Device
 from viopay.ids import utcnow
 from viopay.runtime import Runtime
 
-COUNTER = "viopay_status_reads"
+COUNTER = "viopay_device_reads"
 VERSION = "1.4.2"  # the helpers' User-Agent: what the pairing-code request stored
 
 
 def ua(version: str) -> str:
     return f"Viopay-POS/{version} (Android 12; PAX-A920)"
+
+
+def device_reads(server: Server, route: str) -> dict[str, float]:
+    """The server's ``viopay_device_reads`` of ``route``, by source."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == f"{COUNTER}_total" and sample.labels["route"] == route:
+                found[sample.labels["source"]] = sample.value
+    return found
 
 
 class Polls:
@@ -48,8 +64,8 @@ class Polls:
     def __init__(self, api: httpx.Client, server: Server, backend: Backend) -> None:
         self.api, self.server, self.backend = api, server, backend
 
-    def reads(self) -> dict[str, float]:
-        return counter_by_label(self.server.url, COUNTER, "source")
+    def reads(self, route: str = "status") -> dict[str, float]:
+        return device_reads(self.server, route)
 
     def poll(
         self, device: ProvisionedDevice, version: str, **signing: Any
@@ -234,3 +250,79 @@ async def test_last_seen_is_still_written_once_a_minute(
         assert seen.last_seen_at > long_ago + timedelta(minutes=4)
     _, path = polls.poll(device, VERSION)  # written: the next poll has nothing to write
     assert path == ("quick" if polls.backend.name == "postgres" else "fresh")
+
+
+# --- bootstrap ------------------------------------------------------------------------------
+
+
+async def seen(runtime: Runtime, device: ProvisionedDevice) -> tuple[str | None, Any]:
+    async with runtime.sessions() as db:
+        row = await db.get(Device, device.device_id)
+        assert row is not None
+        return row.app_version, row.last_seen_at
+
+
+def bootstrap(
+    api: httpx.Client, server: Server, device_id: str, version: str
+) -> tuple[httpx.Response, str]:
+    before = device_reads(server, "bootstrap")
+    response = api.post("/pos/bootstrap", headers=pos_headers(device_id, ua=ua(version)))
+    after = device_reads(server, "bootstrap")
+    moved = [k for k in ("quick", "read") if after.get(k, 0) != before.get(k, 0)]
+    assert len(moved) <= 1, (before, after)
+    return response, moved[0] if moved else "fresh"
+
+
+async def test_a_bootstrap_writes_the_version_and_a_due_last_seen_in_its_statement(
+    api: httpx.Client, admin: Admin, server: Server, backend: Backend, runtime: Runtime
+) -> None:
+    device = admin.provision()
+    quick = "quick" if backend.name == "postgres" else "fresh"
+    assert await seen(runtime, device) == (None, None)
+    started = utcnow()
+    first, path = bootstrap(api, server, device.device_id, "1.4.2")
+    assert (first.status_code, path) == (200, quick), first.text
+    body = first.json()
+    assert (body["device_status"], body["upgrade_required"], body["poll_interval"]) == (
+        "inactive",
+        False,
+        5,
+    )
+    version, last_seen = await seen(runtime, device)
+    assert (
+        version == "1.4.2" and last_seen is not None and last_seen >= started - timedelta(seconds=1)
+    )
+
+    again, path = bootstrap(api, server, device.device_id, "1.4.2")  # nothing due: nothing written
+    assert (again.status_code, path) == (200, quick)
+    assert await seen(runtime, device) == (version, last_seen)
+
+    old, path = bootstrap(api, server, device.device_id, "0.1.0")  # any version may bootstrap
+    assert (old.status_code, path) == (200, quick)
+    assert old.json()["upgrade_required"] is True
+    assert await seen(runtime, device) == ("0.1.0", last_seen)  # within the minute
+
+    long_ago = utcnow() - timedelta(minutes=5)
+    async with runtime.sessions() as db, db.begin():
+        await db.execute(
+            update(Device).where(Device.device_id == device.device_id).values(last_seen_at=long_ago)
+        )
+    due, path = bootstrap(api, server, device.device_id, "0.1.0")
+    assert (due.status_code, path) == (200, quick)
+    version, last_seen = await seen(runtime, device)
+    assert version == "0.1.0" and last_seen > long_ago + timedelta(minutes=4)
+
+
+async def test_a_refused_bootstrap_is_decided_afresh_and_writes_nothing(
+    api: httpx.Client, admin: Admin, server: Server, backend: Backend, runtime: Runtime
+) -> None:
+    refused = "read" if backend.name == "postgres" else "fresh"
+    unknown, path = bootstrap(api, server, "POS-0BADC0DE", "1.4.2")
+    assert (unknown.status_code, unknown.json()["code"], path) == (404, "device_not_found", refused)
+
+    device = admin.provision()
+    disabled = admin.http.post(f"/admin/devices/{device.device_id}/disable")
+    assert disabled.status_code == 200, disabled.text
+    answer, path = bootstrap(api, server, device.device_id, "1.4.2")
+    assert (answer.status_code, answer.json()["code"], path) == (403, "device_disabled", refused)
+    assert await seen(runtime, device) == (None, None)

@@ -1,0 +1,154 @@
+"""Device requests answered from one statement (PostgreSQL): status polls (PROTOCOL §3.3) and
+bootstrap (§3.1).
+
+**Status polls.** A terminal that shows its pairing code polls its status every
+``poll_interval`` (5 s) until a merchant claims it, and every terminal of a rollout does so at
+once. Answered afresh, a poll is a transaction through a session: the device with the identity
+key the signature names, the pairing code, the merchant, between a BEGIN and a COMMIT. Here one
+autocommitted statement (:data:`QUICK_STATUS`) reads all four, in one snapshot: a code that a
+claim spent is seen with the device that claim changed, so the fresh path's second look at the
+device is not needed. Then the signature, the nonce and the rate limit are checked as the fresh
+path checks them, with the same functions and in the same order. A poll that would write (its
+device's ``last_seen_at`` due, a new app version) or that what was read refuses (no such
+device, disabled, no such key, a revoked key) goes to the fresh path before anything is spent,
+so every refusal but the signature's, the nonce's and the rate limit's is decided there, in the
+§1 order; those three read nothing more and answer as the fresh path would on the same rows.
+
+**Bootstrap.** Every terminal bootstraps when it starts (each morning, after every update). Its
+only write is the device's ``app_version`` and, at most once a minute, its ``last_seen_at``;
+afresh that is a read, a ``SET LOCAL`` and an update in a transaction. Here
+:data:`QUICK_BOOTSTRAP` reads the device and writes what is due in one statement (nothing when
+nothing is due, and nothing to a disabled device); a device that is missing or disabled goes to
+the fresh path, which refuses it (404, 403).
+
+Both run on the bookkeeping pool (:func:`viopay.db.bookkeeping_pool`), as the fresh paths'
+transactions do (:func:`viopay.db.bookkeeping_only`): the bootstrap's is their only write.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from viopay.db import unsaved
+from viopay.devices.authn import (
+    LAST_SEEN_RESOLUTION,
+    ActivationHeaders,
+    check_device_signature,
+    seen_changes,
+)
+from viopay.devices.models import Device, DeviceStatus, MerchantDeviceIdentityKey, PairingCode
+from viopay.devices.service import check_status_rate, code_expiry, status_answer
+from viopay.metrics import DEVICE_READS
+from viopay.runtime import Runtime
+
+QUICK_STATUS = """
+SELECT d.status, d.disabled, d.merchant_id, d.terminal_id, d.last_seen_at, d.app_version,
+    k.key_id, k.secret_wrapped, k.revoked_at,
+    m.name AS merchant_name,
+    c.code_digest, c.expires_at AS code_expires_at, c.used_at AS code_used_at
+FROM devices AS d
+LEFT JOIN merchant_device_identity_keys AS k ON k.device_id = d.device_id AND k.key_id = $2
+LEFT JOIN merchants AS m ON m.merchant_id = d.merchant_id
+LEFT JOIN pairing_codes AS c ON c.device_id = d.device_id
+WHERE d.device_id = $1
+"""
+
+
+QUICK_BOOTSTRAP = """
+WITH d AS (
+    SELECT status, disabled FROM devices WHERE device_id = $1
+), touched AS (
+    UPDATE devices SET app_version = $2,
+        last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at <= $4
+            THEN $3 ELSE last_seen_at END
+    WHERE device_id = $1 AND NOT disabled
+        AND (app_version IS DISTINCT FROM $2 OR last_seen_at IS NULL OR last_seen_at <= $4)
+)
+SELECT status, disabled FROM d
+"""
+
+
+async def quick_bootstrap(
+    runtime: Runtime, parsed: ActivationHeaders, *, now: datetime
+) -> DeviceStatus | None:
+    """The device's status, its ``app_version`` and due ``last_seen_at`` written (as
+    :func:`viopay.devices.authn.touch` writes them); None (nothing written) when the fresh path
+    must answer: no such device, or a disabled one."""
+    pool = runtime.bookkeeping
+    if pool is None:
+        return None
+    async with pool.connection() as conn:
+        row = await conn.fetchrow(
+            QUICK_BOOTSTRAP,
+            parsed.pos.device_id,
+            parsed.pos.version,
+            now,
+            now - LAST_SEEN_RESOLUTION,
+        )
+    if row is None or row["disabled"]:
+        DEVICE_READS.labels("bootstrap", "read").inc()
+        return None
+    DEVICE_READS.labels("bootstrap", "quick").inc()
+    return DeviceStatus(row["status"])
+
+
+async def quick_status(
+    runtime: Runtime, parsed: ActivationHeaders, *, now: datetime
+) -> bytes | None:
+    """The §3.3 answer from one statement; None (nothing spent) when the fresh path must
+    answer. Raises what the signature, nonce and rate checks raise."""
+    pool = runtime.bookkeeping
+    if pool is None:
+        return None
+    device_id, signature = parsed.pos.device_id, parsed.signature
+    async with pool.connection() as conn:
+        row = await conn.fetchrow(
+            QUICK_STATUS, device_id, signature.key_id if signature is not None else None
+        )
+    if (
+        row is None
+        or row["disabled"]
+        or (signature is not None and (row["key_id"] is None or row["revoked_at"] is not None))
+        or seen_changes(
+            last_seen_at=row["last_seen_at"],
+            app_version=row["app_version"],
+            version=parsed.pos.version,
+            now=now,
+        )
+    ):
+        DEVICE_READS.labels("status", "read").inc()
+        return None
+    DEVICE_READS.labels("status", "quick").inc()  # decided on this read, the checks' refusals too
+    if signature is not None:
+        key = unsaved(
+            MerchantDeviceIdentityKey,
+            device_id=device_id,
+            key_id=row["key_id"],
+            secret_wrapped=bytes(row["secret_wrapped"]),
+            revoked_at=None,
+        )
+        await check_device_signature(
+            runtime.cache,
+            wrapper=runtime.wrapper,
+            device=unsaved(Device, device_id=device_id),
+            key=key,
+            signed=signature,
+            now=now,
+        )
+    await check_status_rate(runtime.cache, device_id=device_id, now=now)
+    status = DeviceStatus(row["status"])
+    code = None
+    if status is DeviceStatus.inactive and row["code_expires_at"] is not None:
+        code = unsaved(
+            PairingCode,
+            code_digest=row["code_digest"],
+            expires_at=row["code_expires_at"],
+            used_at=row["code_used_at"],
+        )
+    return status_answer(
+        device_id=device_id,
+        status=status,
+        terminal_id=row["terminal_id"],
+        merchant=(row["merchant_id"], row["merchant_name"]) if row["merchant_id"] else None,
+        code_expires_at=code_expiry(code, now=now),
+    )
