@@ -63,10 +63,10 @@ HEARTBEAT_LOOKUPS = Counter(
 )
 DEVICE_READS = Counter(
     "viopay_device_reads",
-    "How GET /pos/status and POST /pos/bootstrap read their device on PostgreSQL: in one "
-    "statement (quick: answered on it, with a status poll's bad signature, spent nonce or rate "
-    "limit) or through a transaction (read: a status poll with a write due, or a refusal to "
-    "decide in the §1 order).",
+    "How GET /pos/status, POST /pos/bootstrap and POST /pos/pairing-code read their device on "
+    "PostgreSQL: in one statement (quick: answered on it, a bad signature, spent nonce, state or "
+    "rate limit included) or through a transaction (read: a write due, a taken code value, or a "
+    "refusal to decide in the §1 order).",
     ["route", "source"],
 )
 TOKEN_LOOKUPS = Counter(

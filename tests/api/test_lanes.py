@@ -1,5 +1,6 @@
 """The lanes (viopay.api.lanes): ``POST /pos/charge``, ``/pos/heartbeat``,
-``/pos/terminal-parameters``, ``/pos/bootstrap`` and ``GET /pos/status`` are served
+``/pos/terminal-parameters``, ``/pos/bootstrap``, ``/pos/pairing-code`` and ``GET /pos/status``
+are served
 without FastAPI's dependency solving, and answer exactly as their routes do, good requests and
 bad alike; an app whose lane no longer matches its route's authentication does not start.
 (Every other charge and heartbeat test of the suite goes through the lanes too.)"""
@@ -21,13 +22,13 @@ from support import charge_kit as kit
 from support.helpers import pos_headers, signed_pos_headers
 from viopay.api.lanes import LANES, Lane, LaneError, LaneMiddleware, mount_lanes
 from viopay.app import create_app
-from viopay.devices.authn import pairing_device
+from viopay.devices.authn import pairing_headers
 from viopay.payments.router import create_charge
 from viopay.runtime import Runtime
 from viopay.settings import Settings
 
 CHARGE, HEARTBEAT, CHUNKS = "/pos/charge", "/pos/heartbeat", "/pos/terminal-parameters"
-STATUS, BOOTSTRAP = "/pos/status", "/pos/bootstrap"
+STATUS, BOOTSTRAP, PAIRING = "/pos/status", "/pos/bootstrap", "/pos/pairing-code"
 OLD_UA = "Viopay-POS/0.1.0 (Android 12; PAX-A920)"
 
 
@@ -78,6 +79,8 @@ def requests(pos: kit.PosTerminal) -> list[tuple[str, str, bytes, dict[str, str]
         ("bootstrap from an old app", BOOTSTRAP, b"", pos_headers(pos.device.device_id, ua=OLD_UA)),
         ("bootstrap of no device", BOOTSTRAP, b"", pos_headers("POS-00000000")),
         ("bootstrap without headers", BOOTSTRAP, b"", {}),
+        ("a code for an activated device", PAIRING, b"", signed_pos_headers(pos.device)),
+        ("a code badly signed", PAIRING, b"", signed_pos_headers(pos.device, secret=bytes(32))),
     ]
     return cases
 
@@ -161,12 +164,13 @@ async def test_a_lane_answers_as_its_route_without_solving_dependencies(
     assert statuses["the heartbeat's nonce again"] == 401
     assert statuses["status"] == 200 and statuses["the status's nonce again"] == 401
     assert statuses["bootstrap"] == statuses["bootstrap from an old app"] == 200
+    assert statuses["a code for an activated device"] == 409
     good = ("charge", "its replay", "heartbeat", "status", "bootstrap", "bootstrap from an old app")
     bad = [s for case, s in statuses.items() if case not in good]
     assert bad and all(400 <= s < 500 for s in bad), statuses
 
 
-def test_the_lanes_are_the_charge_the_heartbeat_the_chunks_the_status_and_the_bootstrap() -> None:
+def test_the_lanes_are_the_hot_device_routes() -> None:
     app = create_app(Settings())
     lane_mw = next(m for m in app.user_middleware if getattr(m, "cls", None) is LaneMiddleware)
     lanes = cast(dict[tuple[str, str], Any], lane_mw.kwargs["lanes"])
@@ -176,17 +180,18 @@ def test_the_lanes_are_the_charge_the_heartbeat_the_chunks_the_status_and_the_bo
         ("POST", CHUNKS),
         ("GET", STATUS),
         ("POST", BOOTSTRAP),
+        ("POST", PAIRING),
     }
     assert getattr(app.user_middleware[-1], "cls", None) is LaneMiddleware  # inside the context
-    assert len(LANES) == 5
+    assert len(LANES) == 6
 
 
 def test_a_lane_whose_route_changed_authentication_does_not_start() -> None:
     app = create_app(Settings())
     with pytest.raises(LaneError, match="/pos/charge: authenticated by"):
-        mount_lanes(app, (Lane(create_charge, pairing_device, LANES[0].serve),))
+        mount_lanes(app, (Lane(create_charge, pairing_headers, LANES[0].serve),))
     with pytest.raises(LaneError, match="not mounted once"):
-        mount_lanes(app, (Lane(kit.new_nonce, pairing_device, LANES[0].serve),))
+        mount_lanes(app, (Lane(kit.new_nonce, pairing_headers, LANES[0].serve),))
 
 
 async def test_a_lane_leaves_what_no_handler_nearer_than_exception_takes_to_the_server() -> None:

@@ -16,7 +16,7 @@ from viopay.activation.attestation import attested_device, signed_attestation, t
 from viopay.api import LEVELS
 from viopay.app import create_app
 from viopay.auth.deps import admin_principal, bearer_principal, merchant_session
-from viopay.devices.authn import bootstrap_headers, pairing_device, pairing_headers
+from viopay.devices.authn import bootstrap_headers, pairing_headers
 from viopay.payments.terminal_auth import signed_request
 from viopay.settings import Settings
 
@@ -41,9 +41,7 @@ def expected_level(path: str) -> Callable[..., Any] | None:
         return merchant_session
     if path == "/pos/bootstrap":
         return bootstrap_headers  # the device read by the endpoint (viopay.devices.quick)
-    if path == "/pos/pairing-code":
-        return pairing_device
-    if path == "/pos/status":
+    if path in ("/pos/pairing-code", "/pos/status"):
         return pairing_headers  # the device and signature checked by the endpoint (viopay.devices.quick)
     if path == "/pos/attest":
         return signed_attestation

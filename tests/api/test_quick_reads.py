@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import update
+from sqlalchemy import select, update
+from starlette.requests import Request
 
 from support.helpers import (
     SEEN_SECRETS,
@@ -36,8 +37,11 @@ from support.helpers import (
     pos_headers,
     signed_pos_headers,
 )
+from viopay.audit import AuditEvent
+from viopay.devices import quick, service
+from viopay.devices.authn import parse_activation_headers
 from viopay.devices.models import Device
-from viopay.ids import utcnow
+from viopay.ids import rfc3339, utcnow
 from viopay.runtime import Runtime
 
 COUNTER = "viopay_device_reads"
@@ -326,3 +330,103 @@ async def test_a_refused_bootstrap_is_decided_afresh_and_writes_nothing(
     answer, path = bootstrap(api, server, device.device_id, "1.4.2")
     assert (answer.status_code, answer.json()["code"], path) == (403, "device_disabled", refused)
     assert await seen(runtime, device) == (None, None)
+
+
+# --- pairing codes --------------------------------------------------------------------------
+
+
+def issue(
+    api: httpx.Client, server: Server, device: ProvisionedDevice, **signing: Any
+) -> tuple[httpx.Response, str]:
+    before = device_reads(server, "pairing-code")
+    response = api.post("/pos/pairing-code", headers=signed_pos_headers(device, **signing))
+    after = device_reads(server, "pairing-code")
+    moved = [k for k in ("quick", "read") if after.get(k, 0) != before.get(k, 0)]
+    assert len(moved) <= 1, (before, after)
+    if response.status_code == 201:
+        SEEN_SECRETS.add(response.json()["pairing_code"])
+    return response, moved[0] if moved else "fresh"
+
+
+async def test_a_code_and_its_event_are_written_by_one_statement(
+    api: httpx.Client,
+    admin: Admin,
+    server: Server,
+    backend: Backend,
+    merchant: MerchantCtx,
+    runtime: Runtime,
+) -> None:
+    quick = "quick" if backend.name == "postgres" else "fresh"
+    device = admin.provision()
+    expect_json(api.post("/pos/bootstrap", headers=pos_headers(device.device_id)), 200)
+    first, path = issue(api, server, device)
+    assert (first.status_code, path) == (201, quick), first.text
+    second, path = issue(api, server, device)
+    assert (second.status_code, path) == (201, quick), second.text
+    code = second.json()
+    assert code["expires_in"] == 300 and code["poll_interval"] == 5
+    status = api.get("/pos/status", headers=signed_pos_headers(device)).json()
+    assert status["pairing_code_expires_at"] == code["expires_at"]
+    async with runtime.sessions() as db:
+        events = (
+            await db.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.subject_id == device.device_id)
+                .where(AuditEvent.type == "device.pairing_code_issued")
+                .order_by(AuditEvent.created_at)
+            )
+        ).all()
+    assert [(e.type, e.actor_type, e.actor_id, e.merchant_id) for e in events] == [
+        ("device.pairing_code_issued", "device", device.device_id, None)
+    ] * 2
+    assert rfc3339(datetime.fromisoformat(events[1].data["expires_at"])) == code["expires_at"]
+    # the first code died with the second; the second claims the device
+    dead = merchant.http.post("/pos/claim", json={"pairing_code": first.json()["pairing_code"]})
+    assert dead.status_code == 404, dead.text
+    live = merchant.http.post("/pos/claim", json={"pairing_code": code["pairing_code"]})
+    assert live.status_code == 200, live.text
+    claimed, path = issue(api, server, device)  # decided on the quick read: 409
+    assert (claimed.status_code, claimed.json()["code"], path) == (409, "invalid_state", quick)
+
+
+def test_a_codes_refusals_are_the_fresh_paths(
+    api: httpx.Client, admin: Admin, server: Server, backend: Backend
+) -> None:
+    quick = "quick" if backend.name == "postgres" else "fresh"
+    device = admin.provision()
+    expect_json(api.post("/pos/bootstrap", headers=pos_headers(device.device_id)), 200)
+    forged, path = issue(api, server, device, secret=secrets.token_bytes(32))
+    assert (forged.status_code, forged.json()["code"], path) == (401, "invalid_signature", quick)
+    nonce = secrets.token_urlsafe(12)
+    assert issue(api, server, device, nonce=nonce)[0].status_code == 201
+    reused, path = issue(api, server, device, nonce=nonce)
+    assert (reused.status_code, reused.json()["code"], path) == (401, "nonce_reused", quick)
+    answered = [issue(api, server, device)[0].status_code for _ in range(10)]
+    assert answered == [201] * 9 + [429], answered  # ten an hour, the first included
+    other = admin.provision()
+    foreign, path = issue(api, server, device, key_id=other.key_id, secret=other.secret)
+    refused = "read" if backend.name == "postgres" else "fresh"
+    assert (foreign.status_code, foreign.json()["code"], path) == (401, "unknown_key", refused)
+
+
+async def test_a_drawn_value_another_device_holds_goes_to_the_fresh_path_unspent(
+    api: httpx.Client, admin: Admin, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder = admin.provision()
+    held = expect_json(api.post("/pos/pairing-code", headers=signed_pos_headers(holder)), 201)
+    SEEN_SECRETS.add(held["pairing_code"])
+    device = admin.provision()
+    expect_json(api.post("/pos/bootstrap", headers=pos_headers(device.device_id)), 200)
+    monkeypatch.setattr(service, "new_pairing_code", lambda: held["pairing_code"])
+    headers = signed_pos_headers(device)
+    request = Request(
+        {"type": "http", "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    )
+    parsed = parse_activation_headers(request, runtime, allow_old=False, signed=True)
+    assert await quick.quick_pairing_code(runtime, parsed, now=utcnow()) is None
+    monkeypatch.undo()
+    # nothing was spent: the same signed request is answered (afresh or quick, a new value)
+    again = api.post("/pos/pairing-code", headers=headers)
+    assert again.status_code == 201, again.text
+    SEEN_SECRETS.add(again.json()["pairing_code"])
+    assert again.json()["pairing_code"] != held["pairing_code"]

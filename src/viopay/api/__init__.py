@@ -22,7 +22,7 @@ from viopay.auth.router import admin_router as client_admin_router
 from viopay.auth.router import bearer_router
 from viopay.auth.router import router as token_endpoints
 from viopay.configuration.router import config_schema_router
-from viopay.devices.authn import bootstrap_headers, pairing_device, pairing_headers
+from viopay.devices.authn import bootstrap_headers, pairing_headers
 from viopay.fleet.router import pos_router as heartbeat_router
 from viopay.health import router as health_router
 from viopay.parameters.router import parameters_admin_router
@@ -40,13 +40,12 @@ LEVELS: tuple[tuple[str, Callable[..., Any] | None, tuple[APIRouter, ...]], ...]
         bootstrap_headers,
         (devices.bootstrap_router,),
     ),
-    ("activation headers + signature (§2.1 v1.1)", pairing_device, (devices.pos_router,)),
-    # Status polls: the headers and version at mount, the device and the signature checked by
-    # the endpoint, in one statement on PostgreSQL (viopay.devices.quick).
+    # Pairing codes and status polls: the headers and version at mount, the device and the
+    # signature checked by the endpoint, in one statement on PostgreSQL (viopay.devices.quick).
     (
-        "activation headers + signature, status polls (§2.1 v1.1)",
+        "activation headers + signature (§2.1 v1.1); the device read by the endpoint",
         pairing_headers,
-        (devices.status_router,),
+        (devices.pairing_router,),
     ),
     ("attestation signature (§2.2)", signed_attestation, (attest_router,)),
     ("attestation token (§2.3)", attested_device, (token_router,)),

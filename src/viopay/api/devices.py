@@ -29,7 +29,6 @@ from viopay.devices import quick, service
 from viopay.devices.authn import (
     ActivationHeaders,
     BootstrapHeaders,
-    PairingDevice,
     PairingHeaders,
     authenticate_device,
 )
@@ -65,19 +64,20 @@ from viopay.runtime import Runtime
 # Authenticated at mount (viopay.api): the activation headers (§2.1; bootstrap at any version,
 # its device read by the endpoint: viopay.devices.quick).
 bootstrap_router = APIRouter(prefix="/pos", tags=["pos activation"])
-pos_router = APIRouter(prefix="/pos", tags=["pos activation"])
 _ACTIVATION_ERRORS = errors_for(400, 403, 404, 426, 503)
 
 
 @asynccontextmanager
 async def _afresh(
-    runtime: Runtime, parsed: ActivationHeaders, now: datetime
+    runtime: Runtime, parsed: ActivationHeaders, now: datetime, *, bookkeeping: bool = True
 ) -> AsyncIterator[tuple[Device, AsyncSession]]:
-    """A bootstrap's or a status poll's fresh path: the device authenticated in a transaction
-    (§1 order), whose only write, its ``last_seen_at`` and ``app_version``, is bookkeeping."""
+    """The fresh path of a request of the activation headers: the device authenticated in a
+    transaction (§1 order). ``bookkeeping``: the request writes nothing but the device's
+    ``last_seen_at`` and ``app_version`` (bootstrap, status), so its commit need not wait for
+    the disk (:func:`viopay.db.bookkeeping_only`)."""
     async with transaction(runtime.sessions) as db:
         auth = await authenticate_device(db, runtime, parsed, now=now)
-        if auth.device in db.dirty:
+        if bookkeeping and auth.device in db.dirty:
             await bookkeeping_only(db)
         yield auth.device, db
 
@@ -104,32 +104,38 @@ async def bootstrap(request: Request, parsed: BootstrapHeaders, now: Now) -> Res
     return Response(answer.model_dump_json(), media_type="application/json")
 
 
-@pos_router.post(
+# Pairing codes and status polls: the headers and version at mount (viopay.api), the device
+# and the signature checked by the endpoint, in one statement on PostgreSQL
+# (viopay.devices.quick).
+pairing_router = APIRouter(prefix="/pos", tags=["pos activation"])
+
+
+@pairing_router.post(
     "/pairing-code",
     status_code=201,
     response_model=PairingCodeOut,
     responses=errors_for(400, 403, 404, 409, 426, 429, 503),
 )
-async def pairing_code(
-    auth: PairingDevice, runtime: RuntimeDep, db: DbSession, now: Now
-) -> PairingCodeOut:
-    code, expires_at = await service.issue_pairing_code(
-        db, runtime.cache, wrapper=runtime.wrapper, device=auth.device, now=now
-    )
-    return PairingCodeOut(
+async def pairing_code(request: Request, parsed: PairingHeaders, now: Now) -> Response:
+    """2: a new pairing code for the merchant to type (§3.2); the previous one dies."""
+    runtime = runtime_of(request)
+    issued = await quick.quick_pairing_code(runtime, parsed, now=now)
+    if issued is None:
+        async with _afresh(runtime, parsed, now, bookkeeping=False) as (device, db):
+            issued = await service.issue_pairing_code(
+                db, runtime.cache, wrapper=runtime.wrapper, device=device, now=now
+            )
+    code, expires_at = issued
+    answer = PairingCodeOut(
         pairing_code=code,
         expires_at=rfc3339(expires_at),
         expires_in=int(service.PAIRING_CODE_TTL.total_seconds()),
         poll_interval=service.POLL_INTERVAL,
     )
+    return Response(answer.model_dump_json(), status_code=201, media_type="application/json")
 
 
-# Status polls: the headers and version at mount (viopay.api), the device and the signature
-# checked by the endpoint, in one statement on PostgreSQL (viopay.devices.quick).
-status_router = APIRouter(prefix="/pos", tags=["pos activation"])
-
-
-@status_router.get(
+@pairing_router.get(
     "/status", response_model=StatusOut, responses=errors_for(400, 403, 404, 426, 429, 503)
 )
 async def status(request: Request, parsed: PairingHeaders, now: Now) -> Response:

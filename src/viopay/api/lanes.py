@@ -3,7 +3,8 @@
 A fleet's requests are mostly charges and heartbeats (every terminal beats once a minute, busy
 or idle), every terminal downloads the terminal-parameter chunks whenever its parameters
 change (four of an activation's twelve requests), every terminal bootstraps when it starts,
-and every terminal waiting to be claimed polls its status every five seconds. FastAPI spent 4-11 % of a charge's worker
+and every terminal waiting to be claimed shows a pairing code and polls its status every five
+seconds. FastAPI spent 4-11 % of a charge's worker
 CPU and 15-17 % of a heartbeat's before the endpoint ran: matching the path through the
 included routers, then solving the route's dependencies (the mount's, the runtime, the clock)
 for every request (issue 10; side-by-side figures in docs/benchmarks.md). A lane answers
@@ -34,7 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from viopay.activation.attestation import token_headers
 from viopay.activation.router import terminal_parameters
-from viopay.api.devices import bootstrap, status
+from viopay.api.devices import bootstrap, pairing_code, status
 from viopay.deps import runtime_of
 from viopay.devices.authn import bootstrap_headers, pairing_headers
 from viopay.fleet.router import heartbeat
@@ -63,6 +64,10 @@ async def _status(request: Request) -> Response:
     return await status(request, await pairing_headers(request), utcnow())
 
 
+async def _pairing_code(request: Request) -> Response:
+    return await pairing_code(request, await pairing_headers(request), utcnow())
+
+
 async def _bootstrap(request: Request) -> Response:
     return await bootstrap(request, await bootstrap_headers(request), utcnow())
 
@@ -82,6 +87,7 @@ LANES = (
     Lane(terminal_parameters, token_headers, _parameters_chunk),
     Lane(status, pairing_headers, _status),
     Lane(bootstrap, bootstrap_headers, _bootstrap),
+    Lane(pairing_code, pairing_headers, _pairing_code),
 )
 
 

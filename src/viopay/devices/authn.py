@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from viopay.cache import Cache
 from viopay.crypto.wrapping import KeyWrapper
-from viopay.deps import DbSession, Now, RuntimeDep, runtime_of
+from viopay.deps import runtime_of
 from viopay.devices.models import Device, MerchantDeviceIdentityKey
 from viopay.devices.service import unwrap_identity_secret
 from viopay.errors import (
@@ -249,34 +249,12 @@ async def authenticate_device(
     )
 
 
-async def _activation_device(
-    request: Request,
-    runtime: RuntimeDep,
-    db: DbSession,
-    now: Now,
-    *,
-    allow_old: bool,
-    signed: bool = False,
-) -> AuthenticatedDevice:
-    """§1 order: headers (400) and version (426) → device (404, 403) → when ``signed``, the
-    §2.2 signature (401). The device status (409), rate limits and body are the route's."""
-    parsed = parse_activation_headers(request, runtime, allow_old=allow_old, signed=signed)
-    return await authenticate_device(db, runtime, parsed, now=now)
-
-
-async def pairing_device(
-    request: Request, runtime: RuntimeDep, db: DbSession, now: Now
-) -> AuthenticatedDevice:
-    """Pairing-code (§2.1): signed (§2.2) unless VIOPAY_PAIRING_SIGNATURE=off."""
-    signed = runtime.settings.pairing_signature == "required"
-    return await _activation_device(request, runtime, db, now, allow_old=False, signed=signed)
-
-
 async def pairing_headers(request: Request) -> ActivationHeaders:
-    """Status polls (§2.1), authenticated at mount as far as nothing is read: the headers and
-    the version, as :func:`pairing_device` checks them; the endpoint checks the device and the
-    signature (:mod:`viopay.devices.quick`). A coroutine although it awaits nothing: FastAPI runs
-    a plain function dependency in its thread pool."""
+    """Pairing-code and status (§2.1), authenticated at mount as far as nothing is read: the
+    headers, signed (§2.2) unless VIOPAY_PAIRING_SIGNATURE=off, and the version; the endpoint
+    checks the device and the signature (:mod:`viopay.devices.quick`, else
+    :func:`authenticate_device`). A coroutine although it awaits nothing: FastAPI runs a plain
+    function dependency in its thread pool."""
     runtime = runtime_of(request)
     signed = runtime.settings.pairing_signature == "required"
     return parse_activation_headers(request, runtime, allow_old=False, signed=signed)
@@ -288,6 +266,5 @@ async def bootstrap_headers(request: Request) -> ActivationHeaders:
     return parse_activation_headers(request, runtime_of(request), allow_old=True, signed=False)
 
 
-PairingDevice = Annotated[AuthenticatedDevice, Depends(pairing_device)]
 PairingHeaders = Annotated[ActivationHeaders, Depends(pairing_headers)]
 BootstrapHeaders = Annotated[ActivationHeaders, Depends(bootstrap_headers)]

@@ -1,5 +1,5 @@
-"""Device requests answered from one statement (PostgreSQL): status polls (PROTOCOL §3.3) and
-bootstrap (§3.1).
+"""Device requests answered from one statement (PostgreSQL): status polls (PROTOCOL §3.3),
+bootstrap (§3.1) and pairing codes (§3.2).
 
 **Status polls.** A terminal that shows its pairing code polls its status every
 ``poll_interval`` (5 s) until a merchant claims it, and every terminal of a rollout does so at
@@ -23,13 +23,25 @@ the fresh path, which refuses it (404, 403).
 
 Both run on the bookkeeping pool (:func:`viopay.db.bookkeeping_pool`), as the fresh paths'
 transactions do (:func:`viopay.db.bookkeeping_only`): the bootstrap's is their only write.
+
+**Pairing codes.** A terminal asks for a code when it boots unclaimed and whenever its code
+expires (every five minutes while it waits). Afresh: the device and key, the drawn code's
+holder, the upsert, the audit event, in a transaction. Here :data:`QUICK_PAIRING` reads the
+device, the key and whether the drawn code's value is held (then the fresh path draws), the
+checks run as afresh (signature, nonce, state, rate), and :data:`ISSUE_CODE` writes the code
+and its event in one autocommitted statement on the main pool (it writes an event: the commit
+waits for the disk). The event has no merchant, so no webhook delivery is due.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+import orjson
+from asyncpg import Record
+
 from viopay.db import unsaved
+from viopay.devices import service
 from viopay.devices.authn import (
     LAST_SEEN_RESOLUTION,
     ActivationHeaders,
@@ -38,6 +50,7 @@ from viopay.devices.authn import (
 )
 from viopay.devices.models import Device, DeviceStatus, MerchantDeviceIdentityKey, PairingCode
 from viopay.devices.service import check_status_rate, code_expiry, status_answer
+from viopay.ids import new_id
 from viopay.metrics import DEVICE_READS
 from viopay.runtime import Runtime
 
@@ -92,6 +105,49 @@ async def quick_bootstrap(
     return DeviceStatus(row["status"])
 
 
+def _afresh(row: Record | None, parsed: ActivationHeaders, *, now: datetime) -> bool:
+    """Whether the fresh path must answer a signed request on ``row`` (the device and the key
+    the signature names): no such device, disabled, no such key or revoked, a write due."""
+    signature = parsed.signature
+    return (
+        row is None
+        or row["disabled"]
+        or (signature is not None and (row["key_id"] is None or row["revoked_at"] is not None))
+        or bool(
+            seen_changes(
+                last_seen_at=row["last_seen_at"],
+                app_version=row["app_version"],
+                version=parsed.pos.version,
+                now=now,
+            )
+        )
+    )
+
+
+async def _check_signature(
+    runtime: Runtime, parsed: ActivationHeaders, row: Record, *, now: datetime
+) -> None:
+    """The §2.2 signature and its nonce, as the fresh path checks them, with the key read."""
+    device_id, signature = parsed.pos.device_id, parsed.signature
+    if signature is None:
+        return
+    key = unsaved(
+        MerchantDeviceIdentityKey,
+        device_id=device_id,
+        key_id=row["key_id"],
+        secret_wrapped=bytes(row["secret_wrapped"]),
+        revoked_at=None,
+    )
+    await check_device_signature(
+        runtime.cache,
+        wrapper=runtime.wrapper,
+        device=unsaved(Device, device_id=device_id),
+        key=key,
+        signed=signature,
+        now=now,
+    )
+
+
 async def quick_status(
     runtime: Runtime, parsed: ActivationHeaders, *, now: datetime
 ) -> bytes | None:
@@ -105,36 +161,12 @@ async def quick_status(
         row = await conn.fetchrow(
             QUICK_STATUS, device_id, signature.key_id if signature is not None else None
         )
-    if (
-        row is None
-        or row["disabled"]
-        or (signature is not None and (row["key_id"] is None or row["revoked_at"] is not None))
-        or seen_changes(
-            last_seen_at=row["last_seen_at"],
-            app_version=row["app_version"],
-            version=parsed.pos.version,
-            now=now,
-        )
-    ):
+    if _afresh(row, parsed, now=now):
         DEVICE_READS.labels("status", "read").inc()
         return None
+    assert row is not None
     DEVICE_READS.labels("status", "quick").inc()  # decided on this read, the checks' refusals too
-    if signature is not None:
-        key = unsaved(
-            MerchantDeviceIdentityKey,
-            device_id=device_id,
-            key_id=row["key_id"],
-            secret_wrapped=bytes(row["secret_wrapped"]),
-            revoked_at=None,
-        )
-        await check_device_signature(
-            runtime.cache,
-            wrapper=runtime.wrapper,
-            device=unsaved(Device, device_id=device_id),
-            key=key,
-            signed=signature,
-            now=now,
-        )
+    await _check_signature(runtime, parsed, row, now=now)
     await check_status_rate(runtime.cache, device_id=device_id, now=now)
     status = DeviceStatus(row["status"])
     code = None
@@ -152,3 +184,68 @@ async def quick_status(
         merchant=(row["merchant_id"], row["merchant_name"]) if row["merchant_id"] else None,
         code_expires_at=code_expiry(code, now=now),
     )
+
+
+QUICK_PAIRING = """
+SELECT d.status, d.disabled, d.last_seen_at, d.app_version,
+    k.key_id, k.secret_wrapped, k.revoked_at,
+    EXISTS (SELECT 1 FROM pairing_codes AS h WHERE h.code_digest = $3) AS taken
+FROM devices AS d
+LEFT JOIN merchant_device_identity_keys AS k ON k.device_id = d.device_id AND k.key_id = $2
+WHERE d.device_id = $1
+"""
+ISSUE_CODE = """
+WITH code AS (
+    INSERT INTO pairing_codes (device_id, code_digest, issued_at, expires_at, used_at)
+    VALUES ($1, $2, $3, $4, NULL)
+    ON CONFLICT (device_id) DO UPDATE SET code_digest = EXCLUDED.code_digest,
+        issued_at = EXCLUDED.issued_at, expires_at = EXCLUDED.expires_at, used_at = NULL
+)
+INSERT INTO audit_events (event_id, merchant_id, type, actor_type, actor_id, subject_type,
+    subject_id, data, created_at)
+VALUES ($5, $6, $7, $8, $1, $9, $1, $10::json, $3)
+"""
+
+
+async def quick_pairing_code(
+    runtime: Runtime, parsed: ActivationHeaders, *, now: datetime
+) -> tuple[str, datetime] | None:
+    """A new pairing code, issued by one statement with its audit event (the device's previous
+    code dies); None (nothing spent) when the fresh path must answer: what :func:`_afresh` sends
+    there, and a drawn code whose value another device's row holds (the fresh path frees a dead
+    one's or draws again). Raises what the signature, nonce, state and rate checks raise."""
+    read, write = runtime.bookkeeping, runtime.native
+    if read is None or write is None:
+        return None
+    device_id, signature = parsed.pos.device_id, parsed.signature
+    code = service.new_pairing_code()
+    digest = service.code_digest(runtime.wrapper, code)
+    async with read.connection() as conn:
+        row = await conn.fetchrow(
+            QUICK_PAIRING, device_id, signature.key_id if signature is not None else None, digest
+        )
+    if _afresh(row, parsed, now=now) or (row is not None and row["taken"]):
+        DEVICE_READS.labels("pairing-code", "read").inc()
+        return None
+    assert row is not None
+    DEVICE_READS.labels("pairing-code", "quick").inc()
+    await _check_signature(runtime, parsed, row, now=now)
+    service.check_pairable(DeviceStatus(row["status"]))
+    expires_at = now + service.PAIRING_CODE_TTL
+    event = service.pairing_code_event(device_id, expires_at)
+    async with service.pairing_reservation(runtime.cache, device_id=device_id, now=now):
+        async with write.connection() as conn:
+            await conn.execute(
+                ISSUE_CODE,
+                device_id,
+                digest,
+                now,
+                expires_at,
+                new_id("evt_"),
+                event["merchant_id"],
+                event["type"],
+                event["actor"].type,
+                event["subject_type"],
+                orjson.dumps(event["data"]).decode(),
+            )
+    return code, expires_at

@@ -7,8 +7,10 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -233,12 +235,26 @@ _CODE_HOLDER = select(PairingCode).where(PairingCode.code_digest == bindparam("d
 async def issue_pairing_code(
     db: AsyncSession, cache: Cache, *, wrapper: KeyWrapper, device: Device, now: datetime
 ) -> tuple[str, datetime]:
-    if device.status is not DeviceStatus.inactive:
-        raise InvalidState(
-            f"device is {device.status.value}; pairing codes are for inactive devices"
-        )
+    check_pairable(device.status)
+    async with pairing_reservation(cache, device_id=device.device_id, now=now):
+        return await _write_pairing_code(db, wrapper=wrapper, device=device, now=now)
+
+
+def check_pairable(status: DeviceStatus) -> None:
+    """Pairing codes are for inactive devices (409 otherwise)."""
+    if status is not DeviceStatus.inactive:
+        raise InvalidState(f"device is {status.value}; pairing codes are for inactive devices")
+
+
+@contextlib.asynccontextmanager
+async def pairing_reservation(
+    cache: Cache, *, device_id: str, now: datetime
+) -> AsyncIterator[None]:
+    """One of the device's ten codes an hour (429 past them), given back when the block fails:
+    no code was issued (a database error, a cancelled request). (A commit that fails after the
+    block ends still uses one.)"""
     reservation = await cache.window_reserve(
-        [Window(f"rl:pairing:{device.device_id}", PAIRING_CODES_PER_HOUR, 3600)],
+        [Window(f"rl:pairing:{device_id}", PAIRING_CODES_PER_HOUR, 3600)],
         now=now.timestamp(),
     )
     if reservation.wait:
@@ -247,13 +263,23 @@ async def issue_pairing_code(
             retry_after=int(reservation.wait) + 1,
         )
     try:
-        return await _write_pairing_code(db, wrapper=wrapper, device=device, now=now)
+        yield
     except BaseException:
-        # No code was issued (a database error, a cancelled request): the try does not use
-        # one of the device's ten. (A commit that fails after this returns still does.)
         with contextlib.suppress(ServiceUnavailable):
             await cache.window_release(reservation)
         raise
+
+
+def pairing_code_event(device_id: str, expires_at: datetime) -> dict[str, Any]:
+    """The audit event of an issued code: its type, actor, subject and data."""
+    return {
+        "type": "device.pairing_code_issued",
+        "actor": Actor("device", device_id),
+        "subject_type": "device",
+        "subject_id": device_id,
+        "merchant_id": None,
+        "data": {"expires_at": expires_at.isoformat()},
+    }
 
 
 async def _write_pairing_code(
@@ -278,16 +304,7 @@ async def _write_pairing_code(
         .values(device_id=device.device_id, **values)
         .on_conflict_do_update(index_elements=["device_id"], set_=values)
     )
-    record_event(
-        db,
-        type="device.pairing_code_issued",
-        actor=Actor("device", device.device_id),
-        subject_type="device",
-        subject_id=device.device_id,
-        merchant_id=None,
-        now=now,
-        data={"expires_at": expires_at.isoformat()},
-    )
+    record_event(db, now=now, **pairing_code_event(device.device_id, expires_at))
     await db.flush()
     return code, expires_at
 
