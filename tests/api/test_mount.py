@@ -12,11 +12,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from viopay.activation.attestation import attested_device, signed_attestation, token_headers
+from viopay.activation.attestation import attested_device, token_headers
 from viopay.api import LEVELS
 from viopay.app import create_app
 from viopay.auth.deps import admin_principal, bearer_principal, merchant_session
-from viopay.devices.authn import bootstrap_headers, pairing_headers
+from viopay.devices.authn import attest_headers, bootstrap_headers, pairing_headers
 from viopay.payments.terminal_auth import signed_request
 from viopay.settings import Settings
 
@@ -44,7 +44,7 @@ def expected_level(path: str) -> Callable[..., Any] | None:
     if path in ("/pos/pairing-code", "/pos/status"):
         return pairing_headers  # the device and signature checked by the endpoint (viopay.devices.quick)
     if path == "/pos/attest":
-        return signed_attestation
+        return attest_headers  # the device and signature checked by the endpoint
     if path in ("/pos/keys", "/pos/config", "/pos/activate"):
         return attested_device
     if path == "/pos/terminal-parameters":

@@ -14,15 +14,18 @@ says which path answered."""
 
 from __future__ import annotations
 
+import base64
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, update
+from standardwebhooks import Webhook
 from starlette.requests import Request
 
 from support.helpers import (
@@ -37,6 +40,7 @@ from support.helpers import (
     pos_headers,
     signed_pos_headers,
 )
+from support.webhook_receiver import running_receiver
 from viopay.audit import AuditEvent
 from viopay.devices import quick, service
 from viopay.devices.authn import parse_activation_headers
@@ -62,6 +66,19 @@ def device_reads(server: Server, route: str) -> dict[str, float]:
     return found
 
 
+def counted(
+    server: Server, route: str, send: Callable[[], httpx.Response]
+) -> tuple[httpx.Response, str]:
+    """``send()``'s answer and the path that answered it: quick, read (afresh after a quick
+    look) or fresh (the server counted neither: the embedded default)."""
+    before = device_reads(server, route)
+    response = send()
+    after = device_reads(server, route)
+    moved = [k for k in ("quick", "read") if after.get(k, 0) != before.get(k, 0)]
+    assert len(moved) <= 1, (before, after)
+    return response, moved[0] if moved else "fresh"
+
+
 class Polls:
     """A device's polls with a given app version, and which path answered them."""
 
@@ -74,15 +91,9 @@ class Polls:
     def poll(
         self, device: ProvisionedDevice, version: str, **signing: Any
     ) -> tuple[httpx.Response, str]:
-        """(the answer, the path: quick, read (fresh after a quick look), or fresh)."""
-        before = self.reads()
-        response = self.api.get(
-            "/pos/status", headers=signed_pos_headers(device, ua=ua(version), **signing)
-        )
-        after = self.reads()
-        moved = [k for k in ("quick", "read") if after.get(k, 0) != before.get(k, 0)]
-        assert len(moved) <= 1, (before, after)
-        return response, moved[0] if moved else "fresh"
+        """(the answer, the path that answered it: see :func:`counted`)."""
+        headers = signed_pos_headers(device, ua=ua(version), **signing)
+        return counted(self.server, "status", lambda: self.api.get("/pos/status", headers=headers))
 
 
 @pytest.fixture
@@ -186,9 +197,10 @@ def test_bad_signatures_replays_and_old_clocks_are_refused_the_same_both_ways(
     old = {"timestamp": (utcnow() - timedelta(minutes=10)).isoformat().replace("+00:00", "Z")}
     fresh, quick = refused_both_ways(polls, device, **old)
     assert (quick["http"], quick["code"]) == (401, "timestamp_out_of_window")
-    # the detail names the server's time, which may have moved on by a second
-    assert {k: v for k, v in fresh.items() if k != "detail"} == {
-        k: v for k, v in quick.items() if k != "detail"
+    # the detail and server_time name the server's time, which may have moved on by a second
+    moving = ("detail", "server_time")
+    assert {k: v for k, v in fresh.items() if k not in moving} == {
+        k: v for k, v in quick.items() if k not in moving
     }
 
     nonce = secrets.token_urlsafe(12)
@@ -269,12 +281,8 @@ async def seen(runtime: Runtime, device: ProvisionedDevice) -> tuple[str | None,
 def bootstrap(
     api: httpx.Client, server: Server, device_id: str, version: str
 ) -> tuple[httpx.Response, str]:
-    before = device_reads(server, "bootstrap")
-    response = api.post("/pos/bootstrap", headers=pos_headers(device_id, ua=ua(version)))
-    after = device_reads(server, "bootstrap")
-    moved = [k for k in ("quick", "read") if after.get(k, 0) != before.get(k, 0)]
-    assert len(moved) <= 1, (before, after)
-    return response, moved[0] if moved else "fresh"
+    headers = pos_headers(device_id, ua=ua(version))
+    return counted(server, "bootstrap", lambda: api.post("/pos/bootstrap", headers=headers))
 
 
 async def test_a_bootstrap_writes_the_version_and_a_due_last_seen_in_its_statement(
@@ -338,14 +346,13 @@ async def test_a_refused_bootstrap_is_decided_afresh_and_writes_nothing(
 def issue(
     api: httpx.Client, server: Server, device: ProvisionedDevice, **signing: Any
 ) -> tuple[httpx.Response, str]:
-    before = device_reads(server, "pairing-code")
-    response = api.post("/pos/pairing-code", headers=signed_pos_headers(device, **signing))
-    after = device_reads(server, "pairing-code")
-    moved = [k for k in ("quick", "read") if after.get(k, 0) != before.get(k, 0)]
-    assert len(moved) <= 1, (before, after)
+    headers = signed_pos_headers(device, **signing)
+    response, path = counted(
+        server, "pairing-code", lambda: api.post("/pos/pairing-code", headers=headers)
+    )
     if response.status_code == 201:
         SEEN_SECRETS.add(response.json()["pairing_code"])
-    return response, moved[0] if moved else "fresh"
+    return response, path
 
 
 async def test_a_code_and_its_event_are_written_by_one_statement(
@@ -430,3 +437,74 @@ async def test_a_drawn_value_another_device_holds_goes_to_the_fresh_path_unspent
     assert again.status_code == 201, again.text
     SEEN_SECRETS.add(again.json()["pairing_code"])
     assert again.json()["pairing_code"] != held["pairing_code"]
+
+
+# --- attest ---------------------------------------------------------------------------------
+
+
+def transport_public() -> bytes:
+    return X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+
+def attest(
+    api: httpx.Client, server: Server, device: ProvisionedDevice, **signing: Any
+) -> tuple[httpx.Response, str]:
+    headers = signed_pos_headers(device, **signing)
+    response, path = counted(server, "attest", lambda: api.post("/pos/attest", headers=headers))
+    if response.status_code == 200:
+        SEEN_SECRETS.add(response.json()["attestation_token"])
+    return response, path
+
+
+def test_an_attest_on_one_read_issues_a_token_and_delivers_its_event(
+    api: httpx.Client, admin: Admin, server: Server, backend: Backend, merchant: MerchantCtx
+) -> None:
+    quick = "quick" if backend.name == "postgres" else "fresh"
+    with running_receiver() as receiver:
+        endpoint = expect_json(
+            merchant.http.post(
+                "/merchant/webhook-endpoints",
+                json={"url": receiver.url, "event_types": ["device.attested"]},
+            ),
+            201,
+        )
+        SEEN_SECRETS.add(endpoint["secret"])
+        device, code = paired(api, admin)
+        waiting, path = attest(api, server, device)  # not claimed yet: 409 on the quick read
+        assert (waiting.status_code, waiting.json()["code"], path) == (409, "invalid_state", quick)
+        expect_json(
+            merchant.http.post("/pos/claim", json={"pairing_code": code["pairing_code"]}), 200
+        )
+        issued, path = attest(api, server, device)
+        assert (issued.status_code, path) == (200, quick), issued.text
+        body = issued.json()
+        assert body["token_type"] == "Attestation" and body["device_status"] == "claimed"
+        assert body["expires_in"] == 300
+        # the token works: the key set it earns is delivered
+        keys = api.post(
+            "/pos/keys",
+            headers={
+                "Authorization": f"Attestation {body['attestation_token']}",
+                "X-Device-Id": device.device_id,
+            },
+            json={"transport_key": base64.b64encode(transport_public()).decode()},
+        )
+        assert keys.status_code == 200, keys.text
+        # the event was written with its delivery: the endpoint receives it, signed
+        events = expect_json(merchant.http.get("/merchant/events", params={"limit": 100}), 200)[
+            "data"
+        ]
+        event = next(e for e in events if e["type"] == "device.attested")
+        assert event["subject"] == {"type": "device", "id": device.device_id}
+        assert event["data"]["key_id"] == device.key_id
+        receiver.wait(lambda: receiver.count(event["id"]) > 0)
+        received = receiver.of(event["id"])[0]
+        document = Webhook(endpoint["secret"]).verify(received.body, received.headers)
+        assert document["type"] == "device.attested"
+
+        forged, path = attest(api, server, device, secret=secrets.token_bytes(32))
+        assert (forged.status_code, forged.json()["code"], path) == (
+            401,
+            "invalid_signature",
+            quick,
+        )

@@ -24,60 +24,22 @@ from viopay.cache import Cache
 from viopay.crypto.wrapping import KeyWrapper
 from viopay.deps import DbSession, Now, RuntimeDep
 from viopay.devices.authn import (
-    check_device_signature,
     identity_key_of,
     load_device_with_key,
     parse_device_id,
-    parse_pos_headers,
     touch,
-    version_below,
 )
 from viopay.devices.models import Device, MerchantDeviceIdentityKey
 from viopay.devices.service import unwrap_identity_secret
 from viopay.errors import (
-    AppVersionUnsupported,
     InvalidToken,
 )
 from viopay.runtime import Runtime
-from viopay.signatures import parse_signed_headers
 
 TOKEN_PREFIX = "att_"
 TOKEN_TTL = timedelta(seconds=300)
 TOKEN_RE = re.compile(r"att_[A-Za-z0-9_-]{43}")
 _SCHEME = "attestation"
-
-
-# --- attest: the signed request (§2.2) -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SignedAttestation:
-    """A device whose attest request carried a valid, fresh, unreplayed signature."""
-
-    device: Device
-    identity_key: MerchantDeviceIdentityKey
-    version: str
-
-
-async def signed_attestation(
-    request: Request, runtime: RuntimeDep, db: DbSession, now: Now
-) -> SignedAttestation:
-    """§1 order for attest: headers (400) and version (426) → device (404, 403) → key →
-    timestamp → signature → nonce. The device status (409) and the body are the route's."""
-    headers = parse_pos_headers(request)
-    signed = parse_signed_headers(request)
-    minimum = runtime.settings.min_pos_version
-    if version_below(headers.version, minimum):
-        raise AppVersionUnsupported(minimum)
-    device, key = await load_device_with_key(db, headers.device_id, signed.key_id)
-    key = await check_device_signature(
-        runtime.cache, wrapper=runtime.wrapper, device=device, key=key, signed=signed, now=now
-    )
-    touch(device, version=headers.version, now=now)
-    return SignedAttestation(device=device, identity_key=key, version=headers.version)
-
-
-AttestSigned = Annotated[SignedAttestation, Depends(signed_attestation)]
 
 
 # --- tokens (§2.3) ---------------------------------------------------------------------------

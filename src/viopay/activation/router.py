@@ -18,9 +18,9 @@ from viopay.activation import chunks, delivery, service
 from viopay.activation.attestation import (
     TOKEN_TTL,
     AttestedDevice,
-    AttestSigned,
     TokenHeadersDep,
     attest_token,
+    issue_token,
 )
 from viopay.activation.schemas import AttestIn, AttestOut, KeyOut, KeysIn, KeysOut
 from viopay.db import transaction
@@ -33,12 +33,15 @@ from viopay.deps import (
     read_raw_json,
     runtime_of,
 )
+from viopay.devices import quick
+from viopay.devices.authn import AttestHeaders, authenticate_device
 from viopay.errors import ViopayError
 from viopay.ids import rfc3339
 from viopay.metrics import TOKEN_LOOKUPS
 from viopay.openapi import errors_for
 
-# Authenticated at mount (viopay.api): the attestation signature (§2.2), the token (§2.3).
+# Authenticated at mount (viopay.api): the attestation signature's headers (§2.2; the device and
+# the signature checked by the endpoint), the token (§2.3).
 attest_router = APIRouter(prefix="/pos", tags=["pos activation"])
 token_router = APIRouter(prefix="/pos", tags=["pos activation"])
 # The token's headers only (§2.3): the chunk endpoint authenticates on a remembered context or
@@ -52,21 +55,43 @@ chunk_router = APIRouter(prefix="/pos", tags=["pos activation"])
     openapi_extra=body_schema(AttestIn, required=False),
     responses=errors_for(400, 401, 403, 404, 409, 415, 426, 503),
 )
-async def attest(
-    request: Request, auth: AttestSigned, runtime: RuntimeDep, db: DbSession, now: Now
-) -> AttestOut:
-    """Prove the identity key (HMAC signature headers) for a 300 s attestation token."""
-    service.require_keyed_status(auth.device)
-    await read_json(request, AttestIn, optional=True)
-    issued = await service.attest(
-        db, runtime.cache, device=auth.device, identity_key=auth.identity_key, now=now
-    )
-    return AttestOut(
+async def attest(request: Request, parsed: AttestHeaders, now: Now) -> Response:
+    """Prove the identity key (HMAC signature headers) for a 300 s attestation token: on one
+    read of the device on PostgreSQL (:mod:`viopay.devices.quick`), else afresh."""
+    runtime = runtime_of(request)
+    verified = await quick.quick_attest(runtime, parsed, now=now)
+    if verified is not None:
+        device = verified.device
+        service.require_keyed_status(device)
+        await read_json(request, AttestIn, optional=True)
+        issued = await issue_token(
+            runtime.cache, device=device, identity_key=verified.identity_key, now=now
+        )
+        await quick.record_device_event(
+            runtime,
+            type=service.ATTESTED,
+            device_id=device.device_id,
+            merchant_id=device.merchant_id,
+            data=service.attested_data(verified.identity_key, issued),
+            now=now,
+        )
+    else:
+        async with transaction(runtime.sessions) as db:
+            auth = await authenticate_device(db, runtime, parsed, now=now)
+            device = auth.device
+            service.require_keyed_status(device)
+            await read_json(request, AttestIn, optional=True)
+            assert auth.identity_key is not None  # a signed request
+            issued = await service.attest(
+                db, runtime.cache, device=device, identity_key=auth.identity_key, now=now
+            )
+    answer = AttestOut(
         attestation_token=issued.token,
         expires_in=int(TOKEN_TTL.total_seconds()),
         expires_at=rfc3339(issued.expires_at),
-        device_status=auth.device.status.value,
+        device_status=device.status.value,
     )
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 @token_router.post(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,15 +40,23 @@ async def attest(
     issued = await issue_token(cache, device=device, identity_key=identity_key, now=now)
     record_event(
         db,
-        type="device.attested",
+        type=ATTESTED,
         actor=Actor("device", device.device_id),
         subject_type="device",
         subject_id=device.device_id,
         merchant_id=device.merchant_id,
         now=now,
-        data={"key_id": identity_key.key_id, "expires_at": issued.expires_at.isoformat()},
+        data=attested_data(identity_key, issued),
     )
     return issued
+
+
+ATTESTED = "device.attested"
+
+
+def attested_data(identity_key: MerchantDeviceIdentityKey, issued: IssuedToken) -> dict[str, Any]:
+    """The data of a ``device.attested`` event: the key that earned the token, its expiry."""
+    return {"key_id": identity_key.key_id, "expires_at": issued.expires_at.isoformat()}
 
 
 def decode_transport_key(value: object) -> bytes:

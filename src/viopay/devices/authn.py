@@ -202,6 +202,8 @@ class AuthenticatedDevice:
     device: Device
     version: str
     upgrade_required: bool
+    #: The identity key the signature verified with (None: the request was not signed).
+    identity_key: MerchantDeviceIdentityKey | None = None
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,7 @@ async def authenticate_device(
     key_id = signature.key_id if signature is not None else None
     device, key = await load_device_with_key(db, parsed.pos.device_id, key_id)
     if signature is not None:
-        await check_device_signature(
+        key = await check_device_signature(
             runtime.cache,
             wrapper=runtime.wrapper,
             device=device,
@@ -245,7 +247,10 @@ async def authenticate_device(
         )
     touch(device, version=version, now=now)
     return AuthenticatedDevice(
-        device=device, version=version, upgrade_required=parsed.upgrade_required
+        device=device,
+        version=version,
+        upgrade_required=parsed.upgrade_required,
+        identity_key=key if signature is not None else None,
     )
 
 
@@ -260,6 +265,13 @@ async def pairing_headers(request: Request) -> ActivationHeaders:
     return parse_activation_headers(request, runtime, allow_old=False, signed=signed)
 
 
+async def attest_headers(request: Request) -> ActivationHeaders:
+    """Attest (§2.2), authenticated at mount as far as nothing is read: the activation headers,
+    the signature headers and the version; the endpoint checks the device and the signature
+    (:mod:`viopay.devices.quick`, else :func:`authenticate_device`)."""
+    return parse_activation_headers(request, runtime_of(request), allow_old=False, signed=True)
+
+
 async def bootstrap_headers(request: Request) -> ActivationHeaders:
     """Bootstrap (§3.1), authenticated at mount as far as nothing is read: the activation
     headers, at any version; the endpoint reads the device (:mod:`viopay.devices.quick`)."""
@@ -268,3 +280,4 @@ async def bootstrap_headers(request: Request) -> ActivationHeaders:
 
 PairingHeaders = Annotated[ActivationHeaders, Depends(pairing_headers)]
 BootstrapHeaders = Annotated[ActivationHeaders, Depends(bootstrap_headers)]
+AttestHeaders = Annotated[ActivationHeaders, Depends(attest_headers)]

@@ -35,7 +35,9 @@ waits for the disk). The event has no merchant, so no webhook delivery is due.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 from asyncpg import Record
@@ -53,6 +55,7 @@ from viopay.devices.service import check_status_rate, code_expiry, status_answer
 from viopay.ids import new_id
 from viopay.metrics import DEVICE_READS
 from viopay.runtime import Runtime
+from viopay.webhooks import outbox
 
 QUICK_STATUS = """
 SELECT d.status, d.disabled, d.merchant_id, d.terminal_id, d.last_seen_at, d.app_version,
@@ -186,8 +189,8 @@ async def quick_status(
     )
 
 
-QUICK_PAIRING = """
-SELECT d.status, d.disabled, d.last_seen_at, d.app_version,
+QUICK_SIGNED = """
+SELECT d.status, d.disabled, d.last_seen_at, d.app_version, d.merchant_id, d.token_generation,
     k.key_id, k.secret_wrapped, k.revoked_at,
     EXISTS (SELECT 1 FROM pairing_codes AS h WHERE h.code_digest = $3) AS taken
 FROM devices AS d
@@ -207,6 +210,37 @@ VALUES ($5, $6, $7, $8, $1, $9, $1, $10::json, $3)
 """
 
 
+async def _signed_read(
+    runtime: Runtime,
+    parsed: ActivationHeaders,
+    *,
+    route: str,
+    now: datetime,
+    code_digest: str | None = None,
+) -> Record | None:
+    """:data:`QUICK_SIGNED`'s row, its signature and nonce checked (what those raise is
+    raised); None (nothing spent) when the fresh path must answer: what :func:`_afresh` sends
+    there, and a ``code_digest`` whose value a row holds."""
+    pool = runtime.bookkeeping
+    if pool is None or runtime.native is None:
+        return None
+    device_id, signature = parsed.pos.device_id, parsed.signature
+    async with pool.connection() as conn:
+        row = await conn.fetchrow(
+            QUICK_SIGNED,
+            device_id,
+            signature.key_id if signature is not None else None,
+            code_digest,
+        )
+    if _afresh(row, parsed, now=now) or (row is not None and row["taken"]):
+        DEVICE_READS.labels(route, "read").inc()
+        return None
+    assert row is not None
+    DEVICE_READS.labels(route, "quick").inc()
+    await _check_signature(runtime, parsed, row, now=now)
+    return row
+
+
 async def quick_pairing_code(
     runtime: Runtime, parsed: ActivationHeaders, *, now: datetime
 ) -> tuple[str, datetime] | None:
@@ -214,22 +248,14 @@ async def quick_pairing_code(
     code dies); None (nothing spent) when the fresh path must answer: what :func:`_afresh` sends
     there, and a drawn code whose value another device's row holds (the fresh path frees a dead
     one's or draws again). Raises what the signature, nonce, state and rate checks raise."""
-    read, write = runtime.bookkeeping, runtime.native
-    if read is None or write is None:
-        return None
-    device_id, signature = parsed.pos.device_id, parsed.signature
     code = service.new_pairing_code()
     digest = service.code_digest(runtime.wrapper, code)
-    async with read.connection() as conn:
-        row = await conn.fetchrow(
-            QUICK_PAIRING, device_id, signature.key_id if signature is not None else None, digest
-        )
-    if _afresh(row, parsed, now=now) or (row is not None and row["taken"]):
-        DEVICE_READS.labels("pairing-code", "read").inc()
+    row = await _signed_read(runtime, parsed, route="pairing-code", now=now, code_digest=digest)
+    if row is None:
         return None
-    assert row is not None
-    DEVICE_READS.labels("pairing-code", "quick").inc()
-    await _check_signature(runtime, parsed, row, now=now)
+    write = runtime.native
+    assert write is not None
+    device_id = parsed.pos.device_id
     service.check_pairable(DeviceStatus(row["status"]))
     expires_at = now + service.PAIRING_CODE_TTL
     event = service.pairing_code_event(device_id, expires_at)
@@ -249,3 +275,70 @@ async def quick_pairing_code(
                 orjson.dumps(event["data"]).decode(),
             )
     return code, expires_at
+
+
+@dataclass(frozen=True)
+class QuickAttest:
+    """A device whose attest verified on one read: what the rest of attest needs of it."""
+
+    device: Device
+    identity_key: MerchantDeviceIdentityKey
+
+
+async def quick_attest(
+    runtime: Runtime, parsed: ActivationHeaders, *, now: datetime
+) -> QuickAttest | None:
+    """The device and key of an attest verified on one read (signature and nonce checked);
+    None (nothing spent) when the fresh path must answer."""
+    row = await _signed_read(runtime, parsed, route="attest", now=now)
+    if row is None:
+        return None
+    device_id = parsed.pos.device_id
+    device = unsaved(
+        Device,
+        device_id=device_id,
+        status=DeviceStatus(row["status"]),
+        merchant_id=row["merchant_id"],
+        token_generation=row["token_generation"],
+    )
+    key = unsaved(MerchantDeviceIdentityKey, device_id=device_id, key_id=row["key_id"])
+    return QuickAttest(device=device, identity_key=key)
+
+
+async def record_device_event(
+    runtime: Runtime,
+    *,
+    type: str,
+    device_id: str,
+    merchant_id: str | None,
+    data: dict[str, Any],
+    now: datetime,
+) -> None:
+    """A device's audit event and its webhook deliveries, in one autocommitted statement on the
+    main pool (the transactional outbox's rows, :mod:`viopay.webhooks.outbox`, as a session's
+    flush writes them); the webhook workers are woken when a delivery was made."""
+    pool = runtime.native
+    assert pool is not None
+    async with pool.connection() as conn:
+        deliveries = await conn.fetchval(
+            DEVICE_EVENT,
+            new_id("evt_"),
+            merchant_id,
+            type,
+            device_id,
+            orjson.dumps(data).decode(),
+            now,
+        )
+    if deliveries:
+        outbox.wake()
+
+
+DEVICE_EVENT = f"""
+WITH events AS (
+    INSERT INTO audit_events (event_id, merchant_id, type, actor_type, actor_id, subject_type,
+        subject_id, data, created_at)
+    VALUES ($1, $2, $3, 'device', $4, 'device', $4, $5::json, $6)
+    RETURNING event_id, type, merchant_id, created_at
+), deliveries AS ({outbox.DELIVERIES_OF_EVENTS})
+SELECT count(*) FROM deliveries
+"""  # noqa: S608 (built from constants only)

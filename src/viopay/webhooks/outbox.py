@@ -67,6 +67,23 @@ def _fan_out(session: Session, _flush_context: Any) -> None:
         session.info[_PENDING_KEY] = True
 
 
+#: The deliveries of the events of a CTE named ``events`` (``event_id``, ``type``,
+#: ``merchant_id``, ``created_at``): one ``pending`` delivery per enabled endpoint of the event's
+#: merchant that subscribes to its type, as :func:`_fan_out` makes them, for a statement that
+#: writes its events itself (``deliveries AS (...)``; :mod:`viopay.devices.quick`).
+DELIVERIES_OF_EVENTS = """
+    INSERT INTO webhook_deliveries (delivery_id, endpoint_id, merchant_id, event_id, event_type,
+        status, attempts, schedule_step, next_attempt_at, created_at)
+    SELECT 'whd_' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 20), w.endpoint_id,
+        w.merchant_id, e.event_id, e.type, 'pending', 0, 0, e.created_at, e.created_at
+    FROM events AS e JOIN webhook_endpoints AS w
+        ON w.merchant_id = e.merchant_id AND w.status = 'enabled'
+    WHERE w.event_types IS NULL OR json_typeof(w.event_types) = 'null'
+        OR w.event_types::jsonb ? e.type
+    RETURNING 1
+"""
+
+
 def wake() -> None:
     """Deliveries were committed by a statement of their own (the charge's outcome on
     PostgreSQL, :mod:`viopay.payments.native`): wake this process's workers, as a commit of
