@@ -85,9 +85,6 @@ class Polls:
     def __init__(self, api: httpx.Client, server: Server, backend: Backend) -> None:
         self.api, self.server, self.backend = api, server, backend
 
-    def reads(self, route: str = "status") -> dict[str, float]:
-        return device_reads(self.server, route)
-
     def poll(
         self, device: ProvisionedDevice, version: str, **signing: Any
     ) -> tuple[httpx.Response, str]:
