@@ -63,10 +63,10 @@ HEARTBEAT_LOOKUPS = Counter(
 )
 DEVICE_READS = Counter(
     "viopay_device_reads",
-    "How GET /pos/status, POST /pos/bootstrap and POST /pos/pairing-code read their device on "
-    "PostgreSQL: in one statement (quick: answered on it, a bad signature, spent nonce, state or "
-    "rate limit included) or through a transaction (read: a write due, a taken code value, or a "
-    "refusal to decide in the §1 order).",
+    "How POST /pos/bootstrap, POST /pos/pairing-code, GET /pos/status and POST /pos/attest read "
+    "their device on PostgreSQL: in one statement (quick: decided on it, the checks' refusals "
+    "included) or through the fresh transaction (read: a write due, a drawn code value taken, "
+    "or a refusal decided there in the §1 order).",
     ["route", "source"],
 )
 TOKEN_LOOKUPS = Counter(

@@ -118,3 +118,25 @@ def test_no_endpoint_or_dependency_runs_in_the_thread_pool(app: FastAPI) -> None
         ]
     assert checked >= 80  # the API's routes and the portal's
     assert threaded == []
+
+
+def test_the_levels_that_read_nothing_at_mount_serve_only_endpoints_that_authenticate(
+    app: FastAPI,
+) -> None:
+    """A level whose dependency checks headers only leaves the device (and the signature or
+    token) to the endpoint: each endpoint mounted there does it (viopay.devices.quick,
+    viopay.activation.chunks), and a new one must be added here after it does too."""
+    headers_only = {bootstrap_headers, pairing_headers, attest_headers, token_headers}
+    served: dict[str, set[str]] = {}
+    for context in iter_route_contexts(app.routes):
+        if not isinstance(context.route, APIRoute):
+            continue  # FastAPI's own /openapi.json and /docs pages
+        dependencies = [d.dependency for d in context.dependencies]
+        if dependencies and dependencies[0] in headers_only and context.endpoint is not None:
+            served.setdefault(dependencies[0].__name__, set()).add(context.endpoint.__name__)
+    assert served == {
+        "bootstrap_headers": {"bootstrap"},
+        "pairing_headers": {"pairing_code", "status"},
+        "attest_headers": {"attest"},
+        "token_headers": {"terminal_parameters"},
+    }

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, update
 from standardwebhooks import Webhook
@@ -43,12 +44,15 @@ from support.helpers import (
 from support.webhook_receiver import running_receiver
 from viopay.audit import AuditEvent
 from viopay.devices import quick, service
-from viopay.devices.authn import parse_activation_headers
-from viopay.devices.models import Device
+from viopay.devices.authn import ActivationHeaders, parse_activation_headers
+from viopay.devices.models import Device, PairingCode
+from viopay.errors import DeviceDisabled
 from viopay.ids import rfc3339, utcnow
 from viopay.runtime import Runtime
+from viopay.webhooks.models import WebhookDelivery
 
 COUNTER = "viopay_device_reads"
+READ_PAIRING = {"route": "pairing-code", "source": "read"}
 VERSION = "1.4.2"  # the helpers' User-Agent: what the pairing-code request stored
 
 
@@ -122,6 +126,14 @@ def both_ways(polls: Polls, device: ProvisionedDevice, version: str, **signing: 
     expected = ("read", "quick") if polls.backend.name == "postgres" else ("fresh", "fresh")
     assert (fresh_path, quick_path) == expected
     return [answer(fresh), answer(quick)]
+
+
+def parsed_headers(runtime: Runtime, headers: dict[str, str]) -> ActivationHeaders:
+    """``headers`` as a pairing code's mount dependency parses them (for in-process calls)."""
+    request = Request(
+        {"type": "http", "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    )
+    return parse_activation_headers(request, runtime, allow_old=False, signed=True)
 
 
 def refused_both_ways(polls: Polls, device: ProvisionedDevice, **signing: Any) -> list[Any]:
@@ -414,26 +426,35 @@ def test_a_codes_refusals_are_the_fresh_paths(
 
 
 async def test_a_drawn_value_another_device_holds_goes_to_the_fresh_path_unspent(
-    api: httpx.Client, admin: Admin, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    api: httpx.Client,
+    admin: Admin,
+    server: Server,
+    backend: Backend,
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     holder = admin.provision()
     held = expect_json(api.post("/pos/pairing-code", headers=signed_pos_headers(holder)), 201)
     SEEN_SECRETS.add(held["pairing_code"])
     device = admin.provision()
     expect_json(api.post("/pos/bootstrap", headers=pos_headers(device.device_id)), 200)
-    monkeypatch.setattr(service, "new_pairing_code", lambda: held["pairing_code"])
     headers = signed_pos_headers(device)
-    request = Request(
-        {"type": "http", "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
-    )
-    parsed = parse_activation_headers(request, runtime, allow_old=False, signed=True)
+    parsed = parsed_headers(runtime, headers)
+    sent_afresh = REGISTRY.get_sample_value(f"{COUNTER}_total", READ_PAIRING) or 0.0
+    monkeypatch.setattr(service, "new_pairing_code", lambda: held["pairing_code"])
     assert await quick.quick_pairing_code(runtime, parsed, now=utcnow()) is None
     monkeypatch.undo()
-    # nothing was spent: the same signed request is answered (afresh or quick, a new value)
-    again = api.post("/pos/pairing-code", headers=headers)
+    if backend.name == "postgres":  # read, and sent afresh for the held value
+        assert REGISTRY.get_sample_value(f"{COUNTER}_total", READ_PAIRING) == sent_afresh + 1
+    else:  # no asyncpg pool: every code is issued afresh
+        assert runtime.native is None
+    # nothing was spent: the same signed request is answered, and ten codes are left this hour
+    again, _ = issue(
+        api, server, device, nonce=headers["X-Nonce"], timestamp=headers["X-Timestamp"]
+    )
     assert again.status_code == 201, again.text
-    SEEN_SECRETS.add(again.json()["pairing_code"])
-    assert again.json()["pairing_code"] != held["pairing_code"]
+    answered = [issue(api, server, device)[0].status_code for _ in range(10)]
+    assert answered == [201] * 9 + [429], answered
 
 
 # --- attest ---------------------------------------------------------------------------------
@@ -505,3 +526,110 @@ def test_an_attest_on_one_read_issues_a_token_and_delivers_its_event(
             "invalid_signature",
             quick,
         )
+
+
+def test_an_attest_the_read_refuses_is_decided_afresh_and_spends_nothing(
+    api: httpx.Client, admin: Admin, server: Server, backend: Backend, merchant: MerchantCtx
+) -> None:
+    refused = "read" if backend.name == "postgres" else "fresh"
+    device, code = paired(api, admin)
+    expect_json(merchant.http.post("/pos/claim", json={"pairing_code": code["pairing_code"]}), 200)
+    other = admin.provision()
+    nonce = secrets.token_urlsafe(12)
+    foreign, path = attest(
+        api, server, device, key_id=other.key_id, secret=other.secret, nonce=nonce
+    )
+    assert (foreign.status_code, foreign.json()["code"], path) == (401, "unknown_key", refused)
+    own, _ = attest(api, server, device, nonce=nonce)  # the refusal spent no nonce
+    assert own.status_code == 200, own.text
+
+    added = expect_json(
+        admin.http.post(f"/admin/devices/{device.device_id}/identity-keys", json={}), 201
+    )
+    SEEN_SECRETS.add(added["identity_secret"])
+    revoked = admin.http.delete(f"/admin/devices/{device.device_id}/identity-keys/{device.key_id}")
+    assert revoked.status_code == 200, revoked.text
+    old_key, path = attest(api, server, device)
+    assert (old_key.status_code, old_key.json()["code"], path) == (401, "key_revoked", refused)
+
+    disabled = admin.http.post(f"/admin/devices/{device.device_id}/disable")
+    assert disabled.status_code == 200, disabled.text
+    new_key = ProvisionedDevice(device.device_id, added["key_id"], added["identity_secret"])
+    off, path = attest(api, server, new_key)
+    assert (off.status_code, off.json()["code"], path) == (403, "device_disabled", refused)
+
+
+async def test_an_attests_event_is_delivered_to_the_endpoints_that_subscribe(
+    api: httpx.Client, admin: Admin, server: Server, merchant: MerchantCtx, runtime: Runtime
+) -> None:
+    """The fan-out in SQL (quick, PostgreSQL) makes the deliveries the session's makes
+    (afresh, embedded): every enabled endpoint of the merchant whose types include the event's
+    or that takes every type; none for another type's, or a deleted one."""
+
+    def endpoint(**fields: Any) -> str:
+        created = expect_json(
+            merchant.http.post(
+                "/merchant/webhook-endpoints", json={"url": "https://hooks.example/x"} | fields
+            ),
+            201,
+        )
+        SEEN_SECRETS.add(created["secret"])
+        endpoint_id: str = created["id"]
+        return endpoint_id
+
+    every, listed = endpoint(), endpoint(event_types=["charge.created", "device.attested"])
+    other, gone = endpoint(event_types=["charge.created"]), endpoint()
+    assert merchant.http.delete(f"/merchant/webhook-endpoints/{gone}").status_code == 204
+    device, code = paired(api, admin)
+    expect_json(merchant.http.post("/pos/claim", json={"pairing_code": code["pairing_code"]}), 200)
+    issued, _ = attest(api, server, device)
+    assert issued.status_code == 200, issued.text
+    events = expect_json(merchant.http.get("/merchant/events", params={"limit": 100}), 200)["data"]
+    event_id = next(e["id"] for e in events if e["type"] == "device.attested")
+    made = {
+        endpoint_id: [
+            d["event_id"]
+            for d in expect_json(
+                merchant.http.get(f"/merchant/webhook-endpoints/{endpoint_id}/deliveries"), 200
+            )["data"]
+            if d["event_id"] == event_id
+        ]
+        for endpoint_id in (every, listed, other)
+    }
+    assert made == {every: [event_id], listed: [event_id], other: []}, made
+    async with runtime.sessions() as db:
+        to_gone = await db.scalar(
+            select(WebhookDelivery.delivery_id).where(
+                WebhookDelivery.endpoint_id == gone, WebhookDelivery.event_id == event_id
+            )
+        )
+    assert to_gone is None
+
+
+async def test_a_device_disabled_between_the_read_and_the_write_gets_no_code(
+    api: httpx.Client,
+    admin: Admin,
+    backend: Backend,
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    device = admin.provision()
+    expect_json(api.post("/pos/bootstrap", headers=pos_headers(device.device_id)), 200)
+    headers = signed_pos_headers(device)
+    parsed = parsed_headers(runtime, headers)
+    checked = quick._check_signature
+
+    async def then_disabled(*args: Any, **kwargs: Any) -> None:
+        await checked(*args, **kwargs)
+        done = admin.http.post(f"/admin/devices/{device.device_id}/disable")
+        assert done.status_code == 200, done.text
+
+    monkeypatch.setattr(quick, "_check_signature", then_disabled)
+    if backend.name != "postgres":
+        assert runtime.native is None  # the embedded default issues codes afresh only
+        assert await quick.quick_pairing_code(runtime, parsed, now=utcnow()) is None
+        return
+    with pytest.raises(DeviceDisabled):
+        await quick.quick_pairing_code(runtime, parsed, now=utcnow())
+    async with runtime.sessions() as db:
+        assert await db.get(PairingCode, device.device_id) is None

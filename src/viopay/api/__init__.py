@@ -36,20 +36,24 @@ LEVELS: tuple[tuple[str, Callable[..., Any] | None, tuple[APIRouter, ...]], ...]
     ("HMAC charge headers (§2.4)", signed_request, (payments.pos_router, heartbeat_router)),
     ("public", None, (health_router, token_endpoints, config_schema_router)),
     (
-        "bootstrap: activation headers, any version (§2.1); the device read by the endpoint",
+        "bootstrap: activation headers only, any version (§2.1); the endpoint reads the device",
         bootstrap_headers,
         (devices.bootstrap_router,),
     ),
     # Pairing codes and status polls: the headers and version at mount, the device and the
     # signature checked by the endpoint, in one statement on PostgreSQL (viopay.devices.quick).
     (
-        "activation headers + signature (§2.1 v1.1); the device read by the endpoint",
+        "activation + signature headers only (§2.1 v1.1); the endpoint checks device and signature",
         pairing_headers,
         (devices.pairing_router,),
     ),
     # The signature's headers at mount, the device and the signature checked by the endpoint, in
     # one statement on PostgreSQL (viopay.devices.quick).
-    ("attestation signature (§2.2)", attest_headers, (attest_router,)),
+    (
+        "attestation signature headers only (§2.2); the endpoint checks device and signature",
+        attest_headers,
+        (attest_router,),
+    ),
     ("attestation token (§2.3)", attested_device, (token_router,)),
     # The chunks: the token's headers at mount, the token itself checked by the endpoint, on a
     # context this process remembered or afresh (viopay.activation.chunks).

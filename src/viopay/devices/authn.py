@@ -200,8 +200,6 @@ async def check_device_signature(
 @dataclass
 class AuthenticatedDevice:
     device: Device
-    version: str
-    upgrade_required: bool
     #: The identity key the signature verified with (None: the request was not signed).
     identity_key: MerchantDeviceIdentityKey | None = None
 
@@ -246,12 +244,7 @@ async def authenticate_device(
             now=now,
         )
     touch(device, version=version, now=now)
-    return AuthenticatedDevice(
-        device=device,
-        version=version,
-        upgrade_required=parsed.upgrade_required,
-        identity_key=key if signature is not None else None,
-    )
+    return AuthenticatedDevice(device=device, identity_key=key if signature is not None else None)
 
 
 async def pairing_headers(request: Request) -> ActivationHeaders:

@@ -1,36 +1,36 @@
-"""Device requests answered from one statement (PostgreSQL): status polls (PROTOCOL §3.3),
-bootstrap (§3.1) and pairing codes (§3.2).
+"""Device requests answered from one read (PostgreSQL): bootstrap (PROTOCOL §3.1), pairing
+codes (§3.2), status polls (§3.3) and attest (§3.5). The embedded default answers them afresh.
 
-**Status polls.** A terminal that shows its pairing code polls its status every
-``poll_interval`` (5 s) until a merchant claims it, and every terminal of a rollout does so at
-once. Answered afresh, a poll is a transaction through a session: the device with the identity
-key the signature names, the pairing code, the merchant, between a BEGIN and a COMMIT. Here one
-autocommitted statement (:data:`QUICK_STATUS`) reads all four, in one snapshot: a code that a
-claim spent is seen with the device that claim changed, so the fresh path's second look at the
-device is not needed. Then the signature, the nonce and the rate limit are checked as the fresh
-path checks them, with the same functions and in the same order. A poll that would write (its
-device's ``last_seen_at`` due, a new app version) or that what was read refuses (no such
-device, disabled, no such key, a revoked key) goes to the fresh path before anything is spent,
-so every refusal but the signature's, the nonce's and the rate limit's is decided there, in the
-§1 order; those three read nothing more and answer as the fresh path would on the same rows.
+Afresh, each is a SQLAlchemy transaction of 2-4 statements between a BEGIN and a COMMIT: the
+device with the identity key the signature names, then what the request reads or writes. Here
+the endpoint, authenticated at mount by its headers only (:mod:`viopay.devices.authn`), reads
+what it needs in one asyncpg statement and runs the fresh path's own checks, in the same §1
+order: the timestamp, signature and nonce (:func:`check_device_signature`), then the route's
+(the device's state: 409; the status poll's rate limit and the pairing codes' hourly limit:
+429; attest's body: 400, 415). A request that would write something the statement cannot (a
+signed request's ``last_seen_at`` or app version due), or that what was read refuses (no such
+device, disabled, no such key, a revoked key; a drawn code value another device's row holds),
+goes to the fresh transaction before any nonce or limit is spent, so those refusals are decided
+there.
 
-**Bootstrap.** Every terminal bootstraps when it starts (each morning, after every update). Its
-only write is the device's ``app_version`` and, at most once a minute, its ``last_seen_at``;
-afresh that is a read, a ``SET LOCAL`` and an update in a transaction. Here
-:data:`QUICK_BOOTSTRAP` reads the device and writes what is due in one statement (nothing when
-nothing is due, and nothing to a disabled device); a device that is missing or disabled goes to
-the fresh path, which refuses it (404, 403).
+- **Bootstrap** (every terminal, when it starts): :data:`QUICK_BOOTSTRAP` reads the device and
+  writes its app version and due ``last_seen_at`` (nothing when nothing is due, nothing to a
+  disabled device), on the bookkeeping pool (:func:`viopay.db.bookkeeping_pool`): as the fresh
+  transaction's, that write is bookkeeping (:func:`viopay.db.bookkeeping_only`).
+- **Status polls** (every 5 s from every terminal waiting to be claimed): :data:`QUICK_STATUS`
+  reads the device, the key, the merchant and the pairing code in one snapshot, so a code a
+  claim spent is seen with the device it claimed (the fresh path's second look at the device is
+  not needed).
+- **Pairing codes**: :data:`QUICK_SIGNED` reads the device, the key and whether the drawn value
+  is held; :data:`ISSUE_CODE` writes the code and its event in one autocommitted statement, only
+  if the device is still inactive and enabled (else 409 or 403, as afresh).
+- **Attest**: :data:`QUICK_SIGNED`, then the token (Redis) and :func:`record_device_event`: the
+  ``device.attested`` event and its webhook deliveries in one autocommitted statement
+  (:data:`viopay.webhooks.outbox.DELIVERIES_OF_EVENTS`, the outbox's fan-out in SQL).
 
-Both run on the bookkeeping pool (:func:`viopay.db.bookkeeping_pool`), as the fresh paths'
-transactions do (:func:`viopay.db.bookkeeping_only`): the bootstrap's is their only write.
-
-**Pairing codes.** A terminal asks for a code when it boots unclaimed and whenever its code
-expires (every five minutes while it waits). Afresh: the device and key, the drawn code's
-holder, the upsert, the audit event, in a transaction. Here :data:`QUICK_PAIRING` reads the
-device, the key and whether the drawn code's value is held (then the fresh path draws), the
-checks run as afresh (signature, nonce, state, rate), and :data:`ISSUE_CODE` writes the code
-and its event in one autocommitted statement on the main pool (it writes an event: the commit
-waits for the disk). The event has no merchant, so no webhook delivery is due.
+Reads and writes with an event run on the main pool (``runtime.native``), the bootstrap's on the
+bookkeeping pool. ``viopay_device_reads{route,source}`` counts what was decided on the read
+(``quick``) and what was sent to the fresh transaction (``read``).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from viopay.devices.authn import (
 )
 from viopay.devices.models import Device, DeviceStatus, MerchantDeviceIdentityKey, PairingCode
 from viopay.devices.service import check_status_rate, code_expiry, status_answer
+from viopay.errors import DeviceDisabled, DeviceNotFound
 from viopay.ids import new_id
 from viopay.metrics import DEVICE_READS
 from viopay.runtime import Runtime
@@ -156,7 +157,7 @@ async def quick_status(
 ) -> bytes | None:
     """The §3.3 answer from one statement; None (nothing spent) when the fresh path must
     answer. Raises what the signature, nonce and rate checks raise."""
-    pool = runtime.bookkeeping
+    pool = runtime.native
     if pool is None:
         return None
     device_id, signature = parsed.pos.device_id, parsed.signature
@@ -198,15 +199,22 @@ LEFT JOIN merchant_device_identity_keys AS k ON k.device_id = d.device_id AND k.
 WHERE d.device_id = $1
 """
 ISSUE_CODE = """
-WITH code AS (
+WITH device AS (
+    SELECT status, disabled FROM devices WHERE device_id = $1
+), code AS (
     INSERT INTO pairing_codes (device_id, code_digest, issued_at, expires_at, used_at)
-    VALUES ($1, $2, $3, $4, NULL)
+    SELECT $1::varchar, $2::varchar, $3::timestamptz, $4::timestamptz, NULL
+    FROM device WHERE status = 'inactive' AND NOT disabled
     ON CONFLICT (device_id) DO UPDATE SET code_digest = EXCLUDED.code_digest,
         issued_at = EXCLUDED.issued_at, expires_at = EXCLUDED.expires_at, used_at = NULL
+    RETURNING device_id
+), event AS (
+    INSERT INTO audit_events (event_id, merchant_id, type, actor_type, actor_id, subject_type,
+        subject_id, data, created_at)
+    SELECT $5::varchar, $6::varchar, $7::varchar, $8::varchar, $1, $9::varchar, $1, $10::json,
+        $3 FROM code
 )
-INSERT INTO audit_events (event_id, merchant_id, type, actor_type, actor_id, subject_type,
-    subject_id, data, created_at)
-VALUES ($5, $6, $7, $8, $1, $9, $1, $10::json, $3)
+SELECT status, disabled, EXISTS (SELECT 1 FROM code) AS issued FROM device
 """
 
 
@@ -221,8 +229,8 @@ async def _signed_read(
     """:data:`QUICK_SIGNED`'s row, its signature and nonce checked (what those raise is
     raised); None (nothing spent) when the fresh path must answer: what :func:`_afresh` sends
     there, and a ``code_digest`` whose value a row holds."""
-    pool = runtime.bookkeeping
-    if pool is None or runtime.native is None:
+    pool = runtime.native
+    if pool is None:
         return None
     device_id, signature = parsed.pos.device_id, parsed.signature
     async with pool.connection() as conn:
@@ -261,7 +269,7 @@ async def quick_pairing_code(
     event = service.pairing_code_event(device_id, expires_at)
     async with service.pairing_reservation(runtime.cache, device_id=device_id, now=now):
         async with write.connection() as conn:
-            await conn.execute(
+            written = await conn.fetchrow(
                 ISSUE_CODE,
                 device_id,
                 digest,
@@ -274,6 +282,13 @@ async def quick_pairing_code(
                 event["subject_type"],
                 orjson.dumps(event["data"]).decode(),
             )
+        if written is None:  # deleted meanwhile (nothing issued: the slot is given back)
+            raise DeviceNotFound()
+        if not written["issued"]:  # disabled or claimed since the read: refused as afresh
+            if written["disabled"]:
+                raise DeviceDisabled()
+            service.check_pairable(DeviceStatus(written["status"]))
+            raise AssertionError("an inactive, enabled device's code was not written")
     return code, expires_at
 
 
