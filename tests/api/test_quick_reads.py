@@ -338,7 +338,7 @@ async def test_a_refused_bootstrap_is_decided_afresh_and_writes_nothing(
     api: httpx.Client, admin: Admin, server: Server, backend: Backend, runtime: Runtime
 ) -> None:
     refused = "read" if backend.name == "postgres" else "fresh"
-    unknown, path = bootstrap(api, server, "POS-0BADC0DE", "1.4.2")
+    unknown, path = bootstrap(api, server, "POS-7E57F405", "1.4.2")
     assert (unknown.status_code, unknown.json()["code"], path) == (404, "device_not_found", refused)
 
     device = admin.provision()
