@@ -64,7 +64,6 @@ from viopay.runtime import Runtime
 # Authenticated at mount (viopay.api): the activation headers (§2.1; bootstrap at any version,
 # its device read by the endpoint: viopay.devices.quick).
 bootstrap_router = APIRouter(prefix="/pos", tags=["pos activation"])
-_ACTIVATION_ERRORS = errors_for(400, 403, 404, 426, 503)
 
 
 @asynccontextmanager

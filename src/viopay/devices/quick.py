@@ -157,20 +157,10 @@ async def quick_status(
 ) -> bytes | None:
     """The §3.3 answer from one statement; None (nothing spent) when the fresh path must
     answer. Raises what the signature, nonce and rate checks raise."""
-    pool = runtime.native
-    if pool is None:
+    row = await _signed_read(runtime, parsed, QUICK_STATUS, route="status", now=now)
+    if row is None:
         return None
-    device_id, signature = parsed.pos.device_id, parsed.signature
-    async with pool.connection() as conn:
-        row = await conn.fetchrow(
-            QUICK_STATUS, device_id, signature.key_id if signature is not None else None
-        )
-    if _afresh(row, parsed, now=now):
-        DEVICE_READS.labels("status", "read").inc()
-        return None
-    assert row is not None
-    DEVICE_READS.labels("status", "quick").inc()  # decided on this read, the checks' refusals too
-    await _check_signature(runtime, parsed, row, now=now)
+    device_id = parsed.pos.device_id
     await check_status_rate(runtime.cache, device_id=device_id, now=now)
     status = DeviceStatus(row["status"])
     code = None
@@ -221,30 +211,27 @@ SELECT status, disabled, EXISTS (SELECT 1 FROM code) AS issued FROM device
 async def _signed_read(
     runtime: Runtime,
     parsed: ActivationHeaders,
-    *,
+    statement: str,
+    *args: object,
     route: str,
     now: datetime,
-    code_digest: str | None = None,
 ) -> Record | None:
-    """:data:`QUICK_SIGNED`'s row, its signature and nonce checked (what those raise is
-    raised); None (nothing spent) when the fresh path must answer: what :func:`_afresh` sends
-    there, and a ``code_digest`` whose value a row holds."""
+    """``statement``'s row (its parameters: the device id, the key id the signature names, then
+    ``args``), its signature and nonce checked (what those raise is raised); None (nothing
+    spent) when the fresh path must answer: what :func:`_afresh` sends there, and a row whose
+    ``taken`` says a drawn code's value is held. Counted in ``viopay_device_reads``."""
     pool = runtime.native
     if pool is None:
         return None
-    device_id, signature = parsed.pos.device_id, parsed.signature
+    signature = parsed.signature
+    key_id = signature.key_id if signature is not None else None
     async with pool.connection() as conn:
-        row = await conn.fetchrow(
-            QUICK_SIGNED,
-            device_id,
-            signature.key_id if signature is not None else None,
-            code_digest,
-        )
-    if _afresh(row, parsed, now=now) or (row is not None and row["taken"]):
+        row = await conn.fetchrow(statement, parsed.pos.device_id, key_id, *args)
+    if _afresh(row, parsed, now=now) or (row is not None and row.get("taken")):
         DEVICE_READS.labels(route, "read").inc()
         return None
     assert row is not None
-    DEVICE_READS.labels(route, "quick").inc()
+    DEVICE_READS.labels(route, "quick").inc()  # decided on this read, the checks' refusals too
     await _check_signature(runtime, parsed, row, now=now)
     return row
 
@@ -258,7 +245,7 @@ async def quick_pairing_code(
     one's or draws again). Raises what the signature, nonce, state and rate checks raise."""
     code = service.new_pairing_code()
     digest = service.code_digest(runtime.wrapper, code)
-    row = await _signed_read(runtime, parsed, route="pairing-code", now=now, code_digest=digest)
+    row = await _signed_read(runtime, parsed, QUICK_SIGNED, digest, route="pairing-code", now=now)
     if row is None:
         return None
     write = runtime.native
@@ -305,7 +292,7 @@ async def quick_attest(
 ) -> QuickAttest | None:
     """The device and key of an attest verified on one read (signature and nonce checked);
     None (nothing spent) when the fresh path must answer."""
-    row = await _signed_read(runtime, parsed, route="attest", now=now)
+    row = await _signed_read(runtime, parsed, QUICK_SIGNED, None, route="attest", now=now)
     if row is None:
         return None
     device_id = parsed.pos.device_id
